@@ -1,0 +1,1 @@
+"""CRD-facing names and types: constants, condition helpers, spec models. Imports nothing above it."""

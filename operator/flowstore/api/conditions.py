@@ -1,0 +1,87 @@
+"""kstatus-style conditions as pure functions over plain lists of dicts.
+
+A condition keeps its ``lastTransitionTime`` while its status is unchanged, so writing the
+same state twice yields equal status (and the controller then skips the write).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flowstore.api.constants import ConditionType, Reason
+
+Condition = dict[str, Any]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def get_condition(conditions: list[Condition] | None, ctype: str) -> Condition | None:
+    return next((c for c in conditions or [] if c.get("type") == ctype), None)
+
+
+def set_condition(
+    conditions: list[Condition] | None,
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return a new list with `ctype` set; other conditions are kept in order."""
+    previous = get_condition(conditions, ctype)
+    transition = (
+        previous["lastTransitionTime"]
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+        else (now or now_iso())
+    )
+    new: Condition = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }
+    out = [c for c in conditions or [] if c.get("type") != ctype]
+    out.append(new)
+    order = {ConditionType.READY: 0, ConditionType.RECONCILING: 1, ConditionType.STALLED: 2}
+    return sorted(out, key=lambda c: order.get(c.get("type", ""), 9))
+
+
+def remove_condition(conditions: list[Condition] | None, ctype: str) -> list[Condition]:
+    return [c for c in conditions or [] if c.get("type") != ctype]
+
+
+def mark_ready(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
+    """Ready=True; Reconciling and Stalled removed (they are present only while true)."""
+    out = set_condition(conditions, ConditionType.READY, "True", Reason.SUCCEEDED, message, generation)
+    return remove_condition(remove_condition(out, ConditionType.RECONCILING), ConditionType.STALLED)
+
+
+def mark_reconciling(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
+    """Work in progress: Reconciling=True, Ready=Unknown, Stalled removed."""
+    out = set_condition(conditions, ConditionType.RECONCILING, "True", Reason.PROGRESSING, message, generation)
+    out = set_condition(out, ConditionType.READY, "Unknown", Reason.PROGRESSING, message, generation)
+    return remove_condition(out, ConditionType.STALLED)
+
+
+def mark_failed(
+    conditions: list[Condition] | None, reason: str, message: str, generation: int | None, *, stalled: bool
+) -> list[Condition]:
+    """Ready=False with `reason`. `stalled`: a person must act (no retry until something changes);
+    otherwise the failure is temporary and Reconciling stays True while retrying."""
+    out = set_condition(conditions, ConditionType.READY, "False", reason, message, generation)
+    if stalled:
+        out = set_condition(out, ConditionType.STALLED, "True", reason, message, generation)
+        return remove_condition(out, ConditionType.RECONCILING)
+    out = set_condition(out, ConditionType.RECONCILING, "True", reason, f"Retrying: {message}", generation)
+    return remove_condition(out, ConditionType.STALLED)
+
+
+def without_times(conditions: list[Condition] | None) -> list[Condition]:
+    """Conditions with transition times dropped: for comparing desired with current status."""
+    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conditions or []]

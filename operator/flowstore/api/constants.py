@@ -1,0 +1,58 @@
+"""Names other tools rely on (ARCHITECTURE.md "Fixed names"), and condition vocabulary."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "flowstore.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+FLOWSTORAGE_KIND: Final = "FlowStorage"
+FLOWSTORAGE_PLURAL: Final = "flowstorages"
+STOREDFLOW_KIND: Final = "StoredFlow"
+STOREDFLOW_PLURAL: Final = "storedflows"
+
+FINALIZER: Final = "flowstore.dev/cleanup"
+
+# Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
+BACKEND_KEYS: Final = ("local", "s3")
+
+
+class ConditionType:
+    """kstatus condition types."""
+
+    READY: Final = "Ready"
+    RECONCILING: Final = "Reconciling"
+    STALLED: Final = "Stalled"
+
+
+class Reason:
+    """Condition reasons. One per failure a person can tell apart in `kubectl describe`."""
+
+    SUCCEEDED: Final = "Succeeded"
+    PROGRESSING: Final = "Progressing"
+    STORING: Final = "Storing"
+    # Spec and references
+    STORAGE_NOT_FOUND: Final = "StorageNotFound"
+    STORAGE_NOT_READY: Final = "StorageNotReady"
+    SOURCE_NOT_FOUND: Final = "SourceNotFound"
+    SECRET_NOT_FOUND: Final = "SecretNotFound"
+    INVALID_SPEC: Final = "InvalidSpec"
+    NAME_CONFLICT: Final = "NameConflict"
+    # Building the flow from its source
+    SCRIPT_SYNTAX_ERROR: Final = "ScriptSyntaxError"
+    SCRIPT_FAILED: Final = "ScriptFailed"
+    FLOW_NOT_FOUND: Final = "FlowNotFound"
+    FLOW_AMBIGUOUS: Final = "FlowAmbiguous"
+    UNPICKLABLE: Final = "Unpicklable"
+    BUILD_TIMEOUT: Final = "BuildTimeout"
+    BUILD_OUT_OF_MEMORY: Final = "BuildOutOfMemory"
+    # Backends
+    AUTH_FAILED: Final = "AuthFailed"
+    BUCKET_NOT_FOUND: Final = "BucketNotFound"
+    BACKEND_UNAVAILABLE: Final = "BackendUnavailable"
+    BACKEND_ERROR: Final = "BackendError"
+    ARTIFACT_MISSING: Final = "ArtifactMissing"
+    INTEGRITY_ERROR: Final = "IntegrityError"
+    SUSPENDED: Final = "Suspended"

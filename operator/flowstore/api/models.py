@@ -1,0 +1,120 @@
+"""Typed views of the two resources' specs, parsed from the API server's dicts.
+
+The API server has already applied the CRD schema (defaults, CEL), so parsing here only
+adds types and the few rules a schema cannot express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from flowstore.api.constants import BACKEND_KEYS
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class SpecError(ValueError):
+    """A spec the schema accepted but that cannot work; the message says what to change."""
+
+
+def parse_duration(text: str) -> float:
+    """Go-style duration ("10m", "1h30m", "500ms") in seconds."""
+    parts = _DURATION_PART.findall(text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise SpecError(f"{text!r} is not a duration like 30s, 10m or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSpec:
+    """FlowStorage.spec: one backend block plus the common fields."""
+
+    backend: str  # the block's key: "s3", "local", …
+    config: Mapping[str, Any]  # the block merged with the common fields, camelCase (Storage.from_config)
+    secret_name: str | None
+    deletion_policy: str
+    interval_seconds: float
+    suspend: bool
+    stored_as_script: bool
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> StorageSpec:
+        present = [key for key in BACKEND_KEYS if spec.get(key) is not None]
+        if len(present) != 1:
+            raise SpecError(f"exactly one backend block ({', '.join(BACKEND_KEYS)}) must be set, found {present}")
+        backend = present[0]
+        block: dict[str, Any] = dict(spec[backend])
+        secret_ref = block.pop("credentialsSecretRef", None) or {}
+        config = {
+            **block,
+            "storedAsScript": bool(spec.get("storedAsScript", False)),
+            "labels": list(spec.get("labels") or []),
+            "addDefaultLabels": bool(spec.get("addDefaultLabels", True)),
+            "secrets": list(spec.get("secrets") or []),
+        }
+        return cls(
+            backend=backend,
+            config=config,
+            secret_name=secret_ref.get("name"),
+            deletion_policy=str(spec.get("deletionPolicy") or "Retain"),
+            interval_seconds=parse_duration(str(spec.get("interval") or "10m")),
+            suspend=bool(spec.get("suspend", False)),
+            stored_as_script=bool(spec.get("storedAsScript", False)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSource:
+    inline: str | None = None
+    config_map: str | None = None
+    config_map_key: str | None = None
+    path: str | None = None
+
+    def describe(self) -> str:
+        if self.inline is not None:
+            return "spec.source.inline"
+        if self.config_map:
+            return f"key {self.config_map_key!r} of ConfigMap {self.config_map!r}"
+        return f"path {self.path!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    """StoredFlow.spec."""
+
+    storage_name: str
+    flow_name: str
+    source: FlowSource
+    object_name: str | None
+    stored_as_script: bool | None
+    key: str | None
+    suspend: bool
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> FlowSpec:
+        source = spec.get("source") or {}
+        cm = source.get("configMapRef") or {}
+        flow_source = FlowSource(
+            inline=source.get("inline"),
+            config_map=cm.get("name"),
+            config_map_key=cm.get("key"),
+            path=source.get("path"),
+        )
+        if sum(x is not None for x in (flow_source.inline, flow_source.config_map, flow_source.path)) != 1:
+            raise SpecError("spec.source needs exactly one of configMapRef, inline or path")
+        storage_name = (spec.get("storageRef") or {}).get("name")
+        if not storage_name or not spec.get("flowName"):
+            raise SpecError("spec.storageRef.name and spec.flowName are required")
+        return cls(
+            storage_name=storage_name,
+            flow_name=spec["flowName"],
+            source=flow_source,
+            object_name=spec.get("objectName") or None,
+            stored_as_script=spec.get("storedAsScript"),
+            key=spec.get("key") or None,
+            suspend=bool(spec.get("suspend", False)),
+        )

@@ -1,0 +1,108 @@
+"""The pickle envelope the seed's system reads and writes.
+
+``{"flow": base64(cloudpickle.dumps(flow)), "versions": {"cloudpickle": …, "python": …, "flowstore": …}}``
+as UTF-8 JSON. Bare cloudpickle bytes (the seed's format before it had an envelope) load too.
+Loading warns when the writer's cloudpickle or Python version differs from the reader's,
+since pickles of code are only portable between matching versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import warnings
+from typing import Any
+
+import cloudpickle
+
+from flowstore import __version__
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "cloudpickle": cloudpickle.__version__,
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
+        "flowstore": __version__,
+    }
+
+
+def wrap(pickled: bytes) -> bytes:
+    """Envelope already-pickled flow bytes (the sandbox pickles; the operator only wraps)."""
+    doc = {"flow": base64.b64encode(pickled).decode("ascii"), "versions": _versions()}
+    return json.dumps(doc, sort_keys=True).encode("utf-8")
+
+
+def dumps(flow: Any) -> bytes:
+    return wrap(cloudpickle.dumps(flow))
+
+
+def unwrap(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """Return (pickled bytes, writer versions). Raises ValueError if `data` is neither an
+    envelope nor a bare pickle."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if data[:1] == b"\x80":  # a pickle protocol >= 2 header: the pre-envelope format
+            return data, {}
+        raise ValueError("not a flow envelope (expected JSON with 'flow' and 'versions')") from None
+    if not isinstance(doc, dict) or "flow" not in doc:
+        raise ValueError("not a flow envelope (expected JSON with 'flow' and 'versions')")
+    return base64.b64decode(doc["flow"]), dict(doc.get("versions") or {})
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle a flow from envelope bytes. Callers must verify the digest first."""
+    pickled, versions = unwrap(data)
+    mine = _versions()
+    for name in ("cloudpickle", "python"):
+        theirs = versions.get(name)
+        if theirs and theirs != mine[name]:
+            warnings.warn(
+                f"This flow was stored with {name} {theirs} and is being loaded with {mine[name]}; "
+                "loading may fail or behave differently.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return cloudpickle.loads(pickled)
+
+
+def flow_from_script(source: bytes, *, flow_name: str | None, object_name: str | None) -> Any:
+    """Execute a flow script in *this* process and return its flow object (agent side only:
+    the operator never calls this; it uses the sandbox)."""
+    namespace: dict[str, Any] = {"__name__": "__flowstore_flow__"}
+    exec(compile(source, "<stored flow>", "exec"), namespace)  # noqa: S102 - running the flow is the agent's job
+    return find_flow_object(namespace, flow_name=flow_name, object_name=object_name)
+
+
+class FlowObjectError(LookupError):
+    """No flow object, or several, in a script's globals."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+def find_flow_object(namespace: dict[str, Any], *, flow_name: str | None, object_name: str | None) -> Any:
+    """`object_name` if given; else the one global whose ``name`` attribute equals `flow_name`."""
+    if object_name:
+        if object_name not in namespace:
+            raise FlowObjectError(f"the script defines no object named {object_name!r} (spec.objectName)")
+        return namespace[object_name]
+    matches = [
+        var for var, value in namespace.items()
+        if not var.startswith("__") and isinstance(getattr(value, "name", None), str)
+        and getattr(value, "name", None) == flow_name and not isinstance(value, type)
+    ]
+    if not matches:
+        raise FlowObjectError(
+            f"the script defines no object whose name is {flow_name!r}; set spec.objectName to the "
+            "variable holding the flow, or make the flow's name equal spec.flowName"
+        )
+    if len(matches) > 1:
+        raise FlowObjectError(
+            f"several objects are named {flow_name!r} ({', '.join(sorted(matches))}); set spec.objectName "
+            "to choose one",
+            ambiguous=True,
+        )
+    return namespace[matches[0]]

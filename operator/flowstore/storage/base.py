@@ -1,0 +1,247 @@
+"""The seed's Storage interface (Prefect 1.x `environments.storage.base.Storage`), on a small
+byte-level contract that each backend implements.
+
+A backend implements five primitives on *bytes at a location* (`put_bytes`, `get_bytes`,
+`stat`, `delete`, `url_for`) plus `serialize`. Everything the seed exposes (`flows`,
+`add_flow`, `__contains__`, `build`, `get_flow`, `run_basic_healthchecks`,
+`get_env_runner`) is written once here on top of them, so every backend behaves alike and
+the shared conformance suite (tests/storage/conformance.py) can hold them to it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from flowstore.build import envelope
+from flowstore.build.keys import default_key
+from flowstore.storage.errors import IntegrityError
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """What a backend knows about a stored object without downloading it."""
+
+    size: int
+    sha256: str | None  # hex digest recorded at upload (object metadata), if the backend keeps one
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredArtifact:
+    """The result of one upload: enough to fill StoredFlow `status.artifact`."""
+
+    location: str
+    url: str
+    sha256: str  # hex
+    size: int
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Storage(abc.ABC):
+    """Base interface for storing flows. All keyword arguments are valid on every subclass.
+
+    Args (the seed's):
+        secrets: names of secrets made available to flow runs (recorded, never resolved here).
+        labels: labels to associate with this storage.
+        add_default_labels: add the backend's default label (e.g. ``s3-flow-storage``).
+        stored_as_script: flows are kept as ``.py`` source rather than pickled.
+    """
+
+    #: ``type`` in :meth:`serialize`; the registry maps it back to the class.
+    type_name: ClassVar[str]
+    #: the seed's default label for this backend, or None.
+    default_label: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        secrets: list[str] | None = None,
+        labels: list[str] | None = None,
+        add_default_labels: bool = True,
+        stored_as_script: bool = False,
+        result: Any = None,
+    ) -> None:
+        self.secrets = list(secrets or [])
+        self.stored_as_script = stored_as_script
+        self.result = result
+        self.add_default_labels = add_default_labels
+        self._labels = list(labels or [])
+        #: the seed's ``flows``: flow name -> location
+        self.flows: dict[str, str] = {}
+        # flow name -> pending payload (flow object, or script bytes) until build()
+        self._pending: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Storage:
+        """Build from a camelCase config: the CRD's backend block merged with the common
+        FlowStorage fields (``storedAsScript``, ``labels``, ``addDefaultLabels``, ``secrets``),
+        or :meth:`serialize` output (``type``/``flows`` are ignored). `credentials` holds the
+        referenced Secret's data (already decoded); None means the SDK's default chain."""
+
+    @staticmethod
+    def common_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+        """The base-class keyword arguments spelled in `config` (camelCase)."""
+        return {
+            "stored_as_script": bool(config.get("storedAsScript", False)),
+            "labels": list(config.get("labels") or []),
+            "add_default_labels": bool(config.get("addDefaultLabels", True)),
+            "secrets": list(config.get("secrets") or []),
+        }
+
+    # ------------------------------------------------------------------ primitives
+    @abc.abstractmethod
+    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+        """Store `data` at `location` atomically (readers see all of it or nothing), recording
+        its sha256 where the backend can keep metadata. Overwrites. Raises StorageError."""
+
+    @abc.abstractmethod
+    def get_bytes(self, location: str) -> bytes:
+        """Return the bytes at `location`. Raises NotFound, or another StorageError."""
+
+    @abc.abstractmethod
+    def stat(self, location: str) -> ObjectInfo | None:
+        """Size and recorded digest of the object at `location`, or None when absent."""
+
+    @abc.abstractmethod
+    def delete(self, location: str) -> None:
+        """Remove the object. Already gone counts as success."""
+
+    @abc.abstractmethod
+    def url_for(self, location: str) -> str:
+        """A human- and agent-readable URL for `location` (e.g. ``s3://bucket/key``)."""
+
+    @abc.abstractmethod
+    def _serialize_config(self) -> dict[str, Any]:
+        """Backend-specific fields of :meth:`serialize` (camelCase keys, never secret values)."""
+
+    def check_container(self) -> None:
+        """Verify the bucket/container/directory exists and is accessible. Raises StorageError."""
+
+    def location_for(self, flow_name: str, key: str | None = None) -> str:
+        """Where a flow named `flow_name` goes: `key` if given, else the seed's default key
+        ``<slug(flow name)>/<slug(UTC now)>`` under the backend's prefix."""
+        return key or default_key(flow_name)
+
+    # ------------------------------------------------------------------ seed interface
+    @property
+    def labels(self) -> list[str]:
+        labels = list(self._labels)
+        if self.add_default_labels and self.default_label and self.default_label not in labels:
+            labels.append(self.default_label)
+        return labels
+
+    def __contains__(self, obj: Any) -> bool:
+        """True if a flow (object with ``name``) or flow name is in this storage."""
+        name = obj if isinstance(obj, str) else getattr(obj, "name", None)
+        return isinstance(name, str) and name in self.flows
+
+    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
+        """Add a flow (pickled at build) or, with ``stored_as_script``, its script `source`.
+
+        Returns the location it will have after :meth:`build`. Raises ValueError if a flow
+        with the same name is already in this storage (the seed's name-conflict rule).
+        """
+        name = flow if isinstance(flow, str) else flow.name
+        if name in self:
+            raise ValueError(f'Name conflict: Flow with the name "{name}" is already present in this storage.')
+        if self.stored_as_script and source is None:
+            raise ValueError("stored_as_script=True needs the script's source bytes: add_flow(flow, source=...)")
+        location = self.location_for(name)
+        self.flows[name] = location
+        self._pending[name] = source if self.stored_as_script else flow
+        return location
+
+    def build(self) -> Storage:
+        """Upload every flow added since the last build. Returns self."""
+        for name, payload in list(self._pending.items()):
+            data = payload if self.stored_as_script else envelope.dumps(payload)
+            self.put_bytes(self.flows[name], data)
+            del self._pending[name]
+        return self
+
+    def get_flow(self, flow_location: str | None = None, *, sha256: str | None = None,
+                 flow_name: str | None = None, object_name: str | None = None) -> Any:
+        """Return the flow stored at `flow_location`.
+
+        With `sha256`, the bytes are verified before anything is unpickled or executed
+        (IntegrityError on mismatch). Script-mode flows are executed *here*, in the caller's
+        process, to extract the flow object (the agent's job), chosen by `object_name` or
+        `flow_name`.
+        """
+        location = flow_location or self._default_location()
+        if location not in self.flows.values() and self.flows:
+            raise ValueError(f"Flow is not contained in this Storage: {location}")
+        data = self.get_bytes(location)
+        verify_digest(data, sha256, what=self.url_for(location))
+        if self.stored_as_script:
+            return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
+        return envelope.loads(data)
+
+    def _default_location(self) -> str:
+        if len(self.flows) == 1:
+            return next(iter(self.flows.values()))
+        raise ValueError("flow_location is required when this storage does not hold exactly one flow")
+
+    def serialize(self) -> dict[str, Any]:
+        """What an agent needs to find and load flows: type, backend config, labels, format."""
+        return {
+            "type": self.type_name,
+            **self._serialize_config(),
+            "storedAsScript": self.stored_as_script,
+            "labels": self.labels,
+            "secrets": list(self.secrets),
+            "flows": dict(self.flows),
+        }
+
+    def run_basic_healthchecks(self) -> None:
+        """The seed's healthchecks: the container is reachable, and every added flow either
+        pickles (pickle mode) or compiles (script mode)."""
+        self.check_container()
+        for name, payload in self._pending.items():
+            if self.stored_as_script:
+                compile(payload, f"<flow {name}>", "exec")
+            else:
+                envelope.dumps(payload)
+
+    def get_env_runner(self, flow_location: str) -> EnvRunner:
+        """Something with ``run(env)`` that runs the flow at `flow_location` in a subprocess."""
+        return EnvRunner(self, flow_location)
+
+
+def verify_digest(data: bytes, expected_hex: str | None, *, what: str) -> None:
+    """Raise IntegrityError unless `data` hashes to `expected_hex` (``sha256:`` prefix allowed)."""
+    if expected_hex is None:
+        return
+    expected = expected_hex.removeprefix("sha256:")
+    actual = sha256_hex(data)
+    if actual != expected:
+        raise IntegrityError(
+            f"{what}: content digest sha256:{actual} ({len(data)} bytes) does not match the recorded "
+            f"sha256:{expected}; the artifact was modified or truncated. Refusing to load it; "
+            "re-store the flow (e.g. touch its StoredFlow) or restore the object."
+        )
+
+
+class EnvRunner:
+    """The seed's env runner: runs a stored flow's ``run()`` in a child process with `env`."""
+
+    def __init__(self, storage: Storage, flow_location: str) -> None:
+        self.storage = storage
+        self.flow_location = flow_location
+
+    def run(self, env: Mapping[str, str] | None = None) -> int:
+        import json
+        import os
+        import subprocess
+        import sys
+
+        spec = json.dumps({"storage": self.storage.serialize(), "location": self.flow_location})
+        child_env = {**os.environ, **(env or {}), "FLOWSTORE_RUN_SPEC": spec}
+        return subprocess.call([sys.executable, "-m", "flowstore.storage._run_flow"], env=child_env)

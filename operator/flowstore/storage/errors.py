@@ -1,0 +1,61 @@
+"""The one error taxonomy every backend raises instead of SDK exceptions.
+
+Each error says whether retrying can help (`retryable`), so the controller's single
+translation point (:mod:`flowstore.controller.errors`) never has to know an SDK.
+Messages are written for a person and never contain secret values.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class. `retryable` tells whether the same call may succeed later unchanged."""
+
+    retryable: bool = False
+    reason: str = "BackendError"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidConfig(StorageError):
+    """The storage's configuration cannot work (a person must change it)."""
+
+    reason = "InvalidSpec"
+
+
+class MissingDependency(InvalidConfig):
+    """The backend's SDK is not installed; the message names the extra to install."""
+
+
+class NotFound(StorageError):
+    """The object (flow artifact) does not exist at the location."""
+
+    reason = "ArtifactMissing"
+
+
+class ContainerNotFound(StorageError):
+    """The bucket / container / directory that should hold flows does not exist."""
+
+    reason = "BucketNotFound"
+
+
+class AuthFailed(StorageError):
+    """Credentials were rejected or lack permission."""
+
+    reason = "AuthFailed"
+
+
+class Unavailable(StorageError):
+    """The backend could not be reached or answered with a temporary failure."""
+
+    retryable = True
+    reason = "BackendUnavailable"
+
+
+class IntegrityError(StorageError):
+    """Downloaded bytes do not match the digest they were stored with."""
+
+    reason = "IntegrityError"

@@ -1,0 +1,94 @@
+"""Shared fixtures: the real local cloud (scripts/localcloud), a namespace per test.
+
+Every server is real (LOCAL-CLOUD.md). When the environment already carries the exports of
+`scripts/localcloud env` (as under `make test`), those servers are used; otherwise the
+session brings them up itself, so `pytest tests/x.py` works from a bare shell too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCALCLOUD = ROOT / "scripts" / "localcloud"
+
+
+def _localcloud_env(*services: str) -> dict[str, str]:
+    """Run `localcloud up SERVICES` (idempotent) and return what `localcloud env` exports."""
+    subprocess.run([sys.executable, str(LOCALCLOUD), "up", *services], check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(LOCALCLOUD), "env"], check=True, cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            env[name] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def _ensure(service: str, marker: str) -> dict[str, str]:
+    if not os.environ.get(marker):
+        os.environ.update(_localcloud_env(service))
+    return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def kube_env() -> dict[str, str]:
+    """KUBECONFIG for the real kube-apiserver (admin)."""
+    return _ensure("kube", "KUBECONFIG")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """The real S3 server's endpoint URL (moto server), with AWS_* test credentials exported."""
+    return _ensure("s3", "FLOWSTORE_S3_ENDPOINT")["FLOWSTORE_S3_ENDPOINT"]
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run kubectl against the local cluster; returns the completed process (text)."""
+    return subprocess.run(
+        ["kubectl", *args], input=input, capture_output=True, text=True, check=check, env=os.environ
+    )
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="session")
+def crds(kube_env: dict[str, str]) -> None:
+    """The project's CRDs applied and established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/flowstorages.flowstore.dev", "crd/storedflows.flowstore.dev")
+
+
+@pytest.fixture
+def namespace(kube_env: dict[str, str]) -> Iterator[str]:
+    """A fresh namespace per test (left to be removed: no namespace controller runs here,
+    so it is not waited on)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the real S3 server."""
+    import boto3
+
+    name = f"flows-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
