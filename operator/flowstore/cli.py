@@ -1,0 +1,131 @@
+"""``flowstore``: run the operator, or act as an agent (locate / get a stored flow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower().removesuffix("i").removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    from flowstore.controller import handlers  # noqa: F401 - registers the handlers
+    from flowstore.controller.runtime import Settings
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if args.log_format == "json" else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings(workers=args.workers, max_builds=args.max_builds, build_timeout=args.build_timeout,
+                        build_memory=_parse_size(args.build_memory), delete_retries=args.delete_retries)
+    namespaces = args.namespace or []
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(settings=settings),
+    ))
+    return 0
+
+
+def _print_error(exc: Exception) -> int:
+    print(f"flowstore: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from flowstore.client import FlowNotAvailable, locate
+
+    try:
+        status = locate(args.name, args.namespace)
+    except FlowNotAvailable as exc:
+        return _print_error(exc)
+    json.dump(status, sys.stdout, indent=2, sort_keys=True)
+    print()
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from flowstore.client import FlowNotAvailable, load_artifact
+    from flowstore.storage import StorageError
+
+    try:
+        artifact = load_artifact(args.name, args.namespace)
+    except (FlowNotAvailable, StorageError) as exc:
+        return _print_error(exc)
+    if args.output in (None, "-"):
+        sys.stdout.buffer.write(artifact.data)
+    else:
+        with open(args.output, "wb") as fh:
+            fh.write(artifact.data)
+        print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {artifact.status['artifact']['digest']}) "
+              f"to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Load a stored flow (verified) and run it: what an agent does."""
+    from flowstore.client import FlowNotAvailable, load_flow
+    from flowstore.storage import StorageError
+
+    try:
+        flow = load_flow(args.name, args.namespace)
+    except (FlowNotAvailable, StorageError) as exc:
+        return _print_error(exc)
+    result: Any = flow.run()
+    print(json.dumps({"flow": getattr(flow, "name", None), "result": result}, default=repr))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
+    op.add_argument("-n", "--namespace", action="append",
+                    help="watch only this namespace (repeatable; default: all namespaces)")
+    op.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
+    op.add_argument("--max-builds", type=int, default=2, help="concurrent sandboxed builds (default 2)")
+    op.add_argument("--build-timeout", type=float, default=60.0, help="seconds a flow script may run (default 60)")
+    op.add_argument("--build-memory", default="512Mi", help="address-space cap of a build (default 512Mi)")
+    op.add_argument("--delete-retries", type=int, default=5,
+                    help="retries of an artifact deletion before the finalizer is released (default 5)")
+    op.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--log-format", choices=["text", "json"], default="text")
+    op.add_argument("-v", "--verbose", action="store_true")
+    op.set_defaults(func=cmd_operator)
+
+    for name, func, text in (("locate", cmd_locate, "print a StoredFlow's status as JSON"),
+                             ("get", cmd_get, "download a stored flow, verified against its digest"),
+                             ("run", cmd_run, "load a stored flow (verified) and run it")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("-n", "--namespace", default="default")
+        if name == "get":
+            p.add_argument("-o", "--output", help="file to write (default: stdout)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Agent side: find a StoredFlow, read where it lives, download it, verify it, load it.
+
+    from flowstore.client import load_flow
+    flow = load_flow("etl-daily", "data")
+
+Nothing is unpickled or executed before the downloaded bytes match the sha256 recorded in
+the StoredFlow's status. Backend credentials are the agent's own (the SDK's default chain:
+environment, workload identity, …); the status never carries secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.build import envelope
+from flowstore.storage import from_serialized
+from flowstore.storage.base import verify_digest
+
+
+class FlowNotAvailable(LookupError):
+    """The StoredFlow does not exist or has never been stored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    data: bytes
+    status: dict[str, Any]
+
+    @property
+    def format(self) -> str:
+        return str(self.status["artifact"]["format"])
+
+
+def _custom_api() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = api or _custom_api()
+    try:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
+        raise
+    status = dict(obj.get("status") or {})
+    if not status.get("location") or not status.get("artifact") or not status.get("storage"):
+        raise FlowNotAvailable(
+            f"StoredFlow {namespace}/{name} has not been stored yet; see `kubectl describe storedflow {name} -n {namespace}`"
+        )
+    return status
+
+
+def load_artifact(name: str, namespace: str, *, api: Any = None) -> Artifact:
+    """Download the stored bytes (the script, or the pickle envelope) and verify their sha256."""
+    status = locate(name, namespace, api=api)
+    storage = from_serialized(status["storage"])
+    data = storage.get_bytes(status["location"])
+    verify_digest(data, status["artifact"]["digest"], what=status["artifact"].get("url", status["location"]))
+    return Artifact(data=data, status=status)
+
+
+def load_flow(name: str, namespace: str, *, api: Any = None) -> Any:
+    """The flow object, verified: unpickled from the envelope, or (script mode) extracted by
+    running the script in this process (the agent's job, as in the seed)."""
+    artifact = load_artifact(name, namespace, api=api)
+    if artifact.format == "script":
+        return envelope.flow_from_script(artifact.data, flow_name=artifact.status.get("flowName"), object_name=None)
+    return envelope.loads(artifact.data)

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers (thin), per-object reconcile loops, and the pure reconcile core."""

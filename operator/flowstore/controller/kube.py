@@ -1,0 +1,131 @@
+"""The Kubernetes side of :class:`~flowstore.controller.reconcile.Ports`, on the official client.
+
+Reads are fresh GETs (authoritative; the core only reads when it must). Status is written
+with JSON merge patches to the status subresource, which never conflict with users' spec
+edits. API errors become :class:`ClusterUnavailable` (retry) — never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.models import StorageSpec
+from flowstore.build import sandbox
+from flowstore.controller.failures import ClusterUnavailable
+from flowstore.storage import Storage, backend_class
+
+
+def _not_found_is_none(fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ClusterUnavailable(f"HTTP {exc.status} {exc.reason}") from None
+        except Exception as exc:  # connection refused, timeouts
+            raise ClusterUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+class KubePorts:
+    """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
+
+    def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
+                 max_builds: int = 2) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.build_timeout = build_timeout
+        self.build_memory = build_memory
+        self._builds = threading.BoundedSemaphore(max_builds)
+        self._storages: dict[str, Storage] = {}
+        self._lock = threading.Lock()
+        self.counters = {"builds": 0, "uploads": 0}
+
+    # ---------------------------------------------------------------- reads
+    @_not_found_is_none
+    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL, name)  # type: ignore[no-any-return]
+
+    @_not_found_is_none
+    def get_storedflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)  # type: ignore[no-any-return]
+
+    @_not_found_is_none
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        cm = self.core.read_namespaced_config_map(name, namespace)
+        return {"metadata": {"name": name, "resourceVersion": cm.metadata.resource_version},
+                "data": cm.data or {}, "binaryData": cm.binary_data or {}}
+
+    @_not_found_is_none
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        secret = self.core.read_namespaced_secret(name, namespace)
+        data = {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
+        return {"metadata": {"uid": secret.metadata.uid, "resourceVersion": secret.metadata.resource_version},
+                "data": data}
+
+    def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
+        try:
+            result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL)
+        except Exception as exc:
+            raise ClusterUnavailable(f"listing StoredFlows: {exc}") from None
+        return list(result.get("items") or [])
+
+    # ---------------------------------------------------------------- builds and storages
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
+        with self._builds:
+            self.counters["builds"] += 1
+            return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name,
+                                        timeout=self.build_timeout, memory_limit_bytes=self.build_memory)
+
+    def check_script(self, source: bytes) -> None:
+        sandbox.check_script(source)
+
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
+        """One Storage (and SDK client) per FlowStorage config + credentials version."""
+        with self._lock:
+            storage = self._storages.get(cache_key)
+            if storage is None:
+                storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+                if len(self._storages) > 256:
+                    self._storages.clear()
+                self._storages[cache_key] = storage
+        return _CountingStorage(storage, self.counters)
+
+    # ---------------------------------------------------------------- writes
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch `status`; returns the updated object, or None if it is gone."""
+        try:
+            return self.custom.patch_namespaced_custom_object_status(  # type: ignore[no-any-return]
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ClusterUnavailable(f"writing status: HTTP {exc.status} {exc.reason}") from None
+        except Exception as exc:
+            raise ClusterUnavailable(f"writing status: {exc}") from None
+
+
+class _CountingStorage:
+    """Counts uploads per process (benchmarks and tests read them from the metrics)."""
+
+    def __init__(self, inner: Storage, counters: dict[str, int]) -> None:
+        self._inner = inner
+        self._counters = counters
+
+    def put_bytes(self, location: str, data: bytes) -> Any:
+        self._counters["uploads"] += 1
+        return self._inner.put_bytes(location, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

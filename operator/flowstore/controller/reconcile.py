@@ -1,0 +1,436 @@
+"""The pure reconcile core for StoredFlow and FlowStorage: no kopf, no kubernetes client.
+
+The cluster and the build sandbox are reached through the small :class:`Ports` protocol, so
+this module runs the same under the operator, offline from the CLI, and in unit tests.
+
+A StoredFlow is reconciled by an ordered list of steps; each has a one-paragraph contract,
+returns early by raising :class:`ReconcileError`, and never performs an upload unless every
+input of the artifact changed digest (content addressing):
+
+1. ``resolve_storage``  the referenced FlowStorage exists and its spec parses.
+2. ``resolve_source``   the flow's source bytes (inline, ConfigMap key).
+3. ``plan``             the inputs digest: source, flow/object name, format, key, storage place.
+4. ``up_to_date``       nothing changed (and, when due, the artifact is still there, unchanged):
+                        finish with zero uploads and zero script executions.
+5. ``check_conflict``   no older StoredFlow stores the same flowName in the same storage.
+6. ``build``            script mode: compile-check the bytes; pickle mode: run the script in
+                        the sandbox and wrap the pickle in the envelope.
+7. ``upload``           put the bytes, then confirm the backend holds exactly them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from flowstore.api import conditions as cond
+from flowstore.api.constants import Reason
+from flowstore.api.models import FlowSpec, SpecError, StorageSpec
+from flowstore.build import envelope
+from flowstore.controller.failures import Failure, ReconcileError, classify
+from flowstore.storage import Storage, StorageError, backend_class
+
+#: bumped when the artifact format changes, so every artifact is rebuilt once
+FORMAT_VERSION = "1"
+
+
+class Ports(Protocol):
+    """What the core needs from the world. Implementations: ``kube.KubePorts``, test fakes."""
+
+    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_storedflows(self, namespace: str) -> list[dict[str, Any]]: ...
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes: ...
+    def check_script(self, source: bytes) -> None: ...
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one reconcile decided: the full desired status, Events to post, when to run again
+    (None: only when something referenced changes), and the FlowStorage ``status.flows``
+    entry to record."""
+
+    status: dict[str, Any]
+    events: list[Event] = dataclasses.field(default_factory=list)
+    requeue_after: float | None = None
+    failure: Failure | None = None
+    storage_entry: tuple[str, str, str] | None = None  # (FlowStorage name, flowName, location)
+    uploaded: bool = False
+    built: bool = False
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- shared helpers
+def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[dict[str, str] | None, str]:
+    """The referenced Secret's data (decoded) and a cache key; (None, "") for the SDK default chain."""
+    if not spec.secret_name:
+        return None, ""
+    secret = ports.get_secret(namespace, spec.secret_name)
+    if secret is None:
+        raise ReconcileError(
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {spec.secret_name!r} (spec.{spec.backend}.credentialsSecretRef) was not found in "
+            f"namespace {namespace!r}; create it or fix the reference.",
+            stalled=True,
+        )
+    data = dict(secret.get("data") or {})
+    return data, f"{secret['metadata'].get('uid')}/{secret['metadata'].get('resourceVersion')}"
+
+
+def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: StorageSpec) -> Storage:
+    credentials, secret_version = read_credentials(ports, namespace, spec)
+    cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True)
+    return ports.storage_for(spec, credentials, cache_key)
+
+
+def storage_identity(spec: StorageSpec) -> dict[str, Any]:
+    """The part of a storage's configuration that decides *where* artifacts go (not labels)."""
+    cls = backend_class(spec.backend)
+    ignored = {"labels", "addDefaultLabels", "secrets", "storedAsScript", "clientOptions", "validate"}
+    return {"type": cls.type_name, **{k: v for k, v in sorted(spec.config.items()) if k not in ignored}}
+
+
+# --------------------------------------------------------------------------- StoredFlow
+@dataclasses.dataclass
+class FlowContext:
+    obj: dict[str, Any]
+    spec: FlowSpec
+    namespace: str
+    name: str
+    generation: int | None
+    status: dict[str, Any]
+    fs: dict[str, Any] | None = None
+    storage_spec: StorageSpec | None = None
+    source: bytes = b""
+    fmt: str = "pickle"
+    inputs_digest: str = ""
+
+
+def reconcile_stored_flow(
+    obj: dict[str, Any],
+    ports: Ports,
+    *,
+    check_drift: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Outcome:
+    """Bring one StoredFlow to its desired state. Never raises: failures become conditions."""
+    meta = obj["metadata"]
+    status = dict(obj.get("status") or {})
+    generation = meta.get("generation")
+    try:
+        spec = FlowSpec.parse(obj.get("spec") or {})
+    except SpecError as exc:
+        return _failed(status, generation, classify(exc), None)
+    ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status)
+    if spec.suspend:
+        return Outcome(status=_suspended(status, generation))
+    try:
+        resolve_storage(ctx, ports)
+        assert ctx.storage_spec is not None
+        if ctx.storage_spec.suspend:
+            return Outcome(status=_suspended(status, generation), requeue_after=None)
+        resolve_source(ctx, ports)
+        plan(ctx)
+        done = up_to_date(ctx, ports, check_drift=check_drift)
+        if done is not None:
+            return done
+        check_conflict(ctx, ports)
+        if on_progress is not None:
+            progress = dict(status)
+            progress["conditions"] = cond.mark_reconciling(
+                status.get("conditions"), f"Storing flow {spec.flow_name!r}", generation
+            )
+            on_progress(progress)
+        data = build(ctx, ports)
+        return upload(ctx, ports, data)
+    except Exception as exc:  # every failure becomes a condition; the operator never crashes
+        failure = classify(exc)
+        requeue = failure.retry_after if not failure.stalled else None
+        if failure.stalled and ctx.storage_spec is not None and failure.reason in _RECHECKED:
+            requeue = ctx.storage_spec.interval_seconds
+        return _failed(status, generation, failure, requeue)
+
+
+# Stalled failures caused by things outside the cluster's watch (buckets, credentials, Secrets):
+# rechecked at the storage's interval.
+_RECHECKED = {Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC}
+
+
+def resolve_storage(ctx: FlowContext, ports: Ports) -> None:
+    """Step 1. The FlowStorage named by spec.storageRef must exist in the same namespace; until
+    it does the StoredFlow waits (not stalled: creating it is enough, and its watch wakes us)."""
+    fs = ports.get_flowstorage(ctx.namespace, ctx.spec.storage_name)
+    if fs is None:
+        raise ReconcileError(
+            Reason.STORAGE_NOT_FOUND,
+            f"FlowStorage {ctx.spec.storage_name!r} does not exist in namespace {ctx.namespace!r}; "
+            "the flow will be stored as soon as it is created.",
+            stalled=False,
+            retry_after=60.0,
+        )
+    ctx.fs = fs
+    ctx.storage_spec = StorageSpec.parse(fs.get("spec") or {})
+    if ctx.spec.source.path is not None:
+        raise SpecError(
+            f"spec.source.path is for git-hosted storages, but FlowStorage {ctx.spec.storage_name!r} is "
+            f"{ctx.storage_spec.backend!r}; use spec.source.inline or spec.source.configMapRef"
+        )
+
+
+def resolve_source(ctx: FlowContext, ports: Ports) -> None:
+    """Step 2. Read the flow's source bytes. A missing ConfigMap or key stalls the StoredFlow
+    until the ConfigMap changes (its watch wakes us)."""
+    src = ctx.spec.source
+    if src.inline is not None:
+        ctx.source = src.inline.encode("utf-8")
+        return
+    assert src.config_map is not None and src.config_map_key is not None
+    cm = ports.get_configmap(ctx.namespace, src.config_map)
+    if cm is None:
+        raise ReconcileError(
+            Reason.SOURCE_NOT_FOUND,
+            f"ConfigMap {src.config_map!r} (spec.source.configMapRef) was not found in namespace "
+            f"{ctx.namespace!r}; create it or fix the reference.",
+            stalled=True,
+        )
+    data: dict[str, Any] = cm.get("data") or {}
+    binary: dict[str, Any] = cm.get("binaryData") or {}
+    if src.config_map_key in data:
+        ctx.source = str(data[src.config_map_key]).encode("utf-8")
+    elif src.config_map_key in binary:
+        import base64
+
+        ctx.source = base64.b64decode(binary[src.config_map_key])
+    else:
+        keys = sorted([*data, *binary])
+        raise ReconcileError(
+            Reason.SOURCE_NOT_FOUND,
+            f"ConfigMap {src.config_map!r} has no key {src.config_map_key!r} (it has: "
+            f"{', '.join(keys) or 'no keys'}); fix spec.source.configMapRef.key or the ConfigMap.",
+            stalled=True,
+        )
+
+
+def plan(ctx: FlowContext) -> None:
+    """Step 3. Decide the format and the inputs digest: the digest of everything that decides
+    the artifact's bytes and place. Equal digests mean nothing needs to be stored."""
+    assert ctx.storage_spec is not None
+    as_script = ctx.spec.stored_as_script
+    if as_script is None:
+        as_script = ctx.storage_spec.stored_as_script
+    ctx.fmt = "script" if as_script else "pickle"
+    inputs = {
+        "formatVersion": FORMAT_VERSION,
+        "source": sha256_of(ctx.source),
+        "flowName": ctx.spec.flow_name,
+        "objectName": ctx.spec.object_name,
+        "format": ctx.fmt,
+        "key": ctx.spec.key,
+        "storage": storage_identity(ctx.storage_spec),
+    }
+    ctx.inputs_digest = sha256_of(json.dumps(inputs, sort_keys=True).encode())
+
+
+def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome | None:
+    """Step 4. When status records an artifact for exactly these inputs, only refresh status
+    (labels, observedGeneration). With `check_drift`, first confirm the backend still holds
+    the artifact with its recorded digest; a missing or changed artifact is stored again."""
+    artifact = ctx.status.get("artifact") or {}
+    location = ctx.status.get("location")
+    if not location or artifact.get("inputsDigest") != ctx.inputs_digest:
+        return None
+    events: list[Event] = []
+    if check_drift:
+        assert ctx.fs is not None and ctx.storage_spec is not None
+        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        info = storage.stat(location)
+        recorded = str(artifact.get("digest", "")).removeprefix("sha256:")
+        if info is None or info.size != artifact.get("size") or (info.sha256 and info.sha256 != recorded):
+            what = "is missing" if info is None else "has changed"
+            ctx.status["driftDetected"] = what
+            return None
+    return _ready(ctx, location, artifact, events, uploaded=False)
+
+
+def check_conflict(ctx: FlowContext, ports: Ports) -> None:
+    """Step 5. The seed's rule: one flow name per storage. The oldest StoredFlow keeps it; a
+    newer one naming the same flow in the same FlowStorage stalls with NameConflict."""
+    mine = (ctx.obj["metadata"].get("creationTimestamp") or "", ctx.name)
+    for other in ports.list_storedflows(ctx.namespace):
+        meta = other["metadata"]
+        spec = other.get("spec") or {}
+        if meta["name"] == ctx.name or meta.get("deletionTimestamp"):
+            continue
+        if (spec.get("storageRef") or {}).get("name") != ctx.spec.storage_name:
+            continue
+        if spec.get("flowName") != ctx.spec.flow_name:
+            continue
+        if (meta.get("creationTimestamp") or "", meta["name"]) < mine:
+            raise ReconcileError(
+                Reason.NAME_CONFLICT,
+                f"StoredFlow {meta['name']!r} already stores a flow named {ctx.spec.flow_name!r} in "
+                f"FlowStorage {ctx.spec.storage_name!r}; flow names are unique per storage. Rename "
+                "spec.flowName or use another FlowStorage.",
+                stalled=True,
+            )
+
+
+def build(ctx: FlowContext, ports: Ports) -> bytes:
+    """Step 6. Script mode stores the source bytes after a syntax check, never executing them.
+    Pickle mode runs the script in the sandbox (separate process, scrubbed environment,
+    timeout, memory cap) and wraps the pickled flow in the seed's envelope."""
+    if ctx.fmt == "script":
+        ports.check_script(ctx.source)
+        return ctx.source
+    pickled = ports.build_pickle(ctx.source, flow_name=ctx.spec.flow_name, object_name=ctx.spec.object_name)
+    return envelope.wrap(pickled)
+
+
+def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
+    """Step 7. Upload to a fresh location (the seed's timestamped key, or spec.key), confirm the
+    backend holds exactly these bytes, and only then point status at it: status never names a
+    half-written artifact."""
+    assert ctx.fs is not None and ctx.storage_spec is not None
+    storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+    location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
+    stored = storage.put_bytes(location, data)
+    info = storage.stat(location)
+    if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
+        raise StorageError(f"{stored.url} did not read back as written; will store again")
+    previous = ctx.status.get("location")
+    artifact = {
+        "url": stored.url,
+        "digest": "sha256:" + stored.sha256,
+        "size": stored.size,
+        "format": ctx.fmt,
+        "sourceDigest": sha256_of(ctx.source),
+        "inputsDigest": ctx.inputs_digest,
+        "lastUpdateTime": cond.now_iso(),
+    }
+    drift = ctx.status.pop("driftDetected", None)
+    verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
+    events = [Event("Normal", "Stored", f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} ({stored.size} bytes, "
+                    f"{artifact['digest'][:19]}…)")]
+    if previous and previous != location and ctx.storage_spec.deletion_policy == "Delete":
+        try:
+            storage.delete(previous)
+        except StorageError as exc:
+            events.append(Event("Warning", "CleanupFailed", f"Could not delete superseded {previous}: {exc}"))
+    outcome = _ready(ctx, location, artifact, events, uploaded=True)
+    outcome.built = ctx.fmt == "pickle"
+    return outcome
+
+
+def _ready(ctx: FlowContext, location: str, artifact: dict[str, Any], events: list[Event], *,
+           uploaded: bool) -> Outcome:
+    assert ctx.storage_spec is not None
+    cls = backend_class(ctx.storage_spec.backend)
+    storage = cls.from_config(ctx.storage_spec.config)
+    storage.flows[ctx.spec.flow_name] = location
+    serialized = storage.serialize()
+    serialized["storedAsScript"] = ctx.fmt == "script"
+    status = dict(ctx.status)
+    status.pop("driftDetected", None)
+    status.update(
+        observedGeneration=ctx.generation,
+        location=location,
+        artifact=artifact,
+        storage=serialized,
+        labels=storage.labels,
+        flowName=ctx.spec.flow_name,
+    )
+    status["conditions"] = cond.mark_ready(
+        ctx.status.get("conditions"), f"Stored at {artifact['url']}", ctx.generation
+    )
+    return Outcome(
+        status=status,
+        events=events,
+        requeue_after=ctx.storage_spec.interval_seconds,
+        storage_entry=(ctx.spec.storage_name, ctx.spec.flow_name, location),
+        uploaded=uploaded,
+    )
+
+
+def _failed(status: dict[str, Any], generation: int | None, failure: Failure, requeue: float | None) -> Outcome:
+    """Ready=False; the last good location and artifact stay recorded and loadable."""
+    new = dict(status)
+    new.pop("driftDetected", None)
+    new["observedGeneration"] = generation
+    new["conditions"] = cond.mark_failed(
+        status.get("conditions"), failure.reason, failure.message, generation, stalled=failure.stalled
+    )
+    event = Event("Warning", failure.reason, failure.message)
+    return Outcome(status=new, events=[event], requeue_after=requeue, failure=failure)
+
+
+def _suspended(status: dict[str, Any], generation: int | None) -> dict[str, Any]:
+    new = dict(status)
+    new["observedGeneration"] = generation
+    conds = cond.remove_condition(status.get("conditions"), "Reconciling")
+    ready = cond.get_condition(conds, "Ready")
+    message = "Suspended: spec.suspend is true; nothing is stored or checked until it is false"
+    new["conditions"] = cond.set_condition(
+        conds, "Ready", ready["status"] if ready else "Unknown", Reason.SUSPENDED, message, generation
+    )
+    return new
+
+
+# --------------------------------------------------------------------------- FlowStorage
+def reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
+    """Check a FlowStorage: the spec parses, its credentials resolve, and its bucket/directory is
+    reachable (the seed's healthcheck); publish the serialized storage, labels, and
+    ``status.flows`` (flow name -> location) from the StoredFlows that are Ready in it."""
+    meta = obj["metadata"]
+    namespace, generation = meta["namespace"], meta.get("generation")
+    status = dict(obj.get("status") or {})
+    try:
+        spec = StorageSpec.parse(obj.get("spec") or {})
+    except SpecError as exc:
+        return _failed(status, generation, classify(exc), None)
+    flows: dict[str, str] = {}
+    for sf in ports.list_storedflows(namespace):
+        sf_spec, sf_status = sf.get("spec") or {}, sf.get("status") or {}
+        if (sf_spec.get("storageRef") or {}).get("name") == meta["name"] and sf_status.get("location"):
+            name = sf_status.get("flowName") or sf_spec.get("flowName")
+            if name and not cond.get_condition(sf_status.get("conditions"), "Stalled"):
+                flows[name] = sf_status["location"]
+    status["flows"] = flows
+    if spec.suspend:
+        return Outcome(status=_suspended(status, generation))
+    try:
+        storage = open_storage(ports, namespace, obj, spec)
+        storage.check_container()
+    except Exception as exc:
+        failure = classify(exc)
+        requeue = failure.retry_after if not failure.stalled else spec.interval_seconds
+        return _failed(status, generation, failure, requeue)
+    serialized = storage.serialize()
+    serialized.pop("flows", None)
+    status.update(observedGeneration=generation, storage=serialized, labels=storage.labels)
+    status["conditions"] = cond.mark_ready(
+        status.get("conditions"), f"{storage.type_name} storage reachable; {len(flows)} flow(s) stored", generation
+    )
+    return Outcome(status=status, requeue_after=spec.interval_seconds)
+
+
+def status_changed(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """True when writing `desired` would change anything but condition timestamps."""
+    cur = dict(current or {})
+    want = dict(desired)
+    cur_conds, want_conds = cur.pop("conditions", None), want.pop("conditions", None)
+    return cur != want or cond.without_times(cur_conds) != cond.without_times(want_conds)

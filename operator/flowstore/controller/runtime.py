@@ -1,0 +1,214 @@
+"""Per-object reconcile loops: level-triggered, like controller-runtime's work queue.
+
+kopf runs one daemon per object; each daemon calls :meth:`Runtime.run_loop`, which reconciles
+now, then sleeps until the object or something it references changes (a *poke* from the
+watch handlers), until its retry backoff or drift-check interval is due, or until kopf
+stops it. Reconciles run in a bounded thread pool; builds in a smaller semaphore. Nothing
+is written unless it changes: a resync or restart with nothing changed writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from flowstore.api import conditions as cond
+from flowstore.api.constants import API_VERSION, FLOWSTORAGE_KIND, FLOWSTORAGE_PLURAL, STOREDFLOW_KIND, STOREDFLOW_PLURAL
+from flowstore.controller import reconcile
+from flowstore.controller.failures import classify
+from flowstore.controller.kube import KubePorts
+
+Key = tuple[str, str, str]  # (plural, namespace, name)
+
+
+@dataclasses.dataclass
+class Settings:
+    workers: int = 8
+    max_builds: int = 2
+    build_timeout: float = 60.0
+    build_memory: int = 512 * 2**20
+    backoff_base: float = 1.0
+    backoff_max: float = 120.0
+    delete_retries: int = 5
+
+
+class Runtime:
+    """Shared by all loops (kept in kopf's memo)."""
+
+    def __init__(self, api: client.ApiClient, settings: Settings) -> None:
+        self.settings = settings
+        self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
+                               max_builds=settings.max_builds)
+        self.core = client.CoreV1Api(api)
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
+        self.pokes: dict[Key, asyncio.Event] = {}
+        self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
+
+    # ------------------------------------------------------------------ pokes (watch side)
+    def poke(self, key: Key) -> None:
+        event = self.pokes.get(key)
+        if event is not None:
+            event.set()
+
+    def poke_flows(self, namespace: str, match: Callable[[dict[str, Any]], bool]) -> None:
+        """Wake every StoredFlow loop in `namespace` whose spec matches."""
+        for key, spec in list(self.specs.items()):
+            if key[0] == STOREDFLOW_PLURAL and key[1] == namespace and match(spec):
+                self.poke(key)
+
+    def poke_storage(self, namespace: str, name: str) -> None:
+        self.poke((FLOWSTORAGE_PLURAL, namespace, name))
+
+    # ------------------------------------------------------------------ the loop
+    async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger) -> None:
+        key: Key = (plural, namespace, name)
+        poke = self.pokes.setdefault(key, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        failures = 0
+        next_drift = time.monotonic() + 0  # the first pass after start checks nothing remote
+        first = True
+        try:
+            while not stopped:
+                poke.clear()
+                check_drift = not first and time.monotonic() >= next_drift
+                first = False
+                try:
+                    outcome = await loop.run_in_executor(
+                        self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger
+                    )
+                except Exception as exc:  # the API itself failed; never let the daemon die
+                    logger.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
+                    outcome = None
+                if outcome is None:
+                    failures += 1
+                    delay = self._backoff(failures)
+                elif outcome.failure is not None and not outcome.failure.stalled:
+                    failures += 1
+                    delay = outcome.requeue_after or self._backoff(failures)
+                    delay = min(delay, self._backoff(failures))
+                else:
+                    failures = 0
+                    delay = outcome.requeue_after  # None: wait for a poke
+                    if outcome.requeue_after is not None:
+                        jitter = outcome.requeue_after * random.uniform(0, 0.1)  # noqa: S311 - spreading load
+                        next_drift = time.monotonic() + outcome.requeue_after + jitter
+                        delay = outcome.requeue_after + jitter
+                if outcome is not None and outcome.gone:
+                    return
+                await self._sleep(poke, stopped, delay)
+        finally:
+            self.pokes.pop(key, None)
+            self.specs.pop(key, None)
+
+    def _backoff(self, failures: int) -> float:
+        base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
+        return min(self.settings.backoff_max, base) * random.uniform(0.8, 1.2)  # noqa: S311
+
+    @staticmethod
+    async def _sleep(poke: asyncio.Event, stopped: Any, delay: float | None) -> None:
+        waiters = [asyncio.ensure_future(poke.wait()), asyncio.ensure_future(stopped.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # ------------------------------------------------------------------ one pass (worker thread)
+    def reconcile_once(self, plural: str, namespace: str, name: str, check_drift: bool,
+                       logger: logging.Logger) -> LoopOutcome:
+        ports = self.ports
+        getter = ports.get_storedflow if plural == STOREDFLOW_PLURAL else ports.get_flowstorage
+        obj = getter(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return LoopOutcome(gone=True)
+        self.specs[(plural, namespace, name)] = obj.get("spec") or {}
+        kind = STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND
+
+        def write_progress(status: dict[str, Any]) -> None:
+            ports.patch_status(plural, namespace, name, status)
+
+        if plural == STOREDFLOW_PLURAL:
+            outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift, on_progress=write_progress)
+        else:
+            outcome = reconcile.reconcile_flow_storage(obj, ports)
+        current = obj.get("status") or {}
+        if reconcile.status_changed(current, outcome.status):
+            ports.patch_status(plural, namespace, name, _with_removals(current, outcome.status))
+            self._post_events(obj, kind, current, outcome)
+        if outcome.storage_entry is not None:
+            self._record_in_storage(namespace, *outcome.storage_entry)
+        if outcome.uploaded:
+            logger.info("stored %s/%s at %s", namespace, name, outcome.status.get("location"))
+        elif outcome.failure is not None:
+            logger.info("%s/%s not ready: %s: %s", namespace, name, outcome.failure.reason, outcome.failure.message)
+        return LoopOutcome(failure=outcome.failure, requeue_after=outcome.requeue_after)
+
+    def _record_in_storage(self, namespace: str, storage_name: str, flow_name: str, location: str) -> None:
+        """Keep FlowStorage.status.flows (the seed's `flows`) current: merge one entry."""
+        fs = self.ports.get_flowstorage(namespace, storage_name)
+        if fs is None or ((fs.get("status") or {}).get("flows") or {}).get(flow_name) == location:
+            return
+        self.ports.patch_status(FLOWSTORAGE_PLURAL, namespace, storage_name, {"flows": {flow_name: location}})
+
+    def forget_in_storage(self, namespace: str, storage_name: str, flow_name: str, location: str | None) -> None:
+        fs = self.ports.get_flowstorage(namespace, storage_name)
+        flows = ((fs or {}).get("status") or {}).get("flows") or {}
+        if fs is not None and flow_name in flows and (location is None or flows[flow_name] == location):
+            self.ports.patch_status(FLOWSTORAGE_PLURAL, namespace, storage_name, {"flows": {flow_name: None}})
+
+    def _post_events(self, obj: dict[str, Any], kind: str, current: dict[str, Any],
+                     outcome: reconcile.Outcome) -> None:
+        """Post the outcome's Events, but a failure only when Ready's reason changes (no spam)."""
+        before = cond.get_condition(current.get("conditions"), "Ready") or {}
+        for event in outcome.events:
+            if event.type == "Warning" and outcome.failure is not None and before.get("reason") == event.reason:
+                continue
+            self.post_event(obj, kind, event.type, event.reason, event.message)
+
+    def post_event(self, obj: dict[str, Any], kind: str, etype: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=API_VERSION, kind=kind, name=meta["name"], namespace=meta["namespace"],
+                uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
+            ),
+            reason=reason, message=message[:1024], type=etype,
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="flowstore-operator"),
+            reporting_component="flowstore.dev/operator", reporting_instance="flowstore-operator",
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except Exception as exc:  # events are best effort; status carries the same facts
+            logging.getLogger(__name__).warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+
+
+@dataclasses.dataclass
+class LoopOutcome:
+    failure: Any = None
+    requeue_after: float | None = None
+    gone: bool = False
+
+
+def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `current` into `desired`: keys that went away become null, maps
+    (status.flows) are diffed key by key, everything else is replaced."""
+    patch: dict[str, Any] = {k: None for k in current if k not in desired}
+    for k, v in desired.items():
+        if k == "flows" and isinstance(current.get(k), dict) and isinstance(v, dict):
+            old = current[k]
+            patch[k] = {**{n: None for n in old if n not in v}, **v}
+        else:
+            patch[k] = v
+    return patch
