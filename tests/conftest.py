@@ -57,9 +57,10 @@ def s3_endpoint() -> str:
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the local cluster; returns the completed process (text)."""
-    return subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, check=check, env=os.environ
-    )
+    done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
 
 
 def kubectl_json(*args: str) -> Any:

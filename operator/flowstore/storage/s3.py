@@ -1,0 +1,419 @@
+"""The seed's ``S3`` storage: flows as objects in an S3 (or S3-compatible) bucket.
+
+A location is the object key. Each object records its sha256 as user metadata
+(``x-amz-meta-sha256``) so :meth:`S3.stat` can tell whether a stored flow changed without
+downloading it. boto3 is an optional extra and is imported only when a client is needed.
+Every SDK exception is translated into :mod:`flowstore.storage.errors`; messages never
+contain credential values.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flowstore.build.keys import default_key, join_prefix
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.errors import (
+    AuthFailed,
+    ContainerNotFound,
+    InvalidConfig,
+    MissingDependency,
+    NotFound,
+    StorageError,
+    Unavailable,
+)
+
+#: objects larger than this are uploaded in parts (boto3's managed transfer)
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+#: keys of the credentials mapping (the referenced Secret's data)
+ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
+SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a key name, not a secret
+#: client defaults; `client_options["config"]` (a botocore Config or a dict) overrides them
+DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 30,
+    "retries": {"max_attempts": 3, "mode": "standard"},
+}
+
+_AUTH_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "InvalidClientTokenId", "AllAccessDisabled",
+    "AccountProblem", "UnrecognizedClientException", "Forbidden",
+})
+_RETRYABLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "ServiceUnavailable", "InternalError", "RequestLimitExceeded", "TooManyRequestsException",
+    "OperationAborted",
+})
+_MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# a person must change the spec (wrong region, bad bucket name, ...)
+_CONFIG_CODES = frozenset({
+    "InvalidBucketName", "KeyTooLongError", "InvalidArgument", "PermanentRedirect",
+    "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+})
+_CONFIG_ERROR_KINDS = frozenset({
+    "ParamValidationError", "InvalidS3AddressingStyleError", "InvalidRegionError",
+})
+
+
+class S3(Storage):
+    """Flows stored as objects in an S3 bucket.
+
+    Args:
+        bucket: the bucket holding the flows (must exist).
+        key: a fixed object key for the flow; like the seed's, only useful for a single flow.
+        stored_as_script: flows are kept as ``.py`` source rather than pickled.
+        local_script_path: with `stored_as_script`, a local script to upload at :meth:`build`
+            for flows added without `source`.
+        client_options: extra keyword arguments for ``session.client("s3", ...)``; a
+            ``config`` entry (botocore ``Config`` or dict) is merged over the defaults
+            (5 s connect / 30 s read timeouts, 3 attempts).
+        key_prefix: prefix for generated keys (``<prefix>/<slug>/<timestamp>``).
+        region: the bucket's region (``region_name``); None uses the SDK's default.
+        endpoint_url: an S3-compatible endpoint (e.g. a local moto server).
+        credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
+            ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
+        **kwargs: the base :class:`Storage` options.
+    """
+
+    type_name = "S3"
+    default_label = "s3-flow-storage"
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str | None = None,
+        stored_as_script: bool = False,
+        local_script_path: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        key_prefix: str | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        credentials: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(stored_as_script=stored_as_script, **kwargs)
+        if not bucket or not isinstance(bucket, str):
+            raise InvalidConfig("S3 storage needs `bucket` (the bucket flows are stored in)")
+        self.bucket = bucket
+        self.key = key
+        self.local_script_path = local_script_path
+        self.client_options = dict(client_options or {})
+        self.key_prefix = key_prefix
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self._credentials = dict(credentials) if credentials is not None else None
+        if self._credentials is not None:
+            missing = [k for k in (ACCESS_KEY_ID, SECRET_ACCESS_KEY) if not self._credentials.get(k)]
+            if missing:  # names only: never echo the values
+                raise InvalidConfig(
+                    f"the S3 credentials lack {', '.join(missing)}; add them to the referenced Secret"
+                )
+        self._client_lock = threading.Lock()
+        self._client_instance: Any = None
+
+    def __repr__(self) -> str:  # never shows credentials
+        return (f"S3(bucket={self.bucket!r}, key_prefix={self.key_prefix!r}, "
+                f"endpoint_url={self.endpoint_url!r})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> S3:
+        bucket = config.get("bucket")
+        if not bucket or not isinstance(bucket, str):
+            raise InvalidConfig("S3 storage needs `bucket` (spec.s3.bucket)")
+        client_options = config.get("clientOptions") or {}
+        if not isinstance(client_options, Mapping):
+            raise InvalidConfig("S3 `clientOptions` must be a mapping of boto3 client keyword arguments")
+        return cls(
+            bucket=bucket,
+            key=config.get("key"),
+            key_prefix=config.get("keyPrefix"),
+            region=config.get("region"),
+            endpoint_url=config.get("endpointURL"),
+            client_options=client_options,
+            credentials=credentials,
+            **cls.common_kwargs(config),
+        )
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc = {
+            "bucket": self.bucket,
+            "key": self.key,
+            "keyPrefix": self.key_prefix,
+            "region": self.region,
+            "endpointURL": self.endpoint_url,
+        }
+        return {k: v for k, v in doc.items() if v is not None}
+
+    # ------------------------------------------------------------------ locations
+    def location_for(self, flow_name: str, key: str | None = None) -> str:
+        return key or self.key or join_prefix(self.key_prefix, default_key(flow_name))
+
+    def url_for(self, location: str) -> str:
+        return f"s3://{self.bucket}/{location}"
+
+    # ------------------------------------------------------------------ script mode (seed: local_script_path)
+    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
+        if self.stored_as_script and source is None and self.local_script_path:
+            location = super().add_flow(flow, source=b"")
+            name = flow if isinstance(flow, str) else flow.name
+            self._pending[name] = None  # read from local_script_path at build()
+            return location
+        return super().add_flow(flow, source)
+
+    def _load_local_scripts(self) -> None:
+        if not self.stored_as_script:
+            return
+        for name, payload in self._pending.items():
+            if payload is None and self.local_script_path:
+                try:
+                    self._pending[name] = Path(self.local_script_path).read_bytes()
+                except OSError as exc:
+                    raise InvalidConfig(
+                        f"cannot read local_script_path {self.local_script_path}: {exc.strerror}"
+                    ) from None
+
+    def build(self) -> Storage:
+        self._load_local_scripts()
+        return super().build()
+
+    def run_basic_healthchecks(self) -> None:
+        self._load_local_scripts()
+        super().run_basic_healthchecks()
+
+    # ------------------------------------------------------------------ client
+    def _client(self) -> Any:
+        """The instance's boto3 client (created once; boto3 clients are thread-safe)."""
+        with self._client_lock:
+            if self._client_instance is None:
+                self._client_instance = self._make_client()
+            return self._client_instance
+
+    def _make_client(self) -> Any:
+        try:
+            import boto3.session
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
+        except ImportError as exc:
+            raise MissingDependency(
+                f"S3 storage needs {exc.name or 'boto3'}: pip install 'flowstore[s3]'"
+            ) from None
+
+        session_kwargs: dict[str, str] = {}
+        if self._credentials is not None:
+            session_kwargs["aws_access_key_id"] = self._credentials[ACCESS_KEY_ID]
+            session_kwargs["aws_secret_access_key"] = self._credentials[SECRET_ACCESS_KEY]
+            if self._credentials.get(SESSION_TOKEN):
+                session_kwargs["aws_session_token"] = self._credentials[SESSION_TOKEN]
+
+        options = dict(self.client_options)
+        config = Config(**DEFAULT_CLIENT_CONFIG)
+        user_config = options.pop("config", None)
+        if isinstance(user_config, Mapping):
+            user_config = Config(**user_config)
+        if user_config is not None:
+            config = config.merge(user_config)
+        if self.endpoint_url is not None:
+            options.setdefault("endpoint_url", self.endpoint_url)
+        if self.region is not None:
+            options.setdefault("region_name", self.region)
+        try:
+            session = boto3.session.Session(**session_kwargs)
+            return session.client("s3", config=config, **options)
+        except (BotoCoreError, ValueError, TypeError) as exc:
+            raise InvalidConfig(f"cannot create an S3 client: {self._redact(str(exc))}") from None
+
+    # ------------------------------------------------------------------ primitives
+    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+        digest = sha256_hex(data)
+        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
+        client = self._client()
+        try:
+            if len(data) > MULTIPART_THRESHOLD:
+                from boto3.s3.transfer import TransferConfig
+
+                client.upload_fileobj(
+                    io.BytesIO(data), self.bucket, location,
+                    ExtraArgs={"Metadata": {"sha256": digest}, "ContentType": content_type},
+                    Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                          multipart_chunksize=MULTIPART_THRESHOLD),
+                )
+            else:
+                client.put_object(Bucket=self.bucket, Key=location, Body=data,
+                                  Metadata={"sha256": digest}, ContentType=content_type)
+        except Exception as exc:
+            raise self._translate(exc, "upload", location) from _cause(exc)
+        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+
+    def get_bytes(self, location: str) -> bytes:
+        client = self._client()
+        try:
+            response = client.get_object(Bucket=self.bucket, Key=location)
+            data: bytes = response["Body"].read()
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
+        return data
+
+    def stat(self, location: str) -> ObjectInfo | None:
+        client = self._client()
+        try:
+            response = client.head_object(Bucket=self.bucket, Key=location)
+        except Exception as exc:
+            if _error_code(exc) in _MISSING_OBJECT_CODES:
+                return None
+            raise self._translate(exc, "inspect", location) from _cause(exc)
+        metadata = response.get("Metadata") or {}
+        return ObjectInfo(size=int(response.get("ContentLength", 0)), sha256=metadata.get("sha256"))
+
+    def delete(self, location: str) -> None:
+        client = self._client()
+        try:
+            client.delete_object(Bucket=self.bucket, Key=location)
+        except Exception as exc:
+            if _error_code(exc) == "NoSuchKey":  # S3 itself answers 204; some compatibles do not
+                return
+            raise self._translate(exc, "delete", location) from _cause(exc)
+
+    def check_container(self) -> None:
+        client = self._client()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._translate(exc, "access", None) from _cause(exc)
+
+    # ------------------------------------------------------------------ errors
+    def _endpoint(self) -> str:
+        if self.endpoint_url:
+            return self.endpoint_url
+        client = self._client_instance
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+        return str(endpoint) if endpoint else "the default AWS endpoint"
+
+    def _redact(self, text: str) -> str:
+        for value in (self._credentials or {}).values():
+            if value and len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
+
+    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
+        """Map one SDK exception to the project's taxonomy, with a message for a person."""
+        if isinstance(exc, StorageError):
+            return exc
+        code = _error_code(exc)
+        status = _http_status(exc)
+        target = self.url_for(key) if key is not None else f"bucket {self.bucket}"
+        detail = self._redact(_error_message(exc))
+        where = self._endpoint()
+        kind = type(exc).__name__
+
+        if _is_credentials_error(exc):
+            return AuthFailed(
+                f"cannot {action} {target}: no usable AWS credentials were found ({kind}); "
+                f"reference a Secret with {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, "
+                "or give the pod an AWS identity"
+            )
+        if _is_connection_error(exc):
+            return Unavailable(
+                f"cannot {action} {target}: S3 at {where} is unreachable or timed out ({kind}: {detail})"
+            )
+        if code == "NoSuchBucket" or (key is None and (code in _MISSING_OBJECT_CODES or status == 404)):
+            return ContainerNotFound(
+                f"bucket {self.bucket} does not exist at {where}; create it or fix spec.s3.bucket"
+            )
+        if code in _AUTH_CODES or status == 403:
+            return AuthFailed(
+                f"cannot {action} {target}: S3 at {where} rejected the credentials or denied access "
+                f"({code or status}); check the keys in the referenced Secret ({ACCESS_KEY_ID}, "
+                f"{SECRET_ACCESS_KEY}) and the bucket policy"
+            )
+        if code in _MISSING_OBJECT_CODES or status == 404:
+            return NotFound(f"no flow artifact at {target} ({code or status}); was the flow built (stored)?")
+        if code in _RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429)):
+            throttled = code in {"SlowDown", "Throttling", "ThrottlingException"} or status == 429
+            return Unavailable(
+                f"cannot {action} {target}: S3 at {where} answered a temporary failure "
+                f"({code or status}: {detail})",
+                retry_after=5.0 if throttled else None,
+            )
+        if kind in _CONFIG_ERROR_KINDS or code in _CONFIG_CODES:
+            return InvalidConfig(f"cannot {action} {target}: {code or kind}: {detail}")
+        return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
+
+
+def _is_credentials_error(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Unreachable endpoint, timeouts, dropped or truncated responses: all worth a retry."""
+    try:
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
+        )
+        from botocore.exceptions import (
+            HTTPClientError,
+            IncompleteReadError,
+            ResponseStreamingError,
+        )
+    except ImportError:
+        return False
+    inner = _unwrap(exc)
+    retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
+    return isinstance(inner, retryable)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What to chain the translated error to: nothing for auth failures (their SDK text can
+    echo key ids), the SDK exception otherwise (useful when debugging)."""
+    if _error_code(exc) in _AUTH_CODES or _http_status(exc) == 403:
+        return None
+    return exc
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """boto3's S3UploadFailedError wraps the ClientError of a managed (multipart) upload."""
+    if type(exc).__name__ == "S3UploadFailedError":
+        inner = exc.__cause__ or exc.__context__
+        if inner is not None:
+            return inner
+    return exc
+
+
+def _error_code(exc: BaseException) -> str | None:
+    response = getattr(_unwrap(exc), "response", None)
+    if isinstance(response, Mapping):
+        code = (response.get("Error") or {}).get("Code")
+        return str(code) if code else None
+    text = str(exc)
+    for candidate in ("NoSuchBucket", "NoSuchKey", *sorted(_AUTH_CODES)):
+        if f"({candidate})" in text:  # S3UploadFailedError's message when it does not chain
+            return candidate
+    return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(_unwrap(exc), "response", None)
+    if isinstance(response, Mapping):
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return int(status) if status else None
+    return None
+
+
+def _error_message(exc: BaseException) -> str:
+    inner = _unwrap(exc)
+    response = getattr(inner, "response", None)
+    if isinstance(response, Mapping):
+        message = (response.get("Error") or {}).get("Message")
+        if message:
+            return str(message)
+    return str(inner)

@@ -1,0 +1,246 @@
+"""S3 storage against a real S3 server (moto server, LOCAL-CLOUD.md): the conformance suite
+plus S3's own rules: key prefix, object metadata, multipart, and error translation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import traceback
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from flowstore.storage import (
+    AuthFailed,
+    ContainerNotFound,
+    InvalidConfig,
+    NotFound,
+    Unavailable,
+    from_serialized,
+)
+from flowstore.storage.base import sha256_hex
+from flowstore.storage.s3 import S3
+
+from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
+
+pytestmark = pytest.mark.backend
+
+CANARY_SECRET = "canary-Secret-7f3a9c1e-do-not-leak"
+CANARY_KEY_ID = "AKIACANARY7F3A9C1E00"
+
+
+class TestS3(StorageConformance):
+    default_label_prefix = "s3-flow-storage"
+
+    @pytest.fixture
+    def storage_factory(self, s3_endpoint: str, s3_bucket: str) -> StorageFactory:
+        def make(**kwargs: Any) -> S3:
+            kwargs.setdefault("bucket", s3_bucket)
+            return S3(endpoint_url=s3_endpoint, region="us-east-1", **kwargs)
+
+        return make
+
+
+@pytest.fixture
+def raw_client(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def auth_enforcing_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second, real moto server that enforces IAM authentication from the first request
+    (INITIAL_NO_AUTH_ACTION_COUNT=0, https://docs.getmoto.org/en/latest/docs/iam.html), since
+    the shared one accepts any credentials."""
+    moto_server = shutil.which("moto_server")
+    if moto_server is None:
+        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - local server
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start: {log.read_text()}")
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _assert_no_canary(exc: BaseException) -> None:
+    rendered = "".join(traceback.format_exception(exc)) + repr(exc) + str(exc)
+    assert CANARY_SECRET not in rendered
+
+
+# ---------------------------------------------------------------------- layout and metadata
+def test_key_prefix_is_applied(s3_endpoint: str, s3_bucket: str, raw_client: Any) -> None:
+    storage = S3.from_config({"bucket": s3_bucket, "keyPrefix": "team/a/", "endpointURL": s3_endpoint,
+                              "region": "us-east-1"})
+    location = storage.add_flow(make_flow("ETL Daily", 1))
+    assert location.startswith("team/a/etl-daily/")
+    storage.build()
+    keys = [o["Key"] for o in raw_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert keys == [location]
+    assert storage.url_for(location) == f"s3://{s3_bucket}/{location}"
+
+
+def test_fixed_key(s3_endpoint: str, s3_bucket: str) -> None:
+    storage = S3(bucket=s3_bucket, key="flows/fixed.flow", key_prefix="ignored", endpoint_url=s3_endpoint)
+    assert storage.add_flow(make_flow("one", 1)) == "flows/fixed.flow"
+    storage.build()
+    assert storage.get_flow("flows/fixed.flow").run() == 1
+
+
+def test_object_metadata_records_digest(s3_endpoint: str, s3_bucket: str, raw_client: Any) -> None:
+    storage = S3(bucket=s3_bucket, endpoint_url=s3_endpoint)
+    artifact = storage.put_bytes("meta/object.bin", b"payload")
+    head = raw_client.head_object(Bucket=s3_bucket, Key="meta/object.bin")
+    assert head["Metadata"] == {"sha256": sha256_hex(b"payload")}
+    assert head["ContentType"] == "application/octet-stream"
+    assert artifact.url == f"s3://{s3_bucket}/meta/object.bin"
+
+
+def test_large_objects_use_multipart_and_keep_metadata(
+    s3_endpoint: str, s3_bucket: str, raw_client: Any
+) -> None:
+    storage = S3(bucket=s3_bucket, endpoint_url=s3_endpoint)
+    data = os.urandom(10 * 1024 * 1024)
+    storage.put_bytes("big/object.bin", data)
+    head = raw_client.head_object(Bucket=s3_bucket, Key="big/object.bin")
+    assert "-" in head["ETag"]  # a multipart ETag: <md5 of part md5s>-<parts>
+    assert head["Metadata"]["sha256"] == sha256_hex(data)
+    assert head["ContentLength"] == len(data)
+
+
+def test_script_mode_reads_local_script_path(s3_endpoint: str, s3_bucket: str, tmp_path: Path,
+                                             raw_client: Any) -> None:
+    script = tmp_path / "flow.py"
+    script.write_bytes(SCRIPT_SOURCE)
+    storage = S3(bucket=s3_bucket, endpoint_url=s3_endpoint, stored_as_script=True,
+                 local_script_path=str(script))
+    location = storage.add_flow(make_flow("script flow", None))
+    storage.run_basic_healthchecks()
+    storage.build()
+    head = raw_client.head_object(Bucket=s3_bucket, Key=location)
+    assert head["ContentType"] == "text/x-python"
+    assert storage.get_flow(location, flow_name="script flow").run() == 42
+
+
+def test_serialize_never_contains_credentials(s3_endpoint: str, s3_bucket: str) -> None:
+    storage = S3.from_config(
+        {"bucket": s3_bucket, "endpointURL": s3_endpoint, "region": "us-east-1", "keyPrefix": "p",
+         "clientOptions": {"config": {"connect_timeout": 2}}},
+        credentials={"AWS_ACCESS_KEY_ID": CANARY_KEY_ID, "AWS_SECRET_ACCESS_KEY": CANARY_SECRET},
+    )
+    doc = storage.serialize()
+    assert {k: doc[k] for k in ("type", "bucket", "keyPrefix", "region", "endpointURL")} == {
+        "type": "S3", "bucket": s3_bucket, "keyPrefix": "p", "region": "us-east-1",
+        "endpointURL": s3_endpoint,
+    }
+    assert "key" not in doc
+    rendered = json.dumps(doc) + repr(storage)
+    assert CANARY_SECRET not in rendered and CANARY_KEY_ID not in rendered
+    assert from_serialized(doc).serialize() == doc
+
+
+def test_from_config_validation() -> None:
+    with pytest.raises(InvalidConfig, match="bucket"):
+        S3.from_config({})
+    with pytest.raises(InvalidConfig, match="clientOptions"):
+        S3.from_config({"bucket": "b", "clientOptions": ["nope"]})
+    with pytest.raises(InvalidConfig, match="AWS_SECRET_ACCESS_KEY") as info:
+        S3.from_config({"bucket": "b"}, credentials={"AWS_ACCESS_KEY_ID": CANARY_KEY_ID})
+    assert CANARY_KEY_ID not in str(info.value)
+
+
+# ---------------------------------------------------------------------- error translation
+def test_missing_bucket_is_container_not_found(s3_endpoint: str) -> None:
+    bucket = f"absent-{uuid.uuid4().hex[:10]}"
+    storage = S3(bucket=bucket, endpoint_url=s3_endpoint)
+    calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"),
+             storage.run_basic_healthchecks)
+    for call in calls:
+        with pytest.raises(ContainerNotFound) as info:
+            call()
+        assert bucket in str(info.value)
+        assert info.value.retryable is False
+
+
+def test_missing_object_is_not_found(s3_endpoint: str, s3_bucket: str) -> None:
+    storage = S3(bucket=s3_bucket, endpoint_url=s3_endpoint)
+    with pytest.raises(NotFound, match=f"s3://{s3_bucket}/nope"):
+        storage.get_bytes("nope")
+    storage.check_container()  # the bucket itself is fine
+
+
+def test_unreachable_endpoint_is_unavailable_quickly() -> None:
+    port = _free_port()  # nothing listens here
+    storage = S3.from_config({
+        "bucket": "flows", "endpointURL": f"http://127.0.0.1:{port}", "region": "us-east-1",
+        "clientOptions": {
+            "config": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
+        },
+    })
+    started = time.monotonic()
+    for call in (storage.check_container, lambda: storage.get_bytes("k"), lambda: storage.stat("k"),
+                 lambda: storage.put_bytes("k", b"x"), lambda: storage.delete("k")):
+        with pytest.raises(Unavailable) as info:
+            call()
+        assert info.value.retryable is True
+        assert f"127.0.0.1:{port}" in str(info.value)
+    assert time.monotonic() - started < 10
+
+
+def test_wrong_credentials_are_auth_failed_and_not_leaked(auth_enforcing_endpoint: str) -> None:
+    storage = S3(bucket="flows", endpoint_url=auth_enforcing_endpoint, region="us-east-1",
+                 credentials={"AWS_ACCESS_KEY_ID": CANARY_KEY_ID, "AWS_SECRET_ACCESS_KEY": CANARY_SECRET})
+    calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"))
+    for call in calls:
+        with pytest.raises(AuthFailed) as info:
+            call()
+        assert info.value.retryable is False
+        assert "Secret" in str(info.value)
+        _assert_no_canary(info.value)
+
+
+def test_no_credentials_is_auth_failed(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage = S3(bucket="flows", endpoint_url=s3_endpoint, region="us-east-1")
+    with pytest.raises(AuthFailed, match="no usable AWS credentials"):
+        storage.check_container()
