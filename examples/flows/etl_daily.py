@@ -1,0 +1,18 @@
+"""A daily ETL flow. flowstore pickles the object named like spec.flowName ("etl daily")."""
+
+from flowstore.flow import Flow
+
+
+def extract() -> list[int]:
+    return [3, 1, 4, 1, 5, 9, 2, 6]
+
+
+def run_etl() -> dict[str, int]:
+    rows = extract()
+    return {"rows": len(rows), "total": sum(rows)}
+
+
+flow = Flow("etl daily", run_etl)
+
+if __name__ == "__main__":  # never runs during a build: the operator only imports the script
+    print(flow.run())
