@@ -37,9 +37,9 @@ def _custom_api() -> Any:
     from kubernetes import client, config
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.CustomObjectsApi()
 
 
@@ -57,7 +57,8 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
-            f"StoredFlow {namespace}/{name} has not been stored yet; see `kubectl describe storedflow {name} -n {namespace}`"
+            f"StoredFlow {namespace}/{name} has not been stored yet; "
+            f"see `kubectl describe storedflow {name} -n {namespace}`"
         )
     return status
 

@@ -35,7 +35,7 @@ class OperatorProcess:
 
     def start(self, *extra: str) -> None:
         self.starts += 1
-        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowstore.cli", "operator", *OPERATOR_ARGS, *extra],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,

@@ -37,7 +37,7 @@ class Reason:
     STORAGE_NOT_FOUND: Final = "StorageNotFound"
     STORAGE_NOT_READY: Final = "StorageNotReady"
     SOURCE_NOT_FOUND: Final = "SourceNotFound"
-    SECRET_NOT_FOUND: Final = "SecretNotFound"
+    SECRET_NOT_FOUND: Final = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     INVALID_SPEC: Final = "InvalidSpec"
     NAME_CONFLICT: Final = "NameConflict"
     # Building the flow from its source

@@ -33,9 +33,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
     memo.runtime = Runtime(api, memo.get("settings") or Settings())
     logger.info("flowstore operator configured: %s", memo.runtime.settings)
@@ -92,8 +92,11 @@ def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -
 def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A ConfigMap changed: wake the StoredFlows whose source it is."""
     meta = body.get("metadata", {})
-    memo.runtime.poke_flows(meta.get("namespace"),
-                            lambda s: ((s.get("source") or {}).get("configMapRef") or {}).get("name") == meta.get("name"))
+
+    def uses_it(spec: dict[str, Any]) -> bool:
+        return bool(((spec.get("source") or {}).get("configMapRef") or {}).get("name") == meta.get("name"))
+
+    memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
 
 # ---------------------------------------------------------------------- deletion

@@ -54,23 +54,25 @@ class KubePorts:
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL, name)  # type: ignore[no-any-return]
+        return _as_dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL, name))
 
     @_not_found_is_none
     def get_storedflow(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)  # type: ignore[no-any-return]
+        return _as_dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name))
 
     @_not_found_is_none
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         cm = self.core.read_namespaced_config_map(name, namespace)
-        return {"metadata": {"name": name, "resourceVersion": cm.metadata.resource_version},
+        meta = cm.metadata or client.V1ObjectMeta()
+        return {"metadata": {"name": name, "resourceVersion": meta.resource_version},
                 "data": cm.data or {}, "binaryData": cm.binary_data or {}}
 
     @_not_found_is_none
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         secret = self.core.read_namespaced_secret(name, namespace)
         data = {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
-        return {"metadata": {"uid": secret.metadata.uid, "resourceVersion": secret.metadata.resource_version},
+        meta = secret.metadata or client.V1ObjectMeta()
+        return {"metadata": {"uid": meta.uid, "resourceVersion": meta.resource_version},
                 "data": data}
 
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
@@ -78,7 +80,7 @@ class KubePorts:
             result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL)
         except Exception as exc:
             raise ClusterUnavailable(f"listing StoredFlows: {exc}") from None
-        return list(result.get("items") or [])
+        return list(_as_dict(result).get("items") or [])
 
     # ---------------------------------------------------------------- builds and storages
     def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
@@ -99,21 +101,27 @@ class KubePorts:
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[cache_key] = storage
-        return _CountingStorage(storage, self.counters)
+        return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch `status`; returns the updated object, or None if it is gone."""
         try:
-            return self.custom.patch_namespaced_custom_object_status(  # type: ignore[no-any-return]
+            return _as_dict(self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status}
-            )
+            ))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise ClusterUnavailable(f"writing status: HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:
             raise ClusterUnavailable(f"writing status: {exc}") from None
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    """The custom-objects API returns plain dicts typed as `object`."""
+    assert isinstance(value, dict)
+    return value
 
 
 class _CountingStorage:

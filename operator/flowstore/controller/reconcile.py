@@ -324,8 +324,9 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     }
     drift = ctx.status.pop("driftDetected", None)
     verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
+    digest = "sha256:" + stored.sha256
     events = [Event("Normal", "Stored", f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} ({stored.size} bytes, "
-                    f"{artifact['digest'][:19]}…)")]
+                    f"{digest[:19]}…)")]
     if previous and previous != location and ctx.storage_spec.deletion_policy == "Delete":
         try:
             storage.delete(previous)
@@ -407,7 +408,10 @@ def reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
         sf_spec, sf_status = sf.get("spec") or {}, sf.get("status") or {}
         if (sf_spec.get("storageRef") or {}).get("name") == meta["name"] and sf_status.get("location"):
             name = sf_status.get("flowName") or sf_spec.get("flowName")
-            if name and not cond.get_condition(sf_status.get("conditions"), "Stalled"):
+            # A flow whose last change failed keeps its last good location (still loadable); only
+            # one that lost its name to an older StoredFlow is left out.
+            ready = cond.get_condition(sf_status.get("conditions"), "Ready") or {}
+            if name and ready.get("reason") != Reason.NAME_CONFLICT:
                 flows[name] = sf_status["location"]
     status["flows"] = flows
     if spec.suspend:

@@ -22,7 +22,13 @@ from typing import Any
 from kubernetes import client
 
 from flowstore.api import conditions as cond
-from flowstore.api.constants import API_VERSION, FLOWSTORAGE_KIND, FLOWSTORAGE_PLURAL, STOREDFLOW_KIND, STOREDFLOW_PLURAL
+from flowstore.api.constants import (
+    API_VERSION,
+    FLOWSTORAGE_KIND,
+    FLOWSTORAGE_PLURAL,
+    STOREDFLOW_KIND,
+    STOREDFLOW_PLURAL,
+)
 from flowstore.controller import reconcile
 from flowstore.controller.failures import classify
 from flowstore.controller.kube import KubePorts
@@ -88,6 +94,7 @@ class Runtime:
                 except Exception as exc:  # the API itself failed; never let the daemon die
                     logger.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
                     outcome = None
+                delay: float | None
                 if outcome is None:
                     failures += 1
                     delay = self._backoff(failures)
@@ -111,7 +118,7 @@ class Runtime:
 
     def _backoff(self, failures: int) -> float:
         base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
-        return min(self.settings.backoff_max, base) * random.uniform(0.8, 1.2)  # noqa: S311
+        return float(min(self.settings.backoff_max, base) * random.uniform(0.8, 1.2))  # noqa: S311
 
     @staticmethod
     async def _sleep(poke: asyncio.Event, stopped: Any, delay: float | None) -> None:
@@ -133,17 +140,23 @@ class Runtime:
         self.specs[(plural, namespace, name)] = obj.get("spec") or {}
         kind = STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND
 
+        written: list[dict[str, Any]] = []  # a progress status written during this pass
+
         def write_progress(status: dict[str, Any]) -> None:
             ports.patch_status(plural, namespace, name, status)
+            written.append(status)
 
         if plural == STOREDFLOW_PLURAL:
             outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift, on_progress=write_progress)
         else:
             outcome = reconcile.reconcile_flow_storage(obj, ports)
-        current = obj.get("status") or {}
+        before = obj.get("status") or {}
+        # Compare with what the object holds now: a progress status written above must be
+        # replaced even when the outcome equals the status read at the start of the pass.
+        current = written[-1] if written else before
         if reconcile.status_changed(current, outcome.status):
             ports.patch_status(plural, namespace, name, _with_removals(current, outcome.status))
-            self._post_events(obj, kind, current, outcome)
+            self._post_events(obj, kind, before, outcome)
         if outcome.storage_entry is not None:
             self._record_in_storage(namespace, *outcome.storage_entry)
         if outcome.uploaded:

@@ -122,7 +122,9 @@ class Storage(abc.ABC):
         """Backend-specific fields of :meth:`serialize` (camelCase keys, never secret values)."""
 
     def check_container(self) -> None:
-        """Verify the bucket/container/directory exists and is accessible. Raises StorageError."""
+        """Verify the bucket/container/directory exists and is accessible. Raises StorageError.
+        Backends without a container to check keep this default."""
+        return None
 
     def location_for(self, flow_name: str, key: str | None = None) -> str:
         """Where a flow named `flow_name` goes: `key` if given, else the seed's default key

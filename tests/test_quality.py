@@ -1,0 +1,33 @@
+"""Code quality gates run with the tests: lint, strict types, and the layer contracts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ruff() -> None:
+    done = _run("ruff", "check", "operator", "tests", "bench", "scripts/localcloud")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_strict() -> None:
+    done = _run("mypy")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_layers_import_downwards_only() -> None:
+    """api <- build <- storage <- controller|client <- cli; only the controller imports kopf."""
+    done = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_top_level_operator_package() -> None:
+    # A package named `operator` would shadow the standard library.
+    assert not (ROOT / "operator" / "__init__.py").exists()

@@ -1,0 +1,168 @@
+"""The pure reconcile core, offline: in-memory cluster ports, a real Local storage in a temp
+directory and a counting builder. No network, no kopf."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowstore.api.models import StorageSpec
+from flowstore.build import sandbox
+from flowstore.controller.reconcile import reconcile_flow_storage, reconcile_stored_flow, status_changed
+from flowstore.storage import Storage, backend_class
+
+SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"
+
+
+class FakeCluster:
+    """The Ports protocol over dicts; builds run in the real sandbox and are counted."""
+
+    def __init__(self) -> None:
+        self.storages: dict[str, dict[str, Any]] = {}
+        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.flows: dict[str, dict[str, Any]] = {}
+        self.builds = 0
+        self.uploads = 0
+
+    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.storages.get(name))
+
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.configmaps.get(name)
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get(name)
+
+    def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
+        return list(self.flows.values())
+
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
+        self.builds += 1
+        return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name, timeout=20)
+
+    def check_script(self, source: bytes) -> None:
+        sandbox.check_script(source)
+
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
+        storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+        original = storage.put_bytes
+
+        def counted(location: str, data: bytes) -> Any:
+            self.uploads += 1
+            return original(location, data)
+
+        storage.put_bytes = counted  # type: ignore[method-assign]
+        return storage
+
+
+def storage_obj(directory: Path, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+            "spec": {"local": {"directory": str(directory)}, "interval": "10m", **spec}}
+
+
+def flow_obj(name: str = "etl", created: str = "2026-01-01T00:00:00Z", **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "generation": 1, "creationTimestamp": created},
+            "spec": {"storageRef": {"name": "store"}, "flowName": "etl", "source": {"inline": SCRIPT}, **spec}}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> FakeCluster:
+    c = FakeCluster()
+    c.storages["store"] = storage_obj(tmp_path / "flows")
+    return c
+
+
+def settle(obj: dict[str, Any], cluster: FakeCluster, **kw: Any) -> dict[str, Any]:
+    outcome = reconcile_stored_flow(obj, cluster, **kw)
+    obj["status"] = outcome.status
+    cluster.flows[obj["metadata"]["name"]] = obj
+    return obj
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_second_pass_with_nothing_changed_builds_and_uploads_nothing(cluster: FakeCluster) -> None:
+    obj = settle(flow_obj(), cluster)
+    assert ready(obj)["status"] == "True" and (cluster.builds, cluster.uploads) == (1, 1)
+    before = copy.deepcopy(obj["status"])
+    outcome = reconcile_stored_flow(obj, cluster)
+    assert (cluster.builds, cluster.uploads) == (1, 1)
+    assert not status_changed(before, outcome.status)
+
+
+def test_source_change_and_storage_change_store_again(cluster: FakeCluster, tmp_path: Path) -> None:
+    obj = settle(flow_obj(), cluster)
+    first = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    obj = settle(obj, cluster)
+    assert obj["status"]["location"] != first and cluster.uploads == 2
+    cluster.storages["store"] = storage_obj(tmp_path / "elsewhere")
+    obj = settle(obj, cluster)
+    assert obj["status"]["location"].startswith(str(tmp_path / "elsewhere")) and cluster.uploads == 3
+
+
+def test_labels_change_updates_status_without_upload(cluster: FakeCluster, tmp_path: Path) -> None:
+    obj = settle(flow_obj(), cluster)
+    cluster.storages["store"] = storage_obj(tmp_path / "flows", labels=["prod"])
+    obj = settle(obj, cluster)
+    assert "prod" in obj["status"]["labels"] and cluster.uploads == 1
+
+
+def test_drift_check_restores_a_missing_artifact(cluster: FakeCluster) -> None:
+    obj = settle(flow_obj(), cluster)
+    Path(obj["status"]["location"]).unlink()
+    settle(obj, cluster)  # no drift check: trusts status, no backend call
+    assert cluster.uploads == 1
+    obj = settle(obj, cluster, check_drift=True)
+    assert cluster.uploads == 2 and Path(obj["status"]["location"]).exists()
+
+
+def test_script_mode_never_builds(cluster: FakeCluster) -> None:
+    obj = settle(flow_obj(storedAsScript=True), cluster)
+    assert obj["status"]["artifact"]["format"] == "script" and cluster.builds == 0
+    assert Path(obj["status"]["location"]).read_bytes() == SCRIPT.encode()
+
+
+def test_name_conflict_goes_to_the_newer(cluster: FakeCluster) -> None:
+    settle(flow_obj("older", "2026-01-01T00:00:00Z"), cluster)
+    newer = settle(flow_obj("newer", "2026-01-02T00:00:00Z"), cluster)
+    assert ready(newer)["reason"] == "NameConflict" and "older" in ready(newer)["message"]
+    assert any(c["type"] == "Stalled" for c in newer["status"]["conditions"])
+
+
+def test_failure_keeps_last_good_location(cluster: FakeCluster) -> None:
+    obj = settle(flow_obj(), cluster)
+    good = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = "def broken(:\n"
+    obj = settle(obj, cluster)
+    assert ready(obj)["reason"] == "ScriptSyntaxError" and obj["status"]["location"] == good
+
+
+def test_missing_storage_waits_without_stalling(cluster: FakeCluster) -> None:
+    obj = flow_obj()
+    obj["spec"]["storageRef"]["name"] = "absent"
+    outcome = reconcile_stored_flow(obj, cluster)
+    assert outcome.failure is not None and outcome.failure.reason == "StorageNotFound"
+    assert not outcome.failure.stalled and outcome.requeue_after
+
+
+def test_missing_configmap_key_lists_what_is_there(cluster: FakeCluster) -> None:
+    cluster.configmaps["flows"] = {"data": {"a.py": SCRIPT, "b.py": SCRIPT}}
+    obj = flow_obj(source={"configMapRef": {"name": "flows", "key": "c.py"}})
+    outcome = reconcile_stored_flow(obj, cluster)
+    assert outcome.failure is not None and outcome.failure.reason == "SourceNotFound"
+    assert "a.py, b.py" in outcome.failure.message
+
+
+def test_flow_storage_reports_flows(cluster: FakeCluster) -> None:
+    settle(flow_obj(), cluster)
+    outcome = reconcile_flow_storage(cluster.storages["store"], cluster)
+    assert outcome.status["flows"] == {"etl": cluster.flows["etl"]["status"]["location"]}
+    assert outcome.status["storage"]["type"] == "Local"
