@@ -30,6 +30,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
         if args.log_format == "json" else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "azure", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     settings = Settings(workers=args.workers, max_builds=args.max_builds, build_timeout=args.build_timeout,
                         build_memory=_parse_size(args.build_memory), delete_retries=args.delete_retries)
     namespaces = args.namespace or []

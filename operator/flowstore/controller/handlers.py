@@ -73,7 +73,7 @@ def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
         storage = (spec.get("storageRef") or {}).get("name")
         runtime.poke_flows(namespace, lambda s: (s.get("storageRef") or {}).get("name") == storage
                            and s.get("flowName") == spec.get("flowName"))
-    if type in ("DELETED", "MODIFIED"):
+    if type == "DELETED":
         runtime.poke_storage(namespace, (spec.get("storageRef") or {}).get("name", ""))
 
 
@@ -112,8 +112,6 @@ def storedflow_deleted(body: kopf.Body, name: str, namespace: str, retry: int, m
     if not location:
         return
     fs = runtime.ports.get_flowstorage(namespace, storage_name)
-    if fs is not None:
-        runtime.forget_in_storage(namespace, storage_name, status.get("flowName") or spec.get("flowName"), location)
     try:
         storage_spec = StorageSpec.parse(fs.get("spec") or {}) if fs else None
     except SpecError:

@@ -58,15 +58,13 @@ class Event:
 
 @dataclasses.dataclass
 class Outcome:
-    """What one reconcile decided: the full desired status, Events to post, when to run again
-    (None: only when something referenced changes), and the FlowStorage ``status.flows``
-    entry to record."""
+    """What one reconcile decided: the full desired status, Events to post, and when to run
+    again (None: only when something referenced changes)."""
 
     status: dict[str, Any]
     events: list[Event] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
     failure: Failure | None = None
-    storage_entry: tuple[str, str, str] | None = None  # (FlowStorage name, flowName, location)
     uploaded: bool = False
     built: bool = False
 
@@ -362,7 +360,6 @@ def _ready(ctx: FlowContext, location: str, artifact: dict[str, Any], events: li
         status=status,
         events=events,
         requeue_after=ctx.storage_spec.interval_seconds,
-        storage_entry=(ctx.spec.storage_name, ctx.spec.flow_name, location),
         uploaded=uploaded,
     )
 
@@ -406,6 +403,8 @@ def reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
     flows: dict[str, str] = {}
     for sf in ports.list_storedflows(namespace):
         sf_spec, sf_status = sf.get("spec") or {}, sf.get("status") or {}
+        if sf.get("metadata", {}).get("deletionTimestamp"):
+            continue
         if (sf_spec.get("storageRef") or {}).get("name") == meta["name"] and sf_status.get("location"):
             name = sf_status.get("flowName") or sf_spec.get("flowName")
             # A flow whose last change failed keeps its last good location (still loadable); only

@@ -57,13 +57,24 @@ class Runtime:
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         self.pokes: dict[Key, asyncio.Event] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
 
     # ------------------------------------------------------------------ pokes (watch side)
     def poke(self, key: Key) -> None:
+        """Wake one loop. Safe from any thread (kopf runs sync handlers in threads; reconciles
+        run in the worker pool), since asyncio events belong to the operator's event loop."""
         event = self.pokes.get(key)
-        if event is not None:
+        if event is None or self.loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
             event.set()
+        else:
+            self.loop.call_soon_threadsafe(event.set)
 
     def poke_flows(self, namespace: str, match: Callable[[dict[str, Any]], bool]) -> None:
         """Wake every StoredFlow loop in `namespace` whose spec matches."""
@@ -78,7 +89,7 @@ class Runtime:
     async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger) -> None:
         key: Key = (plural, namespace, name)
         poke = self.pokes.setdefault(key, asyncio.Event())
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         failures = 0
         next_drift = time.monotonic() + 0  # the first pass after start checks nothing remote
         first = True
@@ -157,26 +168,14 @@ class Runtime:
         if reconcile.status_changed(current, outcome.status):
             ports.patch_status(plural, namespace, name, _with_removals(current, outcome.status))
             self._post_events(obj, kind, before, outcome)
-        if outcome.storage_entry is not None:
-            self._record_in_storage(namespace, *outcome.storage_entry)
+            if plural == STOREDFLOW_PLURAL:
+                # The FlowStorage alone writes its status.flows, from a fresh list: wake it.
+                self.poke_storage(namespace, (obj.get("spec") or {}).get("storageRef", {}).get("name", ""))
         if outcome.uploaded:
             logger.info("stored %s/%s at %s", namespace, name, outcome.status.get("location"))
         elif outcome.failure is not None:
             logger.info("%s/%s not ready: %s: %s", namespace, name, outcome.failure.reason, outcome.failure.message)
         return LoopOutcome(failure=outcome.failure, requeue_after=outcome.requeue_after)
-
-    def _record_in_storage(self, namespace: str, storage_name: str, flow_name: str, location: str) -> None:
-        """Keep FlowStorage.status.flows (the seed's `flows`) current: merge one entry."""
-        fs = self.ports.get_flowstorage(namespace, storage_name)
-        if fs is None or ((fs.get("status") or {}).get("flows") or {}).get(flow_name) == location:
-            return
-        self.ports.patch_status(FLOWSTORAGE_PLURAL, namespace, storage_name, {"flows": {flow_name: location}})
-
-    def forget_in_storage(self, namespace: str, storage_name: str, flow_name: str, location: str | None) -> None:
-        fs = self.ports.get_flowstorage(namespace, storage_name)
-        flows = ((fs or {}).get("status") or {}).get("flows") or {}
-        if fs is not None and flow_name in flows and (location is None or flows[flow_name] == location):
-            self.ports.patch_status(FLOWSTORAGE_PLURAL, namespace, storage_name, {"flows": {flow_name: None}})
 
     def _post_events(self, obj: dict[str, Any], kind: str, current: dict[str, Any],
                      outcome: reconcile.Outcome) -> None:
