@@ -55,6 +55,18 @@ def s3_endpoint() -> str:
     return _ensure("s3", "FLOWSTORE_S3_ENDPOINT")["FLOWSTORE_S3_ENDPOINT"]
 
 
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> str:
+    """The real GCS server's endpoint URL (fake-gcs-server); STORAGE_EMULATOR_HOST is exported."""
+    return _ensure("gcs", "FLOWSTORE_GCS_ENDPOINT")["FLOWSTORE_GCS_ENDPOINT"]
+
+
+@pytest.fixture(scope="session")
+def azure_connection_string() -> str:
+    """The connection string of the real Azure Blob server (Azurite, devstoreaccount1)."""
+    return _ensure("azure", "AZURE_STORAGE_CONNECTION_STRING")["AZURE_STORAGE_CONNECTION_STRING"]
+
+
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the local cluster; returns the completed process (text)."""
     done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)
