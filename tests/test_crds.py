@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import kubectl
+from tests.conftest import kubectl
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT / "crds"

@@ -124,18 +124,42 @@ def test_directory_that_is_a_file(tmp_path: Path) -> None:
         Local(directory=str(tmp_path / "file"), validate=False).check_container()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_directory_is_auth_failed(flow_dir: Path) -> None:
+    """As a user without write permission (root writes anywhere, so the check runs in a child
+    process that drops to uid/gid 65534 when the suite runs as root)."""
     flow_dir.mkdir()
-    flow_dir.chmod(0o500)
+    flow_dir.chmod(0o555)
+    script = (
+        "import os, tempfile\n"
+        "from flowstore.storage import AuthFailed\n"
+        "from flowstore.storage.local import Local\n"
+        "tempfile.gettempdir()\n"
+        "if os.geteuid() == 0:  # import first: the interpreter may live where nobody can read\n"
+        "    os.setgid(65534); os.setuid(65534)\n"
+        f"storage = Local(directory={str(flow_dir)!r}, validate=False)\n"
+        "for call in (storage.check_container, lambda: storage.put_bytes('a.bin', b'x')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except AuthFailed as exc:\n"
+        "        print('AuthFailed:', exc)\n"
+        "    else:\n"
+        "        raise SystemExit('no AuthFailed')\n"
+    )
+    import subprocess
+    import sys
+
+    parents = [p for p in (flow_dir, *flow_dir.parents) if p != Path("/")]
+    modes = {p: p.stat().st_mode for p in parents}
     try:
-        storage = Local(directory=str(flow_dir))
-        with pytest.raises(AuthFailed):
-            storage.check_container()
-        with pytest.raises(AuthFailed):
-            storage.put_bytes("a.bin", b"x")
+        for p in parents[1:]:
+            p.chmod(modes[p] | 0o011)  # let the unprivileged child reach the directory
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
         flow_dir.chmod(0o700)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("AuthFailed:") == 2
 
 
 def test_default_label_names_the_volume_not_the_host(flow_dir: Path) -> None:

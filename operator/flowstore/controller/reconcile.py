@@ -31,7 +31,7 @@ from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.build import envelope
 from flowstore.controller.failures import Failure, ReconcileError, classify
-from flowstore.storage import Storage, StorageError, backend_class
+from flowstore.storage import InvalidConfig, Storage, StorageError, backend_class
 
 #: bumped when the artifact format changes, so every artifact is rebuilt once
 FORMAT_VERSION = "1"
@@ -93,7 +93,11 @@ def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[d
 def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: StorageSpec) -> Storage:
     credentials, secret_version = read_credentials(ports, namespace, spec)
     cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True)
-    return ports.storage_for(spec, credentials, cache_key)
+    try:
+        return ports.storage_for(spec, credentials, cache_key)
+    except InvalidConfig as exc:
+        where = f" (Secret {spec.secret_name!r} in namespace {namespace!r})" if spec.secret_name else ""
+        raise InvalidConfig(f"{exc.message}{where}") from None
 
 
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:
@@ -160,12 +164,14 @@ def reconcile_stored_flow(
         failure = classify(exc)
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and ctx.storage_spec is not None and failure.reason in _RECHECKED:
-            requeue = ctx.storage_spec.interval_seconds
+            requeue = min(ctx.storage_spec.interval_seconds, RECHECK_SECONDS)
         return _failed(status, generation, failure, requeue)
 
 
-# Stalled failures caused by things outside the cluster's watch (buckets, credentials, Secrets):
-# rechecked at the storage's interval.
+# Stalled failures caused by things outside the operator's watches (buckets, credentials,
+# Secrets — Secrets are deliberately not watched: that would stream every Secret of the cluster
+# into the operator): rechecked every RECHECK_SECONDS, or sooner at the storage's interval.
+RECHECK_SECONDS = 60.0
 _RECHECKED = {Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC}
 
 
@@ -420,7 +426,7 @@ def reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
         storage.check_container()
     except Exception as exc:
         failure = classify(exc)
-        requeue = failure.retry_after if not failure.stalled else spec.interval_seconds
+        requeue = failure.retry_after if not failure.stalled else min(spec.interval_seconds, RECHECK_SECONDS)
         return _failed(status, generation, failure, requeue)
     serialized = storage.serialize()
     serialized.pop("flows", None)
