@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flowstore.build.keys import slugify
-from flowstore.storage import AuthFailed, ContainerNotFound, InvalidConfig, NotFound, from_serialized
+from flowstore.storage import ContainerNotFound, InvalidConfig, NotFound, from_serialized
 from flowstore.storage.local import Local
 
 from .conformance import StorageConformance, StorageFactory, make_flow
