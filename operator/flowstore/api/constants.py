@@ -16,7 +16,7 @@ STOREDFLOW_PLURAL: Final = "storedflows"
 FINALIZER: Final = "flowstore.dev/cleanup"
 
 # Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
-BACKEND_KEYS: Final = ("local", "s3")
+BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook")
 
 
 class ConditionType:
@@ -55,4 +55,6 @@ class Reason:
     BACKEND_ERROR: Final = "BackendError"
     ARTIFACT_MISSING: Final = "ArtifactMissing"
     INTEGRITY_ERROR: Final = "IntegrityError"
+    TEMPLATE_VALUE_MISSING: Final = "TemplateValueMissing"
+    REQUEST_REJECTED: Final = "RequestRejected"
     SUSPENDED: Final = "Suspended"

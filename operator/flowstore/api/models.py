@@ -49,6 +49,8 @@ class StorageSpec:
         backend = present[0]
         block: dict[str, Any] = dict(spec[backend])
         secret_ref = block.pop("credentialsSecretRef", None) or {}
+        if secret_ref.get("key"):  # backends that read one key of the Secret (GCS, Azure)
+            block["credentialsKey"] = secret_ref["key"]
         config = {
             **block,
             "storedAsScript": bool(spec.get("storedAsScript", False)),

@@ -46,11 +46,25 @@ def shutdown(memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.pool.shutdown(wait=False, cancel_futures=True)
 
 
+# ---------------------------------------------------------------------- index
+@kopf.index(GROUP, VERSION, STOREDFLOW_PLURAL)
+def storedflows_by_storage(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec,
+                           **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """StoredFlows by (namespace, FlowStorage name), for the flow-name conflict check. kopf
+    fills indexes completely before any daemon starts, so no older flow is ever missed; and
+    the check costs no API call (a LIST per store grew with the square of the flow count)."""
+    return {(namespace, (spec.get("storageRef") or {}).get("name", "")): {
+        "metadata": {"name": name, "creationTimestamp": meta.get("creationTimestamp"),
+                     "deletionTimestamp": meta.get("deletionTimestamp")},
+        "spec": {"storageRef": dict(spec.get("storageRef") or {}), "flowName": spec.get("flowName")},
+    }}
+
+
 # ---------------------------------------------------------------------- reconcile loops
 @kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10)
-async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo,
-                          logger: logging.Logger, **_: Any) -> None:
-    await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger)
+async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
+                          storedflows_by_storage: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+    await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger, index=storedflows_by_storage)
 
 
 @kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10)

@@ -129,8 +129,12 @@ def reconcile_stored_flow(
     *,
     check_drift: bool = False,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    siblings: Callable[[str], list[dict[str, Any]]] | None = None,
 ) -> Outcome:
-    """Bring one StoredFlow to its desired state. Never raises: failures become conditions."""
+    """Bring one StoredFlow to its desired state. Never raises: failures become conditions.
+
+    `siblings(storage_name)` returns the StoredFlows of the namespace that use that storage
+    (the operator serves it from an index; default: list them through the ports)."""
     meta = obj["metadata"]
     status = dict(obj.get("status") or {})
     generation = meta.get("generation")
@@ -151,7 +155,7 @@ def reconcile_stored_flow(
         done = up_to_date(ctx, ports, check_drift=check_drift)
         if done is not None:
             return done
-        check_conflict(ctx, ports)
+        check_conflict(ctx, ports, siblings)
         if on_progress is not None:
             progress = dict(status)
             progress["conditions"] = cond.mark_reconciling(
@@ -271,19 +275,30 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     return _ready(ctx, location, artifact, events, uploaded=False)
 
 
-def check_conflict(ctx: FlowContext, ports: Ports) -> None:
+def check_conflict(ctx: FlowContext, ports: Ports,
+                   siblings: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
     """Step 5. The seed's rule: one flow name per storage. The oldest StoredFlow keeps it; a
     newer one naming the same flow in the same FlowStorage stalls with NameConflict."""
     mine = (ctx.obj["metadata"].get("creationTimestamp") or "", ctx.name)
-    for other in ports.list_storedflows(ctx.namespace):
+    assert ctx.storage_spec is not None
+    single = backend_class(ctx.storage_spec.backend).single_flow
+    others = siblings(ctx.spec.storage_name) if siblings else ports.list_storedflows(ctx.namespace)
+    for other in others:
         meta = other["metadata"]
         spec = other.get("spec") or {}
         if meta["name"] == ctx.name or meta.get("deletionTimestamp"):
             continue
         if (spec.get("storageRef") or {}).get("name") != ctx.spec.storage_name:
             continue
-        if spec.get("flowName") != ctx.spec.flow_name:
+        if spec.get("flowName") != ctx.spec.flow_name and not single:
             continue
+        if single and (meta.get("creationTimestamp") or "", meta["name"]) < mine:
+            raise ReconcileError(
+                Reason.NAME_CONFLICT,
+                f"FlowStorage {ctx.spec.storage_name!r} holds one flow only and StoredFlow {meta['name']!r} "
+                "already stores it; use a FlowStorage per flow for this backend.",
+                stalled=True,
+            )
         if (meta.get("creationTimestamp") or "", meta["name"]) < mine:
             raise ReconcileError(
                 Reason.NAME_CONFLICT,
@@ -326,6 +341,8 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
         "inputsDigest": ctx.inputs_digest,
         "lastUpdateTime": cond.now_iso(),
     }
+    if stored.storage_state:
+        artifact["storageState"] = dict(stored.storage_state)
     drift = ctx.status.pop("driftDetected", None)
     verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
     digest = "sha256:" + stored.sha256
@@ -349,6 +366,7 @@ def _ready(ctx: FlowContext, location: str, artifact: dict[str, Any], events: li
     storage.flows[ctx.spec.flow_name] = location
     serialized = storage.serialize()
     serialized["storedAsScript"] = ctx.fmt == "script"
+    serialized.update(artifact.get("storageState") or {})
     status = dict(ctx.status)
     status.pop("driftDetected", None)
     status.update(

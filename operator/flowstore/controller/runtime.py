@@ -86,7 +86,10 @@ class Runtime:
         self.poke((FLOWSTORAGE_PLURAL, namespace, name))
 
     # ------------------------------------------------------------------ the loop
-    async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger) -> None:
+    async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger,
+                       index: Any = None) -> None:
+        """`index`: kopf's StoredFlow index by (namespace, storage name), complete before any
+        loop starts; read only on the event loop (snapshots go to the worker threads)."""
         key: Key = (plural, namespace, name)
         poke = self.pokes.setdefault(key, asyncio.Event())
         loop = self.loop = asyncio.get_running_loop()
@@ -98,9 +101,10 @@ class Runtime:
                 poke.clear()
                 check_drift = not first and time.monotonic() >= next_drift
                 first = False
+                siblings = _snapshot(index, namespace) if index is not None else None
                 try:
                     outcome = await loop.run_in_executor(
-                        self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger
+                        self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger, siblings
                     )
                 except Exception as exc:  # the API itself failed; never let the daemon die
                     logger.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
@@ -142,7 +146,8 @@ class Runtime:
 
     # ------------------------------------------------------------------ one pass (worker thread)
     def reconcile_once(self, plural: str, namespace: str, name: str, check_drift: bool,
-                       logger: logging.Logger) -> LoopOutcome:
+                       logger: logging.Logger,
+                       siblings: dict[str, list[dict[str, Any]]] | None = None) -> LoopOutcome:
         ports = self.ports
         getter = ports.get_storedflow if plural == STOREDFLOW_PLURAL else ports.get_flowstorage
         obj = getter(namespace, name)
@@ -158,7 +163,9 @@ class Runtime:
             written.append(status)
 
         if plural == STOREDFLOW_PLURAL:
-            outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift, on_progress=write_progress)
+            lookup = (lambda storage: siblings.get(storage, [])) if siblings is not None else None
+            outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift,
+                                                      on_progress=write_progress, siblings=lookup)
         else:
             outcome = reconcile.reconcile_flow_storage(obj, ports)
         before = obj.get("status") or {}
@@ -211,6 +218,11 @@ class LoopOutcome:
     failure: Any = None
     requeue_after: float | None = None
     gone: bool = False
+
+
+def _snapshot(index: Any, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    """Copy the index entries of one namespace (on the event loop, where kopf mutates it)."""
+    return {storage: list(index[(ns, storage)]) for ns, storage in list(index) if ns == namespace}
 
 
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

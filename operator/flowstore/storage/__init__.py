@@ -17,7 +17,9 @@ from flowstore.storage.errors import (
     InvalidConfig,
     MissingDependency,
     NotFound,
+    Rejected,
     StorageError,
+    TemplateValueMissing,
     Unavailable,
 )
 
@@ -25,9 +27,12 @@ from flowstore.storage.errors import (
 _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "Local": ("flowstore.storage.local", "Local", None),
     "S3": ("flowstore.storage.s3", "S3", "s3"),
+    "GCS": ("flowstore.storage.gcs", "GCS", "gcs"),
+    "Azure": ("flowstore.storage.azure", "Azure", "azure"),
+    "Webhook": ("flowstore.storage.webhook", "Webhook", None),
 }
 #: CRD backend block key -> class name
-BACKEND_CLASSES: dict[str, str] = {"local": "Local", "s3": "S3"}
+BACKEND_CLASSES: dict[str, str] = {"local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook"}
 
 
 def backend_class(name: str) -> type[Storage]:
@@ -68,9 +73,11 @@ __all__ = [
     "MissingDependency",
     "NotFound",
     "ObjectInfo",
+    "Rejected",
     "Storage",
     "StorageError",
     "StoredArtifact",
+    "TemplateValueMissing",
     "Unavailable",
     "backend_class",
     "from_serialized",

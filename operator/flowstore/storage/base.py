@@ -37,6 +37,9 @@ class StoredArtifact:
     url: str
     sha256: str  # hex
     size: int
+    #: backend state an agent needs to load this artifact besides the configuration (e.g. the
+    #: Webhook's build response); merged into the serialized storage. Never secret values.
+    storage_state: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -57,6 +60,8 @@ class Storage(abc.ABC):
     type_name: ClassVar[str]
     #: the seed's default label for this backend, or None.
     default_label: ClassVar[str | None] = None
+    #: the backend holds one flow only (the seed's Webhook): any second flow is a name conflict.
+    single_flow: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -30,6 +30,19 @@ class MissingDependency(InvalidConfig):
     """The backend's SDK is not installed; the message names the extra to install."""
 
 
+class TemplateValueMissing(InvalidConfig):
+    """A ``${NAME}`` template names a value that is not available; the message names it."""
+
+    reason = "TemplateValueMissing"
+
+
+class Rejected(StorageError):
+    """The backend refused the request for a reason retrying cannot fix (an HTTP 4xx other
+    than auth, not found or throttling); the message carries the status and a short body."""
+
+    reason = "RequestRejected"
+
+
 class NotFound(StorageError):
     """The object (flow artifact) does not exist at the location."""
 

@@ -1,0 +1,504 @@
+"""The seed's ``GCS`` storage: flows as objects (blobs) in a Google Cloud Storage bucket.
+
+A location is the blob name. Each blob records its sha256 as custom metadata (``sha256``) so
+:meth:`GCS.stat` can tell whether a stored flow changed without downloading it; after every
+upload the checksum the server computed (md5, else crc32c) is compared with the local one.
+google-cloud-storage is an optional extra and is imported only when a client is needed.
+Every SDK exception is translated into :mod:`flowstore.storage.errors`; messages never
+contain key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flowstore.build.keys import default_key, join_prefix
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.errors import (
+    AuthFailed,
+    ContainerNotFound,
+    IntegrityError,
+    InvalidConfig,
+    MissingDependency,
+    NotFound,
+    Rejected,
+    StorageError,
+    Unavailable,
+)
+
+#: objects larger than this are uploaded with a resumable upload, in chunks of this size
+#: (a multiple of 256 KiB, as the API requires); smaller ones in one multipart request
+RESUMABLE_THRESHOLD = 8 * 1024 * 1024
+CHUNK_SIZE = 8 * 1024 * 1024
+#: the Secret key holding the service-account JSON key when spec.gcs.credentialsSecretRef.key is unset
+DEFAULT_CREDENTIALS_KEY = "service-account.json"
+#: fields a service-account key file must have (google.oauth2.service_account needs them)
+REQUIRED_KEY_FIELDS = ("client_email", "private_key", "token_uri")
+#: the project given to the client when talking anonymously to an emulator
+ANONYMOUS_PROJECT = "flowstore"
+DEFAULT_ENDPOINT = "https://storage.googleapis.com"
+#: per-request (connect, read) timeouts in seconds
+TIMEOUT = (5.0, 60.0)
+#: total time the SDK may spend retrying one call on transient failures; the controller
+#: retries Unavailable itself, with backoff, so a short budget keeps reconciles responsive
+RETRY_DEADLINE = 4.0
+
+_T = TypeVar("_T")
+
+
+class GCS(Storage):
+    """Flows stored as blobs in a Google Cloud Storage bucket.
+
+    Args:
+        bucket: the bucket holding the flows (must exist).
+        key: a fixed blob name for the flow; like the seed's, only useful for a single flow.
+        project: the Google Cloud project; None takes the credentials' project.
+        stored_as_script: flows are kept as ``.py`` source rather than pickled.
+        local_script_path: with `stored_as_script`, a local script to upload at :meth:`build`
+            for flows added without `source`.
+        key_prefix: prefix for generated blob names (``<prefix>/<slug>/<timestamp>``).
+        endpoint_url: a GCS-compatible endpoint (e.g. fake-gcs-server); without
+            `credentials_info` it is talked to anonymously.
+        credentials_info: a service-account JSON key, parsed (a dict); None uses Application
+            Default Credentials (workload identity, ``GOOGLE_APPLICATION_CREDENTIALS``, ...).
+        **kwargs: the base :class:`Storage` options.
+    """
+
+    type_name = "GCS"
+    default_label = "gcs-flow-storage"
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str | None = None,
+        project: str | None = None,
+        stored_as_script: bool = False,
+        local_script_path: str | None = None,
+        key_prefix: str | None = None,
+        endpoint_url: str | None = None,
+        credentials_info: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(stored_as_script=stored_as_script, **kwargs)
+        if not bucket or not isinstance(bucket, str):
+            raise InvalidConfig("GCS storage needs `bucket` (the bucket flows are stored in)")
+        self.bucket = bucket
+        self.key = key
+        self.project = project
+        self.local_script_path = local_script_path
+        self.key_prefix = key_prefix
+        self.endpoint_url = endpoint_url
+        self._credentials_info = _check_service_account_info(credentials_info)
+        self._client_lock = threading.Lock()
+        self._client_instance: Any = None
+
+    def __repr__(self) -> str:  # never shows credentials
+        return (f"GCS(bucket={self.bucket!r}, key_prefix={self.key_prefix!r}, project={self.project!r}, "
+                f"endpoint_url={self.endpoint_url!r})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GCS:
+        bucket = config.get("bucket")
+        if not bucket or not isinstance(bucket, str):
+            raise InvalidConfig("GCS storage needs `bucket` (spec.gcs.bucket)")
+        info: dict[str, Any] | None = None
+        if credentials is not None:
+            info = _parse_service_account_json(credentials, config.get("credentialsKey") or DEFAULT_CREDENTIALS_KEY)
+        return cls(
+            bucket=bucket,
+            key=config.get("key"),
+            key_prefix=config.get("keyPrefix"),
+            project=config.get("project"),
+            endpoint_url=config.get("endpointURL"),
+            credentials_info=info,
+            **cls.common_kwargs(config),
+        )
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc = {
+            "bucket": self.bucket,
+            "key": self.key,
+            "keyPrefix": self.key_prefix,
+            "project": self.project,
+            "endpointURL": self.endpoint_url,
+        }
+        return {k: v for k, v in doc.items() if v is not None}
+
+    # ------------------------------------------------------------------ locations
+    def location_for(self, flow_name: str, key: str | None = None) -> str:
+        return key or self.key or join_prefix(self.key_prefix, default_key(flow_name))
+
+    def url_for(self, location: str) -> str:
+        return f"gs://{self.bucket}/{location}"
+
+    # ------------------------------------------------------------------ script mode (seed: local_script_path)
+    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
+        if self.stored_as_script and source is None and self.local_script_path:
+            location = super().add_flow(flow, source=b"")
+            name = flow if isinstance(flow, str) else flow.name
+            self._pending[name] = None  # read from local_script_path at build()
+            return location
+        return super().add_flow(flow, source)
+
+    def _load_local_scripts(self) -> None:
+        if not self.stored_as_script:
+            return
+        for name, payload in self._pending.items():
+            if payload is None and self.local_script_path:
+                try:
+                    self._pending[name] = Path(self.local_script_path).read_bytes()
+                except OSError as exc:
+                    raise InvalidConfig(
+                        f"cannot read local_script_path {self.local_script_path}: {exc.strerror}"
+                    ) from None
+
+    def build(self) -> Storage:
+        self._load_local_scripts()
+        return super().build()
+
+    def run_basic_healthchecks(self) -> None:
+        self._load_local_scripts()
+        super().run_basic_healthchecks()
+
+    # ------------------------------------------------------------------ client
+    def _client(self) -> Any:
+        """The instance's google-cloud-storage client (created once, under a lock)."""
+        with self._client_lock:
+            if self._client_instance is None:
+                self._client_instance = self._make_client()
+            return self._client_instance
+
+    def _make_client(self) -> Any:
+        try:
+            import google.auth
+            from google.auth.credentials import AnonymousCredentials
+            from google.auth.exceptions import DefaultCredentialsError
+            from google.cloud import storage
+        except ImportError as exc:
+            raise MissingDependency(
+                f"GCS storage needs {exc.name or 'google-cloud-storage'}: pip install 'flowstore[gcs]'"
+            ) from None
+
+        project = self.project
+        if self._credentials_info is not None:
+            from google.oauth2 import service_account
+
+            try:
+                credentials: Any = service_account.Credentials.from_service_account_info(self._credentials_info)
+            except (ValueError, TypeError, KeyError) as exc:
+                # the SDK's text may quote the key; say what is wrong without it
+                raise InvalidConfig(
+                    "the GCS service-account key cannot be loaded: its private_key is not a valid PEM "
+                    f"private key or a field is malformed ({type(exc).__name__}); download a new JSON key "
+                    "for the service account and put it in the referenced Secret"
+                ) from None
+            project = project or self._credentials_info.get("project_id")
+        elif self.endpoint_url is not None:  # an emulator: no Google identity involved
+            credentials = AnonymousCredentials()
+            project = project or ANONYMOUS_PROJECT
+        else:
+            try:
+                credentials, default_project = google.auth.default()
+            except DefaultCredentialsError:
+                raise AuthFailed(
+                    "no Google credentials found: give spec.gcs.credentialsSecretRef or configure workload identity"
+                ) from None
+            project = project or default_project
+
+        client_options = {"api_endpoint": self.endpoint_url} if self.endpoint_url is not None else None
+        try:
+            return storage.Client(project=project, credentials=credentials, client_options=client_options)
+        except (ValueError, TypeError) as exc:
+            raise InvalidConfig(f"cannot create a GCS client: {self._redact(str(exc))}") from None
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_delay(initial=0.25, maximum=2.0, multiplier=2.0).with_timeout(RETRY_DEADLINE)
+
+    def _call(self, fn: Callable[[], _T], action: str, location: str | None) -> _T:
+        try:
+            return fn()
+        except Exception as exc:
+            raise self._translate(exc, action, location) from _cause(exc)
+
+    # ------------------------------------------------------------------ primitives
+    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+        digest = sha256_hex(data)
+        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
+        bucket = self._client().bucket(self.bucket)
+        # above the threshold the SDK uploads resumably; a chunk size makes it send the data in
+        # several requests (each retried on its own) instead of one huge PUT
+        blob = bucket.blob(location, chunk_size=CHUNK_SIZE if len(data) > RESUMABLE_THRESHOLD else None)
+        blob.metadata = {"sha256": digest}
+
+        def upload() -> None:
+            # overwriting a location with the same bytes is idempotent: retrying is safe
+            blob.upload_from_string(data, content_type=content_type, timeout=TIMEOUT, retry=self._retry())
+
+        self._call(upload, "upload", location)
+        self._verify_upload(blob, data, location)
+        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+
+    def _verify_upload(self, blob: Any, data: bytes, location: str) -> None:
+        """Compare what the server says it stored (size, md5 or crc32c) with `data`."""
+        problem = None
+        if blob.size is not None and int(blob.size) != len(data):
+            problem = f"size {blob.size} bytes, expected {len(data)}"
+        elif blob.md5_hash:
+            local = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+            if blob.md5_hash != local:
+                problem = f"md5 {blob.md5_hash}, expected {local}"
+        elif blob.crc32c:
+            import google_crc32c
+
+            local = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+            if blob.crc32c != local:
+                problem = f"crc32c {blob.crc32c}, expected {local}"
+        if problem is None:
+            return
+        try:  # remove what was just written (only that generation), so no reader loads it
+            blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
+        except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters
+            pass
+        raise IntegrityError(
+            f"upload of {self.url_for(location)} was corrupted in transit: the server stored {problem}; "
+            "the object was removed, store the flow again"
+        )
+
+    def get_bytes(self, location: str) -> bytes:
+        bucket = self._client().bucket(self.bucket)
+        blob = bucket.blob(location)
+        try:
+            # checksum="auto": the SDK verifies the server's x-goog-hash (DataCorruption otherwise)
+            data: bytes = blob.download_as_bytes(timeout=TIMEOUT, retry=self._retry())
+        except Exception as exc:
+            if _is_not_found(exc):
+                self._raise_if_bucket_missing(exc)
+            raise self._translate(exc, "download", location) from _cause(exc)
+        return data
+
+    def stat(self, location: str) -> ObjectInfo | None:
+        bucket = self._client().bucket(self.bucket)
+        blob = bucket.blob(location)
+        try:
+            blob.reload(timeout=TIMEOUT, retry=self._retry())
+        except Exception as exc:
+            if _is_not_found(exc):
+                self._raise_if_bucket_missing(exc)
+                return None
+            raise self._translate(exc, "inspect", location) from _cause(exc)
+        metadata = blob.metadata or {}
+        return ObjectInfo(size=int(blob.size or 0), sha256=metadata.get("sha256"))
+
+    def delete(self, location: str) -> None:
+        bucket = self._client().bucket(self.bucket)
+        blob = bucket.blob(location)
+        try:
+            blob.delete(timeout=TIMEOUT, retry=self._retry())
+        except Exception as exc:
+            if _is_not_found(exc):
+                self._raise_if_bucket_missing(exc)
+                return  # already gone
+            raise self._translate(exc, "delete", location) from _cause(exc)
+
+    def check_container(self) -> None:
+        # listing (at most) one blob needs only storage.objects.list, which the object roles
+        # (roles/storage.objectViewer/objectUser/objectAdmin) grant; bucket metadata
+        # (storage.buckets.get) would demand more than storing flows needs
+        client = self._client()
+        self._call(
+            lambda: list(client.list_blobs(self.bucket, max_results=1, timeout=TIMEOUT, retry=self._retry())),
+            "access", None,
+        )
+
+    def _raise_if_bucket_missing(self, not_found: BaseException) -> None:
+        """A 404 on a blob means the blob or the whole bucket is missing. GCS says which in its
+        message; emulators (fake-gcs-server) answer a bare "Not Found", so ask the bucket."""
+        text = str(not_found).lower()
+        if "bucket" in text and "not exist" in text:
+            raise self._container_not_found() from None
+        if "no such object" in text:
+            return
+        try:
+            self.check_container()
+        except ContainerNotFound:
+            raise self._container_not_found() from None
+        except StorageError:  # cannot tell (e.g. no list permission): report the object
+            return
+
+    # ------------------------------------------------------------------ errors
+    def _endpoint(self) -> str:
+        return self.endpoint_url or DEFAULT_ENDPOINT
+
+    def _container_not_found(self) -> ContainerNotFound:
+        return ContainerNotFound(
+            f"bucket {self.bucket} does not exist at {self._endpoint()}; create it or fix spec.gcs.bucket"
+        )
+
+    def _redact(self, text: str) -> str:
+        for value in (self._credentials_info or {}).values():
+            if isinstance(value, str) and len(value) >= 8:
+                text = text.replace(value, "***")
+        return text
+
+    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
+        """Map one SDK exception to the project's taxonomy, with a message for a person."""
+        if isinstance(exc, StorageError):
+            return exc
+        exc = _unwrap(exc)
+        target = self.url_for(key) if key is not None else f"bucket {self.bucket}"
+        where = self._endpoint()
+        kind = type(exc).__name__
+        status = _http_status(exc)
+        detail = self._redact(_short_message(exc))
+
+        if _is_data_corruption(exc):
+            return IntegrityError(
+                f"cannot {action} {target}: the data did not match the checksum GCS reported ({detail}); "
+                "it was corrupted in transit"
+            )
+        if _is_refresh_error(exc):
+            return AuthFailed(
+                f"cannot {action} {target}: the Google credentials could not be turned into an access token "
+                f"({kind}); check the service-account key in the referenced Secret (spec.gcs.credentialsSecretRef) "
+                "or the pod's workload identity"
+            )
+        if _is_connection_error(exc):
+            return Unavailable(
+                f"cannot {action} {target}: GCS at {where} is unreachable or timed out ({kind}: {detail})"
+            )
+        if status == 404 and (key is None or action == "upload"):
+            return self._container_not_found()
+        if status in (401, 403):
+            return AuthFailed(
+                f"cannot {action} {target}: GCS at {where} rejected the credentials or denied access "
+                f"({status}: {detail}); check the service account's roles on the bucket and the key in the "
+                "referenced Secret (spec.gcs.credentialsSecretRef)"
+            )
+        if status == 404:
+            return NotFound(f"no flow artifact at {target} (404); was the flow built (stored)?")
+        if status is not None and (status >= 500 or status in (408, 429)):
+            return Unavailable(
+                f"cannot {action} {target}: GCS at {where} answered a temporary failure ({status}: {detail})",
+                retry_after=5.0 if status == 429 else None,
+            )
+        if status is not None and 400 <= status < 500:
+            return Rejected(f"cannot {action} {target}: GCS at {where} refused the request ({status}: {detail})")
+        return StorageError(f"cannot {action} {target} at {where}: {kind}: {detail}")
+
+
+# ---------------------------------------------------------------------- credentials
+def _parse_service_account_json(credentials: Mapping[str, str], key: str) -> dict[str, Any]:
+    """The service-account key held under `key` of the Secret's data, parsed."""
+    import json
+
+    if key not in credentials:
+        present = ", ".join(sorted(credentials)) or "none"
+        raise InvalidConfig(
+            f"the GCS credentials Secret has no key {key!r} (keys present: {present}); put the "
+            "service-account JSON key under that key or set spec.gcs.credentialsSecretRef.key"
+        )
+    try:
+        info = json.loads(credentials[key])
+    except (ValueError, TypeError) as exc:  # the message quotes a position, never the text
+        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InvalidConfig(
+            f"the GCS credentials under Secret key {key!r} is not valid JSON{where}; it must be a "
+            "service-account JSON key file"
+        ) from None
+    checked = _check_service_account_info(info, key)
+    assert checked is not None  # noqa: S101 - info is not None here
+    return checked
+
+
+def _check_service_account_info(info: Any, key: str | None = None) -> dict[str, Any] | None:
+    """Validate the shape of a service-account key without echoing any of its values."""
+    if info is None:
+        return None
+    what = f"the GCS credentials under Secret key {key!r}" if key else "the GCS service-account key"
+    if not isinstance(info, Mapping):
+        raise InvalidConfig(f"{what} must be a JSON object (a service-account key file), got {type(info).__name__}")
+    kind = info.get("type")
+    if kind is not None and kind != "service_account":
+        raise InvalidConfig(
+            f"{what} has type {str(kind)[:40]!r}; only service-account keys (type 'service_account') are supported"
+        )
+    missing = [f for f in REQUIRED_KEY_FIELDS if not isinstance(info.get(f), str) or not info.get(f)]
+    if missing:  # names only: never the values
+        raise InvalidConfig(
+            f"{what} lacks {', '.join(missing)}; it must be a complete service-account JSON key file"
+        )
+    return dict(info)
+
+
+# ---------------------------------------------------------------------- exception helpers
+def _cause(exc: BaseException) -> BaseException | None:
+    """What to chain the translated error to: nothing for credential failures (their SDK text
+    can quote token endpoints' answers), the SDK exception otherwise (useful when debugging)."""
+    inner = _unwrap(exc)
+    if _is_refresh_error(inner) or _http_status(inner) in (401, 403):
+        return None
+    return exc
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """api_core's RetryError (retry deadline exceeded) carries the last real failure."""
+    for _ in range(5):
+        cause = getattr(exc, "cause", None) if type(exc).__name__ == "RetryError" else None
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    return exc
+
+
+def _http_status(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)  # google.api_core.exceptions.GoogleAPICallError
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)  # resumable media's InvalidResponse
+    status = getattr(response, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return _http_status(_unwrap(exc)) == 404
+
+
+def _short_message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)  # GoogleAPICallError: the server's message only
+    text = str(message) if message else str(exc)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_data_corruption(exc: BaseException) -> bool:
+    return any(cls.__name__ == "DataCorruption" for cls in type(exc).__mro__)
+
+
+def _is_refresh_error(exc: BaseException) -> bool:
+    try:
+        from google.auth.exceptions import RefreshError
+    except ImportError:
+        return False
+    return isinstance(exc, RefreshError)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Unreachable endpoint, timeouts, dropped or truncated responses: all worth a retry."""
+    try:
+        import requests
+        from google.auth.exceptions import TransportError
+    except ImportError:
+        return False
+    retryable = (
+        requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+        TransportError, ConnectionError, TimeoutError,
+    )
+    return isinstance(exc, retryable) or type(exc).__name__ == "RetryError"
