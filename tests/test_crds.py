@@ -108,6 +108,28 @@ def test_s3_flowstorage_with_credentials_accepted(namespace: str) -> None:
     assert spec["addDefaultLabels"] is True
 
 
+@pytest.mark.parametrize(
+    ("block", "check"),
+    [
+        pytest.param("gcs: {bucket: flows, project: p, credentialsSecretRef: {name: gcs-key}}",
+                     lambda spec: spec["gcs"]["credentialsSecretRef"]["key"] == "service-account.json", id="gcs"),
+        pytest.param("azure: {container: flows, credentialsSecretRef: {name: conn}}",
+                     lambda spec: spec["azure"]["credentialsSecretRef"]["key"] == "AZURE_STORAGE_CONNECTION_STRING",
+                     id="azure-connection-string"),
+        pytest.param("azure: {container: flows, accountURL: 'https://a.blob.core.windows.net'}",
+                     lambda spec: "credentialsSecretRef" not in spec["azure"], id="azure-workload-identity"),
+        pytest.param(
+            "webhook: {buildRequest: {method: POST, url: 'https://x/upload', headers: {Authorization: 'Bearer ${TOKEN}'}},"
+            " getFlowRequest: {method: GET, url: 'https://x/flows/${response.json.id}'},"
+            " credentialsSecretRef: {name: hook}}",
+            lambda spec: spec["webhook"]["getFlowRequest"]["url"].endswith("${response.json.id}"), id="webhook"),
+    ],
+)
+def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
+    obj = dry_run(namespace, manifest("FlowStorage", "more", block))
+    assert check(obj["spec"]), obj["spec"]
+
+
 # --- FlowStorage: rejected, with a message a person can act on --------------------------------
 
 
@@ -115,11 +137,11 @@ def test_s3_flowstorage_with_credentials_accepted(namespace: str) -> None:
     ("spec", "expected"),
     [
         pytest.param(
-            "labels: [prod]", ["spec:", "exactly one backend block (local, s3) must be set"], id="no-backend"
+            "labels: [prod]", ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"], id="no-backend"
         ),
         pytest.param(
             "local: {directory: /flows}\ns3: {bucket: flows}",
-            ["spec:", "exactly one backend block (local, s3) must be set"],
+            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"],
             id="two-backends",
         ),
         pytest.param("s3: {region: eu-west-1}", ["spec.s3.bucket: Required value"], id="s3-without-bucket"),
@@ -151,6 +173,41 @@ def test_s3_flowstorage_with_credentials_accepted(namespace: str) -> None:
             "s3: {bucket: flows, endpointURL: 'minio:9000'}",
             ["spec.s3.endpointURL", "should match"],
             id="endpoint-without-scheme",
+        ),
+        pytest.param(
+            "gcs: {bucket: flows}\nazure: {container: flows, accountURL: 'https://a.blob.core.windows.net'}",
+            ["exactly one backend block"],
+            id="gcs-and-azure",
+        ),
+        pytest.param(
+            "gcs: {bucket: flows, key: etl.pkl, keyPrefix: prod/}",
+            ["spec.gcs:", "key and keyPrefix are mutually exclusive"],
+            id="gcs-key-and-keyprefix",
+        ),
+        pytest.param(
+            "azure: {container: flows, accountURL: 'https://a.blob.core.windows.net', credentialsSecretRef: {name: c}}",
+            ["spec.azure:", "give either credentialsSecretRef (a connection string) or accountURL"],
+            id="azure-connection-string-and-account-url",
+        ),
+        pytest.param(
+            "azure: {container: flows}",
+            ["spec.azure:", "azure needs credentialsSecretRef"],
+            id="azure-without-credentials",
+        ),
+        pytest.param(
+            "azure: {container: Flows_1, accountURL: 'https://a.blob.core.windows.net'}",
+            ["spec.azure.container", "should match"],
+            id="azure-bad-container-name",
+        ),
+        pytest.param(
+            "webhook: {buildRequest: {method: POST, url: 'http://x'}}",
+            ["spec.webhook.getFlowRequest: Required value"],
+            id="webhook-without-get-request",
+        ),
+        pytest.param(
+            "webhook: {buildRequest: {method: DELETE, url: 'http://x'}, getFlowRequest: {method: GET, url: 'http://x'}}",
+            ['spec.webhook.buildRequest.method: Unsupported value: "DELETE"'],
+            id="webhook-bad-method",
         ),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -93,7 +94,9 @@ class GCS(Storage):
         self.local_script_path = local_script_path
         self.key_prefix = key_prefix
         self.endpoint_url = endpoint_url
-        self._credentials_info = _check_service_account_info(credentials_info)
+        self._credentials_info = (
+            _check_service_account_info(credentials_info) if credentials_info is not None else None
+        )
         self._client_lock = threading.Lock()
         self._client_instance: Any = None
 
@@ -190,8 +193,10 @@ class GCS(Storage):
             from google.oauth2 import service_account
 
             try:
-                credentials: Any = service_account.Credentials.from_service_account_info(self._credentials_info)
-            except (ValueError, TypeError, KeyError) as exc:
+                credentials: Any = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                    self._credentials_info
+                )
+            except Exception as exc:  # ValueError, or the RSA library's own errors
                 # the SDK's text may quote the key; say what is wrong without it
                 raise InvalidConfig(
                     "the GCS service-account key cannot be loaded: its private_key is not a valid PEM "
@@ -200,7 +205,7 @@ class GCS(Storage):
                 ) from None
             project = project or self._credentials_info.get("project_id")
         elif self.endpoint_url is not None:  # an emulator: no Google identity involved
-            credentials = AnonymousCredentials()
+            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
             project = project or ANONYMOUS_PROJECT
         else:
             try:
@@ -397,8 +402,6 @@ class GCS(Storage):
 # ---------------------------------------------------------------------- credentials
 def _parse_service_account_json(credentials: Mapping[str, str], key: str) -> dict[str, Any]:
     """The service-account key held under `key` of the Secret's data, parsed."""
-    import json
-
     if key not in credentials:
         present = ", ".join(sorted(credentials)) or "none"
         raise InvalidConfig(
@@ -413,15 +416,11 @@ def _parse_service_account_json(credentials: Mapping[str, str], key: str) -> dic
             f"the GCS credentials under Secret key {key!r} is not valid JSON{where}; it must be a "
             "service-account JSON key file"
         ) from None
-    checked = _check_service_account_info(info, key)
-    assert checked is not None  # noqa: S101 - info is not None here
-    return checked
+    return _check_service_account_info(info, key)
 
 
-def _check_service_account_info(info: Any, key: str | None = None) -> dict[str, Any] | None:
+def _check_service_account_info(info: Any, key: str | None = None) -> dict[str, Any]:
     """Validate the shape of a service-account key without echoing any of its values."""
-    if info is None:
-        return None
     what = f"the GCS credentials under Secret key {key!r}" if key else "the GCS service-account key"
     if not isinstance(info, Mapping):
         raise InvalidConfig(f"{what} must be a JSON object (a service-account key file), got {type(info).__name__}")

@@ -1,0 +1,458 @@
+"""The seed's ``Azure`` storage: flows as block blobs in an Azure Blob Storage container.
+
+A location is the blob name. Each blob records its sha256 as blob metadata (``sha256``) so
+:meth:`Azure.stat` can tell whether a stored flow changed without downloading it.
+azure-storage-blob (and azure-identity, for account-URL authentication) are an optional extra
+and are imported only when a client is needed. Every SDK exception is translated into
+:mod:`flowstore.storage.errors`; messages never contain the account key or a SAS token.
+
+Authentication, in order:
+
+* a connection string: the ``connection_string`` argument, or (operator) the
+  ``credentialsKey`` entry of the referenced Secret;
+* an account URL (``account_url`` / ``accountURL``) with azure-identity's
+  ``DefaultAzureCredential`` (workload identity, managed identity, environment, …);
+* like the seed, the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable, when the class is
+  used directly or rebuilt from :meth:`serialize` output by an agent. The operator never uses its
+  own environment: :meth:`Azure.from_config` on a FlowStorage spec needs a Secret or an
+  ``accountURL``.
+
+:meth:`serialize` records the account's blob endpoint as ``accountURL`` (derived from the
+connection string when not given explicitly; never the key), so an agent knows where to look.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from flowstore.build.keys import default_key, join_prefix
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.errors import (
+    AuthFailed,
+    ContainerNotFound,
+    IntegrityError,
+    InvalidConfig,
+    MissingDependency,
+    NotFound,
+    Rejected,
+    StorageError,
+    Unavailable,
+)
+
+#: the environment variable the seed (and Azure tooling) reads the connection string from
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+#: the key of the referenced Secret holding the connection string, unless `credentialsKey` says otherwise
+DEFAULT_CREDENTIALS_KEY = CONNECTION_STRING_ENV
+#: blobs larger than this are uploaded in blocks (committed atomically by the SDK)
+MAX_SINGLE_PUT_SIZE = 8 * 1024 * 1024
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+#: short timeouts and few, quick retries: an unreachable endpoint fails within ~10 s
+CONNECTION_TIMEOUT = 5
+READ_TIMEOUT = 60
+RETRY_TOTAL = 2
+RETRY_INITIAL_BACKOFF = 0.5
+RETRY_INCREMENT_BASE = 2
+RETRY_JITTER = 0.5
+
+_AUTH_CODES = frozenset({
+    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
+    "AuthorizationSourceIPMismatch", "AuthorizationProtocolMismatch", "AuthorizationServiceMismatch",
+    "AuthorizationResourceTypeMismatch", "InsufficientAccountPermissions", "InvalidAuthenticationInfo",
+    "KeyBasedAuthenticationNotPermitted", "NoAuthenticationInformation",
+})
+_RETRYABLE_CODES = frozenset({"ServerBusy", "InternalError", "OperationTimedOut"})
+_CONFIG_CODES = frozenset({
+    "InvalidResourceName", "InvalidUri", "OutOfRangeInput", "InvalidQueryParameterValue",
+    "AccountIsDisabled", "UnsupportedHeader",
+})
+# connection-string fields that are secret: never serialized, logged or echoed
+_SECRET_FIELDS = frozenset({"accountkey", "sharedaccesssignature"})
+
+
+class Azure(Storage):
+    """Flows stored as blobs in an Azure Blob Storage container.
+
+    Args:
+        container: the container holding the flows (must exist).
+        connection_string: the storage account's connection string. When neither it nor
+            `account_url` is given, ``AZURE_STORAGE_CONNECTION_STRING`` from the environment is
+            used (the seed's behaviour).
+        blob_name: a fixed blob name for the flow; like the seed's, only useful for a single flow.
+        stored_as_script: flows are kept as ``.py`` source rather than pickled.
+        key_prefix: prefix for generated blob names (``<prefix>/<slug>/<timestamp>``).
+        account_url: the account's blob endpoint (``https://<account>.blob.core.windows.net``),
+            authenticated with azure-identity's ``DefaultAzureCredential``. Not together with
+            `connection_string`.
+        use_environment: fall back to ``AZURE_STORAGE_CONNECTION_STRING`` (default True; the
+            operator passes False so it never uses its own environment).
+        credentials_source: where the connection string came from, for error messages
+            (e.g. ``key X of the referenced Secret``).
+        **kwargs: the base :class:`Storage` options.
+    """
+
+    type_name = "Azure"
+    default_label = "azure-flow-storage"
+
+    def __init__(
+        self,
+        container: str,
+        connection_string: str | None = None,
+        blob_name: str | None = None,
+        stored_as_script: bool = False,
+        key_prefix: str | None = None,
+        account_url: str | None = None,
+        *,
+        use_environment: bool = True,
+        credentials_source: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(stored_as_script=stored_as_script, **kwargs)
+        if not container or not isinstance(container, str):
+            raise InvalidConfig("Azure storage needs `container` (the blob container flows are stored in)")
+        if connection_string is not None and account_url is not None:
+            raise InvalidConfig(
+                "Azure storage: give either a connection string or an account URL, not both "
+                "(the connection string already names the account)"
+            )
+        self.container = container
+        self.blob_name = blob_name
+        self.key_prefix = key_prefix
+        self.account_url = account_url.rstrip("/") if account_url else None
+        self._credentials_source = credentials_source or "the connection string"
+        if connection_string is None and use_environment:
+            env_value = os.environ.get(CONNECTION_STRING_ENV)
+            if env_value and (self.account_url is None or _same_url(_endpoint_of(env_value), self.account_url)):
+                # the agent's own key for the account the storage names (or the seed's fallback)
+                connection_string = env_value
+                self._credentials_source = f"the environment variable {CONNECTION_STRING_ENV}"
+            elif self.account_url is None:
+                raise InvalidConfig(
+                    f"Azure storage needs a connection string (argument or {CONNECTION_STRING_ENV} in the "
+                    "environment) or an account URL (authenticated with DefaultAzureCredential)"
+                )
+        self._connection_string = connection_string
+        #: the account's blob endpoint (non-secret): explicit, or derived from the connection string
+        self._endpoint = self.account_url or (_endpoint_of(connection_string) if connection_string else None)
+        self._client_lock = threading.Lock()
+        self._client_instance: Any = None
+
+    def __repr__(self) -> str:  # never shows the connection string
+        return (f"Azure(container={self.container!r}, key_prefix={self.key_prefix!r}, "
+                f"account_url={self._endpoint!r})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        credentials: Mapping[str, str] | None = None,
+        connection_string: str | None = None,
+    ) -> Azure:
+        """From a FlowStorage ``spec.azure`` block (the operator: the connection string comes
+        from `credentials`, the Secret, never the operator's environment) or from
+        :meth:`serialize` output (an agent: `connection_string`, else its own
+        ``AZURE_STORAGE_CONNECTION_STRING`` for the recorded account, else DefaultAzureCredential)."""
+        container = config.get("container")
+        if not container or not isinstance(container, str):
+            raise InvalidConfig("Azure storage needs `container` (spec.azure.container)")
+        key = str(config.get("credentialsKey") or DEFAULT_CREDENTIALS_KEY)
+        source: str | None = None
+        if connection_string is None and credentials is not None:
+            value = credentials.get(key)
+            if not value:  # names only: never echo the values
+                present = ", ".join(sorted(credentials)) or "none"
+                raise InvalidConfig(
+                    f"the referenced Secret has no key {key} (keys present: {present}); put the storage "
+                    "account's connection string under that key or set credentialsSecretRef.key"
+                )
+            connection_string = value
+            source = f"key {key} of the referenced Secret"
+        account_url = config.get("accountURL") or None
+        if connection_string is not None and account_url is not None:
+            # serialize() records the connection string's own endpoint as accountURL: that is no conflict
+            if _same_url(_endpoint_of(connection_string), str(account_url)):
+                account_url = None
+        return cls(
+            container=container,
+            connection_string=connection_string,
+            blob_name=config.get("blobName"),
+            key_prefix=config.get("keyPrefix"),
+            account_url=account_url,
+            # only an agent reading serialize() output ("type" is set) may use its own environment
+            use_environment="type" in config,
+            credentials_source=source,
+            **cls.common_kwargs(config),
+        )
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc = {
+            "container": self.container,
+            "blobName": self.blob_name,
+            "keyPrefix": self.key_prefix,
+            "accountURL": self._endpoint,  # where to look; never the key or a SAS
+        }
+        return {k: v for k, v in doc.items() if v is not None}
+
+    # ------------------------------------------------------------------ locations
+    def location_for(self, flow_name: str, key: str | None = None) -> str:
+        return key or self.blob_name or join_prefix(self.key_prefix, default_key(flow_name))
+
+    def url_for(self, location: str) -> str:
+        """The blob's URL (as the SDK's ``BlobClient.url``, without any SAS)."""
+        name = quote(location, safe="~/")
+        if self._endpoint is None:
+            return f"azure://{self.container}/{name}"
+        return f"{self._endpoint}/{quote(self.container)}/{name}"
+
+    # ------------------------------------------------------------------ client
+    def _client(self) -> Any:
+        """The instance's BlobServiceClient (created once; it is thread-safe)."""
+        with self._client_lock:
+            if self._client_instance is None:
+                self._client_instance = self._make_client()
+            return self._client_instance
+
+    def _make_client(self) -> Any:
+        try:
+            from azure.storage.blob import BlobServiceClient, ExponentialRetry
+        except ImportError as exc:
+            raise MissingDependency(
+                f"Azure storage needs {exc.name or 'azure-storage-blob'}: pip install 'flowstore[azure]'"
+            ) from None
+        options: dict[str, Any] = {
+            "connection_timeout": CONNECTION_TIMEOUT,
+            "read_timeout": READ_TIMEOUT,
+            "retry_policy": ExponentialRetry(
+                initial_backoff=RETRY_INITIAL_BACKOFF, increment_base=RETRY_INCREMENT_BASE,
+                retry_total=RETRY_TOTAL, random_jitter_range=RETRY_JITTER,
+            ),
+            "max_single_put_size": MAX_SINGLE_PUT_SIZE,
+            "max_block_size": MAX_BLOCK_SIZE,
+        }
+        if self._connection_string is not None:
+            try:
+                return BlobServiceClient.from_connection_string(self._connection_string, **options)
+            except (ValueError, TypeError):  # the SDK's text may quote the string: do not chain it
+                raise InvalidConfig(
+                    f"{self._credentials_source} is not a valid Azure Storage connection string "
+                    "(expected `DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;…` or a BlobEndpoint)"
+                ) from None
+        if self.account_url is None:
+            raise InvalidConfig(
+                "Azure storage needs credentials: reference a Secret with the storage account's connection "
+                f"string (credentialsSecretRef, key {DEFAULT_CREDENTIALS_KEY} unless `key` says otherwise) "
+                "or set accountURL to use the pod's Azure identity"
+            )
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError as exc:
+            raise MissingDependency(
+                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}: "
+                "pip install 'flowstore[azure]'"
+            ) from None
+        try:
+            return BlobServiceClient(self.account_url, credential=DefaultAzureCredential(), **options)
+        except (ValueError, TypeError) as exc:
+            raise InvalidConfig(f"cannot create an Azure Blob client for {self.account_url}: {exc}") from None
+
+    def _blob(self, location: str) -> Any:
+        return self._client().get_blob_client(self.container, location)
+
+    # ------------------------------------------------------------------ primitives
+    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+        digest = sha256_hex(data)
+        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
+        blob = self._blob(location)
+        try:
+            from azure.storage.blob import ContentSettings
+
+            blob.upload_blob(data, overwrite=True, metadata={"sha256": digest},
+                             content_settings=ContentSettings(content_type=content_type), max_concurrency=4)
+            props = blob.get_blob_properties()
+        except Exception as exc:
+            raise self._translate(exc, "upload", location) from _cause(exc)
+        if int(props.size) != len(data):
+            raise IntegrityError(
+                f"{self.url_for(location)}: the service reports {props.size} bytes after uploading "
+                f"{len(data)}; the upload did not complete, retry it"
+            )
+        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+
+    def get_bytes(self, location: str) -> bytes:
+        blob = self._blob(location)
+        try:
+            data: bytes = blob.download_blob(max_concurrency=4).readall()
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
+        return data
+
+    def stat(self, location: str) -> ObjectInfo | None:
+        blob = self._blob(location)
+        try:
+            props = blob.get_blob_properties()
+        except Exception as exc:
+            error = self._translate(exc, "inspect", location)
+            if isinstance(error, NotFound):
+                return None
+            raise error from _cause(exc)
+        metadata = props.metadata or {}
+        return ObjectInfo(size=int(props.size), sha256=metadata.get("sha256"))
+
+    def delete(self, location: str) -> None:
+        blob = self._blob(location)
+        try:
+            blob.delete_blob()
+        except Exception as exc:
+            error = self._translate(exc, "delete", location)
+            if isinstance(error, NotFound):  # already gone
+                return
+            raise error from _cause(exc)
+
+    def check_container(self) -> None:
+        client = self._client()
+        try:
+            client.get_container_client(self.container).get_container_properties()
+        except Exception as exc:
+            raise self._translate(exc, "access", None) from _cause(exc)
+
+    # ------------------------------------------------------------------ errors
+    def _where(self) -> str:
+        return f"Azure Blob Storage at {self._endpoint}" if self._endpoint else "Azure Blob Storage"
+
+    def _redact(self, text: str) -> str:
+        secrets = [self._connection_string or ""]
+        secrets += [value for name, value in _parse(self._connection_string or "").items() if name in _SECRET_FIELDS]
+        for value in secrets:
+            if value and len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
+
+    def _auth_hint(self) -> str:
+        if self._connection_string is not None:
+            return (f"check {self._credentials_source} (the account name and key, or the SAS and its "
+                    "permissions) and that it is allowed to use the container")
+        return ("check the Azure identity DefaultAzureCredential found (workload/managed identity, "
+                "AZURE_CLIENT_ID…) and its role on the container (e.g. Storage Blob Data Contributor)")
+
+    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
+        """Map one SDK exception to the project's taxonomy, with a message for a person."""
+        if isinstance(exc, StorageError):
+            return exc
+        try:
+            from azure.core import exceptions as az
+        except ImportError:  # pragma: no cover - the SDK raised it, so it is installed
+            return StorageError(f"cannot {action}: {type(exc).__name__}")
+        code = _error_code(exc)
+        status = getattr(exc, "status_code", None)
+        target = self.url_for(key) if key is not None else f"container {self.container}"
+        where = self._where()
+        kind = type(exc).__name__
+        detail = self._redact(_first_line(exc))
+
+        if isinstance(exc, az.ClientAuthenticationError) or code in _AUTH_CODES or status in (401, 403):
+            if type(exc).__name__ == "CredentialUnavailableError":  # azure-identity found no identity
+                return AuthFailed(
+                    f"cannot {action} {target}: no usable Azure identity for {self.account_url} "
+                    f"({kind}); reference a Secret with the connection string or give the pod an Azure identity"
+                )
+            return AuthFailed(
+                f"cannot {action} {target}: {where} rejected the credentials or denied access "
+                f"({code or status or kind}); {self._auth_hint()}"
+            )
+        if isinstance(exc, az.ServiceRequestError) and "non-TLS" in str(exc):
+            return InvalidConfig(
+                f"cannot {action} {target}: token (DefaultAzureCredential) authentication needs an https "
+                f"account URL, not {self.account_url}; use https or a connection string"
+            )
+        if isinstance(exc, az.ServiceRequestError | az.ServiceResponseError | az.IncompleteReadError):
+            return Unavailable(f"cannot {action} {target}: {where} is unreachable or timed out ({kind}: {detail})")
+        if code == "ContainerNotFound" or (key is None and status == 404):
+            return ContainerNotFound(
+                f"container {self.container} does not exist at {where}; create it or fix spec.azure.container"
+            )
+        if code == "BlobNotFound" or isinstance(exc, az.ResourceNotFoundError) or status == 404:
+            return NotFound(f"no flow artifact at {target} ({code or status}); was the flow built (stored)?")
+        if code in _RETRYABLE_CODES or (isinstance(status, int) and (status >= 500 or status in (408, 429))):
+            throttled = code == "ServerBusy" or status in (429, 503)
+            return Unavailable(
+                f"cannot {action} {target}: {where} answered a temporary failure ({code or status}: {detail})",
+                retry_after=5.0 if throttled else None,
+            )
+        if code in _CONFIG_CODES:
+            return InvalidConfig(f"cannot {action} {target}: {code}: {detail}")
+        if isinstance(exc, az.HttpResponseError) and isinstance(status, int) and 400 <= status < 500:
+            return Rejected(f"cannot {action} {target}: {where} refused the request ({status} {code}: {detail})")
+        return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
+
+
+# ---------------------------------------------------------------------- helpers
+def _parse(connection_string: str) -> dict[str, str]:
+    """``Name=value;…`` into lowercase names -> values (values may contain '=')."""
+    fields: dict[str, str] = {}
+    for part in connection_string.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def _endpoint_of(connection_string: str) -> str:
+    """The blob endpoint a connection string names (non-secret). InvalidConfig if it names none."""
+    fields = _parse(connection_string)
+    parts = [p for p in connection_string.split(";") if p.strip()]
+    if not fields or any("=" not in p for p in parts):
+        raise InvalidConfig(
+            "the Azure Storage connection string is malformed: expected `Name=value` pairs separated by ';' "
+            "(e.g. DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…)"
+        )
+    if fields.get("blobendpoint"):
+        return fields["blobendpoint"].rstrip("/")
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return "http://127.0.0.1:10000/devstoreaccount1"
+    account = fields.get("accountname")
+    if not account:
+        raise InvalidConfig(
+            "the Azure Storage connection string names no account: it needs AccountName (or BlobEndpoint)"
+        )
+    protocol = fields.get("defaultendpointsprotocol") or "https"
+    suffix = fields.get("endpointsuffix") or "core.windows.net"
+    return f"{protocol}://{account}.blob.{suffix}"
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "error_code", None)
+    if code:  # a StorageErrorCode (a str enum) or a plain string
+        return str(getattr(code, "value", code))
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        value = headers.get("x-ms-error-code")
+        if value:
+            return str(value)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    line = str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
+    return line[:300]
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What to chain the translated error to: nothing for auth failures (their SDK text can
+    quote the string to sign and request headers), the SDK exception otherwise."""
+    status = getattr(exc, "status_code", None)
+    if type(exc).__name__ in ("ClientAuthenticationError", "CredentialUnavailableError") or status in (401, 403):
+        return None
+    if _error_code(exc) in _AUTH_CODES:
+        return None
+    return exc

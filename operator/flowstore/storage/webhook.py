@@ -1,0 +1,605 @@
+"""The seed's ``Webhook`` storage: a flow stored and fetched with HTTP requests you describe.
+
+One request stores the flow (the *build request*, the flow bytes as its body), another fetches
+it (the *get-flow request*), an optional third deletes it. Every string in their settings may
+use ``${NAME}`` templates (:mod:`flowstore.storage.templating`), filled at request time from
+the kept build response (``${response.json.id}``), the location (``${location}``), the
+referenced Secret's data and, for allowed names only, the environment. Secret values never
+leave the request itself: status URLs, :meth:`Webhook.serialize`, ``repr`` and error messages
+show the templates, not their values.
+
+Uses ``requests`` (a core dependency); every ``requests`` exception and HTTP failure is
+translated into :mod:`flowstore.storage.errors`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from flowstore.storage import templating
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.errors import (
+    AuthFailed,
+    InvalidConfig,
+    NotFound,
+    Rejected,
+    StorageError,
+    TemplateValueMissing,
+    Unavailable,
+)
+
+#: (connect, read) seconds, when a request sets no ``timeout``
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 60.0)
+#: tries per request on timeouts, connection errors, 5xx and 429
+MAX_ATTEMPTS = 3
+#: first backoff; doubles per retry (0.2 s, 0.4 s, ...)
+BACKOFF_SECONDS = 0.2
+#: the longest Retry-After this client sleeps between tries; longer ones end the retries
+MAX_RETRY_AFTER_SLEEP = 5.0
+#: build response bodies larger than this are not kept (``json`` is None)
+MAX_RESPONSE_JSON_BYTES = 64 * 1024
+#: shortest secret value stripped from messages (shorter strings would garble them)
+MIN_REDACTED_LENGTH = 4
+#: characters of a rejected response's body quoted in the error message
+BODY_EXCERPT = 200
+
+BUILD_METHODS = frozenset({"GET", "POST", "PUT", "PATCH"})
+DELETE_METHODS = BUILD_METHODS | {"DELETE"}
+#: ``requests`` keyword arguments a request may set (python names) and their config spelling
+REQUEST_FIELDS: dict[str, str] = {
+    "url": "url",
+    "headers": "headers",
+    "params": "params",
+    "timeout": "timeoutSeconds",
+    "verify": "verify",
+    "allow_redirects": "allowRedirects",
+}
+_CONFIG_FIELDS = {camel: snake for snake, camel in REQUEST_FIELDS.items()}
+#: config key -> (python kwargs attribute, method attribute, methods, required)
+_REQUESTS = {
+    "buildRequest": ("build_request_kwargs", "build_request_http_method", BUILD_METHODS, True),
+    "getFlowRequest": ("get_flow_request_kwargs", "get_flow_request_http_method", BUILD_METHODS, True),
+    "deleteRequest": ("delete_request_kwargs", "delete_request_http_method", DELETE_METHODS, False),
+}
+
+
+class Webhook(Storage):
+    """A flow stored and retrieved with HTTP requests (the seed's ``Webhook``; one flow each).
+
+    Args (the seed's):
+        build_request_kwargs: the request that stores the flow: ``url``, ``headers`` (dict),
+            ``params`` (dict), ``timeout`` (seconds, or (connect, read); default (5, 60)),
+            ``verify`` (bool, or a CA bundle path), ``allow_redirects`` (bool). The flow bytes
+            are its body (``data``; do not set it), sent as ``application/octet-stream``
+            unless ``headers`` sets a Content-Type.
+        build_request_http_method: GET, POST, PUT or PATCH.
+        get_flow_request_kwargs: the request whose response body is the stored flow (same keys).
+        get_flow_request_http_method: GET, POST, PUT or PATCH.
+        stored_as_script: flows are kept as ``.py`` source rather than pickled.
+        flow_script_path: with `stored_as_script`, a local script sent at :meth:`build` for
+            flows added without `source`.
+
+    Keyword-only (this project's):
+        secret_values: values for templates (the operator passes the referenced Secret's data).
+        allowed_env: environment variables templates may read. None (the default when the
+            class is constructed directly) allows every variable, as the seed did.
+        build_response: a kept build response (``{"status", "json"}``), e.g. from status.
+        delete_request_kwargs / delete_request_http_method: an optional request that removes
+            the flow (GET/POST/PUT/PATCH/DELETE); without it :meth:`delete` does nothing, so
+            webhook artifacts are never deleted by flowstore unless a deleteRequest is set.
+        **kwargs: the base :class:`Storage` options.
+
+    Templates: ``${NAME}`` anywhere in any string of a request, resolved at request time from,
+    in order: ``response.status`` / ``response.json.<dotted.path>`` (the kept build response:
+    the seed's "store, then read the new ID from the response" pattern, e.g. a getFlowRequest
+    url ``https://svc/flows/${response.json.id}``), ``location`` (the location being stored or
+    read: the flow name, or the StoredFlow's key; use it for services addressed by name, e.g.
+    ``https://svc/objects/${location}``; it is inserted as is, not URL-quoted), `secret_values`,
+    then the environment (names in `allowed_env` only, unless it is None). A name found nowhere
+    raises :class:`TemplateValueMissing` naming it. Status URLs (``url_for``, artifact ``url``)
+    render only ``response.*`` and ``location``: other templates stay as written.
+
+    :meth:`from_config` decides where templates may look (the operator and agents differ):
+
+    * ``allowedEnv`` in the config: exactly those environment variables.
+    * otherwise, a :meth:`serialize` document (it has ``type``) rebuilt without credentials,
+      i.e. an agent loading ``status.storage``: every environment variable (the seed's
+      behaviour), so an agent that exports e.g. ``WEBHOOK_TOKEN`` can fetch the flow.
+    * otherwise (a FlowStorage spec in the operator, with or without a Secret): none. The
+      operator never lets a spec read its own environment unless allowedEnv names it.
+
+    ``allowedEnv`` is operator policy and is not serialized.
+
+    Locations are flow names (the seed's ``add_flow`` return value) or the given key. The
+    build response is kept per location in this process and as ``storage_state`` /
+    ``buildResponse`` for status; with a service that assigns ids, a storage holds one flow
+    (``single_flow``; the operator enforces it). :meth:`stat` has no metadata request to use:
+    it performs the get-flow request and hashes the body, so every drift check downloads the
+    flow once. Timeouts, connection errors, 5xx and 429 are retried (3 tries, backoff 0.2 s,
+    0.4 s; Retry-After up to 5 s honoured) and then raise :class:`Unavailable`.
+    """
+
+    type_name = "Webhook"
+    default_label = "webhook-flow-storage"
+    single_flow = True
+
+    def __init__(
+        self,
+        build_request_kwargs: Mapping[str, Any],
+        build_request_http_method: str,
+        get_flow_request_kwargs: Mapping[str, Any],
+        get_flow_request_http_method: str,
+        stored_as_script: bool = False,
+        flow_script_path: str | None = None,
+        *,
+        secret_values: Mapping[str, str] | None = None,
+        allowed_env: list[str] | None = None,
+        build_response: Mapping[str, Any] | None = None,
+        delete_request_kwargs: Mapping[str, Any] | None = None,
+        delete_request_http_method: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(stored_as_script=stored_as_script, **kwargs)
+        self.build_request_kwargs = _check_request("buildRequest", build_request_kwargs)
+        self.build_request_http_method = _check_method("buildRequest", build_request_http_method, BUILD_METHODS)
+        self.get_flow_request_kwargs = _check_request("getFlowRequest", get_flow_request_kwargs)
+        self.get_flow_request_http_method = _check_method(
+            "getFlowRequest", get_flow_request_http_method, BUILD_METHODS)
+        self.delete_request_kwargs: dict[str, Any] | None = None
+        self.delete_request_http_method: str | None = None
+        if delete_request_kwargs is not None:
+            self.delete_request_kwargs = _check_request("deleteRequest", delete_request_kwargs)
+            self.delete_request_http_method = _check_method(
+                "deleteRequest", delete_request_http_method or "DELETE", DELETE_METHODS)
+        self.flow_script_path = flow_script_path
+        self.secret_values: dict[str, str] | None = (
+            {str(k): str(v) for k, v in secret_values.items()} if secret_values is not None else None
+        )
+        if allowed_env is not None and (
+            not isinstance(allowed_env, list | tuple) or not all(isinstance(n, str) for n in allowed_env)
+        ):
+            raise InvalidConfig("Webhook `allowedEnv` must be a list of environment variable names")
+        self.allowed_env = list(allowed_env) if allowed_env is not None else None
+        self.build_response: dict[str, Any] | None = _check_build_response(build_response)
+        # location -> build response of the put_bytes that stored it (this process)
+        self._responses: dict[str, dict[str, Any]] = {}
+        self._session_lock = threading.Lock()
+        self._session_instance: requests.Session | None = None
+
+    def __repr__(self) -> str:  # templates only, never their values
+        return (f"Webhook(build={self.build_request_http_method} {self.build_request_kwargs['url']!r}, "
+                f"get={self.get_flow_request_http_method} {self.get_flow_request_kwargs['url']!r})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Webhook:
+        requests_kwargs: dict[str, Any] = {}
+        for key, (kwargs_name, method_name, methods, required) in _REQUESTS.items():
+            block = config.get(key)
+            if block is None:
+                if required:
+                    raise InvalidConfig(f"Webhook storage needs `{key}` (spec.webhook.{key}: method and url)")
+                continue
+            if not isinstance(block, Mapping):
+                raise InvalidConfig(f"Webhook `{key}` must be a mapping with method and url")
+            unknown = sorted(set(block) - set(_CONFIG_FIELDS) - {"method"})
+            if unknown:
+                raise InvalidConfig(
+                    f"Webhook `{key}` has unknown field(s) {', '.join(unknown)}; "
+                    f"known: method, {', '.join(_CONFIG_FIELDS)}"
+                )
+            requests_kwargs[kwargs_name] = {_CONFIG_FIELDS[k]: v for k, v in block.items() if k != "method"}
+            default_method = "DELETE" if key == "deleteRequest" else None
+            requests_kwargs[method_name] = block.get("method") or default_method
+            if requests_kwargs[method_name] is None:
+                raise InvalidConfig(f"Webhook `{key}` needs `method` (one of {', '.join(sorted(methods))})")
+
+        if config.get("allowedEnv") is not None:
+            allowed_env: list[str] | None = config["allowedEnv"]
+        elif "type" in config and credentials is None:
+            allowed_env = None  # serialize() output loaded by an agent: the seed's env templating
+        else:
+            allowed_env = []  # a FlowStorage spec: the operator's environment is off limits
+        return cls(
+            flow_script_path=config.get("flowScriptPath"),
+            secret_values=credentials,
+            allowed_env=allowed_env,
+            build_response=config.get("buildResponse"),
+            **requests_kwargs,
+            **cls.common_kwargs(config),
+        )
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "buildRequest": _request_config(self.build_request_kwargs, self.build_request_http_method),
+            "getFlowRequest": _request_config(self.get_flow_request_kwargs, self.get_flow_request_http_method),
+        }
+        if self.delete_request_kwargs is not None and self.delete_request_http_method is not None:
+            doc["deleteRequest"] = _request_config(self.delete_request_kwargs, self.delete_request_http_method)
+        if self.build_response is not None:
+            doc["buildResponse"] = self.build_response
+        return doc
+
+    # ------------------------------------------------------------------ locations
+    def location_for(self, flow_name: str, key: str | None = None) -> str:
+        """The seed's Webhook location is the flow name; a StoredFlow's key replaces it."""
+        return key or flow_name
+
+    def url_for(self, location: str) -> str:
+        """The get-flow URL with only ``response.*`` and ``location`` filled in: never a
+        Secret or environment value (other templates stay as written)."""
+        return self._public_url(self.get_flow_request_kwargs, location)
+
+    # ------------------------------------------------------------------ script mode (seed: flow_script_path)
+    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
+        if self.stored_as_script and source is None and self.flow_script_path:
+            location = super().add_flow(flow, source=b"")
+            name = flow if isinstance(flow, str) else flow.name
+            self._pending[name] = None  # read from flow_script_path at build()
+            return location
+        return super().add_flow(flow, source)
+
+    def _load_local_scripts(self) -> None:
+        if not self.stored_as_script:
+            return
+        for name, payload in self._pending.items():
+            if payload is None and self.flow_script_path:
+                try:
+                    self._pending[name] = Path(self.flow_script_path).read_bytes()
+                except OSError as exc:
+                    raise InvalidConfig(
+                        f"cannot read flow_script_path {self.flow_script_path}: {exc.strerror}"
+                    ) from None
+
+    def build(self) -> Storage:
+        self._load_local_scripts()
+        return super().build()
+
+    def run_basic_healthchecks(self) -> None:
+        self._load_local_scripts()
+        super().run_basic_healthchecks()
+
+    def check_container(self) -> None:
+        """Every template that does not come from the build response or the location has a
+        value now (no request is sent: a webhook has nothing side-effect free to probe)."""
+        for key, kwargs in self._request_blocks():
+            for name in sorted(templating.template_names(kwargs)):
+                if name.startswith(templating.RESPONSE_PREFIX) or name == templating.LOCATION:
+                    continue
+                self._render(f"${{{name}}}", key, None, set())
+
+    # ------------------------------------------------------------------ primitives
+    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+        method = self.build_request_http_method
+        response = self._send("buildRequest", method, self.build_request_kwargs, location, data=data)
+        public = self._public_url(self.build_request_kwargs, location)
+        if response.status_code == 404:
+            raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
+                           "fix buildRequest.url")
+        self._raise_for_status(response, method, public, "buildRequest")
+        kept = {"status": response.status_code, "json": _json_body(response)}
+        self.build_response = kept
+        self._responses[location] = kept
+        self._require_response_paths(location)
+        return StoredArtifact(
+            location=location,
+            url=self.url_for(location),
+            sha256=sha256_hex(data),
+            size=len(data),
+            storage_state={"buildResponse": kept},
+        )
+
+    def get_bytes(self, location: str) -> bytes:
+        response = self._get(location)
+        if response.status_code == 404:
+            raise NotFound(f"no flow artifact at {self.url_for(location)} (the webhook answered 404); "
+                           "was the flow built (stored)?")
+        data: bytes = response.content
+        return data
+
+    def stat(self, location: str) -> ObjectInfo | None:
+        """Size and sha256 of the get-flow response body (one full GET: a webhook has no
+        metadata request), or None on 404."""
+        response = self._get(location)
+        if response.status_code == 404:
+            return None
+        data: bytes = response.content
+        return ObjectInfo(size=len(data), sha256=sha256_hex(data))
+
+    def delete(self, location: str) -> None:
+        """Send the deleteRequest (404 counts as deleted). Without one, nothing is deleted."""
+        if self.delete_request_kwargs is None or self.delete_request_http_method is None:
+            return
+        method = self.delete_request_http_method
+        response = self._send("deleteRequest", method, self.delete_request_kwargs, location)
+        if response.status_code == 404:
+            return
+        self._raise_for_status(response, method, self._public_url(self.delete_request_kwargs, location),
+                               "deleteRequest")
+
+    # ------------------------------------------------------------------ requests
+    def _get(self, location: str) -> requests.Response:
+        method = self.get_flow_request_http_method
+        response = self._send("getFlowRequest", method, self.get_flow_request_kwargs, location)
+        if response.status_code != 404:
+            self._raise_for_status(response, method, self._public_url(self.get_flow_request_kwargs, location),
+                                   "getFlowRequest")
+        return response
+
+    def _session(self) -> requests.Session:
+        with self._session_lock:
+            if self._session_instance is None:
+                self._session_instance = requests.Session()
+            return self._session_instance
+
+    def _request_blocks(self) -> list[tuple[str, dict[str, Any]]]:
+        blocks = [("buildRequest", self.build_request_kwargs), ("getFlowRequest", self.get_flow_request_kwargs)]
+        if self.delete_request_kwargs is not None:
+            blocks.append(("deleteRequest", self.delete_request_kwargs))
+        return blocks
+
+    def _response_for(self, location: str | None) -> dict[str, Any] | None:
+        if location is not None and location in self._responses:
+            return self._responses[location]
+        return self.build_response
+
+    def _render(self, value: Any, where: str, location: str | None, sensitive: set[str]) -> Any:
+        return templating.render(
+            value,
+            response=self._response_for(location),
+            location=location,
+            secrets=self.secret_values,
+            allowed_env=self.allowed_env,
+            where=where,
+            sensitive=sensitive,
+        )
+
+    def _public_url(self, kwargs: Mapping[str, Any], location: str | None) -> str:
+        return str(templating.render_public(kwargs["url"], self._response_for(location), location))
+
+    def _require_response_paths(self, location: str) -> None:
+        """After a build: the get-flow request's ``${response.*}`` names exist in the response
+        (else the stored flow could not be fetched, so storing it did not succeed)."""
+        names = templating.template_names(self.get_flow_request_kwargs)
+        for name in sorted(n for n in names if n.startswith(templating.RESPONSE_PREFIX)):
+            try:
+                templating.render(f"${{{name}}}", response=self._response_for(location), where="getFlowRequest")
+            except TemplateValueMissing as exc:
+                raise TemplateValueMissing(
+                    f"the flow was sent, but it cannot be fetched: {exc.message}; make buildRequest's "
+                    "service answer it, or fix getFlowRequest"
+                ) from None
+
+    def _send(self, where: str, method: str, template: Mapping[str, Any], location: str | None,
+              data: bytes | None = None) -> requests.Response:
+        """Render `template` and send it, retrying temporary failures. Returns the response
+        of the last try when it is not a temporary failure; raises StorageError otherwise."""
+        sensitive = {v for v in (self.secret_values or {}).values() if v}
+        rendered = self._render(template, where, location, sensitive)
+        public = f"{method} {self._public_url(template, location)}"
+        headers = {str(k): str(v) for k, v in (rendered.get("headers") or {}).items()}
+        if data is not None and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/octet-stream"
+        timeout = rendered.get("timeout", DEFAULT_TIMEOUT)
+        kwargs: dict[str, Any] = {
+            "headers": headers,
+            "params": rendered.get("params"),
+            "timeout": tuple(timeout) if isinstance(timeout, list | tuple) else timeout,
+            "verify": rendered.get("verify", True),
+            "allow_redirects": rendered.get("allow_redirects", True),
+        }
+        session = self._session()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            last = attempt == MAX_ATTEMPTS
+            backoff = BACKOFF_SECONDS * 2 ** (attempt - 1)
+            try:
+                response = session.request(method, rendered["url"], data=data, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                raise StorageError(
+                    f"TLS failed for {public}: {_redact(_reason(exc), sensitive)}; fix the server "
+                    f"certificate or {where}.verify (a CA bundle path)"
+                ) from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                if last:
+                    kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "is unreachable"
+                    raise Unavailable(
+                        f"the webhook {kind} for {public} after {MAX_ATTEMPTS} tries "
+                        f"({type(exc).__name__}: {_redact(_reason(exc), sensitive)})"
+                    ) from None
+                time.sleep(backoff)
+                continue
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader, ValueError) as exc:
+                raise InvalidConfig(
+                    f"cannot send {public}: {type(exc).__name__}: {_redact(str(exc), sensitive)}; fix {where}"
+                ) from None
+            except requests.exceptions.RequestException as exc:
+                raise StorageError(
+                    f"cannot send {public}: {type(exc).__name__}: {_redact(str(exc), sensitive)}"
+                ) from None
+            status = response.status_code
+            if status != 429 and status < 500:
+                return response
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if last or (retry_after is not None and retry_after > MAX_RETRY_AFTER_SLEEP):
+                excerpt = _redact(_excerpt(response), sensitive)
+                raise Unavailable(
+                    f"the webhook answered {status} for {public} "
+                    f"({'throttled' if status == 429 else 'a temporary failure'}) after {attempt} "
+                    f"tr{'y' if attempt == 1 else 'ies'}" + (f": {excerpt}" if excerpt else ""),
+                    retry_after=retry_after,
+                )
+            response.close()
+            time.sleep(retry_after if retry_after is not None else backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_for_status(self, response: requests.Response, method: str, public_url: str, where: str) -> None:
+        """Raise for any status but 2xx (404s are the callers' to handle first)."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        sensitive = {v for v in (self.secret_values or {}).values() if v}
+        sensitive |= _header_values(self._safe_render(response, where))
+        if status in (401, 403):
+            raise AuthFailed(
+                f"the webhook answered {status} for {method} {public_url}; check the Secret values "
+                f"the {where} headers use"
+            )
+        excerpt = _redact(_excerpt(response), sensitive)
+        raise Rejected(
+            f"the webhook answered {status} for {method} {public_url}" + (f": {excerpt}" if excerpt else "")
+        )
+
+    def _safe_render(self, response: requests.Response, where: str) -> Mapping[str, Any]:
+        """The request headers actually sent (to strip env-derived values from messages too)."""
+        request = getattr(response, "request", None)
+        headers = getattr(request, "headers", None) or {}
+        return dict(headers)
+
+
+# ---------------------------------------------------------------------- validation
+def _check_method(where: str, method: Any, allowed: frozenset[str]) -> str:
+    if not isinstance(method, str) or method.upper() not in allowed:
+        raise InvalidConfig(f"Webhook `{where}.method` must be one of {', '.join(sorted(allowed))}, not {method!r}")
+    return method.upper()
+
+
+def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
+    if not isinstance(kwargs, Mapping):
+        raise InvalidConfig(f"Webhook `{where}` must be a mapping of request settings (url, headers, ...)")
+    if "data" in kwargs or "json" in kwargs or "files" in kwargs:
+        raise InvalidConfig(f"Webhook `{where}` must not set data/json/files: the flow is the request body")
+    unknown = sorted(set(kwargs) - set(REQUEST_FIELDS))
+    if unknown:
+        raise InvalidConfig(f"Webhook `{where}` has unsupported setting(s) {', '.join(unknown)}; "
+                            f"supported: {', '.join(REQUEST_FIELDS)}")
+    url = kwargs.get("url")
+    if not isinstance(url, str) or not url:
+        raise InvalidConfig(f"Webhook `{where}.url` is required (a string; it may use ${{...}} templates)")
+    for field in ("headers", "params"):
+        value = kwargs.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise InvalidConfig(f"Webhook `{where}.{field}` must be a mapping of names to strings")
+        for name, item in value.items():
+            items = item if field == "params" and isinstance(item, list) else [item]
+            if not all(isinstance(i, str | int | float) and not isinstance(i, bool) for i in items):
+                raise InvalidConfig(f"Webhook `{where}.{field}.{name}` must be a string")
+    timeout = kwargs.get("timeout")
+    if timeout is not None:
+        parts = list(timeout) if isinstance(timeout, list | tuple) else [timeout]
+        if len(parts) not in (1, 2) or not all(
+            isinstance(p, int | float) and not isinstance(p, bool) and p > 0 for p in parts
+        ):
+            raise InvalidConfig(f"Webhook `{where}.timeoutSeconds` must be a positive number of seconds")
+    verify = kwargs.get("verify")
+    if verify is not None and not isinstance(verify, bool | str):
+        raise InvalidConfig(f"Webhook `{where}.verify` must be true, false or a CA bundle path")
+    redirects = kwargs.get("allow_redirects")
+    if redirects is not None and not isinstance(redirects, bool):
+        raise InvalidConfig(f"Webhook `{where}.allowRedirects` must be true or false")
+    for name in templating.template_names(dict(kwargs)):
+        templating.render_public(f"${{{name}}}", None)  # syntax only
+        if not templating.TEMPLATE_NAME.match(name):
+            raise InvalidConfig(f"Webhook `{where}`: ${{{name}}} is not a valid template name "
+                                "(letters, digits, '_', '-', '.')")
+    return dict(kwargs)
+
+
+def _check_build_response(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("status"), int):
+        raise InvalidConfig("Webhook `buildResponse` must be {status: <int>, json: <body or null>}")
+    return {"status": value["status"], "json": value.get("json")}
+
+
+def _request_config(kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {"method": method}
+    for name, value in kwargs.items():
+        doc[REQUEST_FIELDS[name]] = list(value) if isinstance(value, tuple) else value
+    return doc
+
+
+# ---------------------------------------------------------------------- responses
+def _json_body(response: requests.Response) -> Any:
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not (content_type == "application/json" or content_type.endswith("+json")):
+        return None
+    body = response.content
+    if len(body) > MAX_RESPONSE_JSON_BYTES:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _excerpt(response: requests.Response) -> str:
+    try:
+        text = response.content[: BODY_EXCERPT * 4].decode("utf-8", "replace")
+    except requests.exceptions.RequestException:
+        return ""
+    text = " ".join(text.split())
+    return text[:BODY_EXCERPT] + ("…" if len(text) > BODY_EXCERPT else "")
+
+
+def _header_values(headers: Mapping[str, Any]) -> set[str]:
+    """Credential-bearing header values (and their token part) actually sent."""
+    values: set[str] = set()
+    for name, value in headers.items():
+        if str(name).lower() in {"authorization", "proxy-authorization", "cookie"} or "key" in str(name).lower() \
+                or "token" in str(name).lower() or "secret" in str(name).lower():
+            text = str(value)
+            values.add(text)
+            values.update(part for part in text.split() if len(part) >= MIN_REDACTED_LENGTH)
+    return values
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error (its text names the URL path+query)."""
+    inner: BaseException = exc
+    while True:
+        nxt = getattr(inner, "reason", None) if not isinstance(getattr(inner, "reason", None), str) else None
+        if isinstance(nxt, BaseException) and nxt is not inner:
+            inner = nxt
+            continue
+        break
+    return str(inner)
+
+
+def _redact(text: str, sensitive: set[str]) -> str:
+    """`text` without any of the `sensitive` values (raw or URL-encoded)."""
+    for value in sorted(sensitive, key=len, reverse=True):
+        if len(value) < MIN_REDACTED_LENGTH:
+            continue
+        for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+                     urllib.parse.quote(value)}:
+            text = text.replace(form, "***")
+    return text
