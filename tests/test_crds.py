@@ -119,7 +119,8 @@ def test_s3_flowstorage_with_credentials_accepted(namespace: str) -> None:
         pytest.param("azure: {container: flows, accountURL: 'https://a.blob.core.windows.net'}",
                      lambda spec: "credentialsSecretRef" not in spec["azure"], id="azure-workload-identity"),
         pytest.param(
-            "webhook: {buildRequest: {method: POST, url: 'https://x/upload', headers: {Authorization: 'Bearer ${TOKEN}'}},"
+            "webhook: {buildRequest: {method: POST, url: 'https://x/upload',"
+            " headers: {Authorization: 'Bearer ${TOKEN}'}},"
             " getFlowRequest: {method: GET, url: 'https://x/flows/${response.json.id}'},"
             " credentialsSecretRef: {name: hook}}",
             lambda spec: spec["webhook"]["getFlowRequest"]["url"].endswith("${response.json.id}"), id="webhook"),
@@ -185,7 +186,8 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             id="gcs-key-and-keyprefix",
         ),
         pytest.param(
-            "azure: {container: flows, accountURL: 'https://a.blob.core.windows.net', credentialsSecretRef: {name: c}}",
+            "azure: {container: flows, accountURL: 'https://a.blob.core.windows.net',"
+            " credentialsSecretRef: {name: c}}",
             ["spec.azure:", "give either credentialsSecretRef (a connection string) or accountURL"],
             id="azure-connection-string-and-account-url",
         ),
@@ -205,7 +207,8 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             id="webhook-without-get-request",
         ),
         pytest.param(
-            "webhook: {buildRequest: {method: DELETE, url: 'http://x'}, getFlowRequest: {method: GET, url: 'http://x'}}",
+            "webhook: {buildRequest: {method: DELETE, url: 'http://x'},"
+            " getFlowRequest: {method: GET, url: 'http://x'}}",
             ['spec.webhook.buildRequest.method: Unsupported value: "DELETE"'],
             id="webhook-bad-method",
         ),
