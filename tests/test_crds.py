@@ -138,7 +138,9 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
     ("spec", "expected"),
     [
         pytest.param(
-            "labels: [prod]", ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"], id="no-backend"
+            "labels: [prod]",
+            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"],
+            id="no-backend",
         ),
         pytest.param(
             "local: {directory: /flows}\ns3: {bucket: flows}",
