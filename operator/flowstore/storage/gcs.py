@@ -364,7 +364,9 @@ class GCS(Storage):
         status = _http_status(exc)
         detail = self._redact(_short_message(exc))
 
-        if _is_data_corruption(exc):
+        if _is_data_corruption(exc) or (status == 400 and "match calculated" in detail.lower()):
+            # the SDK's own check (DataCorruption), or the server refusing an upload whose
+            # checksum it recomputed ("provided CRC32C/MD5 ... doesn't match calculated ...")
             return IntegrityError(
                 f"cannot {action} {target}: the data did not match the checksum GCS reported ({detail}); "
                 "it was corrupted in transit"
