@@ -138,6 +138,7 @@ def storedflow_deleted(body: kopf.Body, name: str, namespace: str, retry: int, m
 
     try:
         storage = open_storage(runtime.ports, namespace, fs or {}, storage_spec)
+        storage.restore_state((status.get("artifact") or {}).get("storageState"))
         storage.delete(location)
     except Exception as exc:
         failure = classify(exc)

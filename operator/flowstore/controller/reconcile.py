@@ -266,6 +266,7 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     if check_drift:
         assert ctx.fs is not None and ctx.storage_spec is not None
         storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage.restore_state(artifact.get("storageState"))
         info = storage.stat(location)
         recorded = str(artifact.get("digest", "")).removeprefix("sha256:")
         if info is None or info.size != artifact.get("size") or (info.sha256 and info.sha256 != recorded):
@@ -332,6 +333,7 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
         raise StorageError(f"{stored.url} did not read back as written; will store again")
     previous = ctx.status.get("location")
+    previous_state = (ctx.status.get("artifact") or {}).get("storageState") or {}
     artifact = {
         "url": stored.url,
         "digest": "sha256:" + stored.sha256,
@@ -348,11 +350,15 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     digest = "sha256:" + stored.sha256
     events = [Event("Normal", "Stored", f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} ({stored.size} bytes, "
                     f"{digest[:19]}…)")]
-    if previous and previous != location and ctx.storage_spec.deletion_policy == "Delete":
-        try:
-            storage.delete(previous)
+    superseded = previous and (previous != location or previous_state != dict(stored.storage_state))
+    if superseded and ctx.storage_spec.deletion_policy == "Delete":
+        try:  # the superseded artifact is addressed by its own location and recorded state
+            storage.restore_state(previous_state)
+            storage.delete(str(previous))
         except StorageError as exc:
             events.append(Event("Warning", "CleanupFailed", f"Could not delete superseded {previous}: {exc}"))
+        finally:
+            storage.restore_state(stored.storage_state)
     outcome = _ready(ctx, location, artifact, events, uploaded=True)
     outcome.built = ctx.fmt == "pickle"
     return outcome

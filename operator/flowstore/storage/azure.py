@@ -54,9 +54,8 @@ MAX_BLOCK_SIZE = 4 * 1024 * 1024
 CONNECTION_TIMEOUT = 5
 READ_TIMEOUT = 60
 RETRY_TOTAL = 2
-RETRY_INITIAL_BACKOFF = 0.5
-RETRY_INCREMENT_BASE = 2
-RETRY_JITTER = 0.5
+RETRY_BACKOFF = 1  # seconds between attempts (linear; the SDK's default starts at 15 s)
+RETRY_JITTER = 1
 
 _AUTH_CODES = frozenset({
     "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
@@ -219,7 +218,7 @@ class Azure(Storage):
 
     def _make_client(self) -> Any:
         try:
-            from azure.storage.blob import BlobServiceClient, ExponentialRetry
+            from azure.storage.blob import BlobServiceClient, LinearRetry
         except ImportError as exc:
             raise MissingDependency(
                 f"Azure storage needs {exc.name or 'azure-storage-blob'}: pip install 'flowstore[azure]'"
@@ -227,10 +226,8 @@ class Azure(Storage):
         options: dict[str, Any] = {
             "connection_timeout": CONNECTION_TIMEOUT,
             "read_timeout": READ_TIMEOUT,
-            "retry_policy": ExponentialRetry(
-                initial_backoff=RETRY_INITIAL_BACKOFF, increment_base=RETRY_INCREMENT_BASE,
-                retry_total=RETRY_TOTAL, random_jitter_range=RETRY_JITTER,
-            ),
+            "retry_policy": LinearRetry(backoff=RETRY_BACKOFF, retry_total=RETRY_TOTAL,
+                                        random_jitter_range=RETRY_JITTER),
             "max_single_put_size": MAX_SINGLE_PUT_SIZE,
             "max_block_size": MAX_BLOCK_SIZE,
         }

@@ -131,6 +131,12 @@ class Storage(abc.ABC):
         Backends without a container to check keep this default."""
         return None
 
+    def restore_state(self, state: Mapping[str, Any] | None) -> None:
+        """Re-apply the `storage_state` recorded with an artifact (e.g. from StoredFlow status
+        after an operator restart) before reading, checking or deleting that artifact.
+        Backends whose artifacts are addressed by location alone keep this default."""
+        return None
+
     def location_for(self, flow_name: str, key: str | None = None) -> str:
         """Where a flow named `flow_name` goes: `key` if given, else the seed's default key
         ``<slug(flow name)>/<slug(UTC now)>`` under the backend's prefix."""

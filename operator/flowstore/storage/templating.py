@@ -34,7 +34,7 @@ from flowstore.storage.errors import InvalidConfig, TemplateValueMissing
 #: ``${...}``: the name is everything up to the closing brace
 TEMPLATE = re.compile(r"\$\{([^{}]*)\}")
 #: what a name may look like: env/Secret key characters, dots for response paths
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 RESPONSE_PREFIX = "response."
 LOCATION = "location"
 
@@ -73,7 +73,7 @@ def render(
     env = os.environ if environ is None else environ
 
     def lookup(name: str, path: str) -> str:
-        if not _NAME.match(name):
+        if not TEMPLATE_NAME.match(name):
             raise InvalidConfig(f"{_at(path)}: ${{{name}}} is not a valid template name "
                                 "(letters, digits, '_', '-', '.')")
         if name.startswith(RESPONSE_PREFIX) or name == "response":

@@ -210,7 +210,6 @@ class Webhook(Storage):
         else:
             allowed_env = []  # a FlowStorage spec: the operator's environment is off limits
         return cls(
-            flow_script_path=config.get("flowScriptPath"),
             secret_values=credentials,
             allowed_env=allowed_env,
             build_response=config.get("buildResponse"),
@@ -233,6 +232,12 @@ class Webhook(Storage):
     def location_for(self, flow_name: str, key: str | None = None) -> str:
         """The seed's Webhook location is the flow name; a StoredFlow's key replaces it."""
         return key or flow_name
+
+    def restore_state(self, state: Mapping[str, Any] | None) -> None:
+        """Take back the build response recorded in status, so the get, stat and delete
+        requests can refer to ``${response.…}`` after a restart."""
+        if state and state.get("buildResponse") is not None:
+            self.build_response = _check_build_response(state["buildResponse"])
 
     def url_for(self, location: str) -> str:
         """The get-flow URL with only ``response.*`` and ``location`` filled in: never a
@@ -280,12 +285,12 @@ class Webhook(Storage):
     # ------------------------------------------------------------------ primitives
     def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
         method = self.build_request_http_method
-        response = self._send("buildRequest", method, self.build_request_kwargs, location, data=data)
+        response, sensitive = self._send("buildRequest", method, self.build_request_kwargs, location, data=data)
         public = self._public_url(self.build_request_kwargs, location)
         if response.status_code == 404:
             raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
                            "fix buildRequest.url")
-        self._raise_for_status(response, method, public, "buildRequest")
+        self._raise_for_status(response, f"{method} {public}", "buildRequest", sensitive)
         kept = {"status": response.status_code, "json": _json_body(response)}
         self.build_response = kept
         self._responses[location] = kept
@@ -320,19 +325,19 @@ class Webhook(Storage):
         if self.delete_request_kwargs is None or self.delete_request_http_method is None:
             return
         method = self.delete_request_http_method
-        response = self._send("deleteRequest", method, self.delete_request_kwargs, location)
+        response, sensitive = self._send("deleteRequest", method, self.delete_request_kwargs, location)
         if response.status_code == 404:
             return
-        self._raise_for_status(response, method, self._public_url(self.delete_request_kwargs, location),
-                               "deleteRequest")
+        public = self._public_url(self.delete_request_kwargs, location)
+        self._raise_for_status(response, f"{method} {public}", "deleteRequest", sensitive)
 
     # ------------------------------------------------------------------ requests
     def _get(self, location: str) -> requests.Response:
         method = self.get_flow_request_http_method
-        response = self._send("getFlowRequest", method, self.get_flow_request_kwargs, location)
+        response, sensitive = self._send("getFlowRequest", method, self.get_flow_request_kwargs, location)
         if response.status_code != 404:
-            self._raise_for_status(response, method, self._public_url(self.get_flow_request_kwargs, location),
-                                   "getFlowRequest")
+            public = self._public_url(self.get_flow_request_kwargs, location)
+            self._raise_for_status(response, f"{method} {public}", "getFlowRequest", sensitive)
         return response
 
     def _session(self) -> requests.Session:
@@ -380,9 +385,10 @@ class Webhook(Storage):
                 ) from None
 
     def _send(self, where: str, method: str, template: Mapping[str, Any], location: str | None,
-              data: bytes | None = None) -> requests.Response:
+              data: bytes | None = None) -> tuple[requests.Response, set[str]]:
         """Render `template` and send it, retrying temporary failures. Returns the response
-        of the last try when it is not a temporary failure; raises StorageError otherwise."""
+        of the last try when it is not a temporary failure, and the Secret and environment
+        values the request used (to strip from messages); raises StorageError otherwise."""
         sensitive = {v for v in (self.secret_values or {}).values() if v}
         rendered = self._render(template, where, location, sensitive)
         public = f"{method} {self._public_url(template, location)}"
@@ -405,7 +411,7 @@ class Webhook(Storage):
                 response = session.request(method, rendered["url"], data=data, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise StorageError(
-                    f"TLS failed for {public}: {_redact(_reason(exc), sensitive)}; fix the server "
+                    f"TLS failed for {public}: {_redact(str(exc), sensitive)}; fix the server "
                     f"certificate or {where}.verify (a CA bundle path)"
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
@@ -414,7 +420,7 @@ class Webhook(Storage):
                     kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "is unreachable"
                     raise Unavailable(
                         f"the webhook {kind} for {public} after {MAX_ATTEMPTS} tries "
-                        f"({type(exc).__name__}: {_redact(_reason(exc), sensitive)})"
+                        f"({type(exc).__name__}: {_redact(str(exc), sensitive)})"
                     ) from None
                 time.sleep(backoff)
                 continue
@@ -429,7 +435,7 @@ class Webhook(Storage):
                 ) from None
             status = response.status_code
             if status != 429 and status < 500:
-                return response
+                return response, sensitive
             retry_after = _retry_after(response.headers.get("Retry-After"))
             if last or (retry_after is not None and retry_after > MAX_RETRY_AFTER_SLEEP):
                 excerpt = _redact(_excerpt(response), sensitive)
@@ -443,28 +449,21 @@ class Webhook(Storage):
             time.sleep(retry_after if retry_after is not None else backoff)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _raise_for_status(self, response: requests.Response, method: str, public_url: str, where: str) -> None:
-        """Raise for any status but 2xx (404s are the callers' to handle first)."""
+    def _raise_for_status(self, response: requests.Response, request: str, where: str,
+                          sensitive: set[str]) -> None:
+        """Raise for any status but 2xx (404s are the callers' to handle first). `request` is
+        "METHOD public-url"; the body excerpt is stripped of every value in `sensitive`
+        (bodies may echo the request's headers)."""
         status = response.status_code
         if 200 <= status < 300:
             return
-        sensitive = {v for v in (self.secret_values or {}).values() if v}
-        sensitive |= _header_values(self._safe_render(response, where))
         if status in (401, 403):
             raise AuthFailed(
-                f"the webhook answered {status} for {method} {public_url}; check the Secret values "
-                f"the {where} headers use"
+                f"the webhook answered {status} for {request}; check the Secret values the {where} "
+                "headers use"
             )
         excerpt = _redact(_excerpt(response), sensitive)
-        raise Rejected(
-            f"the webhook answered {status} for {method} {public_url}" + (f": {excerpt}" if excerpt else "")
-        )
-
-    def _safe_render(self, response: requests.Response, where: str) -> Mapping[str, Any]:
-        """The request headers actually sent (to strip env-derived values from messages too)."""
-        request = getattr(response, "request", None)
-        headers = getattr(request, "headers", None) or {}
-        return dict(headers)
+        raise Rejected(f"the webhook answered {status} for {request}" + (f": {excerpt}" if excerpt else ""))
 
 
 # ---------------------------------------------------------------------- validation
@@ -510,7 +509,6 @@ def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
     if redirects is not None and not isinstance(redirects, bool):
         raise InvalidConfig(f"Webhook `{where}.allowRedirects` must be true or false")
     for name in templating.template_names(dict(kwargs)):
-        templating.render_public(f"${{{name}}}", None)  # syntax only
         if not templating.TEMPLATE_NAME.match(name):
             raise InvalidConfig(f"Webhook `{where}`: ${{{name}}} is not a valid template name "
                                 "(letters, digits, '_', '-', '.')")
@@ -568,30 +566,6 @@ def _excerpt(response: requests.Response) -> str:
         return ""
     text = " ".join(text.split())
     return text[:BODY_EXCERPT] + ("…" if len(text) > BODY_EXCERPT else "")
-
-
-def _header_values(headers: Mapping[str, Any]) -> set[str]:
-    """Credential-bearing header values (and their token part) actually sent."""
-    values: set[str] = set()
-    for name, value in headers.items():
-        if str(name).lower() in {"authorization", "proxy-authorization", "cookie"} or "key" in str(name).lower() \
-                or "token" in str(name).lower() or "secret" in str(name).lower():
-            text = str(value)
-            values.add(text)
-            values.update(part for part in text.split() if len(part) >= MIN_REDACTED_LENGTH)
-    return values
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error (its text names the URL path+query)."""
-    inner: BaseException = exc
-    while True:
-        nxt = getattr(inner, "reason", None) if not isinstance(getattr(inner, "reason", None), str) else None
-        if isinstance(nxt, BaseException) and nxt is not inner:
-            inner = nxt
-            continue
-        break
-    return str(inner)
 
 
 def _redact(text: str, sensitive: set[str]) -> str:
