@@ -35,8 +35,9 @@ MAX_BODY = 64 * 1024 * 1024
 
 
 class WebhookServer:
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, port: int = 0) -> None:
         self.token = token
+        self.requested_port = port
         self.bodies: dict[str, bytes] = {}
         self.hits: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, str, dict[str, str]]] = []
@@ -106,7 +107,7 @@ class WebhookServer:
         app.router.add_route("*", "/flaky/{key}", self._flaky_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.requested_port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 
@@ -173,3 +174,28 @@ class WebhookServer:
         if body is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.Response(body=body, content_type="application/octet-stream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the service in the foreground (``scripts/localcloud up webhook`` does this), so the
+    Webhook storage can be tried by hand and by the demo. The token comes from a file."""
+    import argparse
+    import signal
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="flowstore's webhook test service")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    server = WebhookServer(token=args.token_file.read_text().strip(), port=args.port).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"webhook service on {server.url}", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
