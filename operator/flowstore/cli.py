@@ -25,16 +25,24 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from flowstore.controller import handlers  # noqa: F401 - registers the handlers
     from flowstore.controller.runtime import Settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if args.log_format == "json" else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # kopf's own logging setup: per-object context (namespace/name) on every record, and real
+    # JSON (one object per line, with an "object" reference) for log pipelines.
+    kopf.configure(verbose=args.verbose,
+                   log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "azure", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     settings = Settings(workers=args.workers, max_builds=args.max_builds, build_timeout=args.build_timeout,
                         build_memory=_parse_size(args.build_memory), delete_retries=args.delete_retries)
     namespaces = args.namespace or []
+    from kubernetes import config
+
+    try:  # fail fast and clearly, rather than kopf retrying a startup handler every minute
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException as exc:
+            return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
     asyncio.run(kopf.operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
