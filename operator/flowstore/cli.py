@@ -43,6 +43,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         except config.ConfigException as exc:
             return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_address)
     asyncio.run(kopf.operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -117,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="retries of an artifact deletion before the finalizer is released (default 5)")
     op.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     op.add_argument("--log-format", choices=["text", "json"], default="text")
+    op.add_argument("--metrics-port", type=int, default=0,
+                    help="serve Prometheus metrics on this port (default 0: off; the chart uses 9090)")
+    op.add_argument("--metrics-address", default="0.0.0.0",  # noqa: S104 - a pod's metrics must be scrapable
+                    help="metrics bind address (default 0.0.0.0)")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 

@@ -20,6 +20,14 @@ from tests.conftest import ROOT, kubectl
 OPERATOR_ARGS = ["--build-timeout", "5", "--build-memory", "256Mi", "--delete-retries", "2"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class OperatorProcess:
     """`flowstore operator` as it runs in production, in a subprocess; restartable."""
 
@@ -33,15 +41,32 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def start(self, *extra: str) -> None:
         self.starts += 1
+        self.metrics_port = _free_port()
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowstore.cli", "operator", *OPERATOR_ARGS, *extra],
+            [sys.executable, "-m", "flowstore.cli", "operator", *OPERATOR_ARGS,
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *extra],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
-        time.sleep(1.0)
-        assert self.proc.poll() is None, self.logs()
+        # Ready to be observed once its metrics endpoint answers (imports take a moment).
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, self.logs()
+            try:
+                urllib.request.urlopen(self.metrics_url, timeout=1).close()  # noqa: S310 - loopback
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
+                time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

@@ -14,6 +14,9 @@ STOREDFLOW_KIND: Final = "StoredFlow"
 STOREDFLOW_PLURAL: Final = "storedflows"
 
 FINALIZER: Final = "flowstore.dev/cleanup"
+#: Set to any new value (e.g. a timestamp) to reconcile now, with a full drift check; the
+#: value handled last is echoed in status.lastHandledReconcileAt (Flux's requestedAt pattern).
+REQUESTED_AT_ANNOTATION: Final = "flowstore.dev/requested-at"
 
 # Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
 BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook")

@@ -18,6 +18,7 @@ from kubernetes import client, config
 from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import SpecError, StorageSpec
 from flowstore.controller.failures import classify
+from flowstore.controller.reconcile import requested_at
 from flowstore.controller.runtime import Runtime, Settings
 
 
@@ -82,7 +83,7 @@ def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
     runtime: Runtime = memo.runtime
     namespace, name = meta.get("namespace"), meta.get("name")
     observed = (body.get("status") or {}).get("observedGeneration")
-    if type == "DELETED" or meta.get("generation") != observed:
+    if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
         runtime.poke((STOREDFLOW_PLURAL, namespace, name))
         storage = (spec.get("storageRef") or {}).get("name")
         runtime.poke_flows(namespace, lambda s: (s.get("storageRef") or {}).get("name") == storage
@@ -96,7 +97,7 @@ def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -
     """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
     meta = body.get("metadata", {})
     observed = (body.get("status") or {}).get("observedGeneration")
-    if type == "DELETED" or meta.get("generation") != observed:
+    if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
         memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
         memo.runtime.poke_flows(meta.get("namespace"),
                                 lambda s: (s.get("storageRef") or {}).get("name") == meta.get("name"))

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import StorageSpec
 from flowstore.build import sandbox
+from flowstore.controller import metrics
 from flowstore.controller.failures import ClusterUnavailable
 from flowstore.storage import Storage, backend_class
 
@@ -84,7 +85,7 @@ class KubePorts:
 
     # ---------------------------------------------------------------- builds and storages
     def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
-        with self._builds:
+        with self._builds, metrics.BUILD_SECONDS.time():
             self.counters["builds"] += 1
             return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name,
                                         timeout=self.build_timeout, memory_limit_bytes=self.build_memory)

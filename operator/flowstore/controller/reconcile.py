@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from flowstore.api import conditions as cond
-from flowstore.api.constants import Reason
+from flowstore.api.constants import REQUESTED_AT_ANNOTATION, Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.build import envelope
 from flowstore.controller.failures import Failure, ReconcileError, classify
@@ -123,6 +123,19 @@ class FlowContext:
     inputs_digest: str = ""
 
 
+def requested_at(obj: Mapping[str, Any]) -> str | None:
+    """The reconcile-now annotation's value when it has not been handled yet."""
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+    return value if value and value != (obj.get("status") or {}).get("lastHandledReconcileAt") else None
+
+
+def _mark_handled(obj: Mapping[str, Any], outcome: Outcome) -> Outcome:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+    if value:
+        outcome.status["lastHandledReconcileAt"] = value
+    return outcome
+
+
 def reconcile_stored_flow(
     obj: dict[str, Any],
     ports: Ports,
@@ -134,7 +147,21 @@ def reconcile_stored_flow(
     """Bring one StoredFlow to its desired state. Never raises: failures become conditions.
 
     `siblings(storage_name)` returns the StoredFlows of the namespace that use that storage
-    (the operator serves it from an index; default: list them through the ports)."""
+    (the operator serves it from an index; default: list them through the ports). A new
+    ``flowstore.dev/requested-at`` annotation forces a drift check."""
+    check_drift = check_drift or requested_at(obj) is not None
+    return _mark_handled(obj, _reconcile_stored_flow(obj, ports, check_drift=check_drift,
+                                                     on_progress=on_progress, siblings=siblings))
+
+
+def _reconcile_stored_flow(
+    obj: dict[str, Any],
+    ports: Ports,
+    *,
+    check_drift: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    siblings: Callable[[str], list[dict[str, Any]]] | None = None,
+) -> Outcome:
     meta = obj["metadata"]
     status = dict(obj.get("status") or {})
     generation = meta.get("generation")
@@ -263,9 +290,10 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     if not location or artifact.get("inputsDigest") != ctx.inputs_digest:
         return None
     events: list[Event] = []
+    opened: Storage | None = None
     if check_drift:
         assert ctx.fs is not None and ctx.storage_spec is not None
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage = opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         storage.restore_state(artifact.get("storageState"))
         info = storage.stat(location)
         recorded = str(artifact.get("digest", "")).removeprefix("sha256:")
@@ -273,7 +301,7 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
             what = "is missing" if info is None else "has changed"
             ctx.status["driftDetected"] = what
             return None
-    return _ready(ctx, location, artifact, events, uploaded=False)
+    return _ready(ctx, ports, location, artifact, events, uploaded=False, opened=opened)
 
 
 def check_conflict(ctx: FlowContext, ports: Ports,
@@ -359,18 +387,25 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
             events.append(Event("Warning", "CleanupFailed", f"Could not delete superseded {previous}: {exc}"))
         finally:
             storage.restore_state(stored.storage_state)
-    outcome = _ready(ctx, location, artifact, events, uploaded=True)
+    outcome = _ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
     outcome.built = ctx.fmt == "pickle"
     return outcome
 
 
-def _ready(ctx: FlowContext, location: str, artifact: dict[str, Any], events: list[Event], *,
-           uploaded: bool) -> Outcome:
-    assert ctx.storage_spec is not None
-    cls = backend_class(ctx.storage_spec.backend)
-    storage = cls.from_config(ctx.storage_spec.config)
-    storage.flows[ctx.spec.flow_name] = location
+def _ready(ctx: FlowContext, ports: Ports, location: str, artifact: dict[str, Any], events: list[Event], *,
+           uploaded: bool, opened: Storage | None = None) -> Outcome:
+    assert ctx.storage_spec is not None and ctx.fs is not None
+    if opened is None:
+        try:
+            opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        except Exception:  # e.g. the Secret is gone: what the spec alone says
+            opened = None
+    # Opened with its credentials, the storage knows what the spec alone cannot (e.g. Azure's
+    # accountURL, from the connection string); serialize() never holds secret values.
+    storage = opened if opened is not None else backend_class(ctx.storage_spec.backend).from_config(
+        ctx.storage_spec.config)
     serialized = storage.serialize()
+    serialized["flows"] = {ctx.spec.flow_name: location}  # never the (shared, cached) storage's own
     serialized["storedAsScript"] = ctx.fmt == "script"
     serialized.update(artifact.get("storageState") or {})
     status = dict(ctx.status)
@@ -420,6 +455,10 @@ def _suspended(status: dict[str, Any], generation: int | None) -> dict[str, Any]
 
 # --------------------------------------------------------------------------- FlowStorage
 def reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
+    return _mark_handled(obj, _reconcile_flow_storage(obj, ports))
+
+
+def _reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
     """Check a FlowStorage: the spec parses, its credentials resolve, and its bucket/directory is
     reachable (the seed's healthcheck); publish the serialized storage, labels, and
     ``status.flows`` (flow name -> location) from the StoredFlows that are Ready in it."""

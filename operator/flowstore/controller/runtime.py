@@ -29,7 +29,7 @@ from flowstore.api.constants import (
     STOREDFLOW_KIND,
     STOREDFLOW_PLURAL,
 )
-from flowstore.controller import reconcile
+from flowstore.controller import metrics, reconcile
 from flowstore.controller.failures import classify
 from flowstore.controller.kube import KubePorts
 
@@ -58,6 +58,7 @@ class Runtime:
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         self.pokes: dict[Key, asyncio.Event] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.readiness = metrics.ReadinessTracker()
         self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
 
     # ------------------------------------------------------------------ pokes (watch side)
@@ -150,11 +151,13 @@ class Runtime:
                        siblings: dict[str, list[dict[str, Any]]] | None = None) -> LoopOutcome:
         ports = self.ports
         getter = ports.get_storedflow if plural == STOREDFLOW_PLURAL else ports.get_flowstorage
+        kind = STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND
         obj = getter(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
         self.specs[(plural, namespace, name)] = obj.get("spec") or {}
-        kind = STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND
+        started = time.monotonic()
 
         written: list[dict[str, Any]] = []  # a progress status written during this pass
 
@@ -168,6 +171,7 @@ class Runtime:
                                                       on_progress=write_progress, siblings=lookup)
         else:
             outcome = reconcile.reconcile_flow_storage(obj, ports)
+        self._observe(kind, namespace, name, outcome, time.monotonic() - started)
         before = obj.get("status") or {}
         # Compare with what the object holds now: a progress status written above must be
         # replaced even when the outcome equals the status read at the start of the pass.
@@ -183,6 +187,21 @@ class Runtime:
         elif outcome.failure is not None:
             logger.info("%s/%s not ready: %s: %s", namespace, name, outcome.failure.reason, outcome.failure.message)
         return LoopOutcome(failure=outcome.failure, requeue_after=outcome.requeue_after)
+
+    def _observe(self, kind: str, namespace: str, name: str, outcome: reconcile.Outcome, seconds: float) -> None:
+        metrics.RECONCILE_SECONDS.labels(kind=kind).observe(seconds)
+        ready = cond.get_condition(outcome.status.get("conditions"), "Ready") or {}
+        if outcome.failure is not None:
+            result = "stalled" if outcome.failure.stalled else "failed"
+            metrics.FAILURES.labels(kind=kind, reason=outcome.failure.reason).inc()
+        else:
+            result = "suspended" if ready.get("reason") == "Suspended" else "ready"
+        metrics.RECONCILES.labels(kind=kind, result=result).inc()
+        self.readiness.observe(kind, (namespace, name), ready.get("status") == "True")
+        if outcome.uploaded:
+            backend = str((outcome.status.get("storage") or {}).get("type", "unknown"))
+            metrics.ARTIFACTS_STORED.labels(backend=backend).inc()
+            metrics.UPLOAD_BYTES.labels(backend=backend).inc(int((outcome.status.get("artifact") or {}).get("size", 0)))
 
     def _post_events(self, obj: dict[str, Any], kind: str, current: dict[str, Any],
                      outcome: reconcile.Outcome) -> None:

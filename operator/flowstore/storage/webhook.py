@@ -235,9 +235,13 @@ class Webhook(Storage):
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """Take back the build response recorded in status, so the get, stat and delete
-        requests can refer to ``${response.…}`` after a restart."""
+        requests can refer to ``${response.…}`` after a restart. The restored response is
+        authoritative: it replaces the responses this process kept per location (a webhook
+        flow's location is its name, so a superseded artifact and its replacement share it;
+        only their state tells them apart)."""
         if state and state.get("buildResponse") is not None:
             self.build_response = _check_build_response(state["buildResponse"])
+            self._responses.clear()
 
     def url_for(self, location: str) -> str:
         """The get-flow URL with only ``response.*`` and ``location`` filled in: never a
