@@ -252,20 +252,23 @@ class GCS(Storage):
         return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
 
     def _verify_upload(self, blob: Any, data: bytes, location: str) -> None:
-        """Compare what the server says it stored (size, md5 or crc32c) with `data`."""
+        """Compare what the server says it stored (size, crc32c or md5) with `data`.
+
+        crc32c first: it catches corruption in transit as well as md5 and costs ~15x less CPU
+        (the bench measured md5 as most of flowstore's overhead on small uploads)."""
         problem = None
         if blob.size is not None and int(blob.size) != len(data):
             problem = f"size {blob.size} bytes, expected {len(data)}"
-        elif blob.md5_hash:
-            local = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-            if blob.md5_hash != local:
-                problem = f"md5 {blob.md5_hash}, expected {local}"
         elif blob.crc32c:
             import google_crc32c
 
             local = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
             if blob.crc32c != local:
                 problem = f"crc32c {blob.crc32c}, expected {local}"
+        elif blob.md5_hash:
+            local = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+            if blob.md5_hash != local:
+                problem = f"md5 {blob.md5_hash}, expected {local}"
         if problem is None:
             return
         try:  # remove what was just written (only that generation), so no reader loads it
