@@ -128,9 +128,11 @@ class Runtime:
                 if outcome is not None and outcome.gone:
                     return
                 await self._sleep(poke, stopped, delay)
-        finally:
+        finally:  # the object is gone or no longer ours: it stops counting as not Ready
             self.pokes.pop(key, None)
             self.specs.pop(key, None)
+            self.readiness.observe(STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND,
+                                   (namespace, name), None)
 
     def _backoff(self, failures: int) -> float:
         base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
