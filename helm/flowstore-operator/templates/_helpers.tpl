@@ -1,0 +1,90 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "flowstore-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, or the release name alone when it already contains the chart name. */}}
+{{- define "flowstore-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "flowstore-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "flowstore-operator.labels" -}}
+helm.sh/chart: {{ include "flowstore-operator.chart" . }}
+{{ include "flowstore-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: flowstore
+{{- end }}
+
+{{- define "flowstore-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flowstore-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "flowstore-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "flowstore-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "flowstore-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
+{{/*
+The namespaced permissions: exactly the verbs the operator (kopf underneath) uses on objects in
+the namespaces it serves. Granted by a ClusterRole in cluster-wide mode, and by one Role per
+watched namespace in namespaced mode.
+*/}}
+{{- define "flowstore-operator.namespacedRules" -}}
+# The operator's own resources. get: fresh reads in every reconcile (controller/kube.py);
+# list/watch: kopf's watches, index and daemons, and the flow-name conflict check;
+# patch: kopf adds/removes the finalizer flowstore.dev/cleanup and its progress annotations.
+# No create/update/delete: users own these objects.
+- apiGroups: [flowstore.dev]
+  resources: [flowstorages, storedflows]
+  verbs: [get, list, watch, patch]
+# Status is written with merge patches to the status subresource only (controller/kube.py).
+- apiGroups: [flowstore.dev]
+  resources: [flowstorages/status, storedflows/status]
+  verbs: [patch]
+# Flow sources (spec.source.configMapRef). list/watch: kopf's watch that wakes the StoredFlows
+# using a ConfigMap when it changes; get: the read of the source when building.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
+# Backend credentials (spec.*.credentialsSecretRef): read by name only. No list/watch, so the
+# operator never holds every Secret of a namespace in memory; missing ones are re-checked.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# Events on FlowStorages/StoredFlows: the operator's own (Stored, CleanupFailed, ...) and
+# kopf's warnings. Both POST core/v1 Events; nothing patches or lists them.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/* Cluster-scoped permissions kopf needs in either mode. */}}
+{{- define "flowstore-operator.clusterRules" -}}
+# kopf watches CustomResourceDefinitions to notice the flowstore.dev CRDs being installed,
+# upgraded or removed while it runs (resource discovery itself uses /apis, open to everyone).
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}

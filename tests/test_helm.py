@@ -1,0 +1,412 @@
+"""The Helm chart against a real helm binary and the real kube-apiserver.
+
+The module runs on a kube-apiserver of its own (`scripts/localcloud up kube` with a private
+state directory, ~4 s): its operators run cluster-wide or watch chosen namespaces, and the
+session's cluster-wide e2e operator (tests/e2e) must not serve, and so hide, their objects.
+
+- `helm lint`, and `helm template` in both RBAC modes applied with `kubectl apply
+  --dry-run=server` (the API server validates every object, RBAC escalation checks included);
+- the rendered RBAC for real: the chart's ServiceAccount, Roles and bindings applied, a real
+  token taken for the ServiceAccount, `kubectl auth can-i` as it, and then the real
+  `flowstore operator` run with nothing but that token, storing flows to Ready with no 403.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import LOCALCLOUD, ROOT, kubectl
+from tests.e2e.conftest import OperatorProcess, apply, inline_flow, s3_storage, wait_ready
+
+CHART = ROOT / "helm" / "flowstore-operator"
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+# What an RBAC denial (or kopf's fallback when one is met) looks like in the operator's log.
+# (A 403 on its own: not the milliseconds of a timestamp like `16:09:16,403`, nor part of a name.)
+DENIAL = re.compile(r"(?<![\w,.-])403(?![\w-])|[Ff]orbidden|Not enough permissions|[Pp]ermission denied")
+
+
+# ---------------------------------------------------------------------- helpers and fixtures
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary, built once from the Go module proxy (scripts/lib/install-helm.sh)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "install-helm.sh")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_helm(helm: str, *args: str) -> str:
+    done = subprocess.run([helm, *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/flowstore-helm-cache",
+                               "HELM_CONFIG_HOME": "/tmp/flowstore-helm-config",
+                               "HELM_DATA_HOME": "/tmp/flowstore-helm-data"})
+    assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def render(helm: str, release: str, namespace: str, *options: str) -> list[dict[str, Any]]:
+    out = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *options)
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def set_namespaces(*names: str) -> str:
+    return "watchNamespaces={" + ",".join(names) + "}"
+
+
+def dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A kube-apiserver (and etcd) for this module alone, with the project's CRDs; KUBECONFIG
+    points at it for the module's duration. Depends on `s3_endpoint` so that the session's own
+    cloud is set up first and never overwrites KUBECONFIG afterwards."""
+    env = {**os.environ, "FLOWSTORE_LOCALCLOUD_DIR": str(tmp_path_factory.mktemp("kube"))}
+    subprocess.run([sys.executable, str(LOCALCLOUD), "up", "kube"], check=True, env=env, cwd=ROOT)
+    try:
+        exports = subprocess.run([sys.executable, str(LOCALCLOUD), "env"], check=True, env=env, cwd=ROOT,
+                                 capture_output=True, text=True).stdout
+        kubeconfig = next(shlex.split(line.partition("=")[2])[0] for line in exports.splitlines()
+                          if line.startswith("export KUBECONFIG="))
+        previous = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = kubeconfig
+        try:
+            kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
+            kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/flowstorages.flowstore.dev", "crd/storedflows.flowstore.dev")
+            yield kubeconfig
+        finally:
+            if previous is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = previous
+    finally:
+        subprocess.run([sys.executable, str(LOCALCLOUD), "down", "kube"], check=False, env=env, cwd=ROOT,
+                       capture_output=True)
+
+
+@pytest.fixture
+def make_namespace(cluster: str) -> Iterator[Callable[[], str]]:
+    """Creates fresh namespaces on demand; removes them afterwards (not waited on)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"h-{uuid.uuid4().hex[:10]}"
+        kubectl("create", "namespace", name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def release(cluster: str) -> Iterator[str]:
+    """A release name per test; its cluster-scoped RBAC objects are removed afterwards."""
+    name = f"fs-{uuid.uuid4().hex[:8]}"
+    yield name
+    kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={name}",
+            "--ignore-not-found", check=False)
+
+
+def service_account_kubeconfig(path: Path, token: str) -> Path:
+    """A kubeconfig with the admin one's server and CA, but the ServiceAccount's token."""
+    admin = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }))
+    path.chmod(0o600)
+    return path
+
+
+def install_rbac(docs: list[dict[str, Any]], release_namespace: str, sa_kubeconfig: Path) -> Path:
+    """Apply only the chart's RBAC (no Deployment: no image here) and return a kubeconfig
+    carrying a real token of the chart's ServiceAccount."""
+    kubectl("apply", "-f", "-", input=dump([d for d in docs if d["kind"] in RBAC_KINDS]))
+    (sa,) = by_kind(docs, "ServiceAccount")
+    token = kubectl("create", "token", sa["metadata"]["name"], "-n", release_namespace,
+                    "--duration=1h").stdout.strip()
+    return service_account_kubeconfig(sa_kubeconfig, token)
+
+
+def can_i(kubeconfig: Path, verb: str, resource: str, *where: str) -> bool:
+    """`kubectl auth can-i` as the ServiceAccount itself (its own token, no impersonation)."""
+    done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, resource, *where],
+                          capture_output=True, text=True, check=False)
+    answer = done.stdout.strip()
+    assert answer in ("yes", "no"), f"auth can-i {verb} {resource} {where}: {done.stdout} {done.stderr}"
+    return answer == "yes"
+
+
+def local_storage(namespace: str, directory: Path, name: str = "local") -> str:
+    return f"""
+apiVersion: flowstore.dev/v1alpha1
+kind: FlowStorage
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  local: {{directory: {json.dumps(str(directory))}}}
+  deletionPolicy: Delete
+"""
+
+
+def configmap_flow(namespace: str, name: str, flow_name: str, storage: str) -> str:
+    script = f"from flowstore.flow import Flow\n\nflow = Flow({flow_name!r}, lambda: 7)\n"
+    return f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-src, namespace: {namespace}}}
+data:
+  flow.py: {json.dumps(script)}
+---
+apiVersion: flowstore.dev/v1alpha1
+kind: StoredFlow
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  storageRef: {{name: {storage}}}
+  flowName: {json.dumps(flow_name)}
+  storedAsScript: true
+  source:
+    configMapRef: {{name: {name}-src, key: flow.py}}
+"""
+
+
+def assert_no_denials(op: OperatorProcess) -> None:
+    logs = op.logs()
+    denied = [line for line in logs.splitlines() if DENIAL.search(line)]
+    assert not denied, "the operator met RBAC denials:\n" + "\n".join(denied[:20])
+
+
+def delete_and_wait(namespace: str, *resources: str) -> None:
+    """Delete StoredFlows/FlowStorages while the operator runs: it releases the finalizer
+    (a patch) under the same least privilege."""
+    for resource in resources:
+        kubectl("delete", resource, "-n", namespace, "--timeout=60s")
+
+
+# ---------------------------------------------------------------------- lint and render
+def test_lint(helm: str) -> None:
+    run_helm(helm, "lint", "--strict", str(CHART))
+    run_helm(helm, "lint", "--strict", str(CHART), "--set", set_namespaces("a", "b"),
+             "--set", "metrics.serviceMonitor.enabled=true", "--set", "pdb.enabled=true",
+             "--set", "localStorage.enabled=true", "--set", "localStorage.existingClaim=flows")
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_template_applies_on_the_server(helm: str, make_namespace: Callable[[], str],
+                                        release: str, mode: str) -> None:
+    home = make_namespace()
+    options = ["--set", set_namespaces(make_namespace(), make_namespace())] if mode == "namespaced" else []
+    docs = render(helm, release, home, "--set", "pdb.enabled=true", *options)
+    kinds = sorted({d["kind"] for d in docs})
+    assert {"Deployment", "ServiceAccount", "Service", "PodDisruptionBudget", "ClusterRole",
+            "ClusterRoleBinding"} <= set(kinds)
+    done = kubectl("apply", "--dry-run=server", "-f", "-", input=dump(docs))
+    assert done.stdout.count("(server dry run)") == len(docs), done.stdout
+
+
+def test_default_values(helm: str) -> None:
+    docs = render(helm, "flowstore", "flowstore-system")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["flowstore", "operator"]
+    assert container["image"] == "ghcr.io/flowstore/flowstore-operator:0.1.0"  # the appVersion
+    args = container["args"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert "--metrics-port=9090" in args and "--log-format=json" in args and "-v" not in args
+    assert not [a for a in args if a.startswith("--namespace")]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"] == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert deploy["spec"]["replicas"] == 1
+    (service,) = by_kind(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9090
+    assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "PodDisruptionBudget")
+    assert not by_kind(docs, "RoleBinding") or all(
+        rb["metadata"]["name"].endswith("-leader-election") for rb in by_kind(docs, "RoleBinding"))
+
+
+def test_options_render(helm: str) -> None:
+    docs = render(helm, "flowstore", "ops", "--set", set_namespaces("a", "b"),
+                  "--set", "log.level=debug", "--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "pdb.enabled=true", "--set", "pdb.maxUnavailable=1",
+                  "--set", "localStorage.enabled=true", "--set", "localStorage.existingClaim=flows",
+                  "--set", "image.tag=9.9.9", "--set", "metrics.port=9300")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].endswith(":9.9.9")
+    args = container["args"]
+    assert args[:2] == ["--namespace=a", "--namespace=b"] and "-v" in args and "--metrics-port=9300" in args
+    assert {"name": "local-storage", "mountPath": "/var/lib/flowstore/flows"} in container["volumeMounts"]
+    assert {"name": "local-storage", "persistentVolumeClaim": {"claimName": "flows"}} in pod["volumes"]
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    assert roles == {("a", "flowstore-flowstore-operator"), ("b", "flowstore-flowstore-operator"),
+                     ("ops", "flowstore-flowstore-operator-leader-election")}
+
+
+def _rules(doc: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    return {(group, resource): set(rule["verbs"])
+            for rule in doc["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+
+
+def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
+    namespaced = {
+        ("flowstore.dev", "flowstorages"): {"get", "list", "watch", "patch"},
+        ("flowstore.dev", "storedflows"): {"get", "list", "watch", "patch"},
+        ("flowstore.dev", "flowstorages/status"): {"patch"},
+        ("flowstore.dev", "storedflows/status"): {"patch"},
+        ("", "configmaps"): {"get", "list", "watch"},
+        ("", "secrets"): {"get"},
+        ("", "events"): {"create"},
+    }
+    crds = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    docs = render(helm, "flowstore", "flowstore-system")
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert _rules(cluster_role) == namespaced | crds
+    docs = render(helm, "flowstore", "flowstore-system", "--set", set_namespaces("a", "b"))
+    cluster_roles = by_kind(docs, "ClusterRole")
+    assert [_rules(r) for r in cluster_roles] == [crds | {("", "namespaces"): {"list", "watch"}}]
+    for role in by_kind(docs, "Role"):
+        if role["metadata"]["name"].endswith("-leader-election"):
+            assert _rules(role) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+            assert role["metadata"]["namespace"] == "flowstore-system"
+        else:
+            assert _rules(role) == namespaced
+    docs = render(helm, "flowstore", "flowstore-system", "--set", set_namespaces("a"),
+                  "--set", "rbac.observeNamespaces=false", "--set", "rbac.leaderElection=false")
+    assert [_rules(r) for r in by_kind(docs, "ClusterRole")] == [crds]
+    assert [r["metadata"]["namespace"] for r in by_kind(docs, "Role")] == ["a"]
+
+
+# ---------------------------------------------------------------------- real RBAC, real operator
+def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucket: str,
+                                           make_namespace: Callable[[], str], release: str,
+                                           tmp_path: Path) -> None:
+    home, watched, watched2, unwatched = (make_namespace() for _ in range(4))
+    docs = render(helm, release, home, "--set", set_namespaces(watched, watched2))
+    sa_config = install_rbac(docs, home, tmp_path / "operator.kubeconfig")
+
+    for ns in (watched, watched2):
+        assert can_i(sa_config, "get", "secrets", "-n", ns)
+        assert not can_i(sa_config, "list", "secrets", "-n", ns)
+        assert not can_i(sa_config, "watch", "secrets", "-n", ns)
+        assert can_i(sa_config, "patch", "storedflows.flowstore.dev", "--subresource=status", "-n", ns)
+        assert can_i(sa_config, "patch", "storedflows.flowstore.dev", "-n", ns)
+        assert can_i(sa_config, "watch", "configmaps", "-n", ns)
+        assert can_i(sa_config, "create", "events", "-n", ns)
+        for verb in ("delete", "create", "update"):
+            assert not can_i(sa_config, verb, "storedflows.flowstore.dev", "-n", ns), verb
+        assert not can_i(sa_config, "update", "storedflows.flowstore.dev", "--subresource=status", "-n", ns)
+        assert not can_i(sa_config, "create", "configmaps", "-n", ns)
+        assert not can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", ns)
+    for ns in (unwatched, home):
+        assert not can_i(sa_config, "get", "secrets", "-n", ns)
+        assert not can_i(sa_config, "list", "storedflows.flowstore.dev", "-n", ns)
+        assert not can_i(sa_config, "get", "configmaps", "-n", ns)
+    assert not can_i(sa_config, "list", "secrets", "--all-namespaces")
+    assert not can_i(sa_config, "get", "secrets", "--all-namespaces")
+    assert not can_i(sa_config, "list", "storedflows.flowstore.dev", "--all-namespaces")
+    assert can_i(sa_config, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert not can_i(sa_config, "delete", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(sa_config, "list", "namespaces")
+    assert not can_i(sa_config, "delete", "namespaces")
+    assert can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", home)
+    assert not can_i(sa_config, "delete", "leases.coordination.k8s.io", "-n", home)
+
+    # The operator with nothing but the ServiceAccount's token: the flows become Ready.
+    directory = tmp_path / "flows"
+    directory.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["KUBECONFIG"] = str(sa_config)
+    op = OperatorProcess(tmp_path / "logs", env)
+    op.log_dir.mkdir()
+    op.start("--namespace", watched, "--namespace", watched2)
+    try:
+        apply(local_storage(watched, directory) + "---" + inline_flow(watched, "inline", "inline flow",
+                                                                      storage="local")
+              + "---" + configmap_flow(watched, "from-cm", "cm flow", "local"))
+        # S3 with a credentials Secret: the Secret is read by name under `get` alone.
+        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "---" + inline_flow(watched2, "s3", "s3 flow"))
+        # The same objects in a namespace the operator does not serve stay untouched.
+        apply(local_storage(unwatched, directory) + "---" + inline_flow(unwatched, "ignored", "ignored",
+                                                                        storage="local"))
+        inline = wait_ready(watched, "inline", timeout=60)
+        assert (directory / inline["status"]["location"]).is_file()
+        wait_ready(watched, "from-cm", timeout=60)
+        wait_ready(watched2, "s3", timeout=60)
+        storage = wait_ready(watched, "local", kind="flowstorage", timeout=60)
+        assert set(storage["status"]["flows"]) == {"inline flow", "cm flow"}
+        wait_ready(watched2, "store", kind="flowstorage", timeout=60)
+        delete_and_wait(watched, "storedflow/inline", "storedflow/from-cm")  # finalizers released
+        assert not (directory / inline["status"]["location"]).exists()  # deletionPolicy: Delete
+        delete_and_wait(watched2, "storedflow/s3")
+        ignored = json.loads(kubectl("get", "storedflow", "ignored", "-n", unwatched, "-o", "json").stdout)
+        assert "status" not in ignored and not ignored["metadata"].get("finalizers")
+        # Leave nothing behind for the cluster-wide operator of the next test.
+        delete_and_wait(unwatched, "storedflow/ignored", "flowstorage/local")
+        delete_and_wait(watched, "flowstorage/local")
+        delete_and_wait(watched2, "flowstorage/store")
+        assert op.alive(), op.logs()
+    finally:
+        op.stop()
+    assert_no_denials(op)
+
+
+def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable[[], str],
+                                             release: str, tmp_path: Path) -> None:
+    home, ns = make_namespace(), make_namespace()
+    docs = render(helm, release, home)
+    sa_config = install_rbac(docs, home, tmp_path / "operator.kubeconfig")
+    assert can_i(sa_config, "get", "secrets", "-n", ns)
+    assert not can_i(sa_config, "list", "secrets", "--all-namespaces")
+    assert not can_i(sa_config, "list", "namespaces")  # cluster-wide kopf never lists them
+    assert can_i(sa_config, "list", "storedflows.flowstore.dev", "--all-namespaces")
+    assert not can_i(sa_config, "delete", "storedflows.flowstore.dev", "-n", ns)
+
+    directory = tmp_path / "flows"
+    directory.mkdir()
+    env = {**os.environ, "KUBECONFIG": str(sa_config)}
+    op = OperatorProcess(tmp_path / "logs", env)
+    op.log_dir.mkdir()
+    op.start()
+    try:
+        apply(local_storage(ns, directory) + "---" + inline_flow(ns, "inline", "inline flow", storage="local"))
+        inline = wait_ready(ns, "inline", timeout=60)
+        assert (directory / inline["status"]["location"]).is_file()
+        delete_and_wait(ns, "storedflow/inline", "flowstorage/local")
+        assert op.alive(), op.logs()
+    finally:
+        op.stop()
+    assert_no_denials(op)
