@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import time
@@ -234,3 +235,55 @@ def test_check_script_never_executes(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     check_script(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(1)\n".encode())
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- confinement (Landlock)
+PROBE = """
+import os, socket
+from flowstore.flow import Flow
+
+seen = {}
+for label, path in PATHS.items():
+    try:
+        with open(path, "rb") as fh:
+            fh.read()
+        seen[label] = "read"
+    except OSError as exc:
+        seen[label] = type(exc).__name__
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
+    seen["network"] = "connected"
+except OSError as exc:
+    seen["network"] = type(exc).__name__
+import json, yaml  # the standard library and site-packages stay importable
+with open("scratch.txt", "w") as fh:
+    fh.write("ok")
+seen["scratch"] = open("scratch.txt").read()
+flow = Flow("probe", lambda: seen)
+"""
+
+
+def test_build_cannot_read_credentials_or_use_the_network(tmp_path: Path) -> None:
+    """A script can read Python and write its scratch directory, and nothing else: not a token
+    file, not another process's environment, not the operator's files; no TCP connections."""
+    import socket
+
+    import cloudpickle
+
+    from flowstore.build import _confine
+
+    assert _confine.abi_version() >= 4, "this kernel has no Landlock network rules; the test needs them"
+    token = tmp_path / "token"
+    token.write_text("operator-credential")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    paths = {"token": str(token), "parent_environ": f"/proc/{os.getpid()}/environ",
+             "operator_source_tree": str(Path(__file__).resolve())}
+    source = PROBE.replace("PATHS", repr(paths)).replace("PORT", str(listener.getsockname()[1]))
+    try:
+        seen = cloudpickle.loads(build_pickle(source.encode(), flow_name="probe", object_name=None)).run()
+    finally:
+        listener.close()
+    assert seen == {"token": "PermissionError", "parent_environ": "PermissionError",
+                    "operator_source_tree": "PermissionError", "network": "PermissionError", "scratch": "ok"}

@@ -88,6 +88,21 @@ def _culprit(obj: Any, path: str, dumps: Any, depth: int = 4) -> str:
     return path
 
 
+def _confine_self() -> bool:
+    """Import what the build needs, then give up every file outside Python and a scratch
+    directory, and the network (see _confine.py). Best effort where Landlock is missing."""
+    import cloudpickle
+
+    import flowstore
+    from flowstore import flow  # noqa: F401 - scripts commonly import it
+    from flowstore.build import _confine, envelope  # noqa: F401 - imported before confinement
+
+    package_dir = os.path.dirname(os.path.realpath(flowstore.__file__))
+    read = [*_confine.python_dirs(cloudpickle.__file__), package_dir, *_confine.SYSTEM_DIRS]
+    # The scratch root holds only this build's HOME and working directory.
+    return _confine.confine(read_dirs=read, write_dirs=[os.path.dirname(os.getcwd())])
+
+
 def _build(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     source = base64.b64decode(request["source"])
     try:
@@ -143,6 +158,7 @@ def main() -> None:
     reply_fd = os.dup(1)  # not inheritable: subprocesses of the script cannot write replies
     os.dup2(2, 1)  # prints, even os.write(1, ...) and subprocesses' output, go to stderr
     sys.path[:] = request["sys_path"] + [p for p in sys.path if p not in request["sys_path"]]
+    confined = _confine_self()
     try:
         header, payload = _build(request)
     except MemoryError:
@@ -151,6 +167,7 @@ def main() -> None:
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-_DETAIL_CHARS:]}"
         header, payload = {"ok": False, "reason": "ScriptFailed", "message": message}, b""
     header["size"] = len(payload)
+    header["confined"] = confined
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

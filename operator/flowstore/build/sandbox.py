@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 import signal
@@ -162,12 +163,25 @@ def _read(stream: IO[bytes], into: bytearray, keep: int | None) -> None:
                 del into[:-keep]
 
 
+_warned = threading.Event()
+
+
+def _warn_unconfined() -> None:
+    if not _warned.is_set():
+        _warned.set()
+        logging.getLogger(__name__).warning(
+            "Landlock is unavailable on this kernel: flow builds run without file and network "
+            "confinement (the other sandbox limits still apply)")
+
+
 def _result(code: int, out: bytes, stderr: str, *, timed_out: bool, timeout: float, memory: int) -> bytes:
     header_line, _, payload = out.partition(b"\n")
     try:
         header = json.loads(header_line) if code == 0 else None
     except ValueError:
         header = None
+    if isinstance(header, dict) and header.get("confined") is False:
+        _warn_unconfined()
     if isinstance(header, dict) and header.get("ok") is True and header.get("size") == len(payload):
         return payload
     limit = f"{memory / 2**20:g} MiB"
