@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -17,12 +18,36 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _parse_selector(text: str) -> str:
+    """``KEY=VALUE[,KEY2=VALUE2]`` (equality only), checked and normalized."""
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        prefix, slash, name = key.rpartition("/")
+        if (not eq or not name or "=" in value or "!" in key or not _LABEL_NAME.match(name)
+                or not _LABEL_NAME.match(value) or (slash and not _LABEL_PREFIX.match(prefix))):
+            raise argparse.ArgumentTypeError(f"not a KEY=VALUE label selector: {item!r}")
+        pairs[key] = value
+    return ",".join(f"{k}={v}" for k, v in pairs.items())
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
+    import os
 
     import kopf
 
-    from flowstore.controller import handlers  # noqa: F401 - registers the handlers
+    if args.selector:  # read by the handlers module as it registers them (labels= filters)
+        os.environ["FLOWSTORE_SELECTOR"] = args.selector
+    from flowstore.controller import (
+        handlers,  # noqa: F401 - registers the handlers
+        leader,
+    )
     from flowstore.controller.runtime import Settings
 
     # kopf's own logging setup: per-object context (namespace/name) on every record, and real
@@ -31,9 +56,21 @@ def cmd_operator(args: argparse.Namespace) -> int:
                    log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes", "azure", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
+    if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
+        logging.getLogger("leaderelection").setLevel(logging.WARNING)
     settings = Settings(workers=args.workers, max_builds=args.max_builds, build_timeout=args.build_timeout,
                         build_memory=_parse_size(args.build_memory), delete_retries=args.delete_retries)
     namespaces = args.namespace or []
+    election = None
+    if args.leader_elect:
+        election = leader.Election(
+            lease_name=args.lease_name, lease_namespace=args.lease_namespace or leader.pod_namespace(),
+            identity=leader.default_identity(), lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        try:
+            leader.check_timings(election)
+        except ValueError as exc:
+            return _print_error(exc)
     from kubernetes import config
 
     try:  # fail fast and clearly, rather than kopf retrying a startup handler every minute
@@ -47,14 +84,33 @@ def cmd_operator(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    asyncio.run(kopf.operator(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(settings=settings),
-    ))
-    return 0
+    memo = kopf.Memo(settings=settings)
+
+    async def run_kopf(stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> int:
+        await kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            liveness_endpoint=args.liveness,
+            memo=memo,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+        return 0
+
+    if election is None:
+        asyncio.run(run_kopf())
+        return 0
+
+    async def lead(stop: asyncio.Event, ready: asyncio.Event) -> int:
+        try:
+            return await run_kopf(stop, ready)
+        finally:  # reconciles still running in worker threads finish before the Lease is released
+            runtime = memo.get("runtime")
+            if runtime is not None:
+                await asyncio.to_thread(runtime.pool.shutdown, wait=True)
+
+    return asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
 
 
 def _print_error(exc: Exception) -> int:
@@ -125,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve Prometheus metrics on this port (default 0: off; the chart uses 9090)")
     op.add_argument("--metrics-address", default="0.0.0.0",  # noqa: S104 - a pod's metrics must be scrapable
                     help="metrics bind address (default 0.0.0.0)")
+    op.add_argument("--selector", type=_parse_selector, default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="reconcile only FlowStorages and StoredFlows with these labels (shards several operators)")
+    op.add_argument("--leader-elect", action="store_true",
+                    help="run kopf only while holding a coordination.k8s.io Lease (for several replicas)")
+    op.add_argument("--lease-name", default="flowstore-operator", help="the Lease (default flowstore-operator)")
+    op.add_argument("--lease-namespace", default=None,
+                    help="the Lease's namespace (default: the pod's namespace, else default)")
+    op.add_argument("--lease-duration", type=int, default=10,
+                    help="seconds a follower waits after the last renewal before taking over (default 10)")
+    op.add_argument("--renew-deadline", type=float, default=8.0,
+                    help="seconds the leader may fail to renew before it exits (default 8)")
+    op.add_argument("--retry-period", type=float, default=2.0,
+                    help="seconds between election attempts and renewals (default 2)")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 

@@ -5,11 +5,17 @@
   FlowStorage) — in memory, without writing anything to the objects;
 - the deletion handler honours ``deletionPolicy`` with bounded retries, then releases the
   finalizer ``flowstore.dev/cleanup`` whatever happens, recording an Event.
+
+``flowstore operator --selector k=v`` (passed as FLOWSTORE_SELECTOR, read here at import, when
+the handlers register) limits the loops and the deletion handler to labelled objects, so
+several operators can share namespaces. The index and the pokes stay unfiltered: they only
+read, and a flow-name conflict or a poke may cross shards.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -20,6 +26,11 @@ from flowstore.api.models import SpecError, StorageSpec
 from flowstore.controller.failures import classify
 from flowstore.controller.reconcile import requested_at
 from flowstore.controller.runtime import Runtime, Settings
+
+# KEY=VALUE[,KEY=VALUE], normalized by the CLI; None: every object.
+LABELS: dict[str, str] | None = dict(
+    item.split("=", 1) for item in os.environ.get("FLOWSTORE_SELECTOR", "").split(",") if "=" in item
+) or None
 
 
 @kopf.on.startup()
@@ -39,7 +50,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
     memo.runtime = Runtime(api, memo.get("settings") or Settings())
-    logger.info("flowstore operator configured: %s", memo.runtime.settings)
+    logger.info("flowstore operator configured: %s%s", memo.runtime.settings,
+                f"; only objects labelled {LABELS}" if LABELS else "")
 
 
 @kopf.on.cleanup()
@@ -62,13 +74,13 @@ def storedflows_by_storage(namespace: str, name: str, meta: kopf.Meta, spec: kop
 
 
 # ---------------------------------------------------------------------- reconcile loops
-@kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10)
+@kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10, labels=LABELS)
 async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
                           storedflows_by_storage: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
     await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger, index=storedflows_by_storage)
 
 
-@kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10)
+@kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10, labels=LABELS)
 async def flowstorage_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo,
                            logger: logging.Logger, **_: Any) -> None:
     await memo.runtime.run_loop(FLOWSTORAGE_PLURAL, namespace, name, stopped, logger)
@@ -115,7 +127,7 @@ def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 # ---------------------------------------------------------------------- deletion
-@kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL)
+@kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, labels=LABELS)
 def storedflow_deleted(body: kopf.Body, name: str, namespace: str, retry: int, memo: kopf.Memo,
                        logger: logging.Logger, **_: Any) -> None:
     """Apply the FlowStorage's deletionPolicy. Backend outages are retried a bounded number of
@@ -134,6 +146,7 @@ def storedflow_deleted(body: kopf.Body, name: str, namespace: str, retry: int, m
     if storage_spec is None or storage_spec.deletion_policy != "Delete":
         why = "deletionPolicy is Retain" if storage_spec else f"FlowStorage {storage_name!r} is gone"
         logger.info("keeping %s (%s)", location, why)
+        runtime.post_event(dict(body), "StoredFlow", "Normal", "Retained", f"Kept {location} ({why})")
         return
     from flowstore.controller.reconcile import open_storage
 
