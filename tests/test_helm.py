@@ -239,6 +239,7 @@ def test_default_values(helm: str) -> None:
     assert "--liveness=http://0.0.0.0:8080/healthz" in args
     assert "--metrics-port=9090" in args and "--log-format=json" in args and "-v" not in args
     assert not [a for a in args if a.startswith("--namespace")]
+    assert "--leader-elect" in args and deploy["spec"]["strategy"]["type"] == "RollingUpdate"
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                       "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"] == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
@@ -352,7 +353,8 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     env["KUBECONFIG"] = str(sa_config)
     op = OperatorProcess(tmp_path / "logs", env)
     op.log_dir.mkdir()
-    op.start("--namespace", watched, "--namespace", watched2)
+    # As the chart runs it: with leader election, so the Lease rules are exercised too.
+    op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home)
     try:
         apply(local_storage(watched, directory) + "---" + inline_flow(watched, "inline", "inline flow",
                                                                       storage="local")
