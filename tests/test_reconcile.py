@@ -166,3 +166,23 @@ def test_flow_storage_reports_flows(cluster: FakeCluster) -> None:
     outcome = reconcile_flow_storage(cluster.storages["store"], cluster)
     assert outcome.status["flows"] == {"etl": cluster.flows["etl"]["status"]["location"]}
     assert outcome.status["storage"]["type"] == "Local"
+
+
+def test_signing_key_from_a_secret_signs_and_its_absence_stalls(cluster: FakeCluster, tmp_path: Path) -> None:
+    from flowstore.build.signing import sign
+
+    cluster.storages["store"] = storage_obj(tmp_path / "flows", signing={"secretRef": {"name": "sig"}})
+    outcome = reconcile_stored_flow(flow_obj(), cluster)
+    assert outcome.failure is not None and outcome.failure.reason == "SecretNotFound"
+    assert "spec.signing.secretRef" in outcome.failure.message and cluster.uploads == 0
+
+    cluster.secrets["sig"] = {"metadata": {"uid": "s", "resourceVersion": "1"},
+                              "data": {"FLOWSTORE_SIGNING_KEY": "x" * 32}}
+    obj = settle(flow_obj(), cluster)
+    artifact = obj["status"]["artifact"]
+    assert artifact["signature"] == sign(b"x" * 32, "etl", artifact["digest"])
+    # Rotating the key re-signs: the flow is stored again.
+    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = "y" * 32
+    obj = settle(obj, cluster)
+    assert cluster.uploads == 2 and obj["status"]["artifact"]["signature"] == sign(
+        b"y" * 32, "etl", obj["status"]["artifact"]["digest"])

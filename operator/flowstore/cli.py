@@ -131,12 +131,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from flowstore.build.signing import SignatureError
     from flowstore.client import FlowNotAvailable, load_artifact
     from flowstore.storage import StorageError
 
     try:
         artifact = load_artifact(args.name, args.namespace)
-    except (FlowNotAvailable, StorageError) as exc:
+    except (FlowNotAvailable, StorageError, SignatureError) as exc:
         return _print_error(exc)
     if args.output in (None, "-"):
         sys.stdout.buffer.write(artifact.data)
@@ -150,12 +151,13 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Load a stored flow (verified) and run it: what an agent does."""
+    from flowstore.build.signing import SignatureError
     from flowstore.client import FlowNotAvailable, load_flow
     from flowstore.storage import StorageError
 
     try:
         flow = load_flow(args.name, args.namespace)
-    except (FlowNotAvailable, StorageError) as exc:
+    except (FlowNotAvailable, StorageError, SignatureError) as exc:
         return _print_error(exc)
     result: Any = flow.run()
     print(json.dumps({"flow": getattr(flow, "name", None), "result": result}, default=repr))

@@ -11,10 +11,11 @@ environment, workload identity, …); the status never carries secrets.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.build import envelope
+from flowstore.build import envelope, signing
 from flowstore.storage import from_serialized
 from flowstore.storage.base import verify_digest
 
@@ -63,19 +64,29 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     return status
 
 
-def load_artifact(name: str, namespace: str, *, api: Any = None) -> Artifact:
-    """Download the stored bytes (the script, or the pickle envelope) and verify their sha256."""
+def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Artifact:
+    """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
+
+    With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
+    artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
     status = locate(name, namespace, api=api)
+    artifact = status["artifact"]
+    what = artifact.get("url", status["location"])
+    key = signing_key if signing_key is not None else os.environ.get("FLOWSTORE_SIGNING_KEY")
+    if key:
+        signing.verify(key.encode("utf-8") if isinstance(key, str) else key,
+                       str(status.get("flowName", "")), str(artifact.get("digest", "")),
+                       artifact.get("signature"), what=what)
     storage = from_serialized(status["storage"])
     data = storage.get_bytes(status["location"])
-    verify_digest(data, status["artifact"]["digest"], what=status["artifact"].get("url", status["location"]))
+    verify_digest(data, artifact["digest"], what=what)
     return Artifact(data=data, status=status)
 
 
-def load_flow(name: str, namespace: str, *, api: Any = None) -> Any:
+def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:
     """The flow object, verified: unpickled from the envelope, or (script mode) extracted by
     running the script in this process (the agent's job, as in the seed)."""
-    artifact = load_artifact(name, namespace, api=api)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key)
     if artifact.format == "script":
         return envelope.flow_from_script(artifact.data, flow_name=artifact.status.get("flowName"), object_name=None)
     return envelope.loads(artifact.data)

@@ -40,6 +40,8 @@ class StorageSpec:
     interval_seconds: float
     suspend: bool
     stored_as_script: bool
+    #: (Secret name, key) holding the artifact-signing HMAC key, when spec.signing is set
+    signing: tuple[str, str] | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> StorageSpec:
@@ -58,7 +60,10 @@ class StorageSpec:
             "addDefaultLabels": bool(spec.get("addDefaultLabels", True)),
             "secrets": list(spec.get("secrets") or []),
         }
+        signing_ref = (spec.get("signing") or {}).get("secretRef") or {}
         return cls(
+            signing=(signing_ref["name"], signing_ref.get("key") or "FLOWSTORE_SIGNING_KEY")
+            if signing_ref.get("name") else None,
             backend=backend,
             config=config,
             secret_name=secret_ref.get("name"),

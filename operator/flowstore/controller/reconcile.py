@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from flowstore.api import conditions as cond
 from flowstore.api.constants import REQUESTED_AT_ANNOTATION, Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
-from flowstore.build import envelope
+from flowstore.build import envelope, signing
 from flowstore.controller.failures import Failure, ReconcileError, classify
 from flowstore.storage import InvalidConfig, Storage, StorageError, backend_class
 
@@ -90,6 +90,28 @@ def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[d
     return data, f"{secret['metadata'].get('uid')}/{secret['metadata'].get('resourceVersion')}"
 
 
+def read_signing_key(ports: Ports, namespace: str, spec: StorageSpec) -> bytes | None:
+    """The HMAC key named by spec.signing.secretRef, or None when signing is off."""
+    if spec.signing is None:
+        return None
+    name, key = spec.signing
+    secret = ports.get_secret(namespace, name)
+    if secret is None:
+        raise ReconcileError(
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {name!r} (spec.signing.secretRef) was not found in namespace {namespace!r}; create it "
+            "or remove spec.signing.", stalled=True)
+    value = (secret.get("data") or {}).get(key)
+    if not value:
+        raise ReconcileError(
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {name!r} has no key {key!r} (spec.signing.secretRef.key); add the signing key there.",
+            stalled=True)
+    if len(value) < 16:
+        raise SpecError(f"the signing key in Secret {name!r} is shorter than 16 characters; use a random key")
+    return str(value).encode("utf-8")
+
+
 def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: StorageSpec) -> Storage:
     credentials, secret_version = read_credentials(ports, namespace, spec)
     cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True)
@@ -121,6 +143,7 @@ class FlowContext:
     source: bytes = b""
     fmt: str = "pickle"
     inputs_digest: str = ""
+    signing_key: bytes | None = None
 
 
 def requested_at(obj: Mapping[str, Any]) -> str | None:
@@ -178,6 +201,7 @@ def _reconcile_stored_flow(
         if ctx.storage_spec.suspend:
             return Outcome(status=_suspended(status, generation), requeue_after=None)
         resolve_source(ctx, ports)
+        ctx.signing_key = read_signing_key(ports, ctx.namespace, ctx.storage_spec)
         plan(ctx)
         done = up_to_date(ctx, ports, check_drift=check_drift)
         if done is not None:
@@ -277,6 +301,8 @@ def plan(ctx: FlowContext) -> None:
         "format": ctx.fmt,
         "key": ctx.spec.key,
         "storage": storage_identity(ctx.storage_spec),
+        # a new signing key (or none) re-signs: artifacts are stored again with the new signature
+        "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
     }
     ctx.inputs_digest = sha256_of(json.dumps(inputs, sort_keys=True).encode())
 
@@ -373,6 +399,8 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     }
     if stored.storage_state:
         artifact["storageState"] = dict(stored.storage_state)
+    if ctx.signing_key:
+        artifact["signature"] = signing.sign(ctx.signing_key, ctx.spec.flow_name, str(artifact["digest"]))
     drift = ctx.status.pop("driftDetected", None)
     verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
     digest = "sha256:" + stored.sha256
