@@ -171,12 +171,32 @@ class Storage(abc.ABC):
         self._pending[name] = source if self.stored_as_script else flow
         return location
 
+    #: concurrent uploads in build(): uploads mostly wait on the network
+    build_concurrency: ClassVar[int] = 8
+
     def build(self) -> Storage:
-        """Upload every flow added since the last build. Returns self."""
-        for name, payload in list(self._pending.items()):
-            data = payload if self.stored_as_script else envelope.dumps(payload)
+        """Upload every flow added since the last build, several at a time. Returns self.
+        A failed upload raises (the first error) after the others finished; flows that were
+        uploaded are no longer pending, so calling build() again retries only the rest."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending = list(self._pending.items())
+        payloads = [(name, payload if self.stored_as_script else envelope.dumps(payload)) for name, payload in pending]
+
+        def upload(item: tuple[str, bytes]) -> str:
+            name, data = item
             self.put_bytes(self.flows[name], data)
-            del self._pending[name]
+            return name
+
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(self.build_concurrency, len(payloads)))) as pool:
+            for future in [pool.submit(upload, item) for item in payloads]:
+                try:
+                    self._pending.pop(future.result(), None)
+                except Exception as exc:  # keep going: report after every upload settled
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
         return self
 
     def get_flow(self, flow_location: str | None = None, *, sha256: str | None = None,

@@ -10,6 +10,7 @@ contain credential values.
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,14 @@ _CONFIG_CODES = frozenset({
 _CONFIG_ERROR_KINDS = frozenset({
     "ParamValidationError", "InvalidS3AddressingStyleError", "InvalidRegionError",
 })
+
+
+_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+_CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+              "AWS_EC2_METADATA_DISABLED", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
 class S3(Storage):
@@ -224,8 +233,20 @@ class S3(Storage):
         if self.region is not None:
             options.setdefault("region_name", self.region)
         try:
-            session = boto3.session.Session(**session_kwargs)
-            return session.client("s3", config=config, **options)
+            # One session per set of credentials, shared by every S3 object of this process: a
+            # new Session loads the service models again (tens to hundreds of ms), a client from
+            # a loaded session takes ~10 ms. Sessions are not thread-safe: clients are made under
+            # the lock; the clients themselves are.
+            with _SESSIONS_LOCK:
+                # The default chain depends on the environment: a changed environment gets its own.
+                key = tuple(sorted(session_kwargs.items())) or tuple(
+                    (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
+                session = _SESSIONS.get(key)
+                if session is None:
+                    if len(_SESSIONS) >= 64:
+                        _SESSIONS.clear()
+                    session = _SESSIONS[key] = boto3.session.Session(**session_kwargs)
+                return session.client("s3", config=config, **options)
         except (BotoCoreError, ValueError, TypeError) as exc:
             raise InvalidConfig(f"cannot create an S3 client: {self._redact(str(exc))}") from None
 
