@@ -15,6 +15,9 @@ from flowstore.api.constants import BACKEND_KEYS
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: floor of spec.interval: the schema accepts "0s" or "1ms", which made every loop of the
+#: storage reconcile (GETs, a LIST, S3 HEADs) back to back, forever
+MIN_INTERVAL_SECONDS = 1.0
 
 
 class SpecError(ValueError):
@@ -68,7 +71,7 @@ class StorageSpec:
             config=config,
             secret_name=secret_ref.get("name"),
             deletion_policy=str(spec.get("deletionPolicy") or "Retain"),
-            interval_seconds=parse_duration(str(spec.get("interval") or "10m")),
+            interval_seconds=max(MIN_INTERVAL_SECONDS, parse_duration(str(spec.get("interval") or "10m"))),
             suspend=bool(spec.get("suspend", False)),
             stored_as_script=bool(spec.get("storedAsScript", False)),
         )
