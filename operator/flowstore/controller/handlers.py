@@ -95,8 +95,12 @@ def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
     runtime: Runtime = memo.runtime
     namespace, name = meta.get("namespace"), meta.get("name")
     observed = (body.get("status") or {}).get("observedGeneration")
-    if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
-        runtime.poke((STOREDFLOW_PLURAL, namespace, name))
+    key = (STOREDFLOW_PLURAL, namespace, name)
+    # A generation the loop already read (e.g. the finalizer patch of a new object arriving
+    # during its first pass) needs no second pass.
+    unseen = meta.get("generation") != observed and (meta.get("generation") or 0) > runtime.seen.get(key, 0)
+    if type == "DELETED" or unseen or requested_at(body):
+        runtime.poke(key)
         storage = (spec.get("storageRef") or {}).get("name")
         runtime.poke_flows(namespace, lambda s: (s.get("storageRef") or {}).get("name") == storage
                            and s.get("flowName") == spec.get("flowName"))

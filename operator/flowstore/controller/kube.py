@@ -51,6 +51,9 @@ class KubePorts:
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
+        # StoredFlow uid -> (inputs digest, location) of an upload not yet recorded in status
+        # (reconcile.upload reuses the location when it retries the same inputs)
+        self.pending_locations: dict[Any, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none

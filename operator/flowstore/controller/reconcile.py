@@ -315,6 +315,7 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     location = ctx.status.get("location")
     if not location or artifact.get("inputsDigest") != ctx.inputs_digest:
         return None
+    _pending_locations(ports).pop(ctx.obj["metadata"].get("uid"), None)  # status records it
     events: list[Event] = []
     opened: Storage | None = None
     if check_drift:
@@ -381,7 +382,18 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     half-written artifact."""
     assert ctx.fs is not None and ctx.storage_spec is not None
     storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
-    location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
+    # A retry of the same inputs reuses the location of the attempt that failed (the put may
+    # have landed before the backend or the status write went away): one object, no orphans.
+    pending = _pending_locations(ports)
+    uid = ctx.obj["metadata"].get("uid")
+    earlier = pending.get(uid)
+    if earlier is not None and earlier[0] == ctx.inputs_digest:
+        location = earlier[1]
+    else:
+        location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
+        if len(pending) > 4096:
+            pending.clear()
+        pending[uid] = (ctx.inputs_digest, location)
     stored = storage.put_bytes(location, data)
     info = storage.stat(location)
     if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
@@ -418,6 +430,13 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     outcome = _ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
     outcome.built = ctx.fmt == "pickle"
     return outcome
+
+
+def _pending_locations(ports: Ports) -> dict[Any, tuple[str, str]]:
+    """uid -> (inputs digest, location) of uploads not yet recorded in status; kept by ports
+    that live across passes (KubePorts), a throwaway dict otherwise."""
+    pending = getattr(ports, "pending_locations", None)
+    return pending if isinstance(pending, dict) else {}
 
 
 def _ready(ctx: FlowContext, ports: Ports, location: str, artifact: dict[str, Any], events: list[Event], *,

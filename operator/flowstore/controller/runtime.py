@@ -60,6 +60,7 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.readiness = metrics.ReadinessTracker()
         self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
+        self.seen: dict[Key, int] = {}  # the generation each loop last read
 
     # ------------------------------------------------------------------ pokes (watch side)
     def poke(self, key: Key) -> None:
@@ -131,6 +132,7 @@ class Runtime:
         finally:  # the object is gone or no longer ours: it stops counting as not Ready
             self.pokes.pop(key, None)
             self.specs.pop(key, None)
+            self.seen.pop(key, None)
             self.readiness.observe(STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND,
                                    (namespace, name), None)
 
@@ -159,6 +161,7 @@ class Runtime:
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
         self.specs[(plural, namespace, name)] = obj.get("spec") or {}
+        self.seen[(plural, namespace, name)] = int(obj["metadata"].get("generation") or 0)
         started = time.monotonic()
 
         written: list[dict[str, Any]] = []  # a progress status written during this pass
