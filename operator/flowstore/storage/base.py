@@ -14,11 +14,12 @@ import abc
 import dataclasses
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from flowstore.build import envelope
 from flowstore.build.keys import default_key
-from flowstore.storage.errors import IntegrityError
+from flowstore.storage.errors import IntegrityError, InvalidConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,9 @@ class Storage(abc.ABC):
         self._labels = list(labels or [])
         #: the seed's ``flows``: flow name -> location
         self.flows: dict[str, str] = {}
+        #: the seed's local_script_path (flow_script_path for Webhook): where build() reads the
+        #: script of a flow added in script mode without its source
+        self.local_script_path: str | None = None
         # flow name -> pending payload (flow object, or script bytes) until build()
         self._pending: dict[str, Any] = {}
 
@@ -164,12 +168,23 @@ class Storage(abc.ABC):
         name = flow if isinstance(flow, str) else flow.name
         if name in self:
             raise ValueError(f'Name conflict: Flow with the name "{name}" is already present in this storage.')
-        if self.stored_as_script and source is None:
-            raise ValueError("stored_as_script=True needs the script's source bytes: add_flow(flow, source=...)")
+        if self.stored_as_script and source is None and not self.local_script_path:
+            raise ValueError("stored_as_script=True needs the script's source bytes: add_flow(flow, source=...), "
+                             "or a local_script_path to read them from at build()")
         location = self.location_for(name)
         self.flows[name] = location
+        # script mode without source: None, read from local_script_path at build() (the seed's way)
         self._pending[name] = source if self.stored_as_script else flow
         return location
+
+    def _load_local_scripts(self) -> None:
+        for name, payload in self._pending.items():
+            if self.stored_as_script and payload is None and self.local_script_path:
+                try:
+                    self._pending[name] = Path(self.local_script_path).read_bytes()
+                except OSError as exc:
+                    raise InvalidConfig(
+                        f"cannot read the flow script {self.local_script_path}: {exc.strerror}") from None
 
     #: concurrent uploads in build(): uploads mostly wait on the network
     build_concurrency: ClassVar[int] = 8
@@ -180,6 +195,7 @@ class Storage(abc.ABC):
         uploaded are no longer pending, so calling build() again retries only the rest."""
         from concurrent.futures import ThreadPoolExecutor
 
+        self._load_local_scripts()
         pending = list(self._pending.items())
         payloads = [(name, payload if self.stored_as_script else envelope.dumps(payload)) for name, payload in pending]
 
@@ -236,6 +252,7 @@ class Storage(abc.ABC):
     def run_basic_healthchecks(self) -> None:
         """The seed's healthchecks: the container is reachable, and every added flow either
         pickles (pickle mode) or compiles (script mode)."""
+        self._load_local_scripts()
         self.check_container()
         for name, payload in self._pending.items():
             if self.stored_as_script:

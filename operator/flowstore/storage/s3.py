@@ -13,7 +13,6 @@ import io
 import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flowstore.build.keys import default_key, join_prefix
@@ -166,35 +165,6 @@ class S3(Storage):
 
     def url_for(self, location: str) -> str:
         return f"s3://{self.bucket}/{location}"
-
-    # ------------------------------------------------------------------ script mode (seed: local_script_path)
-    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
-        if self.stored_as_script and source is None and self.local_script_path:
-            location = super().add_flow(flow, source=b"")
-            name = flow if isinstance(flow, str) else flow.name
-            self._pending[name] = None  # read from local_script_path at build()
-            return location
-        return super().add_flow(flow, source)
-
-    def _load_local_scripts(self) -> None:
-        if not self.stored_as_script:
-            return
-        for name, payload in self._pending.items():
-            if payload is None and self.local_script_path:
-                try:
-                    self._pending[name] = Path(self.local_script_path).read_bytes()
-                except OSError as exc:
-                    raise InvalidConfig(
-                        f"cannot read local_script_path {self.local_script_path}: {exc.strerror}"
-                    ) from None
-
-    def build(self) -> Storage:
-        self._load_local_scripts()
-        return super().build()
-
-    def run_basic_healthchecks(self) -> None:
-        self._load_local_scripts()
-        super().run_basic_healthchecks()
 
     # ------------------------------------------------------------------ client
     def _client(self) -> Any:

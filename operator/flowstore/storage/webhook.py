@@ -20,7 +20,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -160,7 +159,7 @@ class Webhook(Storage):
             self.delete_request_kwargs = _check_request("deleteRequest", delete_request_kwargs)
             self.delete_request_http_method = _check_method(
                 "deleteRequest", delete_request_http_method or "DELETE", DELETE_METHODS)
-        self.flow_script_path = flow_script_path
+        self.local_script_path = flow_script_path  # the seed calls it flow_script_path here
         self.secret_values: dict[str, str] | None = (
             {str(k): str(v) for k, v in secret_values.items()} if secret_values is not None else None
         )
@@ -247,35 +246,6 @@ class Webhook(Storage):
         """The get-flow URL with only ``response.*`` and ``location`` filled in: never a
         Secret or environment value (other templates stay as written)."""
         return self._public_url(self.get_flow_request_kwargs, location)
-
-    # ------------------------------------------------------------------ script mode (seed: flow_script_path)
-    def add_flow(self, flow: Any, source: bytes | None = None) -> str:
-        if self.stored_as_script and source is None and self.flow_script_path:
-            location = super().add_flow(flow, source=b"")
-            name = flow if isinstance(flow, str) else flow.name
-            self._pending[name] = None  # read from flow_script_path at build()
-            return location
-        return super().add_flow(flow, source)
-
-    def _load_local_scripts(self) -> None:
-        if not self.stored_as_script:
-            return
-        for name, payload in self._pending.items():
-            if payload is None and self.flow_script_path:
-                try:
-                    self._pending[name] = Path(self.flow_script_path).read_bytes()
-                except OSError as exc:
-                    raise InvalidConfig(
-                        f"cannot read flow_script_path {self.flow_script_path}: {exc.strerror}"
-                    ) from None
-
-    def build(self) -> Storage:
-        self._load_local_scripts()
-        return super().build()
-
-    def run_basic_healthchecks(self) -> None:
-        self._load_local_scripts()
-        super().run_basic_healthchecks()
 
     def check_container(self) -> None:
         """Every template that does not come from the build response or the location has a
