@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Make podman and buildah usable on this kind of machine (LOCAL-CLOUD.md, "Docker Engine API"
+# and "running a built image"): Debian's podman 4.3 / buildah 1.28 with runc, the cgroupfs
+# cgroup manager, a nofile ulimit the sandbox accepts, and the vfs storage driver.
+#
+# Idempotent: installs only missing packages and writes each setting only if it is not set
+# yet (an admin's own containers.conf / storage.conf values are left alone).
+#
+# Usage: podman-setup.sh          (as root, or with passwordless sudo)
+set -euo pipefail
+
+sudo_=()
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo_=(sudo -n)
+  else
+    echo "podman-setup: needs root (or passwordless sudo) to install packages and write /etc/containers" >&2
+    exit 1
+  fi
+fi
+
+# ------------------------------------------------------------------ packages (only if missing)
+need=()
+command -v podman >/dev/null || need+=(podman)
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v newuidmap >/dev/null || need+=(uidmap)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "podman-setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt_=("${sudo_[@]}" apt-get -o DPkg::Lock::Timeout=600 -q)
+  # A stale package list makes installs fail with 404s; refresh it once if the install fails.
+  "${apt_[@]}" install -y --no-install-recommends "${need[@]}" >/dev/null \
+    || { "${apt_[@]}" update >/dev/null && "${apt_[@]}" install -y --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+
+# ------------------------------------------------------------------ configuration
+conf_dir=/etc/containers
+"${sudo_[@]}" mkdir -p "$conf_dir"
+
+# set_key FILE TABLE KEY VALUE: add `KEY = VALUE` under `[TABLE]` unless KEY is already set
+# (uncommented) in that table. TOML tables are flat here: a table ends at the next `[...]`.
+set_key() {
+  local file="$1" table="$2" key="$3" value="$4"
+  "${sudo_[@]}" touch "$file"
+  if awk -v t="[$table]" -v k="$key" '
+      /^[[:space:]]*\[/ { gsub(/[[:space:]]/, ""); intable = ($0 == t); next }
+      intable && $0 ~ "^[[:space:]]*" k "[[:space:]]*=" { found = 1 }
+      END { exit !found }' "$file"; then
+    return 0
+  fi
+  local tmp
+  tmp="$(mktemp)"
+  if grep -qE "^[[:space:]]*\[$table\][[:space:]]*$" "$file"; then
+    # Insert right after the table header.
+    awk -v t="[$table]" -v line="$key = $value" '
+      { print }
+      { s = $0; gsub(/[[:space:]]/, "", s) }
+      s == t && !done { print line; done = 1 }' "$file" >"$tmp"
+  else
+    { cat "$file"; printf '\n[%s]\n%s = %s\n' "$table" "$key" "$value"; } >"$tmp"
+  fi
+  "${sudo_[@]}" install -m 0644 "$tmp" "$file"
+  rm -f "$tmp"
+  echo "podman-setup: $file: [$table] $key = $value" >&2
+}
+
+# The sandbox refuses the default (huge) nofile rlimit of containers; systemd is not PID 1.
+set_key "$conf_dir/containers.conf" containers default_ulimits '["nofile=1024:1024"]'
+set_key "$conf_dir/containers.conf" engine cgroup_manager '"cgroupfs"'
+set_key "$conf_dir/containers.conf" engine runtime '"runc"'
+# overlay (kernel or fuse) is not available everywhere these scripts run; vfs always is.
+set_key "$conf_dir/storage.conf" storage driver '"vfs"'
+# storage.conf needs these when it is the only storage configuration file read.
+set_key "$conf_dir/storage.conf" storage runroot '"/run/containers/storage"'
+set_key "$conf_dir/storage.conf" storage graphroot '"/var/lib/containers/storage"'
+
+echo "podman-setup: $(podman --version), $(buildah --version | cut -d' ' -f1-3), storage driver $(podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || echo '?')" >&2
