@@ -28,6 +28,7 @@ class FakeCluster:
         self.flows: dict[str, dict[str, Any]] = {}
         self.builds = 0
         self.uploads = 0
+        self.pending_locations: dict[Any, tuple[str, str]] = {}
 
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.storages.get(name))

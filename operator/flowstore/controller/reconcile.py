@@ -48,6 +48,10 @@ class Ports(Protocol):
     def check_script(self, source: bytes) -> None: ...
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
 
+    #: StoredFlow uid -> (inputs digest, location) of uploads not yet recorded in status, kept
+    #: across passes so a retry of the same inputs reuses its location (no orphaned objects)
+    pending_locations: dict[Any, tuple[str, str]]
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:
@@ -315,7 +319,7 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     location = ctx.status.get("location")
     if not location or artifact.get("inputsDigest") != ctx.inputs_digest:
         return None
-    _pending_locations(ports).pop(ctx.obj["metadata"].get("uid"), None)  # status records it
+    ports.pending_locations.pop(ctx.obj["metadata"].get("uid"), None)  # status records it
     events: list[Event] = []
     opened: Storage | None = None
     if check_drift:
@@ -384,7 +388,7 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
     # A retry of the same inputs reuses the location of the attempt that failed (the put may
     # have landed before the backend or the status write went away): one object, no orphans.
-    pending = _pending_locations(ports)
+    pending = ports.pending_locations
     uid = ctx.obj["metadata"].get("uid")
     earlier = pending.get(uid)
     if earlier is not None and earlier[0] == ctx.inputs_digest:
@@ -430,13 +434,6 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     outcome = _ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
     outcome.built = ctx.fmt == "pickle"
     return outcome
-
-
-def _pending_locations(ports: Ports) -> dict[Any, tuple[str, str]]:
-    """uid -> (inputs digest, location) of uploads not yet recorded in status; kept by ports
-    that live across passes (KubePorts), a throwaway dict otherwise."""
-    pending = getattr(ports, "pending_locations", None)
-    return pending if isinstance(pending, dict) else {}
 
 
 def _ready(ctx: FlowContext, ports: Ports, location: str, artifact: dict[str, Any], events: list[Event], *,

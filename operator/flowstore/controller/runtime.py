@@ -43,7 +43,9 @@ class Settings:
     build_timeout: float = 60.0
     build_memory: int = 512 * 2**20
     backoff_base: float = 1.0
-    backoff_max: float = 120.0
+    # Temporary failures (a backend or the API down) retry at most this far apart, so an
+    # outage is over for every flow within about this long after it ends.
+    backoff_max: float = 30.0
     delete_retries: int = 5
 
 

@@ -1,0 +1,125 @@
+"""A small TCP proxy for fault injection: 127.0.0.1:<port> forwards to an upstream host:port.
+
+`stop()` closes the listener *and* every live connection (both sides), so clients see a
+refused connection or a reset, as when a backend goes away; `start()` listens again on the
+same port. Threads only (the tests are synchronous).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from urllib.parse import urlsplit
+
+
+class TcpProxy:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = port
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._running = False
+        self.accepted = 0
+
+    @classmethod
+    def for_url(cls, url: str) -> TcpProxy:
+        parts = urlsplit(url)
+        assert parts.hostname and parts.port, url
+        return cls(parts.hostname, parts.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        listener.settimeout(0.1)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._running = True
+        self._acceptor = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True,
+                                          name=f"tcp-proxy-{self.port}")
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every live connection; new connections are refused."""
+        self._running = False
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=5)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for sock in conns:
+            _close(sock)
+
+    # ------------------------------------------------------------------ forwarding
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while self._running:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self._running:
+                _close(client)
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            self.accepted += 1
+            pair = _Pair(client, upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, pair), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, pair: _Pair) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        if pair.one_done():  # both directions finished: release the sockets
+            with self._lock:
+                self._conns.difference_update((pair.client, pair.upstream))
+            _close(pair.client)
+            _close(pair.upstream)
+
+
+class _Pair:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client, self.upstream = client, upstream
+        self._left = 2
+        self._lock = threading.Lock()
+
+    def one_done(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
