@@ -30,10 +30,15 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, kubectl
-from tests.e2e.conftest import apply, inline_flow, wait_ready
+from tests.e2e.conftest import (
+    apply,
+    inline_flow,
+    own_operators_only,  # noqa: F401 - a fixture these tests use
+    wait_ready,
+)
 
 # The first test also builds the image: cold, ~5 minutes (Debian bootstrap + pip install).
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800), pytest.mark.usefixtures("own_operators_only")]
 
 IMAGE = "localhost/flowstore-operator:dev"
 BASE_IMAGE = "localhost/flowstore-python:3.11"

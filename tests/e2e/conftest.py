@@ -88,13 +88,31 @@ class OperatorProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+_SESSION_OPERATORS: list[OperatorProcess] = []
+
+
 @pytest.fixture(scope="session")
 def operator(crds: None, kube_env: dict[str, str], s3_endpoint: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     op = OperatorProcess(tmp_path_factory.mktemp("operator"), dict(os.environ))
     op.start()
+    _SESSION_OPERATORS.append(op)
     yield op
+    _SESSION_OPERATORS.remove(op)
     op.stop()
+
+
+@pytest.fixture
+def own_operators_only() -> Iterator[None]:
+    """For tests that run their own operators (HA, faults, the image): the session's
+    cluster-wide operator is paused meanwhile, or it would serve their objects too and every
+    count of uploads would double."""
+    paused = [op for op in _SESSION_OPERATORS if op.alive()]
+    for op in paused:
+        op.stop()
+    yield
+    for op in paused:
+        op.start()
 
 
 def apply(manifest: str) -> None:

@@ -41,7 +41,7 @@ from tests.e2e.conftest import (
 )
 from tests.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("own_operators_only")]
 
 
 def say(msg: str) -> None:

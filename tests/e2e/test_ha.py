@@ -33,7 +33,7 @@ from tests.e2e.conftest import (
     wait_ready,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("own_operators_only")]
 
 LEASE = "flowstore-operator"
 STORED = re.compile(r"\bstored ([^/\s]+)/(\S+) at ")
