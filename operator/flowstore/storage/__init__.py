@@ -30,9 +30,17 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "GCS": ("flowstore.storage.gcs", "GCS", "gcs"),
     "Azure": ("flowstore.storage.azure", "Azure", "azure"),
     "Webhook": ("flowstore.storage.webhook", "Webhook", None),
+    "GitHub": ("flowstore.storage.github", "GitHub", None),
+    "GitLab": ("flowstore.storage.gitlab", "GitLab", None),
+    "Bitbucket": ("flowstore.storage.bitbucket", "Bitbucket", None),
+    "CodeCommit": ("flowstore.storage.codecommit", "CodeCommit", "codecommit"),
+    "Git": ("flowstore.storage.git", "Git", None),
 }
 #: CRD backend block key -> class name
-BACKEND_CLASSES: dict[str, str] = {"local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook"}
+BACKEND_CLASSES: dict[str, str] = {
+    "local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook",
+    "github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket", "codecommit": "CodeCommit", "git": "Git",
+}
 
 
 def backend_class(name: str) -> type[Storage]:

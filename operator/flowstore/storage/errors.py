@@ -72,3 +72,28 @@ class IntegrityError(StorageError):
     """Downloaded bytes do not match the digest they were stored with."""
 
     reason = "IntegrityError"
+
+
+class RateLimited(Unavailable):
+    """The provider throttled us (HTTP 429, or 403 with rate-limit headers); `retry_after`
+    holds the seconds until the reset time the provider gave."""
+
+    reason = "RateLimited"
+
+
+class RepositoryNotFound(ContainerNotFound):
+    """The git repository does not exist, or the credentials cannot see it."""
+
+    reason = "RepositoryNotFound"
+
+
+class RefNotFound(StorageError):
+    """The branch, tag or commit named by ``ref`` does not exist in the repository."""
+
+    reason = "RefNotFound"
+
+
+class FileNotFound(NotFound):
+    """The flow file is not in the repository at the resolved commit."""
+
+    reason = "FileNotFound"

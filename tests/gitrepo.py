@@ -1,0 +1,105 @@
+"""A real git repository on disk that tests commit to, and that the git server and the
+provider contract fakes serve from. Commit ids, trees and blobs are git's own, so what a fake
+answers is what the provider would answer for the same repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+_ENV = {
+    "GIT_AUTHOR_NAME": "flowstore tests",
+    "GIT_AUTHOR_EMAIL": "tests@flowstore.dev",
+    "GIT_COMMITTER_NAME": "flowstore tests",
+    "GIT_COMMITTER_EMAIL": "tests@flowstore.dev",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
+
+
+def git(*args: str, cwd: Path | None = None, input: bytes | None = None,
+        env: dict[str, str] | None = None) -> bytes:
+    done = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
+                          env={**os.environ, **_ENV, **(env or {})}, check=False)
+    if done.returncode:
+        raise AssertionError(f"git {' '.join(args)} failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+class LocalGitRepo:
+    """A bare repository (``bare``, what servers serve) with helpers that commit to it without
+    a work tree. Default branch ``main``."""
+
+    def __init__(self, root: Path, name: str | None = None) -> None:
+        self.name = name or f"flows-{uuid.uuid4().hex[:8]}"
+        self.bare = root / f"{self.name}.git"
+        git("init", "-q", "--bare", "--initial-branch=main", str(self.bare))
+        git("config", "http.receivepack", "true", cwd=self.bare)
+
+    def run(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
+        return git(*args, cwd=self.bare, input=input, env=env)
+
+    def head(self, branch: str = "main") -> str | None:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"refs/heads/{branch}"], cwd=self.bare,
+                              capture_output=True, env={**os.environ, **_ENV}, check=False)
+        return done.stdout.decode().strip() or None
+
+    def commit(self, files: dict[str, bytes | None], message: str = "update flows", branch: str = "main",
+               parent: str | None = None) -> str:
+        """Commit `files` (path -> bytes; None deletes the path) on top of `branch` (or
+        `parent`), move the branch there, and return the new commit id."""
+        base = parent or self.head(branch)
+        index = self.bare / f"index-{uuid.uuid4().hex}"
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            if base:
+                self.run("read-tree", base, env=env)
+            for path, data in files.items():
+                if data is None:
+                    self.run("rm", "--cached", "-q", "--", path, env={**env, "GIT_WORK_TREE": str(self.bare)})
+                    continue
+                blob = self.run("hash-object", "-w", "--stdin", input=data).decode().strip()
+                self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            tree = self.run("write-tree", env=env).decode().strip()
+        finally:
+            index.unlink(missing_ok=True)
+        args = ["commit-tree", tree, "-m", message]
+        if base:
+            args += ["-p", base]
+        commit = self.run(*args).decode().strip()
+        self.run("update-ref", f"refs/heads/{branch}", commit)
+        return commit
+
+    def tag(self, name: str, commit: str) -> None:
+        self.run("update-ref", f"refs/tags/{name}", commit)
+
+    def force(self, branch: str, commit: str) -> None:
+        """Force-move `branch` to `commit` (a force-push)."""
+        self.run("update-ref", f"refs/heads/{branch}", commit)
+
+    # ---------------------------------------------------------------- reads for the fakes
+    def resolve(self, ref: str) -> str | None:
+        """The commit `ref` names (branch, tag, full or abbreviated id), or None."""
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], cwd=self.bare,
+                              capture_output=True, env={**os.environ, **_ENV}, check=False)
+        return done.stdout.decode().strip() or None
+
+    def show(self, commit: str, path: str) -> bytes | None:
+        """The bytes of `path` at `commit`, or None when the commit has no such file."""
+        done = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.bare,
+                              capture_output=True, env={**os.environ, **_ENV}, check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def blob_id(self, commit: str, path: str) -> str | None:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{commit}:{path}"], cwd=self.bare,
+                              capture_output=True, env={**os.environ, **_ENV}, check=False)
+        return done.stdout.decode().strip() or None
+
+    def branches(self) -> dict[str, str]:
+        out = self.run("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads").decode()
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+    def default_branch(self) -> str:
+        return self.run("symbolic-ref", "--short", "HEAD").decode().strip()
