@@ -67,6 +67,15 @@ def azure_connection_string() -> str:
     return _ensure("azure", "AZURE_STORAGE_CONNECTION_STRING")["AZURE_STORAGE_CONNECTION_STRING"]
 
 
+@pytest.fixture(scope="session")
+def git_server() -> dict[str, str]:
+    """The real git server (git http-backend behind basic auth): url, root (where bare
+    repositories it serves live), username, password."""
+    env = _ensure("git", "FLOWSTORE_GIT_URL")
+    return {"url": env["FLOWSTORE_GIT_URL"], "root": env["FLOWSTORE_GIT_ROOT"],
+            "username": env["FLOWSTORE_GIT_USERNAME"], "password": env["FLOWSTORE_GIT_PASSWORD"]}
+
+
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the local cluster; returns the completed process (text)."""
     done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)

@@ -1,0 +1,238 @@
+"""Git storage: flows as ``.py`` files in any git repository, read with the ``git`` command
+over https or ssh and pinned to a commit.
+
+    Git(url="https://git.example.com/data/flows.git", path="flows/etl.py", ref="main")
+
+``resolve_ref`` is one ``git ls-remote``; ``read_file`` fetches exactly the pinned commit
+(``--depth=1``) into a bare cache repository under the temp directory, once per commit, and
+reads the blob from it. Credentials never reach a command line or ``.git/config``:
+
+* https: ``GIT_USERNAME`` + ``GIT_PASSWORD`` (basic auth) or ``GIT_TOKEN`` (bearer), sent as an
+  ``http.extraHeader`` through ``GIT_CONFIG_*`` environment variables of the git process;
+* ssh: ``SSH_PRIVATE_KEY`` and ``SSH_KNOWN_HOSTS`` (required: host keys are always checked),
+  written 0600 to a private directory for the git process.
+
+The operator passes them from the FlowStorage's Secret; an agent (credentials None) reads the
+same names from its environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flowstore.storage.errors import (
+    AuthFailed,
+    FileNotFound,
+    InvalidConfig,
+    RefNotFound,
+    RepositoryNotFound,
+    StorageError,
+    Unavailable,
+)
+from flowstore.storage.git_base import GitHosted, is_commit_id
+
+CREDENTIAL_KEYS = ("GIT_USERNAME", "GIT_PASSWORD", "GIT_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS")
+#: seconds one git command may take (a fetch of one commit of a flows repository is small)
+GIT_TIMEOUT = 120.0
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(str(path), threading.Lock())
+
+
+def _is_ssh(url: str) -> bool:
+    return url.startswith("ssh://") or bool(re.match(r"^[\w.-]+@[\w.-]+:", url))
+
+
+class Git(GitHosted):
+    """Flows in any git repository.
+
+    Args:
+        url: clone URL, ``https://…`` / ``http://…`` or ``ssh://…`` / ``user@host:path``.
+        path: the default flow file in the repository.
+        ref: branch, tag or commit (default: the remote's HEAD).
+        username, password, token: https credentials (basic auth, or a bearer token).
+        ssh_private_key, known_hosts: ssh credentials (known_hosts required for ssh URLs).
+    """
+
+    type_name = "Git"
+    default_label = "git-flow-storage"
+
+    def __init__(self, url: str, path: str | None = None, ref: str | None = None, *,
+                 username: str | None = None, password: str | None = None, token: str | None = None,
+                 ssh_private_key: str | None = None, known_hosts: str | None = None, **kwargs: Any) -> None:
+        super().__init__(path=path, ref=ref, **kwargs)
+        if not url or not (re.match(r"^(https?|ssh)://", url) or _is_ssh(url)):
+            raise InvalidConfig(f"git url {url!r} must be https://, http://, ssh:// or user@host:path")
+        if re.match(r"^https?://[^/]*@", url):
+            raise InvalidConfig("put git credentials in the credentials Secret (GIT_USERNAME / GIT_PASSWORD or "
+                                "GIT_TOKEN), not in the url")
+        if _is_ssh(url) and ssh_private_key and not known_hosts:
+            raise InvalidConfig("ssh git urls need SSH_KNOWN_HOSTS next to SSH_PRIVATE_KEY in the credentials "
+                                "Secret: host keys are always verified")
+        self.url = url
+        self._username, self._password, self._token = username, password, token
+        self._ssh_key, self._known_hosts = ssh_private_key, known_hosts
+        # One cache per url *and* credentials: a commit fetched with one FlowStorage's credentials
+        # is never readable through another's (e.g. one naming a commit id without credentials).
+        identity = "\0".join([url, username or "", password or "", token or "", ssh_private_key or ""])
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+        self.cache_dir = Path(tempfile.gettempdir()) / "flowstore-git" / digest
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Git:
+        creds = dict(credentials) if credentials is not None else {
+            k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)}
+        storage = cls(
+            url=str(config.get("url") or ""),
+            path=config.get("path"),
+            ref=config.get("ref"),
+            username=creds.get("GIT_USERNAME"),
+            password=creds.get("GIT_PASSWORD"),
+            token=creds.get("GIT_TOKEN"),
+            ssh_private_key=creds.get("SSH_PRIVATE_KEY"),
+            known_hosts=creds.get("SSH_KNOWN_HOSTS"),
+            **cls.common_kwargs(config),
+        )
+        storage.finish_config(config)
+        return storage
+
+    def _serialize_config(self) -> dict[str, Any]:
+        return {"url": self.url, "ref": self.ref}
+
+    def repo_name(self) -> str:
+        return self.url
+
+    def web_url(self, path: str, commit: str) -> str:
+        return f"git+{self.url}@{commit}#path={path}"
+
+    # ------------------------------------------------------------------ running git
+    def _env(self, private_dir: Path) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(private_dir),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_ASKPASS": "/bin/false",
+            "SSH_ASKPASS": "/bin/false",
+            "LC_ALL": "C",
+        }
+        header = None
+        if self._token:
+            header = f"Authorization: Bearer {self._token}"
+        elif self._username or self._password:
+            basic = base64.b64encode(f"{self._username or ''}:{self._password or ''}".encode()).decode()
+            header = f"Authorization: Basic {basic}"
+        if header:
+            env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader", GIT_CONFIG_VALUE_0=header)
+        if _is_ssh(self.url):
+            ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+            if self._known_hosts:
+                known = private_dir / "known_hosts"
+                known.write_text(self._known_hosts)
+                ssh += ["-o", f"UserKnownHostsFile={known}"]
+            if self._ssh_key:
+                key = private_dir / "id"
+                key.write_text(self._ssh_key if self._ssh_key.endswith("\n") else self._ssh_key + "\n")
+                key.chmod(0o600)
+                ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+            env["GIT_SSH_COMMAND"] = " ".join(ssh)
+        return env
+
+    def _git(self, *args: str, what: str, cwd: Path | None = None) -> str:
+        private_dir = Path(tempfile.mkdtemp(prefix="flowstore-git-"))
+        private_dir.chmod(0o700)
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, env=self._env(private_dir),
+                                  timeout=GIT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise Unavailable(f"{what}: git did not answer within {GIT_TIMEOUT:.0f}s; will retry") from None
+        except FileNotFoundError:
+            raise InvalidConfig("Git storage needs the `git` command; install git") from None
+        finally:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode:
+            raise self._error(stderr, what)
+        return done.stdout.decode(errors="replace")
+
+    def _error(self, stderr: str, what: str) -> StorageError:
+        text = " ".join(stderr.split())
+        for secret in (self._password, self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        low = text.lower()
+        if "not our ref" in low or "couldn't find remote ref" in low:
+            return RefNotFound(f"{what}: the commit is not in {self.url} (force-pushed away?)")
+        if any(s in low for s in ("could not read username", "authentication failed", "error: 403",
+                                  "permission denied", "host key verification failed")):
+            return AuthFailed(f"{what}: the git server refused the credentials ({text[:200]}); check the "
+                              "credentials Secret (GIT_USERNAME/GIT_PASSWORD, GIT_TOKEN, or SSH_PRIVATE_KEY and "
+                              "SSH_KNOWN_HOSTS)")
+        if "repository not found" in low or ("not found" in low and "repository" in low) \
+                or "does not appear to be a git repository" in low:
+            return RepositoryNotFound(f"{what}: repository {self.url} was not found; check spec.git.url")
+        if any(s in low for s in ("could not resolve host", "couldn't connect", "connection refused",
+                                  "timed out", "connection reset", "unable to access", "http 5", "error: 50")):
+            return Unavailable(f"{what}: cannot reach {self.url} ({text[:200]}); will retry")
+        return StorageError(f"{what}: git failed: {text[:300]}")
+
+    # ------------------------------------------------------------------ provider primitives
+    def resolve_ref(self, ref: str | None = None) -> str:
+        ref = ref or self.ref
+        if ref and is_commit_id(ref):
+            return ref
+        what = f"resolving {ref or 'HEAD'!r} in {self.url}"
+        if not ref:
+            out = self._git("ls-remote", "--symref", self.url, "HEAD", what=what)
+            for line in out.splitlines():
+                sha, _, name = line.partition("\t")
+                if name == "HEAD" and not sha.startswith("ref:"):
+                    return sha
+            raise RefNotFound(f"{what}: the repository has no default branch (is it empty?)")
+        out = self._git("ls-remote", self.url, ref, what=what)
+        refs: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, _, name = line.partition("\t")
+            refs[name] = sha
+        for candidate in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+            if candidate in refs:
+                return refs[candidate]
+        raise RefNotFound(f"{what}: no branch or tag {ref!r} in {self.url}; push it or fix spec.git.ref")
+
+    def read_file(self, path: str, commit: str) -> bytes:
+        what = f"reading {path} at {commit[:12]} from {self.url}"
+        with _lock_for(self.cache_dir):
+            if not (self.cache_dir / "HEAD").exists():
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                self.cache_dir.chmod(0o700)
+                self._git("init", "-q", "--bare", str(self.cache_dir), what=what)
+            if not self._has(f"{commit}^{{commit}}"):
+                self._git("fetch", "-q", "--no-tags", "--depth=1", self.url, commit, what=what, cwd=self.cache_dir)
+        done = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.cache_dir,
+                              capture_output=True, check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                                     "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"})
+        if done.returncode:
+            raise FileNotFound(f"{path} is not in {self.url} at commit {commit[:12]}; commit the file or fix "
+                               "spec.source.path")
+        return done.stdout
+
+    def _has(self, obj: str) -> bool:
+        done = subprocess.run(["git", "cat-file", "-e", obj], cwd=self.cache_dir, capture_output=True,
+                              check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"})
+        return done.returncode == 0

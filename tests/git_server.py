@@ -1,0 +1,147 @@
+"""A real git smart-HTTP server for the Git storage: Debian's ``git http-backend`` (CGI) behind
+a small stdlib HTTP server with basic auth. Clone, fetch (protocol v2) and push work as
+against any git host.
+
+    python3 tests/git_server.py --port 0 --root DIR --credentials-file FILE   # FILE: user:password
+
+Every request needs ``Authorization: Basic`` with the credentials (else 401 with
+``WWW-Authenticate``, as git hosts answer, so git asks for credentials). Repositories are the
+bare repositories ``DIR/<name>.git``; a missing one answers 404.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
+
+
+def make_handler(root: Path, username: str, password: str) -> type[BaseHTTPRequestHandler]:
+    expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _read_body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        break
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                return b"".join(chunks)
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _serve(self) -> None:
+            body = self._read_body()
+            if self.path == "/healthz":
+                self._answer(200, b"ok\n")
+                return
+            if not hmac.compare_digest(self.headers.get("Authorization", ""), expected):
+                self._answer(401, b"Authentication required\n",
+                             {"WWW-Authenticate": 'Basic realm="flowstore git"', "Content-Type": "text/plain"})
+                return
+            parts = urllib.parse.urlsplit(self.path)
+            path_info = urllib.parse.unquote(parts.path)
+            repo = path_info.lstrip("/").split(".git", 1)[0] + ".git"
+            if ".." in path_info or not (root / repo).is_dir():
+                self._answer(404, b"Repository not found\n", {"Content-Type": "text/plain"})
+                return
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "GIT_PROJECT_ROOT": str(root),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "REQUEST_METHOD": self.command,
+                "PATH_INFO": path_info,
+                "QUERY_STRING": parts.query,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "REMOTE_USER": username,
+                "REMOTE_ADDR": self.client_address[0],
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            }
+            done = subprocess.run([HTTP_BACKEND], input=body, capture_output=True, env=env, check=False)
+            head, _, payload = done.stdout.partition(b"\r\n\r\n")
+            if not _:
+                head, _, payload = done.stdout.partition(b"\n\n")
+            status, headers = 200, {}
+            for line in head.decode("latin-1").splitlines():
+                name, _, value = line.partition(":")
+                if name.lower() == "status":
+                    status = int(value.strip().split()[0])
+                elif name:
+                    headers[name.strip()] = value.strip()
+            if done.returncode and not done.stdout:
+                self._answer(500, done.stderr[-2000:], {"Content-Type": "text/plain"})
+                return
+            self._answer(status, payload, headers)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    return Handler
+
+
+class GitServer:
+    """In-process use (tests): ``with GitServer(root, "user", "pw") as server: server.url``."""
+
+    def __init__(self, root: Path, username: str, password: str, port: int = 0) -> None:
+        self.root = root
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(root, username, password))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> GitServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--credentials-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    username, _, password = args.credentials_file.read_text().strip().partition(":")
+    args.root.mkdir(parents=True, exist_ok=True)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.root, username, password))
+    print(f"git server on http://127.0.0.1:{server.server_address[1]} serving {args.root}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
