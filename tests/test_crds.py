@@ -139,12 +139,12 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
     [
         pytest.param(
             "labels: [prod]",
-            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"],
+            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) must be set"],
             id="no-backend",
         ),
         pytest.param(
             "local: {directory: /flows}\ns3: {bucket: flows}",
-            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook) must be set"],
+            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) must be set"],
             id="two-backends",
         ),
         pytest.param("s3: {region: eu-west-1}", ["spec.s3.bucket: Required value"], id="s3-without-bucket"),
@@ -368,7 +368,7 @@ def test_storedflow_status_round_trip_and_columns(namespace: str) -> None:
     assert stored["status"] == status
 
     table = kubectl("get", "sflow", "etl-daily", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "LOCATION", "FLOW", "AGE", "MESSAGE"]
+    assert table[0].split() == ["NAME", "READY", "LOCATION", "FLOW", "COMMIT", "AGE", "MESSAGE"]
     assert "True" in table[1] and "prod/etl-daily/x" in table[1] and "etl daily" in table[1]
 
 

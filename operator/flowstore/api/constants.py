@@ -19,7 +19,7 @@ FINALIZER: Final = "flowstore.dev/cleanup"
 REQUESTED_AT_ANNOTATION: Final = "flowstore.dev/requested-at"
 
 # Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
-BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook")
+BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook", "github", "gitlab", "bitbucket", "codecommit", "git")
 
 
 class ConditionType:
@@ -60,4 +60,9 @@ class Reason:
     INTEGRITY_ERROR: Final = "IntegrityError"
     TEMPLATE_VALUE_MISSING: Final = "TemplateValueMissing"
     REQUEST_REJECTED: Final = "RequestRejected"
+    # Git-hosted storages
+    RATE_LIMITED: Final = "RateLimited"
+    REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"
+    REF_NOT_FOUND: Final = "RefNotFound"
+    FILE_NOT_FOUND: Final = "FileNotFound"
     SUSPENDED: Final = "Suspended"

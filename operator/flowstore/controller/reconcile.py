@@ -16,6 +16,10 @@ input of the artifact changed digest (content addressing):
 6. ``build``            script mode: compile-check the bytes; pickle mode: run the script in
                         the sandbox and wrap the pickle in the envelope.
 7. ``upload``           put the bytes, then confirm the backend holds exactly them.
+
+Git-hosted storages (GitHub, GitLab, Bitbucket, CodeCommit, Git) are read-only: step 2
+resolves the ref to a commit and reads the file there, step 6 checks it, and step 7 is
+``pin`` (record the commit and the file's digest) instead of an upload.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from flowstore.api import conditions as cond
 from flowstore.api.constants import REQUESTED_AT_ANNOTATION, Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.build import envelope, signing
 from flowstore.controller.failures import Failure, ReconcileError, classify
-from flowstore.storage import InvalidConfig, Storage, StorageError, backend_class
+from flowstore.storage import InvalidConfig, NotFound, ObjectInfo, Storage, StorageError, backend_class
+from flowstore.storage.git_base import GitHosted, normalize_path
 
 #: bumped when the artifact format changes, so every artifact is rebuilt once
 FORMAT_VERSION = "1"
@@ -129,7 +134,7 @@ def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: Storage
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:
     """The part of a storage's configuration that decides *where* artifacts go (not labels)."""
     cls = backend_class(spec.backend)
-    ignored = {"labels", "addDefaultLabels", "secrets", "storedAsScript", "clientOptions", "validate"}
+    ignored = {"labels", "addDefaultLabels", "secrets", "storedAsScript", "clientOptions", "validate", "checkFlow"}
     return {"type": cls.type_name, **{k: v for k, v in sorted(spec.config.items()) if k not in ignored}}
 
 
@@ -148,6 +153,13 @@ class FlowContext:
     fmt: str = "pickle"
     inputs_digest: str = ""
     signing_key: bytes | None = None
+    #: git-hosted storages: the opened storage and what status.git will say
+    repo: GitHosted | None = None
+    git: dict[str, Any] | None = None
+
+
+def is_git_hosted(spec: StorageSpec) -> bool:
+    return issubclass(backend_class(spec.backend), GitHosted)
 
 
 def requested_at(obj: Mapping[str, Any]) -> str | None:
@@ -218,6 +230,8 @@ def _reconcile_stored_flow(
             )
             on_progress(progress)
         data = build(ctx, ports)
+        if ctx.git is not None:
+            return pin(ctx, ports, data)
         return upload(ctx, ports, data)
     except Exception as exc:  # every failure becomes a condition; the operator never crashes
         failure = classify(exc)
@@ -231,7 +245,9 @@ def _reconcile_stored_flow(
 # Secrets — Secrets are deliberately not watched: that would stream every Secret of the cluster
 # into the operator): rechecked every RECHECK_SECONDS, or sooner at the storage's interval.
 RECHECK_SECONDS = 60.0
-_RECHECKED = {Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC}
+_RECHECKED = {Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC,
+              # git-hosted: a push fixes these, and no watch tells us about pushes
+              Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND}
 
 
 def resolve_storage(ctx: FlowContext, ports: Ports) -> None:
@@ -248,17 +264,31 @@ def resolve_storage(ctx: FlowContext, ports: Ports) -> None:
         )
     ctx.fs = fs
     ctx.storage_spec = StorageSpec.parse(fs.get("spec") or {})
-    if ctx.spec.source.path is not None:
+    git_hosted = is_git_hosted(ctx.storage_spec)
+    if ctx.spec.source.path is not None and not git_hosted:
         raise SpecError(
             f"spec.source.path is for git-hosted storages, but FlowStorage {ctx.spec.storage_name!r} is "
             f"{ctx.storage_spec.backend!r}; use spec.source.inline or spec.source.configMapRef"
         )
+    if git_hosted:
+        backend = ctx.storage_spec.backend
+        if ctx.spec.source.path is None and (ctx.spec.source.inline is not None or ctx.spec.source.config_map):
+            raise SpecError(
+                f"FlowStorage {ctx.spec.storage_name!r} is {backend!r}: flows are read from the repository, so "
+                f"use spec.source.path (the file in the repository) instead of {ctx.spec.source.describe()}")
+        if ctx.spec.stored_as_script is False:
+            raise SpecError(f"{backend!r} storages keep flows as scripts in the repository; remove "
+                            "spec.storedAsScript: false")
 
 
 def resolve_source(ctx: FlowContext, ports: Ports) -> None:
     """Step 2. Read the flow's source bytes. A missing ConfigMap or key stalls the StoredFlow
     until the ConfigMap changes (its watch wakes us)."""
     src = ctx.spec.source
+    assert ctx.storage_spec is not None and ctx.fs is not None
+    if is_git_hosted(ctx.storage_spec):
+        resolve_git_source(ctx, ports)
+        return
     if src.inline is not None:
         ctx.source = src.inline.encode("utf-8")
         return
@@ -289,6 +319,24 @@ def resolve_source(ctx: FlowContext, ports: Ports) -> None:
         )
 
 
+def resolve_git_source(ctx: FlowContext, ports: Ports) -> None:
+    """Step 2, git-hosted: resolve the ref to a commit and read the flow's file there. A missing
+    repository, ref or file stalls the StoredFlow (rechecked at the interval: a push fixes it);
+    the last good pinned commit stays recorded."""
+    assert ctx.storage_spec is not None and ctx.fs is not None
+    # (the operator's ports hand out a counting proxy, so this is a cast, not an isinstance check)
+    storage = cast(GitHosted, open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec))
+    path = ctx.spec.source.path or storage.path
+    if not path:
+        raise SpecError(f"no flow file: set spec.source.path, or path in FlowStorage {ctx.spec.storage_name!r}")
+    path = normalize_path(path)
+    commit = storage.resolve_ref()
+    ctx.source = storage.read_file(path, commit)
+    ctx.repo = storage
+    ctx.git = {"repo": storage.repo_name(), "path": path, "ref": storage.ref or "(default branch)",
+               "commit": commit, "url": storage.web_url(path, commit)}
+
+
 def plan(ctx: FlowContext) -> None:
     """Step 3. Decide the format and the inputs digest: the digest of everything that decides
     the artifact's bytes and place. Equal digests mean nothing needs to be stored."""
@@ -296,7 +344,7 @@ def plan(ctx: FlowContext) -> None:
     as_script = ctx.spec.stored_as_script
     if as_script is None:
         as_script = ctx.storage_spec.stored_as_script
-    ctx.fmt = "script" if as_script else "pickle"
+    ctx.fmt = "script" if as_script or ctx.git is not None else "pickle"
     inputs = {
         "formatVersion": FORMAT_VERSION,
         "source": sha256_of(ctx.source),
@@ -307,6 +355,9 @@ def plan(ctx: FlowContext) -> None:
         "storage": storage_identity(ctx.storage_spec),
         # a new signing key (or none) re-signs: artifacts are stored again with the new signature
         "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
+        # git-hosted: the file (not the commit: a commit that leaves the file alone changes nothing)
+        **({"path": ctx.git["path"], "checkFlow": ctx.storage_spec.config.get("checkFlow", True)}
+           if ctx.git is not None else {}),
     }
     ctx.inputs_digest = sha256_of(json.dumps(inputs, sort_keys=True).encode())
 
@@ -325,8 +376,16 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     if check_drift:
         assert ctx.fs is not None and ctx.storage_spec is not None
         storage = opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
-        storage.restore_state(artifact.get("storageState"))
-        info = storage.stat(location)
+        pinned = (ctx.status.get("git") or {}).get("commit")
+        if is_git_hosted(ctx.storage_spec) and pinned:
+            try:
+                data = cast(GitHosted, storage).read_file(normalize_path(location), pinned)
+                info = ObjectInfo(size=len(data), sha256=sha256_of(data).removeprefix("sha256:"))
+            except NotFound:
+                info = None
+        else:
+            storage.restore_state(artifact.get("storageState"))
+            info = storage.stat(location)
         recorded = str(artifact.get("digest", "")).removeprefix("sha256:")
         if info is None or info.size != artifact.get("size") or (info.sha256 and info.sha256 != recorded):
             what = "is missing" if info is None else "has changed"
@@ -373,6 +432,13 @@ def build(ctx: FlowContext, ports: Ports) -> bytes:
     """Step 6. Script mode stores the source bytes after a syntax check, never executing them.
     Pickle mode runs the script in the sandbox (separate process, scrubbed environment,
     timeout, memory cap) and wraps the pickled flow in the seed's envelope."""
+    if ctx.git is not None:
+        ports.check_script(ctx.source)
+        if ctx.storage_spec is not None and ctx.storage_spec.config.get("checkFlow", True):
+            # the flow object must exist: the same sandboxed loader as pickle builds; the pickle
+            # itself is discarded (agents read the file at the pinned commit)
+            ports.build_pickle(ctx.source, flow_name=ctx.spec.flow_name, object_name=ctx.spec.object_name)
+        return ctx.source
     if ctx.fmt == "script":
         ports.check_script(ctx.source)
         return ctx.source
@@ -418,6 +484,7 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     if ctx.signing_key:
         artifact["signature"] = signing.sign(ctx.signing_key, ctx.spec.flow_name, str(artifact["digest"]))
     drift = ctx.status.pop("driftDetected", None)
+    ctx.status.pop("git", None)  # e.g. the flow moved from a git-hosted storage to this one
     verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
     digest = "sha256:" + stored.sha256
     events = [Event("Normal", "Stored", f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} ({stored.size} bytes, "
@@ -433,6 +500,36 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
             storage.restore_state(stored.storage_state)
     outcome = _ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
     outcome.built = ctx.fmt == "pickle"
+    return outcome
+
+
+def pin(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
+    """Step 7, git-hosted: nothing is uploaded. Record the commit and the file's digest; agents
+    read the file at exactly that commit and verify it."""
+    assert ctx.git is not None and ctx.repo is not None
+    commit, path = ctx.git["commit"], ctx.git["path"]
+    digest = sha256_of(data)
+    artifact = {
+        "url": ctx.git["url"],
+        "digest": digest,
+        "size": len(data),
+        "format": "script",
+        "sourceDigest": digest,
+        "inputsDigest": ctx.inputs_digest,
+        "lastUpdateTime": cond.now_iso(),
+        "storageState": ctx.repo.pinned_state(commit),
+    }
+    if ctx.signing_key:
+        artifact["signature"] = signing.sign(ctx.signing_key, ctx.spec.flow_name, digest)
+    previous = (ctx.status.get("git") or {}).get("commit")
+    ctx.status.pop("driftDetected", None)
+    verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous[:12]} to" if previous and previous != commit \
+        else f"Pinned flow {ctx.spec.flow_name!r} to"
+    events = [Event("Normal", "Pinned", f"{verb} commit {commit[:12]} of {ctx.git['repo']} ({path}, {len(data)} "
+                    f"bytes, {digest[:19]}…)")]
+    ctx.status["git"] = dict(ctx.git)
+    outcome = _ready(ctx, ports, path, artifact, events, uploaded=False, opened=ctx.repo)
+    outcome.built = bool(ctx.storage_spec and ctx.storage_spec.config.get("checkFlow", True))
     return outcome
 
 
@@ -462,9 +559,10 @@ def _ready(ctx: FlowContext, ports: Ports, location: str, artifact: dict[str, An
         labels=storage.labels,
         flowName=ctx.spec.flow_name,
     )
-    status["conditions"] = cond.mark_ready(
-        ctx.status.get("conditions"), f"Stored at {artifact['url']}", ctx.generation
-    )
+    pinned = (status.get("git") or {}).get("commit")
+    message = f"Pinned to commit {pinned[:12]}: {artifact['url']}" if pinned and "git" in status \
+        else f"Stored at {artifact['url']}"
+    status["conditions"] = cond.mark_ready(ctx.status.get("conditions"), message, ctx.generation)
     return Outcome(
         status=status,
         events=events,

@@ -1,0 +1,195 @@
+"""Git-hosted flows end to end: the real operator and kube-apiserver against the real git
+server (git http-backend behind basic auth, `scripts/localcloud up git`). Commits are pushed
+during the test; the StoredFlow follows the file, never a commit that leaves it alone, and
+agents load the file at the pinned commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowstore import client
+from tests.conftest import kubectl, kubectl_json
+from tests.e2e.conftest import OperatorProcess, apply, condition, get, wait_for, wait_ready, wait_reason
+from tests.gitrepo import LocalGitRepo
+from tests.storage.git_conformance import flow_script
+
+pytestmark = pytest.mark.e2e
+
+
+def manifests(*docs: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
+
+
+def git_storage(namespace: str, url: str, *, name: str = "repo", secret: str = "git-creds",  # noqa: S107
+                **block: Any) -> dict[str, Any]:
+    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"git": {"url": url, "credentialsSecretRef": {"name": secret}, **block},
+                     "interval": "1s", "labels": ["prod"]}}
+
+
+def stored_flow(namespace: str, name: str, flow_name: str, path: str, storage: str = "repo") -> dict[str, Any]:
+    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"storageRef": {"name": storage}, "flowName": flow_name, "source": {"path": path}}}
+
+
+def creds(namespace: str, username: str, password: str, name: str = "git-creds") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "stringData": {"GIT_USERNAME": username, "GIT_PASSWORD": password}}
+
+
+def events(namespace: str, reason: str) -> list[str]:
+    out = kubectl("get", "events", "-n", namespace, "--field-selector", f"reason={reason}",
+                  "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}").stdout
+    return [line for line in out.splitlines() if line]
+
+
+@pytest.fixture
+def repo(git_server: dict[str, str]) -> LocalGitRepo:
+    return LocalGitRepo(Path(git_server["root"]))
+
+
+@pytest.fixture
+def url(git_server: dict[str, str], repo: LocalGitRepo) -> str:
+    return f"{git_server['url']}/{repo.name}.git"
+
+
+@pytest.fixture
+def agent_env(git_server: dict[str, str]) -> Iterator[None]:
+    """An agent's own git credentials (the status never carries them)."""
+    os.environ["GIT_USERNAME"], os.environ["GIT_PASSWORD"] = git_server["username"], git_server["password"]
+    yield
+    os.environ.pop("GIT_USERNAME", None)
+    os.environ.pop("GIT_PASSWORD", None)
+
+
+@pytest.fixture(autouse=True)
+def _remove_flows(namespace: str) -> Iterator[None]:
+    yield
+    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+
+
+def test_pins_follows_the_file_and_agents_load_the_pinned_commit(
+        operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo, url: str,
+        agent_env: None) -> None:
+    first = repo.commit({"flows/etl.py": flow_script("etl daily", 1), "flows/report.py": flow_script("report", 5)})
+    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+                    git_storage(namespace, url, ref="main"),
+                    stored_flow(namespace, "etl", "etl daily", "flows/etl.py"),
+                    stored_flow(namespace, "report", "report", "/flows/report.py")))
+    etl = wait_ready(namespace, "etl")["status"]
+    print(f"pinned: {etl['git']}")
+    assert etl["git"] == {"repo": url, "path": "flows/etl.py", "ref": "main", "commit": first,
+                          "url": f"git+{url}@{first}#path=flows/etl.py"}
+    assert etl["location"] == "flows/etl.py" and etl["artifact"]["format"] == "script"
+    assert etl["storage"]["type"] == "Git" and etl["storage"]["ref"] == first
+    assert etl["storage"]["requestedRef"] == "main" and etl["labels"] == ["prod", "git-flow-storage"]
+    assert "Pinned to commit" in condition(get("storedflow", namespace, "etl"))["message"]
+    assert client.load_flow("etl", namespace).run() == 1
+    report = wait_ready(namespace, "report")["status"]
+    assert report["location"] == "flows/report.py" and report["git"]["commit"] == first
+    storage = wait_for("flowstorage", namespace, "repo", lambda o: len((o.get("status") or {}).get("flows", {})) == 2)
+    assert storage["status"]["flows"] == {"etl daily": "flows/etl.py", "report": "flows/report.py"}
+
+    # A commit that changes another file: neither the etl flow's pin nor its status moves.
+    unrelated = repo.commit({"README.md": b"flows\n"})
+    time.sleep(3)  # three intervals
+    assert get("storedflow", namespace, "etl")["status"]["git"]["commit"] == first
+    # A commit that changes the file: the flow moves to it; agents get the new code.
+    second = repo.commit({"flows/etl.py": flow_script("etl daily", 2)})
+    moved = wait_for("storedflow", namespace, "etl",
+                     lambda o: (o.get("status") or {}).get("git", {}).get("commit") == second, timeout=20)
+    print(f"moved to {second[:12]} (skipped {unrelated[:12]})")
+    assert moved["status"]["artifact"]["sourceDigest"] != etl["artifact"]["sourceDigest"]
+    assert client.load_flow("etl", namespace).run() == 2
+    assert get("storedflow", namespace, "report")["status"]["git"]["commit"] == first
+    assert any(f"from commit {first[:12]} to commit {second[:12]}" in m for m in events(namespace, "Pinned"))
+
+    # The branch is force-pushed to history without the file: FileNotFound, the last good pin stays.
+    repo.force("main", repo.commit({"other.py": b"x = 1\n"}, branch="rewritten"))
+    broken = wait_reason(namespace, "etl", "FileNotFound", timeout=20)
+    print(f"force-push: {condition(broken)['message']}")
+    assert broken["status"]["git"]["commit"] == second and "flows/etl.py" in condition(broken)["message"]
+    assert client.load_flow("etl", namespace).run() == 2  # still loadable at the pinned commit
+
+    # The file comes back: Ready again at the new commit.
+    back = repo.commit({"flows/etl.py": flow_script("etl daily", 3)}, branch="main")
+    wait_for("storedflow", namespace, "etl",
+             lambda o: condition(o).get("status") == "True" and o["status"]["git"]["commit"] == back, timeout=20)
+    assert client.load_flow("etl", namespace).run() == 3
+    assert git_server["password"] not in json.dumps(kubectl_json("get", "storedflows,flowstorages", "-n", namespace))
+    assert git_server["password"] not in operator.logs()
+
+
+def test_agent_refuses_a_file_that_does_not_match_the_pin(
+        operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo, url: str,
+        agent_env: None) -> None:
+    repo.commit({"flows/etl.py": flow_script("etl", 1)})
+    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+                    git_storage(namespace, url), stored_flow(namespace, "etl", "etl", "flows/etl.py")))
+    wait_ready(namespace, "etl")
+    status = client.locate("etl", namespace)
+    assert status["git"]["ref"] == "(default branch)"
+    # Someone edits the status to point agents at other bytes: refused before anything runs.
+    kubectl("patch", "storedflow", "etl", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+            json.dumps({"status": {"artifact": {"digest": "sha256:" + "0" * 64}}}))
+    with pytest.raises(Exception, match="does not match"):
+        client.load_flow("etl", namespace)
+
+
+@pytest.mark.parametrize("case", ["no-repo", "bad-password", "no-ref", "no-file", "syntax", "no-flow-object"])
+def test_bad_input_gets_its_own_reason(operator: OperatorProcess, namespace: str, git_server: dict[str, str],
+                                       repo: LocalGitRepo, url: str, case: str) -> None:
+    repo.commit({"flows/etl.py": flow_script("etl", 1), "flows/broken.py": b"def run(:\n",
+                 "flows/empty.py": b"x = 1\n"})
+    password = "wrong" if case == "bad-password" else git_server["password"]
+    block: dict[str, Any] = {"ref": "no-such-branch"} if case == "no-ref" else {}
+    storage_url = f"{git_server['url']}/missing.git" if case == "no-repo" else url
+    path = {"no-file": "flows/nope.py", "syntax": "flows/broken.py", "no-flow-object": "flows/empty.py"}.get(
+        case, "flows/etl.py")
+    expected = {"no-repo": "RepositoryNotFound", "bad-password": "AuthFailed", "no-ref": "RefNotFound",
+                "no-file": "FileNotFound", "syntax": "ScriptSyntaxError", "no-flow-object": "FlowNotFound"}[case]
+    apply(manifests(creds(namespace, git_server["username"], password),
+                    git_storage(namespace, storage_url, **block),
+                    stored_flow(namespace, "flow", "etl", path),
+                    stored_flow(namespace, "good-elsewhere", "etl", "flows/etl.py", storage="other"),
+                    git_storage(namespace, url, name="other", secret="good-creds"),
+                    creds(namespace, git_server["username"], git_server["password"], name="good-creds")))
+    failed = wait_reason(namespace, "flow", expected)
+    print(f"{case}: {expected}: {condition(failed)['message']}")
+    assert git_server["password"] not in condition(failed)["message"]
+    wait_ready(namespace, "good-elsewhere")  # one broken resource never stops the others
+
+
+def test_apply_time_validation(crds: None, namespace: str) -> None:
+    bad = [
+        ({"git": {"url": "https://user:secret@git.example.com/flows.git"}}, "do not put credentials in the url"),
+        ({"git": {"url": "ftp://git.example.com/flows.git"}}, "url must be"),
+        ({"bitbucket": {"workspace": "team", "project": "DATA", "repo": "flows"}}, "exactly one of workspace"),
+        ({"bitbucket": {"project": "DATA", "repo": "flows"}}, "needs host"),
+        ({"github": {"repo": "not a repo"}}, "spec.github.repo"),
+        ({"github": {"repo": "o/r"}, "git": {"url": "https://x/y.git"}}, "exactly one backend block"),
+    ]
+    for spec, message in bad:
+        doc = {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
+               "metadata": {"name": "bad", "namespace": namespace}, "spec": spec}
+        done = kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
+        assert done.returncode != 0 and message in done.stderr, (spec, done.stderr)
+
+
+def test_inline_source_on_a_git_storage_is_invalid(operator: OperatorProcess, namespace: str, url: str) -> None:
+    apply(manifests(git_storage(namespace, url),
+                    {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
+                     "metadata": {"name": "inline", "namespace": namespace},
+                     "spec": {"storageRef": {"name": "repo"}, "flowName": "x",
+                              "source": {"inline": "print(1)"}}}))
+    failed = wait_reason(namespace, "inline", "InvalidSpec")
+    assert "spec.source.path" in condition(failed)["message"]
