@@ -1,0 +1,352 @@
+"""The seed's ``GitHub`` storage: flows kept as ``.py`` files in a GitHub (or GitHub
+Enterprise Server) repository, read through the REST API at a pinned commit.
+
+Three REST calls, all ``GET`` (https://docs.github.com/en/rest):
+
+* ``/repos/{owner}/{repo}/commits/{ref}`` with ``Accept: application/vnd.github.sha``: the
+  commit a branch, tag or sha names (https://docs.github.com/en/rest/commits/commits#get-a-commit);
+* ``/repos/{owner}/{repo}``: the default branch, and whether the repository is visible at all
+  (https://docs.github.com/en/rest/repos/repos#get-a-repository);
+* ``/repos/{owner}/{repo}/contents/{path}?ref={commit}`` with
+  ``Accept: application/vnd.github.raw+json``: the file's bytes, up to 100 MB
+  (https://docs.github.com/en/rest/repos/contents#get-repository-content).
+
+The token (``Authorization: Bearer``) comes from the referenced Secret's ``GITHUB_ACCESS_TOKEN``
+key (the seed's secret name) or, when no Secret is given (an agent loading ``status.storage``),
+from the ``GITHUB_ACCESS_TOKEN`` environment variable; without one, public repositories are read
+anonymously (60 requests an hour). Rate limits (403/429 with ``x-ratelimit-remaining: 0`` or
+``retry-after``) raise :class:`~flowstore.storage.errors.RateLimited` carrying the reset time
+(https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from flowstore.storage.errors import (
+    AuthFailed,
+    FileNotFound,
+    InvalidConfig,
+    RefNotFound,
+    RepositoryNotFound,
+    StorageError,
+    Unavailable,
+)
+from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path, raise_for_http
+
+#: the Secret key and environment variable holding the token (the seed's secret name)
+CREDENTIALS_KEY = "GITHUB_ACCESS_TOKEN"
+DEFAULT_API_URL = "https://api.github.com"
+DEFAULT_WEB_URL = "https://github.com"
+API_VERSION = "2022-11-28"
+#: (connect, read) seconds per request
+TIMEOUT: tuple[float, float] = (5.0, 60.0)
+#: tries per request on connection errors, timeouts and 5xx (rate limits are never retried here)
+MAX_ATTEMPTS = 3
+#: first backoff between tries; doubles per retry
+BACKOFF_SECONDS = 0.2
+
+_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+
+
+class GitHub(GitHosted):
+    """Flows in a GitHub repository (the seed's ``GitHub`` storage), read at a pinned commit.
+
+    Args (the seed's):
+        repo: the repository as ``owner/name``, e.g. ``my-org/flows``.
+        path: the default flow file in the repository, e.g. ``flows/etl.py``.
+        ref: branch, tag or commit to read (the repository's default branch when None).
+        **kwargs: the base :class:`~flowstore.storage.base.Storage` options.
+
+    Keyword-only (this project's):
+        host: a GitHub Enterprise Server host (``github.example.com``); the API is then
+            ``https://HOST/api/v3``. None means github.com.
+        api_url: the API base URL itself, overriding `host` (proxies, tests).
+        access_token: the token; None reads the ``GITHUB_ACCESS_TOKEN`` environment variable,
+            and without either the repository is read anonymously (public repositories only).
+        token_source: where the token came from, for error messages (never the value).
+    """
+
+    type_name = "GitHub"
+    default_label = "github-flow-storage"
+
+    def __init__(
+        self,
+        repo: str,
+        path: str | None = None,
+        ref: str | None = None,
+        *,
+        host: str | None = None,
+        api_url: str | None = None,
+        access_token: str | None = None,
+        token_source: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(path=path, ref=ref, **kwargs)
+        if not isinstance(repo, str) or not _REPO.fullmatch(repo.strip().strip("/")):
+            raise InvalidConfig(f"GitHub `repo` must be owner/name (e.g. my-org/flows), not {repo!r}")
+        self.repo = repo.strip().strip("/")
+        self.host = host.strip() if host else None
+        self.api_url = api_url.strip().rstrip("/") if api_url else None
+        if self.api_url is not None and not _is_http_url(self.api_url):
+            raise InvalidConfig(f"GitHub `apiURL` must be an http(s) URL, not {api_url!r}")
+        self._api_base = self.api_url or api_base_for_host(self.host)
+        self._web_base = web_base_for_host(self.host)
+        if access_token is None:
+            access_token = os.environ.get(CREDENTIALS_KEY) or None
+            token_source = token_source or (f"the {CREDENTIALS_KEY} environment variable" if access_token else None)
+        self._token = _check_token(access_token, token_source or "the access token")
+        self._token_source = token_source or "the access token"
+        self._session_lock = threading.Lock()
+        self._session_instance: requests.Session | None = None
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"GitHub(repo={self.repo!r}, path={self.path!r}, ref={self.ref!r}, api={self._api_base!r})"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GitHub:
+        """From a FlowStorage ``spec.github`` block (the token from `credentials`, the referenced
+        Secret's ``GITHUB_ACCESS_TOKEN`` key) or :meth:`serialize` output (no credentials: the
+        ``GITHUB_ACCESS_TOKEN`` environment variable, else anonymous)."""
+        repo = config.get("repo")
+        if not repo or not isinstance(repo, str):
+            raise InvalidConfig("GitHub storage needs `repo` (spec.github.repo: owner/name, e.g. my-org/flows)")
+        token, source = _token_from(credentials)
+        storage = cls(
+            repo=repo,
+            path=config.get("path") or None,
+            ref=config.get(cls.ref_key) or None,
+            host=config.get("host") or None,
+            api_url=config.get("apiURL") or None,
+            access_token=token,
+            token_source=source,
+            **cls.common_kwargs(config),
+        )
+        return storage.finish_config(config)  # type: ignore[return-value]
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc = {"repo": self.repo, "ref": self.ref, "host": self.host, "apiURL": self.api_url}
+        return {k: v for k, v in doc.items() if v is not None}
+
+    # ------------------------------------------------------------------ provider primitives
+    @property
+    def api_base(self) -> str:
+        """The REST API base URL requests go to."""
+        return self._api_base
+
+    def repo_name(self) -> str:
+        return self.repo
+
+    def web_url(self, path: str, commit: str) -> str:
+        return f"{self._web_base}/{self.repo}/blob/{_quote(commit)}/{_quote_path(path)}"
+
+    def resolve_ref(self, ref: str | None = None) -> str:
+        target = ref or self.ref or self.default_branch()
+        # https://docs.github.com/en/rest/commits/commits#get-a-commit (the sha media type answers
+        # the commit id alone)
+        what = f"resolving ref {target!r} of GitHub repository {self.repo}"
+        response = self._get(f"/commits/{_quote(target)}", what, accept="application/vnd.github.sha")
+        if response.status_code in (404, 422):
+            # 422 "No commit found for SHA": the repository exists, the ref does not; 404 may mean
+            # either, so ask for the repository to tell them apart
+            self.default_branch()
+            raise RefNotFound(
+                f"ref {target!r} not found in GitHub repository {self.repo}: no branch, tag or commit has "
+                "that name; push it, or fix the storage's ref"
+            )
+        if response.status_code == 409:  # "Git Repository is empty."
+            raise RefNotFound(
+                f"GitHub repository {self.repo} is empty, so ref {target!r} does not exist yet: "
+                "push a commit holding the flow file"
+            )
+        self._raise(response, what)
+        commit = response.text.strip()
+        if not is_commit_id(commit):  # a proxy that ignored the media type: the commit object
+            try:
+                commit = str(response.json().get("sha") or "")
+            except (ValueError, AttributeError):
+                commit = ""
+        if not is_commit_id(commit):
+            raise Unavailable(f"{what}: the API answered without a commit id; will retry")
+        return commit.lower()
+
+    def default_branch(self) -> str:
+        """The repository's default branch; raises RepositoryNotFound when it is not visible."""
+        # https://docs.github.com/en/rest/repos/repos#get-a-repository
+        what = f"GitHub repository {self.repo}"
+        response = self._get("", what, accept="application/vnd.github+json")
+        if response.status_code == 404:
+            hint = (
+                "check the owner/name spelling, and that the token can read it (private "
+                "repositories need a token with read access to their contents)"
+                if self._token
+                else "check the owner/name spelling; a private repository needs a token: reference a "
+                f"Secret with a {CREDENTIALS_KEY} key"
+            )
+            raise RepositoryNotFound(f"{what} not found at {self._api_base} (HTTP 404): {hint}")
+        self._raise(response, what, not_found=RepositoryNotFound)
+        try:
+            branch = response.json().get("default_branch")
+        except (ValueError, AttributeError):
+            branch = None
+        if not branch or not isinstance(branch, str):
+            raise RefNotFound(f"{what} has no default branch (is it empty?); set the storage's ref")
+        return branch
+
+    def read_file(self, path: str, commit: str) -> bytes:
+        path = normalize_path(path)
+        # https://docs.github.com/en/rest/repos/contents#get-repository-content (the raw media
+        # type answers the bytes, for files up to 100 MB)
+        what = f"reading {path} at {commit} from GitHub repository {self.repo}"
+        response = self._get(
+            f"/contents/{_quote_path(path)}", what, params={"ref": commit}, accept="application/vnd.github.raw+json"
+        )
+        if response.status_code == 404:
+            self.default_branch()  # the repository itself may have gone
+            raise FileNotFound(
+                f"{path} not found in GitHub repository {self.repo} at {commit}: commit the "
+                "file there, or fix the flow's path"
+            )
+        self._raise(response, what, not_found=FileNotFound)
+        if response.headers.get("Content-Type", "").startswith("application/json") and response.content[:1] == b"[":
+            raise FileNotFound(
+                f"{path} is a directory in GitHub repository {self.repo} at {commit}, not a "
+                "file: point the flow's path at the .py file"
+            )
+        return response.content
+
+    # ------------------------------------------------------------------ HTTP
+    def _session(self) -> requests.Session:
+        with self._session_lock:
+            if self._session_instance is None:
+                session = requests.Session()
+                session.headers["X-GitHub-Api-Version"] = API_VERSION
+                session.headers["User-Agent"] = "flowstore"
+                if self._token:
+                    session.headers["Authorization"] = f"Bearer {self._token}"
+                self._session_instance = session
+            return self._session_instance
+
+    def _get(
+        self, suffix: str, what: str, *, accept: str, params: Mapping[str, str] | None = None
+    ) -> requests.Response:
+        """GET ``/repos/{repo}{suffix}``, retrying connection errors, timeouts and 5xx. Returns
+        the last response (any status); raises Unavailable when the API stays unreachable."""
+        url = f"{self._api_base}/repos/{self.repo}{suffix}"
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                response = self._session().get(url, params=params, headers={"Accept": accept}, timeout=TIMEOUT)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == MAX_ATTEMPTS:
+                    kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
+                    raise Unavailable(
+                        f"{what}: the GitHub API at {self._api_base} {kind} after {attempt} tries "
+                        f"({type(exc).__name__}); will retry"
+                    ) from None
+            except requests.RequestException as exc:
+                raise StorageError(f"{what}: the request to {self._api_base} failed ({type(exc).__name__})") from None
+            else:
+                if response.status_code < 500 or attempt == MAX_ATTEMPTS:
+                    return response
+                response.close()
+            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise(self, response: requests.Response, what: str, not_found: type[StorageError] = FileNotFound) -> None:
+        try:
+            raise_for_http(response.status_code, response.headers, response.text, what=what, not_found=not_found)
+        except AuthFailed as exc:
+            source = self._token_source if self._token else "no token (anonymous)"
+            raise AuthFailed(f"{exc.message} (token from {source}; GitHub said: {_message(response)})") from None
+
+
+# ---------------------------------------------------------------------- helpers
+def api_base_for_host(host: str | None) -> str:
+    """The REST API base for a GitHub host: api.github.com for github.com (or no host), else
+    the Enterprise Server's ``https://HOST/api/v3``."""
+    if not host:
+        return DEFAULT_API_URL
+    scheme, name = _split_host(host)
+    if name.lower() in ("github.com", "api.github.com"):
+        return DEFAULT_API_URL
+    return f"{scheme}://{name}/api/v3"
+
+
+def web_base_for_host(host: str | None) -> str:
+    if not host:
+        return DEFAULT_WEB_URL
+    scheme, name = _split_host(host)
+    if name.lower() in ("github.com", "api.github.com"):
+        return DEFAULT_WEB_URL
+    return f"{scheme}://{name}"
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    scheme, _, name = host.strip().rpartition("://")
+    scheme = (scheme or "https").lower()
+    name = name.rstrip("/")
+    if scheme not in ("http", "https") or not name or "/" in name or any(c.isspace() for c in name):
+        raise InvalidConfig(f"GitHub `host` must be a host name such as github.example.com, not {host!r}")
+    return scheme, name
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _token_from(credentials: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+    """The token and where it came from: the Secret's key, or (no Secret) None for the env."""
+    if credentials is None:
+        return None, None
+    value = credentials.get(CREDENTIALS_KEY)
+    if not value:  # key names only: never echo the values
+        present = ", ".join(sorted(credentials)) or "none"
+        raise InvalidConfig(
+            f"the referenced Secret has no {CREDENTIALS_KEY} key (keys present: {present}); put a GitHub "
+            f"token with read access to the repository's contents under {CREDENTIALS_KEY}"
+        )
+    return value, f"key {CREDENTIALS_KEY} of the referenced Secret"
+
+
+def _check_token(token: str | None, source: str) -> str | None:
+    if token is None:
+        return None
+    token = token.strip()  # Secrets made with `echo` end with a newline
+    if not token:
+        return None
+    if any(c.isspace() for c in token) or not token.isascii() or not token.isprintable():
+        raise InvalidConfig(
+            f"{source} is not a valid GitHub token (it contains spaces, line breaks or "
+            "non-ASCII characters); store the bare token value"
+        )
+    return token
+
+
+def _quote(segment: str) -> str:
+    """One URL path segment, ``/`` included (a branch named ``feature/x``)."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def _quote_path(path: str) -> str:
+    """A repository path, each segment percent-encoded, ``/`` kept."""
+    return "/".join(_quote(part) for part in path.split("/"))
+
+
+def _message(response: requests.Response) -> str:
+    """GitHub's error ``message`` (short), or the HTTP reason."""
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    text = str(message) if message else (response.reason or str(response.status_code))
+    return " ".join(text.split())[:200]
