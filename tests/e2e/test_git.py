@@ -193,3 +193,22 @@ def test_inline_source_on_a_git_storage_is_invalid(operator: OperatorProcess, na
                               "source": {"inline": "print(1)"}}}))
     failed = wait_reason(namespace, "inline", "InvalidSpec")
     assert "spec.source.path" in condition(failed)["message"]
+
+
+def test_no_secret_means_anonymous_never_the_operators_own_credentials(
+        own_operators_only: None, crds: None, namespace: str, git_server: dict[str, str], repo: LocalGitRepo,
+        url: str, tmp_path: Path) -> None:
+    """The operator's environment holds git credentials (as an agent's would); a FlowStorage
+    without credentialsSecretRef must not read with them."""
+    repo.commit({"flows/etl.py": flow_script("etl", 1)})
+    op = OperatorProcess(tmp_path, {**os.environ, "GIT_USERNAME": git_server["username"],
+                                    "GIT_PASSWORD": git_server["password"]})
+    op.start("--namespace", namespace)
+    try:
+        storage = git_storage(namespace, url)
+        del storage["spec"]["git"]["credentialsSecretRef"]
+        apply(manifests(storage, stored_flow(namespace, "etl", "etl", "flows/etl.py")))
+        failed = wait_reason(namespace, "etl", "AuthFailed")
+        assert "status" in failed and "git" not in failed["status"]
+    finally:
+        op.stop()

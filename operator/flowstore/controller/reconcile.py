@@ -123,12 +123,21 @@ def read_signing_key(ports: Ports, namespace: str, spec: StorageSpec) -> bytes |
 
 def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: StorageSpec) -> Storage:
     credentials, secret_version = read_credentials(ports, namespace, spec)
+    if credentials is None and spec.backend in _TOKEN_BACKENDS:
+        # No Secret means anonymous: never the operator's own environment (an agent's fallback),
+        # or any FlowStorage in any namespace could read with the operator's token.
+        credentials = {}
     cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True)
     try:
         return ports.storage_for(spec, credentials, cache_key)
     except InvalidConfig as exc:
         where = f" (Secret {spec.secret_name!r} in namespace {namespace!r})" if spec.secret_name else ""
         raise InvalidConfig(f"{exc.message}{where}") from None
+
+
+#: backends whose credentials are tokens/passwords (their classes fall back to environment
+#: variables for agents); S3 and CodeCommit keep the SDK's default chain (IRSA) on purpose
+_TOKEN_BACKENDS = {"github", "gitlab", "bitbucket", "git"}
 
 
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:
