@@ -1,0 +1,405 @@
+"""The seed's ``CodeCommit`` storage: flows read from an AWS CodeCommit repository, pinned to a
+commit.
+
+As in the seed the ref is spelled ``commit`` (a commit id, branch or tag; the repository's
+default branch when unset). Reads go through the CodeCommit API with boto3 (the
+``codecommit`` extra, imported only when a client is needed):
+
+* ``GetRepository``  the default branch (``repositoryMetadata.defaultBranch``);
+* ``GetBranch``      a branch name -> ``branch.commitId``;
+* ``GetCommit``      a full commit id -> ``commit.commitId`` (that it exists);
+* ``GetFolder``      ``/`` at any other commit specifier (a tag, ``refs/...``) -> ``commitId``;
+* ``GetFile``        the file's bytes at a commit (``fileContent``).
+
+Credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
+``AWS_SESSION_TOKEN`` from the referenced Secret; without one, the SDK's default chain
+(environment, profile, pod identity). Every SDK exception becomes an error of
+:mod:`flowstore.storage.errors`; messages never contain credential values.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from flowstore.storage.errors import (
+    AuthFailed,
+    FileNotFound,
+    InvalidConfig,
+    MissingDependency,
+    RateLimited,
+    RefNotFound,
+    Rejected,
+    RepositoryNotFound,
+    StorageError,
+    Unavailable,
+)
+from flowstore.storage.git_base import GitHosted, is_commit_id
+
+#: keys of the credentials mapping (the referenced Secret's data)
+ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
+SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a key name, not a secret
+#: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
+DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 30,
+    "retries": {"total_max_attempts": 3, "mode": "standard"},
+}
+#: seconds to wait after throttling when the answer carries no Retry-After (AWS sends none)
+THROTTLE_RETRY_AFTER = 5.0
+#: client keyword arguments that would carry credentials: those belong in the Secret
+_CREDENTIAL_OPTIONS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+
+_THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
+                               "RequestLimitExceeded"})
+_AUTH_CODES = frozenset({
+    "UnrecognizedClientException", "InvalidSignatureException", "AccessDeniedException",
+    "ExpiredTokenException", "InvalidClientTokenId", "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken", "IncompleteSignature", "NotAuthorized", "SignatureDoesNotMatch",
+    "EncryptionKeyAccessDeniedException",
+})
+_REF_CODES = frozenset({"BranchDoesNotExistException", "InvalidBranchNameException", "CommitDoesNotExistException",
+                        "CommitIdDoesNotExistException", "InvalidCommitException", "InvalidCommitIdException"})
+_CONFIG_CODES = frozenset({"InvalidRepositoryNameException", "RepositoryNameRequiredException",
+                           "InvalidPathException", "PathRequiredException", "EncryptionKeyDisabledException",
+                           "EncryptionKeyNotFoundException"})
+_TEMPORARY_CODES = frozenset({"ServiceUnavailable", "InternalFailure", "InternalError", "RequestTimeout",
+                              "EncryptionKeyUnavailableException", "EncryptionIntegrityChecksFailedException"})
+
+_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+#: environment the SDK's default credential chain reads: sessions are cached per value of it
+_CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+              "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_EC2_METADATA_DISABLED")
+
+
+class CodeCommit(GitHosted):
+    """Flows kept as ``.py`` files in an AWS CodeCommit repository.
+
+    Args (the seed's):
+        repo: the repository name.
+        path: the default flow file in the repository.
+        commit: commit id, branch or tag to read (the default branch when None).
+        client_options: extra keyword arguments for ``session.client("codecommit", ...)``; a
+            ``config`` entry (botocore ``Config`` or dict) is merged over the defaults
+            (5 s connect / 30 s read timeouts, 3 attempts). Never credentials.
+    Args (flowstore's):
+        region: the repository's region; None uses the SDK's default.
+        endpoint_url: another endpoint (a VPC endpoint, tests).
+        credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
+            ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
+        **kwargs: the base :class:`Storage` options.
+    """
+
+    type_name: ClassVar[str] = "CodeCommit"
+    default_label: ClassVar[str | None] = "codecommit-flow-storage"
+    ref_key: ClassVar[str] = "commit"
+
+    def __init__(
+        self,
+        repo: str,
+        path: str | None = None,
+        commit: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        credentials: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if commit is not None and not isinstance(commit, str):
+            raise InvalidConfig("CodeCommit `commit` must be a string (a commit id, branch or tag; quote it in YAML)")
+        super().__init__(path=path, ref=commit.strip() if commit else None, **kwargs)
+        if not isinstance(repo, str) or not repo.strip():
+            raise InvalidConfig("CodeCommit storage needs `repo` (spec.codecommit.repo, the repository name)")
+        self.repo = repo.strip()
+        if client_options is not None and not isinstance(client_options, Mapping):
+            raise InvalidConfig("CodeCommit `clientOptions` must be a mapping of boto3 client keyword arguments")
+        self.client_options = dict(client_options or {})
+        smuggled = sorted(_CREDENTIAL_OPTIONS & set(self.client_options))
+        if smuggled:  # names only: never echo the values
+            raise InvalidConfig(
+                f"CodeCommit `clientOptions` must not hold credentials ({', '.join(smuggled)}): put them in the "
+                f"referenced Secret as {ACCESS_KEY_ID} / {SECRET_ACCESS_KEY} / {SESSION_TOKEN}")
+        self.region = region or None
+        self.endpoint_url = endpoint_url or None
+        self._credentials = dict(credentials) if credentials is not None else None
+        if self._credentials is not None:
+            missing = [k for k in (ACCESS_KEY_ID, SECRET_ACCESS_KEY) if not self._credentials.get(k)]
+            if missing:
+                raise InvalidConfig(
+                    f"the CodeCommit credentials lack {', '.join(missing)}; add them to the referenced Secret")
+        self._client_lock = threading.Lock()
+        self._client_instance: Any = None
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"CodeCommit(repo={self.repo!r}, commit={self.ref!r}, region={self.region!r})"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GitHosted:
+        client_options = config.get("clientOptions") or {}
+        if not isinstance(client_options, Mapping):
+            raise InvalidConfig("CodeCommit `clientOptions` must be a mapping of boto3 client keyword arguments")
+        storage = cls(
+            repo=config.get("repo") or "",  # validated by __init__
+            path=config.get("path"),
+            commit=config.get("commit"),
+            client_options=client_options,
+            region=config.get("region"),
+            endpoint_url=config.get("endpointURL"),
+            credentials=credentials,
+            **cls.common_kwargs(config),
+        )
+        return storage.finish_config(config)
+
+    def _serialize_config(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "repo": self.repo,
+            "commit": self.ref,
+            "region": self.region,
+            "endpointURL": self.endpoint_url,
+        }
+        # plain data only (what a CRD can hold); a botocore Config object stays in this process
+        options = {k: v for k, v in self.client_options.items() if _is_plain(v)}
+        if options:
+            doc["clientOptions"] = options
+        return {k: v for k, v in doc.items() if v is not None}
+
+    # ------------------------------------------------------------------ naming
+    def _region_name(self) -> str:
+        if self.region:
+            return self.region
+        try:
+            region = self._client().meta.region_name
+        except StorageError:
+            region = None
+        return str(region) if region else "us-east-1"
+
+    def repo_name(self) -> str:
+        return f"codecommit::{self._region_name()}://{self.repo}"
+
+    def web_url(self, path: str, commit: str) -> str:
+        region = self._region_name()
+        return (f"https://{region}.console.aws.amazon.com/codesuite/codecommit/repositories/"
+                f"{urllib.parse.quote(self.repo, safe='')}/browse/{urllib.parse.quote(commit, safe='')}/--/"
+                f"{urllib.parse.quote(path, safe='/')}?region={region}")
+
+    def _what(self) -> str:
+        return f"CodeCommit repository {self.repo}"
+
+    # ------------------------------------------------------------------ provider primitives
+    def resolve_ref(self, ref: str | None = None) -> str:
+        target = ref if ref is not None else self.ref
+        if not target:
+            meta = self._call("get_repository", f"read {self._what()}", repositoryName=self.repo)
+            branch = (meta.get("repositoryMetadata") or {}).get("defaultBranch")
+            if not branch:
+                raise RefNotFound(f"{self._what()} has no default branch (is it empty?); push a commit or set "
+                                  "spec.codecommit.commit")
+            target = str(branch)
+        what = f"{self._what()}: resolve {target!r}"
+        unknown = (f"{target!r} is not a branch, tag or commit of {self._what()}; push it or fix "
+                   "spec.codecommit.commit")
+        if is_commit_id(target):
+            doc = self._call("get_commit", what, unknown=unknown, repositoryName=self.repo, commitId=target)
+            return _commit_id(doc.get("commit", {}).get("commitId"), what)
+        branch_name = target.removeprefix("refs/heads/")
+        if not target.startswith("refs/") or target.startswith("refs/heads/"):
+            try:
+                doc = self._call("get_branch", what, unknown=unknown, repositoryName=self.repo,
+                                 branchName=branch_name)
+                return _commit_id(doc.get("branch", {}).get("commitId"), what)
+            except RefNotFound:
+                pass  # perhaps a tag: GetFolder takes any commit specifier
+        doc = self._call("get_folder", what, unknown=unknown, repositoryName=self.repo,
+                         commitSpecifier=target, folderPath="/")
+        return _commit_id(doc.get("commitId"), what)
+
+    def read_file(self, path: str, commit: str) -> bytes:
+        doc = self._call(
+            "get_file", f"{self._what()}: read {path} at commit {commit}",
+            unknown=f"commit {commit} is not in {self._what()}; was it rewritten? Fix spec.codecommit.commit",
+            missing=(f"{path} is not in {self._what()} at commit {commit}: commit the file there, or fix the "
+                     "storage's path / the flow's spec.source.path"),
+            repositoryName=self.repo, commitSpecifier=commit, filePath=path)
+        content = doc.get("fileContent")
+        if not isinstance(content, bytes | bytearray):
+            raise Unavailable(f"{self._what()}: GetFile for {path} at {commit} returned no content; will retry")
+        return bytes(content)
+
+    # ------------------------------------------------------------------ client
+    def _client(self) -> Any:
+        """The instance's boto3 client (created once; boto3 clients are thread-safe)."""
+        with self._client_lock:
+            if self._client_instance is None:
+                self._client_instance = self._make_client()
+            return self._client_instance
+
+    def _make_client(self) -> Any:
+        try:
+            import boto3.session
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
+        except ImportError as exc:
+            raise MissingDependency(
+                f"CodeCommit storage needs {exc.name or 'boto3'}: pip install 'flowstore[codecommit]'") from None
+
+        session_kwargs: dict[str, str] = {}
+        if self._credentials is not None:
+            session_kwargs["aws_access_key_id"] = self._credentials[ACCESS_KEY_ID]
+            session_kwargs["aws_secret_access_key"] = self._credentials[SECRET_ACCESS_KEY]
+            if self._credentials.get(SESSION_TOKEN):
+                session_kwargs["aws_session_token"] = self._credentials[SESSION_TOKEN]
+        options = dict(self.client_options)
+        config = Config(**DEFAULT_CLIENT_CONFIG)
+        user_config = options.pop("config", None)
+        try:
+            if isinstance(user_config, Mapping):
+                user_config = Config(**user_config)
+            if user_config is not None:
+                config = config.merge(user_config)
+            if self.endpoint_url:
+                options.setdefault("endpoint_url", self.endpoint_url)
+            if self.region:
+                options.setdefault("region_name", self.region)
+            # Loading service models makes a new Session slow; sessions are shared per set of
+            # credentials (for the default chain: per value of the environment it reads). Sessions
+            # are not thread-safe, so clients are made under the lock.
+            with _SESSIONS_LOCK:
+                key = tuple(sorted(session_kwargs.items())) or tuple(
+                    (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
+                session = _SESSIONS.get(key)
+                if session is None:
+                    if len(_SESSIONS) >= 64:
+                        _SESSIONS.clear()
+                    session = _SESSIONS[key] = boto3.session.Session(**session_kwargs)
+                return session.client("codecommit", config=config, **options)
+        except (BotoCoreError, ValueError, TypeError) as exc:
+            raise InvalidConfig(f"cannot create a CodeCommit client ({type(exc).__name__}: "
+                                f"{self._redact(str(exc))}); check spec.codecommit region, endpointURL and "
+                                "clientOptions") from None
+
+    def _call(self, operation: str, what: str, *, unknown: str | None = None, missing: str | None = None,
+              **params: Any) -> dict[str, Any]:
+        """Call one CodeCommit operation; `unknown` is the message for an unknown ref, `missing`
+        for a missing file."""
+        client = self._client()
+        try:
+            result: dict[str, Any] = getattr(client, operation)(**params)
+        except Exception as exc:
+            error = self._translate(exc, what, unknown=unknown, missing=missing)
+            raise error from (None if isinstance(error, AuthFailed) else exc)
+        return result
+
+    # ------------------------------------------------------------------ errors
+    def _endpoint(self) -> str:
+        if self.endpoint_url:
+            return self.endpoint_url
+        endpoint = getattr(getattr(self._client_instance, "meta", None), "endpoint_url", None)
+        return str(endpoint) if endpoint else "the default AWS endpoint"
+
+    def _redact(self, text: str) -> str:
+        for value in (self._credentials or {}).values():
+            if value and len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
+
+    def _translate(self, exc: BaseException, what: str, *, unknown: str | None,
+                   missing: str | None) -> StorageError:
+        """Map one SDK exception to the project's taxonomy, with a message for a person."""
+        if isinstance(exc, StorageError):
+            return exc
+        kind = type(exc).__name__
+        if _is_credentials_error(exc):
+            return AuthFailed(f"{what}: no usable AWS credentials were found ({kind}); reference a Secret with "
+                              f"{ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, or give the pod an AWS identity")
+        if _is_connection_error(exc):
+            return Unavailable(f"{what}: CodeCommit at {self._endpoint()} is unreachable or timed out ({kind}); "
+                               "will retry")
+        if kind == "ParamValidationError":
+            return InvalidConfig(f"{what}: the request was invalid: {self._redact(str(exc))}")
+        response = getattr(exc, "response", None)
+        if not isinstance(response, Mapping):
+            return StorageError(f"{what}: {kind}: {self._redact(str(exc))}")
+        code = str((response.get("Error") or {}).get("Code") or "")
+        detail = self._redact(str((response.get("Error") or {}).get("Message") or ""))
+        metadata = response.get("ResponseMetadata") or {}
+        status = int(metadata.get("HTTPStatusCode") or 0)
+        headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
+        label = f"{code or status}: {detail}" if detail else (code or str(status))
+
+        if code == "RepositoryDoesNotExistException":
+            return RepositoryNotFound(
+                f"{self._what()} does not exist in region {self._region_name()} ({code}); create it, or fix "
+                "spec.codecommit.repo / region")
+        if code in _THROTTLING_CODES or status == 429:
+            retry_after = _retry_after(headers)
+            return RateLimited(f"{what}: throttled by CodeCommit ({code or status}); retrying in "
+                               f"{retry_after:.0f}s", retry_after=retry_after)
+        if code in _AUTH_CODES or status in (401, 403):
+            return AuthFailed(
+                f"{what}: CodeCommit at {self._endpoint()} rejected the credentials or denied access "
+                f"({code or status}); "
+                f"check the keys in the referenced Secret ({ACCESS_KEY_ID}, {SECRET_ACCESS_KEY}, {SESSION_TOKEN}) "
+                "and that their IAM policy allows codecommit:GetRepository, GetBranch, GetCommit, GetFolder "
+                "and GetFile on the repository")
+        if code in ("FileDoesNotExistException", "FolderDoesNotExistException"):
+            return FileNotFound(missing or f"{what}: not found ({code})")
+        if code in _REF_CODES:
+            return RefNotFound(unknown or f"{what}: {label}")
+        if code == "FileTooLargeException":
+            return Rejected(f"{what}: the file is larger than CodeCommit's GetFile returns ({code}); keep flow "
+                            "files small")
+        if code in _CONFIG_CODES:
+            return InvalidConfig(f"{what}: {label}; fix spec.codecommit")
+        if code in _TEMPORARY_CODES or status >= 500:
+            return Unavailable(f"{what}: CodeCommit answered a temporary failure ({label}); will retry")
+        return Rejected(f"{what}: CodeCommit refused the request (HTTP {status}, {label})")
+
+
+def _commit_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RefNotFound(f"{what}: CodeCommit's answer names no commit")
+    return value
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    try:
+        return max(1.0, float(headers["retry-after"]))
+    except (KeyError, ValueError):
+        return THROTTLE_RETRY_AFTER
+
+
+def _is_credentials_error(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Unreachable endpoint, timeouts, dropped or truncated responses: worth a retry."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)

@@ -1,0 +1,262 @@
+"""A contract fake of the AWS CodeCommit API operations flowstore calls, serving real git
+repositories: GetRepository, GetBranch, GetCommit, GetFolder and GetFile.
+
+The protocol is AWS JSON 1.1 (what boto3 speaks to CodeCommit): ``POST /`` with
+``X-Amz-Target: CodeCommit_20150413.<Operation>``, ``Content-Type: application/x-amz-json-1.1``
+and a JSON body; errors are HTTP 400 (403 for authentication) with
+``{"__type": "<Code>", "message": ...}``. Blobs (``fileContent``) travel base64-encoded.
+https://docs.aws.amazon.com/codecommit/latest/APIReference/Welcome.html ,
+https://smithy.io/2.0/aws/protocols/aws-json-1_1-protocol.html
+
+Requests must be SigV4-signed (``Authorization: AWS4-HMAC-SHA256 Credential=<key id>/<date>/
+<region>/codecommit/aws4_request, ...``). The fake does not verify the signature itself, but
+refuses an access key id other than the configured one (``UnrecognizedClientException``), a
+scope for another region or service, and a missing or wrong session token when one is
+configured. ``throttle(n)`` answers the next `n` requests with ``ThrottlingException``.
+https://docs.aws.amazon.com/codecommit/latest/APIReference/CommonErrors.html
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tests.fakes.base import FakeServer, Request, Response
+from tests.gitrepo import LocalGitRepo
+
+TARGET_PREFIX = "CodeCommit_20150413."
+CONTENT_TYPE = "application/x-amz-json-1.1"
+#: GetFile refuses larger files (FileTooLargeException); the documented CodeCommit file limit
+MAX_FILE_SIZE = 6 * 1024 * 1024
+# API reference: repositoryName is 1-100 characters of [\w.-]
+_REPO_NAME = re.compile(r"[\w.-]{1,100}")
+_FULL_ID = re.compile(r"[0-9a-f]{40}")
+
+
+class CodeCommitError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class CodeCommitAPI(FakeServer):
+    """CodeCommit in `region` for the repositories added with :meth:`add_repo`, accepting
+    requests signed with `access_key_id` (and `session_token`, when given)."""
+
+    def __init__(self, *, access_key_id: str, region: str = "us-east-1", session_token: str | None = None) -> None:
+        super().__init__()
+        self.access_key_id = access_key_id
+        self.region = region
+        self.session_token = session_token
+        self.repos: dict[str, LocalGitRepo] = {}
+        self._lock = threading.Lock()
+        self._throttled = 0
+        self._operations: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "GetRepository": self._get_repository,
+            "GetBranch": self._get_branch,
+            "GetCommit": self._get_commit,
+            "GetFolder": self._get_folder,
+            "GetFile": self._get_file,
+        }
+
+    def add_repo(self, name: str, repo: LocalGitRepo) -> None:
+        self.repos[name] = repo
+
+    def throttle(self, requests: int = 1) -> None:
+        """Answer the next `requests` requests with ThrottlingException (HTTP 400)."""
+        with self._lock:
+            self._throttled = requests
+
+    def operations(self) -> list[str]:
+        """The operation of each logged request, in order."""
+        return [r.headers.get("x-amz-target", "").removeprefix(TARGET_PREFIX) for r in self.log]
+
+    # ------------------------------------------------------------------ protocol
+    def handle(self, request: Request) -> Response:
+        try:
+            return self._json(200, self._dispatch(request))
+        except CodeCommitError as exc:
+            return self._json(exc.status, {"__type": exc.code, "message": exc.message})
+
+    @staticmethod
+    def _json(status: int, doc: dict[str, Any]) -> Response:
+        return Response(status, json.dumps(doc).encode(),
+                        {"Content-Type": CONTENT_TYPE, "x-amzn-RequestId": str(uuid.uuid4())})
+
+    def _dispatch(self, request: Request) -> dict[str, Any]:
+        if request.method != "POST" or request.path != "/":
+            raise CodeCommitError("UnknownOperationException", "Unknown operation", 404)
+        self._authenticate(request)
+        with self._lock:
+            if self._throttled > 0:
+                self._throttled -= 1
+                raise CodeCommitError("ThrottlingException", "Rate exceeded")
+        target = request.headers.get("x-amz-target", "")
+        operation = self._operations.get(target.removeprefix(TARGET_PREFIX)) if target.startswith(
+            TARGET_PREFIX) else None
+        if operation is None:
+            raise CodeCommitError("UnknownOperationException", f"Unknown operation {target!r}", 400)
+        if request.headers.get("content-type", "").split(";")[0].strip() != CONTENT_TYPE:
+            raise CodeCommitError("SerializationException", "Content-Type must be application/x-amz-json-1.1")
+        try:
+            params = request.json()
+        except ValueError:
+            raise CodeCommitError("SerializationException", "the body is not JSON") from None
+        if not isinstance(params, dict):
+            raise CodeCommitError("SerializationException", "the body is not a JSON object")
+        return operation(params)
+
+    def _authenticate(self, request: Request) -> None:
+        # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html
+        header = request.headers.get("authorization", "")
+        match = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,\s*"
+                             r"SignedHeaders=([^,]+),\s*Signature=([0-9a-f]{64})", header)
+        if not match or "x-amz-date" not in request.headers:
+            raise CodeCommitError("MissingAuthenticationTokenException", "Missing Authentication Token", 403)
+        key_id, _, region, service, signed, _ = match.groups()
+        if key_id != self.access_key_id:
+            raise CodeCommitError("UnrecognizedClientException",
+                                  "The security token included in the request is invalid.", 403)
+        if service != "codecommit" or region != self.region:
+            raise CodeCommitError("InvalidSignatureException",
+                                  f"Credential should be scoped to a valid region and service; got {region}/"
+                                  f"{service}, expected {self.region}/codecommit", 403)
+        if "x-amz-target" not in signed.split(";"):
+            raise CodeCommitError("InvalidSignatureException", "X-Amz-Target must be signed", 403)
+        if self.session_token is not None and request.headers.get("x-amz-security-token") != self.session_token:
+            raise CodeCommitError("UnrecognizedClientException",
+                                  "The security token included in the request is invalid.", 403)
+
+    # ------------------------------------------------------------------ helpers
+    def _repo(self, params: dict[str, Any]) -> LocalGitRepo:
+        name = params.get("repositoryName")
+        if not name:
+            raise CodeCommitError("RepositoryNameRequiredException", "Repository name is required")
+        if not isinstance(name, str) or not _REPO_NAME.fullmatch(name):
+            raise CodeCommitError("InvalidRepositoryNameException", f"{name!r} is not a valid repository name")
+        repo = self.repos.get(name)
+        if repo is None:
+            raise CodeCommitError("RepositoryDoesNotExistException", f"{name} does not exist")
+        return repo
+
+    @staticmethod
+    def _commit_specifier(repo: LocalGitRepo, spec: str | None) -> str:
+        """GetFile / GetFolder's ``commitSpecifier``: a full commit id, a branch or tag name, or a
+        fully qualified ref (``refs/heads/main``); the default branch's head when absent."""
+        if spec is None:
+            spec = f"refs/heads/{repo.default_branch()}"
+        if not isinstance(spec, str) or not spec or spec.startswith("-"):
+            raise CodeCommitError("InvalidCommitException", "The specified commit is not valid")
+        if _FULL_ID.fullmatch(spec):
+            commit = repo.resolve(spec)
+        elif spec.startswith("refs/"):
+            commit = repo.resolve(spec)
+        else:
+            commit = repo.resolve(f"refs/heads/{spec}") or repo.resolve(f"refs/tags/{spec}")
+        if commit is None:
+            raise CodeCommitError("CommitDoesNotExistException",
+                                  f"Could not find the specified commit: {spec}")
+        return commit
+
+    @staticmethod
+    def _path(params: dict[str, Any], key: str) -> str:
+        path = params.get(key)
+        if path is None:
+            raise CodeCommitError("PathRequiredException", f"{key} is required")
+        if not isinstance(path, str) or "\x00" in path or ".." in path.split("/"):
+            raise CodeCommitError("InvalidPathException", f"{path!r} is not a valid path")
+        return path.strip("/")
+
+    @staticmethod
+    def _object_type(repo: LocalGitRepo, commit: str, path: str) -> str | None:
+        try:
+            return repo.run("cat-file", "-t", f"{commit}:{path}").decode().strip()
+        except AssertionError:
+            return None
+
+    # ------------------------------------------------------------------ operations
+    def _get_repository(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetRepository.html
+        repo = self._repo(params)
+        name = params["repositoryName"]
+        meta: dict[str, Any] = {
+            "accountId": "111122223333",
+            "repositoryId": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+            "repositoryName": name,
+            "cloneUrlHttp": f"https://git-codecommit.{self.region}.amazonaws.com/v1/repos/{name}",
+            "Arn": f"arn:aws:codecommit:{self.region}:111122223333:{name}",
+        }
+        branch = repo.default_branch()
+        if branch in repo.branches():  # an empty repository has no default branch yet
+            meta["defaultBranch"] = branch
+        return {"repositoryMetadata": meta}
+
+    def _get_branch(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetBranch.html
+        repo = self._repo(params)
+        name = params.get("branchName")
+        if not name:
+            raise CodeCommitError("BranchNameRequiredException", "Branch name is required")
+        if not isinstance(name, str) or name.startswith(("-", "/")) or ".." in name or name.endswith("/"):
+            raise CodeCommitError("InvalidBranchNameException", f"{name!r} is not a valid branch name")
+        commit = repo.branches().get(name)
+        if commit is None:
+            raise CodeCommitError("BranchDoesNotExistException", f"Could not find branch {name}")
+        return {"branch": {"branchName": name, "commitId": commit}}
+
+    def _get_commit(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetCommit.html
+        repo = self._repo(params)
+        commit_id = params.get("commitId")
+        if not commit_id:
+            raise CodeCommitError("CommitIdRequiredException", "A commit ID is required")
+        if not isinstance(commit_id, str) or not _FULL_ID.fullmatch(commit_id):
+            raise CodeCommitError("InvalidCommitIdException", f"{commit_id!r} is not a valid full commit ID")
+        if repo.resolve(commit_id) != commit_id:
+            raise CodeCommitError("CommitIdDoesNotExistException", f"Could not find commit {commit_id}")
+        out = repo.run("show", "-s", "--format=%T%x00%P%x00%an%x00%ae%x00%B", commit_id).decode()
+        tree, parents, name, email, message = out.split("\x00", 4)
+        person = {"name": name, "email": email}
+        return {"commit": {"commitId": commit_id, "treeId": tree, "parents": parents.split(),
+                           "message": message, "author": person, "committer": person, "additionalData": ""}}
+
+    def _get_folder(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetFolder.html
+        repo = self._repo(params)
+        path = self._path(params, "folderPath")
+        commit = self._commit_specifier(repo, params.get("commitSpecifier"))
+        if path and self._object_type(repo, commit, path) != "tree":
+            raise CodeCommitError("FolderDoesNotExistException", f"Could not find folder /{path}")
+        tree = repo.run("rev-parse", f"{commit}:{path}").decode().strip()
+        folders, files = [], []
+        for line in repo.run("ls-tree", tree).decode().splitlines():
+            meta, _, name = line.partition("\t")
+            _, kind, object_id = meta.split()
+            entry = {"absolutePath": f"{path}/{name}".lstrip("/"), "relativePath": name}
+            if kind == "tree":
+                folders.append({"treeId": object_id, **entry})
+            elif kind == "blob":
+                files.append({"blobId": object_id, **entry, "fileMode": "NORMAL"})
+        return {"commitId": commit, "folderPath": f"/{path}", "treeId": tree, "subFolders": folders,
+                "files": files, "symbolicLinks": [], "subModules": []}
+
+    def _get_file(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetFile.html
+        repo = self._repo(params)
+        path = self._path(params, "filePath")
+        commit = self._commit_specifier(repo, params.get("commitSpecifier"))
+        if not path or self._object_type(repo, commit, path) != "blob":
+            raise CodeCommitError("FileDoesNotExistException",
+                                  f"The specified file does not exist: /{path} at commit {commit}")
+        data = repo.show(commit, path) or b""
+        if len(data) > MAX_FILE_SIZE:
+            raise CodeCommitError("FileTooLargeException", "The specified file exceeds the file size limit")
+        return {"commitId": commit, "blobId": repo.blob_id(commit, path), "filePath": path, "fileMode": "NORMAL",
+                "fileSize": len(data), "fileContent": base64.b64encode(data).decode()}
