@@ -21,6 +21,10 @@ from tests.conftest import kubectl
 ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT / "crds"
 HELM_CRD_DIR = ROOT / "helm" / "flowstore-operator" / "crds"
+ONE_BACKEND = (
+    "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) "
+    "must be set"
+)
 CRD_FILES = ["flowstore.dev_flowstorages.yaml", "flowstore.dev_storedflows.yaml"]
 
 pytestmark = pytest.mark.usefixtures("crds")
@@ -139,12 +143,12 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
     [
         pytest.param(
             "labels: [prod]",
-            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) must be set"],
+            ["spec:", ONE_BACKEND],
             id="no-backend",
         ),
         pytest.param(
             "local: {directory: /flows}\ns3: {bucket: flows}",
-            ["spec:", "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) must be set"],
+            ["spec:", ONE_BACKEND],
             id="two-backends",
         ),
         pytest.param("s3: {region: eu-west-1}", ["spec.s3.bucket: Required value"], id="s3-without-bucket"),
