@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 import threading
+import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
@@ -60,16 +61,19 @@ class _RateLimiting(FakeServer):
         self._lock = threading.Lock()
         self._limited = 0
         self._retry_after = 60
+        self._limited_until = 0.0
 
     def rate_limit(self, requests: int = 1, retry_after: int = 60) -> None:
-        """Answer the next `requests` requests with 429 and ``Retry-After: retry_after``."""
+        """Answer the next `requests` requests with 429 and ``Retry-After: retry_after``, for at
+        most `retry_after` seconds (then the window has passed, as on the real service)."""
         with self._lock:
             self._limited = requests
             self._retry_after = retry_after
+            self._limited_until = time.time() + retry_after
 
     def _take_limit(self) -> int | None:
         with self._lock:
-            if self._limited <= 0:
+            if self._limited <= 0 or time.time() >= self._limited_until:
                 return None
             self._limited -= 1
             return self._retry_after

@@ -94,7 +94,9 @@ class GitHubAPI(FakeServer):
     def handle(self, request: Request) -> Response:
         with self._lock:
             self._used += 1
-            throttle = next((t for t in self._throttles if t.remaining > 0), None)
+            # a primary limit ends at its reset time, as GitHub's window does
+            throttle = next((t for t in self._throttles if t.remaining > 0
+                             and (t.reset_at is None or t.reset_at > time.time())), None)
             if throttle is not None:
                 throttle.remaining -= 1
         authenticated, failure = self._authenticate(request)

@@ -95,7 +95,8 @@ class GitLabAPI(FakeServer):
     def handle(self, request: Request) -> Response:
         with self._lock:
             self._observed += 1
-            throttle = next((t for t in self._throttles if t.remaining > 0), None)
+            # a limit ends at its reset time, as GitLab's window does
+            throttle = next((t for t in self._throttles if t.remaining > 0 and t.reset_at > time.time()), None)
             if throttle is not None:
                 throttle.remaining -= 1
         if throttle is not None:
