@@ -212,3 +212,40 @@ def test_no_secret_means_anonymous_never_the_operators_own_credentials(
         assert "status" in failed and "git" not in failed["status"]
     finally:
         op.stop()
+
+
+def test_git_server_outage_retries_then_pins_each_flow_once(
+        operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo,
+        url: str) -> None:
+    """Fault injection (issue 7, extended to git): the git server stops while 10 StoredFlows
+    are being pinned; they say so (temporary, retrying), and after it is back every flow is
+    pinned at the right commit, each exactly once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import LOCALCLOUD, ROOT
+
+    def localcloud(action: str) -> None:
+        subprocess.run([sys.executable, str(LOCALCLOUD), action, "git"], check=True, cwd=ROOT, env=os.environ,
+                       capture_output=True)
+
+    names = [f"flow-{i:02d}" for i in range(10)]
+    head = repo.commit({f"flows/{n}.py": flow_script(n, i) for i, n in enumerate(names)})
+    localcloud("stop")
+    try:
+        apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+                        git_storage(namespace, url),
+                        *[stored_flow(namespace, n, n, f"flows/{n}.py") for n in names]))
+        down = [wait_reason(namespace, n, "BackendUnavailable", timeout=30) for n in names]
+        print(f"outage: {len(down)} flows BackendUnavailable, e.g. {condition(down[0])['message']}")
+        assert all(condition(o, "Stalled") == {} for o in down), "an outage is temporary, never Stalled"
+    finally:
+        localcloud("start")
+    started = time.monotonic()
+    for n in names:
+        status = wait_ready(namespace, n, timeout=60)["status"]
+        assert status["git"]["commit"] == head
+    print(f"outage: all {len(names)} Ready {time.monotonic() - started:.1f}s after the git server came back")
+    pinned = events(namespace, "Pinned")
+    for n in names:
+        assert sum(f"flow {n!r}" in m for m in pinned) == 1, f"{n} pinned more or less than once: {pinned}"
