@@ -97,6 +97,16 @@ def manifests(namespace: str, provider: Provider, *, interval: str = "1s") -> st
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
 
 
+def file_reads(provider: Provider) -> int:
+    """How many times the fake served a file's content (the provider's file endpoint)."""
+    markers = {"github": "/contents/", "gitlab": "/repository/files/", "bitbucket": ("/src/", "/raw/")}
+    if provider.backend == "codecommit":
+        return sum(r.headers.get("x-amz-target", "").endswith(".GetFile") for r in provider.fake.log)
+    wanted = markers[provider.backend]
+    wanted = (wanted,) if isinstance(wanted, str) else wanted
+    return sum(any(m in r.path for m in wanted) for r in provider.fake.log)
+
+
 PROVIDERS = ["github", "gitlab", "bitbucket-cloud", "bitbucket-server", "codecommit"]
 
 
@@ -132,6 +142,10 @@ def test_pinned_through_the_provider_api_and_loaded_back(
     if provider.backend == "codecommit":
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     assert client.load_flow("etl", namespace).run() == 1
+    # Steady state (interval 1 s): the ref is resolved again, the pinned file is not read again.
+    reads = file_reads(provider)
+    time.sleep(3)
+    assert file_reads(provider) == reads, "an unchanged commit must not be read again"
     second = repo.commit({"flows/etl.py": flow_script("etl", 2)})
     wait_for("storedflow", namespace, "etl", lambda o: o["status"]["git"]["commit"] == second, timeout=20)
     assert client.load_flow("etl", namespace).run() == 2

@@ -165,6 +165,9 @@ class FlowContext:
     #: git-hosted storages: the opened storage and what status.git will say
     repo: GitHosted | None = None
     git: dict[str, Any] | None = None
+    #: git-hosted: the recorded digest of the file when the ref still resolves to the pinned
+    #: commit (commits are immutable: the file is not read again until something else changed)
+    source_digest: str | None = None
 
 
 def is_git_hosted(spec: StorageSpec) -> bool:
@@ -232,6 +235,10 @@ def _reconcile_stored_flow(
         if done is not None:
             return done
         check_conflict(ctx, ports, siblings)
+        if ctx.git is not None and ctx.source_digest is not None:  # something besides the file changed
+            ctx.source = ctx.repo.read_file(ctx.git["path"], ctx.git["commit"]) if ctx.repo else b""
+            ctx.source_digest = None
+            plan(ctx)
         if on_progress is not None:
             progress = dict(status)
             progress["conditions"] = cond.mark_reconciling(
@@ -340,7 +347,12 @@ def resolve_git_source(ctx: FlowContext, ports: Ports) -> None:
         raise SpecError(f"no flow file: set spec.source.path, or path in FlowStorage {ctx.spec.storage_name!r}")
     path = normalize_path(path)
     commit = storage.resolve_ref()
-    ctx.source = storage.read_file(path, commit)
+    pinned = ctx.status.get("git") or {}
+    recorded = (ctx.status.get("artifact") or {}).get("sourceDigest")
+    if pinned.get("commit") == commit and pinned.get("path") == path and recorded:
+        ctx.source_digest = str(recorded)
+    else:
+        ctx.source = storage.read_file(path, commit)
     ctx.repo = storage
     ctx.git = {"repo": storage.repo_name(), "path": path, "ref": storage.ref or "(default branch)",
                "commit": commit, "url": storage.web_url(path, commit)}
@@ -356,7 +368,7 @@ def plan(ctx: FlowContext) -> None:
     ctx.fmt = "script" if as_script or ctx.git is not None else "pickle"
     inputs = {
         "formatVersion": FORMAT_VERSION,
-        "source": sha256_of(ctx.source),
+        "source": ctx.source_digest or sha256_of(ctx.source),
         "flowName": ctx.spec.flow_name,
         "objectName": ctx.spec.object_name,
         "format": ctx.fmt,
@@ -386,6 +398,11 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
         assert ctx.fs is not None and ctx.storage_spec is not None
         storage = opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         pinned = (ctx.status.get("git") or {}).get("commit")
+        if is_git_hosted(ctx.storage_spec) and pinned and requested_at(ctx.obj) is None:
+            # A commit's content never changes, and resolving the ref (step 2) already showed the
+            # repository is there: the periodic check reads nothing. Only an explicit reconcile-now
+            # request reads the pinned file again.
+            return _ready(ctx, ports, location, artifact, events, uploaded=False, opened=opened)
         if is_git_hosted(ctx.storage_spec) and pinned:
             try:
                 data = cast(GitHosted, storage).read_file(normalize_path(location), pinned)
