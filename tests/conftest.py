@@ -76,6 +76,16 @@ def git_server() -> dict[str, str]:
             "username": env["FLOWSTORE_GIT_USERNAME"], "password": env["FLOWSTORE_GIT_PASSWORD"]}
 
 
+@pytest.fixture(scope="session")
+def docker_env() -> dict[str, str]:
+    """The Docker Engine API (podman system service) and the registry (htpasswd auth): DOCKER_HOST,
+    registry (host:port), username, password, base_image (Debian + python3, made locally)."""
+    env = _ensure("docker", "DOCKER_HOST")
+    return {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
+            "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
+            "base_image": env["FLOWSTORE_BASE_IMAGE"]}
+
+
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the local cluster; returns the completed process (text)."""
     done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)

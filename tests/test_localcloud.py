@@ -116,3 +116,38 @@ def test_azure_blob_put_and_get(azure_connection_string: str) -> None:
     container.upload_blob("dir/flow.bin", body)
     assert container.download_blob("dir/flow.bin").readall() == body
     assert [b.name for b in container.list_blobs()] == ["dir/flow.bin"]
+
+
+def test_docker_engine_builds_and_pushes_to_the_registry_with_auth(docker_env: dict[str, str]) -> None:
+    """The Engine API (podman) builds FROM the local base image with a RUN step and pushes to the
+    htpasswd registry; a wrong password is refused in the push stream."""
+    import io
+    import tarfile
+    import uuid
+
+    import docker
+    import requests
+
+    client = docker.DockerClient(base_url=docker_env["docker_host"])
+    dockerfile = f"FROM {docker_env['base_image']}\nRUN python3 -c 'print(6 * 7)' > /answer\n".encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    tag = f"{docker_env['registry']}/localcloud/check:{uuid.uuid4().hex[:8]}"
+    stream = list(client.api.build(fileobj=context, custom_context=True, tag=tag, decode=True, rm=True))
+    assert not [c for c in stream if "errorDetail" in c], stream
+    good = {"username": docker_env["username"], "password": docker_env["password"]}
+    pushed = list(client.api.push(tag, auth_config=good, stream=True, decode=True))
+    assert not [c for c in pushed if "errorDetail" in c], pushed
+    refused = list(client.api.push(tag, auth_config={**good, "password": "wrong"}, stream=True, decode=True))
+    assert any("unauthorized" in str(c.get("errorDetail", "")) for c in refused), refused
+    repo, _, ref = tag.partition("/")[2].partition(":")
+    manifest = requests.get(f"http://{docker_env['registry']}/v2/{repo}/manifests/{ref}", timeout=10,
+                            auth=(docker_env["username"], docker_env["password"]),
+                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                                               "application/vnd.oci.image.manifest.v1+json"})
+    assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"].startswith("sha256:")
+    assert requests.get(f"http://{docker_env['registry']}/v2/", timeout=10).status_code == 401
