@@ -30,6 +30,7 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "GCS": ("flowstore.storage.gcs", "GCS", "gcs"),
     "Azure": ("flowstore.storage.azure", "Azure", "azure"),
     "Webhook": ("flowstore.storage.webhook", "Webhook", None),
+    "Docker": ("flowstore.storage.docker", "Docker", "docker"),
     "GitHub": ("flowstore.storage.github", "GitHub", None),
     "GitLab": ("flowstore.storage.gitlab", "GitLab", None),
     "Bitbucket": ("flowstore.storage.bitbucket", "Bitbucket", None),
@@ -38,7 +39,7 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
 }
 #: CRD backend block key -> class name
 BACKEND_CLASSES: dict[str, str] = {
-    "local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook",
+    "local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook", "docker": "Docker",
     "github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket", "codecommit": "CodeCommit", "git": "Git",
 }
 

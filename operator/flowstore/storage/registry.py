@@ -1,0 +1,400 @@
+"""A small Docker Registry HTTP API V2 client: manifests, blobs, and files inside image layers.
+
+Enough to read a flow straight out of a pushed image without a Docker daemon, verifying every
+byte against its digest. Authentication: HTTP basic, or the Bearer token flow the registry asks
+for in ``WWW-Authenticate`` (``Bearer realm=…,service=…,scope=…``). Errors are the storage
+taxonomy: 401/403 → AuthFailed, 404 → NotFound, connection errors/5xx → RegistryUnavailable.
+Messages never contain the password.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import hashlib
+import io
+import ipaddress
+import json
+import posixpath
+import re
+import tarfile
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected, Unavailable
+
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_ACCEPT = ", ".join([MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX])
+_INDEX_TYPES = frozenset({MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX})
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+#: connect / read timeouts (seconds)
+TIMEOUT = (5.0, 120.0)
+#: symlinks followed when reading a file, at most
+MAX_SYMLINKS = 16
+#: verified blobs up to this size are kept in memory (they are content-addressed), up to the total
+BLOB_CACHE_ITEM = 8 * 1024 * 1024
+BLOB_CACHE_TOTAL = 64 * 1024 * 1024
+
+
+class RegistryUnavailable(Unavailable):
+    """The registry could not be reached, or answered with a temporary failure (5xx)."""
+
+    reason = "RegistryUnavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """An image manifest (never an index: indexes are resolved to their linux/amd64 entry)."""
+
+    digest: str  # sha256:… of `raw`
+    media_type: str
+    raw: bytes
+    doc: Mapping[str, Any]
+
+    @property
+    def config_digest(self) -> str:
+        return str(self.doc["config"]["digest"])
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return [dict(layer) for layer in self.doc.get("layers") or []]
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def split_registry(registry_url: str) -> tuple[str, str, str]:
+    """``[scheme://]host[:port][/path]`` -> (scheme or "", host[:port], path prefix without slashes)."""
+    scheme, sep, rest = registry_url.partition("://")
+    if not sep:
+        scheme, rest = "", registry_url
+    host, _, prefix = rest.strip("/").partition("/")
+    return scheme.lower(), host, prefix.strip("/")
+
+
+def default_scheme(host: str) -> str:
+    """Docker's rule: loopback registries are plain HTTP, everything else HTTPS."""
+    hostname = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    if hostname == "localhost":
+        return "http"
+    try:
+        return "http" if ipaddress.ip_address(hostname).is_loopback else "https"
+    except ValueError:
+        return "https"
+
+
+class RegistryClient:
+    """A client for one registry. `auth_hint` is appended to authentication errors (e.g. which
+    Secret holds the credentials)."""
+
+    def __init__(self, registry: str, username: str | None = None, password: str | None = None, *,
+                 scheme: str | None = None, auth_hint: str = "", timeout: tuple[float, float] = TIMEOUT,
+                 verify: bool | str = True) -> None:
+        given_scheme, host, _ = split_registry(registry)
+        if not host:
+            raise ValueError(f"registry {registry!r} has no host")
+        self.host = host
+        self.base = f"{scheme or given_scheme or default_scheme(host)}://{host}"
+        self.username = username
+        self._password = password
+        self.auth_hint = auth_hint
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.verify = verify
+        self._lock = threading.Lock()
+        self._tokens: dict[str, str] = {}  # scope -> bearer token
+        self._basic = False  # the registry asked for basic auth: send it up front from now on
+        self._blobs: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # digest -> verified bytes
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base!r}, username={self.username!r})"
+
+    # ------------------------------------------------------------------ HTTP
+    def _auth_error(self, status: int, what: str) -> AuthFailed:
+        if status == 401:
+            verb = f"rejected the credentials of {self.username!r}" if self.username else "requires credentials"
+        else:
+            verb = f"denied {self.username!r} access" if self.username else "denied anonymous access"
+        hint = f"; {self.auth_hint}" if self.auth_hint else ""
+        return AuthFailed(f"registry {self.host} {verb} (HTTP {status}) to {what}{hint}")
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], what: str, *,
+              auth: Any = None, stream: bool = False) -> requests.Response:
+        try:
+            return self._session.request(method, url, headers=dict(headers), auth=auth, timeout=self.timeout,
+                                         stream=stream, allow_redirects=True)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryUnavailable(f"registry {self.host}: TLS failed for {what}: {type(exc).__name__}") from None
+        except requests.exceptions.RequestException as exc:
+            raise RegistryUnavailable(f"registry {self.host} is unreachable ({what}): "
+                                      f"{type(exc).__name__}: {_short(exc)}") from None
+
+    def _token(self, challenge: Mapping[str, str], scope: str, what: str) -> str:
+        realm = challenge.get("realm")
+        if not realm:
+            raise Rejected(f"registry {self.host} sent a Bearer challenge without a realm ({what})")
+        params = {"service": challenge.get("service", ""), "scope": challenge.get("scope", scope)}
+        auth = (self.username, self._password) if self.username and self._password is not None else None
+        try:
+            resp = self._session.get(realm, params={k: v for k, v in params.items() if v}, auth=auth,
+                                     timeout=self.timeout)
+        except requests.exceptions.RequestException as exc:
+            raise RegistryUnavailable(f"token service {realm} of registry {self.host} is unreachable: "
+                                      f"{type(exc).__name__}") from None
+        if resp.status_code in (401, 403):
+            raise self._auth_error(resp.status_code, f"a token ({what})")
+        if resp.status_code >= 500:
+            raise RegistryUnavailable(f"token service {realm} answered HTTP {resp.status_code} ({what})")
+        if resp.status_code != 200:
+            raise Rejected(f"token service {realm} answered HTTP {resp.status_code} ({what})")
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+        except ValueError:
+            token = None
+        if not isinstance(token, str) or not token:
+            raise Rejected(f"token service {realm} of registry {self.host} returned no token ({what})")
+        return token
+
+    def request(self, method: str, path: str, *, repo: str, what: str, headers: Mapping[str, str] | None = None,
+                stream: bool = False, ok: tuple[int, ...] = (200,)) -> requests.Response:
+        """One authenticated request; answers 401 challenges once (basic or bearer)."""
+        url = self.base + path
+        scope = f"repository:{repo}:pull" if repo else ""
+        hdrs = dict(headers or {})
+        basic = (self.username, self._password) if self.username and self._password is not None else None
+        with self._lock:
+            token = self._tokens.get(scope)
+            use_basic = self._basic
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        resp = self._send(method, url, hdrs, what, auth=basic if use_basic and not token else None, stream=stream)
+        if resp.status_code == 401:
+            kind, challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            resp.close()
+            if kind == "bearer":
+                token = self._token(challenge, scope, what)
+                with self._lock:
+                    self._tokens[scope] = token
+                hdrs["Authorization"] = f"Bearer {token}"
+                resp = self._send(method, url, hdrs, what, stream=stream)
+            elif kind == "basic" and basic is not None and not use_basic:
+                with self._lock:
+                    self._basic = True
+                resp = self._send(method, url, hdrs, what, auth=basic, stream=stream)
+        if resp.status_code in ok:
+            return resp
+        status = resp.status_code
+        body = "" if method == "HEAD" else _short(resp.text)
+        resp.close()
+        if status in (401, 403):
+            raise self._auth_error(status, what)
+        if status == 404:
+            raise NotFound(f"registry {self.host}: {what} not found (HTTP 404)")
+        if status == 429 or status >= 500:
+            raise RegistryUnavailable(f"registry {self.host} answered HTTP {status} for {what}: {body}")
+        raise Rejected(f"registry {self.host} answered HTTP {status} for {what}: {body}")
+
+    # ------------------------------------------------------------------ API
+    def ping(self) -> None:
+        """Check that the registry answers and accepts the credentials (GET /v2/)."""
+        self.request("GET", "/v2/", repo="", what="the API root")
+
+    def manifest_digest(self, repo: str, tag: str) -> str | None:
+        """The manifest digest `repo:tag` points to (HEAD), or None when it does not exist."""
+        what = f"manifest {repo}:{tag}"
+        try:
+            resp = self.request("HEAD", f"/v2/{repo}/manifests/{tag}", repo=repo, what=what,
+                                headers={"Accept": MANIFEST_ACCEPT})
+        except NotFound:
+            return None
+        digest = resp.headers.get("Docker-Content-Digest")
+        if digest and _DIGEST.match(digest):
+            return digest
+        return self.manifest(repo, tag, resolve_index=False).digest  # no header: hash the bytes
+
+    def manifest(self, repo: str, ref: str, *, resolve_index: bool = True) -> Manifest:
+        """The manifest `ref` (tag or digest). A digest ref is verified against the bytes; an index
+        or manifest list resolves to its linux/amd64 image manifest (unless `resolve_index` is off)."""
+        what = f"manifest {repo}@{ref}" if ref.startswith("sha256:") else f"manifest {repo}:{ref}"
+        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", repo=repo, what=what,
+                            headers={"Accept": MANIFEST_ACCEPT})
+        raw = resp.content
+        actual = sha256_digest(raw)
+        header = resp.headers.get("Docker-Content-Digest")
+        if ref.startswith("sha256:") and actual != ref:
+            raise IntegrityError(f"registry {self.host}: {what} has digest {actual}; refusing it")
+        if header and header.startswith("sha256:") and header != actual:
+            raise IntegrityError(f"registry {self.host}: {what} bytes hash to {actual}, the registry says {header}")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise Rejected(f"registry {self.host}: {what} is not JSON") from None
+        media_type = str(doc.get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0])
+        if media_type in _INDEX_TYPES or "manifests" in doc:
+            if not resolve_index:
+                return Manifest(actual, media_type, raw, doc)
+            entry = pick_platform(doc.get("manifests") or [])
+            if entry is None:
+                raise NotFound(f"registry {self.host}: {what} has no linux/amd64 image")
+            return self.manifest(repo, str(entry["digest"]))
+        if "layers" not in doc or "config" not in doc:
+            raise Rejected(f"registry {self.host}: {what} is not an image manifest (media type {media_type!r}; "
+                           "schema 1 manifests are not supported)")
+        return Manifest(actual, media_type, raw, doc)
+
+    def blob(self, repo: str, digest: str) -> bytes:
+        """The blob `digest`, verified."""
+        if not _DIGEST.match(digest):
+            raise Rejected(f"unsupported blob digest {digest!r} (sha256 only)")
+        key = f"{repo}@{digest}"  # per repository: reading it again must stay authorised there
+        with self._lock:
+            if key in self._blobs:
+                self._blobs.move_to_end(key)
+                return self._blobs[key]
+        what = f"blob {repo}@{digest}"
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, what=what, stream=True)
+        hasher = hashlib.sha256()
+        buf = io.BytesIO()
+        try:
+            for chunk in resp.iter_content(1 << 20):
+                hasher.update(chunk)
+                buf.write(chunk)
+        except requests.exceptions.RequestException as exc:
+            raise RegistryUnavailable(f"registry {self.host}: reading {what} failed: {type(exc).__name__}") from None
+        finally:
+            resp.close()
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            raise IntegrityError(f"registry {self.host}: {what} hashes to {actual} ({buf.tell()} bytes); refusing it")
+        data = buf.getvalue()
+        if len(data) <= BLOB_CACHE_ITEM:
+            with self._lock:
+                self._blobs[key] = data
+                while sum(len(v) for v in self._blobs.values()) > BLOB_CACHE_TOTAL:
+                    self._blobs.popitem(last=False)
+        return data
+
+    def config(self, repo: str, manifest: Manifest) -> dict[str, Any]:
+        """The image configuration (verified) of `manifest`."""
+        try:
+            doc = json.loads(self.blob(repo, manifest.config_digest))
+        except ValueError:
+            raise Rejected(f"registry {self.host}: the image config of {repo}@{manifest.digest} is not JSON") from None
+        return dict(doc)
+
+    def read_file(self, repo: str, manifest_digest: str, path: str) -> bytes:
+        """The content of the file at absolute `path` in image `repo@manifest_digest`, from the
+        topmost layer that has it (whiteouts and opaque directories honoured; symlinks followed).
+        Raises NotFound when the image has no such file."""
+        manifest = self.manifest(repo, manifest_digest)
+        layers = manifest.layers
+        cache: dict[int, tarfile.TarFile] = {}
+        target = _norm(path)
+        try:
+            for _ in range(MAX_SYMLINKS):
+                found = self._find(repo, layers, cache, target)
+                if found is None:
+                    raise NotFound(f"{path} is not in image {self.host}/{repo}@{manifest.digest}")
+                tar, member = found
+                if member.issym():
+                    link = member.linkname
+                    target = _norm(link if link.startswith("/") else posixpath.join(posixpath.dirname(target), link))
+                    continue
+                if not (member.isfile() or member.islnk()):
+                    raise NotFound(f"{path} in image {self.host}/{repo}@{manifest.digest} is not a regular file")
+                fh = tar.extractfile(member)
+                if fh is None:
+                    raise NotFound(f"{path} in image {self.host}/{repo}@{manifest.digest} has no content")
+                return fh.read()
+            raise NotFound(f"{path} in image {self.host}/{repo}@{manifest.digest}: too many symlinks")
+        finally:
+            for tar in cache.values():
+                tar.close()
+
+    def _find(self, repo: str, layers: list[dict[str, Any]], cache: dict[int, tarfile.TarFile],
+              target: str) -> tuple[tarfile.TarFile, tarfile.TarInfo] | None:
+        parents = _parents(target)
+        for index in range(len(layers) - 1, -1, -1):
+            if index not in cache:
+                cache[index] = _open_layer(self.blob(repo, str(layers[index]["digest"])),
+                                           str(layers[index].get("mediaType", "")))
+            tar = cache[index]
+            names = {_norm(m.name): m for m in tar.getmembers()}
+            member = names.get(target)
+            if member is not None:
+                return tar, member
+            base, parent = posixpath.basename(target), posixpath.dirname(target)
+            if _norm(posixpath.join(parent, ".wh." + base)) in names:
+                return None  # deleted in this layer
+            for directory in parents:
+                if _norm(posixpath.join(directory, ".wh..wh..opq")) in names:
+                    return None  # the directory was replaced in this layer: lower layers are hidden
+                dir_parent, dir_base = posixpath.dirname(directory), posixpath.basename(directory)
+                if dir_base and _norm(posixpath.join(dir_parent, ".wh." + dir_base)) in names:
+                    return None
+        return None
+
+
+def _open_layer(data: bytes, media_type: str) -> tarfile.TarFile:
+    if "zstd" in media_type:
+        raise Rejected(f"zstd-compressed layers ({media_type}) are not supported")
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    try:
+        return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+    except tarfile.TarError as exc:
+        raise Rejected(f"an image layer ({media_type or 'unknown type'}) is not a tar archive: {exc}") from None
+
+
+def _norm(path: str) -> str:
+    """A tar member name or image path as ``a/b/c`` (no leading ``/`` or ``./``)."""
+    return posixpath.normpath("/" + path).lstrip("/")
+
+
+def _parents(path: str) -> list[str]:
+    out, parent = [], posixpath.dirname(path)
+    while parent:
+        out.append(parent)
+        parent = posixpath.dirname(parent)
+    return out
+
+
+def _short(exc: object, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…"`` -> ("bearer", {"realm": …, "service": …})."""
+    kind, _, rest = header.strip().partition(" ")
+    return kind.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+
+
+def pick_platform(entries: list[Mapping[str, Any]], os_name: str = "linux",
+                  architecture: str = "amd64") -> Mapping[str, Any] | None:
+    for entry in entries:
+        platform = entry.get("platform") or {}
+        if platform.get("os") == os_name and platform.get("architecture") == architecture:
+            return entry
+    return None
+
+
+__all__ = [
+    "MANIFEST_ACCEPT",
+    "Manifest",
+    "RegistryClient",
+    "RegistryUnavailable",
+    "parse_challenge",
+    "pick_platform",
+    "sha256_digest",
+    "split_registry",
+]
