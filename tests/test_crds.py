@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT / "crds"
 HELM_CRD_DIR = ROOT / "helm" / "flowstore-operator" / "crds"
 ONE_BACKEND = (
-    "exactly one backend block (local, s3, gcs, azure, webhook, github, gitlab, bitbucket, codecommit, git) "
-    "must be set"
+    "exactly one backend block (local, s3, gcs, azure, webhook, docker, github, gitlab, bitbucket, codecommit, "
+    "git) must be set"
 )
 CRD_FILES = ["flowstore.dev_flowstorages.yaml", "flowstore.dev_storedflows.yaml"]
 

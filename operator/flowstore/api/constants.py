@@ -19,7 +19,8 @@ FINALIZER: Final = "flowstore.dev/cleanup"
 REQUESTED_AT_ANNOTATION: Final = "flowstore.dev/requested-at"
 
 # Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
-BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook", "github", "gitlab", "bitbucket", "codecommit", "git")
+BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook", "docker",
+                       "github", "gitlab", "bitbucket", "codecommit", "git")
 
 
 class ConditionType:
@@ -65,4 +66,12 @@ class Reason:
     REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"
     REF_NOT_FOUND: Final = "RefNotFound"
     FILE_NOT_FOUND: Final = "FileNotFound"
+    # Docker storage
+    HEALTHCHECK_FAILED: Final = "HealthcheckFailed"
+    BASE_IMAGE_NOT_FOUND: Final = "BaseImageNotFound"
+    DEPENDENCY_INSTALL_FAILED: Final = "DependencyInstallFailed"
+    DOCKERFILE_INVALID: Final = "DockerfileInvalid"
+    BUILD_FAILED: Final = "BuildFailed"
+    DAEMON_UNAVAILABLE: Final = "DaemonUnavailable"
+    REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
     SUSPENDED: Final = "Suspended"

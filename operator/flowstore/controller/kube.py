@@ -20,6 +20,7 @@ from flowstore.api.models import StorageSpec
 from flowstore.build import sandbox
 from flowstore.controller import metrics
 from flowstore.controller.failures import ClusterUnavailable
+from flowstore.controller.images import ImageBuilder
 from flowstore.storage import Storage, backend_class
 
 
@@ -54,6 +55,7 @@ class KubePorts:
         # StoredFlow uid -> (inputs digest, location) of an upload not yet recorded in status
         # (reconcile.upload reuses the location when it retries the same inputs)
         self.pending_locations: dict[Any, tuple[str, str]] = {}
+        self.images = ImageBuilder()
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none

@@ -17,6 +17,9 @@ input of the artifact changed digest (content addressing):
                         the sandbox and wrap the pickle in the envelope.
 7. ``upload``           put the bytes, then confirm the backend holds exactly them.
 
+Docker storages hold all flows of a FlowStorage in one image: step 7 is ``store_in_image``
+(submit the payload to the debounced image builder, then record the image's digest).
+
 Git-hosted storages (GitHub, GitLab, Bitbucket, CodeCommit, Git) are read-only: step 2
 resolves the ref to a commit and reads the file there, step 6 checks it, and step 7 is
 ``pin`` (record the commit and the file's digest) instead of an upload.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
@@ -34,7 +38,9 @@ from flowstore.api import conditions as cond
 from flowstore.api.constants import REQUESTED_AT_ANNOTATION, Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.build import envelope, signing
+from flowstore.build.keys import slugify
 from flowstore.controller.failures import Failure, ReconcileError, classify
+from flowstore.controller.images import ImageBuilder
 from flowstore.storage import InvalidConfig, NotFound, ObjectInfo, Storage, StorageError, backend_class
 from flowstore.storage.git_base import GitHosted, normalize_path
 
@@ -56,6 +62,8 @@ class Ports(Protocol):
     #: StoredFlow uid -> (inputs digest, location) of uploads not yet recorded in status, kept
     #: across passes so a retry of the same inputs reuses its location (no orphaned objects)
     pending_locations: dict[Any, tuple[str, str]]
+    #: the debounced one-image-per-storage builder (Docker storages)
+    images: ImageBuilder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,12 +135,52 @@ def open_storage(ports: Ports, namespace: str, fs: dict[str, Any], spec: Storage
         # No Secret means anonymous: never the operator's own environment (an agent's fallback),
         # or any FlowStorage in any namespace could read with the operator's token.
         credentials = {}
-    cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True)
+    if spec.backend == "docker":
+        spec, refs_version = resolve_docker_refs(ports, namespace, spec)
+        secret_version += "|" + refs_version
+    cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True,
+                           default=lambda b: hashlib.sha256(b).hexdigest())
     try:
         return ports.storage_for(spec, credentials, cache_key)
     except InvalidConfig as exc:
         where = f" (Secret {spec.secret_name!r} in namespace {namespace!r})" if spec.secret_name else ""
         raise InvalidConfig(f"{exc.message}{where}") from None
+
+
+def resolve_docker_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[StorageSpec, str]:
+    """The docker block names a Dockerfile in a ConfigMap and files in ConfigMaps/Secrets;
+    the storage gets their contents. Returns the spec with them filled in and a version key."""
+    config = dict(spec.config)
+    versions: list[str] = []
+
+    def read(ref: Mapping[str, Any], kind: str, field: str) -> bytes:
+        name, key = ref["name"], ref["key"]
+        obj = ports.get_configmap(namespace, name) if kind == "ConfigMap" else ports.get_secret(namespace, name)
+        if obj is None:
+            raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} ({field}) was not found in namespace "
+                                 f"{namespace!r}; create it or fix the reference.", stalled=True)
+        data, binary = obj.get("data") or {}, obj.get("binaryData") or {}
+        versions.append(f"{kind}/{name}@{obj['metadata'].get('resourceVersion')}")
+        if key in data:
+            return str(data[key]).encode("utf-8")
+        if key in binary:
+            import base64
+
+            return base64.b64decode(binary[key])
+        raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} has no key {key!r} ({field}).", stalled=True)
+
+    dockerfile = config.get("dockerfile")
+    if isinstance(dockerfile, Mapping) and dockerfile.get("configMapRef"):
+        config["dockerfile"] = read(dockerfile["configMapRef"], "ConfigMap", "spec.docker.dockerfile").decode()
+    files: dict[str, bytes] = {}
+    for i, item in enumerate(config.get("files") or []):
+        if not isinstance(item, Mapping):
+            continue
+        ref, kind = (item["secretRef"], "Secret") if item.get("secretRef") else (item["configMapRef"], "ConfigMap")
+        files[str(item["path"])] = read(ref, kind, f"spec.docker.files[{i}]")
+    if config.get("files") is not None:
+        config["files"] = files
+    return dataclasses.replace(spec, config=config), ",".join(versions)
 
 
 #: backends whose credentials are tokens/passwords (their classes fall back to environment
@@ -245,6 +293,8 @@ def _reconcile_stored_flow(
                 status.get("conditions"), f"Storing flow {spec.flow_name!r}", generation
             )
             on_progress(progress)
+        if ctx.storage_spec is not None and ctx.storage_spec.backend == "docker":
+            return store_in_image(ctx, ports)
         data = build(ctx, ports)
         if ctx.git is not None:
             return pin(ctx, ports, data)
@@ -398,6 +448,18 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
         assert ctx.fs is not None and ctx.storage_spec is not None
         storage = opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         pinned = (ctx.status.get("git") or {}).get("commit")
+        image = ctx.status.get("image") or {}
+        if ctx.storage_spec.backend == "docker" and image.get("digest"):
+            try:
+                held = cast(Any, storage).read_flow(str(image["digest"]), location)
+                info: ObjectInfo | None = ObjectInfo(size=len(held), sha256=sha256_of(held).removeprefix("sha256:"))
+            except NotFound:
+                info = None
+            recorded = str(artifact.get("digest", "")).removeprefix("sha256:")
+            if info is None or info.sha256 != recorded:
+                ctx.status["driftDetected"] = "is missing" if info is None else "has changed"
+                return None
+            return _ready(ctx, ports, location, artifact, events, uploaded=False, opened=opened)
         if is_git_hosted(ctx.storage_spec) and pinned and requested_at(ctx.obj) is None:
             # A commit's content never changes, and resolving the ref (step 2) already showed the
             # repository is there: the periodic check reads nothing. Only an explicit reconcile-now
@@ -527,6 +589,94 @@ def upload(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:
     outcome = _ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
     outcome.built = ctx.fmt == "pickle"
     return outcome
+
+
+def store_in_image(ctx: FlowContext, ports: Ports) -> Outcome:
+    """Step 7, Docker: the flow goes into its storage's one image. The first pass builds the
+    payload (sandbox) and submits it to the debounced image builder; later passes find the
+    built image and record it. Until then the StoredFlow is Reconciling ("building image")."""
+    from flowstore.storage.docker import ImageFlow
+
+    assert ctx.fs is not None and ctx.storage_spec is not None
+    storage = cast(Any, open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec))
+    batch_key = (ctx.namespace, ctx.spec.storage_name, ctx.fs["metadata"].get("uid"))
+    job = ports.images.lookup(batch_key, ctx.spec.flow_name, ctx.inputs_digest)
+    if job is None:
+        data = build(ctx, ports)
+        # the file's extension tells the image's healthcheck and agents the format (.py: script)
+        ext = "py" if ctx.fmt == "script" else "prefect"
+        location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key) if ctx.spec.key \
+            else f"{storage.flow_directory}/flows/{slugify(ctx.spec.flow_name)}.{ext}"
+        flow = ImageFlow(name=ctx.spec.flow_name, location=location, data=data)
+        namespace, storage_name = ctx.namespace, ctx.spec.storage_name
+
+        def others(names: set[str]) -> list[Any]:
+            return image_siblings(ports, storage, namespace, storage_name, exclude=names)
+
+        job = ports.images.submit(batch_key, storage, flow, ctx.inputs_digest,
+                                  waiter=("storedflows", ctx.namespace, ctx.name), others=others)
+    if not job.done.is_set():
+        status = dict(ctx.status)
+        status["conditions"] = cond.mark_reconciling(
+            ctx.status.get("conditions"), f"Building the image of FlowStorage {ctx.spec.storage_name!r} with flow "
+            f"{ctx.spec.flow_name!r}", ctx.generation)
+        return Outcome(status=status, requeue_after=2.0)
+    if job.error is not None:
+        job.reported = True
+        raise job.error
+    built, flow = job.result, job.payload
+    digest = sha256_of(flow.data)
+    artifact = {
+        "url": f"{built.name}@{built.digest}",
+        "digest": digest,
+        "size": len(flow.data),
+        "format": ctx.fmt,
+        "sourceDigest": sha256_of(ctx.source) if ctx.source else digest,
+        "inputsDigest": ctx.inputs_digest,
+        "lastUpdateTime": cond.now_iso(),
+        "storageState": {"imageName": built.name, "imageTag": built.tag, "imageDigest": built.digest},
+    }
+    if ctx.signing_key:
+        artifact["signature"] = signing.sign(ctx.signing_key, ctx.spec.flow_name, digest)
+    previous = (ctx.status.get("image") or {}).get("digest")
+    ctx.status.pop("driftDetected", None)
+    ctx.status.pop("git", None)
+    ctx.status["image"] = {"name": built.name, "tag": built.tag, "digest": built.digest, "path": flow.location}
+    verb = "Moved" if previous and previous != built.digest else "Stored"
+    events = [Event("Normal", "Stored", f"{verb} flow {ctx.spec.flow_name!r} in image {built.name}:{built.tag} "
+                    f"({built.digest[:19]}…) at {flow.location}")]
+    outcome = _ready(ctx, ports, flow.location, artifact, events, uploaded=True, opened=storage)
+    outcome.built = ctx.fmt == "pickle"
+    return outcome
+
+
+def image_siblings(ports: Ports, storage: Any, namespace: str, storage_name: str, *,
+                   exclude: set[str]) -> list[Any]:
+    """The other flows of a Docker storage, for its next image: each read back from the image
+    its status records (so nothing is rebuilt) and checked against its recorded digest."""
+    from flowstore.storage.docker import ImageFlow
+
+    flows = []
+    for other in ports.list_storedflows(namespace):
+        spec, status = other.get("spec") or {}, other.get("status") or {}
+        name = status.get("flowName") or spec.get("flowName")
+        image = status.get("image") or {}
+        if (spec.get("storageRef") or {}).get("name") != storage_name or other["metadata"].get("deletionTimestamp"):
+            continue
+        if name in exclude or not image.get("digest") or not status.get("location"):
+            continue
+        if image.get("name") != getattr(storage, "image_repository", image.get("name")):
+            continue  # in another repository (the storage changed): it is being rebuilt anyway
+        try:
+            data = storage.read_flow(str(image["digest"]), str(status["location"]))
+        except StorageError as exc:
+            logging.getLogger(__name__).warning("flow %r left out of the next image: %s", name, exc.message)
+            continue
+        if sha256_of(data) != (status.get("artifact") or {}).get("digest"):
+            logging.getLogger(__name__).warning("flow %r left out of the next image: digest mismatch", name)
+            continue
+        flows.append(ImageFlow(name=str(name), location=str(status["location"]), data=data))
+    return flows
 
 
 def pin(ctx: FlowContext, ports: Ports, data: bytes) -> Outcome:

@@ -58,6 +58,8 @@ class Runtime:
                                max_builds=settings.max_builds)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
+        # a Docker storage's image build wakes the StoredFlows that wait for it
+        self.ports.images.on_done = self._wake
         self.pokes: dict[Key, asyncio.Event] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.readiness = metrics.ReadinessTracker()
@@ -79,6 +81,10 @@ class Runtime:
             event.set()
         else:
             self.loop.call_soon_threadsafe(event.set)
+
+    def _wake(self, keys: list[Any]) -> None:
+        for key in keys:
+            self.poke(key)
 
     def poke_flows(self, namespace: str, match: Callable[[dict[str, Any]], bool]) -> None:
         """Wake every StoredFlow loop in `namespace` whose spec matches."""
