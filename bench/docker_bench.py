@@ -1,0 +1,118 @@
+"""Docker storage benchmark: cold build + push of one image holding 1 and 20 flows, then a
+rebuild after changing one of the 20 (target: under 30% of the cold time, and only the changed
+layers pushed).
+
+    python3 bench/docker_bench.py              # private local cloud in bench/results/localcloud-docker
+
+Runs against the real Engine API (podman) and registry of `scripts/localcloud up docker`.
+"Cold" means nothing of the image is in the daemon's build cache: every run puts a fresh
+value in the image's environment before the runtime and flow layers. Bytes pushed are the
+growth of the registry's blob store (what the registry received and kept), so a layer the
+registry already holds counts zero. Prints a table and writes bench/results/docker-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+
+from flowstore.build import envelope  # noqa: E402
+from flowstore.flow import Flow  # noqa: E402
+from flowstore.storage.docker import Docker, ImageFlow  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def localcloud_env(state_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "FLOWSTORE_LOCALCLOUD_DIR": str(state_dir)}
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "up", "docker"], check=True, env=env)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "env"], check=True, env=env,
+                         capture_output=True, text=True).stdout
+    exported = {}
+    for line in out.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        exported[name] = shlex.split(value)[0] if value else ""
+    return exported
+
+
+def blob_bytes(state_dir: Path) -> int:
+    blobs = state_dir / "registry" / "data" / "docker" / "registry" / "v2" / "blobs"
+    return sum(p.stat().st_size for p in blobs.rglob("data")) if blobs.exists() else 0
+
+
+def flows(n: int, version: int = 0, changed: int | None = None) -> list[ImageFlow]:
+    out = []
+    for i in range(n):
+        answer = i + (1000 * version if i == changed else 0)
+        payload = envelope.dumps(Flow(f"flow {i:02d}", lambda answer=answer: answer))
+        out.append(ImageFlow(name=f"flow {i:02d}", location=f"/opt/prefect/flows/flow-{i:02d}.prefect", data=payload))
+    return out
+
+
+def timed_build(storage: Docker, image_flows: list[ImageFlow], state_dir: Path) -> dict[str, Any]:
+    before = blob_bytes(state_dir)
+    started = time.monotonic()
+    built = storage.build_image(image_flows)
+    seconds = time.monotonic() - started
+    return {"seconds": round(seconds, 2), "pushed_bytes": blob_bytes(state_dir) - before, "digest": built.digest,
+            "pushed": built.pushed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=RESULTS / "localcloud-docker")
+    parser.add_argument("--changed", type=int, default=10, help="which of the 20 flows changes (0-19)")
+    args = parser.parse_args()
+    env = localcloud_env(args.state_dir)
+    run = uuid.uuid4().hex[:8]
+
+    def storage(name: str) -> Docker:
+        creds = {".dockerconfigjson": json.dumps({"auths": {env["FLOWSTORE_REGISTRY"]: {
+            "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"]}}})}
+        return Docker.from_config({"registryURL": env["FLOWSTORE_REGISTRY"], "imageName": f"bench/{name}-{run}",
+                                   "baseImage": env["FLOWSTORE_BASE_IMAGE"], "daemonURL": env["DOCKER_HOST"],
+                                   "envVars": {"FLOWSTORE_BENCH_RUN": run}}, credentials=creds)
+
+    results: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}, "
+                                          f"load average {os.getloadavg()[0]:.2f}",
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results["cold_1"] = timed_build(storage("one"), flows(1), args.state_dir)
+    many = storage("twenty")
+    results["cold_20"] = timed_build(many, flows(20), args.state_dir)
+    results["unchanged_20"] = timed_build(many, flows(20), args.state_dir)
+    results["one_changed_of_20"] = timed_build(many, flows(20, version=1, changed=args.changed), args.state_dir)
+    results["last_changed_of_20"] = timed_build(many, flows(20, version=2, changed=19), args.state_dir)
+    cold = results["cold_20"]["seconds"]
+    ratio = results["one_changed_of_20"]["seconds"] / cold
+    results["rebuild_ratio"] = round(ratio, 3)
+
+    print(f"\nDocker storage: one image per storage; {results['machine']}\n")
+    print(f"{'case':38} {'seconds':>8} {'pushed':>12}  pushed?")
+    rows = [("cold, 1 flow", "cold_1"), ("cold, 20 flows", "cold_20"),
+            ("20 flows, nothing changed", "unchanged_20"),
+            (f"20 flows, flow {args.changed:02d} changed", "one_changed_of_20"),
+            ("20 flows, the last flow changed", "last_changed_of_20")]
+    for label, key in rows:
+        r = results[key]
+        print(f"{label:38} {r['seconds']:8.1f} {r['pushed_bytes']:>10,} B  {r['pushed']}")
+    print(f"\nrebuild after changing flow {args.changed:02d} of 20: {ratio:.0%} of the cold build (target < 30%)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "docker-latest.json").write_text(json.dumps(results, indent=2))
+    print(f"JSON: {RESULTS / 'docker-latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
