@@ -175,3 +175,48 @@ def test_apply_time_validation(crds: None, namespace: str, docker_env: dict[str,
     for doc, message in ((both, "mutually exclusive"), (nowhere, "needs registryURL"), (two_refs, "exactly one of")):
         done = kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
         assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_registry_outage_is_temporary_then_the_image_is_pushed_once(
+        operator: OperatorProcess, namespace: str, docker_env: dict[str, str]) -> None:
+    """Fault injection (issue 7, extended to Docker): the registry is down when the flow is
+    applied; the StoredFlow says so (temporary, retrying), and once the registry is back the
+    image is built and pushed, once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import LOCALCLOUD, ROOT
+
+    def localcloud(action: str) -> None:
+        subprocess.run([sys.executable, str(LOCALCLOUD), action, "registry"], check=True, cwd=ROOT,
+                       env=os.environ, capture_output=True)
+
+    image = f"flows-{uuid.uuid4().hex[:8]}"
+    localcloud("stop")
+    try:
+        apply(manifests(registry_secret(namespace, docker_env), docker_storage(namespace, docker_env, image=image),
+                        flow(namespace, "etl", "return 7")))
+        down = wait_reason(namespace, "etl", "RegistryUnavailable", timeout=120)
+        print(f"registry outage: {condition(down)['message'][:200]}")
+        assert condition(down, "Stalled") == {}, "an outage is temporary, never Stalled"
+    finally:
+        localcloud("start")
+    started = time.monotonic()
+    ready = wait_ready(namespace, "etl", timeout=240)["status"]
+    print(f"registry outage: Ready {time.monotonic() - started:.1f}s after the registry came back")
+    assert len(tags(docker_env, image)) == 1
+    assert ready["image"]["digest"].startswith("sha256:")
+
+
+def test_a_failing_change_keeps_the_previous_image_recorded_and_loadable(
+        operator: OperatorProcess, namespace: str, docker_env: dict[str, str], agent_docker_config: None) -> None:
+    apply(manifests(registry_secret(namespace, docker_env), docker_storage(namespace, docker_env),
+                    flow(namespace, "etl", "return 1")))
+    good = wait_ready(namespace, "etl", timeout=240)["status"]
+    # The registry password is rotated wrongly, then the flow changes: the push is refused.
+    apply(manifests(registry_secret(namespace, docker_env, password="rotated-wrongly"),
+                    flow(namespace, "etl", "return 2")))
+    failed = wait_reason(namespace, "etl", "AuthFailed", timeout=240)
+    print(f"failed change: {condition(failed)['message'][:200]}")
+    assert failed["status"]["image"] == good["image"] and failed["status"]["location"] == good["location"]
+    assert client.load_flow("etl", namespace).run() == 1  # the last good flow, still verified and loadable
