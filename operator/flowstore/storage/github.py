@@ -24,13 +24,21 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import requests
 
+from flowstore.storage._rest import (
+    check_token,
+    error_message,
+    get_with_retries,
+    is_http_url,
+    quote,
+    quote_path,
+    split_host,
+    token_from,
+)
 from flowstore.storage.errors import (
     AuthFailed,
     FileNotFound,
@@ -47,12 +55,6 @@ CREDENTIALS_KEY = "GITHUB_ACCESS_TOKEN"
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_WEB_URL = "https://github.com"
 API_VERSION = "2022-11-28"
-#: (connect, read) seconds per request
-TIMEOUT: tuple[float, float] = (5.0, 60.0)
-#: tries per request on connection errors, timeouts and 5xx (rate limits are never retried here)
-MAX_ATTEMPTS = 3
-#: first backoff between tries; doubles per retry
-BACKOFF_SECONDS = 0.2
 
 _REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
@@ -96,14 +98,14 @@ class GitHub(GitHosted):
         self.repo = repo.strip().strip("/")
         self.host = host.strip() if host else None
         self.api_url = api_url.strip().rstrip("/") if api_url else None
-        if self.api_url is not None and not _is_http_url(self.api_url):
+        if self.api_url is not None and not is_http_url(self.api_url):
             raise InvalidConfig(f"GitHub `apiURL` must be an http(s) URL, not {api_url!r}")
         self._api_base = self.api_url or api_base_for_host(self.host)
         self._web_base = web_base_for_host(self.host)
         if access_token is None:
             access_token = os.environ.get(CREDENTIALS_KEY) or None
             token_source = token_source or (f"the {CREDENTIALS_KEY} environment variable" if access_token else None)
-        self._token = _check_token(access_token, token_source or "the access token")
+        self._token = check_token(access_token, token_source or "the access token", provider="GitHub")
         self._token_source = token_source or "the access token"
         self._session_lock = threading.Lock()
         self._session_instance: requests.Session | None = None
@@ -120,7 +122,8 @@ class GitHub(GitHosted):
         repo = config.get("repo")
         if not repo or not isinstance(repo, str):
             raise InvalidConfig("GitHub storage needs `repo` (spec.github.repo: owner/name, e.g. my-org/flows)")
-        token, source = _token_from(credentials)
+        token, source = token_from(credentials, CREDENTIALS_KEY,
+                                   wanted="a GitHub token with read access to the repository's contents")
         storage = cls(
             repo=repo,
             path=config.get("path") or None,
@@ -147,14 +150,14 @@ class GitHub(GitHosted):
         return self.repo
 
     def web_url(self, path: str, commit: str) -> str:
-        return f"{self._web_base}/{self.repo}/blob/{_quote(commit)}/{_quote_path(path)}"
+        return f"{self._web_base}/{self.repo}/blob/{quote(commit)}/{quote_path(path)}"
 
     def resolve_ref(self, ref: str | None = None) -> str:
         target = ref or self.ref or self.default_branch()
         # https://docs.github.com/en/rest/commits/commits#get-a-commit (the sha media type answers
         # the commit id alone)
         what = f"resolving ref {target!r} of GitHub repository {self.repo}"
-        response = self._get(f"/commits/{_quote(target)}", what, accept="application/vnd.github.sha")
+        response = self._get(f"/commits/{quote(target)}", what, accept="application/vnd.github.sha")
         if response.status_code in (404, 422):
             # 422 "No commit found for SHA": the repository exists, the ref does not; 404 may mean
             # either, so ask for the repository to tell them apart
@@ -208,7 +211,7 @@ class GitHub(GitHosted):
         # type answers the bytes, for files up to 100 MB)
         what = f"reading {path} at {commit} from GitHub repository {self.repo}"
         response = self._get(
-            f"/contents/{_quote_path(path)}", what, params={"ref": commit}, accept="application/vnd.github.raw+json"
+            f"/contents/{quote_path(path)}", what, params={"ref": commit}, accept="application/vnd.github.raw+json"
         )
         if response.status_code == 404:
             self.default_branch()  # the repository itself may have gone
@@ -242,31 +245,15 @@ class GitHub(GitHosted):
         """GET ``/repos/{repo}{suffix}``, retrying connection errors, timeouts and 5xx. Returns
         the last response (any status); raises Unavailable when the API stays unreachable."""
         url = f"{self._api_base}/repos/{self.repo}{suffix}"
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                response = self._session().get(url, params=params, headers={"Accept": accept}, timeout=TIMEOUT)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == MAX_ATTEMPTS:
-                    kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
-                    raise Unavailable(
-                        f"{what}: the GitHub API at {self._api_base} {kind} after {attempt} tries "
-                        f"({type(exc).__name__}); will retry"
-                    ) from None
-            except requests.RequestException as exc:
-                raise StorageError(f"{what}: the request to {self._api_base} failed ({type(exc).__name__})") from None
-            else:
-                if response.status_code < 500 or attempt == MAX_ATTEMPTS:
-                    return response
-                response.close()
-            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return get_with_retries(self._session(), url, what=what, api="the GitHub API", api_base=self._api_base,
+                                params=params, headers={"Accept": accept})
 
     def _raise(self, response: requests.Response, what: str, not_found: type[StorageError] = FileNotFound) -> None:
         try:
             raise_for_http(response.status_code, response.headers, response.text, what=what, not_found=not_found)
         except AuthFailed as exc:
             source = self._token_source if self._token else "no token (anonymous)"
-            raise AuthFailed(f"{exc.message} (token from {source}; GitHub said: {_message(response)})") from None
+            raise AuthFailed(f"{exc.message} (token from {source}; GitHub said: {error_message(response)})") from None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -275,7 +262,7 @@ def api_base_for_host(host: str | None) -> str:
     the Enterprise Server's ``https://HOST/api/v3``."""
     if not host:
         return DEFAULT_API_URL
-    scheme, name = _split_host(host)
+    scheme, name = split_host(host, provider="GitHub", example="github.example.com")
     if name.lower() in ("github.com", "api.github.com"):
         return DEFAULT_API_URL
     return f"{scheme}://{name}/api/v3"
@@ -284,69 +271,9 @@ def api_base_for_host(host: str | None) -> str:
 def web_base_for_host(host: str | None) -> str:
     if not host:
         return DEFAULT_WEB_URL
-    scheme, name = _split_host(host)
+    scheme, name = split_host(host, provider="GitHub", example="github.example.com")
     if name.lower() in ("github.com", "api.github.com"):
         return DEFAULT_WEB_URL
     return f"{scheme}://{name}"
 
 
-def _split_host(host: str) -> tuple[str, str]:
-    scheme, _, name = host.strip().rpartition("://")
-    scheme = (scheme or "https").lower()
-    name = name.rstrip("/")
-    if scheme not in ("http", "https") or not name or "/" in name or any(c.isspace() for c in name):
-        raise InvalidConfig(f"GitHub `host` must be a host name such as github.example.com, not {host!r}")
-    return scheme, name
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _token_from(credentials: Mapping[str, str] | None) -> tuple[str | None, str | None]:
-    """The token and where it came from: the Secret's key, or (no Secret) None for the env."""
-    if credentials is None:
-        return None, None
-    value = credentials.get(CREDENTIALS_KEY)
-    if not value:  # key names only: never echo the values
-        present = ", ".join(sorted(credentials)) or "none"
-        raise InvalidConfig(
-            f"the referenced Secret has no {CREDENTIALS_KEY} key (keys present: {present}); put a GitHub "
-            f"token with read access to the repository's contents under {CREDENTIALS_KEY}"
-        )
-    return value, f"key {CREDENTIALS_KEY} of the referenced Secret"
-
-
-def _check_token(token: str | None, source: str) -> str | None:
-    if token is None:
-        return None
-    token = token.strip()  # Secrets made with `echo` end with a newline
-    if not token:
-        return None
-    if any(c.isspace() for c in token) or not token.isascii() or not token.isprintable():
-        raise InvalidConfig(
-            f"{source} is not a valid GitHub token (it contains spaces, line breaks or "
-            "non-ASCII characters); store the bare token value"
-        )
-    return token
-
-
-def _quote(segment: str) -> str:
-    """One URL path segment, ``/`` included (a branch named ``feature/x``)."""
-    return urllib.parse.quote(segment, safe="")
-
-
-def _quote_path(path: str) -> str:
-    """A repository path, each segment percent-encoded, ``/`` kept."""
-    return "/".join(_quote(part) for part in path.split("/"))
-
-
-def _message(response: requests.Response) -> str:
-    """GitHub's error ``message`` (short), or the HTTP reason."""
-    try:
-        message = response.json().get("message")
-    except (ValueError, AttributeError):
-        message = None
-    text = str(message) if message else (response.reason or str(response.status_code))
-    return " ".join(text.split())[:200]

@@ -23,13 +23,21 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import requests
 
+from flowstore.storage._rest import (
+    check_token,
+    error_message,
+    get_with_retries,
+    is_http_url,
+    quote,
+    quote_path,
+    split_host,
+    token_from,
+)
 from flowstore.storage.errors import (
     AuthFailed,
     FileNotFound,
@@ -44,12 +52,6 @@ from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path, 
 #: the Secret key and environment variable holding the token
 CREDENTIALS_KEY = "GITLAB_ACCESS_TOKEN"
 DEFAULT_HOST = "gitlab.com"
-#: (connect, read) seconds per request
-TIMEOUT: tuple[float, float] = (5.0, 60.0)
-#: tries per request on connection errors, timeouts and 5xx (rate limits are never retried here)
-MAX_ATTEMPTS = 3
-#: first backoff between tries; doubles per retry
-BACKOFF_SECONDS = 0.2
 
 _SEGMENT = r"[A-Za-z0-9_.+-]+"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(/{_SEGMENT})+")
@@ -98,9 +100,9 @@ class GitLab(GitHosted):
         self.repo = repo
         self.host = host.strip() if host else None
         self.api_url = api_url.strip().rstrip("/") if api_url else None
-        if self.api_url is not None and not _is_http_url(self.api_url):
+        if self.api_url is not None and not is_http_url(self.api_url):
             raise InvalidConfig(f"GitLab `apiURL` must be an http(s) URL, not {api_url!r}")
-        scheme, name = _split_host(self.host or DEFAULT_HOST)
+        scheme, name = split_host(self.host or DEFAULT_HOST, provider="GitLab", example="gitlab.example.com")
         self._web_base = f"{scheme}://{name}"
         self._api_base = self.api_url or f"{self._web_base}/api/v4"
         #: the project's ``path_with_namespace`` once known (web URLs of numeric ids)
@@ -108,7 +110,7 @@ class GitLab(GitHosted):
         if access_token is None:
             access_token = os.environ.get(CREDENTIALS_KEY) or None
             token_source = token_source or (f"the {CREDENTIALS_KEY} environment variable" if access_token else None)
-        self._token = _check_token(access_token, token_source or "the access token")
+        self._token = check_token(access_token, token_source or "the access token", provider="GitLab")
         self._token_source = token_source or "the access token"
         self._session_lock = threading.Lock()
         self._session_instance: requests.Session | None = None
@@ -128,7 +130,8 @@ class GitLab(GitHosted):
                 "GitLab storage needs `repo` (spec.gitlab.repo: namespace/project, e.g. "
                 "my-group/flows, or the numeric project id)"
             )
-        token, source = _token_from(credentials)
+        token, source = token_from(credentials, CREDENTIALS_KEY,
+                                   wanted="a GitLab token with the read_api or read_repository scope")
         storage = cls(
             repo=str(repo),
             host=config.get("host") or None,
@@ -154,7 +157,7 @@ class GitLab(GitHosted):
     @property
     def project_id(self) -> str:
         """``:id`` in API paths: the numeric id, or the path URL-encoded as one segment."""
-        return _quote(self.repo)
+        return quote(self.repo)
 
     def repo_name(self) -> str:
         return self.repo
@@ -167,7 +170,7 @@ class GitLab(GitHosted):
                 pass
         # /projects/:id on the web redirects to the project, for ids whose path is unknown here
         project = self._project_path or f"projects/{self.repo}"
-        return f"{self._web_base}/{project}/-/blob/{_quote(commit)}/{_quote_path(path)}"
+        return f"{self._web_base}/{project}/-/blob/{quote(commit)}/{quote_path(path)}"
 
     def project(self) -> dict[str, Any]:
         """The project (``GET /projects/:id``); raises RepositoryNotFound when it is not visible."""
@@ -208,7 +211,7 @@ class GitLab(GitHosted):
         # https://docs.gitlab.com/ee/api/commits.html#get-a-single-commit (:sha is a commit, branch
         # or tag name)
         what = f"resolving ref {target!r} of GitLab project {self.repo}"
-        response = self._get(f"/repository/commits/{_quote(target)}", what)
+        response = self._get(f"/repository/commits/{quote(target)}", what)
         if response.status_code == 404:
             # "404 Project Not Found" and "404 Commit Not Found" share the status: ask for the project
             self.project()
@@ -230,7 +233,7 @@ class GitLab(GitHosted):
         # https://docs.gitlab.com/ee/api/repository_files.html#get-raw-file-from-repository (the
         # whole path is one segment: flows%2Fetl.py)
         what = f"reading {path} at {commit} from GitLab project {self.repo}"
-        response = self._get(f"/repository/files/{_quote(path)}/raw", what, params={"ref": commit})
+        response = self._get(f"/repository/files/{quote(path)}/raw", what, params={"ref": commit})
         if response.status_code == 404:
             self.project()  # the project itself may have gone
             raise FileNotFound(
@@ -255,92 +258,15 @@ class GitLab(GitHosted):
         """GET ``/projects/:id{suffix}``, retrying connection errors, timeouts and 5xx. Returns
         the last response (any status); raises Unavailable when the API stays unreachable."""
         url = f"{self._api_base}/projects/{self.project_id}{suffix}"
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                response = self._session().get(url, params=params, timeout=TIMEOUT)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == MAX_ATTEMPTS:
-                    kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
-                    raise Unavailable(
-                        f"{what}: the GitLab API at {self._api_base} {kind} after {attempt} tries "
-                        f"({type(exc).__name__}); will retry"
-                    ) from None
-            except requests.RequestException as exc:
-                raise StorageError(f"{what}: the request to {self._api_base} failed ({type(exc).__name__})") from None
-            else:
-                if response.status_code < 500 or attempt == MAX_ATTEMPTS:
-                    return response
-                response.close()
-            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return get_with_retries(self._session(), url, what=what, api="the GitLab API", api_base=self._api_base,
+                                params=params)
 
     def _raise(self, response: requests.Response, what: str, not_found: type[StorageError] = FileNotFound) -> None:
         try:
             raise_for_http(response.status_code, response.headers, response.text, what=what, not_found=not_found)
         except AuthFailed as exc:
             source = self._token_source if self._token else "no token (anonymous)"
-            raise AuthFailed(f"{exc.message} (token from {source}; GitLab said: {_message(response)})") from None
+            raise AuthFailed(f"{exc.message} (token from {source}; GitLab said: {error_message(response)})") from None
 
 
 # ---------------------------------------------------------------------- helpers
-def _split_host(host: str) -> tuple[str, str]:
-    scheme, _, name = host.strip().rpartition("://")
-    scheme = (scheme or "https").lower()
-    name = name.rstrip("/")
-    if scheme not in ("http", "https") or not name or "/" in name or any(c.isspace() for c in name):
-        raise InvalidConfig(f"GitLab `host` must be a host name such as gitlab.example.com, not {host!r}")
-    return scheme, name
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _token_from(credentials: Mapping[str, str] | None) -> tuple[str | None, str | None]:
-    """The token and where it came from: the Secret's key, or (no Secret) None for the env."""
-    if credentials is None:
-        return None, None
-    value = credentials.get(CREDENTIALS_KEY)
-    if not value:  # key names only: never echo the values
-        present = ", ".join(sorted(credentials)) or "none"
-        raise InvalidConfig(
-            f"the referenced Secret has no {CREDENTIALS_KEY} key (keys present: {present}); put a GitLab "
-            f"token with the read_api or read_repository scope under {CREDENTIALS_KEY}"
-        )
-    return value, f"key {CREDENTIALS_KEY} of the referenced Secret"
-
-
-def _check_token(token: str | None, source: str) -> str | None:
-    if token is None:
-        return None
-    token = token.strip()  # Secrets made with `echo` end with a newline
-    if not token:
-        return None
-    if any(c.isspace() for c in token) or not token.isascii() or not token.isprintable():
-        raise InvalidConfig(
-            f"{source} is not a valid GitLab token (it contains spaces, line breaks or "
-            "non-ASCII characters); store the bare token value"
-        )
-    return token
-
-
-def _quote(segment: str) -> str:
-    """One URL path segment, ``/`` included (``group%2Fflows``, ``flows%2Fetl.py``)."""
-    return urllib.parse.quote(segment, safe="")
-
-
-def _quote_path(path: str) -> str:
-    """A repository path for web URLs, each segment percent-encoded, ``/`` kept."""
-    return "/".join(_quote(part) for part in path.split("/"))
-
-
-def _message(response: requests.Response) -> str:
-    """GitLab's error ``message`` / ``error`` (short), or the HTTP reason."""
-    try:
-        doc = response.json()
-        message = doc.get("message") or doc.get("error_description") or doc.get("error")
-    except (ValueError, AttributeError):
-        message = None
-    text = str(message) if message else (response.reason or str(response.status_code))
-    return " ".join(text.split())[:200]
