@@ -19,17 +19,16 @@ Credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
 
 from __future__ import annotations
 
-import os
 import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, make_client
 from flowstore.storage.errors import (
     AuthFailed,
     FileNotFound,
     InvalidConfig,
-    MissingDependency,
     RateLimited,
     RefNotFound,
     Rejected,
@@ -39,10 +38,6 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git_base import GitHosted, is_commit_id
 
-#: keys of the credentials mapping (the referenced Secret's data)
-ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
-SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
-SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a key name, not a secret
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
@@ -70,13 +65,6 @@ _CONFIG_CODES = frozenset({"InvalidRepositoryNameException", "RepositoryNameRequ
 _TEMPORARY_CODES = frozenset({"ServiceUnavailable", "InternalFailure", "InternalError", "RequestTimeout",
                               "EncryptionKeyUnavailableException", "EncryptionIntegrityChecksFailedException"})
 
-_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
-_SESSIONS_LOCK = threading.Lock()
-#: environment the SDK's default credential chain reads: sessions are cached per value of it
-_CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-              "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-              "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_EC2_METADATA_DISABLED")
 
 
 class CodeCommit(GitHosted):
@@ -243,48 +231,13 @@ class CodeCommit(GitHosted):
             return self._client_instance
 
     def _make_client(self) -> Any:
-        try:
-            import boto3.session
-            from botocore.config import Config
-            from botocore.exceptions import BotoCoreError
-        except ImportError as exc:
-            raise MissingDependency(
-                f"CodeCommit storage needs {exc.name or 'boto3'}: pip install 'flowstore[codecommit]'") from None
-
-        session_kwargs: dict[str, str] = {}
-        if self._credentials is not None:
-            session_kwargs["aws_access_key_id"] = self._credentials[ACCESS_KEY_ID]
-            session_kwargs["aws_secret_access_key"] = self._credentials[SECRET_ACCESS_KEY]
-            if self._credentials.get(SESSION_TOKEN):
-                session_kwargs["aws_session_token"] = self._credentials[SESSION_TOKEN]
-        options = dict(self.client_options)
-        config = Config(**DEFAULT_CLIENT_CONFIG)
-        user_config = options.pop("config", None)
-        try:
-            if isinstance(user_config, Mapping):
-                user_config = Config(**user_config)
-            if user_config is not None:
-                config = config.merge(user_config)
-            if self.endpoint_url:
-                options.setdefault("endpoint_url", self.endpoint_url)
-            if self.region:
-                options.setdefault("region_name", self.region)
-            # Loading service models makes a new Session slow; sessions are shared per set of
-            # credentials (for the default chain: per value of the environment it reads). Sessions
-            # are not thread-safe, so clients are made under the lock.
-            with _SESSIONS_LOCK:
-                key = tuple(sorted(session_kwargs.items())) or tuple(
-                    (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
-                session = _SESSIONS.get(key)
-                if session is None:
-                    if len(_SESSIONS) >= 64:
-                        _SESSIONS.clear()
-                    session = _SESSIONS[key] = boto3.session.Session(**session_kwargs)
-                return session.client("codecommit", config=config, **options)
-        except (BotoCoreError, ValueError, TypeError) as exc:
-            raise InvalidConfig(f"cannot create a CodeCommit client ({type(exc).__name__}: "
-                                f"{self._redact(str(exc))}); check spec.codecommit region, endpointURL and "
-                                "clientOptions") from None
+        return make_client(
+            "codecommit", credentials=self._credentials, client_options=self.client_options,
+            endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
+            extra="codecommit", label="CodeCommit",
+            failure=lambda exc: (f"cannot create a CodeCommit client ({type(exc).__name__}: "
+                                 f"{self._redact(str(exc))}); check spec.codecommit region, endpointURL and "
+                                 "clientOptions"))
 
     def _call(self, operation: str, what: str, *, unknown: str | None = None, missing: str | None = None,
               **params: Any) -> dict[str, Any]:

@@ -10,18 +10,17 @@ contain credential values.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from flowstore.build.keys import default_key, join_prefix
+from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, make_client
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
     InvalidConfig,
-    MissingDependency,
     NotFound,
     StorageError,
     Unavailable,
@@ -29,10 +28,6 @@ from flowstore.storage.errors import (
 
 #: objects larger than this are uploaded in parts (boto3's managed transfer)
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
-#: keys of the credentials mapping (the referenced Secret's data)
-ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
-SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
-SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a key name, not a secret
 #: client defaults; `client_options["config"]` (a botocore Config or a dict) overrides them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
@@ -61,12 +56,6 @@ _CONFIG_ERROR_KINDS = frozenset({
 })
 
 
-_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
-_SESSIONS_LOCK = threading.Lock()
-_CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-              "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-              "AWS_EC2_METADATA_DISABLED", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
 class S3(Storage):
@@ -175,50 +164,10 @@ class S3(Storage):
             return self._client_instance
 
     def _make_client(self) -> Any:
-        try:
-            import boto3.session
-            from botocore.config import Config
-            from botocore.exceptions import BotoCoreError
-        except ImportError as exc:
-            raise MissingDependency(
-                f"S3 storage needs {exc.name or 'boto3'}: pip install 'flowstore[s3]'"
-            ) from None
-
-        session_kwargs: dict[str, str] = {}
-        if self._credentials is not None:
-            session_kwargs["aws_access_key_id"] = self._credentials[ACCESS_KEY_ID]
-            session_kwargs["aws_secret_access_key"] = self._credentials[SECRET_ACCESS_KEY]
-            if self._credentials.get(SESSION_TOKEN):
-                session_kwargs["aws_session_token"] = self._credentials[SESSION_TOKEN]
-
-        options = dict(self.client_options)
-        config = Config(**DEFAULT_CLIENT_CONFIG)
-        user_config = options.pop("config", None)
-        if isinstance(user_config, Mapping):
-            user_config = Config(**user_config)
-        if user_config is not None:
-            config = config.merge(user_config)
-        if self.endpoint_url is not None:
-            options.setdefault("endpoint_url", self.endpoint_url)
-        if self.region is not None:
-            options.setdefault("region_name", self.region)
-        try:
-            # One session per set of credentials, shared by every S3 object of this process: a
-            # new Session loads the service models again (tens to hundreds of ms), a client from
-            # a loaded session takes ~10 ms. Sessions are not thread-safe: clients are made under
-            # the lock; the clients themselves are.
-            with _SESSIONS_LOCK:
-                # The default chain depends on the environment: a changed environment gets its own.
-                key = tuple(sorted(session_kwargs.items())) or tuple(
-                    (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
-                session = _SESSIONS.get(key)
-                if session is None:
-                    if len(_SESSIONS) >= 64:
-                        _SESSIONS.clear()
-                    session = _SESSIONS[key] = boto3.session.Session(**session_kwargs)
-                return session.client("s3", config=config, **options)
-        except (BotoCoreError, ValueError, TypeError) as exc:
-            raise InvalidConfig(f"cannot create an S3 client: {self._redact(str(exc))}") from None
+        return make_client("s3", credentials=self._credentials, client_options=self.client_options,
+                           endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
+                           extra="s3", label="S3",
+                           failure=lambda exc: f"cannot create an S3 client: {self._redact(str(exc))}")
 
     # ------------------------------------------------------------------ primitives
     def put_bytes(self, location: str, data: bytes) -> StoredArtifact:

@@ -1,0 +1,75 @@
+"""boto3 clients for the AWS backends (S3, CodeCommit), from one shared session cache.
+
+A new boto3 Session loads the service models again (tens to hundreds of ms); a client from a
+loaded session takes ~10 ms. So every AWS storage of this process shares one session per set
+of credentials (for the SDK's default chain: per value of the environment it reads). Sessions
+are not thread-safe: clients are made under the lock; the clients themselves are.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowstore.storage.errors import InvalidConfig, MissingDependency
+
+#: keys of the credentials mapping (the referenced Secret's data)
+ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
+SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a key name, not a secret
+
+#: what the default credential chain reads from the environment
+_CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+              "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED",
+              "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def make_client(service: str, *, credentials: Mapping[str, str] | None, client_options: Mapping[str, Any],
+                endpoint_url: str | None, region: str | None, defaults: Mapping[str, Any], extra: str,
+                label: str, failure: Callable[[BaseException], str]) -> Any:
+    """A boto3 client for `service`. `credentials` None means the SDK's default chain;
+    ``client_options["config"]`` (a botocore Config or a dict) is merged over `defaults`. A
+    missing SDK names the pip extra; a client that cannot be made is InvalidConfig with the
+    message `failure(exc)` (the caller redacts and says what to check)."""
+    try:
+        import boto3.session
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+    except ImportError as exc:
+        raise MissingDependency(f"{label} storage needs {exc.name or 'boto3'}: pip install 'flowstore[{extra}]'") \
+            from None
+
+    session_kwargs: dict[str, str] = {}
+    if credentials is not None:
+        session_kwargs["aws_access_key_id"] = credentials[ACCESS_KEY_ID]
+        session_kwargs["aws_secret_access_key"] = credentials[SECRET_ACCESS_KEY]
+        if credentials.get(SESSION_TOKEN):
+            session_kwargs["aws_session_token"] = credentials[SESSION_TOKEN]
+    options = dict(client_options)
+    config = Config(**defaults)
+    user_config = options.pop("config", None)
+    try:
+        if isinstance(user_config, Mapping):
+            user_config = Config(**user_config)
+        if user_config is not None:
+            config = config.merge(user_config)
+        if endpoint_url:
+            options.setdefault("endpoint_url", endpoint_url)
+        if region:
+            options.setdefault("region_name", region)
+        with _SESSIONS_LOCK:
+            key = tuple(sorted(session_kwargs.items())) or tuple(
+                (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
+            session = _SESSIONS.get(key)
+            if session is None:
+                if len(_SESSIONS) >= 64:
+                    _SESSIONS.clear()
+                session = _SESSIONS[key] = boto3.session.Session(**session_kwargs)
+            return session.client(service, config=config, **options)
+    except (BotoCoreError, ValueError, TypeError) as exc:
+        raise InvalidConfig(failure(exc)) from None
