@@ -61,8 +61,6 @@ class ImageBuilder:
         self._build_lock = threading.Lock()
         self._open: dict[Hashable, _Batch] = {}
         self._jobs: dict[tuple[Hashable, str], ImageJob] = {}
-        #: images built by this process (for tests and benchmarks)
-        self.builds = 0
 
     def lookup(self, batch_key: Hashable, flow_name: str, inputs_digest: str) -> ImageJob | None:
         """The job for exactly these inputs, if one was submitted (pending or done)."""
@@ -89,10 +87,6 @@ class ImageBuilder:
             batch.jobs[flow.name] = job
             batch.last = time.monotonic()
         return job
-
-    def forget(self, batch_key: Hashable, flow_name: str) -> None:
-        with self._lock:
-            self._jobs.pop((batch_key, flow_name), None)
 
     # ------------------------------------------------------------------ the build thread
     def _run(self, batch_key: Hashable, batch: _Batch) -> None:
@@ -122,7 +116,6 @@ class ImageBuilder:
                 others = batch.others(set(pending))
                 flows = sorted([*others, *pending.values()], key=lambda f: f.location)
                 built = batch.storage.build_image(flows)
-                self.builds += int(bool(getattr(built, "pushed", True)))
             except HealthcheckFailed as exc:
                 named = set(getattr(exc, "flows", None) or ())  # the flows the healthcheck named
                 culprits = [name for name in pending if name in named]
