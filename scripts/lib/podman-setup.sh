@@ -66,8 +66,18 @@ set_key() {
   echo "podman-setup: $file: [$table] $key = $value" >&2
 }
 
-# The sandbox refuses the default (huge) nofile rlimit of containers; systemd is not PID 1.
-set_key "$conf_dir/containers.conf" containers default_ulimits '["nofile=1024:1024"]'
+# The sandbox refuses rlimits above the podman service's own (its nofile and nproc hard limits
+# are far below podman's defaults): containers (RUN steps, and the started ones of healthchecks
+# and env runners) get limits every machine here allows. systemd is not PID 1.
+ulimits='["nofile=1024:1024", "nproc=4096:4096"]'
+if [ -f "$conf_dir/containers.conf" ] \
+    && grep -qxF 'default_ulimits = ["nofile=1024:1024"]' "$conf_dir/containers.conf"; then
+  # the value earlier versions of this script wrote: builds worked, started containers did not
+  "${sudo_[@]}" sed -i 's/^default_ulimits = \["nofile=1024:1024"\]$/default_ulimits = '"$ulimits"'/' \
+    "$conf_dir/containers.conf"
+  echo "podman-setup: $conf_dir/containers.conf: [containers] default_ulimits = $ulimits" >&2
+fi
+set_key "$conf_dir/containers.conf" containers default_ulimits "$ulimits"
 set_key "$conf_dir/containers.conf" engine cgroup_manager '"cgroupfs"'
 set_key "$conf_dir/containers.conf" engine runtime '"runc"'
 # overlay (kernel or fuse) is not available everywhere these scripts run; vfs always is.
