@@ -1,14 +1,15 @@
 """Docker storage benchmark: cold build + push of one image holding 1 and 20 flows, then a
 rebuild after changing one of the 20 (target: under 30% of the cold time, and only the changed
-layers pushed).
+layer pushed).
 
     python3 bench/docker_bench.py              # private local cloud in bench/results/localcloud-docker
 
 Runs against the real Engine API (podman) and registry of `scripts/localcloud up docker`.
-"Cold" means nothing of the image is in the daemon's build cache: every run puts a fresh
-value in the image's environment before the runtime and flow layers. Bytes pushed are the
-growth of the registry's blob store (what the registry received and kept), so a layer the
-registry already holds counts zero. Prints a table and writes bench/results/docker-latest.json.
+"Cold" means nothing of the image is in the daemon's build cache or the registry, and no
+healthcheck container of it runs: each storage puts a value of its own in the image's
+environment, before the runtime layer. Bytes pushed are the growth of the registry's blob store
+(what the registry received and kept), so a layer the registry already holds counts zero.
+Prints a table and writes bench/results/docker-latest.json.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def main() -> int:
             "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"]}}})}
         return Docker.from_config({"registryURL": env["FLOWSTORE_REGISTRY"], "imageName": f"bench/{name}-{run}",
                                    "baseImage": env["FLOWSTORE_BASE_IMAGE"], "daemonURL": env["DOCKER_HOST"],
-                                   "envVars": {"FLOWSTORE_BENCH_RUN": run}}, credentials=creds)
+                                   "envVars": {"FLOWSTORE_BENCH_RUN": f"{run}-{name}"}}, credentials=creds)
 
     results: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}, "
                                           f"load average {os.getloadavg()[0]:.2f}",
@@ -108,6 +109,8 @@ def main() -> int:
         r = results[key]
         print(f"{label:38} {r['seconds']:8.1f} {r['pushed_bytes']:>10,} B  {r['pushed']}")
     print(f"\nrebuild after changing flow {args.changed:02d} of 20: {ratio:.0%} of the cold build (target < 30%)")
+    print("the base image's layers in the registry are shared by every bench image; the first cold build of a "
+          "state directory also pushes the Python base layer")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "docker-latest.json").write_text(json.dumps(results, indent=2))
     print(f"JSON: {RESULTS / 'docker-latest.json'}")

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from urllib.parse import urlsplit
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0, *,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """With `tls`, clients must speak TLS to the proxy (a server-side context; one that
+        requires client certificates makes this a `dockerd --tlsverify` stand-in)."""
+        self.tls = tls
+        self.tls_refused = 0  # handshakes that failed
         self.upstream = (upstream_host, upstream_port)
         self.port = port
         self._lock = threading.Lock()
@@ -74,6 +80,14 @@ class TcpProxy:
             if not self._running:
                 _close(client)
                 return
+            if self.tls is not None:
+                try:
+                    client.settimeout(10)
+                    client = self.tls.wrap_socket(client, server_side=True)
+                except (OSError, ssl.SSLError):
+                    self.tls_refused += 1
+                    _close(client)
+                    continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
             except OSError:

@@ -2,9 +2,9 @@
 Engine API (podman system service), pushed to a real registry (Debian's docker-registry with
 htpasswd auth) and read back through the registry HTTP API without the daemon.
 
-Containers cannot be started on this machine, so `get_env_runner` is not exercised here; each
-flow is loaded and *run* in the image at build time by the image healthcheck, and loaded back
-and run in this process from the registry bytes.
+Each flow is loaded in the image by the healthcheck container at build time, loaded back and
+run in this process from the registry bytes, and run in a container of the pushed image by
+`get_env_runner`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import tarfile
 import time
 import uuid
@@ -28,7 +29,9 @@ import requests
 
 from flowstore.build import dockerfile as df
 from flowstore.build import envelope
+from flowstore.build.image import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
 from flowstore.flow import Flow
+from flowstore.storage import docker as docker_mod
 from flowstore.storage.docker import (
     BaseImageNotFound,
     BuiltImage,
@@ -42,6 +45,7 @@ from flowstore.storage.docker import (
 )
 from flowstore.storage.errors import AuthFailed, IntegrityError, InvalidConfig, NotFound
 from tests.tcp_proxy import TcpProxy
+from tests.tls_certs import Authority
 
 pytestmark = pytest.mark.backend
 
@@ -168,10 +172,11 @@ def test_manifest_layers_env_and_labels(built: Built, registry: Registry) -> Non
     labels = config["config"]["Labels"]
     assert json.loads(labels[df.LABEL_FLOWS]) == {f.name: f.location for f in built.flows}
     assert len(labels[df.LABEL_INPUTS]) == 64
-    # the top layers, newest first: healthcheck RUN, flows.json, gamma, beta, alpha, runtime, helper file
+    # the base image's layers (..., helper file, runtime), then one layer per flow, sorted by location
     layers = [layer["digest"] for layer in manifest["layers"]]
-    contents = [registry.layer_files(repo, digest) for digest in layers[-7:]]
-    helper, runtime, alpha, beta, gamma, flows_json, _healthcheck_run = contents
+    assert len(config["rootfs"]["diff_ids"]) == len(layers)
+    contents = [registry.layer_files(repo, digest) for digest in layers]
+    *_, helper, runtime, alpha, beta, gamma = [c for c in contents if c]
     assert helper == {"modules/helper.py": b"VALUE = 42\n"}
     assert "opt/flowstore/runtime/flowstore/flow.py" in runtime
     assert "opt/flowstore/runtime/cloudpickle/__init__.py" in runtime
@@ -181,7 +186,11 @@ def test_manifest_layers_env_and_labels(built: Built, registry: Registry) -> Non
     assert alpha == {"opt/prefect/flows/alpha.prefect": by_name["alpha"].data}  # one layer per flow
     assert beta == {"opt/prefect/flows/beta.py": by_name["beta"].data}
     assert gamma == {"opt/prefect/flows/gamma.prefect": by_name["gamma"].data}
-    assert json.loads(flows_json["opt/flowstore/flows.json"])[0]["name"] == "alpha"
+    assert not any("opt/flowstore/checks/" in name and not name.endswith("README") for c in contents for name in c)
+    # each flow layer's diff ID is the digest of its uncompressed tar; history names the flows
+    for digest, diff_id in zip(layers[-3:], config["rootfs"]["diff_ids"][-3:], strict=True):
+        assert "sha256:" + hashlib.sha256(gzip.decompress(registry.blob(repo, digest))).hexdigest() == diff_id
+    assert [h.get("comment") for h in config["history"][-3:]] == ["flow alpha", "flow beta", "flow gamma"]
 
 
 def test_read_flow_and_get_flow_without_the_daemon(built: Built, docker_env: dict[str, str]) -> None:
@@ -232,7 +241,7 @@ def test_same_inputs_skip_the_build(built: Built, docker_env: dict[str, str]) ->
                                      "imageDigest": built.image.digest}
 
 
-def test_changing_one_flow_changes_only_its_layer_and_later_ones(built: Built, registry: Registry) -> None:
+def test_changing_one_flow_changes_and_pushes_only_its_layer(built: Built, registry: Registry) -> None:
     storage = built.storage
     flows = list(built.flows)
     flows[1] = ImageFlow("beta", flows[1].location, script_source("beta", f"beta v2 {uuid.uuid4().hex}"))
@@ -240,13 +249,21 @@ def test_changing_one_flow_changes_only_its_layer_and_later_ones(built: Built, r
     image = storage.build_image(flows)
     print(f"rebuild after one flow changed: {time.monotonic() - start:.1f}s")
     assert image.pushed and image.digest != built.image.digest and image.tag != built.image.tag
-    old = [layer["digest"] for layer in registry.manifest(storage.repository, built.image.digest)["layers"]]
-    new = [layer["digest"] for layer in registry.manifest(storage.repository, image.digest)["layers"]]
+    old_manifest = registry.manifest(storage.repository, built.image.digest)
+    new_manifest = registry.manifest(storage.repository, image.digest)
+    old = [layer["digest"] for layer in old_manifest["layers"]]
+    new = [layer["digest"] for layer in new_manifest["layers"]]
     assert len(old) == len(new)
-    beta_index = len(new) - 4  # ..., alpha, beta, gamma, flows.json, healthcheck
-    assert new[:beta_index] == old[:beta_index], "layers before the changed flow must be reused"
+    beta_index = len(new) - 2  # ..., runtime, alpha, beta, gamma
+    assert new[:beta_index] == old[:beta_index], "the layers below the changed flow are reused"
+    assert new[beta_index + 1:] == old[beta_index + 1:], "the layers above the changed flow are reused"
     assert new[beta_index] != old[beta_index]
     assert registry.layer_files(storage.repository, new[beta_index]) == {"opt/prefect/flows/beta.py": flows[1].data}
+    # what was sent: the changed layer, the new configuration and the manifest, nothing else
+    raw_manifest = requests.get(f"{registry.base}/v2/{storage.repository}/manifests/{image.digest}",
+                                auth=registry.auth, headers={"Accept": MANIFEST_ACCEPT}, timeout=30).content
+    assert image.layers_pushed_bytes == (new_manifest["layers"][beta_index]["size"]
+                                         + new_manifest["config"]["size"] + len(raw_manifest))
     assert storage.read_flow(image.digest, flows[2].location) == flows[2].data
     assert storage.get_flow(flows[1].location, flow_name="beta").run().startswith("beta v2 ")
 
@@ -256,7 +273,7 @@ def test_corrupted_blob_is_refused(docker_env: dict[str, str]) -> None:
     flow = ImageFlow("solo", storage.location_for("solo"), pickled_flow("solo", uuid.uuid4().hex))
     image = storage.build_image([flow])
     manifest = Registry(docker_env).manifest(storage.repository, image.digest)
-    flow_layer = manifest["layers"][-1]["digest"]  # no healthcheck: the flow's COPY is the top layer
+    flow_layer = manifest["layers"][-1]["digest"]  # the only flow is the top layer
     state_dir = Path(os.environ.get("FLOWSTORE_LOCALCLOUD_DIR") or ROOT / ".localcloud")
     hexdigest = flow_layer.removeprefix("sha256:")
     blob = state_dir / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexdigest[:2] \
@@ -290,6 +307,122 @@ def test_flows_failing_the_healthcheck(docker_env: dict[str, str]) -> None:
     assert "defines no object whose name is 'named'" in exc.message
     assert "2 of 3 flows failed" in exc.log_tail
     assert "'good'" not in exc.message and good.location not in exc.message  # the controller can tell culprits
+
+
+def _healthcheck_containers(docker_env: dict[str, str], storage: Docker, flows: list[ImageFlow]) -> list[str]:
+    """Ids of the running healthcheck containers of `storage`'s base image."""
+    import docker
+
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
+    base_tag = f"fs-base-{storage.plan(flows).base.inputs_digest[:32]}"
+    image_id = api.inspect_image(f"{storage.image_repository}:{base_tag}")["Id"]
+    found = api.containers(filters={"label": f"{docker_mod.HEALTHCHECK_LABEL}={image_id}"})
+    return sorted(str(c["Id"]) for c in found)
+
+
+def test_one_healthcheck_container_serves_the_checks_then_goes_away(
+        docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_mod, "HEALTHCHECK_IDLE", 8)
+    storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
+    flows = [ImageFlow("one", storage.location_for("one"), pickled_flow("one", "1"))]
+    storage.build_image(flows)
+    first = _healthcheck_containers(docker_env, storage, flows)
+    assert len(first) == 1
+    flows.append(ImageFlow("two", storage.location_for("two"), pickled_flow("two", "2")))
+    image = storage.build_image(flows)
+    assert "2 flows load" in image.log_tail
+    assert _healthcheck_containers(docker_env, storage, flows) == first, "the second check reuses the container"
+    deadline = time.monotonic() + 60
+    while _healthcheck_containers(docker_env, storage, flows) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _healthcheck_containers(docker_env, storage, flows) == [], "an idle healthcheck container ends"
+    # and the next check starts a new one
+    flows.append(ImageFlow("three", storage.location_for("three"), pickled_flow("three", "3")))
+    assert "3 flows load" in storage.build_image(flows).log_tail
+
+
+def test_a_flow_that_hangs_when_loaded_fails_the_healthcheck(
+        docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_mod, "HEALTHCHECK_TIMEOUT", 2)
+    storage = make_storage(docker_env)
+    hangs = ImageFlow("hangs", "/opt/prefect/flows/hangs.py", b"import time\ntime.sleep(120)\n")
+    fine = ImageFlow("fine", storage.location_for("fine"), pickled_flow("fine", "ok"))
+    with pytest.raises(HealthcheckFailed) as info:
+        storage.build_image([hangs, fine])
+    assert "'hangs'" in info.value.message and "longer than 2 s" in info.value.message
+    assert info.value.flows == ("hangs",), "the flows after it are still checked, and pass"
+    assert "1 of 2 flows failed" in info.value.log_tail
+    assert storage.image_digest is None, "nothing was pushed"
+
+
+def test_env_runner_runs_the_flow_in_the_image_with_the_env(docker_env: dict[str, str]) -> None:
+    token = uuid.uuid4().hex
+    storage = make_storage(docker_env)
+    source = (b"import os\nfrom flowstore.flow import Flow\n\n\ndef main():\n"
+              b"    if os.environ.get('FLOW_TOKEN') != " + repr(token).encode() + b":\n"
+              b"        raise SystemExit(3)\n\n\nflow = Flow('env flow', main)\n")
+    location = "/opt/prefect/flows/env-flow.py"
+    storage.build_image([ImageFlow("env flow", location, source)])
+    storage.flows["env flow"] = location
+    runner = storage.get_env_runner(location)
+    assert runner.image == f"{storage.image_repository}@{storage.image_digest}"
+    assert runner.run(env={"FLOW_TOKEN": token}) == 0
+    assert runner.run(env={"FLOW_TOKEN": "wrong"}) == 3
+
+
+def tls_daemon(docker_env: dict[str, str], authority: Authority, tmp_path: Path) -> TcpProxy:
+    """The daemon behind TLS that requires a client certificate from `authority` (dockerd --tlsverify)."""
+    server = authority.issue("docker daemon", server=True)
+    (tmp_path / "server.pem").write_text(server.cert + server.key)
+    (tmp_path / "ca.pem").write_text(authority.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
+    context.load_cert_chain(str(tmp_path / "server.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    host, port = docker_env["docker_host"].removeprefix("tcp://").rsplit(":", 1)
+    return TcpProxy(host, int(port), tls=context).start()
+
+
+def test_daemon_over_tls_with_a_client_certificate(docker_env: dict[str, str], tmp_path: Path) -> None:
+    authority = Authority.create()
+    proxy = tls_daemon(docker_env, authority, tmp_path)
+    client = authority.issue("flowstore operator")
+    try:
+        config = {"registryURL": docker_env["registry"], "imageName": f"test/tls-{uuid.uuid4().hex[:8]}",
+                  "baseImage": docker_env["base_image"], "daemonURL": f"tcp://127.0.0.1:{proxy.port}",
+                  "daemonTLS": {"ca.crt": authority.cert_pem, "tls.crt": client.cert, "tls.key": client.key}}
+        creds = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {
+            "username": docker_env["username"], "password": docker_env["password"]}}})}
+        storage = Docker.from_config(config, credentials=creds)
+        assert client.key not in repr(storage) and client.key not in json.dumps(storage.serialize())
+        image = storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "over tls"))])
+        assert "1 flows load" in image.log_tail and proxy.accepted > 0
+        assert storage.get_flow(storage.location_for("f")).run() == "over tls"
+        refused = proxy.tls_refused
+
+        # a client certificate from another CA, and none at all: the daemon refuses the handshake
+        stranger = Authority.create("another CA").issue("someone")
+        for tls in ({"ca.crt": authority.cert_pem, "tls.crt": stranger.cert, "tls.key": stranger.key},
+                    {"ca.crt": authority.cert_pem}):
+            other = Docker.from_config({**config, "imageName": f"test/tls-{uuid.uuid4().hex[:8]}", "daemonTLS": tls},
+                                       credentials=creds)
+            with pytest.raises(DaemonUnavailable) as info:
+                other.build_image([ImageFlow("f", other.location_for("f"), pickled_flow("f", "x"))])
+            assert "daemonTLSSecretRef" in info.value.message
+            assert stranger.key not in info.value.message
+        # a daemon certificate the given CA did not sign: this side refuses it
+        unknown_ca = Docker.from_config({**config, "daemonTLS": {"ca.crt": Authority.create("wrong CA").cert_pem,
+                                                                 "tls.crt": client.cert, "tls.key": client.key}},
+                                        credentials=creds)
+        with pytest.raises(DaemonUnavailable, match="daemonTLSSecretRef"):
+            unknown_ca.build_image([ImageFlow("f", unknown_ca.location_for("f"), pickled_flow("f", "y"))])
+        deadline = time.monotonic() + 10  # the proxy's side of a refused handshake may finish after ours
+        while proxy.tls_refused < refused + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proxy.tls_refused >= refused + 3, "each was refused in the TLS handshake"
+    finally:
+        proxy.stop()
+    with pytest.raises(InvalidConfig, match=r"both tls\.crt and tls\.key"):
+        Docker.from_config({"registryURL": docker_env["registry"], "daemonTLS": {"tls.crt": client.cert}})
 
 
 def test_missing_base_image(docker_env: dict[str, str]) -> None:
@@ -365,6 +498,62 @@ def test_context_is_deterministic_and_flow_layers_are_sorted() -> None:
     assert {(m.mtime, m.uid, m.gid) for m in members} == {(df.FIXED_MTIME, 0, 0)}
     with pytest.raises(df.DockerfileError):
         df.render(df.ImageSpec(base_image="x", dockerfile="FROM y\n"))
+
+
+def test_base_context_has_no_flows_and_flow_layers_are_deterministic() -> None:
+    flows = [df.FlowFile("a", "/opt/prefect/flows/a.py", b"A", "script")]
+    base = df.render_base(df.ImageSpec(base_image="python:3.11-slim", flows=flows, env_vars={"X": "1"}))
+    assert "flows/" not in base.dockerfile and "/opt/prefect" not in base.dockerfile
+    other_flows = df.render_base(df.ImageSpec(base_image="python:3.11-slim", env_vars={"X": "1"},
+                                              flows=[df.FlowFile("b", "/opt/prefect/flows/b.py", b"B", "script")]))
+    assert other_flows.inputs_digest == base.inputs_digest, "the base does not depend on the flows"
+    with pytest.raises(df.DockerfileError, match="same location"):
+        df.render_base(df.ImageSpec(base_image="x", flows=[*flows, df.FlowFile("b", "/opt/prefect/flows/a.py", b"")]))
+    one, two = file_layer("/opt/prefect/flows/a.py", b"A"), file_layer("/opt/prefect/flows/a.py", b"A")
+    assert (one.blob, one.digest, one.diff_id) == (two.blob, two.digest, two.diff_id)
+    assert one.digest == "sha256:" + hashlib.sha256(one.blob).hexdigest()
+    tar_bytes = gzip.decompress(one.blob)
+    assert one.diff_id == "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        assert [(m.name, m.mode, m.uid) for m in tar.getmembers()] == [
+            ("opt", 0o755, 0), ("opt/prefect", 0o755, 0), ("opt/prefect/flows", 0o755, 0),
+            ("opt/prefect/flows/a.py", 0o644, 0)]
+    assert file_layer("/opt/prefect/flows/a.py", b"B").digest != one.digest
+
+
+def test_assemble_appends_layers_to_the_base() -> None:
+    base_manifest = {"schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
+                     "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                                "digest": "sha256:" + "c" * 64},
+                     "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 10,
+                                 "digest": "sha256:" + "a" * 64}]}
+    base_config = {"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+                   "config": {"Env": ["A=1"], "Labels": {"keep": "me", df.LABEL_INPUTS: "base"}},
+                   "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "b" * 64]},
+                   "history": [{"created_by": "FROM scratch"}]}
+    layer = file_layer("/f.prefect", b"F", comment="flow f")
+    config_blob, manifest_blob, media_type = assemble(base_manifest, base_config, [layer],
+                                                      {df.LABEL_INPUTS: "image"})
+    assert media_type == MEDIA_DOCKER_MANIFEST
+    config, manifest = json.loads(config_blob), json.loads(manifest_blob)
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + "b" * 64, layer.diff_id]
+    assert config["config"]["Labels"] == {"keep": "me", df.LABEL_INPUTS: "image"}
+    assert config["config"]["Env"] == ["A=1"] and config["created"] == "2026-01-01T00:00:00Z"
+    assert config["history"][-1] == {"created": "2026-01-01T00:00:00Z", "created_by": "flowstore: COPY /f.prefect",
+                                     "comment": "flow f"}
+    assert manifest["config"] == {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                  "size": len(config_blob),
+                                  "digest": "sha256:" + hashlib.sha256(config_blob).hexdigest()}
+    assert manifest["layers"][-1] == {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                      "size": layer.size, "digest": layer.digest}
+    assert (config_blob, manifest_blob) == assemble(base_manifest, base_config, [layer],
+                                                    {df.LABEL_INPUTS: "image"})[:2]
+    assert base_config["rootfs"]["diff_ids"] == ["sha256:" + "b" * 64], "the base is not modified"
+    oci = {**base_manifest, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+    assert json.loads(assemble(oci, base_config, [layer], {})[1])["layers"][-1]["mediaType"] == \
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    with pytest.raises(ImageAssemblyError, match="diff IDs"):
+        assemble({**base_manifest, "layers": []}, base_config, [layer], {})
 
 
 def test_credentials_and_config() -> None:

@@ -1,21 +1,19 @@
 """The Dockerfile and build context of a Docker storage's image (pure: no daemon, no registry).
 
-The image is laid out so that rebuilding after one flow changed touches as little as possible:
+A storage's image is its *base image* with one layer per flow on top:
 
-1. ``FROM <base image>`` (or the user's Dockerfile text, verbatim), then the ``ENV`` lines;
-2. ``RUN python3 -m pip install ...`` in its own layer (only when there are dependencies);
-3. one ``COPY`` per extra file;
-4. the vendored runtime (the installed pure-Python ``flowstore`` and ``cloudpickle``) and the
-   healthcheck script under ``/opt/flowstore`` (``PYTHONPATH=/opt/flowstore/runtime``);
-5. one ``COPY`` per flow, sorted by location: changing one flow only changes its layer and the
-   (cheap) ``COPY`` layers after it; identical files give identical layers;
-6. the extra Dockerfile commands and the healthcheck (``RUN python3
-   /opt/flowstore/healthcheck.py``) which loads every flow with the image's own Python;
-7. one ``LABEL`` line: ``dev.flowstore.flows`` (flow name -> location, JSON) and
-   ``dev.flowstore.inputs-digest``.
+1. the base, built by a daemon from :func:`render_base`: ``FROM <base image>`` (or the user's
+   Dockerfile text, verbatim), the ``ENV`` lines, ``RUN python3 -m pip install ...`` (only with
+   dependencies), one ``COPY`` per extra file, the vendored runtime (the installed pure-Python
+   ``flowstore`` and ``cloudpickle``) and the healthcheck script under ``/opt/flowstore``
+   (``PYTHONPATH=/opt/flowstore/runtime``), then the extra Dockerfile commands;
+2. the flows, one layer each sorted by location, appended without a daemon
+   (:mod:`flowstore.build.image`): changing one flow changes its layer only, and nothing is
+   rebuilt or re-run. The healthcheck loads every flow in a container of the base image.
 
-The context tar is deterministic (sorted members, fixed mtime/uid/gid/mode), so its digest,
-together with the Dockerfile text, identifies the build inputs.
+:func:`render` gives the same image as one Dockerfile (one ``COPY`` per flow) for images that
+are only built locally. Contexts are deterministic tars (sorted members, fixed mtime/uid/gid/
+mode), so their digest, with the Dockerfile text, identifies the build inputs.
 """
 
 from __future__ import annotations
@@ -34,7 +32,8 @@ from pathlib import Path
 RUNTIME_ROOT = "/opt/flowstore"
 RUNTIME_PYTHONPATH = f"{RUNTIME_ROOT}/runtime"
 HEALTHCHECK_PATH = f"{RUNTIME_ROOT}/healthcheck.py"
-HEALTHCHECK_FLOWS_PATH = f"{RUNTIME_ROOT}/flows.json"
+#: where the healthcheck container gets each check's flows (one directory per check)
+HEALTHCHECK_WORKDIR = f"{RUNTIME_ROOT}/checks"
 #: the packages copied into the runtime layer (pure Python, found where they are installed)
 RUNTIME_PACKAGES = ("flowstore", "cloudpickle")
 #: labels every image gets
@@ -80,7 +79,6 @@ class ImageSpec:
     extra_dockerfile_commands: Sequence[str] = ()
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ignore_healthchecks: bool = False
-    vendor_runtime: bool = True
     #: other inputs that change the image without being in the Dockerfile (build args, target,
     #: platform); they enter the inputs digest only
     extra_inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -148,7 +146,7 @@ def runtime_files() -> dict[str, bytes]:
     return out
 
 
-def _tar(members: Mapping[str, bytes]) -> bytes:
+def deterministic_tar(members: Mapping[str, bytes]) -> bytes:
     """A deterministic tar of `members` (relative path -> content), with parent directories."""
     dirs: set[str] = set()
     for name in members:
@@ -171,13 +169,12 @@ def _tar(members: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def render(spec: ImageSpec) -> BuildContext:
-    """The Dockerfile and context tar for `spec`. Raises DockerfileError on bad inputs."""
+def _base_lines(spec: ImageSpec, members: dict[str, bytes]) -> list[str]:
+    """The Dockerfile lines of everything below the flows; their context files go in `members`."""
     if spec.base_image and spec.dockerfile:
         raise DockerfileError("give either a base image or a Dockerfile, not both")
     if not spec.base_image and not spec.dockerfile:
         raise DockerfileError("a base image or a Dockerfile is required")
-    members: dict[str, bytes] = {}
     lines: list[str] = []
     if spec.dockerfile:
         lines.extend(spec.dockerfile.rstrip("\n").splitlines())
@@ -186,8 +183,7 @@ def render(spec: ImageSpec) -> BuildContext:
         if any(c.isspace() for c in spec.base_image):
             raise DockerfileError(f"base image {spec.base_image!r} is not an image reference")
         lines.append(f"FROM {spec.base_image}")
-    if spec.vendor_runtime:
-        lines.append(_env_line({"PYTHONPATH": RUNTIME_PYTHONPATH}))
+    lines.append(_env_line({"PYTHONPATH": RUNTIME_PYTHONPATH}))
     if spec.env_vars:
         # a line of its own: the user's values may extend ours (`PYTHONPATH=$PYTHONPATH:/modules`)
         lines.append(_env_line(spec.env_vars))
@@ -202,15 +198,19 @@ def render(spec: ImageSpec) -> BuildContext:
         src = f"files/{i:04d}{posixpath.splitext(dest)[1]}"
         members[src] = bytes(spec.files[path])
         lines.append(_copy(src, dest))
-    runtime: dict[str, bytes] = {}
-    if spec.vendor_runtime:
-        runtime = {f"runtime/runtime/{k}": v for k, v in runtime_files().items()}
-    if not spec.ignore_healthchecks:
-        runtime["runtime/healthcheck.py"] = HEALTHCHECK_SCRIPT.encode("utf-8")
-    if runtime:
-        members.update(runtime)
-        lines.append(_copy("runtime/", f"{RUNTIME_ROOT}/"))
+    members.update({f"runtime/runtime/{k}": v for k, v in runtime_files().items()})
+    members["runtime/healthcheck.py"] = HEALTHCHECK_SCRIPT.encode("utf-8")
+    members["runtime/checks/README"] = b"flowstore healthchecks put the flows they load here, one directory per check\n"
+    lines.append(_copy("runtime/", f"{RUNTIME_ROOT}/"))
+    for command in spec.extra_dockerfile_commands:
+        lines.extend(str(command).rstrip("\n").splitlines())
+    return lines
+
+
+def _checked_flows(spec: ImageSpec) -> list[FlowFile]:
+    """`spec.flows` sorted by location, each checked (absolute, unique, outside the runtime)."""
     seen: dict[str, str] = {}
+    out = []
     for flow in sorted(spec.flows, key=lambda f: f.location):
         location = _check_image_path(flow.location, f"location of flow {flow.name!r}")
         if location in seen:
@@ -220,20 +220,11 @@ def render(spec: ImageSpec) -> BuildContext:
         if location.startswith(RUNTIME_ROOT + "/"):
             raise DockerfileError(f"flow {flow.name!r}: {location} is inside the runtime directory {RUNTIME_ROOT}")
         seen[location] = flow.name
-        src = "flows" + location
-        members[src] = flow.data
-        lines.append(_copy(src, location))
-    for command in spec.extra_dockerfile_commands:
-        lines.extend(str(command).rstrip("\n").splitlines())
-    labels = dict(spec.labels)
-    labels.setdefault(LABEL_FLOWS, json.dumps({f.name: f.location for f in spec.flows}, sort_keys=True))
-    if not spec.ignore_healthchecks:
-        checks = [{"name": f.name, "location": f.location, "kind": f.kind} for f in sorted(spec.flows,
-                                                                                        key=lambda f: f.location)]
-        members["healthcheck/flows.json"] = json.dumps(checks, sort_keys=True).encode("utf-8")
-        lines.append(_copy("healthcheck/flows.json", HEALTHCHECK_FLOWS_PATH))
-        lines.append(f"RUN python3 -B {HEALTHCHECK_PATH} {HEALTHCHECK_FLOWS_PATH}")
-    body = "\n".join(lines) + "\n"
+        out.append(flow)
+    return out
+
+
+def _digest(body: str, labels: Mapping[str, str], members: Mapping[str, bytes], spec: ImageSpec) -> str:
     digest = hashlib.sha256()
     digest.update(b"dockerfile\0" + body.encode("utf-8") + b"\0")
     digest.update(b"labels\0" + json.dumps(labels, sort_keys=True).encode("utf-8") + b"\0")
@@ -241,23 +232,90 @@ def render(spec: ImageSpec) -> BuildContext:
         digest.update(name.encode("utf-8") + b"\0" + hashlib.sha256(members[name]).digest())
     for key in sorted(spec.extra_inputs):
         digest.update(f"input\0{key}\0{spec.extra_inputs[key]}\0".encode())
-    inputs_digest = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def _context(lines: list[str], labels: Mapping[str, str], members: dict[str, bytes], spec: ImageSpec) -> BuildContext:
+    body = "\n".join(lines) + "\n"
+    inputs_digest = _digest(body, labels, members, spec)
     # one LABEL step, last: labels are metadata, and every step costs a commit
     dockerfile = body + _label_line({**labels, LABEL_INPUTS: inputs_digest}) + "\n"
     members["Dockerfile"] = dockerfile.encode("utf-8")
-    return BuildContext(dockerfile=dockerfile, tar=_tar(members), inputs_digest=inputs_digest)
+    return BuildContext(dockerfile=dockerfile, tar=deterministic_tar(members), inputs_digest=inputs_digest)
+
+
+def flows_label(flows: Sequence[FlowFile]) -> str:
+    """The ``dev.flowstore.flows`` label: flow name -> location, JSON."""
+    return json.dumps({f.name: f.location for f in flows}, sort_keys=True)
+
+
+def render_base(spec: ImageSpec) -> BuildContext:
+    """The base image of `spec`: everything but the flows (base image or Dockerfile, environment,
+    dependencies, files, the runtime and healthcheck, the extra commands), built by a daemon.
+    The flows go on top as layers of their own (:mod:`flowstore.build.image`), so changing a
+    flow never rebuilds it. Raises DockerfileError on bad inputs."""
+    _checked_flows(spec)  # bad flows fail before anything is built
+    members: dict[str, bytes] = {}
+    lines = _base_lines(spec, members)
+    return _context(lines, {}, members, spec)
+
+
+def render(spec: ImageSpec) -> BuildContext:
+    """The whole image as one Dockerfile (the base, then one ``COPY`` per flow sorted by
+    location, then the labels), for images built only locally. Raises DockerfileError."""
+    flows = _checked_flows(spec)
+    members: dict[str, bytes] = {}
+    lines = _base_lines(spec, members)
+    for flow in flows:
+        src = "flows" + flow.location
+        members[src] = flow.data
+        lines.append(_copy(src, flow.location))
+    labels = {**spec.labels, LABEL_FLOWS: flows_label(flows)}
+    return _context(lines, labels, members, spec)
+
+
+def healthcheck_archive(check_id: str, flows: Sequence[FlowFile]) -> bytes:
+    """A tar, to extract in :data:`HEALTHCHECK_WORKDIR`, holding the directory `check_id` with
+    every flow and the list the healthcheck script loads (``flows.json``)."""
+    if not check_id or "/" in check_id or check_id in (".", ".."):
+        raise DockerfileError(f"{check_id!r} is not a healthcheck id")
+    checks = []
+    members: dict[str, bytes] = {}
+    for i, flow in enumerate(flows):
+        file = f"flows/{i:04d}"
+        members[f"{check_id}/{file}"] = flow.data
+        checks.append({"name": flow.name, "location": flow.location, "kind": flow.kind, "file": file})
+    members[f"{check_id}/flows.json"] = json.dumps(checks, sort_keys=True).encode("utf-8")
+    return deterministic_tar(members)
+
+
+def healthcheck_command(check_id: str, timeout: int) -> list[str]:
+    """The command (exec'd in a healthcheck container) that checks the flows of `check_id`."""
+    return ["python3", "-B", HEALTHCHECK_PATH, "--timeout", str(int(timeout)), f"{HEALTHCHECK_WORKDIR}/{check_id}"]
+
+
+def healthcheck_serve_command(idle_seconds: int) -> list[str]:
+    """The command of a healthcheck container: stay up until `idle_seconds` pass without a check."""
+    return ["python3", "-B", HEALTHCHECK_PATH, "--serve", str(int(idle_seconds))]
 
 
 #: /opt/flowstore/healthcheck.py: runs with the image's Python (only the standard library and the
-#: vendored cloudpickle); loads every flow listed in flows.json and reports the failures.
+#: vendored cloudpickle). ``--serve IDLE`` keeps a container alive until IDLE seconds pass without
+#: a check; ``--timeout SECONDS DIR`` loads every flow listed in DIR/flows.json (each within
+#: SECONDS), reports the failures and removes DIR.
 HEALTHCHECK_SCRIPT = '''\
 """flowstore image healthcheck: every flow in the image loads with this image's Python."""
 import base64
 import json
+import os
+import shutil
+import signal
 import sys
+import time
 import traceback
 
 MARKER = "flowstore-healthcheck:"
+WORKDIR = "@WORKDIR@"
 
 
 def python_version():
@@ -304,14 +362,26 @@ def load_script(data, name):
     return found[0]
 
 
-def main(argv):
-    with open(argv[1], "rb") as fh:
+class TookTooLong(BaseException):
+    """Loading one flow took longer than its time (raised by SIGALRM)."""
+
+
+def check(directory, timeout):
+    """Load every flow listed in DIRECTORY/flows.json (files relative to DIRECTORY), each within
+    `timeout` seconds."""
+
+    def expired(signum, frame):
+        raise TookTooLong()
+
+    signal.signal(signal.SIGALRM, expired)
+    with open(os.path.join(directory, "flows.json"), "rb") as fh:
         flows = json.loads(fh.read().decode("utf-8"))
     failed = 0
     for flow in flows:
         name, location, kind = flow["name"], flow["location"], flow["kind"]
+        signal.alarm(timeout)
         try:
-            with open(location, "rb") as fh:
+            with open(os.path.join(directory, flow["file"]), "rb") as fh:
                 data = fh.read()
             if kind == "script":
                 obj = load_script(data, name)
@@ -320,10 +390,16 @@ def main(argv):
             actual = getattr(obj, "name", None)
             if actual != name:
                 raise RuntimeError("the loaded object's name is %r, expected %r" % (actual, name))
+        except TookTooLong:
+            failed += 1
+            print("%s FAILED flow '%s' at %s: loading it took longer than %d s (does it wait for something "
+                  "when it is loaded?)" % (MARKER, name, location, timeout), flush=True)
         except Exception as exc:
             failed += 1
             message = " ".join(str(exc).split())
             print("%s FAILED flow '%s' at %s: %s" % (MARKER, name, location, message), flush=True)
+        finally:
+            signal.alarm(0)
     if failed:
         print("%s %d of %d flows failed to load (Python %s)" % (MARKER, failed, len(flows), python_version()),
               flush=True)
@@ -332,6 +408,25 @@ def main(argv):
     return 0
 
 
+def serve(idle):
+    """Keep the container alive while checks arrive: each one adds (and removes) an entry in
+    the work directory, which changes its modification time; exit after `idle` seconds without."""
+    started = time.time()
+    while time.time() - max(started, os.stat(WORKDIR).st_mtime) < idle:
+        time.sleep(min(5.0, idle))
+    return 0
+
+
+def main(argv):
+    if argv[1:2] == ["--serve"]:
+        return serve(float(argv[2]))
+    timeout, directory = int(argv[2]), argv[3]  # --timeout SECONDS DIRECTORY
+    try:
+        return check(directory, timeout)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
-'''
+'''.replace("@WORKDIR@", HEALTHCHECK_WORKDIR)

@@ -1,9 +1,12 @@
 """The seed's ``Docker`` storage: flows baked into an image that is pushed to a registry.
 
-All flows of a storage live in one image, one ``COPY`` layer per flow (see
-:mod:`flowstore.build.dockerfile` for the layout). The image is built through the Docker
-Engine API (any compatible daemon: dockerd, ``podman system service``) and pushed with the
-registry credentials; its identity is the manifest digest the *registry* reports. Reading a
+All flows of a storage live in one image: a base image (dependencies, files, the runtime) built
+through the Docker Engine API (any compatible daemon: dockerd, ``podman system service``) and
+pushed with the registry credentials, and one layer per flow on top, made and pushed without
+the daemon (:mod:`flowstore.build.dockerfile`, :mod:`flowstore.build.image`). Changing a flow
+uploads its layer, a configuration and a manifest; nothing is rebuilt. A healthcheck loads
+every flow in a container of the base image first. An image's identity is the manifest digest
+the *registry* reports. Reading a
 flow back needs no daemon: :meth:`Docker.read_flow` fetches the manifest and layers through the
 registry HTTP API (:mod:`flowstore.storage.registry`) and verifies every blob digest.
 
@@ -20,18 +23,23 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import hashlib
 import io
 import json
 import os
 import posixpath
 import re
+import shutil
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from flowstore.build import dockerfile as df
 from flowstore.build import envelope
+from flowstore.build.image import ImageAssemblyError, Layer, assemble, file_layer
 from flowstore.build.keys import slugify
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
 from flowstore.storage.errors import (
@@ -52,6 +60,14 @@ DEFAULT_BASE_IMAGE = "python:{}.{}-slim".format(*sys.version_info[:2])
 LOG_TAIL_LINES = 30
 #: the Engine API timeout for one call (a build streams for as long as it needs)
 DAEMON_TIMEOUT = 600
+#: the healthcheck: how long loading one flow may take; its container's memory, how long the
+#: container stays up without a check, and the label that finds it again (value: the image id)
+HEALTHCHECK_TIMEOUT = 60
+HEALTHCHECK_MEMORY = "1g"
+HEALTHCHECK_IDLE = 600
+HEALTHCHECK_LABEL = "dev.flowstore.healthcheck-of"
+#: the image layout, part of the inputs digest: images built by another layout are rebuilt once
+IMAGE_LAYOUT = "flowstore-image/2 (base image + one layer per flow)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _STEP = re.compile(r"^(?:STEP|Step)\s+\d+/\d+\s*:\s*(.*)$")
 _PUSH_DIGEST = re.compile(r"digest:\s*(sha256:[0-9a-f]{64})")
@@ -135,6 +151,17 @@ class ImageFlow:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagePlan:
+    """What one image is made of (:meth:`Docker.plan`)."""
+
+    base: df.BuildContext  # built by the daemon
+    flows: list[df.FlowFile]  # sorted by location
+    layers: list[Layer]  # one per flow, same order
+    labels: dict[str, str]
+    inputs_digest: str  # of everything: the default tag, and the dev.flowstore.inputs-digest label
+
+
+@dataclasses.dataclass(frozen=True)
 class BuiltImage:
     """The outcome of :meth:`Docker.build_image`."""
 
@@ -165,7 +192,8 @@ class Docker(Storage):
         path: with `stored_as_script`, the script's path in the image (already there).
         extra_dockerfile_commands: Dockerfile lines added after the flows, before the healthcheck.
         ignore_healthchecks: do not load every flow in the image at build time.
-        base_url / tls_config: the Docker daemon (default ``$DOCKER_HOST``) and its TLS config.
+        base_url / tls_config: the Docker daemon (default ``$DOCKER_HOST``) and its TLS config (a
+            ``docker.tls.TLSConfig``, True, or a :class:`DaemonTLS` of PEM text).
         build_kwargs: Engine API build options: ``buildargs``, ``target``, ``platform``, ``pull``…
         local_image: the base image is local: never pull it.
         registry_username / registry_password: registry credentials (else the Docker config).
@@ -317,6 +345,15 @@ class Docker(Storage):
         except ValueError as exc:
             raise InvalidConfig(str(exc)) from None
         storage.dockerfile_is_text = True
+        tls = config.get("daemonTLS")
+        if tls is not None:
+            if not isinstance(tls, Mapping) or not all(isinstance(v, str) for v in tls.values()):
+                raise InvalidConfig("Docker `daemonTLS` must map ca.crt, tls.crt and tls.key to PEM text")
+            if bool(tls.get("tls.crt")) != bool(tls.get("tls.key")):
+                raise InvalidConfig("the daemon TLS Secret needs both tls.crt and tls.key (the client certificate "
+                                    "and its key), or neither")
+            storage.tls_config = DaemonTLS(ca_cert=tls.get("ca.crt") or None, client_cert=tls.get("tls.crt") or None,
+                                           client_key=tls.get("tls.key") or None)
         if restored:
             storage.restore_state({"imageDigest": config.get("imageDigest"), "imageTag": config.get("imageTag"),
                                    "imageName": full_name})
@@ -468,7 +505,7 @@ class Docker(Storage):
             return self.path
         return super().add_flow(flow, source)
 
-    def build(self, push: bool = True) -> Docker:  # type: ignore[override]
+    def build(self, push: bool = True) -> Docker:
         """Build the image with every flow of this storage (flows built earlier are read back from
         the previous image) and push it when `push` and a registry is configured. Returns self."""
         self._load_local_scripts()
@@ -480,9 +517,9 @@ class Docker(Storage):
                 flows.append(ImageFlow(name=name, location=location, data=data))
             elif self.image_digest and not (self.stored_as_script and location == self.path):
                 flows.append(ImageFlow(name=name, location=location, data=self.read_flow(self.image_digest, location)))
-        built = self._build_image(flows, None, push=push and bool(self.registry_url))
+        built = self.build_image(flows) if push and self.registry_url else self._build_local(flows, None)
         self._pending.clear()
-        self.image_tag = built.tag  # image_digest: recorded by _build_image when it is in the registry
+        self.image_tag = built.tag  # image_digest: recorded by build_image when it is in the registry
         return self
 
     def get_flow(self, flow_location: str | None = None, *, sha256: str | None = None,
@@ -549,51 +586,164 @@ class Docker(Storage):
         return out
 
     def render(self, flows: Iterable[ImageFlow]) -> df.BuildContext:
+        """The whole image as one Dockerfile (the local-only build)."""
         try:
             return df.render(self.image_spec(flows))
         except df.DockerfileError as exc:
             raise InvalidConfig(str(exc)) from None
 
+    def plan(self, flows: Iterable[ImageFlow]) -> ImagePlan:
+        """What :meth:`build_image` builds for `flows`: the base image's context, one layer per
+        flow (sorted by location), and the digest of every input (the default tag)."""
+        spec = self.image_spec(flows)
+        try:
+            base = df.render_base(spec)
+        except df.DockerfileError as exc:
+            raise InvalidConfig(str(exc)) from None
+        files = sorted(spec.flows, key=lambda f: f.location)
+        layers = [file_layer(f.location, f.data, comment=f"flow {f.name}") for f in files]
+        labels = {df.LABEL_FLOWS: df.flows_label(files)}
+        digest = hashlib.sha256(f"{IMAGE_LAYOUT}\0{base.inputs_digest}\0".encode())
+        digest.update(json.dumps(labels, sort_keys=True).encode("utf-8"))
+        for f in files:
+            digest.update(f"\0{f.location}\0{f.kind}\0{f.name}\0{hashlib.sha256(f.data).hexdigest()}".encode())
+        return ImagePlan(base=base, flows=files, layers=layers, labels=labels, inputs_digest=digest.hexdigest())
+
     def build_image(self, flows: list[ImageFlow], tag: str | None = None) -> BuiltImage:
         """Build an image holding exactly `flows`, push it, and return the registry's manifest
         digest. When the registry already has ``name:tag`` built from the same inputs, nothing
-        is built or pushed (``pushed=False``). Raises the build errors of this module,
+        is built or pushed (``pushed=False``).
+
+        The daemon builds (and pushes) only the base image, when its inputs are new; each flow
+        is a layer of its own pushed straight to the registry, so changing one flow uploads one
+        small layer, a configuration and a manifest. Unless healthchecks are off, every flow is
+        first loaded in a container of the base image. Raises the build errors of this module,
         AuthFailed, RegistryUnavailable or DaemonUnavailable."""
         if not self.registry_url:
             raise InvalidConfig("Docker storage needs `registryURL` to build images for the operator")
-        return self._build_image(flows, tag, push=True)
+        plan = self.plan(flows)
+        tag = tag or self._fixed_tag or f"fs-{plan.inputs_digest[:32]}"
+        if not _TAG.match(tag):
+            raise InvalidConfig(f"image tag {tag!r} is not a valid tag")
+        repo = self.repository
+        client = self._registry()
+        existing = client.manifest_digest(repo, tag)
+        if existing and self._inputs_of(client, repo, existing) == plan.inputs_digest:
+            self._record(tag, existing)
+            return BuiltImage(name=self.image_repository, tag=tag, digest=existing, pushed=False,
+                              layers_pushed_bytes=0, log_tail="")
+        base_tag, log_tail = self._ensure_base(plan.base, local=not self.ignore_healthchecks)
+        if not self.ignore_healthchecks:
+            log_tail = self._healthcheck(f"{self.image_repository}:{base_tag}", plan.flows)
+        base_manifest = client.manifest(repo, base_tag)
+        base_config = client.config(repo, base_manifest)
+        try:
+            config, manifest, media_type = assemble(base_manifest.doc, base_config, plan.layers,
+                                                    {**plan.labels, df.LABEL_INPUTS: plan.inputs_digest})
+        except ImageAssemblyError as exc:
+            raise BuildFailed(f"cannot add the flow layers to the base image {self.image_repository}:{base_tag}: "
+                              f"{exc}") from None
+        pushed = sum(client.push_blob(repo, layer.blob) for layer in plan.layers)
+        pushed += client.push_blob(repo, config)
+        digest = client.push_manifest(repo, tag, manifest, media_type)
+        self._record(tag, digest)
+        return BuiltImage(name=self.image_repository, tag=tag, digest=digest, pushed=True,
+                          layers_pushed_bytes=pushed + len(manifest), log_tail=log_tail)
 
-    def _build_image(self, flows: list[ImageFlow], tag: str | None, *, push: bool) -> BuiltImage:
+    def _ensure_base(self, base: df.BuildContext, *, local: bool) -> tuple[str, str]:
+        """Make sure the registry has the base image (and the daemon too when `local`): build it
+        with the daemon (its layer cache makes a rebuild cheap) and push it, unless both have
+        it already. Returns (base tag, build log tail)."""
+        base_tag = f"fs-base-{base.inputs_digest[:32]}"
+        repo = self.repository
+        client = self._registry()
+        existing = client.manifest_digest(repo, base_tag)
+        in_registry = bool(existing) and self._inputs_of(client, repo, existing or "") == base.inputs_digest
+        if in_registry and not local:
+            return base_tag, ""
+        api = self._daemon()
+        ref = f"{self.image_repository}:{base_tag}"
+        if in_registry and self._local_inputs(api, ref) == base.inputs_digest:
+            return base_tag, ""
+        _, tail = self._run_build(api, base, ref)
+        if not in_registry:
+            self._push(api, base_tag)
+            if client.manifest_digest(repo, base_tag) is None:
+                raise PushFailed(f"pushed {ref}, but the registry does not have the tag")
+        return base_tag, tail
+
+    @staticmethod
+    def _local_inputs(api: Any, ref: str) -> str | None:
+        """The inputs digest label of the daemon's image `ref`, or None when it has no such image."""
+        import docker
+        import requests
+
+        try:
+            info = api.inspect_image(ref)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise DaemonUnavailable(f"the Docker daemon failed to inspect {ref}: {_one_line(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise DaemonUnavailable(f"the Docker daemon is unreachable: {_one_line(exc)}") from None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        value = labels.get(df.LABEL_INPUTS)
+        return str(value) if value else None
+
+    def _healthcheck(self, image: str, flows: list[df.FlowFile]) -> str:
+        """Load every flow with the image's own Python, in a healthcheck container of `image`.
+        Returns the output; raises HealthcheckFailed naming the flows that do not load."""
+        import docker
+        import requests
+
+        api = self._daemon()
+        check_id = uuid.uuid4().hex
+        archive = df.healthcheck_archive(check_id, flows)
+        command = df.healthcheck_command(check_id, HEALTHCHECK_TIMEOUT)
+        try:
+            image_id = str(api.inspect_image(image)["Id"])
+            for attempt in (1, 2):
+                cid = _healthcheck_container(api, image_id, reuse=attempt == 1)
+                try:
+                    api.put_archive(cid, df.HEALTHCHECK_WORKDIR, archive)
+                    exec_id = api.exec_create(cid, command, stdout=True, stderr=True)["Id"]
+                    output = api.exec_start(exec_id)
+                    code = api.exec_inspect(exec_id).get("ExitCode")
+                except docker.errors.APIError as exc:
+                    # it may have ended (idle) since it was found: once more with a new one
+                    if attempt == 1 and exc.status_code in (404, 409, 500):
+                        continue
+                    raise
+                break
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"the healthcheck container of {image} could not run: {_one_line(exc)} (the daemon "
+                              "must be able to start containers; ignoreHealthchecks: true skips the check)") from None
+        except requests.exceptions.RequestException as exc:
+            raise DaemonUnavailable(f"lost the Docker daemon during the healthcheck: {_one_line(exc)}") from None
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        lines = [line for line in _ANSI.sub("", text).splitlines() if line.strip()][-LOG_TAIL_LINES:]
+        if code != 0:
+            failures = [line.split(df.HEALTHCHECK_MARKER, 1)[1].strip() for line in lines
+                        if df.HEALTHCHECK_MARKER in line and " FAILED " in f" {line} "]
+            names = [m.group(1) for m in (re.match(r"FAILED flow '(.*)' at ", f) for f in failures) if m]
+            what = "; ".join(failures) or f"the check exited with status {code}"
+            raise HealthcheckFailed(f"the image healthcheck failed: {what}\n{_format_tail(lines, 'healthcheck')}",
+                                    log_tail="\n".join(lines), flows=names)
+        return "\n".join(lines)
+
+    def _build_local(self, flows: list[ImageFlow], tag: str | None) -> BuiltImage:
+        """The whole image built by the daemon and kept there (no registry)."""
         context = self.render(flows)
         tag = tag or self._fixed_tag or f"fs-{context.inputs_digest[:32]}"
         if not _TAG.match(tag):
             raise InvalidConfig(f"image tag {tag!r} is not a valid tag")
-        repo = self.repository
-        if push:
-            client = self._registry()
-            existing = client.manifest_digest(repo, tag)
-            if existing and self._inputs_of(client, repo, existing) == context.inputs_digest:
-                self._record(tag, existing)
-                return BuiltImage(name=self.image_repository, tag=tag, digest=existing, pushed=False,
-                                  layers_pushed_bytes=0, log_tail="")
-        api = self._daemon()
         ref = f"{self.image_repository}:{tag}"
-        image_id, tail = self._run_build(api, context, ref)
-        if not push:
-            self.image_tag = tag
-            return BuiltImage(name=self.image_repository, tag=tag, digest=image_id, pushed=False,
-                              layers_pushed_bytes=None, log_tail=tail)
-        stream_digest, pushed_bytes = self._push(api, tag)
-        client = self._registry()
-        digest = client.manifest_digest(repo, tag)
-        if digest is None:
-            raise PushFailed(f"pushed {ref}, but the registry does not have the tag")
-        if digest != stream_digest and self._inputs_of(client, repo, digest) != context.inputs_digest:
-            raise PushFailed(f"{ref} was replaced while it was pushed (the registry has {digest}, the push reported "
-                             f"{stream_digest}); retry")
-        self._record(tag, digest)
-        return BuiltImage(name=self.image_repository, tag=tag, digest=digest, pushed=True,
-                          layers_pushed_bytes=pushed_bytes, log_tail=tail)
+        image_id, tail = self._run_build(self._daemon(), context, ref)
+        if not self.ignore_healthchecks:
+            tail = self._healthcheck(ref, [f for f in self.image_spec(flows).flows])
+        self.image_tag = tag
+        return BuiltImage(name=self.image_repository, tag=tag, digest=image_id, pushed=False,
+                          layers_pushed_bytes=None, log_tail=tail)
 
     def _record(self, tag: str, digest: str) -> None:
         self.image_tag, self.image_digest = tag, digest
@@ -619,13 +769,21 @@ class Docker(Storage):
                                     "pip install 'flowstore[docker]'") from exc
         base_url = self.base_url or os.environ.get("DOCKER_HOST") or None
         kwargs: dict[str, Any] = {"base_url": base_url, "version": "auto", "timeout": DAEMON_TIMEOUT}
-        if self.tls_config:
+        hint = ""
+        if isinstance(self.tls_config, DaemonTLS):
+            kwargs["tls"] = self.tls_config.client_config()
+            hint = ("; check the TLS material in the daemonTLSSecretRef Secret (ca.crt must have signed the daemon's "
+                    "certificate; tls.crt/tls.key must be a client certificate the daemon trusts)")
+        elif self.tls_config:
             kwargs["tls"] = self.tls_config
+        client_class = docker.APIClient
+        if isinstance(self.tls_config, DaemonTLS) and self.tls_config.ca_cert:
+            client_class = _pinned_ca_client(docker.APIClient)
         try:
-            return docker.APIClient(**kwargs)
+            return client_class(**kwargs)
         except docker.errors.DockerException as exc:
             raise DaemonUnavailable(f"the Docker daemon at {base_url or 'the default socket'} is unreachable: "
-                                    f"{_one_line(exc)}") from None
+                                    f"{_one_line(exc)}{hint if 'SSL' in str(exc) else ''}") from None
 
     def _run_build(self, api: Any, context: df.BuildContext, ref: str) -> tuple[str, str]:
         import docker
@@ -730,14 +888,97 @@ class Docker(Storage):
         return PushFailed(f"the push of {target} to {self.registry_host} failed: {message}")
 
 
+# --------------------------------------------------------------------------- daemon TLS
+class DaemonTLS:
+    """TLS to a Docker daemon from PEM text (a Secret's ca.crt, tls.crt, tls.key): the daemon's
+    certificate is verified (against `ca_cert`, else the system CAs), and the client certificate
+    is presented when given. The docker SDK reads certificates from files: they are written
+    once per content to a private directory (0700, files 0600) and never logged."""
+
+    def __init__(self, *, ca_cert: str | None = None, client_cert: str | None = None,
+                 client_key: str | None = None) -> None:
+        self.ca_cert, self.client_cert, self._client_key = ca_cert, client_cert, client_key
+
+    def __repr__(self) -> str:
+        return f"DaemonTLS(ca_cert={bool(self.ca_cert)}, client_cert={bool(self.client_cert)})"
+
+    def _files(self) -> dict[str, str]:
+        material = {"ca.pem": self.ca_cert, "cert.pem": self.client_cert, "key.pem": self._client_key}
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+        root = Path(tempfile.gettempdir()) / f"flowstore-docker-tls-{os.getuid()}"
+        root.mkdir(mode=0o700, exist_ok=True)
+        if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o077:
+            raise InvalidConfig(f"{root} is not a private directory of this user; cannot keep TLS material there")
+        directory = root / digest
+        paths = {name: str(directory / name) for name, text in material.items() if text}
+        if not directory.is_dir():
+            staging = Path(tempfile.mkdtemp(dir=root))
+            for name, text in material.items():
+                if text:
+                    fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(text)
+            try:
+                staging.rename(directory)
+            except OSError:  # another thread wrote the same material first
+                shutil.rmtree(staging, ignore_errors=True)
+        return paths
+
+    def client_config(self) -> Any:
+        """A ``docker.tls.TLSConfig``."""
+        import docker
+
+        paths = self._files()
+        cert = (paths["cert.pem"], paths["key.pem"]) if "cert.pem" in paths else None
+        return docker.tls.TLSConfig(client_cert=cert, ca_cert=paths.get("ca.pem"), verify=paths.get("ca.pem") or True)
+
+
+def _pinned_ca_client(base: type) -> type:
+    """`base` (docker.APIClient, a requests Session) verifying with its own CA file even when
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE are set: requests lets those replace a session's CA."""
+
+    class PinnedCAClient(base):  # type: ignore[valid-type,misc]
+        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None:
+                settings["verify"] = self.verify
+            return settings
+
+    return PinnedCAClient
+
+
+# --------------------------------------------------------------------------- healthcheck containers
+def _healthcheck_container(api: Any, image_id: str, *, reuse: bool) -> str:
+    """The id of a running healthcheck container of `image_id`: one started earlier (by this
+    process or another: they carry the image id as a label) when `reuse`, else a new one.
+
+    Starting a container costs a copy of the image's filesystem on some storage drivers (vfs:
+    seconds), so one container per base image stays up and each check is an exec in it. It
+    has no network, no capabilities, limited memory and processes, and it ends, and is
+    removed, after HEALTHCHECK_IDLE seconds without a check."""
+    if reuse:
+        found = api.containers(filters={"label": f"{HEALTHCHECK_LABEL}={image_id}", "status": "running"})
+        if found:
+            return str(found[0]["Id"])
+    host_config = api.create_host_config(auto_remove=True, network_mode="none", cap_drop=["ALL"],
+                                         security_opt=["no-new-privileges"], pids_limit=256,
+                                         mem_limit=HEALTHCHECK_MEMORY)
+    container = api.create_container(image_id, command=df.healthcheck_serve_command(HEALTHCHECK_IDLE),
+                                     network_disabled=True, host_config=host_config,
+                                     labels={HEALTHCHECK_LABEL: image_id})
+    cid = str(container["Id"])
+    api.start(cid)
+    return cid
+
+
 # --------------------------------------------------------------------------- build errors
 def _one_line(value: object, limit: int = 1000) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _format_tail(lines: Iterable[str]) -> str:
-    return "--- build log (tail) ---\n" + "\n".join(lines)
+def _format_tail(lines: Iterable[str], what: str = "build") -> str:
+    return f"--- {what} log (tail) ---\n" + "\n".join(lines)
 
 
 def _looks_like_build_error(message: str) -> bool:
@@ -757,14 +998,6 @@ def _classify(message: str, step: str, tail: list[str], step_lines: list[str]) -
     """The error for a failed build: which step failed decides the kind."""
     where = f" at step {step!r}" if step else ""
     log_tail = "\n".join(tail)
-    if df.HEALTHCHECK_PATH in step or df.HEALTHCHECK_PATH in message:
-        failures = [line.split(df.HEALTHCHECK_MARKER, 1)[1].strip() for line in step_lines
-                    if df.HEALTHCHECK_MARKER in line and " FAILED " in f" {line} "]
-        names = [m.group(1) for m in (re.match(r"FAILED flow '(.*)' at ", f) for f in failures) if m]
-        what = "; ".join(failures) or message
-        hc_tail = "\n".join(step_lines[-LOG_TAIL_LINES:]) or log_tail
-        return HealthcheckFailed(f"the image healthcheck failed: {what}\n{_format_tail(step_lines[-LOG_TAIL_LINES:])}",
-                                 log_tail=hc_tail, flows=names)
     if df.PIP_INSTALL in step or df.PIP_INSTALL in message:
         pip_errors = [line.strip() for line in step_lines if line.strip().startswith("ERROR:")]
         what = "; ".join(pip_errors) or message
@@ -853,6 +1086,7 @@ def _auth_entry(raw: str, host: str, source: str, *, strict: bool) -> tuple[str 
 _RUN_BOOTSTRAP = """\
 import sys
 from flowstore.build import envelope
+from flowstore.build.image import ImageAssemblyError, Layer, assemble, file_layer
 location, name = sys.argv[1], sys.argv[2] or None
 data = open(location, "rb").read()
 if location.endswith(".py"):
@@ -906,6 +1140,7 @@ __all__ = [
     "BuildError",
     "BuildFailed",
     "BuiltImage",
+    "DaemonTLS",
     "DaemonUnavailable",
     "DependencyInstallFailed",
     "Docker",

@@ -1,7 +1,8 @@
 """A small Docker Registry HTTP API V2 client: manifests, blobs, and files inside image layers.
 
 Enough to read a flow straight out of a pushed image without a Docker daemon, verifying every
-byte against its digest. Authentication: HTTP basic, or the Bearer token flow the registry asks
+byte against its digest, and to push blobs and manifests (the Docker storage's flow layers).
+Authentication: HTTP basic, or the Bearer token flow the registry asks
 for in ``WWW-Authenticate`` (``Bearer realm=…,service=…,scope=…``). Errors are the storage
 taxonomy: 401/403 → AuthFailed, 404 → NotFound, connection errors/5xx → RegistryUnavailable.
 Messages never contain the password.
@@ -128,10 +129,10 @@ class RegistryClient:
         return AuthFailed(f"registry {self.host} {verb} (HTTP {status}) to {what}{hint}")
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], what: str, *,
-              auth: Any = None, stream: bool = False) -> requests.Response:
+              auth: Any = None, stream: bool = False, data: bytes | None = None) -> requests.Response:
         try:
             return self._session.request(method, url, headers=dict(headers), auth=auth, timeout=self.timeout,
-                                         stream=stream, allow_redirects=True)
+                                         stream=stream, allow_redirects=True, data=data)
         except requests.exceptions.SSLError as exc:
             raise RegistryUnavailable(f"registry {self.host}: TLS failed for {what}: {type(exc).__name__}") from None
         except requests.exceptions.RequestException as exc:
@@ -166,10 +167,12 @@ class RegistryClient:
         return token
 
     def request(self, method: str, path: str, *, repo: str, what: str, headers: Mapping[str, str] | None = None,
-                stream: bool = False, ok: tuple[int, ...] = (200,)) -> requests.Response:
-        """One authenticated request; answers 401 challenges once (basic or bearer)."""
-        url = self.base + path
-        scope = f"repository:{repo}:pull" if repo else ""
+                stream: bool = False, ok: tuple[int, ...] = (200,), data: bytes | None = None,
+                push: bool = False) -> requests.Response:
+        """One authenticated request; answers 401 challenges once (basic or bearer). `path` may
+        be a full URL (upload locations). `push` asks bearer registries for a push token."""
+        url = path if path.startswith(("http://", "https://")) else self.base + path
+        scope = f"repository:{repo}:{'pull,push' if push else 'pull'}" if repo else ""
         hdrs = dict(headers or {})
         basic = (self.username, self._password) if self.username and self._password is not None else None
         with self._lock:
@@ -177,7 +180,8 @@ class RegistryClient:
             use_basic = self._basic
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        resp = self._send(method, url, hdrs, what, auth=basic if use_basic and not token else None, stream=stream)
+        resp = self._send(method, url, hdrs, what, auth=basic if use_basic and not token else None, stream=stream,
+                          data=data)
         if resp.status_code == 401:
             kind, challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.close()
@@ -186,11 +190,11 @@ class RegistryClient:
                 with self._lock:
                     self._tokens[scope] = token
                 hdrs["Authorization"] = f"Bearer {token}"
-                resp = self._send(method, url, hdrs, what, stream=stream)
+                resp = self._send(method, url, hdrs, what, stream=stream, data=data)
             elif kind == "basic" and basic is not None and not use_basic:
                 with self._lock:
                     self._basic = True
-                resp = self._send(method, url, hdrs, what, auth=basic, stream=stream)
+                resp = self._send(method, url, hdrs, what, auth=basic, stream=stream, data=data)
         if resp.status_code in ok:
             return resp
         status = resp.status_code
@@ -291,6 +295,47 @@ class RegistryClient:
         except ValueError:
             raise Rejected(f"registry {self.host}: the image config of {repo}@{manifest.digest} is not JSON") from None
         return dict(doc)
+
+    # ------------------------------------------------------------------ push
+    def has_blob(self, repo: str, digest: str) -> bool:
+        """Whether `repo` has the blob `digest` (HEAD)."""
+        try:
+            self.request("HEAD", f"/v2/{repo}/blobs/{digest}", repo=repo, what=f"blob {repo}@{digest}", push=True)
+        except NotFound:
+            return False
+        return True
+
+    def push_blob(self, repo: str, data: bytes) -> int:
+        """Upload `data` as a blob of `repo` unless the registry has it; the bytes sent (0 when
+        it was there). A monolithic upload: POST for a location, then PUT with the digest
+        (https://distribution.github.io/distribution/spec/api/#monolithic-upload)."""
+        digest = sha256_digest(data)
+        if self.has_blob(repo, digest):
+            return 0
+        what = f"blob upload {repo}@{digest}"
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", repo=repo, what=what, ok=(202,), push=True)
+        location = resp.headers.get("Location", "")
+        resp.close()
+        if not location:
+            raise Rejected(f"registry {self.host} started {what} without a Location")
+        if location.startswith("/"):
+            location = self.base + location
+        location += ("&" if "?" in location else "?") + f"digest={digest}"
+        self.request("PUT", location, repo=repo, what=what, ok=(201, 204), data=data, push=True,
+                     headers={"Content-Type": "application/octet-stream"}).close()
+        return len(data)
+
+    def push_manifest(self, repo: str, tag: str, raw: bytes, media_type: str) -> str:
+        """Store the manifest `raw` as `repo:tag`; its digest, checked against the registry's."""
+        digest = sha256_digest(raw)
+        what = f"manifest {repo}:{tag}"
+        resp = self.request("PUT", f"/v2/{repo}/manifests/{tag}", repo=repo, what=what, ok=(201, 200), data=raw,
+                            push=True, headers={"Content-Type": media_type})
+        header = resp.headers.get("Docker-Content-Digest")
+        resp.close()
+        if header and header != digest:
+            raise IntegrityError(f"registry {self.host} stored {what} as {header}, but its bytes hash to {digest}")
+        return digest
 
     def read_file(self, repo: str, manifest_digest: str, path: str) -> bytes:
         """The content of the file at absolute `path` in image `repo@manifest_digest`, from the
