@@ -63,10 +63,19 @@ def flow(namespace: str, name: str, body: str = "return 42", *, storage: str = "
                      "source": {"inline": source}}}
 
 
-def tags(docker_env: dict[str, str], image: str) -> list[str]:
+def all_tags(docker_env: dict[str, str], image: str) -> list[str]:
     r = requests.get(f"http://{docker_env['registry']}/v2/{image}/tags/list", timeout=10,
                      auth=(docker_env["username"], docker_env["password"]))
     return sorted(r.json().get("tags") or []) if r.status_code == 200 else []
+
+
+def tags(docker_env: dict[str, str], image: str) -> list[str]:
+    """The tags of flow images (not of the base images, fs-base-…, the flows are put on)."""
+    return [t for t in all_tags(docker_env, image) if not t.startswith("fs-base-")]
+
+
+def base_tags(docker_env: dict[str, str], image: str) -> list[str]:
+    return [t for t in all_tags(docker_env, image) if t.startswith("fs-base-")]
 
 
 @pytest.fixture
@@ -98,6 +107,7 @@ def test_one_image_per_storage_built_once_loaded_from_the_registry(
     digests = {s["image"]["digest"] for s in statuses.values()}
     assert len(digests) == 1, f"one image for the storage: {digests}"
     assert len(tags(docker_env, image)) == 1, "a burst of three flows builds one image"
+    assert len(base_tags(docker_env, image)) == 1
     etl = statuses["etl"]
     assert etl["image"]["name"].endswith(image) and etl["image"]["path"] == etl["location"]
     assert etl["location"].startswith("/opt/prefect/flows/") and etl["artifact"]["url"].endswith(etl["image"]["digest"])
@@ -111,6 +121,7 @@ def test_one_image_per_storage_built_once_loaded_from_the_registry(
                        lambda o: (o.get("status") or {}).get("image", {}).get("digest") not in (None, *digests)
                        and condition(o).get("status") == "True", timeout=240)["status"]
     assert len(tags(docker_env, image)) == 2
+    assert len(base_tags(docker_env, image)) == 1, "a changed flow does not rebuild the base image"
     assert client.load_flow("report", namespace).run() == 20
     assert client.load_flow("etl", namespace).run() == 1
     new_image = f"{changed['image']['name']}@{changed['image']['digest']}"
@@ -165,6 +176,39 @@ def test_bad_input_gets_its_own_reason(operator: OperatorProcess, namespace: str
     assert docker_env["password"] not in json.dumps(failed)
 
 
+def test_daemon_over_tls_from_a_secret(
+        operator: OperatorProcess, namespace: str, docker_env: dict[str, str], agent_docker_config: None,
+        tmp_path: Path) -> None:
+    """The daemon is reached over TLS with a client certificate (dockerd --tlsverify): the CA,
+    certificate and key come from the Secret daemonTLSSecretRef names, never from the
+    operator's environment; without that Secret the flow says which Secret to create."""
+    from tests.storage.test_docker import tls_daemon
+    from tests.tls_certs import Authority
+
+    authority = Authority.create()
+    proxy = tls_daemon(docker_env, authority, tmp_path)
+    operator_cert = authority.issue("flowstore operator")
+    tls_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "docker-tls", "namespace": namespace},
+                  "stringData": {"ca.crt": authority.cert_pem, "tls.crt": operator_cert.cert,
+                                 "tls.key": operator_cert.key}}
+    storage = docker_storage(namespace, docker_env, daemonURL=f"tcp://127.0.0.1:{proxy.port}",
+                             daemonTLSSecretRef={"name": "docker-tls"})
+    try:
+        apply(manifests(registry_secret(namespace, docker_env), storage, flow(namespace, "etl", "return 5")))
+        missing = wait_reason(namespace, "etl", "SourceNotFound", timeout=120)
+        assert "docker-tls" in condition(missing)["message"] and proxy.accepted == 0
+        apply(manifests(tls_secret))
+        kubectl("annotate", "storedflow", "etl", "-n", namespace, f"flowstore.dev/requested-at={time.time()}",
+                "--overwrite")
+        ready = wait_ready(namespace, "etl", timeout=240)
+        assert proxy.accepted > 0 and proxy.tls_refused == 0
+        assert client.load_flow("etl", namespace).run() == 5
+        text = json.dumps(ready) + json.dumps(get("flowstorage", namespace, "images"))
+        assert operator_cert.key.splitlines()[1] not in text, "key material never reaches status"
+    finally:
+        proxy.stop()
+
+
 def test_apply_time_validation(crds: None, namespace: str, docker_env: dict[str, str]) -> None:
     both = docker_storage(namespace, docker_env, dockerfile={"configMapRef": {"name": "df", "key": "Dockerfile"}},
                           baseImage="x")
@@ -172,7 +216,10 @@ def test_apply_time_validation(crds: None, namespace: str, docker_env: dict[str,
     del nowhere["spec"]["docker"]["registryURL"]
     two_refs = docker_storage(namespace, docker_env, files=[{"path": "/x", "configMapRef": {"name": "a", "key": "b"},
                                                              "secretRef": {"name": "a", "key": "b"}}])
-    for doc, message in ((both, "mutually exclusive"), (nowhere, "needs registryURL"), (two_refs, "exactly one of")):
+    tls_on_a_socket = docker_storage(namespace, docker_env, daemonURL="unix:///var/run/docker.sock",
+                                     daemonTLSSecretRef={"name": "docker-tls"})
+    for doc, message in ((both, "mutually exclusive"), (nowhere, "needs registryURL"), (two_refs, "exactly one of"),
+                         (tls_on_a_socket, "daemonTLSSecretRef needs a daemonURL of tcp://")):
         done = kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
         assert done.returncode != 0 and message in done.stderr, done.stderr
 

@@ -180,6 +180,17 @@ def resolve_docker_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tupl
         files[str(item["path"])] = read(ref, kind, f"spec.docker.files[{i}]")
     if config.get("files") is not None:
         config["files"] = files
+    tls_ref = config.get("daemonTLSSecretRef")
+    if isinstance(tls_ref, Mapping) and tls_ref.get("name"):
+        name = str(tls_ref["name"])
+        secret = ports.get_secret(namespace, name)
+        if secret is None:
+            raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"Secret {name!r} (spec.docker.daemonTLSSecretRef) was not "
+                                 f"found in namespace {namespace!r}; create it with ca.crt, tls.crt and tls.key.",
+                                 stalled=True)
+        versions.append(f"Secret/{name}@{secret['metadata'].get('resourceVersion')}")
+        config["daemonTLS"] = {key: str(value) for key, value in (secret.get("data") or {}).items()
+                               if key in ("ca.crt", "tls.crt", "tls.key")}
     return dataclasses.replace(spec, config=config), ",".join(versions)
 
 
@@ -191,7 +202,8 @@ _TOKEN_BACKENDS = {"github", "gitlab", "bitbucket", "git"}
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:
     """The part of a storage's configuration that decides *where* artifacts go (not labels)."""
     cls = backend_class(spec.backend)
-    ignored = {"labels", "addDefaultLabels", "secrets", "storedAsScript", "clientOptions", "validate", "checkFlow"}
+    ignored = {"labels", "addDefaultLabels", "secrets", "storedAsScript", "clientOptions", "validate", "checkFlow",
+               "daemonURL", "daemonTLS", "daemonTLSSecretRef"}
     return {"type": cls.type_name, **{k: v for k, v in sorted(spec.config.items()) if k not in ignored}}
 
 
