@@ -268,6 +268,30 @@ def test_changing_one_flow_changes_and_pushes_only_its_layer(built: Built, regis
     assert storage.get_flow(flows[1].location, flow_name="beta").run().startswith("beta v2 ")
 
 
+def test_a_daemon_without_the_base_image_pulls_it_instead_of_building(docker_env: dict[str, str]) -> None:
+    import docker
+
+    storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
+    flows = [ImageFlow("one", storage.location_for("one"), pickled_flow("one", "1"))]
+    storage.build_image(flows)
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
+    base_ref = f"{storage.image_repository}:fs-base-{storage.plan(flows).base.inputs_digest[:32]}"
+    pushed_base = api.inspect_image(base_ref)["Id"]
+    for container in api.containers(filters={"label": f"{docker_mod.HEALTHCHECK_LABEL}={pushed_base}"}):
+        api.remove_container(container["Id"], force=True)
+    api.remove_image(base_ref, force=True)  # as on another node, or after the cache was pruned
+    flows.append(ImageFlow("two", storage.location_for("two"), pickled_flow("two", "2")))
+
+    def no_build(*args: Any) -> Any:
+        raise AssertionError("the base image was built again instead of pulled")
+
+    storage._run_build = no_build  # type: ignore[method-assign]
+    image = storage.build_image(flows)
+    assert "2 flows load" in image.log_tail
+    assert api.inspect_image(base_ref)["Config"]["Labels"][df.LABEL_INPUTS] == storage.plan(flows).base.inputs_digest
+    assert storage.get_flow(flows[1].location).run() == "2"
+
+
 def test_corrupted_blob_is_refused(docker_env: dict[str, str]) -> None:
     storage = make_storage(docker_env, ignore_healthchecks=True)
     flow = ImageFlow("solo", storage.location_for("solo"), pickled_flow("solo", uuid.uuid4().hex))

@@ -653,7 +653,8 @@ class Docker(Storage):
     def _ensure_base(self, base: df.BuildContext, *, local: bool) -> tuple[str, str]:
         """Make sure the registry has the base image (and the daemon too when `local`): build it
         with the daemon (its layer cache makes a rebuild cheap) and push it, unless both have
-        it already. Returns (base tag, build log tail)."""
+        it already; a daemon without it (another node, a pruned cache) pulls it from the
+        registry rather than building it again. Returns (base tag, build log tail)."""
         base_tag = f"fs-base-{base.inputs_digest[:32]}"
         repo = self.repository
         client = self._registry()
@@ -663,7 +664,7 @@ class Docker(Storage):
             return base_tag, ""
         api = self._daemon()
         ref = f"{self.image_repository}:{base_tag}"
-        if in_registry and self._local_inputs(api, ref) == base.inputs_digest:
+        if in_registry and (self._local_inputs(api, ref) == base.inputs_digest or self._pulled(api, base_tag)):
             return base_tag, ""
         _, tail = self._run_build(api, base, ref)
         if not in_registry:
@@ -671,6 +672,20 @@ class Docker(Storage):
             if client.manifest_digest(repo, base_tag) is None:
                 raise PushFailed(f"pushed {ref}, but the registry does not have the tag")
         return base_tag, tail
+
+    def _pulled(self, api: Any, tag: str) -> bool:
+        """Whether the daemon pulled `tag` of this storage's repository (False when it could not)."""
+        import docker
+        import requests
+
+        try:
+            for chunk in api.pull(self.image_repository, tag=tag, auth_config=self._credentials_config(),
+                                  stream=True, decode=True):
+                if isinstance(chunk, dict) and (chunk.get("error") or chunk.get("errorDetail")):
+                    return False
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return False
+        return self._local_inputs(api, f"{self.image_repository}:{tag}") is not None
 
     @staticmethod
     def _local_inputs(api: Any, ref: str) -> str | None:
