@@ -449,6 +449,23 @@ def test_daemon_over_tls_with_a_client_certificate(docker_env: dict[str, str], t
         Docker.from_config({"registryURL": docker_env["registry"], "daemonTLS": {"tls.crt": client.cert}})
 
 
+def test_flow_layers_leave_the_base_images_directories_alone(docker_env: dict[str, str]) -> None:
+    """As with COPY: a flow directory the Dockerfile made (owned by uid 1000, mode 0750) keeps
+    its owner and mode in the final image, as seen by a flow run in a container of it."""
+    dockerfile = (f"FROM {docker_env['base_image']}\n"
+                  "RUN mkdir -p /opt/prefect/flows && chown -R 1000:1000 /opt/prefect"
+                  " && chmod 0750 /opt/prefect/flows\n")
+    storage = make_storage(docker_env, dockerfile=dockerfile)
+    source = (b"import os\nimport stat\nfrom flowstore.flow import Flow\n\n\ndef main():\n"
+              b"    info = os.stat('/opt/prefect/flows')\n"
+              b"    if (info.st_uid, stat.S_IMODE(info.st_mode)) != (1000, 0o750):\n"
+              b"        raise SystemExit(4)\n\n\nflow = Flow('owned', main)\n")
+    location = "/opt/prefect/flows/owned.py"
+    storage.build_image([ImageFlow("owned", location, source)])
+    storage.flows["owned"] = location
+    assert storage.get_env_runner(location).run() == 0
+
+
 def test_missing_base_image(docker_env: dict[str, str]) -> None:
     storage = make_storage(docker_env, base_image=f"localhost/flowstore-missing-{uuid.uuid4().hex[:8]}:1")
     with pytest.raises(BaseImageNotFound) as info:
@@ -539,9 +556,8 @@ def test_base_context_has_no_flows_and_flow_layers_are_deterministic() -> None:
     tar_bytes = gzip.decompress(one.blob)
     assert one.diff_id == "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        assert [(m.name, m.mode, m.uid) for m in tar.getmembers()] == [
-            ("opt", 0o755, 0), ("opt/prefect", 0o755, 0), ("opt/prefect/flows", 0o755, 0),
-            ("opt/prefect/flows/a.py", 0o644, 0)]
+        # the file only: directories the base image has keep their owner and mode, as with COPY
+        assert [(m.name, m.mode, m.uid) for m in tar.getmembers()] == [("opt/prefect/flows/a.py", 0o644, 0)]
     assert file_layer("/opt/prefect/flows/a.py", b"B").digest != one.digest
 
 

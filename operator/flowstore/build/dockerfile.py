@@ -146,11 +146,12 @@ def runtime_files() -> dict[str, bytes]:
     return out
 
 
-def deterministic_tar(members: Mapping[str, bytes]) -> bytes:
-    """A deterministic tar of `members` (relative path -> content), with parent directories."""
+def deterministic_tar(members: Mapping[str, bytes], *, parents: bool = True) -> bytes:
+    """A deterministic tar of `members` (relative path -> content), with entries for their
+    parent directories unless `parents` is false."""
     dirs: set[str] = set()
     for name in members:
-        parent = posixpath.dirname(name)
+        parent = posixpath.dirname(name) if parents else ""
         while parent:
             dirs.add(parent)
             parent = posixpath.dirname(parent)

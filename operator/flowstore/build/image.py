@@ -60,10 +60,11 @@ def _sha256(data: bytes) -> str:
 
 def file_layer(path: str, data: bytes, *, comment: str = "") -> Layer:
     """A layer holding the file `path` (absolute, in the image) with `data`, mode 0644, owned
-    by root, with its parent directories (0755)."""
+    by root. Like ``COPY``, it leaves the directories above it as the layers below have them
+    (no directory entries: a missing parent is created 0755 when the layer is unpacked)."""
     if not path.startswith("/") or posixpath.normpath(path) != path:
         raise ImageAssemblyError(f"{path!r} is not a normalized absolute path")
-    tar = deterministic_tar({path.lstrip("/"): data})
+    tar = deterministic_tar({path.lstrip("/"): data}, parents=False)
     # mtime=0 and no file name in the gzip header: the same tar always compresses the same way
     blob = gzip.compress(tar, compresslevel=6, mtime=0)
     return Layer(blob=blob, digest=_sha256(blob), diff_id=_sha256(tar),
