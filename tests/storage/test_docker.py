@@ -340,12 +340,15 @@ def _healthcheck_containers(docker_env: dict[str, str], storage: Docker, flows: 
     api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
     base_tag = f"fs-base-{storage.plan(flows).base.inputs_digest[:32]}"
     image_id = api.inspect_image(f"{storage.image_repository}:{base_tag}")["Id"]
-    found = api.containers(filters={"label": f"{docker_mod.HEALTHCHECK_LABEL}={image_id}"})
+    found = api.containers(filters={"label": [f"{docker_mod.HEALTHCHECK_LABEL}={image_id}",
+                                              f"{docker_mod.HEALTHCHECK_REPOSITORY_LABEL}={storage.image_repository}"]})
     return sorted(str(c["Id"]) for c in found)
 
 
 def test_one_healthcheck_container_serves_the_checks_then_goes_away(
         docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker
+
     monkeypatch.setattr(docker_mod, "HEALTHCHECK_IDLE", 8)
     storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
     flows = [ImageFlow("one", storage.location_for("one"), pickled_flow("one", "1"))]
@@ -356,6 +359,16 @@ def test_one_healthcheck_container_serves_the_checks_then_goes_away(
     image = storage.build_image(flows)
     assert "2 flows load" in image.log_tail
     assert _healthcheck_containers(docker_env, storage, flows) == first, "the second check reuses the container"
+    # another storage on the same base image gets a container of its own: flows never meet
+    neighbour = make_storage(docker_env, env_vars=storage.env_vars)
+    assert neighbour.plan(flows).base.inputs_digest == storage.plan(flows).base.inputs_digest
+    neighbour.build_image(flows[:1])
+    theirs = _healthcheck_containers(docker_env, neighbour, flows)
+    assert len(theirs) == 1 and theirs != first
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
+    base_tag = f"fs-base-{storage.plan(flows).base.inputs_digest[:32]}"
+    assert api.inspect_image(f"{neighbour.image_repository}:{base_tag}")["Id"] == \
+        api.inspect_image(f"{storage.image_repository}:{base_tag}")["Id"], "one base image (the build cache)"
     deadline = time.monotonic() + 60
     while _healthcheck_containers(docker_env, storage, flows) and time.monotonic() < deadline:
         time.sleep(1)

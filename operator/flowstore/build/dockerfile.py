@@ -39,7 +39,7 @@ RUNTIME_PACKAGES = ("flowstore", "cloudpickle")
 #: labels every image gets
 LABEL_FLOWS = "dev.flowstore.flows"
 LABEL_INPUTS = "dev.flowstore.inputs-digest"
-#: the line prefix of healthcheck failures in the build log
+#: the line prefix of the healthcheck's output lines
 HEALTHCHECK_MARKER = "flowstore-healthcheck:"
 #: the fixed modification time of every context member (2000-01-01T00:00:00Z)
 FIXED_MTIME = 946684800

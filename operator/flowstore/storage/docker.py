@@ -61,11 +61,13 @@ LOG_TAIL_LINES = 30
 #: the Engine API timeout for one call (a build streams for as long as it needs)
 DAEMON_TIMEOUT = 600
 #: the healthcheck: how long loading one flow may take; its container's memory, how long the
-#: container stays up without a check, and the label that finds it again (value: the image id)
+#: container stays up without a check, and the labels that find it again (the image id, and the
+#: repository of the storage it checks for)
 HEALTHCHECK_TIMEOUT = 60
 HEALTHCHECK_MEMORY = "1g"
 HEALTHCHECK_IDLE = 600
 HEALTHCHECK_LABEL = "dev.flowstore.healthcheck-of"
+HEALTHCHECK_REPOSITORY_LABEL = "dev.flowstore.healthcheck-repository"
 #: the image layout, part of the inputs digest: images built by another layout are rebuilt once
 IMAGE_LAYOUT = "flowstore-image/2 (base image + one layer per flow)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -718,7 +720,7 @@ class Docker(Storage):
         try:
             image_id = str(api.inspect_image(image)["Id"])
             for attempt in (1, 2):
-                cid = _healthcheck_container(api, image_id, reuse=attempt == 1)
+                cid = _healthcheck_container(api, image_id, self.image_repository, reuse=attempt == 1)
                 try:
                     api.put_archive(cid, df.HEALTHCHECK_WORKDIR, archive)
                     exec_id = api.exec_create(cid, command, stdout=True, stderr=True)["Id"]
@@ -963,16 +965,20 @@ def _pinned_ca_client(base: type) -> type:
 
 
 # --------------------------------------------------------------------------- healthcheck containers
-def _healthcheck_container(api: Any, image_id: str, *, reuse: bool) -> str:
-    """The id of a running healthcheck container of `image_id`: one started earlier (by this
-    process or another: they carry the image id as a label) when `reuse`, else a new one.
+def _healthcheck_container(api: Any, image_id: str, repository: str, *, reuse: bool) -> str:
+    """The id of a running healthcheck container of `image_id` for the storage whose images
+    go to `repository`: one started earlier (by this process or another: labels name both)
+    when `reuse`, else a new one.
 
     Starting a container costs a copy of the image's filesystem on some storage drivers (vfs:
-    seconds), so one container per base image stays up and each check is an exec in it. It
-    has no network, no capabilities, limited memory and processes, and it ends, and is
-    removed, after HEALTHCHECK_IDLE seconds without a check."""
+    seconds), so one container per base image and repository stays up and each check is an
+    exec in it. Storages never share one (the same base image can serve several), so flows
+    of one storage are never visible to code loaded for another. It has no network, no
+    capabilities, limited memory and processes, and it ends, and is removed, after
+    HEALTHCHECK_IDLE seconds without a check."""
+    labels = {HEALTHCHECK_LABEL: image_id, HEALTHCHECK_REPOSITORY_LABEL: repository}
     if reuse:
-        found = api.containers(filters={"label": f"{HEALTHCHECK_LABEL}={image_id}", "status": "running"})
+        found = api.containers(filters={"label": [f"{k}={v}" for k, v in labels.items()], "status": "running"})
         if found:
             return str(found[0]["Id"])
     host_config = api.create_host_config(auto_remove=True, network_mode="none", cap_drop=["ALL"],
@@ -980,7 +986,7 @@ def _healthcheck_container(api: Any, image_id: str, *, reuse: bool) -> str:
                                          mem_limit=HEALTHCHECK_MEMORY)
     container = api.create_container(image_id, command=df.healthcheck_serve_command(HEALTHCHECK_IDLE),
                                      network_disabled=True, host_config=host_config,
-                                     labels={HEALTHCHECK_LABEL: image_id})
+                                     labels=labels)
     cid = str(container["Id"])
     api.start(cid)
     return cid
