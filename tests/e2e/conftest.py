@@ -20,12 +20,22 @@ from tests.conftest import ROOT, kubectl
 OPERATOR_ARGS = ["--build-timeout", "5", "--build-memory", "256Mi", "--delete-retries", "2"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
+    """A port nothing listens on, never one handed out before in this session: the kernel may
+    give a just-closed port again, and two operators started together then collide (seen in CI:
+    both liveness endpoints of the HA test got the same port)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class OperatorProcess:
