@@ -714,6 +714,8 @@ class Docker(Storage):
         import requests
 
         api = self._daemon()
+        # this client is ours alone: wait for the check as long as its flows may take
+        api.timeout = max(DAEMON_TIMEOUT, HEALTHCHECK_TIMEOUT * len(flows) + 60)
         check_id = uuid.uuid4().hex
         archive = df.healthcheck_archive(check_id, flows)
         command = df.healthcheck_command(check_id, HEALTHCHECK_TIMEOUT)
