@@ -78,7 +78,6 @@ class ImageSpec:
     flows: Sequence[FlowFile] = ()
     extra_dockerfile_commands: Sequence[str] = ()
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    ignore_healthchecks: bool = False
     #: other inputs that change the image without being in the Dockerfile (build args, target,
     #: platform); they enter the inputs digest only
     extra_inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)

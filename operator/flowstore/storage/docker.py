@@ -72,7 +72,6 @@ HEALTHCHECK_REPOSITORY_LABEL = "dev.flowstore.healthcheck-repository"
 IMAGE_LAYOUT = "flowstore-image/2 (base image + one layer per flow)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _STEP = re.compile(r"^(?:STEP|Step)\s+\d+/\d+\s*:\s*(.*)$")
-_PUSH_DIGEST = re.compile(r"digest:\s*(sha256:[0-9a-f]{64})")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -171,7 +170,7 @@ class BuiltImage:
     tag: str
     digest: str  # sha256:… manifest digest from the registry (the local image ID when not pushed)
     pushed: bool
-    layers_pushed_bytes: int | None  # None when the daemon does not report it (podman)
+    layers_pushed_bytes: int | None  # what the registry was sent; None for an image built only locally
     log_tail: str
 
 
@@ -565,7 +564,6 @@ class Docker(Storage):
             files=self._file_contents(),
             flows=images_flows,
             extra_dockerfile_commands=self.extra_dockerfile_commands,
-            ignore_healthchecks=self.ignore_healthchecks,
             extra_inputs=extra_inputs,
         )
 
@@ -586,13 +584,6 @@ class Docker(Storage):
             except OSError as exc:
                 raise InvalidConfig(f"cannot read the file {key} to copy into the image: {exc.strerror}") from None
         return out
-
-    def render(self, flows: Iterable[ImageFlow]) -> df.BuildContext:
-        """The whole image as one Dockerfile (the local-only build)."""
-        try:
-            return df.render(self.image_spec(flows))
-        except df.DockerfileError as exc:
-            raise InvalidConfig(str(exc)) from None
 
     def plan(self, flows: Iterable[ImageFlow]) -> ImagePlan:
         """What :meth:`build_image` builds for `flows`: the base image's context, one layer per
@@ -751,15 +742,19 @@ class Docker(Storage):
         return "\n".join(lines)
 
     def _build_local(self, flows: list[ImageFlow], tag: str | None) -> BuiltImage:
-        """The whole image built by the daemon and kept there (no registry)."""
-        context = self.render(flows)
+        """The whole image, as one Dockerfile, built by the daemon and kept there (no registry)."""
+        spec = self.image_spec(flows)
+        try:
+            context = df.render(spec)
+        except df.DockerfileError as exc:
+            raise InvalidConfig(str(exc)) from None
         tag = tag or self._fixed_tag or f"fs-{context.inputs_digest[:32]}"
         if not _TAG.match(tag):
             raise InvalidConfig(f"image tag {tag!r} is not a valid tag")
         ref = f"{self.image_repository}:{tag}"
         image_id, tail = self._run_build(self._daemon(), context, ref)
         if not self.ignore_healthchecks:
-            tail = self._healthcheck(ref, [f for f in self.image_spec(flows).flows])
+            tail = self._healthcheck(ref, list(spec.flows))
         self.image_tag = tag
         return BuiltImage(name=self.image_repository, tag=tag, digest=image_id, pushed=False,
                           layers_pushed_bytes=None, log_tail=tail)
@@ -861,13 +856,12 @@ class Docker(Storage):
             return {"username": self.registry_username, "password": self._registry_password}
         return None
 
-    def _push(self, api: Any, tag: str) -> tuple[str | None, int | None]:
+    def _push(self, api: Any, tag: str) -> None:
+        """Push `tag` of this storage's repository through the daemon (the base image); errors
+        arrive in the stream with HTTP 200."""
         import docker
         import requests
 
-        digest: str | None = None
-        totals: dict[str, int] = {}
-        pushed: set[str] = set()
         try:
             for chunk in api.push(self.image_repository, tag=tag, auth_config=self._credentials_config(),
                                   stream=True, decode=True):
@@ -876,22 +870,10 @@ class Docker(Storage):
                 error = chunk.get("errorDetail") or ({"message": chunk["error"]} if chunk.get("error") else None)
                 if error:
                     raise self._push_error(_one_line(error.get("message") if isinstance(error, dict) else error))
-                status = str(chunk.get("status") or "")
-                match = _PUSH_DIGEST.search(status)
-                if match:
-                    digest = match.group(1)
-                layer = chunk.get("id")
-                detail = chunk.get("progressDetail") or {}
-                if layer and isinstance(detail, dict) and detail.get("total"):
-                    totals[str(layer)] = int(detail["total"])
-                if layer and status == "Pushed":
-                    pushed.add(str(layer))
         except docker.errors.APIError as exc:
             raise self._push_error(_one_line(getattr(exc, "explanation", None) or exc)) from None
         except requests.exceptions.RequestException as exc:
             raise DaemonUnavailable(f"lost the Docker daemon during the push: {_one_line(exc)}") from None
-        pushed_bytes = sum(totals.get(layer, 0) for layer in pushed) if totals else None
-        return digest, pushed_bytes
 
     def _push_error(self, message: str) -> StorageError:
         lowered = message.lower()
