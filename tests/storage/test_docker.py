@@ -482,6 +482,31 @@ def test_flow_layers_leave_the_base_images_directories_alone(docker_env: dict[st
     assert storage.get_env_runner(location).run() == 0
 
 
+def test_local_build_without_push_runs_in_the_daemon(docker_env: dict[str, str]) -> None:
+    """The seed's build(push=False): the whole image in the daemon only, healthchecked, runnable."""
+    import docker
+
+    token = uuid.uuid4().hex
+    storage = make_storage(docker_env, local_image=True)
+
+    def main() -> None:
+        if os.environ.get("FLOW_TOKEN") != token:
+            raise SystemExit(6)
+
+    location = storage.add_flow(Flow("local flow", main))
+    assert storage.build(push=False) is storage
+    assert storage.image_digest is None and storage.image_tag and storage.image_tag.startswith("fs-")
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
+    labels = api.inspect_image(f"{storage.image_repository}:{storage.image_tag}")["Config"]["Labels"]
+    assert json.loads(labels[df.LABEL_FLOWS]) == {"local flow": location}
+    with pytest.raises(NotFound):  # nothing was pushed
+        storage._registry().manifest(storage.repository, storage.image_tag)
+    runner = storage.get_env_runner(location)
+    assert runner.image == f"{storage.image_repository}:{storage.image_tag}"
+    assert runner.run(env={"FLOW_TOKEN": token}) == 0
+    assert runner.run(env={}) == 6
+
+
 def test_missing_base_image(docker_env: dict[str, str]) -> None:
     storage = make_storage(docker_env, base_image=f"localhost/flowstore-missing-{uuid.uuid4().hex[:8]}:1")
     with pytest.raises(BaseImageNotFound) as info:
