@@ -590,7 +590,7 @@ def test_base_context_has_no_flows_and_flow_layers_are_deterministic() -> None:
                                               flows=[df.FlowFile("b", "/opt/prefect/flows/b.py", b"B", "script")]))
     assert other_flows.inputs_digest == base.inputs_digest, "the base does not depend on the flows"
     with pytest.raises(df.DockerfileError, match="same location"):
-        df.render_base(df.ImageSpec(base_image="x", flows=[*flows, df.FlowFile("b", "/opt/prefect/flows/a.py", b"")]))
+        df.checked_flows(df.ImageSpec(base_image="x", flows=[*flows, df.FlowFile("b", "/opt/prefect/flows/a.py", b"")]))
     one, two = file_layer("/opt/prefect/flows/a.py", b"A"), file_layer("/opt/prefect/flows/a.py", b"A")
     assert (one.blob, one.digest, one.diff_id) == (two.blob, two.digest, two.diff_id)
     assert one.digest == "sha256:" + hashlib.sha256(one.blob).hexdigest()

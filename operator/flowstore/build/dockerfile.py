@@ -207,7 +207,7 @@ def _base_lines(spec: ImageSpec, members: dict[str, bytes]) -> list[str]:
     return lines
 
 
-def _checked_flows(spec: ImageSpec) -> list[FlowFile]:
+def checked_flows(spec: ImageSpec) -> list[FlowFile]:
     """`spec.flows` sorted by location, each checked (absolute, unique, outside the runtime)."""
     seen: dict[str, str] = {}
     out = []
@@ -253,8 +253,8 @@ def render_base(spec: ImageSpec) -> BuildContext:
     """The base image of `spec`: everything but the flows (base image or Dockerfile, environment,
     dependencies, files, the runtime and healthcheck, the extra commands), built by a daemon.
     The flows go on top as layers of their own (:mod:`flowstore.build.image`), so changing a
-    flow never rebuilds it. Raises DockerfileError on bad inputs."""
-    _checked_flows(spec)  # bad flows fail before anything is built
+    flow never rebuilds it (:func:`checked_flows` checks them). Raises DockerfileError on bad
+    inputs."""
     members: dict[str, bytes] = {}
     lines = _base_lines(spec, members)
     return _context(lines, {}, members, spec)
@@ -263,7 +263,7 @@ def render_base(spec: ImageSpec) -> BuildContext:
 def render(spec: ImageSpec) -> BuildContext:
     """The whole image as one Dockerfile (the base, then one ``COPY`` per flow sorted by
     location, then the labels), for images built only locally. Raises DockerfileError."""
-    flows = _checked_flows(spec)
+    flows = checked_flows(spec)
     members: dict[str, bytes] = {}
     lines = _base_lines(spec, members)
     for flow in flows:

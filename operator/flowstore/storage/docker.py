@@ -6,9 +6,9 @@ pushed with the registry credentials, and one layer per flow on top, made and pu
 the daemon (:mod:`flowstore.build.dockerfile`, :mod:`flowstore.build.image`). Changing a flow
 uploads its layer, a configuration and a manifest; nothing is rebuilt. A healthcheck loads
 every flow in a container of the base image first. An image's identity is the manifest digest
-the *registry* reports. Reading a
-flow back needs no daemon: :meth:`Docker.read_flow` fetches the manifest and layers through the
-registry HTTP API (:mod:`flowstore.storage.registry`) and verifies every blob digest.
+the *registry* reports. Reading a flow back needs no daemon: :meth:`Docker.read_flow` fetches
+the manifest and layers through the registry HTTP API (:mod:`flowstore.storage.registry`) and
+verifies every blob digest.
 
 An image's tag defaults to a digest of all build inputs, and :meth:`Docker.build_image` skips
 building and pushing when the registry already has that tag built from the same inputs
@@ -191,7 +191,8 @@ class Docker(Storage):
             ``{image path: bytes}`` (contents given directly, as the controller does).
         prefect_directory / flow_directory: where flows go: ``<dir>/flows/<slug>.prefect|.py``.
         path: with `stored_as_script`, the script's path in the image (already there).
-        extra_dockerfile_commands: Dockerfile lines added after the flows, before the healthcheck.
+        extra_dockerfile_commands: Dockerfile lines of the base image, run after the dependencies
+            and files, before the flows are added (a flow change never reruns them).
         ignore_healthchecks: do not load every flow in the image at build time.
         base_url / tls_config: the Docker daemon (default ``$DOCKER_HOST``) and its TLS config (a
             ``docker.tls.TLSConfig``, True, or a :class:`DaemonTLS` of PEM text).
@@ -590,10 +591,10 @@ class Docker(Storage):
         flow (sorted by location), and the digest of every input (the default tag)."""
         spec = self.image_spec(flows)
         try:
+            files = df.checked_flows(spec)  # sorted by location; bad flows fail before anything is built
             base = df.render_base(spec)
         except df.DockerfileError as exc:
             raise InvalidConfig(str(exc)) from None
-        files = sorted(spec.flows, key=lambda f: f.location)
         layers = [file_layer(f.location, f.data, comment=f"flow {f.name}") for f in files]
         labels = {df.LABEL_FLOWS: df.flows_label(files)}
         digest = hashlib.sha256(f"{IMAGE_LAYOUT}\0{base.inputs_digest}\0".encode())
