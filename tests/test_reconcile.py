@@ -4,6 +4,7 @@ directory and a counting builder. No network, no kopf."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,32 @@ def test_missing_storage_waits_without_stalling(cluster: FakeCluster) -> None:
     outcome = reconcile_stored_flow(obj, cluster)
     assert outcome.failure is not None and outcome.failure.reason == "StorageNotFound"
     assert not outcome.failure.stalled and outcome.requeue_after
+
+
+def test_missing_secret_is_rechecked_soon_then_less_often(cluster: FakeCluster) -> None:
+    # Secrets are not watched: a Secret applied a moment after the FlowStorage naming it (one
+    # `kubectl apply -f dir/`) must be picked up within seconds, a lasting absence costs little.
+    cluster.storages["store"]["spec"]["signing"] = {"secretRef": {"name": "signing"}}
+    obj = flow_obj()
+    first = reconcile_stored_flow(obj, cluster)
+    assert first.failure is not None and first.failure.reason == "SecretNotFound" and first.failure.stalled
+    assert first.requeue_after == 2.0
+    obj["status"] = first.status
+
+    def stalled_since(seconds: int) -> None:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+        stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+        stalled["lastTransitionTime"] = since.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    stalled_since(20)
+    assert 19.0 <= (reconcile_stored_flow(obj, cluster).requeue_after or 0) <= 22.0
+    stalled_since(3600)
+    assert reconcile_stored_flow(obj, cluster).requeue_after == 60.0
+    cluster.storages["store"]["spec"]["interval"] = "30s"
+    assert reconcile_stored_flow(obj, cluster).requeue_after == 30.0
+
+    cluster.secrets["signing"] = {"data": {"FLOWSTORE_SIGNING_KEY": "k3y-for-signing-flows-0123456789"}}
+    assert ready(settle(obj, cluster))["status"] == "True"
 
 
 def test_missing_configmap_key_lists_what_is_there(cluster: FakeCluster) -> None:

@@ -179,6 +179,13 @@ def test_missing_secret_and_missing_key(operator: OperatorProcess, namespace: st
     assert wait_ready(namespace, "ok")["status"]["location"]
     assert s3_keys(s3_endpoint, s3_bucket) == [get("storedflow", namespace, "ok")["status"]["location"]]
     assert key_id not in operator.logs()
+
+    # Secrets are not watched, yet creating the missing one is picked up within seconds (a
+    # doubling recheck delay, not a fixed minute), for the storage and its flow.
+    apply(storage_with_secret(namespace, "nosecret", s3_bucket, s3_endpoint,
+                              {"AWS_ACCESS_KEY_ID": "AKIALATE000000000000", "AWS_SECRET_ACCESS_KEY": "late-secret"}))
+    assert wait_ready(namespace, "a", timeout=30)["status"]["location"]
+    wait_ready(namespace, "nosecret", kind="flowstorage", timeout=30)
     assert operator.alive()
 
 

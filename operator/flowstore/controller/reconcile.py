@@ -315,17 +315,28 @@ def _reconcile_stored_flow(
         failure = classify(exc)
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and ctx.storage_spec is not None and failure.reason in _RECHECKED:
-            requeue = min(ctx.storage_spec.interval_seconds, RECHECK_SECONDS)
+            requeue = recheck_after(status.get("conditions"), failure.reason, ctx.storage_spec.interval_seconds)
         return _failed(status, generation, failure, requeue)
 
 
 # Stalled failures caused by things outside the operator's watches (buckets, credentials,
 # Secrets — Secrets are deliberately not watched: that would stream every Secret of the cluster
-# into the operator): rechecked every RECHECK_SECONDS, or sooner at the storage's interval.
+# into the operator) are rechecked with a doubling delay: RECHECK_FIRST_SECONDS after the
+# failure first shows, then about as long again as it has lasted, up to RECHECK_SECONDS (or the
+# storage's interval when shorter). A Secret applied in the same bundle as the resource that
+# names it, but a moment later, is thus picked up within seconds, and a lasting problem costs
+# one read a minute.
+RECHECK_FIRST_SECONDS = 2.0
 RECHECK_SECONDS = 60.0
 _RECHECKED = {Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC,
               # git-hosted: a push fixes these, and no watch tells us about pushes
               Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND}
+
+
+def recheck_after(conditions: list[dict[str, Any]] | None, reason: str, interval: float) -> float:
+    """When to look again at a resource stalled for `reason` (see RECHECK_SECONDS)."""
+    lasted = cond.stalled_for(conditions, reason)
+    return min(interval, RECHECK_SECONDS, max(RECHECK_FIRST_SECONDS, lasted))
 
 
 def resolve_storage(ctx: FlowContext, ports: Ports) -> None:
@@ -819,7 +830,8 @@ def _reconcile_flow_storage(obj: dict[str, Any], ports: Ports) -> Outcome:
         storage.check_container()
     except Exception as exc:
         failure = classify(exc)
-        requeue = failure.retry_after if not failure.stalled else min(spec.interval_seconds, RECHECK_SECONDS)
+        requeue = (failure.retry_after if not failure.stalled
+                   else recheck_after(status.get("conditions"), failure.reason, spec.interval_seconds))
         return _failed(status, generation, failure, requeue)
     serialized = storage.serialize()
     serialized.pop("flows", None)
