@@ -18,7 +18,7 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def stalled_for(conditions: list[Condition] | None, reason: str, now: dt.datetime | None = None) -> float:
+def stalled_for(conditions: list[Condition] | None, reason: str) -> float:
     """Seconds the resource has been Stalled for `reason` (0 when it is not, or for another reason)."""
     stalled = get_condition(conditions, ConditionType.STALLED)
     if not stalled or stalled.get("status") != "True" or stalled.get("reason") != reason:
@@ -27,7 +27,7 @@ def stalled_for(conditions: list[Condition] | None, reason: str, now: dt.datetim
         since = dt.datetime.fromisoformat(str(stalled.get("lastTransitionTime")).replace("Z", "+00:00"))
     except ValueError:
         return 0.0
-    return max(0.0, ((now or dt.datetime.now(dt.UTC)) - since).total_seconds())
+    return max(0.0, (dt.datetime.now(dt.UTC) - since).total_seconds())
 
 
 def get_condition(conditions: list[Condition] | None, ctype: str) -> Condition | None:
