@@ -92,10 +92,6 @@ class BuildContext:
     #: context files, extra inputs); also written to the ``dev.flowstore.inputs-digest`` label
     inputs_digest: str
 
-    @property
-    def context_digest(self) -> str:
-        return hashlib.sha256(self.tar).hexdigest()
-
 
 def _check_image_path(path: str, what: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
