@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -935,6 +936,7 @@ class DaemonTLS:
         return docker.tls.TLSConfig(client_cert=cert, ca_cert=paths.get("ca.pem"), verify=paths.get("ca.pem") or True)
 
 
+@functools.cache
 def _pinned_ca_client(base: type) -> type:
     """`base` (docker.APIClient, a requests Session) verifying with its own CA file even when
     REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE are set: requests lets those replace a session's CA."""
