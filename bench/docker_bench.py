@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
-from flowstore.build import envelope  # noqa: E402
+from flowstore.artifacts import envelope  # noqa: E402
 from flowstore.flow import Flow  # noqa: E402
 from flowstore.storage.docker import Docker, ImageFlow  # noqa: E402
 

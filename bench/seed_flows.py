@@ -54,7 +54,7 @@ else:
     import boto3
     import cloudpickle  # noqa: F401
 
-    from flowstore.build import envelope
+    from flowstore.artifacts import envelope
     from flowstore.storage import S3 as FlowstoreS3
 T_IMPORTED = time.perf_counter()
 

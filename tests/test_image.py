@@ -214,7 +214,7 @@ def test_image_has_backends_but_no_build_tools(container: str) -> None:
     assert buildah_run(container, "sh", "-c", "ls /opt/flowstore/bin/pip* /src 2>/dev/null; echo end") == "end"
     assert buildah_run(container, "sh", "-c", "test -w /opt/flowstore/lib || echo read-only") == "read-only"
     # Every backend's SDK is installed (flowstore[all]).
-    imports = ("import flowstore.controller.handlers, flowstore.build.envelope, kopf, kubernetes, boto3, "
+    imports = ("import flowstore.controller.handlers, flowstore.artifacts.envelope, kopf, kubernetes, boto3, "
                "google.cloud.storage, azure.storage.blob, azure.identity")
     assert buildah_run(container, "python", "-c", imports + "; print('ok')") == "ok"
     assert "operator" in buildah_run(container, "flowstore", "--help")

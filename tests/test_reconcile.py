@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from flowstore import sandbox
 from flowstore.api.models import StorageSpec
-from flowstore.build import sandbox
 from flowstore.controller.reconcile import reconcile_flow_storage, reconcile_stored_flow, status_changed
 from flowstore.storage import Storage, backend_class
 
@@ -197,7 +197,7 @@ def test_flow_storage_reports_flows(cluster: FakeCluster) -> None:
 
 
 def test_signing_key_from_a_secret_signs_and_its_absence_stalls(cluster: FakeCluster, tmp_path: Path) -> None:
-    from flowstore.build.signing import sign
+    from flowstore.artifacts.signing import sign
 
     cluster.storages["store"] = storage_obj(tmp_path / "flows", signing={"secretRef": {"name": "sig"}})
     outcome = reconcile_stored_flow(flow_obj(), cluster)

@@ -13,7 +13,7 @@ import cloudpickle
 import pytest
 
 from flowstore.api.constants import Reason
-from flowstore.build.sandbox import BuildError, build_pickle, check_script
+from flowstore.sandbox import BuildError, build_pickle, check_script
 
 
 def _src(text: str) -> bytes:
@@ -270,7 +270,7 @@ def test_build_cannot_read_credentials_or_use_the_network(tmp_path: Path) -> Non
 
     import cloudpickle
 
-    from flowstore.build import _confine
+    from flowstore.sandbox import _confine
 
     assert _confine.abi_version() >= 4, "this kernel has no Landlock network rules; the test needs them"
     token = tmp_path / "token"

@@ -38,16 +38,12 @@ def _parse_selector(text: str) -> str:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
     import kopf
+    from kubernetes import client, config
 
-    if args.selector:  # read by the handlers module as it registers them (labels= filters)
-        os.environ["FLOWSTORE_SELECTOR"] = args.selector
-    from flowstore.controller import (
-        handlers,  # noqa: F401 - registers the handlers
-        leader,
-    )
+    from flowstore import kubeconfig
+    from flowstore.controller import handlers, leader
     from flowstore.controller.runtime import Settings
 
     # kopf's own logging setup: per-object context (namespace/name) on every record, and real
@@ -71,23 +67,23 @@ def cmd_operator(args: argparse.Namespace) -> int:
             leader.check_timings(election)
         except ValueError as exc:
             return _print_error(exc)
-    from kubernetes import config
-
     try:  # fail fast and clearly, rather than kopf retrying a startup handler every minute
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException as exc:
-            return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
+        kubeconfig.load()
+    except config.ConfigException as exc:
+        return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
     if args.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    memo = kopf.Memo(settings=settings)
+    registry = kopf.OperatorRegistry()
+    selector = dict(item.split("=", 1) for item in args.selector.split(",")) if args.selector else None
+    handlers.register(registry, labels=selector)
+    memo = kopf.Memo(settings=settings, api=client.ApiClient())
 
     async def run_kopf(stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> int:
         await kopf.operator(
+            registry=registry,
+            settings=handlers.kopf_settings(),
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
@@ -131,7 +127,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from flowstore.build.signing import SignatureError
+    from flowstore.artifacts.signing import SignatureError
     from flowstore.client import FlowNotAvailable, load_artifact
     from flowstore.storage import StorageError
 
@@ -151,7 +147,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Load a stored flow (verified) and run it: what an agent does."""
-    from flowstore.build.signing import SignatureError
+    from flowstore.artifacts.signing import SignatureError
     from flowstore.client import FlowNotAvailable, load_flow
     from flowstore.storage import StorageError
 

@@ -14,8 +14,9 @@ import dataclasses
 import os
 from typing import Any
 
+from flowstore import kubeconfig
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.build import envelope, signing
+from flowstore.artifacts import envelope, signing
 from flowstore.storage import from_serialized
 from flowstore.storage.base import verify_digest
 
@@ -35,12 +36,9 @@ class Artifact:
 
 
 def _custom_api() -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+    kubeconfig.load()
     return client.CustomObjectsApi()
 
 

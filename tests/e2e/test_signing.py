@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from flowstore import client
-from flowstore.build.signing import SignatureError, sign
+from flowstore.artifacts.signing import SignatureError, sign
 from tests.conftest import kubectl
 from tests.e2e.conftest import OperatorProcess, apply, inline_flow, s3_storage, wait_for, wait_ready
 

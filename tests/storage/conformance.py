@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import flowstore.storage
-from flowstore.build import envelope
+from flowstore.artifacts import envelope
 from flowstore.flow import Flow
 from flowstore.storage import IntegrityError, NotFound, Storage, from_serialized
 from flowstore.storage.base import sha256_hex

@@ -12,8 +12,8 @@ import cloudpickle
 import pytest
 
 import flowstore.storage
-from flowstore.build import envelope
-from flowstore.build.keys import default_key, join_prefix, slugify
+from flowstore.artifacts import envelope
+from flowstore.artifacts.keys import default_key, join_prefix, slugify
 from flowstore.flow import Flow
 from flowstore.storage import IntegrityError, InvalidConfig, MissingDependency, backend_class, from_serialized
 from flowstore.storage.base import sha256_hex, verify_digest

@@ -27,9 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from flowstore.build import dockerfile as df
-from flowstore.build import envelope
-from flowstore.build.image import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
+from flowstore.artifacts import envelope
 from flowstore.flow import Flow
 from flowstore.storage import docker as docker_mod
 from flowstore.storage.docker import (
@@ -43,6 +41,10 @@ from flowstore.storage.docker import (
     ImageFlow,
     RegistryUnavailable,
 )
+from flowstore.storage.docker import daemon as docker_daemon
+from flowstore.storage.docker import dockerfile as df
+from flowstore.storage.docker.daemon import Daemon
+from flowstore.storage.docker.layers import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
 from flowstore.storage.errors import AuthFailed, IntegrityError, InvalidConfig, NotFound
 from tests.tcp_proxy import TcpProxy
 from tests.tls_certs import Authority
@@ -268,7 +270,8 @@ def test_changing_one_flow_changes_and_pushes_only_its_layer(built: Built, regis
     assert storage.get_flow(flows[1].location, flow_name="beta").run().startswith("beta v2 ")
 
 
-def test_a_daemon_without_the_base_image_pulls_it_instead_of_building(docker_env: dict[str, str]) -> None:
+def test_a_daemon_without_the_base_image_pulls_it_instead_of_building(docker_env: dict[str, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import docker
 
     storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
@@ -285,7 +288,7 @@ def test_a_daemon_without_the_base_image_pulls_it_instead_of_building(docker_env
     def no_build(*args: Any) -> Any:
         raise AssertionError("the base image was built again instead of pulled")
 
-    storage._run_build = no_build  # type: ignore[method-assign]
+    monkeypatch.setattr(Daemon, "build", no_build)
     image = storage.build_image(flows)
     assert "2 flows load" in image.log_tail
     assert api.inspect_image(base_ref)["Config"]["Labels"][df.LABEL_INPUTS] == storage.plan(flows).base.inputs_digest
@@ -349,7 +352,7 @@ def test_one_healthcheck_container_serves_the_checks_then_goes_away(
         docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import docker
 
-    monkeypatch.setattr(docker_mod, "HEALTHCHECK_IDLE", 8)
+    monkeypatch.setattr(docker_daemon, "HEALTHCHECK_IDLE", 8)
     storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
     flows = [ImageFlow("one", storage.location_for("one"), pickled_flow("one", "1"))]
     storage.build_image(flows)
@@ -380,9 +383,9 @@ def test_one_healthcheck_container_serves_the_checks_then_goes_away(
 
 def test_a_flow_that_hangs_when_loaded_fails_the_healthcheck(
         docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(docker_mod, "HEALTHCHECK_TIMEOUT", 2)
+    monkeypatch.setattr(docker_daemon, "HEALTHCHECK_TIMEOUT", 2)
     # two hanging flows take longer than one daemon call may: the check's call waits for them
-    monkeypatch.setattr(docker_mod, "DAEMON_TIMEOUT", 3)
+    monkeypatch.setattr(docker_daemon, "DAEMON_TIMEOUT", 3)
     storage = make_storage(docker_env)
     hangs = ImageFlow("hangs", "/opt/prefect/flows/hangs.py", b"import time\ntime.sleep(120)\n")
     also = ImageFlow("also hangs", "/opt/prefect/flows/also.py", b"import time\ntime.sleep(120)\n")

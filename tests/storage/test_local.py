@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flowstore.build.keys import slugify
+from flowstore.artifacts.keys import slugify
 from flowstore.storage import ContainerNotFound, InvalidConfig, NotFound, from_serialized
 from flowstore.storage.local import Local
 

@@ -18,11 +18,6 @@ FINALIZER: Final = "flowstore.dev/cleanup"
 #: value handled last is echoed in status.lastHandledReconcileAt (Flux's requestedAt pattern).
 REQUESTED_AT_ANNOTATION: Final = "flowstore.dev/requested-at"
 
-# Backend blocks a FlowStorage spec may carry (exactly one). Later issues add more.
-BACKEND_KEYS: Final = ("local", "s3", "gcs", "azure", "webhook", "docker",
-                       "github", "gitlab", "bitbucket", "codecommit", "git")
-
-
 class ConditionType:
     """kstatus condition types."""
 
@@ -32,14 +27,16 @@ class ConditionType:
 
 
 class Reason:
-    """Condition reasons. One per failure a person can tell apart in `kubectl describe`."""
+    """Condition reasons: the one vocabulary. One per failure a person can tell apart in
+    `kubectl describe`. Errors carry one of these (``StorageError.reason``, ``BuildError.reason``,
+    ``ReconcileError``); tests/unit/test_vocabulary.py checks that every reason raised anywhere is
+    declared here and that every one declared here is used."""
 
     SUCCEEDED: Final = "Succeeded"
     PROGRESSING: Final = "Progressing"
-    STORING: Final = "Storing"
+    SUSPENDED: Final = "Suspended"
     # Spec and references
     STORAGE_NOT_FOUND: Final = "StorageNotFound"
-    STORAGE_NOT_READY: Final = "StorageNotReady"
     SOURCE_NOT_FOUND: Final = "SourceNotFound"
     SECRET_NOT_FOUND: Final = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     INVALID_SPEC: Final = "InvalidSpec"
@@ -72,6 +69,17 @@ class Reason:
     DEPENDENCY_INSTALL_FAILED: Final = "DependencyInstallFailed"
     DOCKERFILE_INVALID: Final = "DockerfileInvalid"
     BUILD_FAILED: Final = "BuildFailed"
+    PUSH_FAILED: Final = "PushFailed"
+    RUN_FAILED: Final = "RunFailed"
     DAEMON_UNAVAILABLE: Final = "DaemonUnavailable"
     REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
-    SUSPENDED: Final = "Suspended"
+
+
+class EventReason:
+    """Reasons of the Normal Events the operator posts (Warning Events carry a :class:`Reason`)."""
+
+    STORED: Final = "Stored"
+    PINNED: Final = "Pinned"
+    RETAINED: Final = "Retained"
+    DELETED: Final = "Deleted"
+    CLEANUP_FAILED: Final = "CleanupFailed"

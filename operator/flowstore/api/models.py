@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from flowstore.api.constants import BACKEND_KEYS
+from flowstore.api.backends import BACKEND_KEYS
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -30,6 +30,11 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise SpecError(f"{text!r} is not a duration like 30s, 10m or 1h30m")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def storage_ref(spec: Mapping[str, Any] | None) -> str:
+    """The FlowStorage a StoredFlow spec names (``spec.storageRef.name``), "" when it names none."""
+    return str(((spec or {}).get("storageRef") or {}).get("name") or "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +121,7 @@ class FlowSpec:
         )
         if sum(x is not None for x in (flow_source.inline, flow_source.config_map, flow_source.path)) != 1:
             raise SpecError("spec.source needs exactly one of configMapRef, inline or path")
-        storage_name = (spec.get("storageRef") or {}).get("name")
+        storage_name = storage_ref(spec)
         if not storage_name or not spec.get("flowName"):
             raise SpecError("spec.storageRef.name and spec.flowName are required")
         return cls(

@@ -12,7 +12,7 @@ import dataclasses
 
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError
-from flowstore.build.sandbox import BuildError
+from flowstore.sandbox import BuildError
 from flowstore.storage.errors import StorageError
 
 

@@ -1,40 +1,38 @@
-"""kopf handlers: thin. They unpack, hand over to the runtime, and translate for kopf.
+"""kopf handlers: thin. They unpack, hand over to the runtime or the reconcile core, and
+translate for kopf.
 
 - one daemon per FlowStorage and per StoredFlow runs its reconcile loop (runtime.py);
 - watch handlers poke loops when something they reference changes (spec, ConfigMap,
   FlowStorage) — in memory, without writing anything to the objects;
-- the deletion handler honours ``deletionPolicy`` with bounded retries, then releases the
-  finalizer ``flowstore.dev/cleanup`` whatever happens, recording an Event.
+- the deletion handler applies ``deletionPolicy`` (``reconcile.cleanup``) with bounded
+  retries, then releases the finalizer ``flowstore.dev/cleanup`` whatever happens.
 
-``flowstore operator --selector k=v`` (passed as FLOWSTORE_SELECTOR, read here at import, when
-the handlers register) limits the loops and the deletion handler to labelled objects, so
-several operators can share namespaces. The index and the pokes stay unfiltered: they only
-read, and a flow-name conflict or a poke may cross shards.
+Nothing is registered at import: :func:`register` adds the handlers to a registry with the
+operator's label selector (``flowstore operator --selector k=v``), which limits the loops and
+the deletion handler to labelled objects so several operators can share namespaces. The index
+and the pokes stay unfiltered: they only read, and a flow-name conflict or a poke may cross shards.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
-from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.api.models import SpecError, StorageSpec
-from flowstore.controller.failures import classify
-from flowstore.controller.reconcile import requested_at
-from flowstore.controller.runtime import Runtime, Settings
+from flowstore.api import conditions as cond
+from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_KIND, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.models import storage_ref
+from flowstore.controller.reconcile import delete_stored_flow, requested_at
+from flowstore.controller.runtime import Runtime
 
-# KEY=VALUE[,KEY=VALUE], normalized by the CLI; None: every object.
-LABELS: dict[str, str] | None = dict(
-    item.split("=", 1) for item in os.environ.get("FLOWSTORE_SELECTOR", "").split(",") if "=" in item
-) or None
+IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def kopf_settings() -> kopf.OperatorSettings:
+    """kopf's settings for flowstore, tuned once."""
+    settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flowstore.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -44,129 +42,111 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    api = client.ApiClient()
-    memo.runtime = Runtime(api, memo.get("settings") or Settings())
-    logger.info("flowstore operator configured: %s%s", memo.runtime.settings,
-                f"; only objects labelled {LABELS}" if LABELS else "")
+    return settings
 
 
-@kopf.on.cleanup()
-def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.pool.shutdown(wait=False, cancel_futures=True)
+def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | None = None) -> None:
+    """Add flowstore's handlers to `registry`; `labels` selects the objects this operator serves."""
+    selector = dict(labels) if labels else None
 
+    @kopf.on.startup(registry=registry)
+    def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+        memo.runtime = Runtime(memo.api, memo.settings)
+        logger.info("flowstore operator started: %s%s", memo.settings,
+                    f"; only objects labelled {selector}" if selector else "")
 
-# ---------------------------------------------------------------------- index
-@kopf.index(GROUP, VERSION, STOREDFLOW_PLURAL)
-def storedflows_by_storage(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec,
-                           **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """StoredFlows by (namespace, FlowStorage name), for the flow-name conflict check. kopf
-    fills indexes completely before any daemon starts, so no older flow is ever missed; and
-    the check costs no API call (a LIST per store grew with the square of the flow count)."""
-    return {(namespace, (spec.get("storageRef") or {}).get("name", "")): {
-        "metadata": {"name": name, "creationTimestamp": meta.get("creationTimestamp"),
-                     "deletionTimestamp": meta.get("deletionTimestamp")},
-        "spec": {"storageRef": dict(spec.get("storageRef") or {}), "flowName": spec.get("flowName")},
-    }}
+    @kopf.on.cleanup(registry=registry)
+    def stop(memo: kopf.Memo, **_: Any) -> None:
+        memo.runtime.pool.shutdown(wait=False, cancel_futures=True)
 
+    # ------------------------------------------------------------------ index
+    @kopf.index(GROUP, VERSION, STOREDFLOW_PLURAL, registry=registry)
+    def storedflows_by_storage(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
+                               **_: Any) -> dict[IndexKey, dict[str, Any]]:
+        """StoredFlows by (namespace, FlowStorage name): the flow-name conflict check and the
+        FlowStorage's ``status.flows`` read it, so neither costs an API call (a LIST per store
+        grew with the square of the flow count). kopf fills indexes completely before any
+        daemon starts, so no older flow is ever missed."""
+        ready = cond.get_condition(status.get("conditions"), "Ready")
+        return {(namespace, storage_ref(spec)): {
+            "metadata": {"name": name, "creationTimestamp": meta.get("creationTimestamp"),
+                         "deletionTimestamp": meta.get("deletionTimestamp")},
+            "spec": {"storageRef": dict(spec.get("storageRef") or {}), "flowName": spec.get("flowName")},
+            "status": {"flowName": status.get("flowName"), "location": status.get("location"),
+                       "conditions": [dict(ready)] if ready else []},
+        }}
 
-# ---------------------------------------------------------------------- reconcile loops
-@kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10, labels=LABELS)
-async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                          storedflows_by_storage: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
-    await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger, index=storedflows_by_storage)
+    # ------------------------------------------------------------------ reconcile loops
+    @kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10, labels=selector, registry=registry)
+    async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
+                              storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
+        await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger,
+                                    index=storedflows_by_storage)
 
+    @kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10, labels=selector, registry=registry)
+    async def flowstorage_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
+                               storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
+        await memo.runtime.run_loop(FLOWSTORAGE_PLURAL, namespace, name, stopped, logger,
+                                    index=storedflows_by_storage)
 
-@kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10, labels=LABELS)
-async def flowstorage_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo,
-                           logger: logging.Logger, **_: Any) -> None:
-    await memo.runtime.run_loop(FLOWSTORAGE_PLURAL, namespace, name, stopped, logger)
+    # ------------------------------------------------------------------ pokes
+    @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, registry=registry)
+    def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A spec change (generation ahead of what status observed) or a deletion wakes its loop;
+        any change may free or take a flow name, so the storage and same-named flows are woken too."""
+        meta, spec = body.get("metadata", {}), body.get("spec") or {}
+        runtime: Runtime = memo.runtime
+        namespace, name = meta.get("namespace"), meta.get("name")
+        observed = (body.get("status") or {}).get("observedGeneration")
+        key = (STOREDFLOW_PLURAL, namespace, name)
+        # A generation the loop already read (e.g. the finalizer patch of a new object arriving
+        # during its first pass) needs no second pass.
+        unseen = meta.get("generation") != observed and (meta.get("generation") or 0) > runtime.seen.get(key, 0)
+        if type == "DELETED" or unseen or requested_at(body):
+            runtime.poke(key)
+            runtime.poke_flows(namespace, lambda s: storage_ref(s) == storage_ref(spec)
+                               and s.get("flowName") == spec.get("flowName"))
+        status = body.get("status") or {}
+        ready = cond.get_condition(status.get("conditions"), "Ready") or {}
+        summary = None if type == "DELETED" or meta.get("deletionTimestamp") else (
+            status.get("flowName") or spec.get("flowName"), status.get("location"), ready.get("reason"))
+        runtime.flow_changed(key, storage_ref(spec), summary)
 
+    @kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL, registry=registry)
+    def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
+        meta = body.get("metadata", {})
+        observed = (body.get("status") or {}).get("observedGeneration")
+        if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
+            memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
+            memo.runtime.poke_flows(meta.get("namespace"), lambda s: storage_ref(s) == meta.get("name"))
 
-# ---------------------------------------------------------------------- pokes
-@kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL)
-def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A spec change (generation ahead of what status observed) or a deletion wakes its loop;
-    any change may free or take a flow name, so the storage and same-named flows are woken too."""
-    meta, spec = body.get("metadata", {}), body.get("spec") or {}
-    runtime: Runtime = memo.runtime
-    namespace, name = meta.get("namespace"), meta.get("name")
-    observed = (body.get("status") or {}).get("observedGeneration")
-    key = (STOREDFLOW_PLURAL, namespace, name)
-    # A generation the loop already read (e.g. the finalizer patch of a new object arriving
-    # during its first pass) needs no second pass.
-    unseen = meta.get("generation") != observed and (meta.get("generation") or 0) > runtime.seen.get(key, 0)
-    if type == "DELETED" or unseen or requested_at(body):
-        runtime.poke(key)
-        storage = (spec.get("storageRef") or {}).get("name")
-        runtime.poke_flows(namespace, lambda s: (s.get("storageRef") or {}).get("name") == storage
-                           and s.get("flowName") == spec.get("flowName"))
-    if type == "DELETED":
-        runtime.poke_storage(namespace, (spec.get("storageRef") or {}).get("name", ""))
+    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A ConfigMap changed: wake the StoredFlows whose source it is."""
+        meta = body.get("metadata", {})
 
+        def uses_it(spec: dict[str, Any]) -> bool:
+            return bool(((spec.get("source") or {}).get("configMapRef") or {}).get("name") == meta.get("name"))
 
-@kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL)
-def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
-    meta = body.get("metadata", {})
-    observed = (body.get("status") or {}).get("observedGeneration")
-    if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
-        memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
-        memo.runtime.poke_flows(meta.get("namespace"),
-                                lambda s: (s.get("storageRef") or {}).get("name") == meta.get("name"))
+        memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
-
-@kopf.on.event("", "v1", "configmaps")
-def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A ConfigMap changed: wake the StoredFlows whose source it is."""
-    meta = body.get("metadata", {})
-
-    def uses_it(spec: dict[str, Any]) -> bool:
-        return bool(((spec.get("source") or {}).get("configMapRef") or {}).get("name") == meta.get("name"))
-
-    memo.runtime.poke_flows(meta.get("namespace"), uses_it)
-
-
-# ---------------------------------------------------------------------- deletion
-@kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, labels=LABELS)
-def storedflow_deleted(body: kopf.Body, name: str, namespace: str, retry: int, memo: kopf.Memo,
-                       logger: logging.Logger, **_: Any) -> None:
-    """Apply the FlowStorage's deletionPolicy. Backend outages are retried a bounded number of
-    times; then the artifact is left in place, a Warning Event says so, and the finalizer is
-    released — a deletion never hangs forever."""
-    runtime: Runtime = memo.runtime
-    status, spec = dict(body.get("status") or {}), dict(body.get("spec") or {})
-    location, storage_name = status.get("location"), (spec.get("storageRef") or {}).get("name")
-    if not location:
-        return
-    fs = runtime.ports.get_flowstorage(namespace, storage_name)
-    try:
-        storage_spec = StorageSpec.parse(fs.get("spec") or {}) if fs else None
-    except SpecError:
-        storage_spec = None
-    if storage_spec is None or storage_spec.deletion_policy != "Delete":
-        why = "deletionPolicy is Retain" if storage_spec else f"FlowStorage {storage_name!r} is gone"
-        logger.info("keeping %s (%s)", location, why)
-        runtime.post_event(dict(body), "StoredFlow", "Normal", "Retained", f"Kept {location} ({why})")
-        return
-    from flowstore.controller.reconcile import open_storage
-
-    try:
-        storage = open_storage(runtime.ports, namespace, fs or {}, storage_spec)
-        storage.restore_state((status.get("artifact") or {}).get("storageState"))
-        storage.delete(location)
-    except Exception as exc:
-        failure = classify(exc)
-        if failure.stalled or retry >= runtime.settings.delete_retries:
-            message = (f"Could not delete {location} ({failure.reason}: {failure.message}); the artifact was "
-                       f"left in place and the finalizer released. Delete it by hand if it must go.")
-            runtime.post_event(dict(body), "StoredFlow", "Warning", "CleanupFailed", message)
-            logger.warning(message)
-            return
-        raise kopf.TemporaryError(f"deleting {location}: {failure.message}",
-                                  delay=min(30.0, 2.0 * 2**retry)) from None
-    runtime.post_event(dict(body), "StoredFlow", "Normal", "Deleted", f"Deleted {location} (deletionPolicy: Delete)")
-
+    # ------------------------------------------------------------------ deletion
+    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, labels=selector, registry=registry)
+    def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
+                           **_: Any) -> None:
+        """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded
+        number of times, then the finalizer is released whatever happens."""
+        runtime: Runtime = memo.runtime
+        outcome = delete_stored_flow(dict(body), runtime.ports, attempt=retry,
+                                     max_attempts=runtime.settings.delete_retries)
+        if outcome.retry_after is not None:
+            assert outcome.event is not None
+            raise kopf.TemporaryError(outcome.event.message, delay=outcome.retry_after)
+        if outcome.event is not None:
+            if outcome.event.type == "Warning":
+                logger.warning(outcome.event.message)
+            else:
+                logger.info(outcome.event.message)
+            runtime.post_event(dict(body), STOREDFLOW_KIND, outcome.event.type, outcome.event.reason,
+                               outcome.event.message)

@@ -15,9 +15,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import StorageSpec
-from flowstore.build import sandbox
 from flowstore.controller import metrics
 from flowstore.controller.failures import ClusterUnavailable
 from flowstore.controller.images import ImageBuilder

@@ -65,6 +65,8 @@ class Runtime:
         self.readiness = metrics.ReadinessTracker()
         self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
         self.seen: dict[Key, int] = {}  # the generation each loop last read
+        #: StoredFlow -> (its FlowStorage, what status.flows takes from it), from watch events
+        self.flow_summaries: dict[Key, tuple[str, tuple[Any, ...]]] = {}
 
     # ------------------------------------------------------------------ pokes (watch side)
     def poke(self, key: Key) -> None:
@@ -94,6 +96,18 @@ class Runtime:
 
     def poke_storage(self, namespace: str, name: str) -> None:
         self.poke((FLOWSTORAGE_PLURAL, namespace, name))
+
+    def flow_changed(self, key: Key, storage: str, summary: tuple[Any, ...] | None) -> None:
+        """A StoredFlow's part of its FlowStorage's ``status.flows`` (its name, location and
+        readiness; None once it is gone) was seen in a watch event: wake the FlowStorage when
+        that part changed. Called after kopf updated its index with the same event, so the
+        FlowStorage's pass reads the new state."""
+        before = self.flow_summaries.pop(key, None)
+        if summary is not None:
+            self.flow_summaries[key] = (storage, summary)
+        if before != ((storage, summary) if summary is not None else None):
+            for name in {storage, before[0] if before else storage}:
+                self.poke_storage(key[1], name)
 
     # ------------------------------------------------------------------ the loop
     async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger,
@@ -183,7 +197,8 @@ class Runtime:
             outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift,
                                                       on_progress=write_progress, siblings=lookup)
         else:
-            outcome = reconcile.reconcile_flow_storage(obj, ports)
+            members = siblings.get(name, []) if siblings is not None else None
+            outcome = reconcile.reconcile_flow_storage(obj, ports, members=members)
         self._observe(kind, namespace, name, outcome, time.monotonic() - started)
         before = obj.get("status") or {}
         # Compare with what the object holds now: a progress status written above must be
@@ -192,9 +207,6 @@ class Runtime:
         if reconcile.status_changed(current, outcome.status):
             ports.patch_status(plural, namespace, name, _with_removals(current, outcome.status))
             self._post_events(obj, kind, before, outcome)
-            if plural == STOREDFLOW_PLURAL:
-                # The FlowStorage alone writes its status.flows, from a fresh list: wake it.
-                self.poke_storage(namespace, (obj.get("spec") or {}).get("storageRef", {}).get("name", ""))
         if outcome.uploaded:
             logger.info("stored %s/%s at %s", namespace, name, outcome.status.get("location"))
         elif outcome.failure is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from flowstore.api.backends import BACKENDS, backend
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact
 from flowstore.storage.errors import (
     AuthFailed,
@@ -23,39 +24,18 @@ from flowstore.storage.errors import (
     Unavailable,
 )
 
-# class name -> (module, serialized ``type``, pip extra). ``type`` is what serialize() writes.
-_REGISTRY: dict[str, tuple[str, str, str | None]] = {
-    "Local": ("flowstore.storage.local", "Local", None),
-    "S3": ("flowstore.storage.s3", "S3", "s3"),
-    "GCS": ("flowstore.storage.gcs", "GCS", "gcs"),
-    "Azure": ("flowstore.storage.azure", "Azure", "azure"),
-    "Webhook": ("flowstore.storage.webhook", "Webhook", None),
-    "Docker": ("flowstore.storage.docker", "Docker", "docker"),
-    "GitHub": ("flowstore.storage.github", "GitHub", None),
-    "GitLab": ("flowstore.storage.gitlab", "GitLab", None),
-    "Bitbucket": ("flowstore.storage.bitbucket", "Bitbucket", None),
-    "CodeCommit": ("flowstore.storage.codecommit", "CodeCommit", "codecommit"),
-    "Git": ("flowstore.storage.git", "Git", None),
-}
-#: CRD backend block key -> class name
-BACKEND_CLASSES: dict[str, str] = {
-    "local": "Local", "s3": "S3", "gcs": "GCS", "azure": "Azure", "webhook": "Webhook", "docker": "Docker",
-    "github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket", "codecommit": "CodeCommit", "git": "Git",
-}
-
 
 def backend_class(name: str) -> type[Storage]:
-    """The Storage class for a class name (``S3``) or CRD block key (``s3``)."""
-    class_name = BACKEND_CLASSES.get(name, name)
-    if class_name not in _REGISTRY:
-        raise InvalidConfig(f"unknown storage type {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    module_name, _, extra = _REGISTRY[class_name]
+    """The Storage class for a class name (``S3``) or CRD block key (``s3``), imported now."""
+    row = backend(name)
+    if row is None:
+        raise InvalidConfig(f"unknown storage type {name!r}; known: {', '.join(b.class_name for b in BACKENDS)}")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(row.module)
     except ImportError as exc:  # the backend SDK is an optional extra
-        hint = f"pip install 'flowstore[{extra}]'" if extra else "reinstall flowstore"
-        raise MissingDependency(f"{class_name} storage needs {exc.name or 'its SDK'}: {hint}") from exc
-    cls: type[Storage] = getattr(module, class_name)
+        hint = f"pip install 'flowstore[{row.extra}]'" if row.extra else "reinstall flowstore"
+        raise MissingDependency(f"{row.class_name} storage needs {exc.name or 'its SDK'}: {hint}") from exc
+    cls: type[Storage] = getattr(module, row.class_name)
     return cls
 
 
@@ -69,7 +49,7 @@ def from_serialized(doc: dict[str, Any], **overrides: Any) -> Storage:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _REGISTRY:
+    if any(name == b.class_name for b in BACKENDS):
         return backend_class(name)
     raise AttributeError(name)
 

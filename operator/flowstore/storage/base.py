@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from flowstore.build import envelope
-from flowstore.build.keys import default_key
+from flowstore.artifacts import envelope
+from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig
 
 
@@ -63,6 +63,10 @@ class Storage(abc.ABC):
     default_label: ClassVar[str | None] = None
     #: the backend holds one flow only (the seed's Webhook): any second flow is a name conflict.
     single_flow: ClassVar[bool] = False
+    #: how the operator puts a flow in this storage: ``objects`` (upload bytes to a location),
+    #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
+    #: storage is read-only). The controller keeps one publisher per family.
+    family: ClassVar[str] = "objects"
 
     def __init__(
         self,

@@ -1,18 +1,20 @@
 """The one error taxonomy every backend raises instead of SDK exceptions.
 
 Each error says whether retrying can help (`retryable`), so the controller's single
-translation point (:mod:`flowstore.controller.errors`) never has to know an SDK.
+translation point (:mod:`flowstore.controller.failures`) never has to know an SDK.
 Messages are written for a person and never contain secret values.
 """
 
 from __future__ import annotations
+
+from flowstore.api.constants import Reason
 
 
 class StorageError(Exception):
     """Base class. `retryable` tells whether the same call may succeed later unchanged."""
 
     retryable: bool = False
-    reason: str = "BackendError"
+    reason: str = Reason.BACKEND_ERROR
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -23,7 +25,7 @@ class StorageError(Exception):
 class InvalidConfig(StorageError):
     """The storage's configuration cannot work (a person must change it)."""
 
-    reason = "InvalidSpec"
+    reason = Reason.INVALID_SPEC
 
 
 class MissingDependency(InvalidConfig):
@@ -33,67 +35,67 @@ class MissingDependency(InvalidConfig):
 class TemplateValueMissing(InvalidConfig):
     """A ``${NAME}`` template names a value that is not available; the message names it."""
 
-    reason = "TemplateValueMissing"
+    reason = Reason.TEMPLATE_VALUE_MISSING
 
 
 class Rejected(StorageError):
     """The backend refused the request for a reason retrying cannot fix (an HTTP 4xx other
     than auth, not found or throttling); the message carries the status and a short body."""
 
-    reason = "RequestRejected"
+    reason = Reason.REQUEST_REJECTED
 
 
 class NotFound(StorageError):
     """The object (flow artifact) does not exist at the location."""
 
-    reason = "ArtifactMissing"
+    reason = Reason.ARTIFACT_MISSING
 
 
 class ContainerNotFound(StorageError):
     """The bucket / container / directory that should hold flows does not exist."""
 
-    reason = "BucketNotFound"
+    reason = Reason.BUCKET_NOT_FOUND
 
 
 class AuthFailed(StorageError):
     """Credentials were rejected or lack permission."""
 
-    reason = "AuthFailed"
+    reason = Reason.AUTH_FAILED
 
 
 class Unavailable(StorageError):
     """The backend could not be reached or answered with a temporary failure."""
 
     retryable = True
-    reason = "BackendUnavailable"
+    reason = Reason.BACKEND_UNAVAILABLE
 
 
 class IntegrityError(StorageError):
     """Downloaded bytes do not match the digest they were stored with."""
 
-    reason = "IntegrityError"
+    reason = Reason.INTEGRITY_ERROR
 
 
 class RateLimited(Unavailable):
     """The provider throttled us (HTTP 429, or 403 with rate-limit headers); `retry_after`
     holds the seconds until the reset time the provider gave."""
 
-    reason = "RateLimited"
+    reason = Reason.RATE_LIMITED
 
 
 class RepositoryNotFound(ContainerNotFound):
     """The git repository does not exist, or the credentials cannot see it."""
 
-    reason = "RepositoryNotFound"
+    reason = Reason.REPOSITORY_NOT_FOUND
 
 
 class RefNotFound(StorageError):
     """The branch, tag or commit named by ``ref`` does not exist in the repository."""
 
-    reason = "RefNotFound"
+    reason = Reason.REF_NOT_FOUND
 
 
 class FileNotFound(NotFound):
     """The flow file is not in the repository at the resolved commit."""
 
-    reason = "FileNotFound"
+    reason = Reason.FILE_NOT_FOUND

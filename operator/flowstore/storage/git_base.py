@@ -25,7 +25,7 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from flowstore.build import envelope
+from flowstore.artifacts import envelope
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
 from flowstore.storage.errors import FileNotFound, InvalidConfig, NotFound, RateLimited, Rejected, StorageError
 
@@ -52,8 +52,8 @@ class GitHosted(Storage):
         ref: branch, tag or commit to read (the provider's default branch when None).
     """
 
-    #: never uploads; the controller pins instead of storing (see module docstring)
-    read_only: ClassVar[bool] = True
+    #: never uploads; the controller pins a file at a commit instead (see module docstring)
+    family: ClassVar[str] = "git"
     #: the configuration key naming the ref (``commit`` for CodeCommit, as in the seed)
     ref_key: ClassVar[str] = "ref"
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flowstore.build.keys import default_key, slugify
+from flowstore.artifacts.keys import default_key, slugify
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import AuthFailed, ContainerNotFound, InvalidConfig, NotFound, StorageError
 

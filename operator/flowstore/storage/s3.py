@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from flowstore.build.keys import default_key, join_prefix
+from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, make_client
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (

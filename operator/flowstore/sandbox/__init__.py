@@ -36,7 +36,7 @@ import cloudpickle
 
 import flowstore
 from flowstore.api.constants import Reason
-from flowstore.build import _runner
+from flowstore.sandbox import _runner
 
 _RUNNER = Path(_runner.__file__).resolve()
 _STDERR_TAIL = 2048

@@ -3,11 +3,11 @@
 All flows of a storage live in one image: a base image (dependencies, files, the runtime) built
 through the Docker Engine API (any compatible daemon: dockerd, ``podman system service``) and
 pushed with the registry credentials, and one layer per flow on top, made and pushed without
-the daemon (:mod:`flowstore.build.dockerfile`, :mod:`flowstore.build.image`). Changing a flow
+the daemon (:mod:`flowstore.storage.docker.dockerfile`, :mod:`flowstore.storage.docker.layers`). Changing a flow
 uploads its layer, a configuration and a manifest; nothing is rebuilt. A healthcheck loads
 every flow in a container of the base image first. An image's identity is the manifest digest
 the *registry* reports. Reading a flow back needs no daemon: :meth:`Docker.read_flow` fetches
-the manifest and layers through the registry HTTP API (:mod:`flowstore.storage.registry`) and
+the manifest and layers through the registry HTTP API (:mod:`flowstore.storage.docker.oci`) and
 verifies every blob digest.
 
 An image's tag defaults to a digest of all build inputs, and :meth:`Docker.build_image` skips
@@ -20,129 +20,39 @@ run; ``requests`` (a core dependency) talks to the registry.
 
 from __future__ import annotations
 
-import base64
-import collections
 import dataclasses
-import functools
 import hashlib
-import io
 import json
-import os
 import posixpath
 import re
-import shutil
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flowstore.build import dockerfile as df
-from flowstore.build import envelope
-from flowstore.build.image import ImageAssemblyError, Layer, assemble, file_layer
-from flowstore.build.keys import slugify
+from flowstore.artifacts import envelope
+from flowstore.artifacts.keys import slugify
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
-from flowstore.storage.errors import (
-    AuthFailed,
-    InvalidConfig,
-    MissingDependency,
-    NotFound,
-    StorageError,
-    Unavailable,
-)
-from flowstore.storage.registry import RegistryClient, RegistryUnavailable, split_registry
+from flowstore.storage.docker import dockerfile as df
+from flowstore.storage.docker.credentials import registry_credentials
+from flowstore.storage.docker.daemon import Daemon, DaemonTLS
+from flowstore.storage.docker.errors import BuildFailed, PushFailed
+from flowstore.storage.docker.layers import ImageAssemblyError, Layer, assemble, file_layer
+from flowstore.storage.docker.oci import RegistryClient, split_registry
+from flowstore.storage.docker.runner import DockerEnvRunner
+from flowstore.storage.errors import InvalidConfig, NotFound
 
 #: the image name when none is configured
 DEFAULT_IMAGE_NAME = "flowstore-flows"
 #: the base image when neither a base image nor a Dockerfile is configured: this Python's minor
 DEFAULT_BASE_IMAGE = "python:{}.{}-slim".format(*sys.version_info[:2])
-#: lines of build output kept for error messages and BuiltImage.log_tail
-LOG_TAIL_LINES = 30
-#: the Engine API timeout for one call (a build streams for as long as it needs)
-DAEMON_TIMEOUT = 600
-#: the healthcheck: how long loading one flow may take; its container's memory, how long the
-#: container stays up without a check, and the labels that find it again (the image id, and the
-#: repository of the storage it checks for)
-HEALTHCHECK_TIMEOUT = 60
-HEALTHCHECK_MEMORY = "1g"
-HEALTHCHECK_IDLE = 600
-HEALTHCHECK_LABEL = "dev.flowstore.healthcheck-of"
-HEALTHCHECK_REPOSITORY_LABEL = "dev.flowstore.healthcheck-repository"
 #: the image layout, part of the inputs digest: images built by another layout are rebuilt once
 IMAGE_LAYOUT = "flowstore-image/2 (base image + one layer per flow)"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_STEP = re.compile(r"^(?:STEP|Step)\s+\d+/\d+\s*:\s*(.*)$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-# --------------------------------------------------------------------------- errors
-class BuildError(StorageError):
-    """Base of the image build failures; `log_tail` holds the last lines of the build output."""
-
-    reason = "BuildFailed"
-
-    def __init__(self, message: str, *, log_tail: str = "", retry_after: float | None = None) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.log_tail = log_tail
-
-
-class HealthcheckFailed(BuildError):
-    """A flow does not load in the image (with the image's own Python). `flows` names them."""
-
-    reason = "HealthcheckFailed"
-
-    def __init__(self, message: str, *, log_tail: str = "", flows: Iterable[str] = ()) -> None:
-        super().__init__(message, log_tail=log_tail)
-        self.flows = tuple(flows)
-
-
-class BaseImageNotFound(BuildError):
-    """The base image (``FROM``) cannot be found or pulled."""
-
-    reason = "BaseImageNotFound"
-
-
-class DependencyInstallFailed(BuildError):
-    """``pip install`` of the python dependencies failed."""
-
-    reason = "DependencyInstallFailed"
-
-
-class DockerfileInvalid(BuildError):
-    """The Dockerfile (the user's, or the extra commands) is not valid."""
-
-    reason = "DockerfileInvalid"
-
-
-class BuildFailed(BuildError):
-    """Any other build failure (a user ``RUN`` step failed, the daemon refused the build)."""
-
-    reason = "BuildFailed"
-
-
-class PushFailed(StorageError):
-    """The registry did not take the image for a reason other than auth or reachability."""
-
-    retryable = True
-    reason = "PushFailed"
-
-
-class RunFailed(StorageError):
-    """The daemon could not run the flow's container (pull, create or start failed)."""
-
-    reason = "RunFailed"
-
-
-class DaemonUnavailable(Unavailable):
-    """The Docker daemon (Engine API) cannot be reached."""
-
-    reason = "DaemonUnavailable"
-
-
-# --------------------------------------------------------------------------- controller API
 @dataclasses.dataclass(frozen=True)
 class ImageFlow:
     """One flow to put in the image: `data` (envelope or script bytes) goes to `location`."""
@@ -204,6 +114,8 @@ class Docker(Storage):
     """
 
     type_name = "Docker"
+    #: every flow of a storage is a layer of its one image (built by the controller's image builder)
+    family = "image"
     default_label = None
 
     def __init__(
@@ -547,7 +459,7 @@ class Docker(Storage):
 
     # ------------------------------------------------------------------ build
     def image_spec(self, flows: Iterable[ImageFlow]) -> df.ImageSpec:
-        """The :class:`~flowstore.build.dockerfile.ImageSpec` this storage builds `flows` into."""
+        """The :class:`~flowstore.storage.docker.dockerfile.ImageSpec` this storage builds `flows` into."""
         images_flows = [
             df.FlowFile(name=f.name, location=f.location, data=f.data,
                         kind="script" if (self.stored_as_script or f.location.endswith(".py")) else "pickle")
@@ -629,7 +541,7 @@ class Docker(Storage):
                               layers_pushed_bytes=0, log_tail="")
         base_tag, log_tail = self._ensure_base(plan.base, local=not self.ignore_healthchecks)
         if not self.ignore_healthchecks:
-            log_tail = self._healthcheck(f"{self.image_repository}:{base_tag}", plan.flows)
+            log_tail = self.daemon().healthcheck(f"{self.image_repository}:{base_tag}", plan.flows)
         base_manifest = client.manifest(repo, base_tag)
         base_config = client.config(repo, base_manifest)
         try:
@@ -657,91 +569,16 @@ class Docker(Storage):
         in_registry = bool(existing) and self._inputs_of(client, repo, existing or "") == base.inputs_digest
         if in_registry and not local:
             return base_tag, ""
-        api = self._daemon()
+        daemon = self.daemon()
         ref = f"{self.image_repository}:{base_tag}"
-        if in_registry and (self._local_inputs(api, ref) == base.inputs_digest or self._pulled(api, base_tag)):
+        if in_registry and (daemon.inputs_label(ref) == base.inputs_digest or daemon.pull(base_tag)):
             return base_tag, ""
-        _, tail = self._run_build(api, base, ref)
+        _, tail = daemon.build(base, ref)
         if not in_registry:
-            self._push(api, base_tag)
+            daemon.push(base_tag)
             if client.manifest_digest(repo, base_tag) is None:
                 raise PushFailed(f"pushed {ref}, but the registry does not have the tag")
         return base_tag, tail
-
-    def _pulled(self, api: Any, tag: str) -> bool:
-        """Whether the daemon pulled `tag` of this storage's repository (False when it could not)."""
-        import docker
-        import requests
-
-        try:
-            for chunk in api.pull(self.image_repository, tag=tag, auth_config=self._credentials_config(),
-                                  stream=True, decode=True):
-                if isinstance(chunk, dict) and (chunk.get("error") or chunk.get("errorDetail")):
-                    return False
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            return False
-        return self._local_inputs(api, f"{self.image_repository}:{tag}") is not None
-
-    @staticmethod
-    def _local_inputs(api: Any, ref: str) -> str | None:
-        """The inputs digest label of the daemon's image `ref`, or None when it has no such image."""
-        import docker
-        import requests
-
-        try:
-            info = api.inspect_image(ref)
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError as exc:
-            raise DaemonUnavailable(f"the Docker daemon failed to inspect {ref}: {_one_line(exc)}") from None
-        except requests.exceptions.RequestException as exc:
-            raise DaemonUnavailable(f"the Docker daemon is unreachable: {_one_line(exc)}") from None
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        value = labels.get(df.LABEL_INPUTS)
-        return str(value) if value else None
-
-    def _healthcheck(self, image: str, flows: list[df.FlowFile]) -> str:
-        """Load every flow with the image's own Python, in a healthcheck container of `image`.
-        Returns the output; raises HealthcheckFailed naming the flows that do not load."""
-        import docker
-        import requests
-
-        api = self._daemon()
-        # this client is ours alone: wait for the check as long as its flows may take
-        api.timeout = max(DAEMON_TIMEOUT, HEALTHCHECK_TIMEOUT * len(flows) + 60)
-        check_id = uuid.uuid4().hex
-        archive = df.healthcheck_archive(check_id, flows)
-        command = df.healthcheck_command(check_id, HEALTHCHECK_TIMEOUT)
-        try:
-            image_id = str(api.inspect_image(image)["Id"])
-            for attempt in (1, 2):
-                cid = _healthcheck_container(api, image_id, self.image_repository, reuse=attempt == 1)
-                try:
-                    api.put_archive(cid, df.HEALTHCHECK_WORKDIR, archive)
-                    exec_id = api.exec_create(cid, command, stdout=True, stderr=True)["Id"]
-                    output = api.exec_start(exec_id)
-                    code = api.exec_inspect(exec_id).get("ExitCode")
-                except docker.errors.APIError as exc:
-                    # it may have ended (idle) since it was found: once more with a new one
-                    if attempt == 1 and exc.status_code in (404, 409, 500):
-                        continue
-                    raise
-                break
-        except docker.errors.APIError as exc:
-            raise BuildFailed(f"the healthcheck container of {image} could not run: {_one_line(exc)} (the daemon "
-                              "must be able to start containers; ignoreHealthchecks: true skips the check)") from None
-        except requests.exceptions.RequestException as exc:
-            raise DaemonUnavailable(f"lost the Docker daemon during the healthcheck: {_one_line(exc)}") from None
-        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
-        lines = [line for line in _ANSI.sub("", text).splitlines() if line.strip()][-LOG_TAIL_LINES:]
-        if code != 0:
-            failures = [line.split(df.HEALTHCHECK_MARKER, 1)[1].strip() for line in lines
-                        if df.HEALTHCHECK_MARKER in line and " FAILED " in f" {line} "]
-            names = [m.group(1) for m in (re.match(r"FAILED flow '(.*)' at ", f) for f in failures) if m]
-            what = "; ".join(failures) or f"the check exited with status {code}"
-            raise HealthcheckFailed(f"the image healthcheck failed: {what}\n{_format_tail(lines, 'healthcheck')}",
-                                    log_tail="\n".join(lines), flows=names)
-        return "\n".join(lines)
 
     def _build_local(self, flows: list[ImageFlow], tag: str | None) -> BuiltImage:
         """The whole image, as one Dockerfile, built by the daemon and kept there (no registry)."""
@@ -754,9 +591,10 @@ class Docker(Storage):
         if not _TAG.match(tag):
             raise InvalidConfig(f"image tag {tag!r} is not a valid tag")
         ref = f"{self.image_repository}:{tag}"
-        image_id, tail = self._run_build(self._daemon(), context, ref)
+        daemon = self.daemon()
+        image_id, tail = daemon.build(context, ref)
         if not self.ignore_healthchecks:
-            tail = self._healthcheck(ref, list(spec.flows))
+            tail = daemon.healthcheck(ref, list(spec.flows))
         self.image_tag = tag
         return BuiltImage(name=self.image_repository, tag=tag, digest=image_id, pushed=False,
                           layers_pushed_bytes=None, log_tail=tail)
@@ -777,387 +615,18 @@ class Docker(Storage):
         return str(value) if value else None
 
     # ------------------------------------------------------------------ daemon
-    def _daemon(self) -> Any:
-        try:
-            import docker
-        except ImportError as exc:
-            raise MissingDependency("building Docker storage images needs the docker SDK: "
-                                    "pip install 'flowstore[docker]'") from exc
-        base_url = self.base_url or os.environ.get("DOCKER_HOST") or None
-        kwargs: dict[str, Any] = {"base_url": base_url, "version": "auto", "timeout": DAEMON_TIMEOUT}
-        hint = ""
-        if isinstance(self.tls_config, DaemonTLS):
-            kwargs["tls"] = self.tls_config.client_config()
-            hint = ("; check the TLS material in the daemonTLSSecretRef Secret (ca.crt must have signed the daemon's "
-                    "certificate; tls.crt/tls.key must be a client certificate the daemon trusts)")
-        elif self.tls_config:
-            kwargs["tls"] = self.tls_config
-        client_class = docker.APIClient
-        if isinstance(self.tls_config, DaemonTLS) and self.tls_config.ca_cert:
-            client_class = _pinned_ca_client(docker.APIClient)
-        try:
-            return client_class(**kwargs)
-        except docker.errors.DockerException as exc:
-            raise DaemonUnavailable(f"the Docker daemon at {base_url or 'the default socket'} is unreachable: "
-                                    f"{_one_line(exc)}{hint if 'SSL' in str(exc) else ''}") from None
+    def daemon(self) -> Daemon:
+        """A client of the Docker daemon (`base_url`, else ``$DOCKER_HOST``) for this storage's images."""
+        auth = ({"username": self.registry_username, "password": self._registry_password}
+                if self.registry_username and self._registry_password is not None else None)
+        return Daemon.connect(self.base_url, self.tls_config, repository=self.image_repository,
+                              registry_host=self.registry_host, auth_config=auth, auth_hint=self._auth_hint(),
+                              build_options=self.build_kwargs, local_image=self.local_image)
 
-    def _run_build(self, api: Any, context: df.BuildContext, ref: str) -> tuple[str, str]:
-        import docker
-        import requests
-
-        options: dict[str, Any] = {k: v for k, v in self.build_kwargs.items()
-                                   if k not in ("fileobj", "custom_context", "tag", "decode", "path", "dockerfile")}
-        options.setdefault("pull", False)
-        if self.local_image:
-            options["pull"] = False
-        options.setdefault("rm", True)
-        options.setdefault("forcerm", True)
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        step_lines: list[str] = []  # output of the current step
-        step = ""
-        image_id = ""
-        try:
-            for chunk in api.build(fileobj=io.BytesIO(context.tar), custom_context=True, tag=ref, decode=True,
-                                   **options):
-                if not isinstance(chunk, dict):
-                    continue
-                text = str(chunk.get("stream") or chunk.get("status") or "")
-                for line in _ANSI.sub("", text).splitlines():
-                    if not line.strip():
-                        continue
-                    tail.append(line)
-                    match = _STEP.match(line.strip())
-                    if match:
-                        step, step_lines = match.group(1), []
-                    step_lines.append(line)
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = str(aux["ID"])
-                error = chunk.get("errorDetail") or ({"message": chunk["error"]} if chunk.get("error") else None)
-                if error:
-                    message = _one_line(error.get("message") if isinstance(error, dict) else error)
-                    tail.append(message)
-                    raise _classify(message, step, list(tail), step_lines)
-        except docker.errors.APIError as exc:
-            message = _one_line(getattr(exc, "explanation", None) or exc)
-            if exc.status_code is not None and exc.status_code >= 500 and not _looks_like_build_error(message):
-                raise DaemonUnavailable(f"the Docker daemon failed the build request: {message}") from None
-            raise _classify(message, step, [*tail, message], step_lines) from None
-        except requests.exceptions.RequestException as exc:
-            raise DaemonUnavailable(f"lost the Docker daemon during the build: {_one_line(exc)}") from None
-        if not image_id:
-            found = [line for line in tail if line.startswith("Successfully built ")]
-            if not found:
-                raise BuildFailed(f"the build of {ref} ended without an image\n{_format_tail(tail)}",
-                                  log_tail="\n".join(tail))
-            image_id = found[-1].split()[-1]
-        return image_id, "\n".join(tail)
-
-    def _credentials_config(self) -> dict[str, str] | None:
-        if self.registry_username and self._registry_password is not None:
-            return {"username": self.registry_username, "password": self._registry_password}
-        return None
-
-    def _push(self, api: Any, tag: str) -> None:
-        """Push `tag` of this storage's repository through the daemon (the base image); errors
-        arrive in the stream with HTTP 200."""
-        import docker
-        import requests
-
-        try:
-            for chunk in api.push(self.image_repository, tag=tag, auth_config=self._credentials_config(),
-                                  stream=True, decode=True):
-                if not isinstance(chunk, dict):
-                    continue
-                error = chunk.get("errorDetail") or ({"message": chunk["error"]} if chunk.get("error") else None)
-                if error:
-                    raise self._push_error(_one_line(error.get("message") if isinstance(error, dict) else error))
-        except docker.errors.APIError as exc:
-            raise self._push_error(_one_line(getattr(exc, "explanation", None) or exc)) from None
-        except requests.exceptions.RequestException as exc:
-            raise DaemonUnavailable(f"lost the Docker daemon during the push: {_one_line(exc)}") from None
-
-    def _push_error(self, message: str) -> StorageError:
-        lowered = message.lower()
-        target = f"{self.image_repository}"
-        if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "forbidden",
-                                            "401", "403")):
-            return AuthFailed(f"registry {self.registry_host} rejected the push of {target}: {message}; "
-                              f"{self._auth_hint()}")
-        if any(word in lowered for word in ("connection refused", "dial tcp", "no such host", "timeout",
-                                            "i/o", "connection reset", " 50", "eof", "unavailable")):
-            return RegistryUnavailable(f"registry {self.registry_host} is unreachable for the push of {target}: "
-                                       f"{message}")
-        return PushFailed(f"the push of {target} to {self.registry_host} failed: {message}")
-
-
-# --------------------------------------------------------------------------- daemon TLS
-class DaemonTLS:
-    """TLS to a Docker daemon from PEM text (a Secret's ca.crt, tls.crt, tls.key): the daemon's
-    certificate is verified (against `ca_cert`, else the system CAs), and the client certificate
-    is presented when given. The docker SDK reads certificates from files: they are written
-    once per content to a private directory (0700, files 0600) and never logged."""
-
-    def __init__(self, *, ca_cert: str | None = None, client_cert: str | None = None,
-                 client_key: str | None = None) -> None:
-        self.ca_cert, self.client_cert, self._client_key = ca_cert, client_cert, client_key
-
-    def __repr__(self) -> str:
-        return f"DaemonTLS(ca_cert={bool(self.ca_cert)}, client_cert={bool(self.client_cert)})"
-
-    def _files(self) -> dict[str, str]:
-        material = {"ca.pem": self.ca_cert, "cert.pem": self.client_cert, "key.pem": self._client_key}
-        digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()[:32]
-        root = Path(tempfile.gettempdir()) / f"flowstore-docker-tls-{os.getuid()}"
-        root.mkdir(mode=0o700, exist_ok=True)
-        if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o077:
-            raise InvalidConfig(f"{root} is not a private directory of this user; cannot keep TLS material there")
-        directory = root / digest
-        paths = {name: str(directory / name) for name, text in material.items() if text}
-        if not directory.is_dir():
-            staging = Path(tempfile.mkdtemp(dir=root))
-            for name, text in material.items():
-                if text:
-                    fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w") as fh:
-                        fh.write(text)
-            try:
-                staging.rename(directory)
-            except OSError:  # another thread wrote the same material first
-                shutil.rmtree(staging, ignore_errors=True)
-        return paths
-
-    def client_config(self) -> Any:
-        """A ``docker.tls.TLSConfig``."""
-        import docker
-
-        paths = self._files()
-        cert = (paths["cert.pem"], paths["key.pem"]) if "cert.pem" in paths else None
-        return docker.tls.TLSConfig(client_cert=cert, ca_cert=paths.get("ca.pem"), verify=paths.get("ca.pem") or True)
-
-
-@functools.cache
-def _pinned_ca_client(base: type) -> type:
-    """`base` (docker.APIClient, a requests Session) verifying with its own CA file even when
-    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE are set: requests lets those replace a session's CA."""
-
-    class PinnedCAClient(base):  # type: ignore[valid-type,misc]
-        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None:
-                settings["verify"] = self.verify
-            return settings
-
-    return PinnedCAClient
-
-
-# --------------------------------------------------------------------------- healthcheck containers
-def _healthcheck_container(api: Any, image_id: str, repository: str, *, reuse: bool) -> str:
-    """The id of a running healthcheck container of `image_id` for the storage whose images
-    go to `repository`: one started earlier (by this process or another: labels name both)
-    when `reuse`, else a new one.
-
-    Starting a container costs a copy of the image's filesystem on some storage drivers (vfs:
-    seconds), so one container per base image and repository stays up and each check is an
-    exec in it. Storages never share one (the same base image can serve several), so flows
-    of one storage are never visible to code loaded for another. It has no network, no
-    capabilities, limited memory and processes, and it ends, and is removed, after
-    HEALTHCHECK_IDLE seconds without a check."""
-    labels = {HEALTHCHECK_LABEL: image_id, HEALTHCHECK_REPOSITORY_LABEL: repository}
-    if reuse:
-        found = api.containers(filters={"label": [f"{k}={v}" for k, v in labels.items()], "status": "running"})
-        if found:
-            return str(found[0]["Id"])
-    host_config = api.create_host_config(auto_remove=True, network_mode="none", cap_drop=["ALL"],
-                                         security_opt=["no-new-privileges"], pids_limit=256,
-                                         mem_limit=HEALTHCHECK_MEMORY)
-    container = api.create_container(image_id, command=df.healthcheck_serve_command(HEALTHCHECK_IDLE),
-                                     network_disabled=True, host_config=host_config,
-                                     labels=labels)
-    cid = str(container["Id"])
-    api.start(cid)
-    return cid
-
-
-# --------------------------------------------------------------------------- build errors
-def _one_line(value: object, limit: int = 1000) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _format_tail(lines: Iterable[str], what: str = "build") -> str:
-    return f"--- {what} log (tail) ---\n" + "\n".join(lines)
-
-
-def _looks_like_build_error(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in ("dockerfile", "instruction", "step", "parse", "pull", "manifest"))
-
-
-_DOCKERFILE_ERRORS = re.compile(
-    r"unknown instruction|dockerfile parse error|parse error|syntax error|unknown flag|"
-    r"build error|cannot parse|invalid reference format|failed to process|empty continuation", re.IGNORECASE)
-_BASE_IMAGE_ERRORS = re.compile(
-    r"pull access denied|manifest unknown|repository does not exist|not found|initializing source|"
-    r"no such image|error pulling|failed to resolve", re.IGNORECASE)
-
-
-def _classify(message: str, step: str, tail: list[str], step_lines: list[str]) -> BuildError:
-    """The error for a failed build: which step failed decides the kind."""
-    where = f" at step {step!r}" if step else ""
-    log_tail = "\n".join(tail)
-    if df.PIP_INSTALL in step or df.PIP_INSTALL in message:
-        pip_errors = [line.strip() for line in step_lines if line.strip().startswith("ERROR:")]
-        what = "; ".join(pip_errors) or message
-        return DependencyInstallFailed(f"installing the python dependencies failed: {what}\n{_format_tail(tail)}",
-                                       log_tail=log_tail)
-    if _DOCKERFILE_ERRORS.search(message):
-        return DockerfileInvalid(f"the Dockerfile is not valid{where}: {message}\n{_format_tail(tail)}",
-                                 log_tail=log_tail)
-    if step.upper().startswith("FROM ") or (not step and _BASE_IMAGE_ERRORS.search(message)):
-        image = step.split()[1] if step.upper().startswith("FROM ") and len(step.split()) > 1 else "the base image"
-        return BaseImageNotFound(f"the base image {image} cannot be found or pulled: {message}\n{_format_tail(tail)}",
-                                 log_tail=log_tail)
-    return BuildFailed(f"the image build failed{where}: {message}\n{_format_tail(tail)}", log_tail=log_tail)
-
-
-# --------------------------------------------------------------------------- credentials
-def _normalize_host(key: str) -> str:
-    _, host, _ = split_registry(key)
-    return host.lower()
-
-
-def registry_credentials(registry_url: str, credentials: Mapping[str, str] | None
-                         ) -> tuple[str | None, str | None, str | None]:
-    """(username, password, where they came from) for `registry_url`.
-
-    `credentials` is the decoded data of a ``kubernetes.io/dockerconfigjson`` Secret (key
-    ``.dockerconfigjson``; ``.dockercfg`` too). None: the Docker config file
-    (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``); else anonymous."""
-    host = split_registry(registry_url)[1].lower()
-    if credentials is not None:
-        raw = credentials.get(".dockerconfigjson") or credentials.get(".dockercfg")
-        if not raw:
-            raise InvalidConfig("the registry credentials Secret has no .dockerconfigjson key "
-                                "(it must be of type kubernetes.io/dockerconfigjson)")
-        source = "the kubernetes.io/dockerconfigjson Secret referenced by the FlowStorage (.dockerconfigjson)"
-        user, password = _auth_entry(raw, host, source, strict=True)
-        return user, password, source
-    directory = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(directory) / "config.json"
-    try:
-        raw = path.read_text()
-    except OSError:
-        return None, None, None
-    user, password = _auth_entry(raw, host, str(path), strict=False)
-    return user, password, (str(path) if user else None)
-
-
-def _auth_entry(raw: str, host: str, source: str, *, strict: bool) -> tuple[str | None, str | None]:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise InvalidConfig(f"{source} is not valid JSON") from None
-    auths = doc.get("auths", doc) if isinstance(doc, dict) else {}
-    if not isinstance(auths, dict):
-        raise InvalidConfig(f"{source}: `auths` must be a mapping of registry hosts")
-    aliases = {host}
-    if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-        aliases |= {"docker.io", "index.docker.io", "registry-1.docker.io"}
-    entry = next((v for k, v in auths.items() if _normalize_host(str(k)) in aliases), None)
-    if entry is None:
-        if strict:
-            known = ", ".join(sorted(_normalize_host(str(k)) for k in auths)) or "none"
-            raise InvalidConfig(f"{source} has no entry for registry {host} (entries: {known})")
-        return None, None
-    if not isinstance(entry, dict):
-        raise InvalidConfig(f"{source}: the entry for {host} is not a mapping")
-    if entry.get("username") and entry.get("password") is not None:
-        return str(entry["username"]), str(entry["password"])
-    if entry.get("auth"):
-        try:
-            user, sep, password = base64.b64decode(str(entry["auth"])).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            sep, user, password = "", "", ""
-        if not sep:
-            raise InvalidConfig(f"{source}: the `auth` of {host} is not base64 of username:password")
-        return user, password
-    if entry.get("identitytoken") or entry.get("registrytoken"):
-        raise InvalidConfig(f"{source}: token entries for {host} are not supported; give username and password")
-    if strict:
-        raise InvalidConfig(f"{source}: the entry for {host} has neither username/password nor auth")
-    return None, None
-
-
-# --------------------------------------------------------------------------- running
-#: runs in the image: loads the flow at argv[1] (named argv[2]) with the vendored runtime, runs it
-_RUN_BOOTSTRAP = """\
-import sys
-from flowstore.build import envelope
-from flowstore.build.image import ImageAssemblyError, Layer, assemble, file_layer
-location, name = sys.argv[1], sys.argv[2] or None
-data = open(location, "rb").read()
-if location.endswith(".py"):
-    flow = envelope.flow_from_script(data, flow_name=name, object_name=None)
-else:
-    flow = envelope.loads(data)
-flow.run()
-"""
-
-
-class DockerEnvRunner:
-    """The seed's env runner for Docker storage: runs the flow in a container of the image
-    (through the Engine API) with `env`; returns the container's exit code."""
-
-    def __init__(self, storage: Docker, flow_location: str) -> None:
-        self.storage = storage
-        self.flow_location = flow_location
-
-    @property
-    def image(self) -> str:
-        storage = self.storage
-        host, repo = storage._read_repository()
+    def image_reference(self) -> str:
+        """The current image: ``repository@digest`` when the digest is known, else ``repository:tag``."""
+        host, repo = self._read_repository()
         name = f"{host}/{repo}" if host else repo
-        if storage.image_digest:
-            return f"{name}@{storage.image_digest}"
-        return f"{name}:{storage.image_tag or 'latest'}"
-
-    def run(self, env: Mapping[str, str] | None = None) -> int:
-        import docker
-
-        api = self.storage._daemon()
-        flow_name = next((n for n, loc in self.storage.flows.items() if loc == self.flow_location), "")
-        command = ["python3", "-B", "-c", _RUN_BOOTSTRAP, self.flow_location, flow_name]
-        try:
-            if not self.storage.local_image:
-                api.pull(self.image, auth_config=self.storage._credentials_config())
-            container = api.create_container(self.image, command=command, environment=dict(env or {}))
-            cid = container["Id"]
-            try:
-                api.start(cid)
-                result = api.wait(cid)
-                return int(result.get("StatusCode", 1)) if isinstance(result, dict) else int(result)
-            finally:
-                api.remove_container(cid, force=True)
-        except docker.errors.APIError as exc:
-            raise RunFailed(f"running {self.image} failed: {_one_line(exc)}") from None
-
-
-__all__ = [
-    "BaseImageNotFound",
-    "BuildError",
-    "BuildFailed",
-    "BuiltImage",
-    "DaemonTLS",
-    "DaemonUnavailable",
-    "DependencyInstallFailed",
-    "Docker",
-    "DockerEnvRunner",
-    "DockerfileInvalid",
-    "HealthcheckFailed",
-    "ImageFlow",
-    "PushFailed",
-    "RegistryUnavailable",
-    "RunFailed",
-    "registry_credentials",
-]
+        if self.image_digest:
+            return f"{name}@{self.image_digest}"
+        return f"{name}:{self.image_tag or 'latest'}"

@@ -1,6 +1,6 @@
 """The build sandbox's child process: run one flow script, reply with its pickled flow object.
 
-Started by :mod:`flowstore.build.sandbox` as ``python -I _runner.py MEMORY_BYTES CPU_SECONDS``
+Started by :mod:`flowstore.sandbox` as ``python -I _runner.py MEMORY_BYTES CPU_SECONDS``
 in a scrubbed environment. It limits itself first, then reads a JSON request from stdin
 (``source`` base64, ``flow_name``, ``object_name``, ``sys_path``) and writes to its original
 stdout one JSON header line, ``{"ok": true, "size": N}`` followed by N pickle bytes, or
@@ -95,7 +95,8 @@ def _confine_self() -> bool:
 
     import flowstore
     from flowstore import flow  # noqa: F401 - scripts commonly import it
-    from flowstore.build import _confine, envelope  # noqa: F401 - imported before confinement
+    from flowstore.artifacts import envelope  # noqa: F401 - imported before confinement
+    from flowstore.sandbox import _confine
 
     package_dir = os.path.dirname(os.path.realpath(flowstore.__file__))
     read = [*_confine.python_dirs(cloudpickle.__file__), package_dir, *_confine.SYSTEM_DIRS]
@@ -114,7 +115,7 @@ def _build(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
 
     import cloudpickle
 
-    from flowstore.build.envelope import FlowObjectError, find_flow_object
+    from flowstore.artifacts.envelope import FlowObjectError, find_flow_object
 
     module = types.ModuleType(MODULE_NAME)
     sys.modules[MODULE_NAME] = module

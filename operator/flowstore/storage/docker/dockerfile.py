@@ -8,7 +8,7 @@ A storage's image is its *base image* with one layer per flow on top:
    ``flowstore`` and ``cloudpickle``) and the healthcheck script under ``/opt/flowstore``
    (``PYTHONPATH=/opt/flowstore/runtime``), then the extra Dockerfile commands;
 2. the flows, one layer each sorted by location, appended without a daemon
-   (:mod:`flowstore.build.image`): changing one flow changes its layer only, and nothing is
+   (:mod:`flowstore.storage.docker.layers`): changing one flow changes its layer only, and nothing is
    rebuilt or re-run. The healthcheck loads every flow in a container of the base image.
 
 :func:`render` gives the same image as one Dockerfile (one ``COPY`` per flow) for images that
@@ -248,7 +248,7 @@ def flows_label(flows: Sequence[FlowFile]) -> str:
 def render_base(spec: ImageSpec) -> BuildContext:
     """The base image of `spec`: everything but the flows (base image or Dockerfile, environment,
     dependencies, files, the runtime and healthcheck, the extra commands), built by a daemon.
-    The flows go on top as layers of their own (:mod:`flowstore.build.image`), so changing a
+    The flows go on top as layers of their own (:mod:`flowstore.storage.docker.layers`), so changing a
     flow never rebuilds it (:func:`checked_flows` checks them). Raises DockerfileError on bad
     inputs."""
     members: dict[str, bytes] = {}

@@ -26,7 +26,8 @@ from typing import Any
 
 import requests
 
-from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected, Unavailable
+from flowstore.storage.docker.errors import RegistryUnavailable
+from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -43,12 +44,6 @@ MAX_SYMLINKS = 16
 #: verified blobs up to this size are kept in memory (they are content-addressed), up to the total
 BLOB_CACHE_ITEM = 8 * 1024 * 1024
 BLOB_CACHE_TOTAL = 64 * 1024 * 1024
-
-
-class RegistryUnavailable(Unavailable):
-    """The registry could not be reached, or answered with a temporary failure (5xx)."""
-
-    reason = "RegistryUnavailable"
 
 
 @dataclasses.dataclass(frozen=True)

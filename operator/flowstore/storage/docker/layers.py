@@ -24,7 +24,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flowstore.build.dockerfile import deterministic_tar
+from flowstore.storage.docker.dockerfile import deterministic_tar
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"

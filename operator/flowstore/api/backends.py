@@ -1,0 +1,57 @@
+"""Every storage backend in one table: what a FlowStorage spec calls it, where its class lives,
+which extra installs its SDK, and what the operator must know about its configuration.
+
+Adding a backend is one row here, one module in ``flowstore.storage`` (a :class:`Storage`
+subclass whose ``family`` names how the operator publishes to it), and its block in the CRD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+#: FlowStorage fields every backend shares; they never decide where an artifact goes
+COMMON_FIELDS: Final = frozenset({"labels", "addDefaultLabels", "secrets", "storedAsScript"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    key: str  # the FlowStorage spec block (camelCase, as in the CRD)
+    class_name: str  # ``flowstore.storage.<class_name>``; also serialize()'s ``type``
+    module: str
+    extra: str | None  # ``pip install 'flowstore[<extra>]'`` brings its SDK; None: nothing to add
+    #: without a credentials Secret the operator is anonymous to it, never itself: these classes
+    #: fall back to environment variables for agents, which in the operator would lend any
+    #: FlowStorage the operator's own token. (S3 and CodeCommit keep the SDK's default chain on
+    #: purpose: IRSA is how the operator is meant to reach them.)
+    anonymous_without_secret: bool = False
+    #: configuration fields of this block that change how it is reached, not where artifacts go
+    reach_fields: frozenset[str] = frozenset()
+
+
+BACKENDS: Final = (
+    Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
+    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"})),
+    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs"),
+    Backend("azure", "Azure", "flowstore.storage.azure", "azure"),
+    Backend("webhook", "Webhook", "flowstore.storage.webhook", None),
+    Backend("docker", "Docker", "flowstore.storage.docker", "docker",
+            reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"})),
+    Backend("github", "GitHub", "flowstore.storage.github", None, anonymous_without_secret=True,
+            reach_fields=frozenset({"checkFlow"})),
+    Backend("gitlab", "GitLab", "flowstore.storage.gitlab", None, anonymous_without_secret=True,
+            reach_fields=frozenset({"checkFlow"})),
+    Backend("bitbucket", "Bitbucket", "flowstore.storage.bitbucket", None, anonymous_without_secret=True,
+            reach_fields=frozenset({"checkFlow"})),
+    Backend("codecommit", "CodeCommit", "flowstore.storage.codecommit", "codecommit",
+            reach_fields=frozenset({"clientOptions", "checkFlow"})),
+    Backend("git", "Git", "flowstore.storage.git", None, anonymous_without_secret=True,
+            reach_fields=frozenset({"checkFlow"})),
+)
+#: the spec blocks, in the order the CRD lists them
+BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
+
+
+def backend(name: str) -> Backend | None:
+    """The row for a spec block (``s3``) or a class name / serialized type (``S3``)."""
+    return next((b for b in BACKENDS if name in (b.key, b.class_name)), None)

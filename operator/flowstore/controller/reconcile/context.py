@@ -1,0 +1,109 @@
+"""What one StoredFlow reconcile knows, step by step, and how it ends Ready.
+
+A :class:`FlowContext` is made once the FlowStorage is resolved (step 1): from then on the
+storage, its spec and its publisher are always there. Later steps fill in the source, the
+format and the inputs digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from flowstore.api import conditions as cond
+from flowstore.api.models import FlowSpec, StorageSpec
+from flowstore.api.status import Artifact
+from flowstore.artifacts import signing
+from flowstore.controller.reconcile.ports import Event, Outcome, Ports, sha256_of
+from flowstore.controller.reconcile.storages import open_storage
+from flowstore.storage import Storage, backend_class
+from flowstore.storage.git_base import GitHosted
+
+if TYPE_CHECKING:
+    from flowstore.controller.reconcile.publishers import Publisher
+
+
+@dataclasses.dataclass
+class GitSource:
+    """Git-hosted storages: the file the flow is, at the commit its ref resolves to now."""
+
+    repo: GitHosted
+    path: str
+    commit: str
+    #: status.git: repo, path, ref, commit, url
+    status: dict[str, Any]
+    #: the recorded digest of the file when the ref still resolves to the pinned commit (commits
+    #: are immutable: the file is not read again until something else changed)
+    recorded_digest: str | None = None
+
+
+@dataclasses.dataclass
+class FlowContext:
+    obj: dict[str, Any]
+    spec: FlowSpec
+    namespace: str
+    name: str
+    generation: int | None
+    #: the status being built (a copy of the object's)
+    status: dict[str, Any]
+    fs: dict[str, Any]
+    storage_spec: StorageSpec
+    publisher: Publisher
+    source: bytes = b""
+    fmt: str = "pickle"
+    inputs_digest: str = ""
+    signing_key: bytes | None = None
+    git: GitSource | None = None
+
+    @property
+    def uid(self) -> str:
+        return str(self.obj["metadata"].get("uid") or "")
+
+    @property
+    def recorded(self) -> Artifact | None:
+        """The artifact status records now."""
+        return Artifact.from_status(self.status.get("artifact"))
+
+    def artifact(self, *, url: str, digest: str, size: int, storage_state: Any = None,
+                 source_digest: str | None = None) -> Artifact:
+        """The artifact of this reconcile, signed when the storage signs."""
+        return Artifact(
+            url=url, digest=digest, size=size, format=self.fmt,
+            source_digest=source_digest or sha256_of(self.source), inputs_digest=self.inputs_digest,
+            last_update_time=cond.now_iso(), storage_state=dict(storage_state) if storage_state else None,
+            signature=signing.sign(self.signing_key, self.spec.flow_name, digest) if self.signing_key else None,
+        )
+
+
+def ready(ctx: FlowContext, ports: Ports, location: str, artifact: Artifact, events: list[Event], *,
+          uploaded: bool, opened: Storage | None = None) -> Outcome:
+    """Ready=True at `location`: status names the artifact and serializes the storage (enough
+    for an agent to load the flow, never a secret)."""
+    if opened is None:
+        try:
+            opened = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        except Exception:  # e.g. the Secret is gone: what the spec alone says
+            opened = None
+    # Opened with its credentials, the storage knows what the spec alone cannot (e.g. Azure's
+    # accountURL, from the connection string); serialize() never holds secret values.
+    storage = opened if opened is not None else backend_class(ctx.storage_spec.backend).from_config(
+        ctx.storage_spec.config)
+    serialized = storage.serialize()
+    serialized["flows"] = {ctx.spec.flow_name: location}  # never the (shared, cached) storage's own
+    serialized["storedAsScript"] = ctx.fmt == "script"
+    serialized.update(artifact.storage_state or {})
+    status = dict(ctx.status)
+    status.pop("driftDetected", None)
+    status.update(
+        observedGeneration=ctx.generation,
+        location=location,
+        artifact=artifact.to_status(),
+        storage=serialized,
+        labels=storage.labels,
+        flowName=ctx.spec.flow_name,
+    )
+    pinned = (status.get("git") or {}).get("commit")
+    message = f"Pinned to commit {pinned[:12]}: {artifact.url}" if pinned and "git" in status \
+        else f"Stored at {artifact.url}"
+    status["conditions"] = cond.mark_ready(ctx.status.get("conditions"), message, ctx.generation)
+    return Outcome(status=status, events=events, requeue_after=ctx.storage_spec.interval_seconds, uploaded=uploaded)

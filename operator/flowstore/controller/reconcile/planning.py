@@ -1,0 +1,36 @@
+"""Step 3: the format and the inputs digest — the digest of everything that decides the
+artifact's bytes and place. Equal digests mean nothing needs to be stored."""
+
+from __future__ import annotations
+
+import json
+
+from flowstore.artifacts import signing
+from flowstore.controller.reconcile.context import FlowContext
+from flowstore.controller.reconcile.ports import sha256_of
+from flowstore.controller.reconcile.storages import storage_identity
+
+#: bumped when the artifact format changes, so every artifact is rebuilt once
+FORMAT_VERSION = "1"
+
+
+def plan(ctx: FlowContext) -> None:
+    """Set ``ctx.fmt`` and ``ctx.inputs_digest``."""
+    as_script = ctx.spec.stored_as_script
+    if as_script is None:
+        as_script = ctx.storage_spec.stored_as_script
+    ctx.fmt = ctx.publisher.fixed_format or ("script" if as_script else "pickle")
+    source = ctx.git.recorded_digest if ctx.git is not None and ctx.git.recorded_digest else sha256_of(ctx.source)
+    inputs = {
+        "formatVersion": FORMAT_VERSION,
+        "source": source,
+        "flowName": ctx.spec.flow_name,
+        "objectName": ctx.spec.object_name,
+        "format": ctx.fmt,
+        "key": ctx.spec.key,
+        "storage": storage_identity(ctx.storage_spec),
+        # a new signing key (or none) re-signs: artifacts are stored again with the new signature
+        "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
+        **ctx.publisher.extra_inputs(ctx),
+    }
+    ctx.inputs_digest = sha256_of(json.dumps(inputs, sort_keys=True).encode())

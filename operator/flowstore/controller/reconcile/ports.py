@@ -1,0 +1,59 @@
+"""What the reconcile core needs from the world, and what one reconcile decides.
+
+:class:`Ports` is implemented by ``controller.kube.KubePorts`` (the operator) and by the test
+fakes in ``tests/fakes/ports.py``; the core never imports kopf or the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from flowstore.api.models import StorageSpec
+from flowstore.controller.failures import Failure
+from flowstore.controller.images import ImageBuilder
+from flowstore.storage import Storage
+
+
+class Ports(Protocol):
+    """The cluster, the builder and the storages, as the core sees them."""
+
+    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_storedflows(self, namespace: str) -> list[dict[str, Any]]: ...
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes: ...
+    def check_script(self, source: bytes) -> None: ...
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
+
+    #: StoredFlow uid -> (inputs digest, location) of uploads not yet recorded in status, kept
+    #: across passes so a retry of the same inputs reuses its location (no orphaned objects)
+    pending_locations: dict[Any, tuple[str, str]]
+    #: the debounced one-image-per-storage builder (Docker storages)
+    images: ImageBuilder
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one reconcile decided: the full desired status, Events to post, and when to run
+    again (None: only when something referenced changes)."""
+
+    status: dict[str, Any]
+    events: list[Event] = dataclasses.field(default_factory=list)
+    requeue_after: float | None = None
+    failure: Failure | None = None
+    uploaded: bool = False
+    built: bool = False
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
