@@ -37,7 +37,7 @@
 // `os` out: flowstore's checks must not need it, and a check that did fails here.
 //
 // The kstatus half is the real package: sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute,
-// as Flux's health checks, Helm's kstatus wait and other kstatus-based tools call it.
+// as Flux's health checks and other kstatus-based tools call it.
 package main
 
 import (
