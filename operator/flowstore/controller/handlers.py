@@ -49,18 +49,24 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
     """Add flowstore's handlers to `registry`; `labels` selects the objects this operator serves."""
     selector = dict(labels) if labels else None
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """kopf's login through the Kubernetes client (configured by flowstore.kubeconfig): a
+        registry of our own has none of kopf's default login handlers."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(id="start", registry=registry)
     def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         memo.runtime = Runtime(memo.api, memo.settings)
         logger.info("flowstore operator started: %s%s", memo.settings,
                     f"; only objects labelled {selector}" if selector else "")
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="stop", registry=registry)
     def stop(memo: kopf.Memo, **_: Any) -> None:
         memo.runtime.pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ index
-    @kopf.index(GROUP, VERSION, STOREDFLOW_PLURAL, registry=registry)
+    @kopf.index(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflows_by_storage", registry=registry)
     def storedflows_by_storage(namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
                                **_: Any) -> dict[IndexKey, dict[str, Any]]:
         """StoredFlows by (namespace, FlowStorage name): the flow-name conflict check and the
@@ -77,20 +83,22 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
         }}
 
     # ------------------------------------------------------------------ reconcile loops
-    @kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, cancellation_timeout=10, labels=selector, registry=registry)
+    @kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_loop", cancellation_timeout=10, labels=selector,
+                 registry=registry)
     async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
                               storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
         await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger,
                                     index=storedflows_by_storage)
 
-    @kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, cancellation_timeout=10, labels=selector, registry=registry)
+    @kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, id="flowstorage_loop", cancellation_timeout=10, labels=selector,
+                 registry=registry)
     async def flowstorage_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
                                storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
         await memo.runtime.run_loop(FLOWSTORAGE_PLURAL, namespace, name, stopped, logger,
                                     index=storedflows_by_storage)
 
     # ------------------------------------------------------------------ pokes
-    @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_changed", registry=registry)
     def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A spec change (generation ahead of what status observed) or a deletion wakes its loop;
         any change may free or take a flow name, so the storage and same-named flows are woken too."""
@@ -112,7 +120,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
             status.get("flowName") or spec.get("flowName"), status.get("location"), ready.get("reason"))
         runtime.flow_changed(key, storage_ref(spec), summary)
 
-    @kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL, id="flowstorage_changed", registry=registry)
     def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
         meta = body.get("metadata", {})
@@ -121,7 +129,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
             memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
             memo.runtime.poke_flows(meta.get("namespace"), lambda s: storage_ref(s) == meta.get("name"))
 
-    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    @kopf.on.event("", "v1", "configmaps", id="configmap_changed", registry=registry)
     def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A ConfigMap changed: wake the StoredFlows whose source it is."""
         meta = body.get("metadata", {})
@@ -132,7 +140,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
         memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
     # ------------------------------------------------------------------ deletion
-    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, labels=selector, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", labels=selector, registry=registry)
     def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
                            **_: Any) -> None:
         """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded
