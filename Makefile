@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bootstrap lint bench clean cloud-up cloud-down
+.PHONY: demo test test-unit crds bootstrap lint bench clean cloud-up cloud-down
 
 bootstrap: $(VENV)/.installed
 
@@ -19,8 +19,17 @@ demo: bootstrap
 test: bootstrap
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/run-tests
 
+# The chart's CRDs are generated from crds/ (the one source), never edited by hand.
+crds:
+	rm -f helm/flowstore-operator/crds/*.yaml
+	cp crds/*.yaml helm/flowstore-operator/crds/
+
+# The unit tier alone: no server is started (seconds).
+test-unit: bootstrap
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit
+
 lint: bootstrap
-	$(PY) -m pytest tests/test_quality.py -q
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -p no:cacheprovider -q tests/packaging/test_quality.py
 
 bench: bootstrap
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/operator_bench.py

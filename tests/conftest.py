@@ -1,77 +1,81 @@
-"""Shared fixtures: the real local cloud (scripts/localcloud), a namespace per test.
+"""Fixtures for every tier, and the tiers themselves: a test's directory says what it needs.
 
-Every server is real (LOCAL-CLOUD.md). When the environment already carries the exports of
-`scripts/localcloud env` (as under `make test`), those servers are used; otherwise the
-session brings them up itself, so `pytest tests/x.py` works from a bare shell too.
+| directory          | marker      | needs                                                        |
+|--------------------|-------------|--------------------------------------------------------------|
+| tests/unit/        | unit        | nothing: no server, no network (subprocesses are fine)       |
+| tests/backends/    | backend     | real local backend servers (moto, fake-gcs, Azurite, ...)    |
+| tests/e2e/         | e2e         | the real operator against the real kube-apiserver            |
+| tests/packaging/   | packaging   | what ships: CRDs, chart, image, health checks, quality gates |
+| tests/cluster/     | cluster     | the real node: the operator as a Pod, builder Jobs           |
+
+Markers are assigned here from the directory (`pytest -m unit`, `make test-unit`). Server
+fixtures start the local cloud's services on first use (`scripts/localcloud`); a unit test
+asking for one is an error at collection. Helpers live in tests/helpers/, fakes in tests/fakes/.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCALCLOUD = ROOT / "scripts" / "localcloud"
+from tests.helpers.kube import kubectl
+from tests.helpers.localcloud import ROOT, ensure
+from tests.helpers.operator import OperatorProcess
+
+TESTS = Path(__file__).resolve().parent
+TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster"}
+#: fixtures that start servers: never in the unit tier
+SERVER_FIXTURES = {"kube_env", "s3_endpoint", "gcs_endpoint", "azure_connection_string", "git_server", "docker_env",
+                   "crds", "namespace", "s3_bucket", "operator", "own_operators_only"}
 
 
-def _localcloud_env(*services: str) -> dict[str, str]:
-    """Run `localcloud up SERVICES` (idempotent) and return what `localcloud env` exports."""
-    subprocess.run([sys.executable, str(LOCALCLOUD), "up", *services], check=True, cwd=ROOT)
-    out = subprocess.run(
-        [sys.executable, str(LOCALCLOUD), "env"], check=True, cwd=ROOT, capture_output=True, text=True
-    ).stdout
-    env: dict[str, str] = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            env[name] = shlex.split(value)[0] if value else ""
-    return env
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        tier = TIERS.get(parts[0]) if len(parts) > 1 else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in a tier directory ({', '.join(TIERS)})")
+        item.add_marker(tier)
+        if tier == "unit" and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses a server fixture "
+                                    f"({', '.join(sorted(SERVER_FIXTURES & set(item.fixturenames)))}); "  # type: ignore[attr-defined]
+                                    "move it to the tier that provides it")
 
 
-def _ensure(service: str, marker: str) -> dict[str, str]:
-    if not os.environ.get(marker):
-        os.environ.update(_localcloud_env(service))
-    return dict(os.environ)
-
-
+# ---------------------------------------------------------------------- servers
 @pytest.fixture(scope="session")
 def kube_env() -> dict[str, str]:
     """KUBECONFIG for the real kube-apiserver (admin)."""
-    return _ensure("kube", "KUBECONFIG")
+    return ensure("kube", "KUBECONFIG")
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """The real S3 server's endpoint URL (moto server), with AWS_* test credentials exported."""
-    return _ensure("s3", "FLOWSTORE_S3_ENDPOINT")["FLOWSTORE_S3_ENDPOINT"]
+    return ensure("s3", "FLOWSTORE_S3_ENDPOINT")["FLOWSTORE_S3_ENDPOINT"]
 
 
 @pytest.fixture(scope="session")
 def gcs_endpoint() -> str:
     """The real GCS server's endpoint URL (fake-gcs-server); STORAGE_EMULATOR_HOST is exported."""
-    return _ensure("gcs", "FLOWSTORE_GCS_ENDPOINT")["FLOWSTORE_GCS_ENDPOINT"]
+    return ensure("gcs", "FLOWSTORE_GCS_ENDPOINT")["FLOWSTORE_GCS_ENDPOINT"]
 
 
 @pytest.fixture(scope="session")
 def azure_connection_string() -> str:
     """The connection string of the real Azure Blob server (Azurite, devstoreaccount1)."""
-    return _ensure("azure", "AZURE_STORAGE_CONNECTION_STRING")["AZURE_STORAGE_CONNECTION_STRING"]
+    return ensure("azure", "AZURE_STORAGE_CONNECTION_STRING")["AZURE_STORAGE_CONNECTION_STRING"]
 
 
 @pytest.fixture(scope="session")
 def git_server() -> dict[str, str]:
     """The real git server (git http-backend behind basic auth): url, root (where bare
     repositories it serves live), username, password."""
-    env = _ensure("git", "FLOWSTORE_GIT_URL")
+    env = ensure("git", "FLOWSTORE_GIT_URL")
     return {"url": env["FLOWSTORE_GIT_URL"], "root": env["FLOWSTORE_GIT_ROOT"],
             "username": env["FLOWSTORE_GIT_USERNAME"], "password": env["FLOWSTORE_GIT_PASSWORD"]}
 
@@ -80,22 +84,10 @@ def git_server() -> dict[str, str]:
 def docker_env() -> dict[str, str]:
     """The Docker Engine API (podman system service) and the registry (htpasswd auth): DOCKER_HOST,
     registry (host:port), username, password, base_image (Debian + python3, made locally)."""
-    env = _ensure("docker", "DOCKER_HOST")
+    env = ensure("docker", "DOCKER_HOST")
     return {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
             "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
             "base_image": env["FLOWSTORE_BASE_IMAGE"]}
-
-
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run kubectl against the local cluster; returns the completed process (text)."""
-    done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)
-    if check and done.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
-
-
-def kubectl_json(*args: str) -> Any:
-    return json.loads(kubectl(*args, "-o", "json").stdout)
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +100,7 @@ def crds(kube_env: dict[str, str]) -> None:
 
 @pytest.fixture
 def namespace(kube_env: dict[str, str]) -> Iterator[str]:
-    """A fresh namespace per test (left to be removed: no namespace controller runs here,
-    so it is not waited on)."""
+    """A fresh namespace per test (left to be removed: it is not waited on)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     kubectl("create", "namespace", name)
     yield name
@@ -124,3 +115,32 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"flows-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+# ---------------------------------------------------------------------- the operator
+_SESSION_OPERATORS: list[OperatorProcess] = []
+
+
+@pytest.fixture(scope="session")
+def operator(crds: None, kube_env: dict[str, str], s3_endpoint: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The session's cluster-wide `flowstore operator` (a real process)."""
+    op = OperatorProcess(tmp_path_factory.mktemp("operator"), dict(os.environ))
+    op.start()
+    _SESSION_OPERATORS.append(op)
+    yield op
+    _SESSION_OPERATORS.remove(op)
+    op.stop()
+
+
+@pytest.fixture
+def own_operators_only() -> Iterator[None]:
+    """For tests that run their own operators (HA, faults, the image, the chart): the session's
+    cluster-wide operator is paused meanwhile, or it would serve their objects too and every
+    count of uploads would double."""
+    paused = [op for op in _SESSION_OPERATORS if op.alive()]
+    for op in paused:
+        op.stop()
+    yield
+    for op in paused:
+        op.start()

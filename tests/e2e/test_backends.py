@@ -1,5 +1,5 @@
 """The GCS, Azure and Webhook backends end to end: the real operator and kube-apiserver against
-real servers (fake-gcs-server, Azurite, tests/webhook_server.py), a namespace per test.
+real servers (fake-gcs-server, Azurite, tests/helpers/webhook_server.py), a namespace per test.
 
 Every test stores flows through FlowStorage/StoredFlow resources only, reads the result from
 status, loads the flow back as an agent would (flowstore.client.load_flow), checks that no
@@ -18,20 +18,10 @@ from typing import Any
 import pytest
 
 from flowstore import client
-from tests.conftest import kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    apply,
-    condition,
-    get,
-    inline_flow,
-    wait_for,
-    wait_ready,
-    wait_reason,
-)
-from tests.webhook_server import WebhookServer
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import inline_flow
+from tests.helpers.operator import OperatorProcess
+from tests.helpers.webhook_server import WebhookServer
 
 
 # --------------------------------------------------------------------------- helpers

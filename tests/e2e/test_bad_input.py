@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,21 +18,10 @@ from typing import Any
 import pytest
 
 from flowstore import client
-from tests.conftest import kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    apply,
-    condition,
-    get,
-    inline_flow,
-    s3_keys,
-    s3_storage,
-    wait_for,
-    wait_ready,
-    wait_reason,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.net import free_port
+from tests.helpers.operator import OperatorProcess
 
 
 # --------------------------------------------------------------------------- helpers
@@ -103,22 +91,16 @@ def flow_script(flow_name: str, body: str = "return 42", prelude: str = "") -> s
             f"flow = Flow({flow_name!r}, main)\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @pytest.fixture(scope="module")
 def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second, real moto server that enforces authentication from the first request
-    (INITIAL_NO_AUTH_ACTION_COUNT=0), as tests/storage/test_s3.py does: the shared one
+    (INITIAL_NO_AUTH_ACTION_COUNT=0), as tests/backends/test_s3.py does: the shared one
     accepts any keys."""
     moto_server = shutil.which("moto_server")
     if moto_server is None:
         pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     with open(log, "wb") as out:

@@ -19,10 +19,10 @@ import pytest
 import requests
 
 from flowstore import client
-from tests.conftest import kubectl
-from tests.e2e.conftest import OperatorProcess, apply, condition, get, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.operator import OperatorProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def manifests(*docs: dict[str, Any]) -> str:
@@ -182,8 +182,7 @@ def test_daemon_over_tls_from_a_secret(
     """The daemon is reached over TLS with a client certificate (dockerd --tlsverify): the CA,
     certificate and key come from the Secret daemonTLSSecretRef names, never from the
     operator's environment; without that Secret the flow says which Secret to create."""
-    from tests.storage.test_docker import tls_daemon
-    from tests.tls_certs import Authority
+    from tests.helpers.tls_certs import Authority, tls_daemon
 
     authority = Authority.create()
     proxy = tls_daemon(docker_env, authority, tmp_path)
@@ -232,7 +231,7 @@ def test_registry_outage_is_temporary_then_the_image_is_pushed_once(
     import subprocess
     import sys
 
-    from tests.conftest import LOCALCLOUD, ROOT
+    from tests.helpers.localcloud import LOCALCLOUD, ROOT
 
     def localcloud(action: str) -> None:
         subprocess.run([sys.executable, str(LOCALCLOUD), action, "registry"], check=True, cwd=ROOT,

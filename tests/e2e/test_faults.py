@@ -26,22 +26,13 @@ import boto3
 import pytest
 
 from flowstore import client
-from tests.conftest import LOCALCLOUD, ROOT, kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    apply,
-    condition,
-    get,
-    inline_flow,
-    s3_keys,
-    s3_storage,
-    wait_for,
-    wait_ready,
-    wait_reason,
-)
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.localcloud import LOCALCLOUD, ROOT
+from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.operator import OperatorProcess
+from tests.helpers.tcp_proxy import TcpProxy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("own_operators_only")]
+pytestmark = [pytest.mark.usefixtures("own_operators_only")]
 
 
 def say(msg: str) -> None:

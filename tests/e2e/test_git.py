@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 
 from flowstore import client
-from tests.conftest import kubectl, kubectl_json
-from tests.e2e.conftest import OperatorProcess, apply, condition, get, wait_for, wait_ready, wait_reason
-from tests.gitrepo import LocalGitRepo
-from tests.storage.git_conformance import flow_script
-
-pytestmark = pytest.mark.e2e
+from tests.backends.git_conformance import flow_script
+from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.kube import apply, condition, get, kubectl, kubectl_json, wait_for, wait_ready, wait_reason
+from tests.helpers.operator import OperatorProcess
 
 
 def manifests(*docs: dict[str, Any]) -> str:
@@ -223,7 +221,7 @@ def test_git_server_outage_retries_then_pins_each_flow_once(
     import subprocess
     import sys
 
-    from tests.conftest import LOCALCLOUD, ROOT
+    from tests.helpers.localcloud import LOCALCLOUD, ROOT
 
     def localcloud(action: str) -> None:
         subprocess.run([sys.executable, str(LOCALCLOUD), action, "git"], check=True, cwd=ROOT, env=os.environ,

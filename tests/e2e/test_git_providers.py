@@ -16,17 +16,15 @@ from typing import Any
 import pytest
 
 from flowstore import client
-from tests.conftest import kubectl
-from tests.e2e.conftest import OperatorProcess, apply, condition, get, wait_for, wait_ready, wait_reason
+from tests.backends.git_conformance import flow_script
 from tests.fakes.base import FakeServer
 from tests.fakes.bitbucket_api import BitbucketCloudAPI, BitbucketServerAPI
 from tests.fakes.codecommit_api import CodeCommitAPI
 from tests.fakes.github_api import GitHubAPI
 from tests.fakes.gitlab_api import GitLabAPI
-from tests.gitrepo import LocalGitRepo
-from tests.storage.git_conformance import flow_script
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.operator import OperatorProcess
 
 TOKEN = "canary-provider-token-5e0c-do-not-leak"
 KEY_ID = "AKIAFLOWSTORETEST"

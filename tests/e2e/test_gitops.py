@@ -10,14 +10,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.conftest import ROOT, kubectl
-from tests.e2e.conftest import OperatorProcess, wait_ready
-from tests.test_argocd_health import ensure_lua, run_health
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.health_harness import argocd, evaluate, harness_binary, kstatus
+from tests.helpers.kube import kubectl, wait_ready
+from tests.helpers.localcloud import ROOT
+from tests.helpers.operator import OperatorProcess
 
 EXAMPLE = ROOT / "examples" / "gitops"
 
@@ -95,7 +93,7 @@ def test_sync_waves_put_storages_before_flows() -> None:
 
 
 def test_example_is_stored_and_ready(operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
-    lua = ensure_lua("lua5.4")
+    harness = harness_binary()
     directory = tmp_path / "flows"
     directory.mkdir()
     rendered = kubectl("kustomize", str(overlay(tmp_path, namespace, directory))).stdout
@@ -104,12 +102,16 @@ def test_example_is_stored_and_ready(operator: OperatorProcess, namespace: str, 
     kubectl("apply", "-f", "-", input=rendered)
 
     names = [f["metadata"]["name"] for f in of_kind(docs, "StoredFlow")]
+    objects = {}
     for name in names:
-        obj = wait_ready(namespace, name, timeout=60)
+        objects[name] = obj = wait_ready(namespace, name, timeout=60)
         assert obj["status"]["location"], name
-        assert run_health(obj, lua)[0] == "Healthy", name
-    storage = wait_ready(namespace, "gitops-local", kind="flowstorage", timeout=60)
-    assert run_health(storage, lua)[0] == "Healthy"
+    objects["gitops-local"] = wait_ready(namespace, "gitops-local", kind="flowstorage", timeout=60)
+    # Argo CD's health checks as Argo CD runs them (gopher-lua, docs/argocd.md's argocd-cm), and
+    # kstatus (Flux) on the live objects
+    for name, verdict in evaluate(harness, objects).items():
+        assert argocd(verdict)[0] == "Healthy", name
+        assert kstatus(verdict)[0] == "Current", name
     assert sorted(p.name for p in directory.iterdir()) == ["etl-daily", "weekly-report"]
 
     # The kstatus check the issue asks for: `kubectl wait` understands the conditions as is.

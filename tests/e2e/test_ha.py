@@ -19,21 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    _free_port,
-    apply,
-    condition,
-    get,
-    inline_flow,
-    s3_keys,
-    s3_storage,
-    wait_for,
-    wait_ready,
-)
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready
+from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.net import free_port
+from tests.helpers.operator import OperatorProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("own_operators_only")]
+pytestmark = [pytest.mark.usefixtures("own_operators_only")]
 
 LEASE = "flowstore-operator"
 STORED = re.compile(r"\bstored ([^/\s]+)/(\S+) at ")
@@ -214,7 +205,7 @@ def test_one_leader_no_duplicate_writes_and_handover_after_sigkill(
 def test_followers_do_nothing_and_sigterm_releases_the_lease(
         operators: dict[str, OperatorProcess], tmp_path: Path, namespace: str, s3_bucket: str,
         s3_endpoint: str) -> None:
-    liveness = {name: f"http://127.0.0.1:{_free_port()}/healthz" for name in ("a", "b")}
+    liveness = {name: f"http://127.0.0.1:{free_port()}/healthz" for name in ("a", "b")}
     leader = start(operators, tmp_path, "a", *elected(namespace), "--liveness", liveness["a"])
     first = wait_holder(namespace)
     assert holder_pid(first) == pid(leader)

@@ -12,20 +12,9 @@ import boto3
 import pytest
 import requests
 
-from tests.conftest import kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    apply,
-    condition,
-    inline_flow,
-    s3_keys,
-    s3_storage,
-    wait_for,
-    wait_ready,
-    wait_reason,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import apply, condition, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.operator import OperatorProcess
 
 
 def metric(text: str, name: str, **labels: str) -> float:

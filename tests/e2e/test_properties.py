@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import OperatorProcess, condition
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import condition
+from tests.helpers.operator import OperatorProcess
 
 GROUP, VERSION = "flowstore.dev", "v1alpha1"
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens (connection refused)

@@ -12,10 +12,9 @@ import pytest
 
 from flowstore import client
 from flowstore.artifacts.signing import SignatureError, sign
-from tests.conftest import kubectl
-from tests.e2e.conftest import OperatorProcess, apply, inline_flow, s3_storage, wait_for, wait_ready
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import apply, kubectl, wait_for, wait_ready
+from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.operator import OperatorProcess
 
 KEY = "k3y-for-signing-flows-0123456789"
 

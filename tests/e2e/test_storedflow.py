@@ -11,21 +11,9 @@ import pytest
 
 from flowstore import client
 from flowstore.storage import IntegrityError
-from tests.conftest import kubectl
-from tests.e2e.conftest import (
-    OperatorProcess,
-    apply,
-    condition,
-    get,
-    inline_flow,
-    s3_keys,
-    s3_storage,
-    wait_for,
-    wait_ready,
-    wait_reason,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.operator import OperatorProcess
 
 
 def test_pickled_flow_is_stored_reported_and_loaded(operator: OperatorProcess, namespace: str,

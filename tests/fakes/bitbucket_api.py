@@ -30,7 +30,7 @@ import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 
 def _segments(request: Request) -> list[str]:

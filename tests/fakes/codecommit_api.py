@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.base import FakeServer, Request, Response
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 TARGET_PREFIX = "CodeCommit_20150413."
 CONTENT_TYPE = "application/x-amz-json-1.1"

@@ -28,7 +28,7 @@ import zlib
 from typing import Any
 
 from tests.fakes.base import FakeServer, Request, Response
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 SUPPORTED_API_VERSIONS = frozenset({"2022-11-28", "2026-03-10"})
 #: the contents API inlines base64 content for files up to 1 MB; larger ones need the raw type

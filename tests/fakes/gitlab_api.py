@@ -29,7 +29,7 @@ import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 #: gitlab.com's authenticated API limit per minute
 RATE_LIMIT = 2000

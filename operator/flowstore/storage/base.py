@@ -5,7 +5,7 @@ A backend implements five primitives on *bytes at a location* (`put_bytes`, `get
 `stat`, `delete`, `url_for`) plus `serialize`. Everything the seed exposes (`flows`,
 `add_flow`, `__contains__`, `build`, `get_flow`, `run_basic_healthchecks`,
 `get_env_runner`) is written once here on top of them, so every backend behaves alike and
-the shared conformance suite (tests/storage/conformance.py) can hold them to it.
+the shared conformance suite (tests/backends/conformance.py) can hold them to it.
 """
 
 from __future__ import annotations

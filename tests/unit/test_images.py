@@ -3,7 +3,7 @@ submissions builds once; a flow that fails the healthcheck is left out and the r
 built; a broken storage fails every flow of the batch; the waiters are woken.
 
 The storage here is a recording stand-in for the Docker storage's ``build_image`` (the real
-one runs in tests/storage/test_docker.py and tests/e2e/test_docker.py): this checks the
+one runs in tests/backends/test_docker.py and tests/e2e/test_docker.py): this checks the
 batching logic, which does not depend on how an image is built."""
 
 from __future__ import annotations

@@ -14,11 +14,9 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_seri
 from flowstore.storage.codecommit import CodeCommit
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
 from tests.fakes.codecommit_api import CodeCommitAPI
-from tests.gitrepo import LocalGitRepo
-from tests.storage.git_conformance import GitFactory, GitHostedConformance, flow_script
-
-pytestmark = pytest.mark.backend
+from tests.helpers.gitrepo import LocalGitRepo
 
 REGION = "eu-west-1"
 KEY_ID = "AKIAFLOWSTORETEST001"

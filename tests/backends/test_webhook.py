@@ -1,4 +1,4 @@
-"""Webhook storage against a real HTTP service (tests/webhook_server.py): the conformance
+"""Webhook storage against a real HTTP service (tests/helpers/webhook_server.py): the conformance
 suite on an addressable endpoint (``/objects/${location}``), then the seed's pattern (POST
 returns an id, the get request reads ``${response.json.id}``), secrets, retries and errors."""
 
@@ -24,11 +24,9 @@ from flowstore.storage import (
 )
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.webhook import Webhook
-from tests.webhook_server import WebhookServer
+from tests.helpers.webhook_server import WebhookServer
 
 from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
-
-pytestmark = pytest.mark.backend
 
 TOKEN = "canary-webhook-token-7f3a9c1e-do-not-leak"
 AUTH = {"Authorization": "Bearer ${WEBHOOK_TOKEN}"}

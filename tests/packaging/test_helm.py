@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import LOCALCLOUD, ROOT, kubectl
-from tests.e2e.conftest import OperatorProcess, apply, inline_flow, s3_storage, wait_ready
+from tests.helpers.kube import apply, kubectl, wait_ready
+from tests.helpers.localcloud import LOCALCLOUD, ROOT
+from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.operator import OperatorProcess
 
 CHART = ROOT / "helm" / "flowstore-operator"
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}

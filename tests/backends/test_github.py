@@ -17,11 +17,9 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, Unavailab
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.github import GitHub
 from tests.fakes.github_api import GitHubAPI
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 from .git_conformance import GitFactory, GitHostedConformance, flow_script
-
-pytestmark = pytest.mark.backend
 
 TOKEN = "ghp_canaryGitHubToken7f3a9c1eDoNotLeak0001"
 REPO = "acme/flows"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers.localcloud import ROOT
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

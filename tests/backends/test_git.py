@@ -1,5 +1,5 @@
 """Git storage against a real git smart-HTTP server (``git http-backend`` behind basic auth,
-tests/git_server.py): the git-hosted conformance suite, then credentials and caching."""
+tests/helpers/git_server.py): the git-hosted conformance suite, then credentials and caching."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ import pytest
 from flowstore.storage import AuthFailed, InvalidConfig, Unavailable, from_serialized
 from flowstore.storage.errors import FileNotFound, RefNotFound
 from flowstore.storage.git import Git
-from tests.git_server import GitServer
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.git_server import GitServer
+from tests.helpers.gitrepo import LocalGitRepo
 
 from .git_conformance import GitFactory, GitHostedConformance, flow_script
-
-pytestmark = pytest.mark.backend
 
 USER, PASSWORD = "flows", "canary-git-password-3b1f-do-not-leak"
 CREDENTIALS = {"GIT_USERNAME": USER, "GIT_PASSWORD": PASSWORD}

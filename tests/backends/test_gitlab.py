@@ -18,11 +18,9 @@ from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, Rep
 from flowstore.storage.git_base import raise_for_http
 from flowstore.storage.gitlab import GitLab
 from tests.fakes.gitlab_api import GitLabAPI
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 from .git_conformance import GitFactory, GitHostedConformance, flow_script
-
-pytestmark = pytest.mark.backend
 
 TOKEN = "glpat-canaryGitLabToken7f3a9c1eDoNotLeak"
 PROJECT = "acme/data/flows"  # a subgroup: two slashes to encode

@@ -5,61 +5,15 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowstore import sandbox
-from flowstore.api.models import StorageSpec
 from flowstore.controller.reconcile import reconcile_flow_storage, reconcile_stored_flow, status_changed
-from flowstore.storage import Storage, backend_class
+from tests.fakes.ports import FakeCluster
 
 SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"
-
-
-class FakeCluster:
-    """The Ports protocol over dicts; builds run in the real sandbox and are counted."""
-
-    def __init__(self) -> None:
-        self.storages: dict[str, dict[str, Any]] = {}
-        self.configmaps: dict[str, dict[str, Any]] = {}
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.flows: dict[str, dict[str, Any]] = {}
-        self.builds = 0
-        self.uploads = 0
-        self.pending_locations: dict[Any, tuple[str, str]] = {}
-
-    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.storages.get(name))
-
-    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.configmaps.get(name)
-
-    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.secrets.get(name)
-
-    def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
-        return list(self.flows.values())
-
-    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
-        self.builds += 1
-        return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name, timeout=20)
-
-    def check_script(self, source: bytes) -> None:
-        sandbox.check_script(source)
-
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
-        original = storage.put_bytes
-
-        def counted(location: str, data: bytes) -> Any:
-            self.uploads += 1
-            return original(location, data)
-
-        storage.put_bytes = counted  # type: ignore[method-assign]
-        return storage
 
 
 def storage_obj(directory: Path, **spec: Any) -> dict[str, Any]:

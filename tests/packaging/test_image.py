@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -29,16 +28,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT, kubectl
-from tests.e2e.conftest import (
-    apply,
-    inline_flow,
-    own_operators_only,  # noqa: F401 - a fixture these tests use
-    wait_ready,
-)
+from tests.helpers.kube import apply, kubectl, wait_ready
+from tests.helpers.localcloud import ROOT
+from tests.helpers.manifests import inline_flow
+from tests.helpers.net import free_port
 
 # The first test also builds the image: cold, ~5 minutes (Debian bootstrap + pip install).
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800), pytest.mark.usefixtures("own_operators_only")]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.usefixtures("own_operators_only")]
 
 IMAGE = "localhost/flowstore-operator:dev"
 BASE_IMAGE = "localhost/flowstore-python:3.11"
@@ -96,11 +92,6 @@ def image_config(image: str) -> dict[str, Any]:
     cfg: dict[str, Any] = json.loads(_run(["podman", "image", "inspect", image]))[0]["Config"]
     return cfg
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shared_dir(path: Path, mode: int = 0o755, owner: int | None = None) -> Path:

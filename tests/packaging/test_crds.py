@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import kubectl
+from tests.helpers.kube import kubectl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
-HELM_CRD_DIR = ROOT / "helm" / "flowstore-operator" / "crds"
 ONE_BACKEND = (
     "exactly one backend block (local, s3, gcs, azure, webhook, docker, github, gitlab, bitbucket, codecommit, "
     "git) must be set"
@@ -415,49 +413,7 @@ def test_flowstorage_columns(namespace: str) -> None:
     assert "False" in table[1] and "Local" in table[1] and "cannot write to /flows" in table[1]
 
 
-# --- documentation ------------------------------------------------------------------------------
-
-
-def test_helm_chart_crds_identical_to_sources() -> None:
-    for name in CRD_FILES:
-        assert (HELM_CRD_DIR / name).read_bytes() == (CRD_DIR / name).read_bytes(), (
-            f"helm/flowstore-operator/crds/{name} differs from crds/{name}: copy crds/ into the chart"
-        )
-
-
-def _undocumented(schema: dict[str, Any], path: str) -> Iterator[str]:
-    """Paths of every property under `schema` (recursively) without a non-empty description."""
-    for name, prop in schema.get("properties", {}).items():
-        here = f"{path}.{name}"
-        if not str(prop.get("description", "")).strip():
-            yield here
-        yield from _undocumented(prop, here)
-    if isinstance(schema.get("items"), dict):
-        yield from _undocumented(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        yield from _undocumented(schema["additionalProperties"], f"{path}{{}}")
-
-
-@pytest.mark.parametrize("name", CRD_FILES)
-def test_every_field_is_documented(name: str) -> None:
-    crd = yaml.safe_load((CRD_DIR / name).read_text())
-    for version in crd["spec"]["versions"]:
-        root = version["schema"]["openAPIV3Schema"]
-        for part in ("spec", "status"):
-            schema = root["properties"][part]
-            assert str(schema.get("description", "")).strip(), f"{part} has no description"
-            # Backends, sources and status fields all have nested properties: a sanity floor.
-            assert len(list(_walk_names(schema))) > 5
-            missing = list(_undocumented(schema, f"{version['name']}.{part}"))
-            assert not missing, f"{name}: fields without a description: {missing}"
-
-
-def _walk_names(schema: dict[str, Any]) -> Iterator[str]:
-    for name, prop in schema.get("properties", {}).items():
-        yield name
-        yield from _walk_names(prop)
-        if isinstance(prop.get("items"), dict):
-            yield from _walk_names(prop["items"])
+# --- documentation (the schema's own: tests/unit/test_crd_sources.py) ---------------------------------
 
 
 def test_explain_storedflow_artifact_reads_well() -> None:

@@ -29,8 +29,6 @@ from flowstore.storage.base import sha256_hex
 
 from .conformance import StorageConformance, StorageFactory, make_flow
 
-pytestmark = pytest.mark.backend
-
 #: a valid base64 account key that is not the account's: Azurite rejects its signatures
 CANARY_KEY = base64.b64encode(b"canary-azure-key-7f3a9c1e-do-not-leak-0123456789abcdef").decode()
 

@@ -15,11 +15,9 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_seri
 from flowstore.storage.bitbucket import Bitbucket
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
 from tests.fakes.bitbucket_api import BitbucketCloudAPI, BitbucketServerAPI
-from tests.gitrepo import LocalGitRepo
-from tests.storage.git_conformance import GitFactory, GitHostedConformance, flow_script
-
-pytestmark = pytest.mark.backend
+from tests.helpers.gitrepo import LocalGitRepo
 
 WORKSPACE = "acme"
 PROJECT = "DATA"

@@ -25,7 +25,7 @@ import pytest
 from flowstore.storage import AuthFailed, IntegrityError, InvalidConfig, NotFound, from_serialized
 from flowstore.storage.errors import FileNotFound, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
-from tests.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo
 
 GitFactory = Callable[..., GitHosted]
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.helpers.tcp_proxy import TcpProxy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,3 +69,15 @@ class Authority:
         key = _key()
         cert = _cert(common_name, key, (self.name, self.key), server=server)
         return Pem(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))
+
+
+def tls_daemon(docker_env: Mapping[str, str], authority: Authority, tmp_path: Path) -> TcpProxy:
+    """The daemon behind TLS that requires a client certificate from `authority` (dockerd --tlsverify)."""
+    server = authority.issue("docker daemon", server=True)
+    (tmp_path / "server.pem").write_text(server.cert + server.key)
+    (tmp_path / "ca.pem").write_text(authority.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
+    context.load_cert_chain(str(tmp_path / "server.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    host, port = docker_env["docker_host"].removeprefix("tcp://").rsplit(":", 1)
+    return TcpProxy(host, int(port), tls=context).start()

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import kubectl
+from tests.helpers.kube import kubectl
 
 # The GCS and Azure fixtures live here until they move to conftest.py.
 

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import socket
-import ssl
 import tarfile
 import time
 import uuid
@@ -46,10 +45,8 @@ from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.daemon import Daemon
 from flowstore.storage.docker.layers import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
 from flowstore.storage.errors import AuthFailed, IntegrityError, InvalidConfig, NotFound
-from tests.tcp_proxy import TcpProxy
-from tests.tls_certs import Authority
-
-pytestmark = pytest.mark.backend
+from tests.helpers.tcp_proxy import TcpProxy
+from tests.helpers.tls_certs import Authority, tls_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
@@ -57,7 +54,7 @@ MANIFEST_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
 
 
 def _module_level_function() -> str:
-    """Pickled *by reference* (tests.storage.test_docker), so it cannot load in the image."""
+    """Pickled *by reference* (tests.backends.test_docker), so it cannot load in the image."""
     return "unreachable"
 
 
@@ -411,18 +408,6 @@ def test_env_runner_runs_the_flow_in_the_image_with_the_env(docker_env: dict[str
     assert runner.image == f"{storage.image_repository}@{storage.image_digest}"
     assert runner.run(env={"FLOW_TOKEN": token}) == 0
     assert runner.run(env={"FLOW_TOKEN": "wrong"}) == 3
-
-
-def tls_daemon(docker_env: dict[str, str], authority: Authority, tmp_path: Path) -> TcpProxy:
-    """The daemon behind TLS that requires a client certificate from `authority` (dockerd --tlsverify)."""
-    server = authority.issue("docker daemon", server=True)
-    (tmp_path / "server.pem").write_text(server.cert + server.key)
-    (tmp_path / "ca.pem").write_text(authority.cert_pem)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
-    context.load_cert_chain(str(tmp_path / "server.pem"))
-    context.verify_mode = ssl.CERT_REQUIRED
-    host, port = docker_env["docker_host"].removeprefix("tcp://").rsplit(":", 1)
-    return TcpProxy(host, int(port), tls=context).start()
 
 
 def test_daemon_over_tls_with_a_client_certificate(docker_env: dict[str, str], tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 a small stdlib HTTP server with basic auth. Clone, fetch (protocol v2) and push work as
 against any git host.
 
-    python3 tests/git_server.py --port 0 --root DIR --credentials-file FILE   # FILE: user:password
+    python3 tests/helpers/git_server.py --port 0 --root DIR --credentials-file FILE   # FILE: user:password
 
 Every request needs ``Authorization: Basic`` with the credentials (else 401 with
 ``WWW-Authenticate``, as git hosts answer, so git asks for credentials). Repositories are the

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import threading
 import time
 import traceback
@@ -41,10 +40,9 @@ from flowstore.storage import (
 )
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.gcs import GCS
+from tests.helpers.net import free_port
 
 from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
-
-pytestmark = pytest.mark.backend
 
 CANARY_PRIVATE_KEY = "canary-PrivateKey-5b2e8d41-do-not-leak"
 CANARY_KEY_ID = "canarykeyid5b2e8d4100000000000000000000"
@@ -79,12 +77,6 @@ class TestGCS(StorageConformance):
 
         return make
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _service_account_info(**overrides: Any) -> dict[str, Any]:
@@ -363,7 +355,7 @@ def test_missing_object_is_not_found(gcs_endpoint: str, gcs_bucket: str) -> None
 
 
 def test_unreachable_endpoint_is_unavailable_quickly() -> None:
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     storage = GCS.from_config({"bucket": "flows", "endpointURL": f"http://127.0.0.1:{port}"})
     for call in (storage.check_container, lambda: storage.get_bytes("k"), lambda: storage.stat("k"),
                  lambda: storage.put_bytes("k", b"x"), lambda: storage.delete("k")):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import traceback
@@ -29,10 +28,9 @@ from flowstore.storage import (
 )
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.s3 import S3
+from tests.helpers.net import free_port
 
 from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
-
-pytestmark = pytest.mark.backend
 
 CANARY_SECRET = "canary-Secret-7f3a9c1e-do-not-leak"
 CANARY_KEY_ID = "AKIACANARY7F3A9C1E00"
@@ -55,12 +53,6 @@ def raw_client(s3_endpoint: str) -> Any:
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @pytest.fixture(scope="module")
 def auth_enforcing_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -70,7 +62,7 @@ def auth_enforcing_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     moto_server = shutil.which("moto_server")
     if moto_server is None:
         pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     with open(log, "wb") as out:
@@ -204,7 +196,7 @@ def test_missing_object_is_not_found(s3_endpoint: str, s3_bucket: str) -> None:
 
 
 def test_unreachable_endpoint_is_unavailable_quickly() -> None:
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     storage = S3.from_config({
         "bucket": "flows", "endpointURL": f"http://127.0.0.1:{port}", "region": "us-east-1",
         "clientOptions": {

@@ -1,0 +1,61 @@
+"""kubectl against the local cluster, and waiting for flowstore objects' conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run kubectl against the local cluster; returns the completed process (text)."""
+    done = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=os.environ)
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def apply(manifest: str) -> None:
+    kubectl("apply", "-f", "-", input=manifest)
+
+
+def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)  # type: ignore[no-any-return]
+
+
+def condition(obj: dict[str, Any], ctype: str = "Ready") -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
+
+
+def wait_for(kind: str, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool],
+             timeout: float = 30.0, what: str = "") -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if found.returncode == 0:
+            obj = json.loads(found.stdout)
+            if predicate(obj):
+                return obj
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {kind} {namespace}/{name} {what}: {json.dumps(obj.get('status'))}")
+
+
+def wait_ready(namespace: str, name: str, kind: str = "storedflow", timeout: float = 30.0) -> dict[str, Any]:
+    return wait_for(kind, namespace, name,
+                    lambda o: condition(o).get("status") == "True"
+                    and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"],
+                    timeout, "to be Ready")
+
+
+def wait_reason(namespace: str, name: str, reason: str, kind: str = "storedflow",
+                timeout: float = 30.0) -> dict[str, Any]:
+    return wait_for(kind, namespace, name, lambda o: condition(o).get("reason") == reason
+                    and condition(o).get("status") == "False", timeout, f"to have Ready=False reason {reason}")
