@@ -19,27 +19,13 @@ import pytest
 
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import inline_flow
+from tests.helpers.manifests import azure_storage, flow_storage, inline_flow, manifests, secret, webhook_storage
+from tests.helpers.objects import azure_blobs, gcs_blobs
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.webhook_server import WebhookServer
 
 
 # --------------------------------------------------------------------------- helpers
-def manifests(*docs: dict[str, Any]) -> str:
-    """Several objects as one manifest: a JSON v1 List (no YAML quoting surprises)."""
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
-
-
-def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "stringData": data}
-
-
-def flow_storage(namespace: str, name: str, backend: str, block: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
-            "metadata": {"name": name, "namespace": namespace}, "spec": {backend: block, **spec}}
-
-
 def message(obj: dict[str, Any]) -> str:
     return str(condition(obj).get("message", ""))
 
@@ -82,15 +68,6 @@ def gcs_bucket(gcs_endpoint: str) -> str:
     gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                    client_options={"api_endpoint": gcs_endpoint}).create_bucket(name)
     return name
-
-
-def gcs_blobs(endpoint: str, bucket: str) -> list[str]:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs_sdk
-
-    sdk = gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                         client_options={"api_endpoint": endpoint})
-    return sorted(b.name for b in sdk.list_blobs(bucket))
 
 
 def test_gcs_pickle_and_script_flows_are_stored_and_loaded(gcs_endpoint: str, operator: OperatorProcess,
@@ -193,22 +170,6 @@ def azure_container(azure_connection_string: str) -> Iterator[str]:
     service.delete_container(name)
 
 
-def azure_blobs(connection_string: str, container: str) -> list[str]:
-    from azure.storage.blob import BlobServiceClient
-
-    service = BlobServiceClient.from_connection_string(connection_string)
-    return sorted(b.name for b in service.get_container_client(container).list_blobs())
-
-
-def azure_storage(namespace: str, name: str, container: str, connection_string: str,
-                  **block: Any) -> str:
-    return manifests(
-        secret(namespace, f"{name}-conn", {"AZURE_STORAGE_CONNECTION_STRING": connection_string}),
-        flow_storage(namespace, name, "azure",
-                     {"container": container, "credentialsSecretRef": {"name": f"{name}-conn"}, **block}),
-    )
-
-
 def test_azure_pickle_and_script_flows_are_stored_and_loaded(azure_connection_string: str,
                                                              operator: OperatorProcess, namespace: str,
                                                              azure_container: str,
@@ -287,25 +248,6 @@ def webhook(token: str) -> Iterator[WebhookServer]:
     """The webhook service, in this process on 127.0.0.1; the operator reaches it over loopback."""
     with WebhookServer(token=token) as server:
         yield server
-
-
-def webhook_storage(namespace: str, name: str, server: str, token: str | None, *,
-                    build_url: str = "{server}/flows", header: str = "Bearer ${TOKEN}",
-                    delete: bool = False, **spec: Any) -> str:
-    """The seed's pattern: POST the flow, read the id the service assigned, GET it by id."""
-    headers = {"Authorization": header}
-    block: dict[str, Any] = {
-        "buildRequest": {"method": "POST", "url": build_url.format(server=server), "headers": headers},
-        "getFlowRequest": {"method": "GET", "url": f"{server}/flows/${{response.json.id}}", "headers": headers},
-        "credentialsSecretRef": {"name": f"{name}-token"},
-    }
-    if delete:
-        block["deleteRequest"] = {"method": "DELETE", "url": f"{server}/flows/${{response.json.id}}",
-                                  "headers": headers}
-    docs = [flow_storage(namespace, name, "webhook", block, **spec)]
-    if token is not None:
-        docs.insert(0, secret(namespace, f"{name}-token", {"TOKEN": token}))
-    return manifests(*docs)
 
 
 def test_webhook_seed_pattern_store_load_and_restart(operator: OperatorProcess, namespace: str,

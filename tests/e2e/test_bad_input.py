@@ -19,8 +19,9 @@ import pytest
 
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.net import free_port
+from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ import pytest
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
-from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.tcp_proxy import TcpProxy
 
@@ -305,6 +307,140 @@ def test_sigkill_at_random_points_never_points_status_at_a_partial_object(
 
 
 # ----------------------------------------------------------------------------- 3. API server / etcd restart
+# ----------------------------------------------------------------------------- 2b. SIGKILL, every backend
+class Held:
+    """What one backend holds, read from its server: location -> sha256 of the bytes."""
+
+    def __init__(self, name: str, read: Callable[[], dict[str, bytes]]) -> None:
+        self.name, self._read = name, read
+
+    def objects(self) -> dict[str, str]:
+        return {key: sha256(data) for key, data in self._read().items()}
+
+
+def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
+        make_operator: Callable[[str], ScopedOperator], namespace: str, tmp_path: Path, s3_bucket: str,
+        s3_endpoint: str, gcs_endpoint: str, azure_connection_string: str) -> None:
+    """The operator is SIGKILLed at random points while flows of Local, S3, GCS, Azure and
+    Webhook storages are stored and changed. Afterwards every backend holds exactly one object per
+    StoredFlow — the one its status names, with the recorded digest: no version stored twice,
+    nothing left by an interrupted store (deletionPolicy Delete removes superseded versions, so
+    any other object is a duplicate or an orphan)."""
+    from azure.storage.blob import BlobServiceClient
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_sdk
+
+    from tests.helpers.manifests import flow_storage, manifests, secret, webhook_storage
+    from tests.helpers.webhook_server import WebhookServer
+
+    seed = int(os.environ.get("FLOWSTORE_FAULTS_SEED") or time.time_ns() % 2**32)
+    rng = random.Random(seed)
+    say(f"sigkill-backends: seed {seed} (FLOWSTORE_FAULTS_SEED={seed} replays the kill times)")
+    per_backend, kills = 4, 6
+    policy = {"deletionPolicy": "Delete", "storedAsScript": True}
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    gcs = gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                         client_options={"api_endpoint": gcs_endpoint})
+    gcs_bucket = f"flows-{uuid.uuid4().hex[:12]}"
+    gcs.create_bucket(gcs_bucket)
+    azure = BlobServiceClient.from_connection_string(azure_connection_string)
+    container = f"flows-{uuid.uuid4().hex[:12]}"
+    azure.create_container(container)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    token = f"tok-{uuid.uuid4().hex}"
+    with WebhookServer(token=token) as hook:
+        storages = {
+            "local": manifests(flow_storage(namespace, "local", "local", {"directory": str(local_dir)}, **policy)),
+            "s3": s3_storage(namespace, s3_bucket, s3_endpoint, name="s3", **policy),
+            "gcs": manifests(flow_storage(namespace, "gcs", "gcs", {"bucket": gcs_bucket, "endpointURL": gcs_endpoint},
+                                          **policy)),
+            "azure": manifests(secret(namespace, "azure-conn",
+                                      {"AZURE_STORAGE_CONNECTION_STRING": azure_connection_string}),
+                               flow_storage(namespace, "azure", "azure",
+                                            {"container": container, "credentialsSecretRef": {"name": "azure-conn"}},
+                                            **policy)),
+        }
+        # a webhook storage holds one flow (the seed's rule): one storage per flow
+        storages.update({f"hook{i}": webhook_storage(namespace, f"hook{i}", hook.url, token, delete=True, **policy)
+                         for i in range(per_backend)})
+        for docs in storages.values():
+            apply(docs)
+        flows = {f"{b}-{i}": b for b in ("local", "s3", "gcs", "azure") for i in range(per_backend)}
+        flows.update({f"webhook-{i}": f"hook{i}" for i in range(per_backend)})
+        values = {name: i for i, name in enumerate(flows)}
+
+        def manifest(names: list[str]) -> str:
+            return "\n---\n".join(inline_flow(namespace, n, f"flow {n}", body=f"return {values[n]}",
+                                               storage=flows[n]) for n in names)
+
+        def local_files() -> dict[str, bytes]:
+            return {str(p): p.read_bytes() for p in local_dir.rglob("*") if p.is_file()}
+
+        def s3_objects() -> dict[str, bytes]:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+            return {o["Key"]: s3.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
+                    for page in pages for o in page.get("Contents", [])}
+
+        def gcs_objects() -> dict[str, bytes]:
+            return {b.name: b.download_as_bytes() for b in gcs.list_blobs(gcs_bucket)}
+
+        def azure_objects() -> dict[str, bytes]:
+            client_ = azure.get_container_client(container)
+            return {b.name: client_.download_blob(b.name).readall() for b in client_.list_blobs()}
+
+        held = {"local": Held("local", local_files), "s3": Held("s3", s3_objects), "gcs": Held("gcs", gcs_objects),
+                "azure": Held("azure", azure_objects), "webhook": Held("webhook", lambda: dict(hook.bodies))}
+        apply(manifest(list(flows)))
+        op = make_operator(namespace)
+        for i in range(kills):
+            op.start()
+            deadline = time.monotonic() + 15
+            while "Handler 'storedflow_changed'" not in op.log_path.read_text(errors="replace"):
+                assert time.monotonic() < deadline and op.alive(), op.logs()[-3000:]
+                time.sleep(0.02)
+            delay = rng.uniform(0.1, 2.5)
+            time.sleep(delay)
+            op.stop(signal.SIGKILL)
+            counts = {b: len(h.objects()) for b, h in held.items()}
+            say(f"sigkill-backends: #{i + 1} SIGKILL {delay:.2f}s after the watch delivered; objects held: {counts}")
+            changed = rng.sample(sorted(flows), 6)  # new versions for the next run to be killed amid
+            values.update({n: 1000 * (i + 1) + values[n] % 1000 for n in changed})
+            apply(manifest(changed))
+        op.start()
+        t0 = time.monotonic()
+        wait_all_ready(namespace, list(flows), timeout=120)
+        # settled: superseded versions deleted (the pass after the status moved), nothing under way
+        deadline = time.monotonic() + 60
+        while True:
+            items = list_flows(namespace)
+            if all(not (o.get("status") or {}).get("superseded") and not (o.get("status") or {}).get("storing")
+                   for o in items.values()):
+                break
+            assert time.monotonic() < deadline, {n: o.get("status", {}).get("superseded") for n, o in items.items()}
+            time.sleep(0.5)
+        say(f"sigkill-backends: all {len(flows)} Ready and settled {time.monotonic() - t0:.1f}s after the last start")
+
+        for backend, store in held.items():
+            names = [n for n in flows if n.split("-")[0] == backend]
+            statuses = {n: items[n]["status"] for n in names}
+            objects = store.objects()
+            if backend == "webhook":  # the service names objects by the ids it assigned
+                expected = {s["storage"]["buildResponse"]["json"]["id"]: s["artifact"]["digest"]
+                            for s in statuses.values()}
+            else:
+                expected = {s["location"]: s["artifact"]["digest"] for s in statuses.values()}
+            say(f"sigkill-backends: {backend}: {len(objects)} objects for {len(names)} flows after {kills} SIGKILLs")
+            assert objects == expected, (f"{backend}: what the backend holds differs from what status names "
+                                         f"(one object per version, nothing else)")
+        assert {n: client.load_flow(n, namespace).run() for n in flows if not n.startswith("webhook")} == \
+            {n: v for n, v in values.items() if not n.startswith("webhook")}, "a spec change was lost"
+    gcs.bucket(gcs_bucket).delete(force=True)
+    azure.delete_container(container)
+
+
+
+
 def _server_restart(server: str, make_operator: Callable[[str], ScopedOperator], namespace: str,
                     s3_bucket: str, s3_endpoint: str) -> None:
     op = make_operator(namespace)

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready
-from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.net import free_port
+from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
 pytestmark = [pytest.mark.usefixtures("own_operators_only")]

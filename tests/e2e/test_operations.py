@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from tests.helpers.kube import apply, condition, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import inline_flow, s3_keys, s3_storage
+from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
 

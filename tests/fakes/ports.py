@@ -26,7 +26,6 @@ class FakeCluster:
         self.flows: dict[str, dict[str, Any]] = {}
         self.builds = 0
         self.uploads = 0
-        self.pending_locations: dict[Any, tuple[str, str]] = {}
         self.images = ImageBuilder(debounce=0.0)
 
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -52,9 +51,9 @@ class FakeCluster:
         storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
         original = storage.put_bytes
 
-        def counted(location: str, data: bytes) -> Any:
+        def counted(location: str, data: bytes, **kwargs: Any) -> Any:
             self.uploads += 1
-            return original(location, data)
+            return original(location, data, **kwargs)
 
         storage.put_bytes = counted  # type: ignore[method-assign]
         return storage

@@ -1,4 +1,4 @@
-"""Manifests the e2e tests apply: an S3 FlowStorage with its Secret, an inline StoredFlow."""
+"""Manifests the tests apply: FlowStorages of each backend with their Secrets, inline StoredFlows."""
 
 from __future__ import annotations
 
@@ -47,8 +47,44 @@ spec:
 {extra}"""
 
 
-def s3_keys(endpoint: str, bucket: str) -> list[str]:
-    import boto3
+def manifests(*docs: dict[str, Any]) -> str:
+    """Several objects as one manifest: a JSON v1 List (no YAML quoting surprises)."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "stringData": data}
+
+
+def flow_storage(namespace: str, name: str, backend: str, block: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {backend: block, **spec}}
+
+
+def azure_storage(namespace: str, name: str, container: str, connection_string: str,
+                  **block: Any) -> str:
+    return manifests(
+        secret(namespace, f"{name}-conn", {"AZURE_STORAGE_CONNECTION_STRING": connection_string}),
+        flow_storage(namespace, name, "azure",
+                     {"container": container, "credentialsSecretRef": {"name": f"{name}-conn"}, **block}),
+    )
+
+
+def webhook_storage(namespace: str, name: str, server: str, token: str | None, *,
+                    build_url: str = "{server}/flows", header: str = "Bearer ${TOKEN}",
+                    delete: bool = False, **spec: Any) -> str:
+    """The seed's pattern: POST the flow, read the id the service assigned, GET it by id."""
+    headers = {"Authorization": header}
+    block: dict[str, Any] = {
+        "buildRequest": {"method": "POST", "url": build_url.format(server=server), "headers": headers},
+        "getFlowRequest": {"method": "GET", "url": f"{server}/flows/${{response.json.id}}", "headers": headers},
+        "credentialsSecretRef": {"name": f"{name}-token"},
+    }
+    if delete:
+        block["deleteRequest"] = {"method": "DELETE", "url": f"{server}/flows/${{response.json.id}}",
+                                  "headers": headers}
+    docs = [flow_storage(namespace, name, "webhook", block, **spec)]
+    if token is not None:
+        docs.insert(0, secret(namespace, f"{name}-token", {"TOKEN": token}))
+    return manifests(*docs)

@@ -6,7 +6,9 @@
 Endpoints (``/flows`` and ``/objects`` need ``Authorization: Bearer <token>`` when a token is
 set, else 401):
 
-* ``POST|PUT|PATCH /flows``: stores the body under a new id; 201 ``{"id": "<id>"}``.
+* ``POST|PUT|PATCH /flows``: stores the body under a new id; 201 ``{"id": "<id>"}``. A request
+  with an ``Idempotency-Key`` header seen before gets the id made then (and its body is not
+  stored again), as the IETF draft-ietf-httpapi-idempotency-key-header describes.
 * ``GET /flows/{id}``: the body, or 404. ``DELETE /flows/{id}``: 204, or 404.
 * ``PUT|POST /objects/{name}``: stores the body under `name` (may contain '/'); 200
   ``{"name": name}``. ``GET /objects/{name}``: the body or 404. ``DELETE``: 204 or 404.
@@ -42,6 +44,8 @@ class WebhookServer:
         self.hits: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, str, dict[str, str]]] = []
         self._flaky: collections.Counter[str] = collections.Counter()
+        #: Idempotency-Key header -> the id made for the first request that carried it
+        self.idempotency: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -127,8 +131,13 @@ class WebhookServer:
         return response
 
     async def _create(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key")
+        if key and key in self.idempotency:
+            return web.json_response({"id": self.idempotency[key]}, status=201)
         flow_id = uuid.uuid4().hex
         self.bodies[flow_id] = await request.read()
+        if key:
+            self.idempotency[key] = flow_id
         return web.json_response({"id": flow_id}, status=201)
 
     async def _put_object(self, request: web.Request) -> web.Response:

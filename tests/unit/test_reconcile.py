@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,31 @@ def test_flow_storage_reports_flows(cluster: FakeCluster) -> None:
     outcome = reconcile_flow_storage(cluster.storages["store"], cluster)
     assert outcome.status["flows"] == {"etl": cluster.flows["etl"]["status"]["location"]}
     assert outcome.status["storage"]["type"] == "Local"
+
+
+def test_flow_storage_lists_at_most_1000_flows_and_counts_them_all(cluster: FakeCluster) -> None:
+    """status.flows is capped so the object stays small however many flows a storage holds
+    (the members come from the operator's index, as in the operator)."""
+    members = [{"metadata": {"name": f"f{i:04d}"}, "spec": {"storageRef": {"name": "store"}, "flowName": f"f{i:04d}"},
+                "status": {"flowName": f"f{i:04d}", "location": f"f{i:04d}/v1",
+                           "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded"}]}}
+               for i in range(1500)]
+    outcome = reconcile_flow_storage(cluster.storages["store"], cluster, members=members)
+    assert outcome.status["flowCount"] == 1500
+    assert list(outcome.status["flows"]) == [f"f{i:04d}" for i in range(1000)]
+    assert len(json.dumps(outcome.status)) < 64 * 1024
+
+
+def test_condition_messages_are_bounded() -> None:
+    from flowstore.api.conditions import MAX_MESSAGE_CHARS, mark_failed
+
+    message = "what failed: " + "x" * 50_000 + " -- the last line of the log"
+    ready = mark_failed(None, "ScriptFailed", message, 1, stalled=True)[0]["message"]
+    assert len(ready) == MAX_MESSAGE_CHARS
+    assert ready.startswith("what failed: ") and ready.endswith(" -- the last line of the log")
+    head, gap, tail = ready.partition("\n… (")
+    left_out = int(tail.split(" characters left out) …\n")[0])
+    assert len(head) + left_out + len(tail.split(") …\n", 1)[1]) == len(message)
 
 
 def test_signing_key_from_a_secret_signs_and_its_absence_stalls(cluster: FakeCluster, tmp_path: Path) -> None:

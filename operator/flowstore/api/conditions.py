@@ -14,6 +14,21 @@ from flowstore.api.constants import ConditionType, Reason
 Condition = dict[str, Any]
 
 
+#: condition messages longer than this keep their start and their end (a script's traceback or a
+#: build log's last lines): status must stay small whatever a flow prints
+MAX_MESSAGE_CHARS = 8192
+_MESSAGE_HEAD = 2048
+
+
+def bounded(message: str) -> str:
+    """`message`, with its middle left out when it is longer than MAX_MESSAGE_CHARS."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    marker = "\n… ({} characters left out) …\n"
+    tail = MAX_MESSAGE_CHARS - _MESSAGE_HEAD - len(marker.format(len(message)))
+    return message[:_MESSAGE_HEAD] + marker.format(len(message) - _MESSAGE_HEAD - tail) + message[-tail:]
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -54,7 +69,7 @@ def set_condition(
         "type": ctype,
         "status": status,
         "reason": reason,
-        "message": message,
+        "message": bounded(message),
         "observedGeneration": generation,
         "lastTransitionTime": transition,
     }

@@ -15,6 +15,8 @@ and the pokes stay unfiltered: they only read, and a flow-name conflict or a pok
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,14 +32,27 @@ from flowstore.controller.runtime import Runtime
 IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
 
 
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base, kept as a digest. kopf records what it last handled in an annotation
+    and compares each event with it; it copied the whole spec there, and a StoredFlow with a
+    large inline source exceeded the API server's 256 KiB limit on annotations: every patch of
+    the object was refused, its finalizer with it, so it could never be deleted. flowstore's
+    handlers never read kopf's diffs (the reconcile loops are level-triggered), so the
+    annotation holds the sha256 of what kopf would have copied: some 100 bytes, whatever the spec."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        return {"spec": {"sha256": digest}}
+
+
 def kopf_settings() -> kopf.OperatorSettings:
     """kopf's settings for flowstore, tuned once."""
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flowstore.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="flowstore.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="flowstore.dev",
+                                                                  key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # kopf's own per-handler events; ours are explicit
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

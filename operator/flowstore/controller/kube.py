@@ -52,9 +52,6 @@ class KubePorts:
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
-        # StoredFlow uid -> (inputs digest, location) of an upload not yet recorded in status
-        # (reconcile.upload reuses the location when it retries the same inputs)
-        self.pending_locations: dict[Any, tuple[str, str]] = {}
         self.images = ImageBuilder()
 
     # ---------------------------------------------------------------- reads
@@ -137,9 +134,9 @@ class _CountingStorage:
         self._inner = inner
         self._counters = counters
 
-    def put_bytes(self, location: str, data: bytes) -> Any:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> Any:
         self._counters["uploads"] += 1
-        return self._inner.put_bytes(location, data)
+        return self._inner.put_bytes(location, data, idempotency_key=idempotency_key)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -260,7 +260,7 @@ class Azure(Storage):
         return self._client().get_blob_client(self.container, location)
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         digest = sha256_hex(data)
         content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
         blob = self._blob(location)

@@ -110,9 +110,14 @@ class Storage(abc.ABC):
 
     # ------------------------------------------------------------------ primitives
     @abc.abstractmethod
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         """Store `data` at `location` atomically (readers see all of it or nothing), recording
-        its sha256 where the backend can keep metadata. Overwrites. Raises StorageError."""
+        its sha256 where the backend can keep metadata. Overwrites. Raises StorageError.
+
+        `idempotency_key` names the version being stored: a retry of the same store (after a
+        crash, say) carries the same key. Backends addressed by location need none (storing
+        again overwrites); a service that assigns ids (Webhook) is sent it, so it can answer a
+        retry with the object it already made."""
 
     @abc.abstractmethod
     def get_bytes(self, location: str) -> bytes:

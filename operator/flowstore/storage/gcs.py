@@ -204,7 +204,7 @@ class GCS(Storage):
             raise self._translate(exc, action, location) from _cause(exc)
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         digest = sha256_hex(data)
         content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
         bucket = self._client().bucket(self.bucket)

@@ -125,7 +125,7 @@ class GitHosted(Storage):
         raise InvalidConfig(
             f"no file for flow {flow_name!r}: set the storage's path or the flow's spec.source.path")
 
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         raise InvalidConfig(
             f"{type(self).__name__} storage is read-only: commit {location} to the repository yourself; "
             "flowstore pins the commit that holds it")

@@ -118,7 +118,7 @@ class Local(Storage):
         return Path(os.path.abspath(self._resolve(location))).as_uri()
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         file_path = self._resolve(location)
         if not os.path.isdir(self.directory):
             raise ContainerNotFound(
@@ -129,8 +129,8 @@ class Local(Storage):
         tmp_path: str | None = None
         try:
             os.makedirs(parent, exist_ok=True)
-            prefix = f".{os.path.basename(file_path)}."
-            fd, tmp_path = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=".tmp")
+            _remove_partial_writes(file_path)  # of a writer killed before it renamed (one writer per location)
+            fd, tmp_path = tempfile.mkstemp(dir=parent, prefix=_partial_prefix(file_path), suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -174,7 +174,9 @@ class Local(Storage):
         return ObjectInfo(size=size, sha256=digest.hexdigest())
 
     def delete(self, location: str) -> None:
+        """Remove the file, and what an interrupted write of it left (its temporary file)."""
         file_path = self._resolve(location)
+        _remove_partial_writes(file_path)
         try:
             os.unlink(file_path)
         except (FileNotFoundError, NotADirectoryError):
@@ -215,3 +217,22 @@ def _translate(exc: OSError, file_path: str, action: str) -> StorageError:
     if isinstance(exc, PermissionError):
         return AuthFailed(f"cannot {action} {file_path}: permission denied for uid {os.getuid()}")
     return StorageError(f"cannot {action} {file_path}: {exc.strerror or exc}")
+
+
+def _partial_prefix(file_path: str) -> str:
+    """Writes go to ``.<name>.<random>.tmp`` beside the file, then are renamed over it."""
+    return f".{os.path.basename(file_path)}."
+
+
+def _remove_partial_writes(file_path: str) -> None:
+    """Remove the temporary files of writes of `file_path` that never reached their rename (a
+    process killed mid-write). Best effort: a directory that cannot be listed keeps them."""
+    parent, prefix = os.path.dirname(file_path), _partial_prefix(file_path)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(parent, name))

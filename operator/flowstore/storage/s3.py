@@ -170,7 +170,7 @@ class S3(Storage):
                            failure=lambda exc: f"cannot create an S3 client: {self._redact(str(exc))}")
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         digest = sha256_hex(data)
         content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
         client = self._client()

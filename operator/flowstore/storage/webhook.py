@@ -257,9 +257,15 @@ class Webhook(Storage):
                 self._render(f"${{{name}}}", key, None, set())
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
+        """Send the build request. With `idempotency_key` it carries an ``Idempotency-Key``
+        header (IETF draft-ietf-httpapi-idempotency-key-header), unless the request sets one
+        itself: a service that honours it answers a retry of the same version (after a timeout,
+        or after the operator was killed before it recorded the answer) with the object it
+        already made, instead of making a second one."""
         method = self.build_request_http_method
-        response, sensitive = self._send("buildRequest", method, self.build_request_kwargs, location, data=data)
+        response, sensitive = self._send("buildRequest", method, self.build_request_kwargs, location, data=data,
+                                         idempotency_key=idempotency_key)
         public = self._public_url(self.build_request_kwargs, location)
         if response.status_code == 404:
             raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
@@ -359,7 +365,7 @@ class Webhook(Storage):
                 ) from None
 
     def _send(self, where: str, method: str, template: Mapping[str, Any], location: str | None,
-              data: bytes | None = None) -> tuple[requests.Response, set[str]]:
+              data: bytes | None = None, idempotency_key: str | None = None) -> tuple[requests.Response, set[str]]:
         """Render `template` and send it, retrying temporary failures. Returns the response
         of the last try when it is not a temporary failure, and the Secret and environment
         values the request used (to strip from messages); raises StorageError otherwise."""
@@ -369,6 +375,8 @@ class Webhook(Storage):
         headers = {str(k): str(v) for k, v in (rendered.get("headers") or {}).items()}
         if data is not None and not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = "application/octet-stream"
+        if idempotency_key and not any(k.lower() == "idempotency-key" for k in headers):
+            headers["Idempotency-Key"] = f'"{idempotency_key}"'  # an sf-string, as the draft defines it
         timeout = rendered.get("timeout", DEFAULT_TIMEOUT)
         kwargs: dict[str, Any] = {
             "headers": headers,

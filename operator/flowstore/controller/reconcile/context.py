@@ -8,6 +8,7 @@ format and the inputs digest.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowstore.api import conditions as cond
@@ -54,6 +55,17 @@ class FlowContext:
     inputs_digest: str = ""
     signing_key: bytes | None = None
     git: GitSource | None = None
+    #: writes a Reconciling status before anything is built or stored (the operator: a status
+    #: patch that must succeed first); None offline
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+
+    def progress(self, message: str) -> None:
+        """Say (in status) that work is under way, with what ``self.status`` holds now (e.g. the
+        ``storing`` record): written before the work starts, so a crash leaves it behind."""
+        if self.on_progress is not None:
+            status = dict(self.status)
+            status["conditions"] = cond.mark_reconciling(self.status.get("conditions"), message, self.generation)
+            self.on_progress(status)
 
     @property
     def uid(self) -> str:
@@ -94,6 +106,7 @@ def ready(ctx: FlowContext, ports: Ports, location: str, artifact: Artifact, eve
     serialized.update(artifact.storage_state or {})
     status = dict(ctx.status)
     status.pop("driftDetected", None)
+    status.pop("storing", None)  # nothing is under way any more
     status.update(
         observedGeneration=ctx.generation,
         location=location,

@@ -14,6 +14,10 @@ from flowstore.controller.reconcile.outcomes import failed, mark_handled, rechec
 from flowstore.controller.reconcile.ports import Outcome, Ports
 from flowstore.controller.reconcile.storages import open_storage
 
+#: status.flows lists at most this many flows (the first by name; flowCount has the number): the
+#: object must stay small however many flows a storage holds (~100 bytes an entry)
+MAX_STATUS_FLOWS = 1000
+
 
 def reconcile_flow_storage(obj: dict[str, Any], ports: Ports, *,
                            members: list[dict[str, Any]] | None = None) -> Outcome:
@@ -49,7 +53,9 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
     except SpecError as exc:
         return failed(status, generation, classify(exc), None)
     listed = members if members is not None else ports.list_storedflows(namespace)
-    status["flows"] = flows = stored_flows(meta["name"], listed)
+    flows = stored_flows(meta["name"], listed)
+    status["flowCount"] = len(flows)
+    status["flows"] = dict(sorted(flows.items())[:MAX_STATUS_FLOWS])
     if spec.suspend:
         return suspended(status, generation)
     try:

@@ -28,9 +28,6 @@ class Ports(Protocol):
     def check_script(self, source: bytes) -> None: ...
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
 
-    #: StoredFlow uid -> (inputs digest, location) of uploads not yet recorded in status, kept
-    #: across passes so a retry of the same inputs reuses its location (no orphaned objects)
-    pending_locations: dict[Any, tuple[str, str]]
     #: the debounced one-image-per-storage builder (Docker storages)
     images: ImageBuilder
 

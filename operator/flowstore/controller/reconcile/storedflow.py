@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flowstore.api import conditions as cond
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
 from flowstore.controller.failures import ReconcileError, classify
@@ -54,7 +53,7 @@ def reconcile_stored_flow(
     `siblings(storage_name)` returns the StoredFlows of the namespace that use that storage
     (the operator serves it from an index; default: list them through the ports). A new
     ``flowstore.dev/requested-at`` annotation forces a drift check. `on_progress` is given a
-    Reconciling status before anything is built or stored."""
+    Reconciling status before anything is built or stored (``FlowContext.progress``)."""
     check_drift = check_drift or requested_at(obj) is not None
     return mark_handled(obj, _reconcile(obj, ports, check_drift=check_drift, on_progress=on_progress,
                                         siblings=siblings))
@@ -72,6 +71,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
     if spec.suspend:
         return suspended(status, generation)
     storage_spec: StorageSpec | None = None
+    ctx: FlowContext | None = None
     try:
         fs, storage_spec = resolve_storage(ports, meta["namespace"], spec)
         publisher = publisher_for(storage_spec)
@@ -79,7 +79,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         if storage_spec.suspend:
             return suspended(status, generation)
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
-                          storage_spec=storage_spec, publisher=publisher)
+                          storage_spec=storage_spec, publisher=publisher, on_progress=on_progress)
         ctx.publisher.resolve_source(ctx, ports)
         ctx.signing_key = read_signing_key(ports, ctx.namespace, storage_spec)
         plan(ctx)
@@ -87,14 +87,11 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         if done is not None:
             return done
         check_conflict(ctx, ports, siblings)
-        if on_progress is not None:
-            progress = dict(status)
-            progress["conditions"] = cond.mark_reconciling(
-                status.get("conditions"), f"Storing flow {spec.flow_name!r}", generation)
-            on_progress(progress)
         return ctx.publisher.publish(ctx, ports)
     except Exception as exc:  # every failure becomes a condition; the operator never crashes
         failure = classify(exc)
+        if ctx is not None and ctx.status.get("storing"):  # a retry of these inputs goes to the same place
+            status["storing"] = ctx.status["storing"]
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and storage_spec is not None and failure.reason in RECHECKED:
             requeue = recheck_after(status.get("conditions"), failure.reason, storage_spec.interval_seconds)
@@ -126,14 +123,14 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     location = ctx.status.get("location")
     if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
         return None
-    ports.pending_locations.pop(ctx.obj["metadata"].get("uid"), None)  # status records it
+    events = ctx.publisher.settle(ctx, ports)
     opened = None
     if check_drift:
         drift, opened = ctx.publisher.verify(ctx, ports, str(location))
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None
-    return ready(ctx, ports, str(location), artifact, [], uploaded=False, opened=opened)
+    return ready(ctx, ports, str(location), artifact, events, uploaded=False, opened=opened)
 
 
 def check_conflict(ctx: FlowContext, ports: Ports, siblings: Siblings | None = None) -> None:

@@ -384,7 +384,7 @@ class Docker(Storage):
                            f"{exc.message}") from None
 
     # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes) -> StoredArtifact:
+    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         raise InvalidConfig("Docker storage stores flows by building an image: use build() or build_image()")
 
     def get_bytes(self, location: str) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import Outcome, Ports
+from flowstore.controller.reconcile.ports import Event, Outcome, Ports
 from flowstore.controller.reconcile.sources import read_source
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import Storage
@@ -59,6 +59,11 @@ class Publisher(abc.ABC):
         if info.size != artifact.size or (info.sha256 and info.sha256 != recorded):
             return CHANGED, storage
         return None, storage
+
+    def settle(self, ctx: FlowContext, ports: Ports) -> list[Event]:
+        """Step 4, when status records the artifact of the current inputs: clear up what earlier
+        publishes left (default: nothing to clear up). Returns the Events to post."""
+        return []
 
     @abc.abstractmethod
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:

@@ -78,6 +78,7 @@ class GitPinPublisher(Publisher):
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         git = ctx.git
         assert git is not None  # resolve_source
+        ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         if git.recorded_digest is not None:  # something besides the file changed: read it now
             ctx.source = git.repo.read_file(git.path, git.commit)
             git.recorded_digest = None

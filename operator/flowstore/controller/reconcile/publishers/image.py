@@ -42,6 +42,7 @@ class ImagePublisher(Publisher):
         return (None if sha256_of(held) == artifact.digest else CHANGED), storage
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
+        ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         docker = _docker(storage)
         batch_key = (ctx.namespace, ctx.spec.storage_name, ctx.fs["metadata"].get("uid"))

@@ -1,0 +1,218 @@
+"""Crash-consistent stores, offline: the reconcile core with a real Local storage, the operator
+"killed" at chosen points (an exception no reconcile catches, as SIGKILL ends a pass), and the
+API server's view of the object being whatever status was last written (the progress status).
+
+After any crash the retry of the same inputs stores to the location recorded before the upload,
+so a version is one file; an interrupted store of other inputs leaves nothing behind."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowstore.controller.reconcile import reconcile_stored_flow
+from flowstore.storage import Storage
+from tests.fakes.ports import FakeCluster
+
+SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"
+
+
+class Killed(BaseException):
+    """Ends a reconcile pass the way SIGKILL ends the operator: nothing after it runs."""
+
+
+class Cluster(FakeCluster):
+    """FakeCluster whose storage can be made to die before or after a put lands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kill: str | None = None  # "before-put" | "after-put" | "fail-put" | None
+
+    def storage_for(self, spec: Any, credentials: Any, cache_key: str) -> Storage:
+        storage = super().storage_for(spec, credentials, cache_key)
+        put = storage.put_bytes
+
+        def dying_put(location: str, data: bytes, **kwargs: Any) -> Any:
+            if self.kill == "before-put":
+                raise Killed
+            if self.kill == "fail-put":
+                from flowstore.storage import Unavailable
+
+                raise Unavailable("the backend went away")
+            stored = put(location, data, **kwargs)
+            if self.kill == "after-put":
+                raise Killed
+            return stored
+
+        storage.put_bytes = dying_put  # type: ignore[method-assign]
+        return storage
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    c = Cluster()
+    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+                           "spec": {"local": {"directory": str(tmp_path)}, "interval": "10m"}}
+    return c
+
+
+def flow(script: str = SCRIPT) -> dict[str, Any]:
+    return {"metadata": {"name": "etl", "namespace": "ns", "uid": "f1", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"storageRef": {"name": "store"}, "flowName": "etl", "source": {"inline": script}}}
+
+
+def reconcile(obj: dict[str, Any], cluster: Cluster) -> tuple[dict[str, Any], Cluster]:
+    """One pass as the operator runs it: progress statuses are written to the object as they
+    happen; a crash leaves the object with the last one written, and the next pass is made by a
+    new operator process (new ports: it knows only what the cluster holds)."""
+
+    def written(status: dict[str, Any]) -> None:
+        obj["status"] = copy.deepcopy(status)
+
+    try:
+        obj["status"] = reconcile_stored_flow(copy.deepcopy(obj), cluster, on_progress=written).status
+    except Killed:
+        restarted = Cluster()
+        restarted.storages, restarted.uploads = cluster.storages, cluster.uploads
+        return obj, restarted
+    return obj, cluster
+
+
+def files(directory: Path) -> list[str]:
+    """Every file in the storage, temporary files of interrupted writes included."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in obj["status"].get("conditions", []))
+
+
+@pytest.mark.parametrize("point", ["before-put", "after-put"])
+def test_a_store_killed_anywhere_is_retried_at_the_same_location(cluster: Cluster, tmp_path: Path,
+                                                                 point: str) -> None:
+    obj = flow()
+    cluster.kill = point
+    obj, cluster = reconcile(obj, cluster)
+    storing = obj["status"]["storing"]
+    assert not ready(obj) and storing["location"].startswith(str(tmp_path))
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and obj["status"]["location"] == storing["location"]
+    assert "storing" not in obj["status"]
+    assert files(tmp_path) == [str(Path(storing["location"]).relative_to(tmp_path))]
+
+
+def test_a_failed_upload_keeps_its_location_for_the_retry(cluster: Cluster, tmp_path: Path) -> None:
+    obj = flow()
+    cluster.kill = "fail-put"
+    obj, cluster = reconcile(obj, cluster)
+    storing = obj["status"]["storing"]
+    assert [c["reason"] for c in obj["status"]["conditions"] if c["type"] == "Ready"] == ["BackendUnavailable"]
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert obj["status"]["location"] == storing["location"] and len(files(tmp_path)) == 1
+
+
+def test_an_interrupted_store_of_inputs_that_changed_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
+    obj = flow()
+    obj, cluster = reconcile(obj, cluster)
+    first = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    orphan = obj["status"]["storing"]["location"]
+    assert len(files(tmp_path)) == 2 and obj["status"]["location"] == first
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and obj["status"]["location"] not in (first, orphan)
+    assert not (tmp_path / Path(orphan).relative_to(tmp_path)).exists()
+    # Retain: the superseded first version stays; the interrupted one is gone
+    assert files(tmp_path) == sorted(str(Path(p).relative_to(tmp_path)) for p in (first, obj["status"]["location"]))
+
+
+def test_reverting_to_the_recorded_version_deletes_the_interrupted_store(cluster: Cluster, tmp_path: Path) -> None:
+    obj = flow()
+    obj, cluster = reconcile(obj, cluster)
+    first = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    assert len(files(tmp_path)) == 2
+    obj["spec"]["source"]["inline"] = SCRIPT  # back to what status records: nothing to store
+    cluster.kill = None
+    uploads = cluster.uploads
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and obj["status"]["location"] == first and "storing" not in obj["status"]
+    assert cluster.uploads == uploads
+    assert files(tmp_path) == [str(Path(first).relative_to(tmp_path))]
+
+
+def test_a_write_killed_before_its_rename_leaves_no_temporary_file(cluster: Cluster, tmp_path: Path) -> None:
+    obj = flow()
+    cluster.kill = "before-put"
+    obj, cluster = reconcile(obj, cluster)
+    location = Path(obj["status"]["storing"]["location"])
+    location.parent.mkdir(parents=True, exist_ok=True)
+    (location.parent / f".{location.name}.x1y2z3.tmp").write_bytes(b"half a fl")  # what SIGKILL mid-write leaves
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert files(tmp_path) == [str(location.relative_to(tmp_path))]
+
+
+def deleting(cluster: Cluster) -> Cluster:
+    cluster.storages["store"]["spec"]["deletionPolicy"] = "Delete"
+    return cluster
+
+
+def test_under_delete_the_superseded_artifact_goes_only_after_status_moved(cluster: Cluster,
+                                                                           tmp_path: Path) -> None:
+    cluster = deleting(cluster)
+    obj = flow()
+    obj, cluster = reconcile(obj, cluster)
+    first = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    outcome = reconcile_stored_flow(copy.deepcopy(obj), cluster)
+    obj["status"] = outcome.status
+    second = obj["status"]["location"]
+    # the new status names the new artifact and records the old one for deletion: both exist
+    assert obj["status"]["superseded"]["location"] == first and outcome.requeue_after == 1.0
+    assert sorted(files(tmp_path)) == sorted(str(Path(p).relative_to(tmp_path)) for p in (first, second))
+    # the operator is killed now; the next one finds the record and deletes the old artifact
+    restarted = Cluster()
+    restarted.storages = cluster.storages
+    obj, _ = reconcile(obj, restarted)
+    assert ready(obj) and "superseded" not in obj["status"] and obj["status"]["location"] == second
+    assert files(tmp_path) == [str(Path(second).relative_to(tmp_path))]
+
+
+def test_deleting_a_storedflow_deletes_what_an_interrupted_store_left(cluster: Cluster, tmp_path: Path) -> None:
+    from flowstore.controller.reconcile import delete_stored_flow
+
+    obj = flow()
+    obj, cluster = reconcile(obj, cluster)
+    first = obj["status"]["location"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    assert len(files(tmp_path)) == 2
+    outcome = delete_stored_flow(obj, cluster, attempt=0, max_attempts=2)  # Retain: the artifact stays
+    assert outcome.retry_after is None and outcome.event is not None and outcome.event.reason == "Retained"
+    assert files(tmp_path) == [str(Path(first).relative_to(tmp_path))]
+
+
+def test_versions_stored_back_to_back_under_delete_leave_only_the_last(cluster: Cluster, tmp_path: Path) -> None:
+    """A new version stored before the pass that deletes the previous one's predecessor: nothing
+    in between may leak (seen under SIGKILLs: every version but the record's stayed)."""
+    cluster = deleting(cluster)
+    obj = flow()
+    for version in range(4):
+        obj["spec"]["source"]["inline"] = SCRIPT + f"# v{version}\n"
+        obj["status"] = reconcile_stored_flow(copy.deepcopy(obj), cluster).status  # no settling pass between
+    obj, _ = reconcile(obj, cluster)  # the settling pass
+    assert "superseded" not in obj["status"]
+    assert files(tmp_path) == [str(Path(obj["status"]["location"]).relative_to(tmp_path))]
