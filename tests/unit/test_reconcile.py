@@ -171,7 +171,7 @@ def test_condition_messages_are_bounded() -> None:
     ready = mark_failed(None, "ScriptFailed", message, 1, stalled=True)[0]["message"]
     assert len(ready) == MAX_MESSAGE_CHARS
     assert ready.startswith("what failed: ") and ready.endswith(" -- the last line of the log")
-    head, gap, tail = ready.partition("\n… (")
+    head, _, tail = ready.partition("\n… (")
     left_out = int(tail.split(" characters left out) …\n")[0])
     assert len(head) + left_out + len(tail.split(") …\n", 1)[1]) == len(message)
 
