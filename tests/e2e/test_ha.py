@@ -152,9 +152,9 @@ def test_one_leader_no_duplicate_writes_and_handover_after_sigkill(
     follower = next(op for op in operators.values() if op is not leader)
     time.sleep(3)  # a few election rounds: the follower must stay a follower
     assert holder(namespace) == first
-    assert "acquired Lease" in leader.logs() and "flowstore operator configured" in leader.logs()
+    assert "acquired Lease" in leader.logs() and "flowstore operator started" in leader.logs()
     assert "waits to lead" in follower.logs()
-    assert "acquired Lease" not in follower.logs() and "flowstore operator configured" not in follower.logs()
+    assert "acquired Lease" not in follower.logs() and "flowstore operator started" not in follower.logs()
     print(f"leader: pid {pid(leader)} ({first}); follower: pid {pid(follower)}")
 
     names = [f"flow-{i:02d}" for i in range(20)]
@@ -229,7 +229,7 @@ def test_followers_do_nothing_and_sigterm_releases_the_lease(
     assert code == 200 and json.loads(body)["leaderElection"] == "follower"
     assert before == after
     assert stored(follower) == []
-    assert "flowstore operator configured" not in follower.logs()
+    assert "flowstore operator started" not in follower.logs()
     assert metric(follower, "flowstore_reconciles_total") == 0
     assert holder(namespace) == first
     keys = s3_keys(s3_endpoint, s3_bucket)

@@ -1,4 +1,4 @@
-// The Argo CD / kstatus harness of tests/test_argocd_health.py. Versions are pinned on
+// The Argo CD / kstatus harness of tests/packaging/test_argocd_health.py. Versions are pinned on
 // purpose: gopher-lua and gopher-json as Argo CD uses them, cli-utils as kstatus users get it.
 module flowstore.dev/tests/health
 

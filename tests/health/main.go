@@ -1,6 +1,6 @@
 // Command health-harness computes what Argo CD and kstatus make of flowstore objects.
 //
-// tests/test_argocd_health.py builds and runs it; nothing else does. It reads one JSON
+// tests/packaging/test_argocd_health.py builds and runs it; nothing else does. It reads one JSON
 // request on stdin:
 //
 //	{"argocdCM": {<the data of an argocd-cm ConfigMap>},

@@ -11,7 +11,7 @@
 -- same with the libraries closed or open. Argo CD never runs it for an object being
 -- deleted; it shows those as "Progressing: Pending deletion" itself.
 --
--- docs/argocd.md embeds this file; tests/test_argocd_health.py runs it, as Argo CD does, on
+-- docs/argocd.md embeds this file; tests/packaging/test_argocd_health.py runs it, as Argo CD does, on
 -- statuses captured from the real operator.
 local hs = {}
 
