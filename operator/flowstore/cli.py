@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from typing import Any
@@ -135,13 +136,41 @@ def cmd_get(args: argparse.Namespace) -> int:
         artifact = load_artifact(args.name, args.namespace)
     except (FlowNotAvailable, StorageError, SignatureError) as exc:
         return _print_error(exc)
+    digest = artifact.status["artifact"]["digest"]
     if args.output in (None, "-"):
         sys.stdout.buffer.write(artifact.data)
-    else:
-        with open(args.output, "wb") as fh:
-            fh.write(artifact.data)
-        print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {artifact.status['artifact']['digest']}) "
-              f"to {args.output}", file=sys.stderr)
+        return 0
+    if artifact.format == "bundle" or os.path.isdir(args.output):
+        return _write_into_directory(artifact, args.output)
+    with open(args.output, "wb") as fh:
+        fh.write(artifact.data)
+    print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {digest}) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _write_into_directory(artifact: Any, directory: str) -> int:
+    """A bundle's files (checked against its manifest) into `directory`, which must be empty or
+    new; a script as `directory/<its file name>`."""
+    from flowstore.artifacts import bundle
+
+    digest = artifact.status["artifact"]["digest"]
+    if artifact.format == "bundle":
+        if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+            return _print_error(Exception(f"{directory} exists and is not an empty directory; a flow of several "
+                                          "files is written into an empty (or new) directory"))
+        unpacked = bundle.unpack(artifact.data)
+        os.makedirs(directory, exist_ok=True)
+        bundle.extract(unpacked, directory)
+        print(f"wrote {len(unpacked.files)} files (bundle, {digest}, entrypoint {unpacked.entrypoint}) to "
+              f"{directory}", file=sys.stderr)
+        return 0
+    if artifact.format != "script":
+        return _print_error(Exception(f"the artifact is a {artifact.format}, one file: give -o a file name"))
+    name = os.path.basename(str(artifact.status["artifact"].get("fileName") or "flow.py"))
+    target = os.path.join(directory, name)
+    with open(target, "xb") as fh:
+        fh.write(artifact.data)
+    print(f"wrote {len(artifact.data)} bytes (script, {digest}) to {target}", file=sys.stderr)
     return 0
 
 
@@ -202,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.add_argument("-n", "--namespace", default="default")
         if name == "get":
-            p.add_argument("-o", "--output", help="file to write (default: stdout)")
+            p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
+                           "several files (its files are written there)")
         p.set_defaults(func=func)
     return parser
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from flowstore import kubeconfig
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.artifacts import envelope, signing
+from flowstore.artifacts import loading, signing
 from flowstore.storage import from_serialized
 from flowstore.storage.base import verify_digest
 
@@ -82,9 +82,9 @@ def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: by
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:
-    """The flow object, verified: unpickled from the envelope, or (script mode) extracted by
-    running the script in this process (the agent's job, as in the seed)."""
+    """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
+    running the script in this process (the agent's job, as in the seed); or, for a flow of
+    several files, imported from the bundle's files, extracted once into a cache directory
+    keyed by the digest (``flowstore.artifacts.loading``)."""
     artifact = load_artifact(name, namespace, api=api, signing_key=signing_key)
-    if artifact.format == "script":
-        return envelope.flow_from_script(artifact.data, flow_name=artifact.status.get("flowName"), object_name=None)
-    return envelope.loads(artifact.data)
+    return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))

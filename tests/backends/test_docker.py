@@ -753,3 +753,49 @@ def test_seed_interface_add_flow_build_get_flow(docker_env: dict[str, str]) -> N
     assert storage.image_digest and storage.image_tag
     assert storage.get_flow(location).run() == token
     assert storage.serialize()["flows"] == {"seed flow": location}
+
+
+# --------------------------------------------------------------------------- flows of several files
+def flow_bundle(result: str, helper: str = "def value():\n    return {result!r}\n") -> bytes:
+    from flowstore.artifacts import bundle
+
+    main = ("from flowstore.flow import Flow\nfrom pathlib import Path\nfrom etl.helpers import value\n\n"
+            "SQL = Path(__file__).parent / 'q.sql'\n"
+            "flow = Flow('many files', lambda: value() + ' ' + SQL.read_text().strip())\n")
+    return bundle.pack({"etl/main.py": main.encode(), "etl/helpers.py": helper.format(result=result).encode(),
+                        "etl/q.sql": b"select 1\n"}, bundle.Entrypoint("etl/main.py"))
+
+
+def test_a_bundle_is_unpacked_in_the_image_and_loads(docker_env: dict[str, str], registry: Registry) -> None:
+    """Its files sit under the flow's directory (it runs in the image with them), the bundle
+    beside them is what agents read and verify, and the healthcheck imports its entrypoint."""
+    storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})
+    data = flow_bundle("v1")
+    location = "/opt/prefect/flows/many-files.tar.gz"
+    image = storage.build_image([ImageFlow("many files", location, data)])
+    assert "1 flows load" in image.log_tail
+    top = registry.manifest(storage.repository, image.digest)["layers"][-1]["digest"]
+    assert registry.layer_files(storage.repository, top) == {
+        "opt/prefect/flows/many-files.tar.gz": data,
+        "opt/prefect/flows/many-files/etl/main.py": bundle_file(data, "etl/main.py"),
+        "opt/prefect/flows/many-files/etl/helpers.py": bundle_file(data, "etl/helpers.py"),
+        "opt/prefect/flows/many-files/etl/q.sql": b"select 1\n",
+    }
+    assert storage.read_flow(image.digest, location) == data
+    storage.flows["many files"] = location
+    assert storage.get_flow(location, sha256=hashlib.sha256(data).hexdigest()).run() == "v1 select 1"
+
+
+def test_a_bundle_whose_helper_fails_fails_the_healthcheck(docker_env: dict[str, str]) -> None:
+    storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})
+    broken = flow_bundle("v1", helper="raise ImportError('psycopg2 is not in this image')\n")
+    with pytest.raises(HealthcheckFailed) as info:
+        storage.build_image([ImageFlow("many files", "/opt/prefect/flows/many-files.tar.gz", broken)])
+    assert info.value.flows == ("many files",)
+    assert "psycopg2 is not in this image" in info.value.message and "helpers.py" in info.value.message
+
+
+def bundle_file(data: bytes, path: str) -> bytes:
+    from flowstore.artifacts import bundle
+
+    return bundle.unpack(data).files[path]

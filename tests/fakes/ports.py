@@ -40,12 +40,14 @@ class FakeCluster:
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
         return list(self.flows.values())
 
-    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None,
+                     bundle: bool = False) -> sandbox.Built:
         self.builds += 1
-        return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name, timeout=20)
+        return sandbox.build_pickle(None if bundle else source, bundle=source if bundle else None,
+                                    flow_name=flow_name, object_name=object_name, timeout=20)
 
-    def check_script(self, source: bytes) -> None:
-        sandbox.check_script(source)
+    def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
+        sandbox.check_script(source, filename)
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
         storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)

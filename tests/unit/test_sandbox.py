@@ -21,7 +21,7 @@ def _src(text: str) -> bytes:
 
 
 def _build(text: str, flow_name: str = "etl", object_name: str | None = None) -> bytes:
-    return build_pickle(_src(text), flow_name=flow_name, object_name=object_name)
+    return build_pickle(_src(text), flow_name=flow_name, object_name=object_name).pickle
 
 
 def _fails(
@@ -282,7 +282,7 @@ def test_build_cannot_read_credentials_or_use_the_network(tmp_path: Path) -> Non
              "operator_source_tree": str(Path(__file__).resolve())}
     source = PROBE.replace("PATHS", repr(paths)).replace("PORT", str(listener.getsockname()[1]))
     try:
-        seen = cloudpickle.loads(build_pickle(source.encode(), flow_name="probe", object_name=None)).run()
+        seen = cloudpickle.loads(build_pickle(source.encode(), flow_name="probe", object_name=None).pickle).run()
     finally:
         listener.close()
     assert seen == {"token": "PermissionError", "parent_environ": "PermissionError",

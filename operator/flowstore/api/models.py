@@ -86,14 +86,26 @@ class StorageSpec:
 class FlowSource:
     inline: str | None = None
     config_map: str | None = None
+    #: one key: a one-file flow; None: every key of the ConfigMap is a file (unless `items`)
     config_map_key: str | None = None
+    #: (key, path) pairs, the shape of a configMap volume's items: those keys, at those paths
+    items: tuple[tuple[str, str], ...] = ()
     path: str | None = None
+    #: gitignore-style patterns of files to leave out of a flow of several files
+    ignore: tuple[str, ...] = ()
+
+    @property
+    def several_files(self) -> bool:
+        """A ConfigMap without a key (or with items): a directory of files, not one script."""
+        return self.config_map is not None and self.config_map_key is None
 
     def describe(self) -> str:
         if self.inline is not None:
             return "spec.source.inline"
-        if self.config_map:
+        if self.config_map and self.config_map_key:
             return f"key {self.config_map_key!r} of ConfigMap {self.config_map!r}"
+        if self.config_map:
+            return f"ConfigMap {self.config_map!r}"
         return f"path {self.path!r}"
 
 
@@ -108,6 +120,8 @@ class FlowSpec:
     stored_as_script: bool | None
     key: str | None
     suspend: bool
+    #: ``path/to/file.py[:object]``: the module (and object) of a flow of several files
+    entrypoint: str | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> FlowSpec:
@@ -116,9 +130,13 @@ class FlowSpec:
         flow_source = FlowSource(
             inline=source.get("inline"),
             config_map=cm.get("name"),
-            config_map_key=cm.get("key"),
+            config_map_key=cm.get("key") or None,
+            items=tuple((str(i["key"]), str(i["path"])) for i in cm.get("items") or []),
             path=source.get("path"),
+            ignore=tuple(str(p) for p in source.get("ignore") or []),
         )
+        if flow_source.config_map_key and flow_source.items:
+            raise SpecError("spec.source.configMapRef takes key (one file) or items (several), not both")
         if sum(x is not None for x in (flow_source.inline, flow_source.config_map, flow_source.path)) != 1:
             raise SpecError("spec.source needs exactly one of configMapRef, inline or path")
         storage_name = storage_ref(spec)
@@ -132,4 +150,5 @@ class FlowSpec:
             stored_as_script=spec.get("storedAsScript"),
             key=spec.get("key") or None,
             suspend=bool(spec.get("suspend", False)),
+            entrypoint=spec.get("entrypoint") or None,
         )

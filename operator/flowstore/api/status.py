@@ -18,7 +18,7 @@ class Artifact:
     url: str
     digest: str  # sha256:… of the stored bytes
     size: int
-    format: str  # pickle | script
+    format: str  # pickle | script | bundle
     source_digest: str  # sha256:… of the flow's source
     inputs_digest: str  # sha256:… of everything that decides the artifact (reconcile's plan step)
     last_update_time: str
@@ -26,6 +26,11 @@ class Artifact:
     storage_state: Mapping[str, Any] | None = None
     #: hmac-sha256:… over the flow name and digest, when the FlowStorage signs
     signature: str | None = None
+    #: script: the name of the script's file (agents that need a file write it under this name)
+    file_name: str | None = None
+    #: built from several files: the entrypoint (``path/to/file.py[:object]``) and the file count
+    entrypoint: str | None = None
+    file_count: int | None = None
 
     def to_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -37,6 +42,12 @@ class Artifact:
             doc["storageState"] = dict(self.storage_state)
         if self.signature:
             doc["signature"] = self.signature
+        if self.file_name:
+            doc["fileName"] = self.file_name
+        if self.entrypoint:
+            doc["entrypoint"] = self.entrypoint
+        if self.file_count is not None:
+            doc["fileCount"] = self.file_count
         return doc
 
     @classmethod
@@ -50,4 +61,7 @@ class Artifact:
             inputs_digest=str(doc["inputsDigest"]), last_update_time=str(doc.get("lastUpdateTime", "")),
             storage_state=dict(doc["storageState"]) if doc.get("storageState") else None,
             signature=doc.get("signature") or None,
+            file_name=doc.get("fileName") or None,
+            entrypoint=doc.get("entrypoint") or None,
+            file_count=int(doc["fileCount"]) if doc.get("fileCount") is not None else None,
         )

@@ -12,11 +12,15 @@ import base64
 import json
 import sys
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import cloudpickle
 
 from flowstore import __version__
+from flowstore.artifacts.builder import FlowObjectError, find_flow_object
+
+__all__ = ["FlowObjectError", "dumps", "find_flow_object", "flow_from_script", "loads", "unwrap", "wrap"]
 
 
 def _versions() -> dict[str, str]:
@@ -27,9 +31,12 @@ def _versions() -> dict[str, str]:
     }
 
 
-def wrap(pickled: bytes) -> bytes:
-    """Envelope already-pickled flow bytes (the sandbox pickles; the operator only wraps)."""
-    doc = {"flow": base64.b64encode(pickled).decode("ascii"), "versions": _versions()}
+def wrap(pickled: bytes, versions: Mapping[str, str] | None = None) -> bytes:
+    """Envelope already-pickled flow bytes (the builder pickles; the operator only wraps).
+    `versions`: what pickled them (the builder's Python, cloudpickle, prefect); default this
+    process's. flowstore's own version is always the writer's."""
+    recorded = {**(dict(versions) if versions is not None else _versions()), "flowstore": __version__}
+    doc = {"flow": base64.b64encode(pickled).decode("ascii"), "versions": recorded}
     return json.dumps(doc, sort_keys=True).encode("utf-8")
 
 
@@ -73,36 +80,3 @@ def flow_from_script(source: bytes, *, flow_name: str | None, object_name: str |
     namespace: dict[str, Any] = {"__name__": "__flowstore_flow__"}
     exec(compile(source, "<stored flow>", "exec"), namespace)  # noqa: S102 - running the flow is the agent's job
     return find_flow_object(namespace, flow_name=flow_name, object_name=object_name)
-
-
-class FlowObjectError(LookupError):
-    """No flow object, or several, in a script's globals."""
-
-    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
-        super().__init__(message)
-        self.ambiguous = ambiguous
-
-
-def find_flow_object(namespace: dict[str, Any], *, flow_name: str | None, object_name: str | None) -> Any:
-    """`object_name` if given; else the one global whose ``name`` attribute equals `flow_name`."""
-    if object_name:
-        if object_name not in namespace:
-            raise FlowObjectError(f"the script defines no object named {object_name!r} (spec.objectName)")
-        return namespace[object_name]
-    matches = [
-        var for var, value in namespace.items()
-        if not var.startswith("__") and isinstance(getattr(value, "name", None), str)
-        and getattr(value, "name", None) == flow_name and not isinstance(value, type)
-    ]
-    if not matches:
-        raise FlowObjectError(
-            f"the script defines no object whose name is {flow_name!r}; set spec.objectName to the "
-            "variable holding the flow, or make the flow's name equal spec.flowName"
-        )
-    if len(matches) > 1:
-        raise FlowObjectError(
-            f"several objects are named {flow_name!r} ({', '.join(sorted(matches))}); set spec.objectName "
-            "to choose one",
-            ambiguous=True,
-        )
-    return namespace[matches[0]]

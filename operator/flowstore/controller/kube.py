@@ -86,14 +86,16 @@ class KubePorts:
         return list(_as_dict(result).get("items") or [])
 
     # ---------------------------------------------------------------- builds and storages
-    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None) -> bytes:
+    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None,
+                     bundle: bool = False) -> sandbox.Built:
         with self._builds, metrics.BUILD_SECONDS.time():
             self.counters["builds"] += 1
-            return sandbox.build_pickle(source, flow_name=flow_name, object_name=object_name,
+            return sandbox.build_pickle(None if bundle else source, bundle=source if bundle else None,
+                                        flow_name=flow_name, object_name=object_name,
                                         timeout=self.build_timeout, memory_limit_bytes=self.build_memory)
 
-    def check_script(self, source: bytes) -> None:
-        sandbox.check_script(source)
+    def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
+        sandbox.check_script(source, filename)
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
         """One Storage (and SDK client) per FlowStorage config + credentials version."""

@@ -19,6 +19,7 @@ readable by the child if it is readable by the operator. Disable
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import cloudpickle
 
 import flowstore
 from flowstore.api.constants import Reason
+from flowstore.artifacts import builder
 from flowstore.sandbox import _runner
 
 _RUNNER = Path(_runner.__file__).resolve()
@@ -43,9 +45,18 @@ _STDERR_TAIL = 2048
 _JOIN_SECONDS = 5.0
 _CHILD_REASONS = {
     Reason.SCRIPT_SYNTAX_ERROR, Reason.SCRIPT_FAILED, Reason.FLOW_NOT_FOUND,
-    Reason.FLOW_AMBIGUOUS, Reason.UNPICKLABLE, Reason.BUILD_OUT_OF_MEMORY,
+    Reason.FLOW_AMBIGUOUS, Reason.UNPICKLABLE, Reason.BUILD_OUT_OF_MEMORY, Reason.INVALID_SPEC,
 }
 _OOM_SIGNALS = {-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A flow object pickled by the builder, and the versions of what pickled it (the Python
+    and cloudpickle the builder ran with, and prefect when installed): the envelope records them."""
+
+    pickle: bytes
+    versions: dict[str, str]
 
 
 class BuildError(Exception):
@@ -62,24 +73,30 @@ def check_script(source: bytes, filename: str = "<flow script>") -> None:
     try:
         compile(source, filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
-        raise BuildError(Reason.SCRIPT_SYNTAX_ERROR, _runner.syntax_message(err)) from None
+        raise BuildError(Reason.SCRIPT_SYNTAX_ERROR, builder.syntax_message(err)) from None
 
 
 def build_pickle(
-    source: bytes,
+    source: bytes | None = None,
     *,
+    bundle: bytes | None = None,
     flow_name: str,
     object_name: str | None,
     timeout: float = 60.0,
     memory_limit_bytes: int = 512 * 2**20,
-) -> bytes:
-    """Run `source` in a sandboxed child and return ``cloudpickle.dumps(flow object)``.
+) -> Built:
+    """Run `source` (one script) or `bundle` (a flow bundle: its entrypoint is imported) in a
+    sandboxed child and return ``cloudpickle.dumps(flow object)`` with the child's versions.
 
-    The flow is `object_name` if given, else the one global whose ``name`` is `flow_name`.
-    Objects the script defines are pickled by value. Raises BuildError.
+    The flow is the entrypoint's object, else `object_name` if given, else the one global whose
+    ``name`` is `flow_name`. Objects the flow's own files define are pickled by value. Raises
+    BuildError.
     """
+    if (source is None) == (bundle is None):
+        raise ValueError("build_pickle needs exactly one of source and bundle")
     request = json.dumps({
-        "source": base64.b64encode(source).decode("ascii"),
+        **({"source": base64.b64encode(source).decode("ascii")} if source is not None
+           else {"bundle": base64.b64encode(bundle or b"").decode("ascii")}),
         "flow_name": flow_name,
         "object_name": object_name,
         "sys_path": _child_sys_path(),
@@ -174,7 +191,7 @@ def _warn_unconfined() -> None:
             "confinement (the other sandbox limits still apply)")
 
 
-def _result(code: int, out: bytes, stderr: str, *, timed_out: bool, timeout: float, memory: int) -> bytes:
+def _result(code: int, out: bytes, stderr: str, *, timed_out: bool, timeout: float, memory: int) -> Built:
     header_line, _, payload = out.partition(b"\n")
     try:
         header = json.loads(header_line) if code == 0 else None
@@ -183,7 +200,7 @@ def _result(code: int, out: bytes, stderr: str, *, timed_out: bool, timeout: flo
     if isinstance(header, dict) and header.get("confined") is False:
         _warn_unconfined()
     if isinstance(header, dict) and header.get("ok") is True and header.get("size") == len(payload):
-        return payload
+        return Built(payload, {str(k): str(v) for k, v in dict(header.get("versions") or {}).items()})
     limit = f"{memory / 2**20:g} MiB"
     oom = (
         f"building the flow ran out of memory (limit {limit}); make the script use less memory "

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from flowstore.artifacts import envelope
+from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig
 
@@ -238,9 +238,8 @@ class Storage(abc.ABC):
             raise ValueError(f"Flow is not contained in this Storage: {location}")
         data = self.get_bytes(location)
         verify_digest(data, sha256, what=self.url_for(location))
-        if self.stored_as_script:
-            return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
-        return envelope.loads(data)
+        return loading.load(data, artifact_format(data, stored_as_script=self.stored_as_script),
+                            flow_name=flow_name, object_name=object_name)
 
     def _default_location(self) -> str:
         if len(self.flows) == 1:
@@ -272,6 +271,14 @@ class Storage(abc.ABC):
     def get_env_runner(self, flow_location: str) -> EnvRunner:
         """Something with ``run(env)`` that runs the flow at `flow_location` in a subprocess."""
         return EnvRunner(self, flow_location)
+
+
+def artifact_format(data: bytes, *, stored_as_script: bool) -> str:
+    """pickle, script or bundle. A bundle (a flow of several files) is a gzip stream: neither a
+    pickle envelope (JSON), a bare pickle (0x80) nor a Python script starts with gzip's magic."""
+    if data[:2] == b"\x1f\x8b":
+        return "bundle"
+    return "script" if stored_as_script else "pickle"
 
 
 def verify_digest(data: bytes, expected_hex: str | None, *, what: str) -> None:

@@ -50,7 +50,14 @@ class FlowContext:
     fs: dict[str, Any]
     storage_spec: StorageSpec
     publisher: Publisher
+    #: the flow's source: one script, or (``bundle``) a bundle of its files
     source: bytes = b""
+    bundle: bool = False
+    #: one script: the name of its file (the ConfigMap key, the git path's base name, flow.py)
+    file_name: str | None = None
+    #: a bundle: its entrypoint (``path/to/file.py[:object]``) and how many files it holds
+    entrypoint: str | None = None
+    file_count: int = 1
     fmt: str = "pickle"
     inputs_digest: str = ""
     signing_key: bytes | None = None
@@ -66,6 +73,13 @@ class FlowContext:
             status = dict(self.status)
             status["conditions"] = cond.mark_reconciling(self.status.get("conditions"), message, self.generation)
             self.on_progress(status)
+
+    def set_script(self, source: bytes, file_name: str) -> None:
+        self.source, self.bundle, self.file_name, self.entrypoint, self.file_count = source, False, file_name, None, 1
+
+    def set_bundle(self, data: bytes, entrypoint: object, file_count: int) -> None:
+        self.source, self.bundle, self.file_name = data, True, None
+        self.entrypoint, self.file_count = str(entrypoint), file_count
 
     @property
     def uid(self) -> str:
@@ -84,6 +98,8 @@ class FlowContext:
             source_digest=source_digest or sha256_of(self.source), inputs_digest=self.inputs_digest,
             last_update_time=cond.now_iso(), storage_state=dict(storage_state) if storage_state else None,
             signature=signing.sign(self.signing_key, self.spec.flow_name, digest) if self.signing_key else None,
+            file_name=self.file_name if self.fmt == "script" else None,
+            entrypoint=self.entrypoint, file_count=self.file_count if self.bundle else None,
         )
 
 

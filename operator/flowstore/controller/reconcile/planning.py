@@ -20,6 +20,8 @@ def plan(ctx: FlowContext) -> None:
     if as_script is None:
         as_script = ctx.storage_spec.stored_as_script
     ctx.fmt = ctx.publisher.fixed_format or ("script" if as_script else "pickle")
+    if ctx.bundle and ctx.fmt == "script":
+        ctx.fmt = "bundle"  # the files as they are, packed
     source = ctx.git.recorded_digest if ctx.git is not None and ctx.git.recorded_digest else sha256_of(ctx.source)
     inputs = {
         "formatVersion": FORMAT_VERSION,

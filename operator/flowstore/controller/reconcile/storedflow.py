@@ -16,6 +16,7 @@ an input of the artifact changed digest (content addressing):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -130,6 +131,9 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None
+    # what the source says of its files (recorded since this version) comes from the source
+    artifact = dataclasses.replace(artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
+                                   entrypoint=ctx.entrypoint, file_count=ctx.file_count if ctx.bundle else None)
     return ready(ctx, ports, str(location), artifact, events, uploaded=False, opened=opened)
 
 

@@ -28,6 +28,8 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flowstore.artifacts import bundle
+
 #: where the runtime and the healthcheck live in the image
 RUNTIME_ROOT = "/opt/flowstore"
 RUNTIME_PYTHONPATH = f"{RUNTIME_ROOT}/runtime"
@@ -57,12 +59,29 @@ class DockerfileError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class FlowFile:
     """One flow in the image: `data` goes to the absolute path `location`. `kind` is
-    ``pickle`` (an envelope) or ``script`` (Python source defining a flow named `name`)."""
+    ``pickle`` (an envelope), ``script`` (Python source defining a flow named `name`) or
+    ``bundle`` (a flow of several files, :mod:`flowstore.artifacts.bundle`: the bundle goes to
+    `location`, ``<dir>/<name>.tar.gz``, and its files, unpacked, under ``<dir>/<name>/``, so
+    the flow runs in the image with its helper modules and data files beside it)."""
 
     name: str
     location: str
     data: bytes
     kind: str = "pickle"
+
+    def image_files(self) -> dict[str, bytes]:
+        """Every file this flow puts in the image: image path -> content."""
+        files = {self.location: self.data}
+        if self.kind == "bundle":
+            directory = bundle_directory(self.location)
+            for path, content in bundle.unpack(self.data).files.items():
+                files[f"{directory}/{path}"] = content
+        return files
+
+
+def bundle_directory(location: str) -> str:
+    """Where a bundle stored at `location` (``…/name.tar.gz``) is unpacked in the image."""
+    return location.removesuffix(".tar.gz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,8 +230,10 @@ def checked_flows(spec: ImageSpec) -> list[FlowFile]:
         location = _check_image_path(flow.location, f"location of flow {flow.name!r}")
         if location in seen:
             raise DockerfileError(f"flows {seen[location]!r} and {flow.name!r} have the same location {location}")
-        if flow.kind not in ("pickle", "script"):
-            raise DockerfileError(f"flow {flow.name!r}: kind must be 'pickle' or 'script', not {flow.kind!r}")
+        if flow.kind not in ("pickle", "script", "bundle"):
+            raise DockerfileError(f"flow {flow.name!r}: kind must be 'pickle', 'script' or 'bundle', not {flow.kind!r}")
+        if flow.kind == "bundle" and not location.endswith(".tar.gz"):
+            raise DockerfileError(f"flow {flow.name!r}: a bundle's location ends with .tar.gz, not {location}")
         if location.startswith(RUNTIME_ROOT + "/"):
             raise DockerfileError(f"flow {flow.name!r}: {location} is inside the runtime directory {RUNTIME_ROOT}")
         seen[location] = flow.name
@@ -263,9 +284,10 @@ def render(spec: ImageSpec) -> BuildContext:
     members: dict[str, bytes] = {}
     lines = _base_lines(spec, members)
     for flow in flows:
-        src = "flows" + flow.location
-        members[src] = flow.data
-        lines.append(_copy(src, flow.location))
+        for path, content in sorted(flow.image_files().items()):
+            src = "flows" + path
+            members[src] = content
+            lines.append(_copy(src, path))
     labels = {**spec.labels, LABEL_FLOWS: flows_label(flows)}
     return _context(lines, labels, members, spec)
 
@@ -358,6 +380,58 @@ def load_script(data, name):
     return found[0]
 
 
+def load_bundle(data, name, workdir):
+    """Unpack a flow bundle (tar.gz, its manifest first) and import its entrypoint."""
+    import gzip
+    import importlib
+    import io
+    import tarfile
+
+    root = os.path.join(workdir, "bundle-%d" % len(BUNDLES))
+    os.makedirs(root)
+    entrypoint = None
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r:") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+                raise RuntimeError("the bundle holds %r, which is not a file inside it" % member.name)
+            if member.isdir():
+                continue
+            content = tar.extractfile(member).read()
+            if member.name == ".flowstore-bundle.json":
+                entrypoint = json.loads(content.decode("utf-8"))["entrypoint"]
+                continue
+            target = os.path.join(root, *parts)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(content)
+    if not entrypoint:
+        raise RuntimeError("the bundle has no manifest")
+    path, _, obj = entrypoint.partition(":")
+    module_name = path[:-3].replace("/", ".")
+    for loaded in [k for k, m in sys.modules.items() if any(
+            str(getattr(m, "__file__", None) or "").startswith(b + os.sep) for b in BUNDLES)]:
+        del sys.modules[loaded]  # another flow's helpers: this flow's modules are its own
+    sys.path[:] = [root] + [p for p in sys.path if p not in BUNDLES]
+    BUNDLES.append(root)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        raise RuntimeError("importing %s raised %s: %s (%s, line %s)" % (
+            path, type(exc).__name__, exc, last.filename.replace(root + os.sep, ""), last.lineno)) from None
+    if obj:
+        return getattr(module, obj)
+    found = [v for k, v in vars(module).items()
+             if not k.startswith("__") and not isinstance(v, type) and getattr(v, "name", None) == name]
+    if not found:
+        raise RuntimeError("%s defines no object whose name is %r" % (path, name))
+    return found[0]
+
+
+BUNDLES = []
+
+
 class TookTooLong(BaseException):
     """Loading one flow took longer than its time (raised by SIGALRM)."""
 
@@ -381,6 +455,8 @@ def check(directory, timeout):
                 data = fh.read()
             if kind == "script":
                 obj = load_script(data, name)
+            elif kind == "bundle":
+                obj = load_bundle(data, name, directory)
             else:
                 obj = load_pickle(data)
             actual = getattr(obj, "name", None)

@@ -62,13 +62,20 @@ def file_layer(path: str, data: bytes, *, comment: str = "") -> Layer:
     """A layer holding the file `path` (absolute, in the image) with `data`, mode 0644, owned
     by root. Like ``COPY``, it leaves the directories above it as the layers below have them
     (no directory entries: a missing parent is created 0755 when the layer is unpacked)."""
-    if not path.startswith("/") or posixpath.normpath(path) != path:
-        raise ImageAssemblyError(f"{path!r} is not a normalized absolute path")
-    tar = deterministic_tar({path.lstrip("/"): data}, parents=False)
+    return files_layer({path: data}, comment=comment, created_by=f"flowstore: COPY {path}")
+
+
+def files_layer(files: Mapping[str, bytes], *, comment: str = "", created_by: str = "") -> Layer:
+    """A layer holding `files` (absolute image path -> content), each as :func:`file_layer`
+    holds one (missing parent directories are created 0755 when the layer is unpacked)."""
+    for path in files:
+        if not path.startswith("/") or posixpath.normpath(path) != path:
+            raise ImageAssemblyError(f"{path!r} is not a normalized absolute path")
+    tar = deterministic_tar({path.lstrip("/"): data for path, data in files.items()}, parents=False)
     # mtime=0 and no file name in the gzip header: the same tar always compresses the same way
     blob = gzip.compress(tar, compresslevel=6, mtime=0)
     return Layer(blob=blob, digest=_sha256(blob), diff_id=_sha256(tar),
-                 created_by=f"flowstore: COPY {path}", comment=comment)
+                 created_by=created_by or f"flowstore: COPY {' '.join(sorted(files))}", comment=comment)
 
 
 def _layer_media_type(manifest_type: str) -> str:

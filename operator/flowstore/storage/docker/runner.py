@@ -9,17 +9,15 @@ if TYPE_CHECKING:
     from flowstore.storage.docker.storage import Docker
 
 #: runs in the image: loads the flow at argv[1] (named argv[2]) with the vendored runtime
-#: (flowstore's artifacts and cloudpickle, standard library only), and runs it
+#: (flowstore's artifacts and cloudpickle, standard library only), and runs it; a bundle is
+#: extracted to the runtime's cache (HOME) and its entrypoint imported from there
 RUN_BOOTSTRAP = """\
 import sys
-from flowstore.artifacts import envelope
+from flowstore.artifacts import loading
 location, name = sys.argv[1], sys.argv[2] or None
 data = open(location, "rb").read()
-if location.endswith(".py"):
-    flow = envelope.flow_from_script(data, flow_name=name, object_name=None)
-else:
-    flow = envelope.loads(data)
-flow.run()
+fmt = "bundle" if data[:2] == b"\\x1f\\x8b" else ("script" if location.endswith(".py") else "pickle")
+loading.load(data, fmt, flow_name=name).run()
 """
 
 

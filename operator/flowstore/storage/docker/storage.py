@@ -30,14 +30,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flowstore.artifacts import envelope
+from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import slugify
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, artifact_format, sha256_hex, verify_digest
 from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.errors import BuildFailed, PushFailed
-from flowstore.storage.docker.layers import ImageAssemblyError, Layer, assemble, file_layer
+from flowstore.storage.docker.layers import ImageAssemblyError, Layer, assemble, files_layer
 from flowstore.storage.docker.oci import RegistryClient, split_registry
 from flowstore.storage.docker.runner import DockerEnvRunner
 from flowstore.storage.errors import InvalidConfig, NotFound
@@ -450,9 +450,8 @@ class Docker(Storage):
         verify_digest(data, sha256, what=self.url_for(location))
         if flow_name is None:
             flow_name = next((n for n, loc in self.flows.items() if loc == location), None)
-        if self.stored_as_script or location.endswith(".py"):
-            return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
-        return envelope.loads(data)
+        fmt = artifact_format(data, stored_as_script=self.stored_as_script or location.endswith(".py"))
+        return loading.load(data, fmt, flow_name=flow_name, object_name=object_name)
 
     def get_env_runner(self, flow_location: str) -> DockerEnvRunner:  # type: ignore[override]
         return DockerEnvRunner(self, flow_location)
@@ -462,7 +461,8 @@ class Docker(Storage):
         """The :class:`~flowstore.storage.docker.dockerfile.ImageSpec` this storage builds `flows` into."""
         images_flows = [
             df.FlowFile(name=f.name, location=f.location, data=f.data,
-                        kind="script" if (self.stored_as_script or f.location.endswith(".py")) else "pickle")
+                        kind=artifact_format(f.data, stored_as_script=self.stored_as_script
+                                             or f.location.endswith(".py")))
             for f in flows
         ]
         dockerfile = self.dockerfile
@@ -508,7 +508,8 @@ class Docker(Storage):
             base = df.render_base(spec)
         except df.DockerfileError as exc:
             raise InvalidConfig(str(exc)) from None
-        layers = [file_layer(f.location, f.data, comment=f"flow {f.name}") for f in files]
+        layers = [files_layer(f.image_files(), comment=f"flow {f.name}", created_by=f"flowstore: COPY {f.location}")
+                  for f in files]
         labels = {df.LABEL_FLOWS: df.flows_label(files)}
         digest = hashlib.sha256(f"{IMAGE_LAYOUT}\0{base.inputs_digest}\0".encode())
         digest.update(json.dumps(labels, sort_keys=True).encode("utf-8"))

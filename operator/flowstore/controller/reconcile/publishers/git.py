@@ -5,6 +5,7 @@ and verify it."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from flowstore.api.constants import EventReason
@@ -47,10 +48,11 @@ class GitPinPublisher(Publisher):
         source = GitSource(repo=repo, path=path, commit=commit, status={
             "repo": repo.repo_name(), "path": path, "ref": repo.ref or "(default branch)", "commit": commit,
             "url": repo.web_url(path, commit)})
+        ctx.file_name = posixpath.basename(path)
         if pinned.get("commit") == commit and pinned.get("path") == path and recorded and recorded.source_digest:
             source.recorded_digest = recorded.source_digest
         else:
-            ctx.source = repo.read_file(path, commit)
+            ctx.set_script(repo.read_file(path, commit), ctx.file_name)
         ctx.git = source
 
     def extra_inputs(self, ctx: FlowContext) -> dict[str, Any]:
@@ -80,7 +82,7 @@ class GitPinPublisher(Publisher):
         assert git is not None  # resolve_source
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         if git.recorded_digest is not None:  # something besides the file changed: read it now
-            ctx.source = git.repo.read_file(git.path, git.commit)
+            ctx.set_script(git.repo.read_file(git.path, git.commit), posixpath.basename(git.path))
             git.recorded_digest = None
             plan(ctx)
         ports.check_script(ctx.source)

@@ -50,7 +50,7 @@ class ImagePublisher(Publisher):
         if job is None:
             data = build(ctx, ports)
             # the file's extension tells the image's healthcheck and agents the format (.py: script)
-            ext = "py" if ctx.fmt == "script" else "prefect"
+            ext = {"script": "py", "bundle": "tar.gz"}.get(ctx.fmt, "prefect")
             location = docker.location_for(ctx.spec.flow_name, key=ctx.spec.key) if ctx.spec.key \
                 else f"{docker.flow_directory}/flows/{slugify(ctx.spec.flow_name)}.{ext}"
             flow = ImageFlow(name=ctx.spec.flow_name, location=location, data=data)
