@@ -57,3 +57,31 @@ def _walk_names(schema: dict[str, Any]) -> Iterator[str]:
         yield from _walk_names(prop)
         if isinstance(prop.get("items"), dict):
             yield from _walk_names(prop["items"])
+
+
+def _status_schema(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / name).read_text())
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"])
+
+
+def test_every_field_the_operator_writes_in_an_artifact_is_in_the_schema() -> None:
+    """The API server refuses (422) or drops what the schema does not know: a field of
+    status.artifact missing there is a status no flow can reach."""
+    from flowstore.api.status import Artifact
+    from flowstore.artifacts.loading import FORMATS
+
+    full = Artifact(url="u", digest="sha256:" + "a" * 64, size=1, format="bundle", source_digest="sha256:" + "b" * 64,
+                    inputs_digest="sha256:" + "c" * 64, last_update_time="2026-01-01T00:00:00Z",
+                    storage_state={"x": 1}, signature="hmac-sha256:00", file_name="f.py", entrypoint="m.py:flow",
+                    file_count=3)
+    schema = _status_schema("flowstore.dev_storedflows.yaml")["properties"]["artifact"]
+    assert set(full.to_status()) <= set(schema["properties"]), set(full.to_status()) - set(schema["properties"])
+    assert schema["properties"]["format"]["enum"] == list(FORMATS)
+
+
+def test_every_status_field_the_core_writes_is_in_the_schema() -> None:
+    written = {"observedGeneration", "conditions", "location", "artifact", "storage", "labels", "flowName",
+               "lastHandledReconcileAt", "git", "image", "storing", "superseded"}
+    assert written <= set(_status_schema("flowstore.dev_storedflows.yaml")["properties"])
+    assert {"observedGeneration", "conditions", "labels", "flows", "flowCount", "storage",
+            "lastHandledReconcileAt"} <= set(_status_schema("flowstore.dev_flowstorages.yaml")["properties"])

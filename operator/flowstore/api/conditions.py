@@ -20,13 +20,14 @@ MAX_MESSAGE_CHARS = 8192
 _MESSAGE_HEAD = 2048
 
 
-def bounded(message: str) -> str:
-    """`message`, with its middle left out when it is longer than MAX_MESSAGE_CHARS."""
-    if len(message) <= MAX_MESSAGE_CHARS:
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message`, with its middle left out when it is longer than `limit` characters."""
+    if len(message) <= limit:
         return message
     marker = "\n… ({} characters left out) …\n"
-    tail = MAX_MESSAGE_CHARS - _MESSAGE_HEAD - len(marker.format(len(message)))
-    return message[:_MESSAGE_HEAD] + marker.format(len(message) - _MESSAGE_HEAD - tail) + message[-tail:]
+    head = min(_MESSAGE_HEAD, limit // 4)
+    tail = limit - head - len(marker.format(len(message)))
+    return message[:head] + marker.format(len(message) - head - tail) + message[-tail:]
 
 
 def now_iso() -> str:

@@ -36,6 +36,11 @@ class ClusterUnavailable(Exception):
     """The Kubernetes API could not be reached or answered 5xx/429; try again."""
 
 
+class StatusRefused(Exception):
+    """The API server refused a status flowstore wrote (HTTP 400/422): a flowstore bug; the
+    message carries the API server's reason."""
+
+
 def classify(exc: BaseException) -> Failure:
     """Map any exception raised while reconciling to a Failure. Never raises."""
     if isinstance(exc, ReconcileError):
@@ -52,6 +57,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure(exc.reason, exc.message, stalled=True)
     if isinstance(exc, ClusterUnavailable):
         return Failure(Reason.BACKEND_UNAVAILABLE, f"Kubernetes API unavailable: {exc}", stalled=False)
+    if isinstance(exc, StatusRefused):
+        return Failure(Reason.BACKEND_ERROR, str(exc), stalled=False)
     return Failure(
         Reason.BACKEND_ERROR,
         f"unexpected {type(exc).__name__}: {exc}. The operator will retry; if this persists, report it "

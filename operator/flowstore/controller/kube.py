@@ -8,6 +8,7 @@ edits. API errors become :class:`ClusterUnavailable` (retry) — never a crash.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +20,7 @@ from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
-from flowstore.controller.failures import ClusterUnavailable
+from flowstore.controller.failures import ClusterUnavailable, StatusRefused
 from flowstore.controller.images import ImageBuilder
 from flowstore.storage import Storage, backend_class
 
@@ -118,9 +119,20 @@ class KubePorts:
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            if exc.status in (400, 422):  # the API server refused what flowstore wrote: a bug, not an outage
+                raise StatusRefused(f"the API server refused the status flowstore wrote (HTTP {exc.status}: "
+                                    f"{_api_message(exc)}); report it with the operator log") from None
             raise ClusterUnavailable(f"writing status: HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:
             raise ClusterUnavailable(f"writing status: {exc}") from None
+
+
+def _api_message(exc: ApiException) -> str:
+    """The message of an API server error (its Status body), short."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)[:500]
+    except (ValueError, AttributeError):
+        return str(exc.reason)
 
 
 def _as_dict(value: object) -> dict[str, Any]:

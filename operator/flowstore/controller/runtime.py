@@ -34,6 +34,8 @@ from flowstore.controller.failures import classify
 from flowstore.controller.kube import KubePorts
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
+#: a failure's message in the operator's log keeps its start and end within this many characters
+LOG_MESSAGE_CHARS = 2000
 
 
 @dataclasses.dataclass
@@ -210,7 +212,8 @@ class Runtime:
         if outcome.uploaded:
             logger.info("stored %s/%s at %s", namespace, name, outcome.status.get("location"))
         elif outcome.failure is not None:
-            logger.info("%s/%s not ready: %s: %s", namespace, name, outcome.failure.reason, outcome.failure.message)
+            logger.info("%s/%s not ready: %s: %s", namespace, name, outcome.failure.reason,
+                        cond.bounded(outcome.failure.message, limit=LOG_MESSAGE_CHARS))
         return LoopOutcome(failure=outcome.failure, requeue_after=outcome.requeue_after)
 
     def _observe(self, kind: str, namespace: str, name: str, outcome: reconcile.Outcome, seconds: float) -> None:
