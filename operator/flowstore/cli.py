@@ -55,8 +55,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
-    settings = Settings(workers=args.workers, max_builds=args.max_builds, build_timeout=args.build_timeout,
-                        build_memory=_parse_size(args.build_memory), delete_retries=args.delete_retries)
+    settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
+                        build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
+                        delete_retries=args.delete_retries)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="watch only this namespace (repeatable; default: all namespaces)")
     op.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     op.add_argument("--max-builds", type=int, default=2, help="concurrent sandboxed builds (default 2)")
+    op.add_argument("--max-build-jobs", type=int, default=4,
+                    help="builder Jobs (spec.build) running at once; the others wait (default 4)")
     op.add_argument("--build-timeout", type=float, default=60.0, help="seconds a flow script may run (default 60)")
     op.add_argument("--build-memory", default="512Mi", help="address-space cap of a build (default 512Mi)")
     op.add_argument("--delete-retries", type=int, default=5,

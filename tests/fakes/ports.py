@@ -7,12 +7,13 @@ their uploads counted.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowstore import sandbox
 from flowstore.api.models import StorageSpec
 from flowstore.controller.images import ImageBuilder
+from flowstore.controller.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
 
 
@@ -27,6 +28,7 @@ class FakeCluster:
         self.builds = 0
         self.uploads = 0
         self.images = ImageBuilder(debounce=0.0)
+        self.jobs: Callable[[BuildRequest], sandbox.Built | Pending] | None = None
 
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.storages.get(name))
@@ -40,11 +42,16 @@ class FakeCluster:
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
         return list(self.flows.values())
 
-    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None,
-                     bundle: bool = False) -> sandbox.Built:
+    def build(self, request: BuildRequest) -> sandbox.Built | Pending:
+        """The real sandbox; a request for a builder Job (spec.build) goes to `jobs`, a fake
+        that tests set (the real Job builder needs a node: tests/cluster)."""
+        if request.spec is not None:
+            assert self.jobs is not None, "spec.build in a unit test: set FakeCluster.jobs"
+            return self.jobs(request)
         self.builds += 1
-        return sandbox.build_pickle(None if bundle else source, bundle=source if bundle else None,
-                                    flow_name=flow_name, object_name=object_name, timeout=20)
+        source, bundle = (None, request.source) if request.bundle else (request.source, None)
+        return sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
+                                    object_name=request.object_name, timeout=20)
 
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)

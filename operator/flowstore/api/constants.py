@@ -49,6 +49,11 @@ class Reason:
     UNPICKLABLE: Final = "Unpicklable"
     BUILD_TIMEOUT: Final = "BuildTimeout"
     BUILD_OUT_OF_MEMORY: Final = "BuildOutOfMemory"
+    # Builder Jobs (spec.build)
+    IMAGE_PULL_FAILED: Final = "ImagePullFailed"
+    BUILD_IMAGE_UNUSABLE: Final = "BuildImageUnusable"
+    BUILD_FORBIDDEN: Final = "BuildForbidden"
+    BUILD_TOO_LARGE: Final = "BuildTooLarge"
     # Backends
     AUTH_FAILED: Final = "AuthFailed"
     BUCKET_NOT_FOUND: Final = "BucketNotFound"
@@ -73,6 +78,13 @@ class Reason:
     RUN_FAILED: Final = "RunFailed"
     DAEMON_UNAVAILABLE: Final = "DaemonUnavailable"
     REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
+
+
+#: labels of the objects the operator makes (builder Jobs and their ConfigMaps)
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "flowstore"
+STOREDFLOW_LABEL: Final = "flowstore.dev/storedflow"
+BUILD_LABEL: Final = "flowstore.dev/build"
 
 
 class EventReason:

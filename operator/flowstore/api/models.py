@@ -32,6 +32,37 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+    """spec.build: build flows as Jobs in their own runtime image (see the CRD's description)."""
+
+    image: str
+    image_pull_policy: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    resources: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    timeout_seconds: int = 300
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, block: Mapping[str, Any] | None) -> BuildSpec | None:
+        if not block:
+            return None
+        if not block.get("image"):
+            raise SpecError("spec.build.image is required: the runtime image the flow is built in")
+        return cls(
+            image=str(block["image"]),
+            image_pull_policy=block.get("imagePullPolicy") or None,
+            image_pull_secrets=tuple(str(s["name"]) for s in block.get("imagePullSecrets") or [] if s.get("name")),
+            service_account_name=block.get("serviceAccountName") or None,
+            resources={k: dict(v) for k, v in (block.get("resources") or {}).items() if v},
+            timeout_seconds=int(block.get("timeoutSeconds") or 300),
+            node_selector={str(k): str(v) for k, v in (block.get("nodeSelector") or {}).items()},
+            tolerations=tuple(dict(t) for t in block.get("tolerations") or []),
+        )
+
+
 def storage_ref(spec: Mapping[str, Any] | None) -> str:
     """The FlowStorage a StoredFlow spec names (``spec.storageRef.name``), "" when it names none."""
     return str(((spec or {}).get("storageRef") or {}).get("name") or "")
@@ -50,6 +81,8 @@ class StorageSpec:
     stored_as_script: bool
     #: (Secret name, key) holding the artifact-signing HMAC key, when spec.signing is set
     signing: tuple[str, str] | None = None
+    #: spec.build: flows of this storage are built as Jobs in this image
+    build: BuildSpec | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> StorageSpec:
@@ -79,6 +112,7 @@ class StorageSpec:
             interval_seconds=max(MIN_INTERVAL_SECONDS, parse_duration(str(spec.get("interval") or "10m"))),
             suspend=bool(spec.get("suspend", False)),
             stored_as_script=bool(spec.get("storedAsScript", False)),
+            build=BuildSpec.parse(spec.get("build")),
         )
 
 
@@ -122,6 +156,8 @@ class FlowSpec:
     suspend: bool
     #: ``path/to/file.py[:object]``: the module (and object) of a flow of several files
     entrypoint: str | None = None
+    #: spec.build: replaces the FlowStorage's as a whole
+    build: BuildSpec | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> FlowSpec:
@@ -151,4 +187,5 @@ class FlowSpec:
             key=spec.get("key") or None,
             suspend=bool(spec.get("suspend", False)),
             entrypoint=spec.get("entrypoint") or None,
+            build=BuildSpec.parse(spec.get("build")),
         )

@@ -33,10 +33,10 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-try:
+if __name__ == "__main__":  # a builder Job: bundle.py is mounted beside this file (never the image's own)
+    import bundle as bundles  # type: ignore[import-not-found,no-redef,unused-ignore]
+else:
     from flowstore.artifacts import bundle as bundles
-except ImportError:  # run as a program, beside bundle.py (a builder Job)
-    import bundle as bundles  # type: ignore[no-redef]
 
 SCRIPT_FILENAME = "<flow script>"
 #: objects a script defines get this __module__; agents exec stored scripts under the same name
@@ -241,3 +241,76 @@ def build(request: dict[str, Any], scratch: str) -> Reply:
     except _Failed as failed:
         return {"ok": False, "reason": failed.reason, "message": failed.message}, b""
     return {"ok": True, "versions": versions()}, pickled
+
+
+# --------------------------------------------------------------------------- run as a program (builder Jobs)
+#: the frame around the result in the Job's log: ``BEGIN <nonce>``, the JSON header (``ok``,
+#: ``size``, ``sha256``, ``versions`` or ``reason``/``message``), the payload in base64 lines,
+#: ``END <nonce>``. The nonce comes with the request, so the frame cannot be mistaken for output.
+FRAME_BEGIN, FRAME_END = "==== flowstore build result BEGIN", "==== flowstore build result END"
+_LINE = 76
+
+
+def frame(header: dict[str, Any], payload: bytes, nonce: str) -> str:
+    import hashlib
+    import json
+
+    header = {**header, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    encoded = base64.b64encode(payload).decode("ascii")
+    lines = [f"{FRAME_BEGIN} {nonce}", json.dumps(header, sort_keys=True)]
+    lines += [encoded[i:i + _LINE] for i in range(0, len(encoded), _LINE)]
+    lines.append(f"{FRAME_END} {nonce}")
+    return "\n".join(lines) + "\n"
+
+
+def unframe(log: str, nonce: str) -> tuple[dict[str, Any], bytes] | None:
+    """The (header, payload) framed in `log` with `nonce`, checked against the header's size
+    and sha256; None when there is no complete frame. Raises ValueError on a damaged one."""
+    import hashlib
+    import json
+
+    lines = log.splitlines()
+    begin, end = f"{FRAME_BEGIN} {nonce}", f"{FRAME_END} {nonce}"
+    try:
+        first = max(i for i, line in enumerate(lines) if line.strip() == begin)
+        last = next(i for i in range(first, len(lines)) if lines[i].strip() == end)
+    except (ValueError, StopIteration):
+        return None
+    header = json.loads(lines[first + 1])
+    payload = base64.b64decode("".join(line.strip() for line in lines[first + 2:last]))
+    if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise ValueError(f"the build result is damaged: {len(payload)} bytes, the builder said {header.get('size')}")
+    return header, payload
+
+
+def main(argv: list[str]) -> int:
+    """``python builder.py REQUEST.json``: build, then print the framed result on stdout. The
+    flow's own output goes to stderr meanwhile. Exit status 0 whenever a result was printed
+    (a failing flow is a result); the Job fails only when this process cannot finish."""
+    import json
+
+    with open(argv[1], "rb") as fh:
+        request = json.loads(fh.read())
+    stdout = sys.stdout
+    sys.stdout = sys.stderr  # the flow's prints stay out of the frame
+    scratch = tempfile.mkdtemp(prefix="flowstore-build-")
+    try:
+        import cloudpickle  # noqa: F401 - say so now if the image lacks it
+    except ImportError as exc:
+        header, payload = {"ok": False, "reason": "BuildImageUnusable",
+                           "message": f"the build image's Python ({sys.executable}, {sys.version.split()[0]}) cannot "
+                           f"import cloudpickle ({exc}); install it in the image (pip install cloudpickle)"}, b""
+    else:
+        try:
+            header, payload = build(request, scratch)
+        except MemoryError:
+            header, payload = {"ok": False, "reason": "BuildOutOfMemory", "message": "MemoryError"}, b""
+    sys.stderr.flush()
+    sys.stdout = stdout
+    sys.stdout.write(frame(header, payload, str(request.get("nonce", ""))))
+    sys.stdout.flush()
+    os._exit(0)  # not the flow's atexit handlers nor its threads
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

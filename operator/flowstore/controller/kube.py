@@ -22,6 +22,8 @@ from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
 from flowstore.controller.failures import ClusterUnavailable, StatusRefused
 from flowstore.controller.images import ImageBuilder
+from flowstore.controller.jobs import JobBuilder
+from flowstore.controller.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
 
 
@@ -43,7 +45,7 @@ class KubePorts:
     """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
-                 max_builds: int = 2) -> None:
+                 max_builds: int = 2, max_build_jobs: int = 4) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -54,6 +56,7 @@ class KubePorts:
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
         self.images = ImageBuilder()
+        self.jobs = JobBuilder(api, max_jobs=max_build_jobs)
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
@@ -87,13 +90,16 @@ class KubePorts:
         return list(_as_dict(result).get("items") or [])
 
     # ---------------------------------------------------------------- builds and storages
-    def build_pickle(self, source: bytes, *, flow_name: str, object_name: str | None,
-                     bundle: bool = False) -> sandbox.Built:
+    def build(self, request: BuildRequest) -> sandbox.Built | Pending:
+        """The operator's sandbox (at most `max_builds` at once), or a builder Job (spec.build)."""
+        if request.spec is not None:
+            return self.jobs.build(request)
         with self._builds, metrics.BUILD_SECONDS.time():
             self.counters["builds"] += 1
-            return sandbox.build_pickle(None if bundle else source, bundle=source if bundle else None,
-                                        flow_name=flow_name, object_name=object_name,
-                                        timeout=self.build_timeout, memory_limit_bytes=self.build_memory)
+            source, bundle = (None, request.source) if request.bundle else (request.source, None)
+            return sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
+                                        object_name=request.object_name, timeout=self.build_timeout,
+                                        memory_limit_bytes=self.build_memory)
 
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)

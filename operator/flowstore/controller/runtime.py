@@ -42,6 +42,8 @@ LOG_MESSAGE_CHARS = 2000
 class Settings:
     workers: int = 8
     max_builds: int = 2
+    #: builder Jobs (spec.build) of this operator running at once
+    max_build_jobs: int = 4
     build_timeout: float = 60.0
     build_memory: int = 512 * 2**20
     backoff_base: float = 1.0
@@ -57,7 +59,7 @@ class Runtime:
     def __init__(self, api: client.ApiClient, settings: Settings) -> None:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
-                               max_builds=settings.max_builds)
+                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it

@@ -10,20 +10,29 @@ from __future__ import annotations
 
 from flowstore.artifacts import bundle, envelope
 from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import Ports
+from flowstore.controller.reconcile.ports import BuildRequest, Pending, Ports
 
 
-def build(ctx: FlowContext, ports: Ports) -> bytes:
-    """The artifact's bytes for `ctx.fmt`. Raises the builder's BuildError."""
+def build(ctx: FlowContext, ports: Ports) -> bytes | Pending:
+    """The artifact's bytes for `ctx.fmt`, or Pending while a builder Job runs. Raises the
+    builder's BuildError."""
     if ctx.fmt == "script":
         ports.check_script(ctx.source)
         return ctx.source
     if ctx.fmt == "bundle":
         check_bundle(ctx.source, ports)
         return ctx.source
-    built = ports.build_pickle(ctx.source, flow_name=ctx.spec.flow_name, object_name=ctx.spec.object_name,
-                               bundle=ctx.bundle)
+    built = ports.build(build_request(ctx))
+    if isinstance(built, Pending):
+        return built
     return envelope.wrap(built.pickle, built.versions)
+
+
+def build_request(ctx: FlowContext) -> BuildRequest:
+    """This StoredFlow's build: its source, where it runs (spec.build), and a digest of both."""
+    return BuildRequest(
+        source=ctx.source, bundle=ctx.bundle, flow_name=ctx.spec.flow_name, object_name=ctx.spec.object_name,
+        spec=ctx.build, namespace=ctx.namespace, owner_name=ctx.name, owner_uid=ctx.uid, digest=ctx.inputs_digest)
 
 
 def check_bundle(data: bytes, ports: Ports) -> None:

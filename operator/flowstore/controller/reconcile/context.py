@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowstore.api import conditions as cond
-from flowstore.api.models import FlowSpec, StorageSpec
+from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
 from flowstore.api.status import Artifact
 from flowstore.artifacts import signing
-from flowstore.controller.reconcile.ports import Event, Outcome, Ports, sha256_of
+from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import Storage, backend_class
 from flowstore.storage.git_base import GitHosted
@@ -84,6 +84,18 @@ class FlowContext:
     @property
     def uid(self) -> str:
         return str(self.obj["metadata"].get("uid") or "")
+
+    @property
+    def build(self) -> BuildSpec | None:
+        """Where the flow's code runs at build time: the StoredFlow's spec.build, else its
+        FlowStorage's, else None (the operator's sandbox)."""
+        return self.spec.build or self.storage_spec.build
+
+    def pending(self, waiting: Pending) -> Outcome:
+        """Reconciling while a build runs elsewhere (a builder Job): nothing else changes."""
+        status = dict(self.status)
+        status["conditions"] = cond.mark_reconciling(self.status.get("conditions"), waiting.message, self.generation)
+        return Outcome(status=status, requeue_after=waiting.retry_after)
 
     @property
     def recorded(self) -> Artifact | None:

@@ -34,5 +34,7 @@ def plan(ctx: FlowContext) -> None:
         # a new signing key (or none) re-signs: artifacts are stored again with the new signature
         "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
         **ctx.publisher.extra_inputs(ctx),
+        # built in a runtime image: its Python and libraries decide the pickle (and the check)
+        **({"buildImage": ctx.build.image} if ctx.build is not None else {}),
     }
     ctx.inputs_digest = sha256_of(json.dumps(inputs, sort_keys=True).encode())

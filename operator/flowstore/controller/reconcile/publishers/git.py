@@ -10,10 +10,11 @@ from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
+from flowstore.controller.reconcile.building import build_request
 from flowstore.controller.reconcile.context import FlowContext, GitSource, ready
 from flowstore.controller.reconcile.outcomes import requested_at
 from flowstore.controller.reconcile.planning import plan
-from flowstore.controller.reconcile.ports import Event, Outcome, Ports, sha256_of
+from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Publisher
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage
@@ -88,9 +89,12 @@ class GitPinPublisher(Publisher):
         ports.check_script(ctx.source)
         check_flow = bool(ctx.storage_spec.config.get("checkFlow", True))
         if check_flow:
-            # the flow object must exist: the same sandboxed loader as pickle builds; the pickle
-            # itself is discarded (agents read the file at the pinned commit)
-            ports.build_pickle(ctx.source, flow_name=ctx.spec.flow_name, object_name=ctx.spec.object_name)
+            # the flow object must exist: the same builder as pickle builds (the sandbox, or a
+            # Job in spec.build's image); the pickle itself is discarded (agents read the file
+            # at the pinned commit)
+            checked = ports.build(build_request(ctx))
+            if isinstance(checked, Pending):
+                return ctx.pending(checked)
         data = ctx.source
         digest = sha256_of(data)
         artifact = ctx.artifact(url=git.status["url"], digest=digest, size=len(data), source_digest=digest,

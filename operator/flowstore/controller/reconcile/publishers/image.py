@@ -16,7 +16,7 @@ from flowstore.api.models import storage_ref
 from flowstore.artifacts.keys import slugify
 from flowstore.controller.reconcile.building import build
 from flowstore.controller.reconcile.context import FlowContext, ready
-from flowstore.controller.reconcile.ports import Event, Outcome, Ports, sha256_of
+from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Publisher
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage, StorageError
@@ -49,6 +49,8 @@ class ImagePublisher(Publisher):
         job = ports.images.lookup(batch_key, ctx.spec.flow_name, ctx.inputs_digest)
         if job is None:
             data = build(ctx, ports)
+            if isinstance(data, Pending):
+                return ctx.pending(data)
             # the file's extension tells the image's healthcheck and agents the format (.py: script)
             ext = {"script": "py", "bundle": "tar.gz"}.get(ctx.fmt, "prefect")
             location = docker.location_for(ctx.spec.flow_name, key=ctx.spec.key) if ctx.spec.key \

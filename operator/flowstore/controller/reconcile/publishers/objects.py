@@ -22,7 +22,7 @@ from typing import Any
 from flowstore.api.constants import EventReason
 from flowstore.controller.reconcile.building import build
 from flowstore.controller.reconcile.context import FlowContext, ready
-from flowstore.controller.reconcile.ports import Event, Outcome, Ports
+from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports
 from flowstore.controller.reconcile.publishers.base import Publisher
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import Storage, StorageError
@@ -40,6 +40,8 @@ class ObjectStorePublisher(Publisher):
         retry), upload, confirm the backend holds exactly these bytes, and only then point status
         at it: status never names a half-written artifact."""
         data = build(ctx, ports)
+        if isinstance(data, Pending):
+            return ctx.pending(data)
         storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         location = claim_location(ctx, storage)
         stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
