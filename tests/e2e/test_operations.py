@@ -103,13 +103,17 @@ def test_suspend_pauses_and_resumes(operator: OperatorProcess, namespace: str, s
     apply(inline_flow(namespace, "etl", "etl"))
     first = wait_ready(namespace, "etl")["status"]["location"]
     apply(inline_flow(namespace, "etl", "etl", body="return 2", suspend=True))
-    suspended = wait_for("storedflow", namespace, "etl", lambda o: condition(o).get("reason") == "Suspended")
+    suspended = wait_for("storedflow", namespace, "etl", lambda o: condition(o, "Suspended").get("status") == "True")
     assert suspended["status"]["location"] == first
+    # stored before the suspension: Ready stays True (still loadable there), and says so
+    assert condition(suspended)["status"] == "True" and condition(suspended, "Reconciling") == {}
+    assert "spec.suspend is true" in condition(suspended, "Suspended")["message"]
     time.sleep(2)
     assert s3_keys(s3_endpoint, s3_bucket) == [first], "a suspended StoredFlow must not be stored"
     apply(inline_flow(namespace, "etl", "etl", body="return 2", suspend=False))
-    resumed = wait_ready(namespace, "etl")["status"]["location"]
-    assert resumed != first and len(s3_keys(s3_endpoint, s3_bucket)) == 2
+    resumed = wait_ready(namespace, "etl")
+    assert resumed["status"]["location"] != first and len(s3_keys(s3_endpoint, s3_bucket)) == 2
+    assert condition(resumed, "Suspended") == {}, "Suspended is present only while true"
 
 
 def test_kubectl_describe_tells_what_and_how(operator: OperatorProcess, namespace: str) -> None:

@@ -10,9 +10,7 @@ what Argo CD shows with the docs' argocd-cm as it stands, with the libraries for
 forced open, and what kstatus computes.
 
 The objects are statuses captured from the real operator (tests/fixtures/status/*.json,
-re-captured by tests/fixtures/status/capture.py), plus tests/fixtures/status/proposed/: the
-same objects edited by hand into the status the operator should write while suspended
-(docs/kstatus.md), until it does.
+re-captured by tests/fixtures/status/capture.py).
 
 `python tests/packaging/test_argocd_health.py` regenerates the argocd-cm snippet of docs/argocd.md and
 the status table of docs/kstatus.md; tests here check both are current.
@@ -102,11 +100,7 @@ RETRYING = Expect(("Progressing", message("Reconciling")), ("InProgress", messag
 STALLED = Expect(("Degraded", message("Stalled")), ("Failed", message("Stalled")))
 READY = Expect(("Healthy", message("Ready")), ("Current", text("Resource is Ready")))
 DELETING = Expect(("Progressing", text("Pending deletion")), ("Terminating", text("Resource scheduled for deletion")))
-# What today's operator writes when suspended: Ready keeps its status with reason Suspended.
-SUSPENDED_UNSTORED_TODAY = Expect(("Suspended", message("Ready")), ("InProgress", message("Ready")))
-SUSPENDED_AFTER_READY_TODAY = Expect(("Suspended", message("Ready")), ("Current", text("Resource is Ready")))
-SUSPENDED_AFTER_STALLED_TODAY = Expect(("Suspended", message("Ready")), ("Failed", message("Stalled")))
-# The shape docs/kstatus.md proposes: a Suspended condition, Ready only while True.
+# Suspended (docs/kstatus.md): a Suspended condition; Ready kept only while True.
 SUSPENDED = Expect(("Suspended", message("Suspended")), ("Current", text("Resource is current")))
 SUSPENDED_STILL_READY = Expect(("Suspended", message("Suspended")), ("Current", text("Resource is Ready")))
 
@@ -122,26 +116,17 @@ EXPECTED: dict[str, Expect] = {
     "flowstorage-secret-missing": STALLED,
     "storedflow-ready": READY,
     "flowstorage-ready": READY,
-    "storedflow-suspended-from-start": SUSPENDED_UNSTORED_TODAY,
-    "flowstorage-suspended-from-start": SUSPENDED_UNSTORED_TODAY,
-    "storedflow-storage-suspended-from-start": SUSPENDED_UNSTORED_TODAY,
-    "storedflow-suspended-after-ready": SUSPENDED_AFTER_READY_TODAY,
-    "flowstorage-suspended-after-ready": SUSPENDED_AFTER_READY_TODAY,
-    "storedflow-storage-suspended-after-ready": SUSPENDED_AFTER_READY_TODAY,
-    "storedflow-suspended-after-stalled": SUSPENDED_AFTER_STALLED_TODAY,
-    "flowstorage-suspended-after-stalled": SUSPENDED_AFTER_STALLED_TODAY,
-    "storedflow-storage-suspended-after-stalled": SUSPENDED_AFTER_STALLED_TODAY,
+    "storedflow-suspended-from-start": SUSPENDED,
+    "flowstorage-suspended-from-start": SUSPENDED,
+    "storedflow-storage-suspended-from-start": SUSPENDED,
+    "storedflow-suspended-after-ready": SUSPENDED_STILL_READY,
+    "flowstorage-suspended-after-ready": SUSPENDED_STILL_READY,
+    "storedflow-storage-suspended-after-ready": SUSPENDED_STILL_READY,
+    "storedflow-suspended-after-stalled": SUSPENDED,
+    "flowstorage-suspended-after-stalled": SUSPENDED,
+    "storedflow-storage-suspended-after-stalled": SUSPENDED,
     "storedflow-deleting": DELETING,
     "flowstorage-deleting": DELETING,
-    "proposed/storedflow-suspended-from-start": SUSPENDED,
-    "proposed/flowstorage-suspended-from-start": SUSPENDED,
-    "proposed/storedflow-storage-suspended-from-start": SUSPENDED,
-    "proposed/storedflow-suspended-after-ready": SUSPENDED_STILL_READY,
-    "proposed/flowstorage-suspended-after-ready": SUSPENDED_STILL_READY,
-    "proposed/storedflow-storage-suspended-after-ready": SUSPENDED_STILL_READY,
-    "proposed/storedflow-suspended-after-stalled": SUSPENDED,
-    "proposed/flowstorage-suspended-after-stalled": SUSPENDED,
-    "proposed/storedflow-storage-suspended-after-stalled": SUSPENDED,
 }
 
 
@@ -171,6 +156,10 @@ def conditions(name: str) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (load(name).get("status") or {}).get("conditions", [])}
 
 
+def suspension(name: str) -> str:
+    return next(c["message"] for c in load(name)["status"]["conditions"] if c["type"] == "Suspended")
+
+
 def test_fixtures_are_the_states_they_claim() -> None:
     """Guard against a re-capture that silently drifted (a reason renamed, a state not reached)."""
     for name in ("storedflow-unobserved", "flowstorage-unobserved"):
@@ -189,31 +178,21 @@ def test_fixtures_are_the_states_they_claim() -> None:
                                     "Reconciling": ("True", "BackendUnavailable")}, name
     assert conditions("storedflow-stalled")["Stalled"] == ("True", "ScriptSyntaxError")
     assert conditions("flowstorage-secret-missing")["Stalled"] == ("True", "SecretNotFound")
+    suspended = {"Suspended": ("True", "Suspended")}
     for kind in ("storedflow", "flowstorage"):
         assert conditions(f"{kind}-ready") == {"Ready": ("True", "Succeeded")}
-        assert conditions(f"{kind}-suspended-from-start") == {"Ready": ("Unknown", "Suspended")}
-        assert conditions(f"{kind}-suspended-after-ready") == {"Ready": ("True", "Suspended")}
-        assert conditions(f"{kind}-suspended-after-stalled")["Ready"] == ("False", "Suspended")
-        assert conditions(f"{kind}-suspended-after-stalled")["Stalled"][0] == "True"
+        assert conditions(f"{kind}-suspended-from-start") == suspended
+        assert conditions(f"{kind}-suspended-after-ready") == {"Ready": ("True", "Succeeded"), **suspended}
+        assert conditions(f"{kind}-suspended-after-stalled") == suspended
         for when in ("from-start", "after-ready", "after-stalled"):
             assert load(f"{kind}-suspended-{when}")["spec"]["suspend"] is True
-    for when, ready in (("from-start", "Unknown"), ("after-ready", "True"), ("after-stalled", "False")):
+            assert "spec.suspend is true" in suspension(f"{kind}-suspended-{when}")
+    for when in ("from-start", "after-ready", "after-stalled"):
         name = f"storedflow-storage-suspended-{when}"
         assert load(name)["spec"]["suspend"] is False, name
-        assert conditions(name)["Ready"] == (ready, "Suspended"), name
-    assert conditions("storedflow-storage-suspended-after-stalled")["Stalled"] == ("True", "ScriptSyntaxError")
-
-
-def test_proposed_fixtures_say_they_are_written_by_hand() -> None:
-    for name in sorted(n for n in EXPECTED if n.startswith("proposed/")):
-        obj = load(name)
-        note = obj["metadata"]["annotations"]["test.flowstore.dev/derived"]
-        source = name.removeprefix("proposed/")
-        assert f"../{source}.json" in note, name
-        captured = load(source)
-        assert obj["spec"] == captured["spec"] and obj["metadata"]["uid"] == captured["metadata"]["uid"], name
-        types = [c["type"] for c in obj["status"]["conditions"]]
-        assert types[-1] == "Suspended" and "Stalled" not in types and "Reconciling" not in types, name
+        assert conditions(name) == ({"Ready": ("True", "Succeeded"), **suspended} if when == "after-ready"
+                                    else suspended), name
+        assert "has spec.suspend: true" in suspension(name), name
 
 
 # --------------------------------------------------------------------------- the harness is faithful
@@ -338,23 +317,14 @@ STATES: list[tuple[str, list[str]]] = [
      ["storedflow-backend-unavailable", "storedflow-storage-missing", "flowstorage-backend-unavailable"]),
     ("stalled: a person must act (`Stalled=True`)", ["storedflow-stalled", "flowstorage-secret-missing"]),
     ("ready (`Ready=True`)", ["storedflow-ready", "flowstorage-ready"]),
-    ("suspended, never stored or checked (`Ready=Unknown`, reason `Suspended`)",
+    ("suspended, never stored or checked, or suspended after Stalled (`Suspended=True`, no `Ready`)",
      ["storedflow-suspended-from-start", "flowstorage-suspended-from-start",
-      "storedflow-storage-suspended-from-start"]),
-    ("suspended after Ready (`Ready=True`, reason `Suspended`)",
+      "storedflow-storage-suspended-from-start", "storedflow-suspended-after-stalled",
+      "flowstorage-suspended-after-stalled", "storedflow-storage-suspended-after-stalled"]),
+    ("suspended after Ready (`Suspended=True`, `Ready=True` kept: still loadable)",
      ["storedflow-suspended-after-ready", "flowstorage-suspended-after-ready",
       "storedflow-storage-suspended-after-ready"]),
-    ("suspended after Stalled (`Ready=False`, reason `Suspended`; `Stalled=True` kept)",
-     ["storedflow-suspended-after-stalled", "flowstorage-suspended-after-stalled",
-      "storedflow-storage-suspended-after-stalled"]),
     ("being deleted (`deletionTimestamp` set, finalizer pending)", ["storedflow-deleting", "flowstorage-deleting"]),
-    ("**proposed:** suspended, not stored (`Suspended=True`, no `Ready`)",
-     ["proposed/storedflow-suspended-from-start", "proposed/flowstorage-suspended-from-start",
-      "proposed/storedflow-storage-suspended-from-start", "proposed/storedflow-suspended-after-stalled",
-      "proposed/flowstorage-suspended-after-stalled", "proposed/storedflow-storage-suspended-after-stalled"]),
-    ("**proposed:** suspended, still stored (`Suspended=True`, `Ready=True` kept)",
-     ["proposed/storedflow-suspended-after-ready", "proposed/flowstorage-suspended-after-ready",
-      "proposed/storedflow-storage-suspended-after-ready"]),
 ]
 
 

@@ -76,7 +76,8 @@ def set_condition(
     }
     out = [c for c in conditions or [] if c.get("type") != ctype]
     out.append(new)
-    order = {ConditionType.READY: 0, ConditionType.RECONCILING: 1, ConditionType.STALLED: 2}
+    order = {ConditionType.READY: 0, ConditionType.RECONCILING: 1, ConditionType.STALLED: 2,
+             ConditionType.SUSPENDED: 3}
     return sorted(out, key=lambda c: order.get(c.get("type", ""), 9))
 
 
@@ -84,17 +85,33 @@ def remove_condition(conditions: list[Condition] | None, ctype: str) -> list[Con
     return [c for c in conditions or [] if c.get("type") != ctype]
 
 
+def _without(conditions: list[Condition], *types: str) -> list[Condition]:
+    return [c for c in conditions if c.get("type") not in types]
+
+
 def mark_ready(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
-    """Ready=True; Reconciling and Stalled removed (they are present only while true)."""
+    """Ready=True; Reconciling, Stalled and Suspended removed (they are present only while true)."""
     out = set_condition(conditions, ConditionType.READY, "True", Reason.SUCCEEDED, message, generation)
-    return remove_condition(remove_condition(out, ConditionType.RECONCILING), ConditionType.STALLED)
+    return _without(out, ConditionType.RECONCILING, ConditionType.STALLED, ConditionType.SUSPENDED)
+
+
+def mark_suspended(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
+    """Suspended=True; Reconciling and Stalled removed; Ready kept only while it is True (a flow
+    stored before the suspension stays loadable where it was). So kstatus computes Current (a
+    suspended object is where it will stay), never InProgress or Failed for ever, and a
+    ``kubectl wait --for=condition=Ready`` is not told that a flow never stored is stored."""
+    ready = get_condition(conditions, ConditionType.READY)
+    out = _without(list(conditions or []), ConditionType.RECONCILING, ConditionType.STALLED)
+    if not ready or ready.get("status") != "True":
+        out = _without(out, ConditionType.READY)
+    return set_condition(out, ConditionType.SUSPENDED, "True", Reason.SUSPENDED, message, generation)
 
 
 def mark_reconciling(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
     """Work in progress: Reconciling=True, Ready=Unknown, Stalled removed."""
     out = set_condition(conditions, ConditionType.RECONCILING, "True", Reason.PROGRESSING, message, generation)
     out = set_condition(out, ConditionType.READY, "Unknown", Reason.PROGRESSING, message, generation)
-    return remove_condition(out, ConditionType.STALLED)
+    return _without(out, ConditionType.STALLED, ConditionType.SUSPENDED)
 
 
 def mark_failed(
@@ -102,7 +119,8 @@ def mark_failed(
 ) -> list[Condition]:
     """Ready=False with `reason`. `stalled`: a person must act (no retry until something changes);
     otherwise the failure is temporary and Reconciling stays True while retrying."""
-    out = set_condition(conditions, ConditionType.READY, "False", reason, message, generation)
+    out = _without(set_condition(conditions, ConditionType.READY, "False", reason, message, generation),
+                   ConditionType.SUSPENDED)
     if stalled:
         out = set_condition(out, ConditionType.STALLED, "True", reason, message, generation)
         return remove_condition(out, ConditionType.RECONCILING)

@@ -24,6 +24,8 @@ class ConditionType:
     READY: Final = "Ready"
     RECONCILING: Final = "Reconciling"
     STALLED: Final = "Stalled"
+    #: present only while spec.suspend (the object's or its FlowStorage's) is true
+    SUSPENDED: Final = "Suspended"
 
 
 class Reason:

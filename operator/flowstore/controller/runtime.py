@@ -28,6 +28,7 @@ from flowstore.api.constants import (
     FLOWSTORAGE_PLURAL,
     STOREDFLOW_KIND,
     STOREDFLOW_PLURAL,
+    ConditionType,
 )
 from flowstore.controller import metrics, reconcile
 from flowstore.controller.failures import classify
@@ -225,7 +226,8 @@ class Runtime:
             result = "stalled" if outcome.failure.stalled else "failed"
             metrics.FAILURES.labels(kind=kind, reason=outcome.failure.reason).inc()
         else:
-            result = "suspended" if ready.get("reason") == "Suspended" else "ready"
+            suspended = cond.get_condition(outcome.status.get("conditions"), ConditionType.SUSPENDED)
+            result = "suspended" if suspended else "ready"
         metrics.RECONCILES.labels(kind=kind, result=result).inc()
         self.readiness.observe(kind, (namespace, name), ready.get("status") == "True")
         if outcome.uploaded:

@@ -57,16 +57,14 @@ def failed(status: dict[str, Any], generation: int | None, failure: Failure, req
     return Outcome(status=new, events=[event], requeue_after=requeue, failure=failure)
 
 
-def suspended(status: dict[str, Any], generation: int | None) -> Outcome:
-    """Ready keeps its status (a suspended flow stays loadable where it was) with reason Suspended."""
+def suspended(status: dict[str, Any], generation: int | None, *, storage: str | None = None) -> Outcome:
+    """Suspended=True (docs/kstatus.md): nothing is stored or checked. `storage`: the suspension
+    is its FlowStorage's, not the object's own."""
     new = dict(status)
     new["observedGeneration"] = generation
-    conds = cond.remove_condition(status.get("conditions"), "Reconciling")
-    ready = cond.get_condition(conds, "Ready")
-    message = "Suspended: spec.suspend is true; nothing is stored or checked until it is false"
-    new["conditions"] = cond.set_condition(
-        conds, "Ready", ready["status"] if ready else "Unknown", Reason.SUSPENDED, message, generation
-    )
+    whose = f"FlowStorage {storage!r} has spec.suspend: true" if storage else "spec.suspend is true"
+    message = f"Suspended: {whose}; nothing is stored or checked until it is false"
+    new["conditions"] = cond.mark_suspended(status.get("conditions"), message, generation)
     return Outcome(status=new)
 
 

@@ -78,7 +78,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         publisher = publisher_for(storage_spec)
         publisher.check_spec(spec, storage_spec, spec.storage_name)
         if storage_spec.suspend:
-            return suspended(status, generation)
+            return suspended(status, generation, storage=spec.storage_name)
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
                           storage_spec=storage_spec, publisher=publisher, on_progress=on_progress)
         ctx.publisher.resolve_source(ctx, ports)
