@@ -29,6 +29,12 @@ from flowstore.artifacts import envelope
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
 from flowstore.storage.errors import FileNotFound, InvalidConfig, NotFound, RateLimited, Rejected, StorageError
 
+#: the most files a directory named by ``spec.source.path`` may hold (a symlink counts as a file);
+#: a directory with more is refused as soon as the listing passes it, before any file is read
+MAX_DIRECTORY_FILES = 1000
+#: the most bytes the files of such a directory may hold together (32 MiB)
+MAX_DIRECTORY_BYTES = 32 * 1024 * 1024
+
 
 def is_commit_id(ref: str) -> bool:
     """A full SHA-1 (40) or SHA-256 (64) commit id in hex."""
