@@ -1,5 +1,6 @@
 """The directory-reading rules every git-hosted provider shares (flowstore.storage.git_tree), on
-listings written by hand: bounds, symlinks, submodules, `keep`."""
+listings written by hand: bounds, symlinks, submodules, `keep`; and the Bitbucket listing walks
+(flowstore.storage._bitbucket_tree) on hand-written pages."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from flowstore.storage import git_base
+from flowstore.storage._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.errors import InvalidConfig, StorageError
 from flowstore.storage.git_tree import (
     DIRECTORY,
@@ -202,3 +204,48 @@ def test_modes_and_paths() -> None:
     for bad in ("flows/etl", "flows/etl2/a.py", "flows/etl/"):
         with pytest.raises(StorageError):
             relative_path("flows/etl", bad)
+
+
+# ---------------------------------------------------------------------- Bitbucket listings
+def test_cloud_walk_follows_next_pages_and_directories_and_reads_attributes() -> None:
+    pages: dict[tuple[str, str], dict[str, Any]] = {
+        ("flows/etl", "2"): {"values": [
+            {"type": "commit_file", "path": "flows/etl/link", "attributes": ["link"], "size": 7},
+            {"type": "commit_file", "path": "flows/etl/vendor", "attributes": ["subrepository"]}]},
+        ("flows/etl/lib", ""): {"values": [
+            {"type": "commit_file", "path": "flows/etl/lib/a.py", "attributes": ["executable"], "size": 3}]},
+    }
+    asked: list[tuple[str, Mapping[str, str]]] = []
+
+    def list_page(directory: str, params: Mapping[str, str]) -> dict[str, Any]:
+        asked.append((directory, params))
+        return pages[(directory, params.get("page", ""))]
+
+    first = {"values": [{"type": "commit_directory", "path": "flows/etl/lib"},
+                        {"type": "commit_file", "path": "flows/etl/main.py", "attributes": [], "size": 5}],
+             "next": "https://elsewhere.example/2.0/repositories/w/r/src/abc/flows/etl?page=2&pagelen=10"}
+    entries = list(cloud_entries("flows/etl", first, list_page))
+    assert entries == [
+        TreeEntry("lib", DIRECTORY, "flows/etl/lib"), TreeEntry("main.py", FILE, "flows/etl/main.py", 5),
+        TreeEntry("link", SYMLINK, "flows/etl/link"), TreeEntry("vendor", SUBMODULE, "flows/etl/vendor"),
+        TreeEntry("lib/a.py", FILE, "flows/etl/lib/a.py", 3)]
+    # only the next link's query is used: the storage asks its own API base
+    assert asked == [("flows/etl", {"page": "2", "pagelen": "10"}), ("flows/etl/lib", {"pagelen": "100"})]
+
+
+def test_server_walk_pages_with_start_and_names_children_relative() -> None:
+    def node(name: str, kind: str, size: int | None = None, content: str = "") -> dict[str, Any]:
+        doc: dict[str, Any] = {"path": {"toString": name}, "type": kind, "contentId": content}
+        return {**doc, "size": size} if size is not None else doc
+
+    pages = {
+        ("flows/etl", "0"): {"children": {"values": [node("a.py", "FILE", 1), node("lib/sql", "DIRECTORY")],
+                                          "isLastPage": False, "nextPageStart": 2}},
+        ("flows/etl", "2"): {"children": {"values": [node("vendor", "SUBMODULE", content="c" * 40)],
+                                          "isLastPage": True}},
+        ("flows/etl/lib/sql", "0"): {"children": {"values": [node("q.sql", "FILE", 9)], "isLastPage": True}},
+    }
+    entries = list(server_entries("flows/etl", lambda d, params: pages[(d, params["start"])]))
+    assert entries == [
+        TreeEntry("a.py", FILE, "flows/etl/a.py", 1), TreeEntry("lib/sql", DIRECTORY, "flows/etl/lib/sql"),
+        TreeEntry("vendor", SUBMODULE, "c" * 40), TreeEntry("lib/sql/q.sql", FILE, "flows/etl/lib/sql/q.sql", 9)]
