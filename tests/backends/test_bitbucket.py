@@ -17,7 +17,7 @@ from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, Rep
 from flowstore.storage.git_base import GitHosted
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
 from tests.fakes.bitbucket_api import BitbucketCloudAPI, BitbucketServerAPI
-from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo, Symlink
 
 WORKSPACE = "acme"
 PROJECT = "DATA"
@@ -55,6 +55,7 @@ def server_server() -> Iterator[BitbucketServerAPI]:
 def cloud(cloud_server: BitbucketCloudAPI, repo: LocalGitRepo) -> BitbucketCloudAPI:
     cloud_server.add_repo(WORKSPACE, repo.name, repo)
     cloud_server.rate_limit(0)
+    cloud_server.max_page = cloud_server.MAX_PAGE
     cloud_server.log.clear()
     return cloud_server
 
@@ -63,6 +64,7 @@ def cloud(cloud_server: BitbucketCloudAPI, repo: LocalGitRepo) -> BitbucketCloud
 def server(server_server: BitbucketServerAPI, repo: LocalGitRepo) -> BitbucketServerAPI:
     server_server.add_repo(PROJECT, repo.name, repo)
     server_server.rate_limit(0)
+    server_server.max_page = server_server.MAX_PAGE
     server_server.log.clear()
     return server_server
 
@@ -97,6 +99,13 @@ class TestBitbucketCloudConformance(GitHostedConformance):
         return cloud_storage(self.fake, self.repo.name,
                              credentials={"BITBUCKET_USERNAME": USER, "BITBUCKET_APP_PASSWORD": "wrong-password"})
 
+    def requests_seen(self) -> int:
+        return len(self.fake.log)
+
+    def use_small_pages(self, size: int) -> bool:
+        self.fake.max_page = size
+        return True
+
     def serialized_overrides(self) -> dict[str, Any]:
         return {"credentials": CLOUD_CREDENTIALS}
 
@@ -106,6 +115,7 @@ class TestBitbucketCloudConformance(GitHostedConformance):
 
 class TestBitbucketServerConformance(GitHostedConformance):
     default_label_prefix = "bitbucket-flow-storage"
+    detects_symlinks = False  # browse lists symlinks as FILE: see test_server_symlinks_are_read_as_files
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
@@ -121,6 +131,13 @@ class TestBitbucketServerConformance(GitHostedConformance):
 
     def make_bad_token_storage(self) -> GitHosted:
         return server_storage(self.fake, self.repo.name, credentials={"BITBUCKET_ACCESS_TOKEN": "wrong-token"})
+
+    def requests_seen(self) -> int:
+        return len(self.fake.log)
+
+    def use_small_pages(self, size: int) -> bool:
+        self.fake.max_page = size
+        return True
 
     def serialized_overrides(self) -> dict[str, Any]:
         return {"credentials": SERVER_CREDENTIALS}
@@ -219,6 +236,21 @@ def test_cloud_directory_is_not_a_file(cloud: BitbucketCloudAPI, repo: LocalGitR
         cloud_storage(cloud, repo.name).read_file("flows", head)
 
 
+def test_cloud_directory_is_walked_page_by_page(cloud: BitbucketCloudAPI, repo: LocalGitRepo) -> None:
+    files = {**{f"flows/etl/f{i}.py": f"x = {i}\n".encode() for i in range(3)}, "flows/etl/lib/a.py": b"a = 1\n"}
+    head = repo.commit(files)
+    cloud.max_page = 2
+    got = cloud_storage(cloud, repo.name).read_path("flows/etl", head)
+    assert got == {p.removeprefix("flows/etl/"): d for p, d in files.items()}
+    base = f"/2.0/repositories/{WORKSPACE}/{repo.name}/src/{head}"
+    listings = [(r.path, r.query) for r in cloud.log if r.path.endswith("/")]
+    assert [(r.path, r.query) for r in cloud.log[:1]] == [(f"{base}/flows/etl", {})]  # what read_file asks
+    assert listings == [(f"{base}/flows/etl/", {"pagelen": ["2"], "page": ["2"]}),  # the `next` page's query
+                        (f"{base}/flows/etl/lib/", {"pagelen": ["100"]})]
+    reads = sorted(r.path for r in cloud.log[1:] if not r.path.endswith("/"))
+    assert reads == sorted(f"{base}/{p}" for p in files)
+
+
 def test_cloud_branch_with_a_slash(cloud: BitbucketCloudAPI, repo: LocalGitRepo) -> None:
     feature = repo.commit({"flows/etl.py": flow_script("etl", 3)}, branch="feature/x")
     assert cloud_storage(cloud, repo.name).resolve_ref("feature/x") == feature
@@ -235,6 +267,34 @@ def test_server_sends_the_bearer_token(server: BitbucketServerAPI, repo: LocalGi
     assert [r.path for r in server.log] == [f"{base}/branches/default", f"{base}/branches/default",
                                             f"{base}/raw/flows/etl.py"]
     assert server.log[-1].arg("at") == head
+
+
+def test_server_directory_is_browsed_page_by_page(server: BitbucketServerAPI, repo: LocalGitRepo) -> None:
+    files = {**{f"flows/etl/f{i}.py": f"x = {i}\n".encode() for i in range(3)}, "flows/etl/lib/a.py": b"a = 1\n"}
+    head = repo.commit(files)
+    server.max_page = 2
+    got = server_storage(server, repo.name).read_path("flows/etl", head)
+    assert got == {p.removeprefix("flows/etl/"): d for p, d in files.items()}
+    base = f"/rest/api/1.0/projects/{PROJECT}/repos/{repo.name}"
+    assert (server.log[0].path, server.log[0].query) == (f"{base}/raw/flows/etl", {"at": [head]})  # a 404
+    browses = [(r.path, r.query) for r in server.log if "/browse/" in r.path]
+    assert browses == [
+        (f"{base}/browse/flows/etl", {"at": [head], "start": ["0"], "limit": ["1000"]}),
+        (f"{base}/browse/flows/etl", {"at": [head], "start": ["2"], "limit": ["1000"]}),
+        (f"{base}/browse/flows/etl/lib", {"at": [head], "start": ["0"], "limit": ["1000"]}),
+    ]
+    reads = sorted(r.path for r in server.log[1:] if "/raw/" in r.path)
+    assert reads == sorted(f"{base}/raw/{p}" for p in files)
+
+
+def test_server_symlinks_are_read_as_files_holding_their_target(server: BitbucketServerAPI,
+                                                                repo: LocalGitRepo) -> None:
+    """Data Center's browse API has no type for symlinks (FILE, DIRECTORY, SUBMODULE): a link
+    comes back as what git stores for it, its target path, never as the file it names."""
+    head = repo.commit({"flows/etl/main.py": flow_script("etl", 1), "flows/etl/current.py": Symlink("main.py"),
+                        "flows/etl/data": Symlink("../../secrets"), "secrets": b"password\n"})
+    got = server_storage(server, repo.name).read_path("flows/etl", head)
+    assert got == {"main.py": flow_script("etl", 1), "current.py": b"main.py", "data": b"../../secrets"}
 
 
 def test_server_env_token_when_no_credentials_are_given(server: BitbucketServerAPI, repo: LocalGitRepo,

@@ -16,7 +16,7 @@ from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, Rep
 from flowstore.storage.git_base import GitHosted
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
 from tests.fakes.codecommit_api import CodeCommitAPI
-from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
 REGION = "eu-west-1"
 KEY_ID = "AKIAFLOWSTORETEST001"
@@ -76,6 +76,9 @@ class TestCodeCommitConformance(GitHostedConformance):
 
     def make_missing_repo_storage(self) -> GitHosted:
         return make(self.fake, "no-such-repo")
+
+    def requests_seen(self) -> int:
+        return len(self.fake.log)
 
     def make_bad_token_storage(self) -> GitHosted:
         return make(self.fake, self.repo.name,
@@ -185,6 +188,33 @@ def test_file_not_found_names_path_and_commit(fake: CodeCommitAPI, repo: LocalGi
     with pytest.raises(FileNotFound) as info:
         make(fake, repo.name).read_file("flows", head)  # a folder is not a file
     assert "flows" in info.value.message and head in info.value.message
+
+
+def test_a_folder_is_read_with_get_folder_get_file_and_get_blob(fake: CodeCommitAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/etl/main.py": flow_script("etl", 1), "flows/etl/lib/a.py": b"a = 1\n",
+                        "flows/etl/current.py": Symlink("main.py")})
+    storage = make(fake, repo.name)
+    fake.log.clear()
+    assert storage.read_path("flows/etl", head) == {"main.py": flow_script("etl", 1), "lib/a.py": b"a = 1\n",
+                                                    "current.py": flow_script("etl", 1)}
+    assert fake.operations() == ["GetFile", "GetFolder", "GetFolder", "GetBlob", "GetFile", "GetFile"]
+    bodies = [json.loads(r.body) for r in fake.log]
+    assert [b.get("folderPath") for b in bodies[1:3]] == ["flows/etl", "flows/etl/lib"]
+    assert bodies[3] == {"repositoryName": repo.name, "blobId": repo.blob_id(head, "flows/etl/current.py")}
+    assert sorted(b["filePath"] for b in bodies[4:]) == ["flows/etl/lib/a.py", "flows/etl/main.py"]
+    assert all(b["commitSpecifier"] == head for i, b in enumerate(bodies) if i != 3)
+
+
+def test_fake_get_folder_tells_links_submodules_and_modes(fake: CodeCommitAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/main.py": b"x = 1\n", "flows/link": Symlink("main.py"),
+                        "flows/vendor": Submodule("3" * 40)})
+    client = make(fake, repo.name)._client()
+    folder = client.get_folder(repositoryName=repo.name, commitSpecifier=head, folderPath="/flows")
+    assert [(f["relativePath"], f["fileMode"]) for f in folder["files"]] == [("main.py", "NORMAL")]
+    assert [(f["relativePath"], f["fileMode"]) for f in folder["symbolicLinks"]] == [("link", "SYMLINK")]
+    assert [(m["relativePath"], m["commitId"]) for m in folder["subModules"]] == [("vendor", "3" * 40)]
+    blob = client.get_blob(repositoryName=repo.name, blobId=folder["symbolicLinks"][0]["blobId"])
+    assert blob["content"] == b"main.py"
 
 
 def test_urls_and_serialization(fake: CodeCommitAPI, repo: LocalGitRepo) -> None:

@@ -40,6 +40,8 @@ def config(server: GitServer, repo: LocalGitRepo, **extra: Any) -> dict[str, Any
 
 class TestGitConformance(GitHostedConformance):
     default_label_prefix = "git-flow-storage"
+    file_read_requests = None  # a fetch of the commit: what the git client asks, once per commit
+    content_requests_per_file = 0  # a directory is read from that fetch
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
@@ -56,6 +58,9 @@ class TestGitConformance(GitHostedConformance):
 
     def make_missing_repo_storage(self) -> Git:
         return Git(url=f"{self.server.url}/nope.git", username=USER, password=PASSWORD)
+
+    def requests_seen(self) -> int:
+        return len(self.server.log)
 
     def make_bad_token_storage(self) -> Git:
         return Git(url=f"{self.server.url}/{self.repo.name}.git", username=USER, password="wrong")
@@ -104,6 +109,19 @@ def test_a_pinned_commit_is_fetched_once(server: GitServer, repo: LocalGitRepo) 
     assert storage.get_bytes("flows/etl.py") == flow_script("etl", 1)
     with pytest.raises(Unavailable):
         storage.resolve_ref("main")
+
+
+def test_a_directory_is_read_from_the_one_fetch_of_its_commit(server: GitServer, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/etl/main.py": flow_script("etl", 1), "flows/etl/lib/a.py": b"a = 1\n",
+                        "flows/etl/run.sh": b"#!/bin/sh\n"})
+    storage = Git.from_config(config(server, repo, path="flows/etl"), credentials=CREDENTIALS)
+    assert storage.read_path("flows/etl", head) == {"main.py": flow_script("etl", 1), "lib/a.py": b"a = 1\n",
+                                                    "run.sh": b"#!/bin/sh\n"}
+    fetch = list(server.log)
+    assert fetch and all(line.endswith(("/info/refs", "/git-upload-pack")) for line in fetch)  # a fetch only
+    assert storage.read_path("flows/etl/lib", head) == {"a.py": b"a = 1\n"}
+    assert storage.read_path("flows/etl/main.py", head) == flow_script("etl", 1)
+    assert server.log == fetch  # the rest came from the cache
 
 
 def test_the_cache_is_per_credentials(server: GitServer, repo: LocalGitRepo) -> None:

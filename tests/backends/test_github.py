@@ -3,6 +3,7 @@ git-hosted conformance suite, then rate limits, auth, token hygiene and configur
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -17,7 +18,7 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, Unavailab
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.github import GitHub
 from tests.fakes.github_api import GitHubAPI
-from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
 from .git_conformance import GitFactory, GitHostedConformance, flow_script
 
@@ -74,6 +75,9 @@ class TestGitHubConformance(GitHostedConformance):
 
     def make_bad_token_storage(self) -> GitHub:
         return storage(self.api, token="ghp_wrong", path="flows/etl.py")
+
+    def requests_seen(self) -> int:
+        return len(self.api.log)
 
     def serialized_overrides(self) -> dict[str, Any]:
         return {"credentials": {"GITHUB_ACCESS_TOKEN": TOKEN}}
@@ -224,6 +228,50 @@ def test_a_directory_is_not_a_flow_file(api: GitHubAPI, repo: LocalGitRepo) -> N
         storage(api).read_file("flows", head)
 
 
+def test_a_directory_is_read_through_the_git_database(api: GitHubAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/etl/main.py": flow_script("etl", 1), "flows/etl/lib/a.py": b"a = 1\n",
+                        "flows/etl/lib/b.py": b"a = 1\n", "flows/other.py": b"x = 1\n"})
+    assert storage(api).read_path("flows/etl", head) == {"main.py": flow_script("etl", 1), "lib/a.py": b"a = 1\n",
+                                                        "lib/b.py": b"a = 1\n"}
+    log = api.log
+    assert [r.raw_path.removeprefix(f"/repos/{REPO}") for r in log[:2]] == [
+        "/contents/flows/etl", f"/git/commits/{head}"]
+    root, flows, etl = (repo.run("rev-parse", f"{head}:{p}").decode().strip() for p in ("", "flows", "flows/etl"))
+    assert [(r.raw_path.removeprefix(f"/repos/{REPO}"), r.query) for r in log[2:5]] == [
+        (f"/git/trees/{root}", {}), (f"/git/trees/{flows}", {}), (f"/git/trees/{etl}", {"recursive": ["1"]})]
+    blobs = log[5:]
+    assert len(blobs) == 2  # lib/a.py and lib/b.py are the same blob: read once
+    assert all(r.raw_path.startswith(f"/repos/{REPO}/git/blobs/") for r in blobs)
+    assert all(r.headers["accept"] == "application/vnd.github.raw+json" for r in blobs)
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in log)
+
+
+def test_a_rate_limit_while_reading_a_directory_is_rate_limited(
+    api: GitHubAPI, repo: LocalGitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = repo.commit({"flows/etl/main.py": flow_script("etl", 1), "flows/etl/lib.py": b"x = 1\n"})
+    store = storage(api)
+    read_blob = store._blob
+
+    def throttled_from_now_on(entry: Any) -> bytes:
+        api.secondary_rate_limit(5, retry_after=42)
+        return read_blob(entry)
+
+    monkeypatch.setattr(store, "_blob", throttled_from_now_on)
+    with pytest.raises(RateLimited) as info:
+        store.read_path("flows/etl", head)
+    assert info.value.retry_after == 42 and info.value.retryable
+
+
+def test_a_truncated_tree_is_refused(api: GitHubAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({f"flows/etl/f{i}.py": b"x = 1\n" for i in range(4)})
+    api.tree_entry_limit = 3
+    with pytest.raises(InvalidConfig, match="100,000") as info:
+        storage(api).read_path("flows/etl", head)
+    assert "flows/etl" in info.value.message
+    assert not any("/git/blobs/" in r.raw_path for r in api.log)
+
+
 def test_file_read_from_a_vanished_repository_is_repository_not_found(api: GitHubAPI, repo: LocalGitRepo) -> None:
     head = repo.commit({"flows/etl.py": flow_script("etl", 1)})
     store = storage(api, repo="acme/gone")
@@ -304,3 +352,25 @@ def test_fake_answers_json_without_the_raw_media_type_and_rejects_unknown_versio
     anonymous = requests.get(f"{api.url}/repos/{REPO}", timeout=5)
     assert anonymous.status_code == 404 and anonymous.json()["message"] == "Not Found"
     assert anonymous.headers["x-ratelimit-limit"] == "60"
+
+
+def test_fake_git_database_answers_as_documented(api: GitHubAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/etl/main.py": b"x = 1\n", "flows/etl/link": Symlink("main.py"),
+                        "flows/etl/vendor": Submodule("1" * 40)})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    base = f"{api.url}/repos/{REPO}"
+    tree = repo.run("rev-parse", f"{head}:flows/etl").decode().strip()
+    listing = requests.get(f"{base}/contents/flows/etl", params={"ref": head}, headers=auth, timeout=5).json()
+    # the contents API calls a submodule "file" in a directory listing, as its docs say
+    assert {e["name"]: e["type"] for e in listing} == {"main.py": "file", "link": "symlink", "vendor": "file"}
+    entries = requests.get(f"{base}/git/trees/{tree}", headers=auth, timeout=5).json()["tree"]
+    assert {e["path"]: (e["mode"], e["type"]) for e in entries} == {
+        "main.py": ("100644", "blob"), "link": ("120000", "blob"), "vendor": ("160000", "commit")}
+    by_branch = requests.get(f"{base}/git/trees/main", params={"recursive": "false"}, headers=auth, timeout=5)
+    assert by_branch.status_code == 200 and "flows/etl/main.py" in {e["path"] for e in by_branch.json()["tree"]}
+    assert requests.get(f"{base}/git/trees/{head}", headers=auth, timeout=5).status_code == 404  # a commit's SHA
+    link = next(e for e in entries if e["path"] == "link")
+    blob = requests.get(f"{base}/git/blobs/{link['sha']}", headers=auth, timeout=5).json()
+    assert blob["encoding"] == "base64" and base64.b64decode(blob["content"]) == b"main.py"  # the target
+    commit = requests.get(f"{base}/git/commits/{head}", headers=auth, timeout=5).json()
+    assert commit["sha"] == head and commit["tree"]["sha"] == repo.run("rev-parse", f"{head}^{{tree}}").decode().strip()

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import requests
 
-from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized
+from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized, git_base
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import raise_for_http
 from flowstore.storage.gitlab import GitLab
 from tests.fakes.gitlab_api import GitLabAPI
-from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
 from .git_conformance import GitFactory, GitHostedConformance, flow_script
 
@@ -75,6 +75,13 @@ class TestGitLabConformance(GitHostedConformance):
 
     def make_bad_token_storage(self) -> GitLab:
         return storage(self.api, token="glpat-wrong", path="flows/etl.py")
+
+    def requests_seen(self) -> int:
+        return len(self.api.log)
+
+    def use_small_pages(self, size: int) -> bool:
+        self.api.max_per_page = size
+        return True
 
     def serialized_overrides(self) -> dict[str, Any]:
         return {"credentials": {"GITLAB_ACCESS_TOKEN": TOKEN}}
@@ -227,6 +234,43 @@ def test_file_read_from_a_vanished_project_is_repository_not_found(api: GitLabAP
         storage(api).read_file("flows", head)  # a directory is no file
 
 
+def test_a_directory_is_read_from_the_tree_listing_page_by_page(
+    api: GitLabAPI, repo: LocalGitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {f"flows/etl/f{i}.py": f"x = {i}\n".encode() for i in range(5)}
+    head = repo.commit(files)
+    api.max_per_page = 2
+    assert storage(api).read_path("flows/etl", head) == {p.removeprefix("flows/etl/"): d for p, d in files.items()}
+    raw, *rest = api.log
+    assert raw.raw_path.endswith("/repository/files/flows%2Fetl/raw")
+    pages = [r for r in rest if r.raw_path.endswith("/repository/tree")]
+    assert [r.query for r in pages] == [
+        {"path": ["flows/etl"], "ref": [head], "recursive": ["true"], "per_page": ["100"], "page": [str(n)]}
+        for n in (1, 2, 3)
+    ]
+    blobs = [r for r in rest if "/repository/blobs/" in r.raw_path]
+    assert len(blobs) == 5 and all(r.raw_path.endswith("/raw") for r in blobs)
+    assert all(r.headers["private-token"] == TOKEN for r in api.log)
+    # a directory over the bound stops the listing at the page that passes it
+    api.log.clear()
+    monkeypatch.setattr(git_base, "MAX_DIRECTORY_FILES", 3)
+    with pytest.raises(InvalidConfig, match="more than 3 files"):
+        storage(api).read_path("flows/etl", head)
+    assert [r.query.get("page") for r in api.log if r.raw_path.endswith("/tree")] == [["1"], ["2"]]
+    assert not any("/blobs/" in r.raw_path for r in api.log)
+
+
+def test_a_rate_limit_while_listing_a_directory_is_rate_limited(api: GitLabAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({f"flows/etl/f{i}.py": f"x = {i}\n".encode() for i in range(3)})
+    api.max_per_page = 1
+    pages = storage(api)._tree_entries("flows/etl", head)
+    first = next(pages)  # the first page, before the limit
+    api.rate_limit(1, reset_in_seconds=30)
+    with pytest.raises(RateLimited) as info:
+        next(pages)
+    assert first.path == "f0.py" and info.value.retry_after == 30
+
+
 # ---------------------------------------------------------------------- configuration
 def test_host_gives_api_v4_and_web_urls() -> None:
     store = GitLab(PROJECT, host="gitlab.example.com")
@@ -297,3 +341,26 @@ def test_fake_routes_only_encoded_slashes_and_checks_the_token(api: GitLabAPI, r
     assert anonymous.status_code == 404 and anonymous.json() == {"message": "404 Project Not Found"}
     missing = requests.get(f"{base}/projects/42/repository/commits/nope", headers=auth, timeout=5)
     assert missing.status_code == 404 and missing.json() == {"message": "404 Commit Not Found"}
+
+
+def test_fake_tree_listing_paginates_as_documented(api: GitLabAPI, repo: LocalGitRepo) -> None:
+    head = repo.commit({"flows/a.py": b"a\n", "flows/lib/b.py": b"b\n", "flows/link": Symlink("a.py"),
+                        "flows/vendor": Submodule("2" * 40)})
+    auth = {"PRIVATE-TOKEN": TOKEN}
+    tree = f"{api.api_url}/projects/42/repository/tree"
+    first = requests.get(tree, params={"path": "flows", "ref": head, "recursive": "true"}, headers=auth, timeout=5)
+    assert first.headers["X-Per-Page"] == "20" and first.headers["X-Next-Page"] == ""  # default per_page
+    assert {e["path"]: (e["type"], e["mode"]) for e in first.json()} == {
+        "flows/a.py": ("blob", "100644"), "flows/lib": ("tree", "040000"), "flows/lib/b.py": ("blob", "100644"),
+        "flows/link": ("blob", "120000"), "flows/vendor": ("commit", "160000")}
+    capped = requests.get(tree, params={"path": "flows", "ref": head, "per_page": "1000"}, headers=auth, timeout=5)
+    assert capped.headers["X-Per-Page"] == "100"
+    api.max_per_page = 2
+    paged = requests.get(tree, params={"path": "flows", "ref": head, "recursive": "true", "page": "3"}, headers=auth,
+                         timeout=5)
+    assert len(paged.json()) == 1 and paged.headers["X-Next-Page"] == "" and paged.headers["X-Prev-Page"] == "2"
+    assert paged.headers["X-Total"] == "5" and 'rel="prev"' in paged.headers["Link"]
+    gone = requests.get(tree, params={"path": "nowhere", "ref": head}, headers=auth, timeout=5)
+    assert gone.status_code == 404 and gone.json() == {"message": "404 Tree Not Found"}
+    blob = requests.get(f"{api.api_url}/projects/42/repository/blobs/{'0' * 40}/raw", headers=auth, timeout=5)
+    assert blob.status_code == 404 and blob.json() == {"message": "404 Blob Not Found"}

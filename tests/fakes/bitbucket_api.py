@@ -12,6 +12,12 @@ Two flavours:
   https://developer.atlassian.com/server/bitbucket/rest/ ,
   https://confluence.atlassian.com/bitbucketserver/http-access-tokens-939515499.html
 
+Directory listings paginate as documented: Cloud's ``src`` with ``pagelen`` (default 10, at
+most 100), ``page`` and a ``next`` URL (https://developer.atlassian.com/cloud/bitbucket/rest/intro/#pagination);
+Data Center's ``browse`` with ``start`` / ``limit``, ``isLastPage`` and ``nextPageStart``
+(https://developer.atlassian.com/server/bitbucket/rest/v906/intro/#pagination). Tests lower the
+largest page (``max_page``) to make small directories span pages.
+
 Only GET is served, and only the endpoints listed per class; anything else is answered the
 way the real API answers an unknown resource (404) or method (405). Wrong credentials get
 401; anonymous requests get what each API gives for a private repository. ``rate_limit(n,
@@ -30,7 +36,7 @@ import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
-from tests.helpers.gitrepo import LocalGitRepo
+from tests.helpers.gitrepo import LocalGitRepo, TreeLine
 
 
 def _segments(request: Request) -> list[str]:
@@ -53,11 +59,20 @@ def _commit_info(repo: LocalGitRepo, commit: str) -> tuple[str, str, int, list[s
     return author, message.strip(), int(when), parents.split()
 
 
+def _entries(repo: LocalGitRepo, commit: str, path: str) -> list[TreeLine] | None:
+    """The entries of directory `path` at `commit` (paths relative to it), or None."""
+    return repo.ls_tree(f"{commit}:{path}")
+
+
 class _RateLimiting(FakeServer):
     """The rate-limit switch and the repository table shared by both flavours."""
 
+    #: the largest directory listing page the API answers (Cloud's `pagelen` is at most 100)
+    MAX_PAGE = 100
+
     def __init__(self) -> None:
         super().__init__()
+        self.max_page = self.MAX_PAGE
         self._lock = threading.Lock()
         self._limited = 0
         self._retry_after = 60
@@ -143,7 +158,7 @@ class BitbucketCloudAPI(_RateLimiting):
         if rest[0] == "commit" and len(rest) == 2:
             return self._commit(workspace, slug, repo, rest[1])
         if rest[0] == "src" and len(rest) >= 2:
-            return self._src(repo, rest[1], "/".join(rest[2:]))
+            return self._src(workspace, slug, repo, rest[1], "/".join(rest[2:]), request)
         return _cloud_error(404, "Resource not found")
 
     def _repository(self, workspace: str, slug: str, repo: LocalGitRepo) -> Response:
@@ -180,9 +195,12 @@ class BitbucketCloudAPI(_RateLimiting):
             "links": {"html": {"href": f"https://bitbucket.org/{workspace}/{slug}/commits/{commit}"}},
         })
 
-    def _src(self, repo: LocalGitRepo, revision: str, path: str) -> Response:
+    def _src(self, workspace: str, slug: str, repo: LocalGitRepo, revision: str, path: str,
+             request: Request) -> Response:
         # https://developer.atlassian.com/cloud/bitbucket/rest/api-group-source/#api-repositories-workspace-repo-slug-src-commit-path-get
-        # a file: its raw bytes; a directory: a paginated listing (JSON); else 404
+        # a file: its raw bytes; a directory: a paginated listing (JSON) of commit_directory and
+        # commit_file objects named by their repository paths, files with `size` and `attributes`
+        # ("link": a symlink, "executable", "subrepository": a submodule, "binary"); else 404
         commit = repo.resolve(revision) if revision and not revision.startswith("-") else None
         if commit is None:
             return _cloud_error(404, f"Commit not found: {revision}")
@@ -192,15 +210,32 @@ class BitbucketCloudAPI(_RateLimiting):
             data = repo.show(commit, path) or b""
             content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
             return Response(200, data, {"Content-Type": content_type})
-        if kind == "tree":
-            listing = repo.run("ls-tree", commit, f"{path}/" if path else "").decode().splitlines()
-            values = []
-            for line in listing:
-                meta, _, name = line.partition("\t")
-                entry_kind = "commit_directory" if meta.split()[1] == "tree" else "commit_file"
-                values.append({"type": entry_kind, "path": name, "commit": {"type": "commit", "hash": commit}})
-            return Response.json({"pagelen": 10, "page": 1, "values": values})
-        return _cloud_error(404, f"No such file or directory: {path}")
+        lines = _entries(repo, commit, path) if kind == "tree" else None
+        if lines is None:
+            return _cloud_error(404, f"No such file or directory: {path}")
+        try:
+            pagelen = min(self.max_page, max(1, int(request.arg("pagelen") or "10")))
+            page = max(1, int(request.arg("page") or "1"))
+        except ValueError:
+            return _cloud_error(400, "pagelen and page must be numbers")
+        values: list[dict[str, object]] = []
+        for line in lines[(page - 1) * pagelen: page * pagelen]:
+            full = f"{path}/{line.path}" if path else line.path
+            links = {"self": {"href": f"{self.url}/2.0/repositories/{workspace}/{slug}/src/{commit}/{full}"}}
+            entry: dict[str, object] = {"path": full, "commit": {"type": "commit", "hash": commit}, "links": links}
+            if line.type == "tree":
+                values.append({"type": "commit_directory", **entry})
+                continue
+            attributes = {"120000": ["link"], "100755": ["executable"], "160000": ["subrepository"]}.get(line.mode, [])
+            if line.type == "blob" and line.mode != "120000" and b"\0" in repo.run("cat-file", "blob", line.id):
+                attributes = [*attributes, "binary"]
+            values.append({"type": "commit_file", **entry, "attributes": attributes, "escaped_path": full,
+                           "size": line.size or 0, "mimetype": mimetypes.guess_type(full)[0]})
+        doc: dict[str, object] = {"pagelen": pagelen, "page": page, "values": values}
+        if page * pagelen < len(lines):
+            query = urllib.parse.urlencode({"pagelen": pagelen, "page": page + 1})
+            doc["next"] = f"{self.url}/2.0/repositories/{workspace}/{slug}/src/{commit}/{path}/?{query}"
+        return Response.json(doc)
 
 
 # ---------------------------------------------------------------------- Bitbucket Server / Data Center
@@ -228,6 +263,9 @@ def _server_commit(repo: LocalGitRepo, commit: str) -> dict[str, object]:
 class BitbucketServerAPI(_RateLimiting):
     """Bitbucket Server / Data Center's REST API 1.0 for the repositories added with
     :meth:`add_repo`. Credential: `token`, an HTTP access token sent as Bearer."""
+
+    #: Data Center caps `limit` with its own page settings (a server's configuration); 1000 here
+    MAX_PAGE = 1000
 
     def __init__(self, *, token: str) -> None:
         super().__init__()
@@ -283,6 +321,8 @@ class BitbucketServerAPI(_RateLimiting):
             return self._commits(repo, slug, request)
         if rest[0] == "raw" and len(rest) >= 2:
             return self._raw(repo, slug, "/".join(rest[1:]), request.arg("at"))
+        if rest[0] == "browse":
+            return self._browse(repo, slug, "/".join(rest[1:]), request)
         return _server_error(404, "No resource matches the request", None)
 
     def _resolve(self, repo: LocalGitRepo, ref: str) -> str | None:
@@ -341,3 +381,51 @@ class BitbucketServerAPI(_RateLimiting):
                                  "com.atlassian.bitbucket.content.NoSuchPathException")
         data = repo.show(commit, path) or b""
         return Response(200, data, {"Content-Type": mimetypes.guess_type(path)[0] or "application/octet-stream"})
+
+    def _browse(self, repo: LocalGitRepo, slug: str, path: str, request: Request) -> Response:
+        # GET /rest/api/1.0/projects/{projectKey}/repos/{repositorySlug}/browse/{path}?at={commit}
+        # (https://developer.atlassian.com/server/bitbucket/rest/v906/api-group-repository/#api-api-latest-projects-projectkey-repos-repositoryslug-browse-path-get):
+        # a directory answers its children as a page (start / limit); a file, a page of its lines.
+        # Child types are FILE, DIRECTORY and SUBMODULE: a symlink is a FILE.
+        ref = request.arg("at") or f"refs/heads/{repo.default_branch()}"
+        commit = self._resolve(repo, ref)
+        if commit is None:
+            return self._no_commit(ref, slug)
+        path = path.strip("/")
+        try:
+            start = max(0, int(request.arg("start") or "0"))
+            limit = min(self.max_page, max(1, int(request.arg("limit") or "500")))
+        except ValueError:
+            return _server_error(400, "start and limit must be numbers", None)
+        kind = _object_type(repo, commit, path) if path else "tree"
+        if kind == "blob":
+            lines = (repo.show(commit, path) or b"").decode(errors="replace").splitlines()
+            page = lines[start:start + limit]
+            doc: dict[str, object] = {"lines": [{"text": t} for t in page], "start": start, "size": len(page),
+                                      "isLastPage": start + limit >= len(lines)}
+            if start + limit < len(lines):
+                doc["nextPageStart"] = start + limit
+            return Response.json(doc)
+        entries = _entries(repo, commit, path) if kind == "tree" else None
+        if entries is None:
+            return _server_error(404, f'The path "{path}" does not exist at revision "{ref}"',
+                                 "com.atlassian.bitbucket.content.NoSuchPathException")
+        values = []
+        for line in entries[start:start + limit]:
+            name = line.path
+            node: dict[str, object] = {
+                "path": {"components": [name], "parent": "", "name": name,
+                         **({"extension": name.rsplit(".", 1)[1]} if "." in name else {}), "toString": name},
+                "contentId": line.id,
+                "type": {"tree": "DIRECTORY", "commit": "SUBMODULE"}.get(line.type, "FILE"),
+            }
+            if line.type == "blob":
+                node["size"] = line.size or 0
+            values.append(node)
+        children: dict[str, object] = {"size": len(values), "limit": limit, "start": start, "values": values,
+                                       "isLastPage": start + limit >= len(entries)}
+        if start + limit < len(entries):
+            children["nextPageStart"] = start + limit
+        components = path.split("/") if path else []
+        return Response.json({"path": {"components": components, "name": components[-1] if components else "",
+                                       "toString": path}, "revision": ref, "children": children})

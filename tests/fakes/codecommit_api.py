@@ -1,5 +1,5 @@
 """A contract fake of the AWS CodeCommit API operations flowstore calls, serving real git
-repositories: GetRepository, GetBranch, GetCommit, GetFolder and GetFile.
+repositories: GetRepository, GetBranch, GetCommit, GetFolder, GetFile and GetBlob.
 
 The protocol is AWS JSON 1.1 (what boto3 speaks to CodeCommit): ``POST /`` with
 ``X-Amz-Target: CodeCommit_20150413.<Operation>``, ``Content-Type: application/x-amz-json-1.1``
@@ -64,6 +64,7 @@ class CodeCommitAPI(FakeServer):
             "GetCommit": self._get_commit,
             "GetFolder": self._get_folder,
             "GetFile": self._get_file,
+            "GetBlob": self._get_blob,
         }
 
     def add_repo(self, name: str, repo: LocalGitRepo) -> None:
@@ -235,17 +236,20 @@ class CodeCommitAPI(FakeServer):
         if path and self._object_type(repo, commit, path) != "tree":
             raise CodeCommitError("FolderDoesNotExistException", f"Could not find folder /{path}")
         tree = repo.run("rev-parse", f"{commit}:{path}").decode().strip()
-        folders, files = [], []
-        for line in repo.run("ls-tree", tree).decode().splitlines():
-            meta, _, name = line.partition("\t")
-            _, kind, object_id = meta.split()
-            entry = {"absolutePath": f"{path}/{name}".lstrip("/"), "relativePath": name}
-            if kind == "tree":
-                folders.append({"treeId": object_id, **entry})
-            elif kind == "blob":
-                files.append({"blobId": object_id, **entry, "fileMode": "NORMAL"})
+        folders, files, links, submodules = [], [], [], []
+        for line in repo.ls_tree(tree) or []:
+            entry = {"absolutePath": f"{path}/{line.path}".lstrip("/"), "relativePath": line.path}
+            if line.type == "tree":
+                folders.append({"treeId": line.id, **entry})
+            elif line.type == "commit":
+                submodules.append({"commitId": line.id, **entry})
+            elif line.mode == "120000":
+                links.append({"blobId": line.id, **entry, "fileMode": "SYMLINK"})
+            else:
+                mode = "EXECUTABLE" if line.mode == "100755" else "NORMAL"
+                files.append({"blobId": line.id, **entry, "fileMode": mode})
         return {"commitId": commit, "folderPath": f"/{path}", "treeId": tree, "subFolders": folders,
-                "files": files, "symbolicLinks": [], "subModules": []}
+                "files": files, "symbolicLinks": links, "subModules": submodules}
 
     def _get_file(self, params: dict[str, Any]) -> dict[str, Any]:
         # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetFile.html
@@ -260,3 +264,18 @@ class CodeCommitAPI(FakeServer):
             raise CodeCommitError("FileTooLargeException", "The specified file exceeds the file size limit")
         return {"commitId": commit, "blobId": repo.blob_id(commit, path), "filePath": path, "fileMode": "NORMAL",
                 "fileSize": len(data), "fileContent": base64.b64encode(data).decode()}
+
+    def _get_blob(self, params: dict[str, Any]) -> dict[str, Any]:
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetBlob.html
+        repo = self._repo(params)
+        blob_id = params.get("blobId")
+        if not blob_id:
+            raise CodeCommitError("BlobIdRequiredException", "A blob ID is required")
+        if not isinstance(blob_id, str) or not _FULL_ID.fullmatch(blob_id):
+            raise CodeCommitError("InvalidBlobIdException", f"{blob_id!r} is not a valid blob ID")
+        if repo.object_type(blob_id) != "blob":
+            raise CodeCommitError("BlobIdDoesNotExistException", f"Could not find blob {blob_id}")
+        data = repo.run("cat-file", "blob", blob_id)
+        if len(data) > MAX_FILE_SIZE:
+            raise CodeCommitError("FileTooLargeException", "The specified blob exceeds the size limit")
+        return {"content": base64.b64encode(data).decode()}

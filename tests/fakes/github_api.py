@@ -1,5 +1,6 @@
-"""A contract fake of the three GitHub REST endpoints flowstore calls, serving real git
-repositories (:class:`tests.gitrepo.LocalGitRepo`) by ``owner/name``.
+"""A contract fake of the GitHub REST endpoints flowstore calls, serving real git repositories
+(:class:`tests.gitrepo.LocalGitRepo`) by ``owner/name``: a repository, a commit, contents, and for
+directories the git database's commit objects, trees and blobs.
 
 What it holds to, from the REST docs (https://docs.github.com/en/rest, API version 2022-11-28):
 
@@ -33,6 +34,10 @@ from tests.helpers.gitrepo import LocalGitRepo
 SUPPORTED_API_VERSIONS = frozenset({"2022-11-28", "2026-03-10"})
 #: the contents API inlines base64 content for files up to 1 MB; larger ones need the raw type
 INLINE_CONTENT_LIMIT = 1024 * 1024
+#: a recursive tree lists at most this many entries, then says `truncated`
+#: (https://docs.github.com/en/rest/git/trees#get-a-tree)
+TREE_ENTRY_LIMIT = 100_000
+_HEX = frozenset("0123456789abcdef")
 DOCS = "https://docs.github.com/rest"
 
 
@@ -66,6 +71,8 @@ class GitHubAPI(FakeServer):
         self._throttles: list[_Throttle] = []
         self._used = 0
         self._window_reset = int(time.time()) + 3600
+        #: entries a recursive tree lists before it is truncated (lower it to test truncation)
+        self.tree_entry_limit = TREE_ENTRY_LIMIT
 
     # ------------------------------------------------------------------ test controls
     def add_repo(self, full_name: str, repo: LocalGitRepo, *, private: bool = True) -> None:
@@ -150,6 +157,14 @@ class GitHubAPI(FakeServer):
             return self._get_commit(repo, urllib.parse.unquote("/".join(rest[1:])), request)
         if rest[0] == "contents":
             return self._get_contents(repo, urllib.parse.unquote("/".join(rest[1:])), request)
+        if rest[0] == "git" and len(rest) == 3 and rest[2]:
+            name = urllib.parse.unquote(rest[2])
+            if rest[1] == "commits":
+                return self._get_commit_object(repo, name)
+            if rest[1] == "trees":
+                return self._get_tree(repo, name, request)
+            if rest[1] == "blobs":
+                return self._get_blob(repo, name, request)
         return _error(404, "Not Found", DOCS)
 
     # ------------------------------------------------------------------ endpoints
@@ -221,6 +236,74 @@ class GitHubAPI(FakeServer):
             }
         )
 
+    def _get_commit_object(self, repo: _Repo, sha: str) -> Response:
+        # https://docs.github.com/en/rest/git/commits#get-a-commit-object (commit_sha: a commit's SHA)
+        doc = "https://docs.github.com/rest/git/commits#get-a-commit-object"
+        if not _is_sha(sha) or repo.git.object_type(sha) != "commit":
+            return _error(404, "Not Found", doc)
+        commit = repo.git.resolve(sha) or sha
+        tree = repo.git.run("rev-parse", f"{commit}^{{tree}}").decode().strip()
+        parents = repo.git.run("log", "-1", "--format=%P", commit).decode().split()
+        base = f"{self.url}/repos/{repo.full_name}/git"
+        return Response.json(
+            {
+                "sha": commit,
+                "url": f"{base}/commits/{commit}",
+                "html_url": f"https://github.com/{repo.full_name}/commit/{commit}",
+                "tree": {"sha": tree, "url": f"{base}/trees/{tree}"},
+                "parents": [{"sha": p, "url": f"{base}/commits/{p}"} for p in parents],
+                "message": repo.git.run("log", "-1", "--format=%B", commit).decode(),
+            }
+        )
+
+    def _get_tree(self, repo: _Repo, tree_sha: str, request: Request) -> Response:
+        # https://docs.github.com/en/rest/git/trees#get-a-tree: tree_sha is "the SHA1 value or ref
+        # (branch or tag) name of the tree"; `recursive` set to any value lists the subtrees too,
+        # up to 100,000 entries, then `truncated` is true
+        doc = "https://docs.github.com/rest/git/trees#get-a-tree"
+        if _is_sha(tree_sha):
+            tree = tree_sha if repo.git.object_type(tree_sha) == "tree" else None
+        else:
+            commit = _resolve(repo.git, tree_sha)
+            tree = repo.git.run("rev-parse", f"{commit}^{{tree}}").decode().strip() if commit else None
+        lines = repo.git.ls_tree(tree, recursive="recursive" in request.query) if tree else None
+        if tree is None or lines is None:
+            return _error(404, "Not Found", doc)
+        tree = repo.git.run("rev-parse", tree).decode().strip()
+        base = f"{self.url}/repos/{repo.full_name}/git"
+        entries = []
+        for line in lines[: self.tree_entry_limit]:
+            entry: dict[str, Any] = {"path": line.path, "mode": line.mode, "type": line.type, "sha": line.id}
+            if line.type == "blob":
+                entry["size"] = line.size
+                entry["url"] = f"{base}/blobs/{line.id}"
+            elif line.type == "tree":
+                entry["url"] = f"{base}/trees/{line.id}"
+            entries.append(entry)
+        return Response.json(
+            {"sha": tree, "url": f"{base}/trees/{tree}", "tree": entries,
+             "truncated": len(lines) > self.tree_entry_limit}
+        )
+
+    def _get_blob(self, repo: _Repo, file_sha: str, request: Request) -> Response:
+        # https://docs.github.com/en/rest/git/blobs#get-a-blob: base64 JSON, or the raw bytes with
+        # the raw media type
+        doc = "https://docs.github.com/rest/git/blobs#get-a-blob"
+        if not _is_sha(file_sha) or repo.git.object_type(file_sha) != "blob":
+            return _error(404, "Not Found", doc)
+        data = repo.git.run("cat-file", "blob", file_sha)
+        if "application/vnd.github.raw" in request.headers.get("accept", ""):
+            return Response(200, data, {"Content-Type": "application/vnd.github.raw+json; charset=utf-8"})
+        return Response.json(
+            {
+                "sha": file_sha,
+                "size": len(data),
+                "url": f"{self.url}/repos/{repo.full_name}/git/blobs/{file_sha}",
+                "content": base64.encodebytes(data).decode(),
+                "encoding": "base64",
+            }
+        )
+
     # ------------------------------------------------------------------ responses
     def _throttled(self, throttle: _Throttle) -> Response:
         if throttle.retry_after is not None:
@@ -275,23 +358,24 @@ def _resolve(git: LocalGitRepo, ref: str) -> str | None:
     return git.resolve(ref)
 
 
+def _is_sha(name: str) -> bool:
+    return 4 <= len(name) <= 40 and set(name.lower()) <= _HEX
+
+
 def _listing(git: LocalGitRepo, commit: str, path: str) -> list[dict[str, Any]] | None:
-    """The contents API's directory listing, or None when `path` is no directory."""
-    treeish = f"{commit}:{path}" if path else f"{commit}:"
-    try:
-        out = git.run("ls-tree", treeish).decode()
-    except AssertionError:
+    """The contents API's directory listing, or None when `path` is no directory. Symlinks are
+    "symlink"; submodules are "file", as the docs say the listing calls them."""
+    lines = git.ls_tree(f"{commit}:{path}" if path else f"{commit}:")
+    if lines is None:
         return None
-    entries = []
-    for line in out.splitlines():
-        meta, name = line.split("\t", 1)
-        _, kind, sha = meta.split()
-        entries.append(
-            {
-                "type": "dir" if kind == "tree" else "file",
-                "name": name,
-                "path": f"{path}/{name}" if path else name,
-                "sha": sha,
-            }
-        )
-    return entries
+    kinds = {"040000": "dir", "120000": "symlink"}
+    return [
+        {
+            "type": kinds.get(line.mode, "file"),
+            "name": line.path,
+            "path": f"{path}/{line.path}" if path else line.path,
+            "sha": line.id,
+            "size": line.size or 0,
+        }
+        for line in lines
+    ]

@@ -1,6 +1,7 @@
-"""A contract fake of the three GitLab REST v4 endpoints flowstore calls, serving real git
-repositories (:class:`tests.gitrepo.LocalGitRepo`) as projects, by numeric id or by
-``namespace/project`` path. The API base is ``fake.url + "/api/v4"``.
+"""A contract fake of the GitLab REST v4 endpoints flowstore calls (a project, a commit, a raw
+file, and for directories the repository tree and raw blobs), serving real git repositories
+(:class:`tests.gitrepo.LocalGitRepo`) as projects, by numeric id or by ``namespace/project``
+path. The API base is ``fake.url + "/api/v4"``.
 
 What it holds to, from the GitLab docs (https://docs.gitlab.com/ee/api/rest/):
 
@@ -12,7 +13,11 @@ What it holds to, from the GitLab docs (https://docs.gitlab.com/ee/api/rest/):
   ``{"message": "401 Unauthorized"}``; without one a private project does not exist (404
   ``404 Project Not Found``) (https://docs.gitlab.com/ee/api/rest/authentication.html);
 * errors: ``{"message": "404 Project Not Found"}``, ``404 Commit Not Found``, ``404 File Not
-  Found``, ``403 Forbidden``;
+  Found``, ``404 Tree Not Found``, ``404 Blob Not Found``, ``403 Forbidden``;
+* offset pagination (the tree listing): ``page`` and ``per_page`` (default 20, at most 100),
+  answered with ``X-Page``, ``X-Per-Page``, ``X-Next-Page`` / ``X-Prev-Page`` (empty at the ends),
+  ``X-Total``, ``X-Total-Pages`` and a ``Link`` header
+  (https://docs.gitlab.com/ee/api/rest/#offset-based-pagination);
 * rate limits: answers carry ``RateLimit-Limit/-Observed/-Remaining/-Reset/-ResetTime``;
   :meth:`GitLabAPI.rate_limit` makes the next requests answer 429 ``Retry later`` with
   ``RateLimit-Reset`` (epoch seconds) and ``Retry-After``
@@ -33,6 +38,9 @@ from tests.helpers.gitrepo import LocalGitRepo
 
 #: gitlab.com's authenticated API limit per minute
 RATE_LIMIT = 2000
+#: offset pagination: `per_page` when none is given, and the most it may be
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100
 
 
 @dataclasses.dataclass
@@ -63,6 +71,8 @@ class GitLabAPI(FakeServer):
         self._lock = threading.Lock()
         self._throttles: list[_Throttle] = []
         self._observed = 0
+        #: the largest page the tree listing answers (lower it to test pagination)
+        self.max_per_page = MAX_PER_PAGE
 
     @property
     def api_url(self) -> str:
@@ -130,6 +140,8 @@ class GitLabAPI(FakeServer):
             not rest
             or (len(rest) == 3 and rest[:2] == ["repository", "commits"] and rest[2])
             or (len(rest) == 4 and rest[:2] == ["repository", "files"] and rest[2] and rest[3] == "raw")
+            or rest == ["repository", "tree"]
+            or (len(rest) == 4 and rest[:2] == ["repository", "blobs"] and rest[2] and rest[3] == "raw")
         )
         if not known:
             return _not_found_route()
@@ -141,6 +153,10 @@ class GitLabAPI(FakeServer):
             return _message(403, "403 Forbidden")
         if rest[1] == "commits":
             return self._get_commit(project, urllib.parse.unquote(rest[2]))
+        if rest[1] == "tree":
+            return self._list_tree(project, request)
+        if rest[1] == "blobs":
+            return self._get_raw_blob(project, urllib.parse.unquote(rest[2]))
         return self._get_raw_file(project, urllib.parse.unquote(rest[2]), request)
 
     def _find(self, id_or_path: str) -> _Project | None:
@@ -207,6 +223,58 @@ class GitLabAPI(FakeServer):
                 "X-Gitlab-Commit-Id": commit,
             },
         )
+
+    def _list_tree(self, project: _Project, request: Request) -> Response:
+        # https://docs.gitlab.com/ee/api/repositories.html#list-repository-tree: `ref` (default: the
+        # default branch), `path`, `recursive`; entries {id, name, type, path, mode}, paginated
+        ref = request.arg("ref") or (project.git.default_branch() if project.git.branches() else "")
+        commit = _resolve(project.git, ref)
+        if commit is None:
+            return _message(404, "404 Tree Not Found")
+        path = (request.arg("path") or "").strip("/")
+        recursive = (request.arg("recursive") or "false").lower() in ("true", "1")
+        lines = project.git.ls_tree(f"{commit}:{path}", recursive=recursive)
+        if lines is None:
+            return _message(404, "404 Tree Not Found")
+        try:
+            page = max(1, int(request.arg("page") or "1"))
+            per_page = min(self.max_per_page, max(1, int(request.arg("per_page") or DEFAULT_PER_PAGE)))
+        except ValueError:
+            return Response.json({"error": "page is invalid"}, status=400)
+        entries = [
+            {
+                "id": line.id,
+                "name": line.path.rsplit("/", 1)[-1],
+                "type": line.type,
+                "path": f"{path}/{line.path}" if path else line.path,
+                "mode": line.mode,
+            }
+            for line in lines
+        ]
+        pages = max(1, -(-len(entries) // per_page))
+        response = Response.json(entries[(page - 1) * per_page: page * per_page])
+        query = {k: v[0] for k, v in request.query.items()}
+        base = f"{self.api_url}{request.raw_path.removeprefix('/api/v4')}"
+        links = [f'<{base}?{urllib.parse.urlencode({**query, "page": str(number), "per_page": str(per_page)})}>; '
+                 f'rel="{rel}"'
+                 for rel, number, present in (("prev", page - 1, page > 1), ("next", page + 1, page < pages),
+                                              ("first", 1, True), ("last", pages, True)) if present]
+        response.headers.update({
+            "X-Page": str(page),
+            "X-Per-Page": str(per_page),
+            "X-Next-Page": str(page + 1) if page < pages else "",
+            "X-Prev-Page": str(page - 1) if page > 1 else "",
+            "X-Total": str(len(entries)),
+            "X-Total-Pages": str(pages),
+            "Link": ", ".join(links),
+        })
+        return response
+
+    def _get_raw_blob(self, project: _Project, sha: str) -> Response:
+        # https://docs.gitlab.com/ee/api/repositories.html#raw-blob-content
+        if not sha or sha.startswith("-") or project.git.object_type(sha) != "blob":
+            return _message(404, "404 Blob Not Found")
+        return Response(200, project.git.run("cat-file", "blob", sha), {"Content-Type": "application/octet-stream"})
 
     # ------------------------------------------------------------------ responses
     def _throttled(self, throttle: _Throttle) -> Response:

@@ -26,7 +26,10 @@ from typing import Any
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 
 
-def make_handler(root: Path, username: str, password: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(root: Path, username: str, password: str,
+                 log: list[str] | None = None) -> type[BaseHTTPRequestHandler]:
+    """The request handler; each request is appended to `log` (``"GET /repo.git/info/refs"``)
+    when one is given."""
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -56,6 +59,8 @@ def make_handler(root: Path, username: str, password: str) -> type[BaseHTTPReque
 
         def _serve(self) -> None:
             body = self._read_body()
+            if log is not None:
+                log.append(f"{self.command} {urllib.parse.urlsplit(self.path).path}")
             if self.path == "/healthz":
                 self._answer(200, b"ok\n")
                 return
@@ -112,7 +117,9 @@ class GitServer:
 
     def __init__(self, root: Path, username: str, password: str, port: int = 0) -> None:
         self.root = root
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(root, username, password))
+        #: every request answered, in order ("POST /flows.git/git-upload-pack")
+        self.log: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(root, username, password, self.log))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -4,9 +4,11 @@ answers is what the provider would answer for the same repository."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 _ENV = {
@@ -28,6 +30,32 @@ def git(*args: str, cwd: Path | None = None, input: bytes | None = None,
     return done.stdout
 
 
+@dataclasses.dataclass(frozen=True)
+class Symlink:
+    """A symlink to commit (git mode 120000: a blob holding `target`)."""
+
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Submodule:
+    """A submodule to commit (git mode 160000: a gitlink to `commit` of another repository,
+    which need not exist here)."""
+
+    commit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeLine:
+    """One line of ``git ls-tree --long``."""
+
+    mode: str  # as git prints it: 100644, 100755, 120000, 040000, 160000
+    type: str  # blob, tree, commit
+    id: str
+    size: int | None  # blobs only
+    path: str
+
+
 class LocalGitRepo:
     """A bare repository (``bare``, what servers serve) with helpers that commit to it without
     a work tree. Default branch ``main``."""
@@ -46,10 +74,10 @@ class LocalGitRepo:
                               capture_output=True, env={**os.environ, **_ENV}, check=False)
         return done.stdout.decode().strip() or None
 
-    def commit(self, files: dict[str, bytes | None], message: str = "update flows", branch: str = "main",
-               parent: str | None = None) -> str:
-        """Commit `files` (path -> bytes; None deletes the path) on top of `branch` (or
-        `parent`), move the branch there, and return the new commit id."""
+    def commit(self, files: Mapping[str, bytes | Symlink | Submodule | None], message: str = "update flows",
+               branch: str = "main", parent: str | None = None) -> str:
+        """Commit `files` (path -> bytes, a Symlink or a Submodule; None deletes the path) on top
+        of `branch` (or `parent`), move the branch there, and return the new commit id."""
         base = parent or self.head(branch)
         index = self.bare / f"index-{uuid.uuid4().hex}"
         env = {"GIT_INDEX_FILE": str(index)}
@@ -60,8 +88,13 @@ class LocalGitRepo:
                 if data is None:
                     self.run("rm", "--cached", "-q", "--", path, env={**env, "GIT_WORK_TREE": str(self.bare)})
                     continue
-                blob = self.run("hash-object", "-w", "--stdin", input=data).decode().strip()
-                self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+                if isinstance(data, Submodule):
+                    mode, object_id = "160000", data.commit
+                else:
+                    mode = "120000" if isinstance(data, Symlink) else "100644"
+                    content = data.target.encode() if isinstance(data, Symlink) else data
+                    object_id = self.run("hash-object", "-w", "--stdin", input=content).decode().strip()
+                self.run("update-index", "--add", "--cacheinfo", f"{mode},{object_id},{path}", env=env)
             tree = self.run("write-tree", env=env).decode().strip()
         finally:
             index.unlink(missing_ok=True)
@@ -96,6 +129,29 @@ class LocalGitRepo:
         done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{commit}:{path}"], cwd=self.bare,
                               capture_output=True, env={**os.environ, **_ENV}, check=False)
         return done.stdout.decode().strip() or None
+
+    def object_type(self, name: str) -> str | None:
+        """``blob``, ``tree``, ``commit`` or ``tag`` for an object name (an id, ``commit:path``),
+        or None when it names nothing."""
+        done = subprocess.run(["git", "cat-file", "-t", name], cwd=self.bare, capture_output=True,
+                              env={**os.environ, **_ENV}, check=False)
+        return done.stdout.decode().strip() if done.returncode == 0 else None
+
+    def ls_tree(self, tree: str, *, recursive: bool = False) -> list[TreeLine] | None:
+        """The entries of `tree` (a tree id or ``commit:path``), with the subtrees' entries too
+        when `recursive` (trees included, as GitHub and GitLab list them), paths relative to
+        `tree`; None when `tree` is no tree."""
+        if self.object_type(tree) != "tree":
+            return None
+        args = ["ls-tree", "-z", "--long", *(["-r", "-t"] if recursive else []), tree]
+        lines = []
+        for record in self.run(*args).decode("utf-8", "surrogateescape").split("\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition("\t")
+            mode, kind, object_id, size = meta.split()
+            lines.append(TreeLine(mode, kind, object_id, int(size) if size != "-" else None, path))
+        return lines
 
     def branches(self) -> dict[str, str]:
         out = self.run("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads").decode()

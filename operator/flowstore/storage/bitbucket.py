@@ -22,7 +22,10 @@ Endpoints used (Cloud, relative to the API base):
 
 * ``GET /repositories/{workspace}/{repo}``                  the main branch's name
 * ``GET /repositories/{workspace}/{repo}/commit/{revision}`` branch, tag or commit -> ``hash``
-* ``GET /repositories/{workspace}/{repo}/src/{commit}/{path}`` the raw file
+* ``GET /repositories/{workspace}/{repo}/src/{commit}/{path}`` the raw file; a directory answers
+  its listing instead (so a file costs this one request whether read as a file or a path), and
+  :meth:`Bitbucket.read_path` walks it: ``src/{commit}/{dir}/`` per directory, page by page
+  (``pagelen``, ``next``), then ``src/{commit}/{path}`` per file and per symlink
 
 (Server / Data Center, relative to the API base):
 
@@ -31,7 +34,9 @@ Endpoints used (Cloud, relative to the API base):
 * ``GET /projects/{key}/repos/{slug}/commits/{commitId}``  branch, tag or commit -> ``id``
   (``commits?until={ref}&limit=1`` for refs holding a ``/``: Data Center's servlet container
   refuses encoded slashes in paths)
-* ``GET /projects/{key}/repos/{slug}/raw/{path}?at={commit}`` the raw file
+* ``GET /projects/{key}/repos/{slug}/raw/{path}?at={commit}`` the raw file (one request); 404 for
+  a directory, which :meth:`Bitbucket.read_path` then walks: ``browse/{dir}?at={commit}`` per
+  directory, page by page (``start``, ``limit``), then ``raw/{path}?at={commit}`` per file
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import requests
 
+from flowstore.storage._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.errors import (
     FileNotFound,
     InvalidConfig,
@@ -53,7 +59,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, raise_for_http
+from flowstore.storage.git_base import GitHosted, normalize_path, raise_for_http
+from flowstore.storage.git_tree import TreeEntry, read_tree
 
 CLOUD_API_URL = "https://api.bitbucket.org/2.0"
 CLOUD_WEB_URL = "https://bitbucket.org"
@@ -276,24 +283,74 @@ class Bitbucket(GitHosted):
         return _decode(response, f"read {self._what()}")
 
     def read_file(self, path: str, commit: str) -> bytes:
+        response = self._source(path, commit)
+        if response is None:
+            raise self._missing(path, commit)
+        if self.is_cloud and _is_directory_listing(response):
+            raise FileNotFound(f"{path} is a directory in {self._what()} at commit {commit}, not a flow file; "
+                               "name the .py file in the storage's path / the flow's spec.source.path")
+        return response.content
+
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        path = normalize_path(path)
+        response = self._source(path, commit)  # a file: this one request, as read_file
+
+        def list_page(directory: str, query: Mapping[str, str]) -> dict[str, Any]:
+            return self._list_directory(directory, commit, query)
+
+        if self.is_cloud:
+            if response is None:
+                raise self._missing(path, commit)
+            if not _is_directory_listing(response):
+                return response.content
+            first = _decode(response, f"{self._what()}: list {path} at commit {commit}")
+            entries = cloud_entries(path, first, list_page)
+        elif response is not None:
+            return response.content
+        else:
+            entries = server_entries(path, list_page)
+        return read_tree(path, commit, entries, lambda entry: self._read_entry(entry, commit), keep=keep)
+
+    def _source(self, path: str, commit: str) -> requests.Response | None:
+        """The one request a file costs, or None when it answers 404: Cloud's ``src`` (a file's
+        bytes, or a directory's first listing page), Server's ``raw`` (files only)."""
         quoted = urllib.parse.quote(path, safe="/")
         what = f"{self._what()}: read {path} at commit {commit}"
         if self.is_cloud:
             url = f"{self._repo_url()}/src/{urllib.parse.quote(commit, safe='')}/{quoted}"
             response = self._get(url, what=what, not_found=FileNotFound)
-            params = None
         else:
             url = f"{self._repo_url()}/raw/{quoted}"
-            params = {"at": commit}
-            response = self._get(url, what=what, not_found=FileNotFound, params=params)
-        if response.status_code == 404:
-            raise FileNotFound(
-                f"{path} is not in {self._what()} at commit {commit}: commit the file there, or fix the "
-                "storage's path / the flow's spec.source.path")
-        if self.is_cloud and _is_directory_listing(response):
-            raise FileNotFound(f"{path} is a directory in {self._what()} at commit {commit}, not a flow file; "
-                               "name the .py file in the storage's path / the flow's spec.source.path")
+            response = self._get(url, what=what, not_found=FileNotFound, params={"at": commit})
+        return None if response.status_code == 404 else response
+
+    def _missing(self, path: str, commit: str) -> FileNotFound:
+        return FileNotFound(f"{path} is not in {self._what()} at commit {commit}: commit the file there, or fix the "
+                            "storage's path / the flow's spec.source.path")
+
+    def _read_entry(self, entry: TreeEntry, commit: str) -> bytes:
+        response = self._source(entry.key, commit)
+        if response is None:
+            raise self._missing(entry.key, commit)
         return response.content
+
+    def _list_directory(self, directory: str, commit: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """One page of the listing of `directory` at `commit` (see :mod:`._bitbucket_tree`)."""
+        quoted = urllib.parse.quote(directory, safe="/")
+        what = f"{self._what()}: list {directory} at commit {commit}"
+        if self.is_cloud:  # a directory path ends with "/" (the root's must)
+            url = f"{self._repo_url()}/src/{urllib.parse.quote(commit, safe='')}/{quoted}/"
+        else:
+            url = f"{self._repo_url()}/browse/{quoted}"
+            params = {"at": commit, **params}
+        response = self._get(url, what=what, not_found=FileNotFound, params=params, accept="application/json")
+        if response.status_code == 404:
+            raise self._missing(directory, commit)
+        page = _decode(response, what)
+        if not self.is_cloud and not isinstance(page.get("children"), dict):  # a file's lines
+            raise self._missing(directory, commit)
+        return page
 
     # ------------------------------------------------------------------ HTTP
     def _session(self) -> requests.Session:

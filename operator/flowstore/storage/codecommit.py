@@ -9,7 +9,11 @@ default branch when unset). Reads go through the CodeCommit API with boto3 (the
 * ``GetBranch``      a branch name -> ``branch.commitId``;
 * ``GetCommit``      a full commit id -> ``commit.commitId`` (that it exists);
 * ``GetFolder``      ``/`` at any other commit specifier (a tag, ``refs/...``) -> ``commitId``;
-* ``GetFile``        the file's bytes at a commit (``fileContent``).
+* ``GetFile``        the file's bytes at a commit (``fileContent``); a folder is no file, so a
+  file costs this one call whether read as a file or a path;
+* for a folder only (:meth:`CodeCommit.read_path`): ``GetFolder`` per folder (subfolders, files
+  with their ``fileMode``, symbolic links, submodules), ``GetFile`` per file and ``GetBlob`` per
+  symbolic link (its target).
 
 Credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
 ``AWS_SESSION_TOKEN`` from the referenced Secret; without one, the SDK's default chain
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, make_client
@@ -36,7 +41,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, is_commit_id
+from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path
+from flowstore.storage.git_tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
@@ -222,6 +228,56 @@ class CodeCommit(GitHosted):
             raise Unavailable(f"{self._what()}: GetFile for {path} at {commit} returned no content; will retry")
         return bytes(content)
 
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        path = normalize_path(path)
+        try:
+            return self.read_file(path, commit)  # a file: this one GetFile, as read_file
+        except FileNotFound:
+            pass  # a folder, or nothing: GetFile cannot tell
+        return read_tree(path, commit, self._folder_entries(path, commit), lambda e: self._read_entry(e, commit),
+                         keep=keep)
+
+    def _folder_entries(self, root: str, commit: str) -> Iterator[TreeEntry]:
+        """Everything under the folder `root` at `commit`, one GetFolder per folder (the API
+        does not paginate it). Files are read by path with GetFile, symlinks by blob with GetBlob."""
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetFolder.html: subFolders,
+        # files (fileMode NORMAL | EXECUTABLE | SYMLINK), symbolicLinks and subModules
+        missing = (f"{root} is not in {self._what()} at commit {commit}: commit the file there, or fix the "
+                   "storage's path / the flow's spec.source.path")
+        unknown = f"commit {commit} is not in {self._what()}; was it rewritten? Fix spec.codecommit.commit"
+        queue = deque([""])
+        while queue:
+            relative = queue.popleft()
+            folder = f"{root}/{relative}" if relative else root
+            doc = self._call("get_folder", f"{self._what()}: list {folder} at commit {commit}", unknown=unknown,
+                             missing=missing, repositoryName=self.repo, commitSpecifier=commit, folderPath=folder)
+            for key, default in (("subFolders", DIRECTORY), ("files", FILE), ("symbolicLinks", SYMLINK),
+                                 ("subModules", SUBMODULE)):
+                for item in doc.get(key) or []:
+                    name = str(item.get("relativePath") or "").strip("/")
+                    if not name:
+                        continue
+                    child = f"{relative}/{name}" if relative else name
+                    kind = SYMLINK if item.get("fileMode") == "SYMLINK" else default
+                    if kind == DIRECTORY:
+                        queue.append(child)
+                    handle = {FILE: f"{root}/{child}", SYMLINK: item.get("blobId"),
+                              SUBMODULE: item.get("commitId")}.get(kind)
+                    yield TreeEntry(child, kind, str(handle or ""))
+
+    def _read_entry(self, entry: TreeEntry, commit: str) -> bytes:
+        if entry.kind != SYMLINK:
+            return self.read_file(entry.key, commit)
+        # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetBlob.html (a symlink's
+        # blob holds its target; GetFile would not say which file it is)
+        doc = self._call("get_blob", f"{self._what()}: read symlink {entry.key} at commit {commit}",
+                         repositoryName=self.repo, blobId=entry.key)
+        content = doc.get("content")
+        if not isinstance(content, bytes | bytearray):
+            raise Unavailable(f"{self._what()}: GetBlob for {entry.key} returned no content; will retry")
+        return bytes(content)
+
     # ------------------------------------------------------------------ client
     def _client(self) -> Any:
         """The instance's boto3 client (created once; boto3 clients are thread-safe)."""
@@ -301,8 +357,8 @@ class CodeCommit(GitHosted):
                 f"{what}: CodeCommit at {self._endpoint()} rejected the credentials or denied access "
                 f"({code or status}); "
                 f"check the keys in the referenced Secret ({ACCESS_KEY_ID}, {SECRET_ACCESS_KEY}, {SESSION_TOKEN}) "
-                "and that their IAM policy allows codecommit:GetRepository, GetBranch, GetCommit, GetFolder "
-                "and GetFile on the repository")
+                "and that their IAM policy allows codecommit:GetRepository, GetBranch, GetCommit, GetFolder, "
+                "GetFile and (for symlinks in flow directories) GetBlob on the repository")
         if code in ("FileDoesNotExistException", "FolderDoesNotExistException"):
             return FileNotFound(missing or f"{what}: not found ({code})")
         if code in _REF_CODES:

@@ -5,7 +5,9 @@ over https or ssh and pinned to a commit.
 
 ``resolve_ref`` is one ``git ls-remote``; ``read_file`` fetches exactly the pinned commit
 (``--depth=1``) into a bare cache repository under the temp directory, once per commit, and
-reads the blob from it. Credentials never reach a command line or ``.git/config``:
+reads the blob from it; ``read_path`` reads a directory from the same fetch (``git ls-tree``
+gives git's modes: symlinks 120000, submodules 160000). Credentials never reach a command line
+or ``.git/config``:
 
 * https: ``GIT_USERNAME`` + ``GIT_PASSWORD`` (basic auth) or ``GIT_TOKEN`` (bearer), sent as an
   ``http.extraHeader`` through ``GIT_CONFIG_*`` environment variables of the git process;
@@ -26,7 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, is_commit_id
+from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path
+from flowstore.storage.git_tree import TreeEntry, kind_of_mode, read_tree
 
 CREDENTIAL_KEYS = ("GIT_USERNAME", "GIT_PASSWORD", "GIT_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS")
 #: seconds one git command may take (a fetch of one commit of a flows repository is small)
@@ -215,7 +218,31 @@ class Git(GitHosted):
         raise RefNotFound(f"{what}: no branch or tag {ref!r} in {self.url}; push it or fix spec.git.ref")
 
     def read_file(self, path: str, commit: str) -> bytes:
-        what = f"reading {path} at {commit[:12]} from {self.url}"
+        self._fetch(commit, f"reading {path} at {commit[:12]} from {self.url}")
+        done = self._local("cat-file", "blob", f"{commit}:{path}")
+        if done.returncode:
+            raise FileNotFound(f"{path} is not in {self.url} at commit {commit[:12]}; commit the file or fix "
+                               "spec.source.path")
+        return done.stdout
+
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        """As :meth:`GitHosted.read_path`; a file or a directory costs the one fetch of the commit
+        (cached), the rest is read from the cache: ``ls-tree -r -t --long`` (git's modes and
+        sizes), then ``cat-file --batch`` for the blobs."""
+        path = normalize_path(path)
+        self._fetch(commit, f"reading {path} at {commit[:12]} from {self.url}")
+        if self._local("cat-file", "-t", f"{commit}:{path}").stdout.strip() != b"tree":
+            return self.read_file(path, commit)  # a file, or FileNotFound
+        listing = self._local("ls-tree", "-r", "-t", "-z", "--long", f"{commit}:{path}")
+        if listing.returncode:
+            raise StorageError(f"listing {path} at {commit[:12]} in the cache of {self.url} failed: "
+                               f"{listing.stderr.decode(errors='replace')[:200]}")
+        with _BlobReader(self.cache_dir, _local_env()) as blobs:
+            return read_tree(path, commit, _ls_tree_entries(listing.stdout), blobs.read, keep=keep)
+
+    def _fetch(self, commit: str, what: str) -> None:
+        """Make `commit` readable from the cache: fetched once (``--depth=1``), then reused."""
         with _lock_for(self.cache_dir):
             if not (self.cache_dir / "HEAD").exists():
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -223,16 +250,59 @@ class Git(GitHosted):
                 self._git("init", "-q", "--bare", str(self.cache_dir), what=what)
             if not self._has(f"{commit}^{{commit}}"):
                 self._git("fetch", "-q", "--no-tags", "--depth=1", self.url, commit, what=what, cwd=self.cache_dir)
-        done = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.cache_dir,
-                              capture_output=True, check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                                                     "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"})
-        if done.returncode:
-            raise FileNotFound(f"{path} is not in {self.url} at commit {commit[:12]}; commit the file or fix "
-                               "spec.source.path")
-        return done.stdout
+
+    def _local(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """A git command on the cache (no network, no credentials)."""
+        return subprocess.run(["git", *args], cwd=self.cache_dir, capture_output=True, check=False, env=_local_env())
 
     def _has(self, obj: str) -> bool:
-        done = subprocess.run(["git", "cat-file", "-e", obj], cwd=self.cache_dir, capture_output=True,
-                              check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                                "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"})
-        return done.returncode == 0
+        return self._local("cat-file", "-e", obj).returncode == 0
+
+
+def _local_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"}
+
+
+def _ls_tree_entries(output: bytes) -> Iterator[TreeEntry]:
+    """``git ls-tree -z --long`` records (``<mode> <type> <id> <size>\t<path>``) as entries."""
+    for record in output.split(b"\0"):
+        if record:
+            meta, _, path = record.partition(b"\t")
+            mode, _, object_id, size = meta.decode().split()
+            yield TreeEntry(path.decode("utf-8", "surrogateescape"), kind_of_mode(mode), object_id,
+                            int(size) if size.isdigit() else None)
+
+
+class _BlobReader:
+    """Blobs of the cache by id, through one ``git cat-file --batch`` process."""
+
+    def __init__(self, cache_dir: Path, env: dict[str, str]) -> None:
+        self._process = subprocess.Popen(["git", "cat-file", "--batch"], cwd=cache_dir, env=env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> _BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = self._process
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+    def read(self, entry: TreeEntry) -> bytes:
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(entry.key.encode() + b"\n")
+        stdin.flush()
+        header = stdout.readline().split()  # <id> blob <size>, or <id> missing
+        if len(header) != 3 or header[1] != b"blob":
+            raise StorageError(f"the git cache has no blob {entry.key} for {entry.path}")
+        data = stdout.read(int(header[2]))
+        stdout.read(1)  # the newline after the content
+        return data

@@ -6,10 +6,13 @@ returns the file's path, ``build`` uploads nothing. Unlike the seed, reads are *
 controller resolves ``ref`` (a branch, tag or commit) to a commit once, records it, and agents
 read the file at that commit, so the flow an agent runs is the flow that was checked.
 
-A provider implements three primitives on top of its API:
+A provider implements these primitives on top of its API:
 
 * :meth:`GitHosted.resolve_ref`  ``ref`` -> full commit id;
 * :meth:`GitHosted.read_file`    the bytes of ``path`` at a commit;
+* :meth:`GitHosted.read_path`    the same for a file, or every file under ``path`` when it is a
+  directory (bounded by :data:`MAX_DIRECTORY_FILES` and :data:`MAX_DIRECTORY_BYTES`; the
+  listing, symlink and submodule rules are written once in :mod:`flowstore.storage.git_tree`);
 * :meth:`GitHosted.web_url`      a URL a person can open for ``path`` at a commit;
 
 plus ``from_config`` / ``_serialize_config``. Everything else (the seed's interface, pinning,
@@ -22,12 +25,18 @@ Locations are repository paths without a leading slash (``flows/etl.py``); the s
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from flowstore.artifacts import envelope
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
 from flowstore.storage.errors import FileNotFound, InvalidConfig, NotFound, RateLimited, Rejected, StorageError
+
+#: the most files a directory named by ``spec.source.path`` may hold (a symlink counts as a file);
+#: a directory with more is refused as soon as the listing passes it, before any file is read
+MAX_DIRECTORY_FILES = 1000
+#: the most bytes the files of such a directory may hold together (32 MiB)
+MAX_DIRECTORY_BYTES = 32 * 1024 * 1024
 
 
 def is_commit_id(ref: str) -> bool:
@@ -76,6 +85,24 @@ class GitHosted(Storage):
     def read_file(self, path: str, commit: str) -> bytes:
         """The bytes of `path` at `commit`. Raises FileNotFound when the commit has no such
         file, or another StorageError."""
+
+    @abc.abstractmethod
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        """`path` (normalised as :func:`normalize_path` does: a leading or trailing ``/`` is fine)
+        at `commit`: a file's bytes (at the cost of one :meth:`read_file`), or, when `path` is a
+        directory, every file under it (recursively) as {path relative to `path` (POSIX, no
+        leading "./"): bytes}, sorted by path.
+
+        `keep`, when given, is asked for each file's relative path; files it refuses are neither
+        counted against the bounds nor read (the caller's ignore rules).
+
+        Inside a directory, a symlink to a file inside it is returned as that file's bytes under
+        the link's path; a symlink pointing outside it, at a directory, at nothing, or an absolute
+        one, and any submodule, raise InvalidConfig naming them. More than
+        :data:`MAX_DIRECTORY_FILES` files or :data:`MAX_DIRECTORY_BYTES` bytes raise InvalidConfig
+        as soon as the listing (or the reading) passes the bound. Raises FileNotFound when nothing
+        is at `path`, or another StorageError."""
 
     @abc.abstractmethod
     def web_url(self, path: str, commit: str) -> str:

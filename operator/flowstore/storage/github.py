@@ -1,7 +1,7 @@
 """The seed's ``GitHub`` storage: flows kept as ``.py`` files in a GitHub (or GitHub
 Enterprise Server) repository, read through the REST API at a pinned commit.
 
-Three REST calls, all ``GET`` (https://docs.github.com/en/rest):
+REST calls, all ``GET`` (https://docs.github.com/en/rest):
 
 * ``/repos/{owner}/{repo}/commits/{ref}`` with ``Accept: application/vnd.github.sha``: the
   commit a branch, tag or sha names (https://docs.github.com/en/rest/commits/commits#get-a-commit);
@@ -9,7 +9,15 @@ Three REST calls, all ``GET`` (https://docs.github.com/en/rest):
   (https://docs.github.com/en/rest/repos/repos#get-a-repository);
 * ``/repos/{owner}/{repo}/contents/{path}?ref={commit}`` with
   ``Accept: application/vnd.github.raw+json``: the file's bytes, up to 100 MB
-  (https://docs.github.com/en/rest/repos/contents#get-repository-content).
+  (https://docs.github.com/en/rest/repos/contents#get-repository-content); a directory answers
+  its listing instead, so a file costs this one request whether read as a file or a path;
+* for a directory only (:meth:`GitHub.read_path`): ``/repos/{owner}/{repo}/git/commits/{commit}``
+  (its root tree, https://docs.github.com/en/rest/git/commits#get-a-commit-object), then
+  ``/repos/{owner}/{repo}/git/trees/{sha}`` for each segment of the path and once with
+  ``recursive=1`` for the directory itself (entries with git's modes: symlinks 120000,
+  submodules 160000; https://docs.github.com/en/rest/git/trees#get-a-tree), then
+  ``/repos/{owner}/{repo}/git/blobs/{sha}`` per file and per symlink, raw
+  (https://docs.github.com/en/rest/git/blobs#get-a-blob).
 
 The token (``Authorization: Bearer``) comes from the referenced Secret's ``GITHUB_ACCESS_TOKEN``
 key (the seed's secret name) or, when no Secret is given (an agent loading ``status.storage``),
@@ -24,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import requests
@@ -49,6 +57,7 @@ from flowstore.storage.errors import (
     Unavailable,
 )
 from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path, raise_for_http
+from flowstore.storage.git_tree import TreeEntry, kind_of_mode, read_tree
 
 #: the Secret key and environment variable holding the token (the seed's secret name)
 CREDENTIALS_KEY = "GITHUB_ACCESS_TOKEN"
@@ -207,8 +216,27 @@ class GitHub(GitHosted):
 
     def read_file(self, path: str, commit: str) -> bytes:
         path = normalize_path(path)
+        response = self._contents(path, commit)
+        if _is_directory_listing(response):
+            raise FileNotFound(
+                f"{path} is a directory in GitHub repository {self.repo} at {commit}, not a "
+                "file: point the flow's path at the .py file"
+            )
+        return response.content
+
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        path = normalize_path(path)
+        response = self._contents(path, commit)  # a file: this one request, as read_file
+        if not _is_directory_listing(response):
+            return response.content
+        return read_tree(path, commit, self._tree_entries(path, commit), self._blob, keep=keep)
+
+    def _contents(self, path: str, commit: str) -> requests.Response:
+        """The contents API's answer for `path` at `commit`: a file's bytes, or a directory's
+        listing (JSON array). Raises FileNotFound (RepositoryNotFound when the repository went)."""
         # https://docs.github.com/en/rest/repos/contents#get-repository-content (the raw media
-        # type answers the bytes, for files up to 100 MB)
+        # type answers the bytes, for files up to 100 MB; a directory answers its listing)
         what = f"reading {path} at {commit} from GitHub repository {self.repo}"
         response = self._get(
             f"/contents/{quote_path(path)}", what, params={"ref": commit}, accept="application/vnd.github.raw+json"
@@ -220,12 +248,60 @@ class GitHub(GitHosted):
                 "file there, or fix the flow's path"
             )
         self._raise(response, what, not_found=FileNotFound)
-        if response.headers.get("Content-Type", "").startswith("application/json") and response.content[:1] == b"[":
-            raise FileNotFound(
-                f"{path} is a directory in GitHub repository {self.repo} at {commit}, not a "
-                "file: point the flow's path at the .py file"
+        return response
+
+    def _tree_entries(self, path: str, commit: str) -> Iterator[TreeEntry]:
+        """Everything under the directory `path` at `commit`, with git's modes: the commit's root
+        tree, one tree per segment of `path` down to the directory, then its recursive tree.
+        (The contents API's listing has no modes and calls submodules "file"; a recursive tree
+        of the whole commit would be truncated for big repositories.)"""
+        what = f"listing {path} at {commit} in GitHub repository {self.repo}"
+        # https://docs.github.com/en/rest/git/commits#get-a-commit-object (its `tree.sha`)
+        tree = self._json(f"/git/commits/{quote(commit)}", what).get("tree")
+        sha = tree.get("sha") if isinstance(tree, dict) else None
+        for segment in path.split("/"):
+            if not isinstance(sha, str):
+                raise Unavailable(f"{what}: the API answered without a tree id; will retry")
+            # https://docs.github.com/en/rest/git/trees#get-a-tree (by the tree's SHA1)
+            entries = self._json(f"/git/trees/{quote(sha)}", what).get("tree") or []
+            sha = next((e.get("sha") for e in entries if isinstance(e, dict) and e.get("path") == segment
+                        and e.get("type") == "tree"), None)
+            if sha is None:
+                raise FileNotFound(f"{path} is no directory of GitHub repository {self.repo} at {commit}")
+        if not isinstance(sha, str):
+            raise Unavailable(f"{what}: the API answered without a tree id; will retry")
+        # recursive: "any value" returns the subtrees too; `truncated` past 100,000 entries / 7 MB
+        doc = self._json(f"/git/trees/{quote(sha)}", what, params={"recursive": "1"})
+        if doc.get("truncated"):
+            raise InvalidConfig(
+                f"{path} at {commit} in GitHub repository {self.repo} holds more entries than GitHub lists in one "
+                "tree (100,000), far more than flowstore reads from a directory: point spec.source.path at a "
+                "smaller directory"
             )
+        for entry in doc.get("tree") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                size = entry.get("size")
+                yield TreeEntry(entry["path"], kind_of_mode(str(entry.get("mode", ""))), str(entry.get("sha", "")),
+                                size if isinstance(size, int) else None)
+
+    def _blob(self, entry: TreeEntry) -> bytes:
+        # https://docs.github.com/en/rest/git/blobs#get-a-blob (the raw media type answers the
+        # bytes, up to 100 MB)
+        what = f"reading blob {entry.key} ({entry.path}) from GitHub repository {self.repo}"
+        response = self._get(f"/git/blobs/{quote(entry.key)}", what, accept="application/vnd.github.raw+json")
+        self._raise(response, what, not_found=FileNotFound)
         return response.content
+
+    def _json(self, suffix: str, what: str, *, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        response = self._get(suffix, what, accept="application/vnd.github+json", params=params)
+        self._raise(response, what, not_found=FileNotFound)
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise Unavailable(f"{what}: the API answered something other than a JSON object; will retry")
+        return doc
 
     # ------------------------------------------------------------------ HTTP
     def _session(self) -> requests.Session:
@@ -257,6 +333,11 @@ class GitHub(GitHosted):
 
 
 # ---------------------------------------------------------------------- helpers
+def _is_directory_listing(response: requests.Response) -> bool:
+    """The contents API answers a directory with a JSON array, whatever the media type asked."""
+    return response.headers.get("Content-Type", "").startswith("application/json") and response.content[:1] == b"["
+
+
 def api_base_for_host(host: str | None) -> str:
     """The REST API base for a GitHub host: api.github.com for github.com (or no host), else
     the Enterprise Server's ``https://HOST/api/v3``."""

@@ -1,7 +1,7 @@
 """The seed's ``GitLab`` storage: flows kept as ``.py`` files in a GitLab project (gitlab.com or
 self-managed), read through the REST API v4 at a pinned commit.
 
-Three REST calls, all ``GET``; ``:id`` is the numeric project id or the URL-encoded
+REST calls, all ``GET``; ``:id`` is the numeric project id or the URL-encoded
 ``namespace/project`` path (``group%2Fflows``):
 
 * ``/projects/:id``: the default branch, and whether the project is visible at all
@@ -9,7 +9,12 @@ Three REST calls, all ``GET``; ``:id`` is the numeric project id or the URL-enco
 * ``/projects/:id/repository/commits/:sha``: the commit a branch, tag or sha names
   (https://docs.gitlab.com/ee/api/commits.html#get-a-single-commit);
 * ``/projects/:id/repository/files/:file_path/raw?ref=``: the file's bytes, its path
-  URL-encoded as one segment (https://docs.gitlab.com/ee/api/repository_files.html#get-raw-file-from-repository).
+  URL-encoded as one segment (https://docs.gitlab.com/ee/api/repository_files.html#get-raw-file-from-repository);
+  it answers 404 for a directory, so a file costs this one request whether read as a file or a path;
+* for a directory only (:meth:`GitLab.read_path`): ``/projects/:id/repository/tree?path=&ref=&recursive=true``,
+  page by page (entries with git's modes; https://docs.gitlab.com/ee/api/repositories.html#list-repository-tree),
+  then ``/projects/:id/repository/blobs/:sha/raw`` per file and per symlink
+  (https://docs.gitlab.com/ee/api/repositories.html#raw-blob-content).
 
 The token (``PRIVATE-TOKEN``) comes from the referenced Secret's ``GITLAB_ACCESS_TOKEN`` key or,
 when no Secret is given (an agent loading ``status.storage``), from the ``GITLAB_ACCESS_TOKEN``
@@ -23,8 +28,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import requests
 
@@ -48,10 +53,13 @@ from flowstore.storage.errors import (
     Unavailable,
 )
 from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path, raise_for_http
+from flowstore.storage.git_tree import TreeEntry, kind_of_mode, read_tree, relative_path
 
 #: the Secret key and environment variable holding the token
 CREDENTIALS_KEY = "GITLAB_ACCESS_TOKEN"
 DEFAULT_HOST = "gitlab.com"
+#: entries asked for per page of a tree listing (the API's maximum `per_page`)
+TREE_PAGE_SIZE = 100
 
 _SEGMENT = r"[A-Za-z0-9_.+-]+"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(/{_SEGMENT})+")
@@ -230,16 +238,72 @@ class GitLab(GitHosted):
 
     def read_file(self, path: str, commit: str) -> bytes:
         path = normalize_path(path)
+        response = self._raw_file(path, commit)
+        if response is None:
+            self._missing(path, commit)
+        return response.content
+
+    def read_path(self, path: str, commit: str, *,
+                  keep: Callable[[str], bool] | None = None) -> bytes | dict[str, bytes]:
+        path = normalize_path(path)
+        response = self._raw_file(path, commit)  # a file: this one request, as read_file
+        if response is not None:
+            return response.content
+        return read_tree(path, commit, self._tree_entries(path, commit), self._blob, keep=keep)
+
+    def _raw_file(self, path: str, commit: str) -> requests.Response | None:
+        """The raw file API's answer for `path` at `commit`, or None when it has no such file
+        (404: nothing there, or a directory)."""
         # https://docs.gitlab.com/ee/api/repository_files.html#get-raw-file-from-repository (the
         # whole path is one segment: flows%2Fetl.py)
         what = f"reading {path} at {commit} from GitLab project {self.repo}"
         response = self._get(f"/repository/files/{quote(path)}/raw", what, params={"ref": commit})
         if response.status_code == 404:
-            self.project()  # the project itself may have gone
-            raise FileNotFound(
-                f"{path} not found in GitLab project {self.repo} at {commit}: commit the file "
-                "there, or fix the flow's path"
-            )
+            return None
+        self._raise(response, what, not_found=FileNotFound)
+        return response
+
+    def _missing(self, path: str, commit: str) -> NoReturn:
+        self.project()  # the project itself may have gone
+        raise FileNotFound(
+            f"{path} not found in GitLab project {self.repo} at {commit}: commit the file "
+            "there, or fix the flow's path"
+        )
+
+    def _tree_entries(self, path: str, commit: str) -> Iterator[TreeEntry]:
+        """Everything under the directory `path` at `commit`, with git's modes, a page at a
+        time (the next page is asked for only when the previous one is used up)."""
+        # https://docs.gitlab.com/ee/api/repositories.html#list-repository-tree (recursive; entries
+        # carry `mode`, 120000 for symlinks, 160000 for submodules; offset pagination: `page` and
+        # `per_page` up to 100, the next page in X-Next-Page, empty on the last,
+        # https://docs.gitlab.com/ee/api/rest/#pagination). A path that is no directory answers
+        # 404 "Tree Not Found" (older versions: an empty list).
+        what = f"listing {path} at {commit} in GitLab project {self.repo}"
+        page = "1"
+        while page:
+            params = {"path": path, "ref": commit, "recursive": "true", "per_page": str(TREE_PAGE_SIZE), "page": page}
+            response = self._get("/repository/tree", what, params=params)
+            if response.status_code == 404 and page == "1":
+                self._missing(path, commit)
+            self._raise(response, what, not_found=FileNotFound)
+            try:
+                entries = response.json()
+            except ValueError:
+                entries = None
+            if not isinstance(entries, list):
+                raise Unavailable(f"{what}: the API answered something other than a tree listing; will retry")
+            if not entries and page == "1":
+                self._missing(path, commit)
+            for entry in entries:
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    yield TreeEntry(relative_path(path, entry["path"]), kind_of_mode(str(entry.get("mode", ""))),
+                                    str(entry.get("id", "")))
+            page = response.headers.get("X-Next-Page", "").strip()
+
+    def _blob(self, entry: TreeEntry) -> bytes:
+        # https://docs.gitlab.com/ee/api/repositories.html#raw-blob-content
+        what = f"reading blob {entry.key} ({entry.path}) from GitLab project {self.repo}"
+        response = self._get(f"/repository/blobs/{quote(entry.key)}/raw", what)
         self._raise(response, what, not_found=FileNotFound)
         return response.content
 
