@@ -15,7 +15,7 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_seri
 from flowstore.storage.bitbucket import Bitbucket
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
-from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.bitbucket_api import BitbucketCloudAPI, BitbucketServerAPI
 from tests.helpers.gitrepo import LocalGitRepo, Symlink
 
@@ -80,7 +80,7 @@ def server_storage(fake: BitbucketServerAPI, repo: str, **kwargs: Any) -> Bitbuc
 
 
 # ---------------------------------------------------------------------- conformance
-class TestBitbucketCloudConformance(GitHostedConformance):
+class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "bitbucket-flow-storage"
 
     @pytest.fixture
@@ -115,7 +115,6 @@ class TestBitbucketCloudConformance(GitHostedConformance):
 
 class TestBitbucketServerConformance(GitHostedConformance):
     default_label_prefix = "bitbucket-flow-storage"
-    detects_symlinks = False  # browse lists symlinks as FILE: see test_server_symlinks_are_read_as_files
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:

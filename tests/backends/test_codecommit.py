@@ -14,7 +14,7 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_seri
 from flowstore.storage.codecommit import CodeCommit
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
-from tests.backends.git_conformance import GitFactory, GitHostedConformance, flow_script
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.codecommit_api import CodeCommitAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
@@ -58,7 +58,7 @@ def auth_header(fake: CodeCommitAPI) -> str:
     return fake.log[-1].headers["authorization"]
 
 
-class TestCodeCommitConformance(GitHostedConformance):
+class TestCodeCommitConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "codecommit-flow-storage"
 
     @pytest.fixture

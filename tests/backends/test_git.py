@@ -13,10 +13,9 @@ import pytest
 from flowstore.storage import AuthFailed, InvalidConfig, Unavailable, from_serialized
 from flowstore.storage.errors import FileNotFound, RefNotFound
 from flowstore.storage.git import Git
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.helpers.git_server import GitServer
 from tests.helpers.gitrepo import LocalGitRepo
-
-from .git_conformance import GitFactory, GitHostedConformance, flow_script
 
 USER, PASSWORD = "flows", "canary-git-password-3b1f-do-not-leak"
 CREDENTIALS = {"GIT_USERNAME": USER, "GIT_PASSWORD": PASSWORD}
@@ -38,7 +37,7 @@ def config(server: GitServer, repo: LocalGitRepo, **extra: Any) -> dict[str, Any
     return {"url": f"{server.url}/{repo.name}.git", **extra}
 
 
-class TestGitConformance(GitHostedConformance):
+class TestGitConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "git-flow-storage"
     file_read_requests = None  # a fetch of the commit: what the git client asks, once per commit
     content_requests_per_file = 0  # a directory is read from that fetch

@@ -17,10 +17,9 @@ import requests
 from flowstore.storage import AuthFailed, InvalidConfig, StorageError, Unavailable, from_serialized
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.github import GitHub
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.github_api import GitHubAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
-
-from .git_conformance import GitFactory, GitHostedConformance, flow_script
 
 TOKEN = "ghp_canaryGitHubToken7f3a9c1eDoNotLeak0001"
 REPO = "acme/flows"
@@ -54,7 +53,7 @@ def assert_no_token(*things: Any) -> None:
         assert TOKEN not in (thing if isinstance(thing, str) else json.dumps(thing, default=str))
 
 
-class TestGitHubConformance(GitHostedConformance):
+class TestGitHubConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "github"
 
     @pytest.fixture

@@ -17,10 +17,9 @@ from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_seri
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import raise_for_http
 from flowstore.storage.gitlab import GitLab
+from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.gitlab_api import GitLabAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
-
-from .git_conformance import GitFactory, GitHostedConformance, flow_script
 
 TOKEN = "glpat-canaryGitLabToken7f3a9c1eDoNotLeak"
 PROJECT = "acme/data/flows"  # a subgroup: two slashes to encode
@@ -54,7 +53,7 @@ def assert_no_token(*things: Any) -> None:
         assert TOKEN not in (thing if isinstance(thing, str) else json.dumps(thing, default=str))
 
 
-class TestGitLabConformance(GitHostedConformance):
+class TestGitLabConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "gitlab"
 
     @pytest.fixture
