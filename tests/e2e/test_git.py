@@ -247,3 +247,47 @@ def test_git_server_outage_retries_then_pins_each_flow_once(
     pinned = events(namespace, "Pinned")
     for n in names:
         assert sum(f"flow {n!r}" in m for m in pinned) == 1, f"{n} pinned more or less than once: {pinned}"
+
+
+def test_a_directory_is_a_flow_of_several_files_pinned_and_remade_by_agents(
+        operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo, url: str,
+        agent_env: None, tmp_path: Path) -> None:
+    """spec.source.path names a directory: its files at the pinned commit (the example's sales
+    report: the flow, a helper module, a SQL file), less what .flowstoreignore and
+    spec.source.ignore leave out, are one bundle; an agent reads the same commit and makes the
+    same bundle (the digest in status) without the operator."""
+    from tests.helpers.localcloud import ROOT
+
+    sales = ROOT / "examples" / "multifile" / "flows" / "sales"
+    files = {f"flows/sales/{p.relative_to(sales)}": p.read_bytes() for p in sales.rglob("*") if p.is_file()}
+    first = repo.commit({**files, "flows/sales/.flowstoreignore": b"*.ipynb\n",
+                         "flows/sales/scratch.ipynb": b"{}", "flows/sales/tests/test_report.py": b"assert 0\n",
+                         "flows/etl.py": flow_script("etl daily", 1)})
+    flow = stored_flow(namespace, "sales", "sales report", "flows/sales/")
+    flow["spec"].update(entrypoint="sales_report.py:flow", source={"path": "flows/sales", "ignore": ["tests/"]})
+    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+                    git_storage(namespace, url, ref="main"), flow))
+    status = wait_ready(namespace, "sales", timeout=60)["status"]
+    artifact = status["artifact"]
+    assert (artifact["format"], artifact["fileCount"], artifact["entrypoint"]) == \
+        ("bundle", 3, "sales_report.py:flow")
+    assert status["git"]["commit"] == first and status["location"] == "flows/sales"
+    os.environ["FLOWSTORE_CACHE_DIR"] = str(tmp_path / "cache")
+    try:
+        data = client.load_artifact("sales", namespace).data  # remade by the agent, digest-verified
+        assert client.load_flow("sales", namespace).run() == ["east: 45", "north: 150", "south: 80"]
+    finally:
+        del os.environ["FLOWSTORE_CACHE_DIR"]
+    from flowstore.artifacts import bundle
+
+    assert sorted(bundle.unpack(data).files) == ["helpers.py", "queries/daily_sales.sql", "sales_report.py"]
+
+    # a commit elsewhere leaves the flow alone; one to its helper moves it
+    repo.commit({"flows/etl.py": flow_script("etl daily", 2)})
+    time.sleep(3)
+    assert get("storedflow", namespace, "sales")["status"]["artifact"]["digest"] == artifact["digest"]
+    helper = files["flows/sales/helpers.py"].replace(b'("east", 45)', b'("east", 46)')
+    third = repo.commit({"flows/sales/helpers.py": helper})
+    moved = wait_for("storedflow", namespace, "sales", lambda o: o["status"].get("git", {}).get("commit") == third,
+                     timeout=30, what="to move to the commit that changed its helper")["status"]
+    assert moved["artifact"]["digest"] != artifact["digest"] and moved["artifact"]["fileCount"] == 3

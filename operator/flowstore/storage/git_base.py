@@ -25,11 +25,11 @@ Locations are repository paths without a leading slash (``flows/etl.py``); the s
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from flowstore.artifacts import envelope
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex, verify_digest
+from flowstore.artifacts import bundle, flowfiles, loading
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, artifact_format, sha256_hex, verify_digest
 from flowstore.storage.errors import FileNotFound, InvalidConfig, NotFound, RateLimited, Rejected, StorageError
 
 #: the most files a directory named by ``spec.source.path`` may hold (a symlink counts as a file);
@@ -74,6 +74,10 @@ class GitHosted(Storage):
         #: the commit ``ref`` was resolved to by the controller (status ``git.commit``); reads use
         #: it when set
         self.commit: str | None = None
+        #: a flow that is a directory (read_path gives its files): the entrypoint and the ignore
+        #: rules its bundle was made with, so an agent makes the same bundle from the pinned commit
+        self.bundle_entrypoint: str | None = None
+        self.bundle_ignore: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ provider primitives
     @abc.abstractmethod
@@ -119,6 +123,7 @@ class GitHosted(Storage):
             self.commit = str(config.get(self.ref_key) or "") or None
             requested = config.get("requestedRef")
             self.ref = str(requested) if requested else None
+        self.restore_state(config)
         return self
 
     # ------------------------------------------------------------------ pinning
@@ -139,9 +144,16 @@ class GitHosted(Storage):
         serialized storage (``ref``/``commit`` then names the commit, never a moving branch)."""
         return {self.ref_key: commit, "requestedRef": self.ref}
 
+    def bundle_state(self, entrypoint: str, ignore: Iterable[str]) -> dict[str, Any]:
+        """What an agent needs on top of the pinned state to make a directory's bundle again."""
+        return {"bundleEntrypoint": entrypoint, "bundleIgnore": list(ignore)}
+
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
-        if state and state.get(self.ref_key):
+        if state and state.get(self.ref_key) and "requestedRef" in state:
             self.commit = str(state[self.ref_key])
+        if state and state.get("bundleEntrypoint"):
+            self.bundle_entrypoint = str(state["bundleEntrypoint"])
+            self.bundle_ignore = tuple(str(p) for p in state.get("bundleIgnore") or ())
 
     # ------------------------------------------------------------------ Storage primitives
     def location_for(self, flow_name: str, key: str | None = None) -> str:
@@ -158,7 +170,22 @@ class GitHosted(Storage):
             "flowstore pins the commit that holds it")
 
     def get_bytes(self, location: str) -> bytes:
-        return self.read_file(normalize_path(location), self.reading_ref())
+        return self.read_flow(normalize_path(location), self.reading_ref())
+
+    def read_flow(self, path: str, commit: str, state: Mapping[str, Any] | None = None) -> bytes:
+        """The flow at `path` at `commit` as stored: a file's bytes, or a directory's bundle made
+        with the recorded entrypoint and ignore rules (the same bytes the operator recorded):
+        those of `state` (an artifact's storage state) when given, else this storage's."""
+        entrypoint = str(state["bundleEntrypoint"]) if state and state.get("bundleEntrypoint") else \
+            self.bundle_entrypoint
+        ignore = tuple(state.get("bundleIgnore") or ()) if state else self.bundle_ignore
+        found = self.read_path(path, commit, keep=flowfiles.keeper(ignore))
+        if isinstance(found, bytes):
+            return found
+        if not entrypoint:
+            raise InvalidConfig(f"{path} is a directory at commit {commit[:12]}, and no entrypoint was recorded for "
+                                "it; load it through its StoredFlow's status (flowstore.client)")
+        return flowfiles.pack(found, bundle.Entrypoint.parse(entrypoint), ignore)
 
     def stat(self, location: str) -> ObjectInfo | None:
         try:
@@ -209,11 +236,12 @@ class GitHosted(Storage):
         if self.flows and location not in {normalize_path(v) for v in self.flows.values()}:
             raise ValueError(f"Flow is not contained in this Storage: {location}")
         commit = self.resolve_ref(ref) if ref else self.reading_ref()
-        data = self.read_file(location, commit)
+        data = self.read_flow(location, commit)
         verify_digest(data, sha256, what=self.web_url(location, commit))
         if flow_name is None and len(self.flows) == 1:
             flow_name = next(iter(self.flows))
-        return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
+        return loading.load(data, artifact_format(data, stored_as_script=True), flow_name=flow_name,
+                            object_name=object_name)
 
     def serialize(self) -> dict[str, Any]:
         doc = super().serialize()

@@ -8,17 +8,13 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-import pathspec
-
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError
-from flowstore.artifacts import bundle
+from flowstore.artifacts import bundle, flowfiles
 from flowstore.controller.failures import ReconcileError
 from flowstore.controller.reconcile.context import FlowContext
 from flowstore.controller.reconcile.ports import Ports
 
-#: the ignore file a flow of several files may carry (gitignore syntax); never part of the bundle
-IGNORE_FILE = ".flowstoreignore"
 #: the file name of an inline source (agents that need a file, e.g. Prefect 3, write it so)
 INLINE_FILE_NAME = "flow.py"
 
@@ -72,22 +68,11 @@ def pack_files(files: Mapping[str, bytes], spec: FlowSpec, *, where: str) -> tup
     """The bundle of a flow's files: ignore rules applied (the files' own .flowstoreignore and
     spec.source.ignore), the entrypoint decided. Returns (bundle bytes, entrypoint, file count).
     Raises SpecError saying what to change."""
-    files = dict(files)
-    patterns = list(spec.source.ignore)
-    own = files.pop(IGNORE_FILE, None)
-    if own is not None:
-        patterns = own.decode("utf-8", "replace").splitlines() + patterns
-    if patterns:
-        try:
-            ignored = set(pathspec.GitIgnoreSpec.from_lines(patterns).match_files(files))
-        except ValueError as exc:
-            raise SpecError(f"an ignore pattern of the flow (spec.source.ignore or {IGNORE_FILE}) is not valid: "
-                            f"{exc}") from None
-        files = {path: data for path, data in files.items() if path not in ignored}
     try:
-        entrypoint = choose_entrypoint(files, spec, where=where)
-        return bundle.pack(files, entrypoint), entrypoint, len(files)
-    except bundle.BundleError as exc:
+        kept = flowfiles.select(files, spec.source.ignore)
+        entrypoint = choose_entrypoint(kept, spec, where=where)
+        return bundle.pack(kept, entrypoint), entrypoint, len(kept)
+    except (bundle.BundleError, flowfiles.IgnoreError) as exc:
         raise SpecError(f"the flow's files in {where} cannot be stored: {exc}") from None
 
 

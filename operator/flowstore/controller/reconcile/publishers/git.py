@@ -10,12 +10,14 @@ from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
-from flowstore.controller.reconcile.building import build_request
+from flowstore.artifacts import flowfiles
+from flowstore.controller.reconcile.building import build_request, check_bundle
 from flowstore.controller.reconcile.context import FlowContext, GitSource, ready
 from flowstore.controller.reconcile.outcomes import requested_at
 from flowstore.controller.reconcile.planning import plan
 from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Publisher
+from flowstore.controller.reconcile.sources import pack_files
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage
 from flowstore.storage.git_base import GitHosted, normalize_path
@@ -49,17 +51,23 @@ class GitPinPublisher(Publisher):
         source = GitSource(repo=repo, path=path, commit=commit, status={
             "repo": repo.repo_name(), "path": path, "ref": repo.ref or "(default branch)", "commit": commit,
             "url": repo.web_url(path, commit)})
-        ctx.file_name = posixpath.basename(path)
+        ctx.git = source
         if pinned.get("commit") == commit and pinned.get("path") == path and recorded and recorded.source_digest:
             source.recorded_digest = recorded.source_digest
+            if recorded.format == "bundle":  # a directory, not read again: what it was recorded as
+                ctx.bundle, ctx.entrypoint, ctx.file_count = True, recorded.entrypoint, recorded.file_count or 0
+            else:
+                ctx.file_name = posixpath.basename(path)
         else:
-            ctx.set_script(repo.read_file(path, commit), ctx.file_name)
-        ctx.git = source
+            read_flow(ctx, repo, path, commit)
 
     def extra_inputs(self, ctx: FlowContext) -> dict[str, Any]:
-        # the file (not the commit: a commit that leaves the file alone changes nothing)
+        # the file (not the commit: a commit that leaves the file alone changes nothing); for a
+        # directory also how its bundle is made (a change to them makes it again)
         assert ctx.git is not None
-        return {"path": ctx.git.path, "checkFlow": ctx.storage_spec.config.get("checkFlow", True)}
+        return {"path": ctx.git.path, "checkFlow": ctx.storage_spec.config.get("checkFlow", True),
+                **({"entrypoint": ctx.spec.entrypoint} if ctx.spec.entrypoint else {}),
+                **({"ignore": list(ctx.spec.source.ignore)} if ctx.spec.source.ignore else {})}
 
     def verify(self, ctx: FlowContext, ports: Ports, location: str) -> tuple[str | None, Storage | None]:
         """A commit's content never changes, and resolving the ref (step 2) already showed the
@@ -73,7 +81,7 @@ class GitPinPublisher(Publisher):
             return None, None
         repo = _git(open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec))
         try:
-            data = repo.read_file(normalize_path(location), pinned)
+            data = repo.read_flow(normalize_path(location), pinned, artifact.storage_state)
         except NotFound:
             return MISSING, repo
         return (None if sha256_of(data) == artifact.digest and len(data) == artifact.size else CHANGED), repo
@@ -83,10 +91,13 @@ class GitPinPublisher(Publisher):
         assert git is not None  # resolve_source
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         if git.recorded_digest is not None:  # something besides the file changed: read it now
-            ctx.set_script(git.repo.read_file(git.path, git.commit), posixpath.basename(git.path))
+            read_flow(ctx, git.repo, git.path, git.commit)
             git.recorded_digest = None
             plan(ctx)
-        ports.check_script(ctx.source)
+        if ctx.bundle:
+            check_bundle(ctx.source, ports)
+        else:
+            ports.check_script(ctx.source)
         check_flow = bool(ctx.storage_spec.config.get("checkFlow", True))
         if check_flow:
             # the flow object must exist: the same builder as pickle builds (the sandbox, or a
@@ -97,8 +108,11 @@ class GitPinPublisher(Publisher):
                 return ctx.pending(checked)
         data = ctx.source
         digest = sha256_of(data)
+        state = git.repo.pinned_state(git.commit)
+        if ctx.bundle and ctx.entrypoint:
+            state.update(git.repo.bundle_state(ctx.entrypoint, ctx.spec.source.ignore))
         artifact = ctx.artifact(url=git.status["url"], digest=digest, size=len(data), source_digest=digest,
-                                storage_state=git.repo.pinned_state(git.commit))
+                                storage_state=state)
         previous = (ctx.status.get("git") or {}).get("commit")
         ctx.status.pop("driftDetected", None)
         verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous[:12]} to" \
@@ -114,3 +128,13 @@ class GitPinPublisher(Publisher):
 def _git(storage: Storage) -> GitHosted:
     """The git-hosted storage behind `storage` (the operator's ports hand out a counting proxy)."""
     return storage  # type: ignore[return-value]
+
+
+def read_flow(ctx: FlowContext, repo: GitHosted, path: str, commit: str) -> None:
+    """The flow at `path` at `commit` into ``ctx``: a file is the script; a directory's files
+    (spec.source.ignore left out while reading) are packed into a bundle."""
+    found = repo.read_path(path, commit, keep=flowfiles.keeper(ctx.spec.source.ignore))
+    if isinstance(found, bytes):
+        ctx.set_script(found, posixpath.basename(path))
+        return
+    ctx.set_bundle(*pack_files(found, ctx.spec, where=f"{path} at commit {commit[:12]}"))
