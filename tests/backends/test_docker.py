@@ -194,7 +194,7 @@ def test_manifest_layers_env_and_labels(built: Built, registry: Registry) -> Non
 
 def test_read_flow_and_get_flow_without_the_daemon(built: Built, docker_env: dict[str, str]) -> None:
     # a fresh storage as an agent rebuilds it: serialized config + StoredFlow state, a daemon that is gone
-    doc = built.storage.serialize()
+    doc = built.storage.to_status()
     assert docker_env["password"] not in json.dumps(doc)
     assert doc["imageDigest"] == built.image.digest and doc["registryURL"] == docker_env["registry"]
     secret = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {"auth": base64.b64encode(
@@ -421,7 +421,7 @@ def test_daemon_over_tls_with_a_client_certificate(docker_env: dict[str, str], t
         creds = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {
             "username": docker_env["username"], "password": docker_env["password"]}}})}
         storage = Docker.from_config(config, credentials=creds)
-        assert client.key not in repr(storage) and client.key not in json.dumps(storage.serialize())
+        assert client.key not in repr(storage) and client.key not in json.dumps(storage.to_status())
         image = storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "over tls"))])
         assert "1 flows load" in image.log_tail and proxy.accepted > 0
         assert storage.get_flow(storage.location_for("f")).run() == "over tls"
@@ -538,7 +538,7 @@ def test_wrong_registry_password(docker_env: dict[str, str]) -> None:
         storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "x"))])
     message = info.value.message
     assert docker_env["registry"] in message and "Secret" in message
-    assert wrong not in message and wrong not in repr(storage) and wrong not in json.dumps(storage.serialize())
+    assert wrong not in message and wrong not in repr(storage) and wrong not in json.dumps(storage.to_status())
 
 
 def test_daemon_unreachable(docker_env: dict[str, str]) -> None:
@@ -636,7 +636,7 @@ def test_credentials_and_config() -> None:
     assert storage.image_repository == "reg.example:5000/team/flows"
     assert storage.location_for("My Flow") == "/srv/flows/flows/my-flow.prefect"
     assert storage.build_kwargs == {"buildargs": {"A": "1"}, "target": "final"}
-    assert "pa:ss" not in json.dumps(storage.serialize())
+    assert "pa:ss" not in json.dumps(storage.to_status())
     with pytest.raises(InvalidConfig, match=r"no entry for registry other\.example"):
         Docker.from_config({"registryURL": "other.example"}, credentials=secret)
     with pytest.raises(InvalidConfig):
@@ -752,4 +752,4 @@ def test_seed_interface_add_flow_build_get_flow(docker_env: dict[str, str]) -> N
     assert storage.build() is storage
     assert storage.image_digest and storage.image_tag
     assert storage.get_flow(location).run() == token
-    assert storage.serialize()["flows"] == {"seed flow": location}
+    assert storage.to_status()["flows"] == {"seed flow": location}

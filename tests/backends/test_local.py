@@ -177,14 +177,16 @@ def test_from_config_and_serialize(flow_dir: Path) -> None:
     storage = Local.from_config(config)
     assert (storage.directory, storage.path, storage.volume_name) == (str(flow_dir), "one.flow", "flows")
     assert storage.labels == ["prod", "local-flow-storage-flows"]
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert {k: doc[k] for k in ("type", "directory", "path", "volumeName")} == {
         "type": "Local", "directory": str(flow_dir), "path": "one.flow", "volumeName": "flows",
     }
     assert "validate" not in doc
-    plain = Local(directory=str(flow_dir)).serialize()
+    plain = Local(directory=str(flow_dir)).to_status()
     assert "path" not in plain and "volumeName" not in plain
-    assert from_serialized(doc).serialize() == doc
+    assert from_serialized(doc).to_status() == doc
+    assert storage.serialize() == {"type": "Local", "__version__": "1.4.1", "directory": str(flow_dir),
+                                   "path": "one.flow", "stored_as_script": False, "flows": {}, "secrets": ["S"]}
 
 
 def test_from_config_requires_directory() -> None:

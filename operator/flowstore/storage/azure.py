@@ -13,11 +13,11 @@ Authentication, in order:
 * an account URL (``account_url`` / ``accountURL``) with azure-identity's
   ``DefaultAzureCredential`` (workload identity, managed identity, environment, …);
 * like the seed, the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable, when the class is
-  used directly or rebuilt from :meth:`serialize` output by an agent. The operator never uses its
-  own environment: :meth:`Azure.from_config` on a FlowStorage spec needs a Secret or an
-  ``accountURL``.
+  used directly or rebuilt by an agent (from ``status.storage`` or the seed's schema). The
+  operator never uses its own environment: :meth:`Azure.from_config` on a FlowStorage spec needs
+  a Secret or an ``accountURL``.
 
-:meth:`serialize` records the account's blob endpoint as ``accountURL`` (derived from the
+:meth:`to_status` records the account's blob endpoint as ``accountURL`` (derived from the
 connection string when not given explicitly; never the key), so an agent knows where to look.
 """
 
@@ -153,7 +153,7 @@ class Azure(Storage):
     ) -> Azure:
         """From a FlowStorage ``spec.azure`` block (the operator: the connection string comes
         from `credentials`, the Secret, never the operator's environment) or from
-        :meth:`serialize` output (an agent: `connection_string`, else its own
+        :meth:`to_status` output (an agent: `connection_string`, else its own
         ``AZURE_STORAGE_CONNECTION_STRING`` for the recorded account, else DefaultAzureCredential)."""
         container = config.get("container")
         if not container or not isinstance(container, str):
@@ -172,7 +172,7 @@ class Azure(Storage):
             source = f"key {key} of the referenced Secret"
         account_url = config.get("accountURL") or None
         if connection_string is not None and account_url is not None:
-            # serialize() records the connection string's own endpoint as accountURL: that is no conflict
+            # to_status() records the connection string's own endpoint as accountURL: that is no conflict
             if _same_url(_endpoint_of(connection_string), str(account_url)):
                 account_url = None
         return cls(
@@ -181,13 +181,13 @@ class Azure(Storage):
             blob_name=config.get("blobName"),
             key_prefix=config.get("keyPrefix"),
             account_url=account_url,
-            # only an agent reading serialize() output ("type" is set) may use its own environment
+            # only an agent reading status or the seed's schema ("type" is set) may use its own environment
             use_environment="type" in config,
             credentials_source=source,
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {
             "container": self.container,
             "blobName": self.blob_name,
@@ -195,6 +195,17 @@ class Azure(Storage):
             "accountURL": self._endpoint,  # where to look; never the key or a SAS
         }
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Azure fields. The account has none (the seed's agent takes it from its
+        connection string: ``AZURE_STORAGE_CONNECTION_STRING``), nor has the key prefix (`flows`
+        holds each flow's full blob name)."""
+        return {"container": self.container, "blob_name": self.blob_name,
+                "stored_as_script": self.stored_as_script}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"container": doc.get("container"), "blobName": doc.get("blob_name")}
 
     # ------------------------------------------------------------------ locations
     def location_for(self, flow_name: str, key: str | None = None) -> str:

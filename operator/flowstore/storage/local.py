@@ -79,9 +79,16 @@ class Local(Storage):
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"directory": doc.get("directory"), "path": doc.get("path")}
+
+    def _status_config(self) -> dict[str, Any]:
         doc = {"directory": self.directory, "path": self.path, "volumeName": self.volume_name}
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        return {"directory": self.directory, "path": self.path, "stored_as_script": self.stored_as_script}
 
     # ------------------------------------------------------------------ labels
     @property

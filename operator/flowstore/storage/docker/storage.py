@@ -247,6 +247,7 @@ class Docker(Storage):
                 files=content_files,
                 flow_directory=config.get("flowDirectory"),
                 path=config.get("path"),
+                prefect_version=config.get("prefectVersion"),  # only the seed's schema has it
                 extra_dockerfile_commands=list(config.get("extraDockerfileCommands") or []),
                 ignore_healthchecks=bool(config.get("ignoreHealthchecks", False)),
                 base_url=config.get("daemonURL"),
@@ -339,7 +340,31 @@ class Docker(Storage):
             return first, rest
         return host, full
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Docker fields: the image Prefect's agent runs is
+        ``registry_url/image_name:image_tag`` (image references have no scheme, so an ``http://``
+        of `registry_url` is dropped). The manifest digest has no field: the tag (by default a
+        digest of every build input, never reused for other content) names the image."""
+        registry = None
+        if self.registry_url:
+            _, host, prefix = split_registry(self.registry_url)
+            registry = f"{host}/{prefix}" if prefix else host
+        return {
+            "registry_url": registry,
+            "image_name": self.image_name or DEFAULT_IMAGE_NAME,
+            "image_tag": self.image_tag,
+            "path": self.path,
+            "stored_as_script": self.stored_as_script,
+            "prefect_version": self.prefect_version,
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"registryURL": doc.get("registry_url"), "imageName": doc.get("image_name"),
+                "imageTag": doc.get("image_tag"), "path": doc.get("path"),
+                "prefectVersion": doc.get("prefect_version")}
+
+    def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "registryURL": self.registry_url,
             "imageName": self.image_name,
