@@ -161,8 +161,13 @@ def test_class_falls_back_to_the_environment(
     storage = Azure(azure_container)  # the seed: AZURE_STORAGE_CONNECTION_STRING
     storage.check_container()
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    lazy = Azure(azure_container)  # the seed reads credentials when it needs them, not before
+    assert lazy.serialize()["container"] == azure_container
     with pytest.raises(InvalidConfig, match="AZURE_STORAGE_CONNECTION_STRING"):
-        Azure(azure_container)
+        lazy.check_container()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azure_connection_string)
+    lazy.check_container()  # in reach now: found when the client is made
+    assert lazy.to_status()["accountURL"] == storage.to_status()["accountURL"]
 
 
 def test_connection_string_and_account_url_together_are_invalid(azure_connection_string: str) -> None:
