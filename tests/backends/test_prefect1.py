@@ -305,6 +305,19 @@ def test_prefect_local_loads_a_script_flowstore_stored(tmp_path: Path, token: st
                                                   "name": "scripted", "result": token}
 
 
+def test_prefect_local_loads_the_seeds_script_at_its_path(tmp_path: Path, token: str) -> None:
+    """The seed's script mode: the author's file stays where it is; add_flow returns its path."""
+    script = tmp_path / "anywhere" / "etl_flow.py"
+    script.parent.mkdir()
+    script.write_bytes(prefect_script("in place", token))
+    storage = Local(directory=str(tmp_path / "flows"), stored_as_script=True, path=str(script))
+    assert storage.add_flow("in place") == str(script)
+    storage.build()
+    assert not (tmp_path / "flows").exists() or not any((tmp_path / "flows").iterdir())  # nothing copied
+    assert prefect_loads(storage, "in place") == {"storage": "Local", "script": True, "flow": "Flow",
+                                                  "name": "in place", "result": token}
+
+
 def _s3(s3_endpoint: str, bucket: str, **kwargs: Any) -> S3:
     return S3(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1", key_prefix="prod/", **kwargs)
 
