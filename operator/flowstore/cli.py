@@ -117,13 +117,16 @@ def _print_error(exc: Exception) -> int:
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
-    from flowstore.client import FlowNotAvailable, locate
+    """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage."""
+    from flowstore.client import FlowNotAvailable, locate, seed_storage
+    from flowstore.storage import StorageError
 
     try:
-        status = locate(args.name, args.namespace)
-    except FlowNotAvailable as exc:
+        doc = seed_storage(args.name, args.namespace) if args.output == "prefect" else \
+            locate(args.name, args.namespace)
+    except (FlowNotAvailable, StorageError) as exc:
         return _print_error(exc)
-    json.dump(status, sys.stdout, indent=2, sort_keys=True)
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
 
@@ -236,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
+        if name == "locate":
+            p.add_argument("-o", "--output", choices=["json", "prefect"], default="json",
+                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
+                                "(Prefect 1.4.1's StorageSchema) serializes it")
         p.set_defaults(func=func)
     return parser
 

@@ -62,6 +62,16 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     return status
 
 
+def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's storage as the seed serializes it (``flows`` = {flow name: location}):
+    what Prefect 1.4.1's ``StorageSchema`` loads, so a Prefect 1 flow can be registered with its
+    storage pointing at the artifact flowstore stored. Built from ``status.storage`` (nothing is
+    downloaded; no credentials are needed). What the seed has no field for (the sha256, key
+    prefixes, ...) is not in it: the status keeps it."""
+    status = locate(name, namespace, api=api)
+    return from_serialized(status["storage"]).serialize()
+
+
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Artifact:
     """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
 

@@ -21,7 +21,7 @@ import flowstore.storage
 from flowstore.artifacts import envelope
 from flowstore.flow import Flow
 from flowstore.storage import IntegrityError, NotFound, Storage, from_serialized
-from flowstore.storage.base import sha256_hex
+from flowstore.storage.base import SEED_VERSION_KEY, sha256_hex
 
 #: the seed's default key: ``<slug(flow name)>/<slug(UTC timestamp, microseconds)>``
 DEFAULT_KEY_TAIL = r"(^|/){slug}/\d{{4}}-\d{{2}}-\d{{2}}t\d{{2}}-\d{{2}}-\d{{2}}-\d{{6}}-00-00$"
@@ -216,24 +216,44 @@ class StorageConformance:
             storage.get_flow(location, sha256=sha256_hex(good))
         assert info.value.retryable is False
 
-    def test_serialize_round_trip(self) -> None:
+    def test_status_document_round_trip(self) -> None:
         storage = self.make_storage(labels=["prod"], secrets=["TOKEN_NAME"])
         location = storage.add_flow(make_flow("serialized", "ok"))
         storage.build()
-        doc = storage.serialize()
+        doc = storage.to_status()
         assert doc["type"] == storage.type_name
         assert doc["flows"] == {"serialized": location}
         assert doc["storedAsScript"] is False
         assert doc["labels"] == storage.labels
         assert doc["secrets"] == ["TOKEN_NAME"]
+        assert SEED_VERSION_KEY not in doc  # the Kubernetes document is camelCase, not the seed's
         doc = json.loads(json.dumps(doc))  # what a status field holds
         rebuilt = from_serialized(doc)
         assert type(rebuilt) is type(storage)
         assert rebuilt.flows == storage.flows
         assert rebuilt.labels == storage.labels
-        assert rebuilt.serialize() == storage.serialize()
+        assert rebuilt.to_status() == storage.to_status()
         assert rebuilt.get_flow(location).run() == "ok"
         assert rebuilt.get_flow().run() == "ok"  # the only flow is the default
+
+    def test_serialize_is_the_seed_schema_and_round_trips(self) -> None:
+        """serialize() is the seed's document (snake_case, ``__version__``; Prefect 1.4.1 loads it:
+        tests/backends/test_prefect1.py), and an agent loads the flows from it too."""
+        storage = self.make_storage(stored_as_script=True, secrets=["TOKEN_NAME"])
+        location = storage.add_flow("script flow", source=SCRIPT_SOURCE)
+        storage.build()
+        doc = storage.serialize()
+        assert doc["type"] == storage.type_name and doc[SEED_VERSION_KEY] == "1.4.1"
+        assert doc["flows"] == {"script flow": location}
+        assert doc["secrets"] == ["TOKEN_NAME"]
+        assert doc["stored_as_script"] is True
+        assert all(re.fullmatch(r"[a-z_]+|__version__", key) for key in doc), sorted(doc)
+        doc = json.loads(json.dumps(doc))
+        rebuilt = from_serialized(doc)
+        assert type(rebuilt) is type(storage)
+        assert rebuilt.flows == storage.flows and rebuilt.stored_as_script
+        assert rebuilt.serialize() == doc
+        assert rebuilt.get_flow(location).run() == 42
 
     def test_registry_resolves_backend(self) -> None:
         storage = self.make_storage()

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from flowstore.storage import AuthFailed, IntegrityError, InvalidConfig, NotFound, from_serialized, git_base
+from flowstore.storage.base import SEED_VERSION_KEY
 from flowstore.storage.errors import FileNotFound, RefNotFound, RepositoryNotFound
 from flowstore.storage.git_base import GitHosted
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
@@ -223,7 +224,7 @@ class GitHostedConformance:
         storage = self.make_storage(path="flows/etl.py", ref="main", labels=["prod"])
         storage.add_flow("etl")
         storage.pin(storage.resolve_ref())
-        doc = storage.serialize()
+        doc = storage.to_status()
         assert doc[storage.ref_key] == first and doc["requestedRef"] == "main"
         assert doc["flows"] == {"etl": "flows/etl.py"} and doc["storedAsScript"] is True
         assert "prod" in doc["labels"]
@@ -234,7 +235,28 @@ class GitHostedConformance:
         assert again.get_flow("flows/etl.py").run() == 1
         assert again.ref == "main" and again.commit == first
         for value in self.secret_values():
+            assert value not in json.dumps(doc), "to_status() must never hold secret values"
+
+    #: the seed's schema carries how to reach this test's server (GitLab's and Bitbucket's
+    #: apiURL, and plain git's http:// URL, have no seed field)
+    seed_reaches_server = True
+
+    def test_seed_schema_names_the_pinned_commit(self) -> None:
+        first = self.repo.commit({"flows/etl.py": flow_script("etl", 1)})
+        storage = self.make_storage(path="flows/etl.py", ref="main")
+        storage.add_flow("etl")
+        storage.pin(storage.resolve_ref())
+        doc = json.loads(json.dumps(storage.serialize()))
+        assert doc[SEED_VERSION_KEY] == "1.4.1" and doc["flows"] == {"etl": "flows/etl.py"}
+        assert first in doc.values(), "the seed's document names the pinned commit, not the branch"
+        assert "main" not in doc.values()
+        for value in self.secret_values():
             assert value not in json.dumps(doc), "serialize() must never hold secret values"
+        again = from_serialized(doc, **self.serialized_overrides())
+        assert type(again) is type(storage) and again.serialize() == doc
+        if self.seed_reaches_server:
+            self.repo.commit({"flows/etl.py": flow_script("etl", 2)})  # the branch moves on
+            assert again.get_flow("flows/etl.py").run() == 1
 
     def serialized_overrides(self) -> dict[str, Any]:
         """What serialization leaves out (credentials), as ``from_serialized`` overrides."""

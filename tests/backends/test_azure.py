@@ -150,7 +150,7 @@ def test_operator_never_uses_its_own_environment(azure_connection_string: str, a
     # though AZURE_STORAGE_CONNECTION_STRING is set in this process
     assert os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     storage = Azure.from_config({"container": azure_container})
-    assert "accountURL" not in storage.serialize()
+    assert "accountURL" not in storage.to_status()
     with pytest.raises(InvalidConfig, match="credentialsSecretRef"):
         storage.check_container()
 
@@ -161,8 +161,13 @@ def test_class_falls_back_to_the_environment(
     storage = Azure(azure_container)  # the seed: AZURE_STORAGE_CONNECTION_STRING
     storage.check_container()
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    lazy = Azure(azure_container)  # the seed reads credentials when it needs them, not before
+    assert lazy.serialize()["container"] == azure_container
     with pytest.raises(InvalidConfig, match="AZURE_STORAGE_CONNECTION_STRING"):
-        Azure(azure_container)
+        lazy.check_container()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azure_connection_string)
+    lazy.check_container()  # in reach now: found when the client is made
+    assert lazy.to_status()["accountURL"] == storage.to_status()["accountURL"]
 
 
 def test_connection_string_and_account_url_together_are_invalid(azure_connection_string: str) -> None:
@@ -188,7 +193,7 @@ def test_serialize_never_contains_the_key_and_round_trips(
         {"container": azure_container, "keyPrefix": "p", "blobName": None},
         credentials={"AZURE_STORAGE_CONNECTION_STRING": sas_like},
     )
-    doc = storage.serialize()
+    doc = storage.to_status()
     endpoint = os.environ["FLOWSTORE_AZURE_BLOB_ENDPOINT"].rstrip("/")
     assert {k: doc[k] for k in ("type", "container", "keyPrefix", "accountURL")} == {
         "type": "Azure", "container": azure_container, "keyPrefix": "p", "accountURL": endpoint,
@@ -201,9 +206,9 @@ def test_serialize_never_contains_the_key_and_round_trips(
     writer = Azure(azure_container, connection_string=azure_connection_string, key_prefix="p")
     location = writer.add_flow(make_flow("agent side", "loaded"))
     writer.build()
-    doc = json.loads(json.dumps(writer.serialize()))
+    doc = json.loads(json.dumps(writer.to_status()))
     rebuilt = from_serialized(doc, connection_string=azure_connection_string)
-    assert rebuilt.serialize() == doc
+    assert rebuilt.to_status() == doc
     assert rebuilt.get_flow(location).run() == "loaded"
 
 
@@ -260,6 +265,6 @@ def test_unreachable_endpoint_is_unavailable_quickly(azure_connection_string: st
 
 def test_account_url_needs_https_for_token_authentication() -> None:
     storage = Azure("flows", account_url="http://127.0.0.1:9/devstoreaccount1", use_environment=False)
-    assert storage.serialize()["accountURL"] == "http://127.0.0.1:9/devstoreaccount1"
+    assert storage.to_status()["accountURL"] == "http://127.0.0.1:9/devstoreaccount1"
     with pytest.raises(InvalidConfig, match=r"(?i)https"):
         storage.check_container()

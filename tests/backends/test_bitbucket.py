@@ -82,6 +82,7 @@ def server_storage(fake: BitbucketServerAPI, repo: str, **kwargs: Any) -> Bitbuc
 # ---------------------------------------------------------------------- conformance
 class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "bitbucket-flow-storage"
+    seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
@@ -115,6 +116,7 @@ class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
 
 class TestBitbucketServerConformance(GitHostedConformance):
     default_label_prefix = "bitbucket-flow-storage"
+    seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
@@ -185,7 +187,7 @@ def test_cloud_env_credentials_when_none_are_given(cloud: BitbucketCloudAPI, rep
     monkeypatch.setenv("BITBUCKET_ACCESS_TOKEN", CLOUD_TOKEN)  # a token wins over an app password
     assert cloud_storage(cloud, repo.name, credentials=None).resolve_ref("main") == head
     assert cloud.log[-1].headers["authorization"] == f"Bearer {CLOUD_TOKEN}"
-    assert CLOUD_TOKEN not in repr(storage) and APP_PASSWORD not in json.dumps(storage.serialize())
+    assert CLOUD_TOKEN not in repr(storage) and APP_PASSWORD not in json.dumps(storage.to_status())
 
 
 def test_cloud_anonymous_without_any_credentials(cloud: BitbucketCloudAPI, repo: LocalGitRepo,
@@ -341,7 +343,7 @@ def test_server_urls_and_serialization(server: BitbucketServerAPI, repo: LocalGi
     assert isinstance(storage, Bitbucket)
     assert storage.web_url("flows/etl.py", head) == (
         f"https://bitbucket.example.com/projects/{PROJECT}/repos/{repo.name}/browse/flows/etl.py?at={head}")
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert doc["type"] == "Bitbucket" and doc["project"] == PROJECT and doc["host"] == "bitbucket.example.com"
     assert doc["repo"] == repo.name and doc["ref"] == "main" and doc["path"] == "flows/etl.py"
     assert doc["apiURL"] == f"{server.url}/rest/api/1.0"
@@ -371,7 +373,7 @@ def test_credentials_never_in_messages(cloud: BitbucketCloudAPI, server: Bitbuck
         for secret in [*ALL_SECRETS, "bad-cloud-token-1234", "bad-server-token-1234"]:
             assert secret not in text
     for storage in (bad_cloud, bad_server):
-        assert "bad-" not in repr(storage) and "bad-" not in json.dumps(storage.serialize())
+        assert "bad-" not in repr(storage) and "bad-" not in json.dumps(storage.to_status())
 
 
 def test_configuration_errors_name_what_to_fix() -> None:
@@ -393,6 +395,6 @@ def test_configuration_errors_name_what_to_fix() -> None:
 def test_cloud_defaults() -> None:
     storage = Bitbucket(workspace=WORKSPACE, repo="flows", credentials=CLOUD_CREDENTIALS)
     assert storage.api_url == "https://api.bitbucket.org/2.0"
-    assert storage.serialize()["workspace"] == WORKSPACE and "apiURL" not in storage.serialize()
+    assert storage.to_status()["workspace"] == WORKSPACE and "apiURL" not in storage.to_status()
     server = Bitbucket(PROJECT, "flows", host="https://git.example.com/bitbucket/", credentials=SERVER_CREDENTIALS)
     assert server.api_url == "https://git.example.com/bitbucket/rest/api/1.0"

@@ -227,7 +227,7 @@ def test_urls_and_serialization(fake: CodeCommitAPI, repo: LocalGitRepo) -> None
         f"https://{REGION}.console.aws.amazon.com/codesuite/codecommit/repositories/{repo.name}/browse/{head}"
         f"/--/flows/my%20flow.py?region={REGION}")
     assert storage.repo_name() == f"codecommit::{REGION}://{repo.name}"
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert doc["type"] == "CodeCommit" and doc["commit"] == "main" and doc["repo"] == repo.name
     assert doc["region"] == REGION and doc["endpointURL"] == fake.url and doc["path"] == "flows/etl.py"
     assert doc["clientOptions"] == {"config": {"connect_timeout": 3}}

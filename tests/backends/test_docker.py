@@ -194,7 +194,7 @@ def test_manifest_layers_env_and_labels(built: Built, registry: Registry) -> Non
 
 def test_read_flow_and_get_flow_without_the_daemon(built: Built, docker_env: dict[str, str]) -> None:
     # a fresh storage as an agent rebuilds it: serialized config + StoredFlow state, a daemon that is gone
-    doc = built.storage.serialize()
+    doc = built.storage.to_status()
     assert docker_env["password"] not in json.dumps(doc)
     assert doc["imageDigest"] == built.image.digest and doc["registryURL"] == docker_env["registry"]
     secret = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {"auth": base64.b64encode(
@@ -420,7 +420,7 @@ def test_daemon_over_tls_with_a_client_certificate(docker_env: dict[str, str], t
         creds = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {
             "username": docker_env["username"], "password": docker_env["password"]}}})}
         storage = Docker.from_config(config, credentials=creds)
-        assert client.key not in repr(storage) and client.key not in json.dumps(storage.serialize())
+        assert client.key not in repr(storage) and client.key not in json.dumps(storage.to_status())
         image = storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "over tls"))])
         assert "1 flows load" in image.log_tail and proxy.accepted > 0
         assert storage.get_flow(storage.location_for("f")).run() == "over tls"
@@ -537,7 +537,7 @@ def test_wrong_registry_password(docker_env: dict[str, str]) -> None:
         storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "x"))])
     message = info.value.message
     assert docker_env["registry"] in message and "Secret" in message
-    assert wrong not in message and wrong not in repr(storage) and wrong not in json.dumps(storage.serialize())
+    assert wrong not in message and wrong not in repr(storage) and wrong not in json.dumps(storage.to_status())
 
 
 def test_daemon_unreachable(docker_env: dict[str, str]) -> None:
@@ -635,7 +635,7 @@ def test_credentials_and_config() -> None:
     assert storage.image_repository == "reg.example:5000/team/flows"
     assert storage.location_for("My Flow") == "/srv/flows/flows/my-flow.prefect"
     assert storage.build_kwargs == {"buildargs": {"A": "1"}, "target": "final"}
-    assert "pa:ss" not in json.dumps(storage.serialize())
+    assert "pa:ss" not in json.dumps(storage.to_status())
     with pytest.raises(InvalidConfig, match=r"no entry for registry other\.example"):
         Docker.from_config({"registryURL": "other.example"}, credentials=secret)
     with pytest.raises(InvalidConfig):
@@ -751,7 +751,7 @@ def test_seed_interface_add_flow_build_get_flow(docker_env: dict[str, str]) -> N
     assert storage.build() is storage
     assert storage.image_digest and storage.image_tag
     assert storage.get_flow(location).run() == token
-    assert storage.serialize()["flows"] == {"seed flow": location}
+    assert storage.to_status()["flows"] == {"seed flow": location}
 
 
 # --------------------------------------------------------------------------- flows of several files
@@ -798,3 +798,139 @@ def bundle_file(data: bytes, path: str) -> bytes:
     from flowstore.artifacts import bundle
 
     return bundle.unpack(data).files[path]
+
+
+# --------------------------------------------------------------------------- the seed's Dockerfile, push, pull
+def _engine_build(docker_env: dict[str, str], context_dir: str, ref: str) -> tuple[bool, str]:
+    """Build `context_dir` (a directory with a Dockerfile) as `ref` with the Engine API, as `docker
+    build DIR` would: (succeeded, build output)."""
+    import docker
+
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto", timeout=600)
+    lines, ok = [], True
+    for chunk in api.build(path=context_dir, tag=ref, rm=True, forcerm=True, pull=False, decode=True):
+        lines.append(str(chunk.get("stream") or chunk.get("status") or ""))
+        if chunk.get("error") or chunk.get("errorDetail"):
+            ok = False
+            lines.append(str(chunk.get("error") or chunk.get("errorDetail")))
+    return ok, "".join(lines)
+
+
+def test_create_dockerfile_object_is_the_image_any_builder_makes(docker_env: dict[str, str], tmp_path: Path) -> None:
+    """The seed's create_dockerfile_object: built by another builder (here the Engine API given the
+    directory), the image holds what build_image pushes (environment, files, extra commands, every
+    flow at its location, the labels) and its build ran the healthcheck."""
+    token = uuid.uuid4().hex
+    helper = tmp_path / "helper.py"
+    helper.write_text(f"VALUE = {token!r}\n")
+    storage = make_storage(docker_env, local_image=True,
+                           env_vars={"FLOW_ENV": token, "PYTHONPATH": "$PYTHONPATH:/modules"},
+                           files={str(helper): "/modules/helper.py", "/modules/data.txt": token.encode()},
+                           extra_dockerfile_commands=["RUN echo extra > /opt/extra.txt"])
+
+    def checks_the_image() -> str:  # no assert: pytest would rewrite it into a reference to _pytest
+        import helper  # type: ignore[import-not-found]  # from the files, on the image's PYTHONPATH
+
+        if open("/opt/extra.txt").read() != "extra\n":
+            raise SystemExit(3)
+        if not open("/modules/data.txt").read() == os.environ["FLOW_ENV"] == helper.VALUE:
+            raise SystemExit(4)
+        return str(helper.VALUE)
+
+    def plain() -> str:
+        return token
+
+    checked = storage.add_flow(Flow("checks the image", checks_the_image))
+    second = storage.add_flow(Flow("plain", plain))
+    dockerfile = storage.create_dockerfile_object(str(tmp_path / "context"))
+    assert dockerfile == str(tmp_path / "context" / "Dockerfile") and os.path.isabs(dockerfile)
+    text = Path(dockerfile).read_text()
+    assert text.startswith(f"FROM {docker_env['base_image']}\n")
+    assert f'COPY ["flows{checked}", "{checked}"]' in text and f'COPY ["flows{second}", "{second}"]' in text
+    assert "RUN echo extra > /opt/extra.txt" in text
+    assert text.index("RUN echo extra") < text.index(f'"{checked}"]') < text.index("--image")  # then the check
+    assert (tmp_path / "context" / "flows" / checked.lstrip("/")).is_file()
+
+    tag = f"dockerfile-{token[:8]}"
+    ok, output = _engine_build(docker_env, str(tmp_path / "context"), f"{storage.image_repository}:{tag}")
+    assert ok, output
+    assert "flowstore-healthcheck: 2 flows load" in output  # the seed's healthcheck ran in the build
+
+    # the flows, loaded from the result: run in a container of it ...
+    storage.image_tag = tag
+    assert storage.get_env_runner(checked).run() == 0
+    # ... and, pushed with the seed's push_image, read back from the registry and run here
+    storage.push_image(storage.image_repository, tag)
+    digest = storage._registry().manifest_digest(storage.repository, tag)
+    assert digest
+    reader = make_storage(docker_env, image_name=storage.image_name)
+    reader.restore_state({"imageDigest": digest})
+    assert reader.get_flow(second).run() == token
+    config = storage._registry().config(storage.repository, storage._registry().manifest(storage.repository, digest))
+    labels = config["config"]["Labels"]
+    assert json.loads(labels[df.LABEL_FLOWS]) == {"checks the image": checked, "plain": second}  # as build_image
+    env = dict(item.split("=", 1) for item in config["config"]["Env"])
+    assert env["FLOW_ENV"] == token and env["PYTHONPATH"] == "/opt/flowstore/runtime:/modules"
+
+
+def test_create_dockerfile_object_healthcheck_fails_the_build(docker_env: dict[str, str], tmp_path: Path) -> None:
+    storage = make_storage(docker_env)
+    storage.add_flow(Flow("by-reference", _module_level_function))  # cannot load in the image
+    checked = Path(storage.create_dockerfile_object(str(tmp_path / "checked"))).parent
+    ok, output = _engine_build(docker_env, str(checked), f"{storage.image_repository}:checked")
+    assert not ok
+    assert "FAILED flow 'by-reference'" in output and "ModuleNotFoundError" in output
+
+    unchecked = make_storage(docker_env, ignore_healthchecks=True)
+    unchecked.add_flow(Flow("by-reference", _module_level_function))
+    dockerfile = unchecked.create_dockerfile_object(str(tmp_path / "unchecked"))
+    assert "healthcheck" not in Path(dockerfile).read_text()
+    ok, output = _engine_build(docker_env, str(tmp_path / "unchecked"), f"{unchecked.image_repository}:unchecked")
+    assert ok, output
+
+
+def test_create_dockerfile_object_checks_the_seeds_script_in_the_files(docker_env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """The seed's script mode: the script is one of the files, at `path`; the healthcheck loads it."""
+    script = tmp_path / "etl.py"
+    script.write_bytes(script_source("etl", uuid.uuid4().hex))  # new content: no build cache hides the check
+    storage = make_storage(docker_env, stored_as_script=True, path="/opt/prefect/flows/etl.py",
+                           files={str(script): "/opt/prefect/flows/etl.py"})
+    assert storage.add_flow("etl") == "/opt/prefect/flows/etl.py"  # no source: it is in the files
+    context = tmp_path / "context"
+    text = Path(storage.create_dockerfile_object(str(context))).read_text()
+    assert '"location": "/opt/prefect/flows/etl.py"' in text.replace("\\", "")
+    ok, output = _engine_build(docker_env, str(context), f"{storage.image_repository}:script")
+    assert ok, output
+    assert "flowstore-healthcheck: 1 flows load" in output
+    script.write_bytes(script_source("other name", "x"))  # no object named etl any more
+    broken = Path(storage.create_dockerfile_object(str(tmp_path / "broken"))).parent
+    ok, output = _engine_build(docker_env, str(broken), f"{storage.image_repository}:broken")
+    assert not ok and "defines no object whose name is 'etl'" in output
+
+
+def test_push_image_and_pull_image(docker_env: dict[str, str]) -> None:
+    import docker
+
+    api = docker.APIClient(base_url=docker_env["docker_host"], version="auto")
+    storage = make_storage(docker_env)
+    repository = f"{docker_env['registry']}/test/base-{uuid.uuid4().hex[:10]}"
+    api.tag(docker_env["base_image"], repository, "1")
+    storage.push_image(repository, "1")  # the seed's push_image(image_name, image_tag)
+    assert Registry(docker_env).head_digest(repository.split("/", 1)[1], "1").startswith("sha256:")
+    api.remove_image(f"{repository}:1")
+
+    puller = make_storage(docker_env, base_image=f"{repository}:1")
+    puller.pull_image()  # with the storage's registry credentials
+    assert api.inspect_image(f"{repository}:1")["Id"] == api.inspect_image(docker_env["base_image"])["Id"]
+
+    with pytest.raises(BaseImageNotFound):
+        make_storage(docker_env, base_image=f"{repository}:no-such-tag").pull_image()
+    with pytest.raises(AuthFailed):
+        make_storage(docker_env, base_image=f"{repository}:1", registry_password="wrong").pull_image()
+    with pytest.raises(AuthFailed):
+        make_storage(docker_env, registry_password="wrong").push_image(repository, "1")
+    with pytest.raises(InvalidConfig, match="FROM"):
+        make_storage(docker_env, dockerfile="FROM scratch\n").pull_image()
+    with pytest.raises(DaemonUnavailable):
+        make_storage(docker_env, base_url=f"tcp://127.0.0.1:{_closed_port()}").push_image(repository, "1")

@@ -257,7 +257,7 @@ def test_serialize_round_trip_never_contains_credentials(gcs_endpoint: str, gcs_
         credentials=secret,
     )
     storage.add_flow(make_flow("serialized", 1))
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert {k: doc[k] for k in ("type", "bucket", "keyPrefix", "project", "endpointURL")} == {
         "type": "GCS", "bucket": gcs_bucket, "keyPrefix": "pre", "project": "p1", "endpointURL": gcs_endpoint,
     }
@@ -266,7 +266,7 @@ def test_serialize_round_trip_never_contains_credentials(gcs_endpoint: str, gcs_
     assert CANARY_PRIVATE_KEY not in rendered and CANARY_KEY_ID not in rendered
     rebuilt = from_serialized(json.loads(json.dumps(doc)))
     assert type(rebuilt) is GCS
-    assert rebuilt.serialize() == doc
+    assert rebuilt.to_status() == doc
 
 
 def test_from_config_validation() -> None:

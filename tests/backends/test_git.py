@@ -41,6 +41,7 @@ class TestGitConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "git-flow-storage"
     file_read_requests = None  # a fetch of the commit: what the git client asks, once per commit
     content_requests_per_file = 0  # a directory is read from that fetch
+    seed_reaches_server = False  # the seed's Git clones over https (or ssh); this server is http://
 
     @pytest.fixture
     def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
@@ -94,7 +95,7 @@ def test_errors_never_carry_the_password(server: GitServer, repo: LocalGitRepo) 
     with pytest.raises(RefNotFound) as info:
         storage.resolve_ref()
     assert PASSWORD not in info.value.message
-    assert PASSWORD not in json.dumps(storage.serialize())
+    assert PASSWORD not in json.dumps(storage.to_status())
 
 
 def test_a_pinned_commit_is_fetched_once(server: GitServer, repo: LocalGitRepo) -> None:
@@ -166,6 +167,6 @@ def test_serialized_status_storage_round_trip(server: GitServer, repo: LocalGitR
     storage = Git.from_config(config(server, repo, path="flows/etl.py", ref="main"), credentials=CREDENTIALS)
     storage.add_flow("etl")
     storage.pin(storage.resolve_ref())
-    again = from_serialized(storage.serialize(), credentials=CREDENTIALS)
+    again = from_serialized(storage.to_status(), credentials=CREDENTIALS)
     assert isinstance(again, Git) and again.commit == head and again.ref == "main"
     assert again.get_flow().run() == 7

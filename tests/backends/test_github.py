@@ -146,7 +146,7 @@ def test_token_never_in_serialize_repr_or_errors(api: GitHubAPI, repo: LocalGitR
         credentials={"GITHUB_ACCESS_TOKEN": TOKEN + "\n"},
     )
     store.pin(store.resolve_ref())
-    assert_no_token(store.serialize(), repr(store), store.url_for("flows/etl.py"))
+    assert_no_token(store.to_status(), repr(store), store.url_for("flows/etl.py"))
     messages: list[str] = []
     for action in (
         lambda: store.read_file("flows/missing.py", head),
@@ -316,7 +316,7 @@ def test_config_keys_round_trip(api: GitHubAPI) -> None:
         "labels": ["prod"],
     }
     store = GitHub.from_config(config, credentials={"GITHUB_ACCESS_TOKEN": TOKEN})
-    doc = store.serialize()
+    doc = store.to_status()
     assert doc["type"] == "GitHub"
     assert {k: doc[k] for k in ("repo", "path", "ref", "host", "apiURL")} == {
         "repo": REPO,
@@ -327,7 +327,7 @@ def test_config_keys_round_trip(api: GitHubAPI) -> None:
     }
     assert doc["labels"] == ["prod", "github-flow-storage"]
     again = from_serialized(doc, credentials={"GITHUB_ACCESS_TOKEN": TOKEN})
-    assert isinstance(again, GitHub) and again.serialize() == doc
+    assert isinstance(again, GitHub) and again.to_status() == doc
 
 
 @pytest.mark.parametrize("bad", ["acme", "acme/flows/extra", "https://github.com/acme/flows", "acme/ flows", ""])

@@ -66,8 +66,10 @@ def test_path_argument_fixes_the_file(flow_dir: Path) -> None:
     assert storage.get_flow(location).run() == 5
 
 
-def test_locations_escaping_the_directory_are_refused(tmp_path: Path, flow_dir: Path) -> None:
-    storage = Local(directory=str(flow_dir))
+def test_confined_locations_escaping_the_directory_are_refused(tmp_path: Path, flow_dir: Path) -> None:
+    """What the operator uses (a FlowStorage spec): nothing outside the directory."""
+    storage = Local.from_config({"directory": str(flow_dir)})
+    assert storage.confine
     outside = tmp_path / "outside.bin"
     for bad in ("../outside.bin", "a/../../outside.bin", str(outside), "/etc/passwd", ".", ""):
         with pytest.raises(InvalidConfig, match="outside the storage directory"):
@@ -75,12 +77,30 @@ def test_locations_escaping_the_directory_are_refused(tmp_path: Path, flow_dir: 
     with pytest.raises(InvalidConfig):
         storage.get_bytes("../outside.bin")
     with pytest.raises(InvalidConfig):
-        Local(directory=str(flow_dir), path="../escape.flow").add_flow(make_flow("x", 1))
+        storage.get_bytes("/etc/hostname")
+    with pytest.raises(InvalidConfig):
+        Local.from_config({"directory": str(flow_dir), "path": "../escape.flow"}).add_flow(make_flow("x", 1))
+    # the seed's in-place script is not the operator's to read either
+    scripted = Local.from_config({"directory": str(flow_dir), "path": "/etc/hostname", "storedAsScript": True})
+    scripted.add_flow("x")
+    with pytest.raises(InvalidConfig):
+        scripted.get_flow("/etc/hostname")
     assert not outside.exists()
 
 
+def test_the_class_writes_where_its_author_says(tmp_path: Path, flow_dir: Path) -> None:
+    """The seed's Local, used by the flow's author: an absolute path is used wherever it points."""
+    storage = Local(directory=str(flow_dir), path=str(tmp_path / "elsewhere" / "etl.flow"))
+    location = storage.add_flow(make_flow("etl", 3))
+    assert location == str(tmp_path / "elsewhere" / "etl.flow")
+    storage.build()
+    assert (tmp_path / "elsewhere" / "etl.flow").is_file()
+    assert storage.get_flow(location).run() == 3
+    assert Local(directory=str(flow_dir)).put_bytes("../beside.bin", b"x").location == str(tmp_path / "beside.bin")
+
+
 def test_symlink_out_of_the_directory_is_refused(tmp_path: Path, flow_dir: Path) -> None:
-    storage = Local(directory=str(flow_dir))
+    storage = Local(directory=str(flow_dir), confine=True)
     (tmp_path / "elsewhere").mkdir()
     (flow_dir / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(InvalidConfig):
@@ -177,14 +197,29 @@ def test_from_config_and_serialize(flow_dir: Path) -> None:
     storage = Local.from_config(config)
     assert (storage.directory, storage.path, storage.volume_name) == (str(flow_dir), "one.flow", "flows")
     assert storage.labels == ["prod", "local-flow-storage-flows"]
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert {k: doc[k] for k in ("type", "directory", "path", "volumeName")} == {
         "type": "Local", "directory": str(flow_dir), "path": "one.flow", "volumeName": "flows",
     }
     assert "validate" not in doc
-    plain = Local(directory=str(flow_dir)).serialize()
+    plain = Local(directory=str(flow_dir)).to_status()
     assert "path" not in plain and "volumeName" not in plain
-    assert from_serialized(doc).serialize() == doc
+    assert from_serialized(doc).to_status() == doc
+    assert storage.serialize() == {"type": "Local", "__version__": "1.4.1", "directory": str(flow_dir),
+                                   "path": "one.flow", "stored_as_script": False, "flows": {}, "secrets": ["S"]}
+
+
+def test_agents_documents_do_not_create_the_directory(tmp_path: Path) -> None:
+    """status.storage and the seed's schema name the operator's (or author's) directory: an agent
+    reading them neither creates it nor is confined to it; a FlowStorage spec is both."""
+    missing = tmp_path / "not-mounted"
+    for doc in ({"type": "Local", "directory": str(missing)},
+                {"type": "Local", "__version__": "1.4.1", "directory": str(missing)}):
+        agent = from_serialized(doc)
+        assert isinstance(agent, Local) and not agent.confine
+        assert not missing.exists()
+    spec = Local.from_config({"directory": str(missing)})
+    assert spec.confine and missing.is_dir()
 
 
 def test_from_config_requires_directory() -> None:

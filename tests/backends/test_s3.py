@@ -154,7 +154,7 @@ def test_serialize_never_contains_credentials(s3_endpoint: str, s3_bucket: str) 
          "clientOptions": {"config": {"connect_timeout": 2}}},
         credentials={"AWS_ACCESS_KEY_ID": CANARY_KEY_ID, "AWS_SECRET_ACCESS_KEY": CANARY_SECRET},
     )
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert {k: doc[k] for k in ("type", "bucket", "keyPrefix", "region", "endpointURL")} == {
         "type": "S3", "bucket": s3_bucket, "keyPrefix": "p", "region": "us-east-1",
         "endpointURL": s3_endpoint,
@@ -162,7 +162,7 @@ def test_serialize_never_contains_credentials(s3_endpoint: str, s3_bucket: str) 
     assert "key" not in doc
     rendered = json.dumps(doc) + repr(storage)
     assert CANARY_SECRET not in rendered and CANARY_KEY_ID not in rendered
-    assert from_serialized(doc).serialize() == doc
+    assert from_serialized(doc).to_status() == doc
 
 
 def test_from_config_validation() -> None:

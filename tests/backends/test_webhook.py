@@ -138,7 +138,7 @@ def test_token_never_leaves_the_request(server: WebhookServer) -> None:
     artifact = storage.put_bytes(location, b"again")
     assert all(entry[2].get("Authorization") == f"Bearer {TOKEN}" for entry in server.log)  # it was sent
 
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert doc["buildRequest"]["headers"] == AUTH  # the template, as written
     assert doc["getFlowRequest"]["params"] == {"key": "${WEBHOOK_TOKEN}"}
     assert_no_token(doc, repr(storage), artifact.url, storage.url_for(location), dict(artifact.storage_state))
@@ -151,7 +151,7 @@ def test_serialize_shape(server: WebhookServer) -> None:
     storage = operator_storage(config)
     location = storage.add_flow(make_flow("shape", 1))
     storage.build()
-    doc = storage.serialize()
+    doc = storage.to_status()
     assert doc == {
         "type": "Webhook",
         "buildRequest": {"method": "POST", "url": f"{server.url}/flows", "headers": AUTH, "params": {"v": "1"},
@@ -171,7 +171,7 @@ def test_agent_loads_from_serialized_with_env(server: WebhookServer, monkeypatch
     storage = operator_storage(seed_config(server))
     location = storage.add_flow(make_flow("agent flow", "ran"))
     storage.build()
-    doc = json.loads(json.dumps(storage.serialize()))  # what status.storage holds
+    doc = json.loads(json.dumps(storage.to_status()))  # what status.storage holds
 
     monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
     with pytest.raises(TemplateValueMissing, match=r"\$\{WEBHOOK_TOKEN\}.*environment") as info:
@@ -182,7 +182,7 @@ def test_agent_loads_from_serialized_with_env(server: WebhookServer, monkeypatch
     agent = from_serialized(doc)
     assert isinstance(agent, Webhook) and agent.allowed_env is None and agent.secret_values is None
     assert agent.get_flow(location).run() == "ran"
-    assert agent.serialize() == storage.serialize()
+    assert agent.to_status() == storage.to_status()
 
 
 def test_operator_never_reads_its_environment_unless_allowed(

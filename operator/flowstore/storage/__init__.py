@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from flowstore.api.backends import BACKENDS, backend
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact
+from flowstore.storage.base import SEED_VERSION_KEY, ObjectInfo, Storage, StoredArtifact
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -40,10 +40,14 @@ def backend_class(name: str) -> type[Storage]:
 
 
 def from_serialized(doc: dict[str, Any], **overrides: Any) -> Storage:
-    """Rebuild a Storage from :meth:`Storage.serialize` output (e.g. a StoredFlow's
-    ``status.storage``). `overrides` adds what serialization leaves out (credentials)."""
+    """Rebuild a Storage, as an agent: from a StoredFlow's or FlowStorage's ``status.storage``
+    (:meth:`Storage.to_status`, camelCase), or from the seed's serialized storage
+    (:meth:`Storage.serialize`, or what Prefect 1.4.1 registered: it has ``__version__``).
+    `overrides` adds what neither carries (credentials), as :meth:`Storage.from_config` takes it.
+    Credentials otherwise come from the agent's environment, as in the seed."""
     cls = backend_class(str(doc["type"]))
-    storage = cls.from_config(doc, **overrides)  # type: ignore[attr-defined]
+    config = cls.config_from_seed(doc) if SEED_VERSION_KEY in doc else doc
+    storage = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     storage.flows.update(doc.get("flows") or {})
     return storage
 

@@ -73,3 +73,39 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
             return session.client(service, config=config, **options)
     except (BotoCoreError, ValueError, TypeError) as exc:
         raise InvalidConfig(failure(exc)) from None
+
+
+#: boto3 client keyword arguments that are credentials: never written to any document
+CREDENTIAL_OPTIONS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+
+
+def is_plain(value: Any) -> bool:
+    """JSON data (what a CRD or the seed's schema can hold), not e.g. a botocore Config object."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    return False
+
+
+def seed_client_options(client_options: Mapping[str, Any], endpoint_url: str | None,
+                        region: str | None) -> dict[str, Any] | None:
+    """The seed's ``client_options`` (boto3 client keyword arguments): the plain options, with
+    flowstore's endpoint and region spelled as boto3 takes them (the options win, as they do when
+    the client is made); never credentials. None when empty."""
+    options = {k: v for k, v in client_options.items() if is_plain(v) and k not in CREDENTIAL_OPTIONS}
+    if endpoint_url:
+        options.setdefault("endpoint_url", endpoint_url)
+    if region:
+        options.setdefault("region_name", region)
+    return options or None
+
+
+def config_from_seed_client_options(client_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The camelCase config fields (``endpointURL``, ``region``, ``clientOptions``) of the seed's
+    ``client_options``: the inverse of :func:`seed_client_options`."""
+    options = dict(client_options or {})
+    return {"endpointURL": options.pop("endpoint_url", None), "region": options.pop("region_name", None),
+            "clientOptions": options}

@@ -1,6 +1,6 @@
 """Child-process entry point of :class:`flowstore.storage.base.EnvRunner`.
 
-Reads ``FLOWSTORE_RUN_SPEC`` (JSON ``{"storage": <Storage.serialize()>, "location": ...}``),
+Reads ``FLOWSTORE_RUN_SPEC`` (JSON ``{"storage": <Storage.to_status()>, "location": ...}``),
 rebuilds the storage, loads the flow and calls its ``run()``. Exit code 0 when the run
 returns, 1 when anything raises (the traceback goes to stderr), 2 on a malformed spec.
 Credentials are not part of the spec: the backend's default chain (environment) applies.

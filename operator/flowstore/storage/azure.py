@@ -13,11 +13,15 @@ Authentication, in order:
 * an account URL (``account_url`` / ``accountURL``) with azure-identity's
   ``DefaultAzureCredential`` (workload identity, managed identity, environment, …);
 * like the seed, the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable, when the class is
-  used directly or rebuilt from :meth:`serialize` output by an agent. The operator never uses its
-  own environment: :meth:`Azure.from_config` on a FlowStorage spec needs a Secret or an
-  ``accountURL``.
+  used directly or rebuilt by an agent (from ``status.storage`` or the seed's schema). The
+  operator never uses its own environment: :meth:`Azure.from_config` on a FlowStorage spec needs
+  a Secret or an ``accountURL``.
 
-:meth:`serialize` records the account's blob endpoint as ``accountURL`` (derived from the
+As in the seed, credentials are needed to upload or download, not to construct or serialize:
+``Azure(container="c")`` with none in reach works until a client is needed, which then raises
+InvalidConfig saying what to provide.
+
+:meth:`to_status` records the account's blob endpoint as ``accountURL`` (derived from the
 connection string when not given explicitly; never the key), so an agent knows where to look.
 """
 
@@ -121,20 +125,14 @@ class Azure(Storage):
         self.key_prefix = key_prefix
         self.account_url = account_url.rstrip("/") if account_url else None
         self._credentials_source = credentials_source or "the connection string"
-        if connection_string is None and use_environment:
-            env_value = os.environ.get(CONNECTION_STRING_ENV)
-            if env_value and (self.account_url is None or _same_url(_endpoint_of(env_value), self.account_url)):
-                # the agent's own key for the account the storage names (or the seed's fallback)
-                connection_string = env_value
-                self._credentials_source = f"the environment variable {CONNECTION_STRING_ENV}"
-            elif self.account_url is None:
-                raise InvalidConfig(
-                    f"Azure storage needs a connection string (argument or {CONNECTION_STRING_ENV} in the "
-                    "environment) or an account URL (authenticated with DefaultAzureCredential)"
-                )
+        self._use_environment = use_environment
         self._connection_string = connection_string
         #: the account's blob endpoint (non-secret): explicit, or derived from the connection string
         self._endpoint = self.account_url or (_endpoint_of(connection_string) if connection_string else None)
+        # Credentials are needed to upload or download, not to describe the storage: like the
+        # seed, the environment is read now if it has the connection string, and again when a
+        # client is first needed; only then does their absence fail.
+        self._connection_string_from_environment()
         self._client_lock = threading.Lock()
         self._client_instance: Any = None
 
@@ -153,7 +151,7 @@ class Azure(Storage):
     ) -> Azure:
         """From a FlowStorage ``spec.azure`` block (the operator: the connection string comes
         from `credentials`, the Secret, never the operator's environment) or from
-        :meth:`serialize` output (an agent: `connection_string`, else its own
+        :meth:`to_status` output (an agent: `connection_string`, else its own
         ``AZURE_STORAGE_CONNECTION_STRING`` for the recorded account, else DefaultAzureCredential)."""
         container = config.get("container")
         if not container or not isinstance(container, str):
@@ -172,7 +170,7 @@ class Azure(Storage):
             source = f"key {key} of the referenced Secret"
         account_url = config.get("accountURL") or None
         if connection_string is not None and account_url is not None:
-            # serialize() records the connection string's own endpoint as accountURL: that is no conflict
+            # to_status() records the connection string's own endpoint as accountURL: that is no conflict
             if _same_url(_endpoint_of(connection_string), str(account_url)):
                 account_url = None
         return cls(
@@ -181,13 +179,13 @@ class Azure(Storage):
             blob_name=config.get("blobName"),
             key_prefix=config.get("keyPrefix"),
             account_url=account_url,
-            # only an agent reading serialize() output ("type" is set) may use its own environment
+            # only an agent reading status or the seed's schema ("type" is set) may use its own environment
             use_environment="type" in config,
             credentials_source=source,
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {
             "container": self.container,
             "blobName": self.blob_name,
@@ -195,6 +193,17 @@ class Azure(Storage):
             "accountURL": self._endpoint,  # where to look; never the key or a SAS
         }
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Azure fields. The account has none (the seed's agent takes it from its
+        connection string: ``AZURE_STORAGE_CONNECTION_STRING``), nor has the key prefix (`flows`
+        holds each flow's full blob name)."""
+        return {"container": self.container, "blob_name": self.blob_name,
+                "stored_as_script": self.stored_as_script}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"container": doc.get("container"), "blobName": doc.get("blob_name")}
 
     # ------------------------------------------------------------------ locations
     def location_for(self, flow_name: str, key: str | None = None) -> str:
@@ -215,7 +224,20 @@ class Azure(Storage):
                 self._client_instance = self._make_client()
             return self._client_instance
 
+    def _connection_string_from_environment(self) -> None:
+        """Take ``AZURE_STORAGE_CONNECTION_STRING`` (when the environment may be used and no
+        connection string was given): the seed's fallback, or the agent's own key for the account
+        an account URL names."""
+        if self._connection_string is not None or not self._use_environment:
+            return
+        env_value = os.environ.get(CONNECTION_STRING_ENV)
+        if env_value and (self.account_url is None or _same_url(_endpoint_of(env_value), self.account_url)):
+            self._connection_string = env_value
+            self._credentials_source = f"the environment variable {CONNECTION_STRING_ENV}"
+            self._endpoint = self._endpoint or _endpoint_of(env_value)
+
     def _make_client(self) -> Any:
+        self._connection_string_from_environment()
         try:
             from azure.storage.blob import BlobServiceClient, LinearRetry
         except ImportError as exc:
@@ -239,6 +261,12 @@ class Azure(Storage):
                     "(expected `DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;…` or a BlobEndpoint)"
                 ) from None
         if self.account_url is None:
+            if self._use_environment:
+                raise InvalidConfig(
+                    f"Azure storage needs credentials to reach container {self.container}: a connection string "
+                    f"(the connection_string argument, or {CONNECTION_STRING_ENV} in the environment) or an "
+                    "account URL (account_url, authenticated with DefaultAzureCredential)"
+                )
             raise InvalidConfig(
                 "Azure storage needs credentials: reference a Secret with the storage account's connection "
                 f"string (credentialsSecretRef, key {DEFAULT_CREDENTIALS_KEY} unless `key` says otherwise) "

@@ -2,10 +2,21 @@
 byte-level contract that each backend implements.
 
 A backend implements five primitives on *bytes at a location* (`put_bytes`, `get_bytes`,
-`stat`, `delete`, `url_for`) plus `serialize`. Everything the seed exposes (`flows`,
+`stat`, `delete`, `url_for`) plus its two documents. Everything the seed exposes (`flows`,
 `add_flow`, `__contains__`, `build`, `get_flow`, `run_basic_healthchecks`,
 `get_env_runner`) is written once here on top of them, so every backend behaves alike and
 the shared conformance suite (tests/backends/conformance.py) can hold them to it.
+
+A storage is written down in two ways:
+
+* :meth:`Storage.serialize` is the seed's own: snake_case keys and ``__version__``, exactly what
+  Prefect 1.4.1's ``prefect.serialization.storage.StorageSchema`` loads (a backend's
+  :meth:`Storage._seed_config`). What the seed has no field for is left out.
+* :meth:`Storage.to_status` is the Kubernetes one: camelCase, complete (key prefixes, endpoints,
+  the image digest, the Webhook's build response), written to ``status.storage`` by the operator
+  and read back by agents (a backend's :meth:`Storage._status_config`).
+
+:func:`flowstore.storage.from_serialized` rebuilds a storage from either.
 """
 
 from __future__ import annotations
@@ -20,6 +31,11 @@ from typing import Any, ClassVar
 from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig
+
+#: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
+SEED_SCHEMA_VERSION = "1.4.1"
+#: the key that marks a document as the seed's (Prefect's schemas add it to everything they dump)
+SEED_VERSION_KEY = "__version__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +73,7 @@ class Storage(abc.ABC):
         stored_as_script: flows are kept as ``.py`` source rather than pickled.
     """
 
-    #: ``type`` in :meth:`serialize`; the registry maps it back to the class.
+    #: ``type`` in :meth:`serialize` and :meth:`to_status`; the registry maps it back to the class.
     type_name: ClassVar[str]
     #: the seed's default label for this backend, or None.
     default_label: ClassVar[str | None] = None
@@ -95,8 +111,13 @@ class Storage(abc.ABC):
     def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Storage:
         """Build from a camelCase config: the CRD's backend block merged with the common
         FlowStorage fields (``storedAsScript``, ``labels``, ``addDefaultLabels``, ``secrets``),
-        or :meth:`serialize` output (``type``/``flows`` are ignored). `credentials` holds the
-        referenced Secret's data (already decoded); None means the SDK's default chain."""
+        or :meth:`to_status` output (``type``/``flows`` are ignored). `credentials` holds the
+        referenced Secret's data (already decoded); None means the SDK's default chain.
+
+        A config with ``type`` is a document an agent reads (status, or the seed's schema turned
+        into a config by :meth:`config_from_seed`), never a FlowStorage spec (the CRD has no such
+        field): backends use it to tell an agent, which may use its own environment, from the
+        operator, which must not."""
 
     @staticmethod
     def common_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,9 +156,31 @@ class Storage(abc.ABC):
     def url_for(self, location: str) -> str:
         """A human- and agent-readable URL for `location` (e.g. ``s3://bucket/key``)."""
 
+    @classmethod
+    def config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """The camelCase config (with ``type``) equal to the seed's serialized storage `doc`
+        (:meth:`serialize` output, or Prefect 1.4.1's own), for :meth:`from_config`."""
+        return {
+            "type": cls.type_name,
+            **cls._config_from_seed(doc),
+            "storedAsScript": bool(doc.get("stored_as_script") or False),
+            "secrets": list(doc.get("secrets") or []),
+        }
+
+    @classmethod
     @abc.abstractmethod
-    def _serialize_config(self) -> dict[str, Any]:
-        """Backend-specific fields of :meth:`serialize` (camelCase keys, never secret values)."""
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Backend-specific camelCase config fields from the seed's fields in `doc`."""
+
+    @abc.abstractmethod
+    def _status_config(self) -> dict[str, Any]:
+        """Backend-specific fields of :meth:`to_status` (camelCase keys, never secret values)."""
+
+    @abc.abstractmethod
+    def _seed_config(self) -> dict[str, Any]:
+        """Backend-specific fields of :meth:`serialize`: only fields of the class's schema in
+        Prefect 1.4.1 (``prefect/serialization/storage.py``), snake_case, never secret values.
+        None values are left out."""
 
     def check_container(self) -> None:
         """Verify the bucket/container/directory exists and is accessible. Raises StorageError.
@@ -238,6 +281,8 @@ class Storage(abc.ABC):
             raise ValueError(f"Flow is not contained in this Storage: {location}")
         data = self.get_bytes(location)
         verify_digest(data, sha256, what=self.url_for(location))
+        if flow_name is None and self.stored_as_script:  # the seed's: the flow stored at that location
+            flow_name = next((n for n, loc in self.flows.items() if loc == location), None)
         return loading.load(data, artifact_format(data, stored_as_script=self.stored_as_script),
                             flow_name=flow_name, object_name=object_name)
 
@@ -247,10 +292,26 @@ class Storage(abc.ABC):
         raise ValueError("flow_location is required when this storage does not hold exactly one flow")
 
     def serialize(self) -> dict[str, Any]:
-        """What an agent needs to find and load flows: type, backend config, labels, format."""
+        """The seed's serialized storage: ``type``, ``__version__``, ``flows``, ``secrets`` and the
+        class's fields, snake_case, as Prefect 1.4.1's ``StorageSchema`` loads them (so a Prefect 1
+        agent or server can use it). Labels and flowstore's own fields are not part of it: see
+        :meth:`to_status`."""
+        fields = {k: v for k, v in self._seed_config().items() if v is not None}
         return {
             "type": self.type_name,
-            **self._serialize_config(),
+            SEED_VERSION_KEY: SEED_SCHEMA_VERSION,
+            **fields,
+            "flows": dict(self.flows),
+            "secrets": list(self.secrets),
+        }
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase document the operator writes to ``status.storage`` (type, the backend's
+        configuration, format, labels, flows): everything an agent needs to find and load the
+        flows, never a secret value. :func:`flowstore.storage.from_serialized` reads it back."""
+        return {
+            "type": self.type_name,
+            **self._status_config(),
             "storedAsScript": self.stored_as_script,
             "labels": self.labels,
             "secrets": list(self.secrets),
@@ -308,6 +369,7 @@ class EnvRunner:
         import subprocess
         import sys
 
-        spec = json.dumps({"storage": self.storage.serialize(), "location": self.flow_location})
+        # the status document: complete (endpoints, prefixes), unlike the seed's schema
+        spec = json.dumps({"storage": self.storage.to_status(), "location": self.flow_location})
         child_env = {**os.environ, **(env or {}), "FLOWSTORE_RUN_SPEC": spec}
         return subprocess.call([sys.executable, "-m", "flowstore.storage._run_flow"], env=child_env)

@@ -167,7 +167,25 @@ class Bitbucket(GitHosted):
         )
         return storage.finish_config(config)
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Bitbucket fields. Its ``project`` is required even on Bitbucket Cloud (where
+        it only names things in messages): the workspace stands in when no project was given.
+        The API URL has no field; credentials are the agent's (the seed reads
+        ``BITBUCKET_ACCESS_TOKEN``, or ``BITBUCKET_CLOUD_USERNAME`` / ``BITBUCKET_CLOUD_APP_PASSWORD``)."""
+        return {
+            "project": self.project or self.workspace,
+            "repo": self.repo,
+            "workspace": self.workspace,
+            "host": self._host_url() if self.host else None,
+            "path": self.seed_path(),
+            "ref": self.seed_ref(),
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: doc.get(k) for k in ("project", "repo", "workspace", "host", "path", "ref")}
+
+    def _status_config(self) -> dict[str, Any]:
         doc = {
             "workspace": self.workspace,
             "project": self.project,

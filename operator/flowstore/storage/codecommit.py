@@ -29,7 +29,16 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN, make_client
+from flowstore.storage._aws import (
+    ACCESS_KEY_ID,
+    CREDENTIAL_OPTIONS,
+    SECRET_ACCESS_KEY,
+    SESSION_TOKEN,
+    config_from_seed_client_options,
+    is_plain,
+    make_client,
+    seed_client_options,
+)
 from flowstore.storage.errors import (
     AuthFailed,
     FileNotFound,
@@ -52,9 +61,6 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
 }
 #: seconds to wait after throttling when the answer carries no Retry-After (AWS sends none)
 THROTTLE_RETRY_AFTER = 5.0
-#: client keyword arguments that would carry credentials: those belong in the Secret
-_CREDENTIAL_OPTIONS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
-
 _THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
                                "RequestLimitExceeded"})
 _AUTH_CODES = frozenset({
@@ -116,7 +122,7 @@ class CodeCommit(GitHosted):
         if client_options is not None and not isinstance(client_options, Mapping):
             raise InvalidConfig("CodeCommit `clientOptions` must be a mapping of boto3 client keyword arguments")
         self.client_options = dict(client_options or {})
-        smuggled = sorted(_CREDENTIAL_OPTIONS & set(self.client_options))
+        smuggled = sorted(CREDENTIAL_OPTIONS & set(self.client_options))
         if smuggled:  # names only: never echo the values
             raise InvalidConfig(
                 f"CodeCommit `clientOptions` must not hold credentials ({', '.join(smuggled)}): put them in the "
@@ -153,7 +159,7 @@ class CodeCommit(GitHosted):
         )
         return storage.finish_config(config)
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "repo": self.repo,
             "commit": self.ref,
@@ -161,10 +167,21 @@ class CodeCommit(GitHosted):
             "endpointURL": self.endpoint_url,
         }
         # plain data only (what a CRD can hold); a botocore Config object stays in this process
-        options = {k: v for k, v in self.client_options.items() if _is_plain(v)}
+        options = {k: v for k, v in self.client_options.items() if is_plain(v)}
         if options:
             doc["clientOptions"] = options
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's CodeCommit fields; the region and endpoint travel in ``client_options``
+        (boto3's ``region_name`` and ``endpoint_url``), as the seed configures them."""
+        return {"repo": self.repo, "path": self.seed_path(), "commit": self.seed_ref(),
+                "client_options": seed_client_options(self.client_options, self.endpoint_url, self.region)}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"repo": doc.get("repo"), "path": doc.get("path"), "commit": doc.get("commit"),
+                **config_from_seed_client_options(doc.get("client_options"))}
 
     # ------------------------------------------------------------------ naming
     def _region_name(self) -> str:
@@ -377,16 +394,6 @@ def _commit_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise RefNotFound(f"{what}: CodeCommit's answer names no commit")
     return value
-
-
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, str | int | float | bool):
-        return True
-    if isinstance(value, list | tuple):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:

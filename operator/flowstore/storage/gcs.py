@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -122,7 +123,7 @@ class GCS(Storage):
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {
             "bucket": self.bucket,
             "key": self.key,
@@ -131,6 +132,20 @@ class GCS(Storage):
             "endpointURL": self.endpoint_url,
         }
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's GCS fields. The endpoint and key prefix have none: `flows` holds each flow's
+        full blob name, and the seed's client (google-cloud-storage) finds an emulator through
+        ``STORAGE_EMULATOR_HOST``."""
+        return {"bucket": self.bucket, "key": self.key, "project": self.project,
+                "stored_as_script": self.stored_as_script}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        # like google-cloud-storage (the seed's client), an agent's STORAGE_EMULATOR_HOST names
+        # the endpoint a seed document cannot carry
+        return {"bucket": doc.get("bucket"), "key": doc.get("key"), "project": doc.get("project"),
+                "endpointURL": os.environ.get("STORAGE_EMULATOR_HOST") or None}
 
     # ------------------------------------------------------------------ locations
     def location_for(self, flow_name: str, key: str | None = None) -> str:

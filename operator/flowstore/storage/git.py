@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,18 @@ def _lock_for(path: Path) -> threading.Lock:
 
 def _is_ssh(url: str) -> bool:
     return url.startswith("ssh://") or bool(re.match(r"^[\w.-]+@[\w.-]+:", url))
+
+
+def _seed_location(url: str) -> tuple[str, str, bool]:
+    """(repo_host, repo, use_ssh) of a clone URL, as the seed's Git storage names a repository."""
+    if _is_ssh(url) and not url.startswith("ssh://"):
+        user_host, _, path = url.partition(":")
+        host = user_host.rpartition("@")[2]
+    else:
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "") if _is_ssh(url) else parts.netloc
+        path = parts.path
+    return host, path.strip("/").removesuffix(".git"), _is_ssh(url)
 
 
 class Git(GitHosted):
@@ -114,8 +127,37 @@ class Git(GitHosted):
         storage.finish_config(config)
         return storage
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         return {"url": self.url, "ref": self.ref}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Git fields. The seed builds its clone URL from ``repo_host`` and ``repo``
+        (``https://HOST/REPO.git``, or ``git@HOST:REPO.git`` with ``use_ssh``), so an http:// URL
+        or an ssh port cannot be carried (the seed would use https / port 22). A ref that is not a
+        commit id is given as ``branch_name`` (git resolves tag names there too); the pinned commit
+        wins. Credentials are the agent's."""
+        host, repo, use_ssh = _seed_location(self.url)
+        commit = self.commit or (self.ref if self.ref and is_commit_id(self.ref) else None)
+        names = sorted(self.flows)
+        return {
+            "flow_path": self.seed_path(),
+            "repo": repo,
+            "repo_host": host,
+            "flow_name": names[0] if len(names) == 1 else None,
+            "branch_name": None if commit else self.ref,
+            "commit": commit,
+            "use_ssh": use_ssh,
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        repo, host = doc.get("repo"), doc.get("repo_host") or "github.com"
+        if not repo:
+            raise InvalidConfig("the seed's Git storage names no `repo` (a clone URL in a Prefect Secret, "
+                                "git_clone_url_secret_name, cannot be read here); give repo and repo_host")
+        url = f"git@{host}:{repo}.git" if doc.get("use_ssh") else f"https://{host}/{repo}.git"
+        return {"url": url, "path": doc.get("flow_path"),
+                "ref": doc.get("commit") or doc.get("tag") or doc.get("branch_name")}
 
     def repo_name(self) -> str:
         return self.url

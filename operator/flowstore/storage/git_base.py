@@ -15,7 +15,8 @@ A provider implements these primitives on top of its API:
   listing, symlink and submodule rules are written once in :mod:`flowstore.storage.git_tree`);
 * :meth:`GitHosted.web_url`      a URL a person can open for ``path`` at a commit;
 
-plus ``from_config`` / ``_serialize_config``. Everything else (the seed's interface, pinning,
+plus ``from_config`` and the two documents (``_status_config``, ``_seed_config`` and
+``_config_from_seed``). Everything else (the seed's interface, pinning,
 ``stat`` for drift checks, the read-only refusals) is written once here.
 
 Locations are repository paths without a leading slash (``flows/etl.py``); the seed's
@@ -243,13 +244,27 @@ class GitHosted(Storage):
         return loading.load(data, artifact_format(data, stored_as_script=True), flow_name=flow_name,
                             object_name=object_name)
 
-    def serialize(self) -> dict[str, Any]:
-        doc = super().serialize()
+    def to_status(self) -> dict[str, Any]:
+        doc = super().to_status()
         if self.path:
             doc["path"] = self.path
         if self.commit:
             doc.update(self.pinned_state(self.commit))
         return doc
+
+    # ------------------------------------------------------------------ the seed's schema
+    def seed_ref(self) -> str | None:
+        """The ref the seed's document names: the pinned commit when there is one (an agent
+        reads what was checked, never where a branch has moved since), else ``ref``."""
+        return self.commit or self.ref
+
+    def seed_path(self) -> str | None:
+        """The seed's ``path``: the default flow file, else the only flow's (the seed's GitHub
+        and Git demand one; `flows` names each flow's file either way)."""
+        if self.path:
+            return self.path
+        locations = sorted(set(self.flows.values()))
+        return locations[0] if len(locations) == 1 else None
 
 
 # ---------------------------------------------------------------------- shared HTTP handling

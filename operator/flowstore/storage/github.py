@@ -145,9 +145,20 @@ class GitHub(GitHosted):
         )
         return storage.finish_config(config)  # type: ignore[return-value]
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {"repo": self.repo, "ref": self.ref, "host": self.host, "apiURL": self.api_url}
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's GitHub fields: ``base_url`` is the REST API of an Enterprise Server (None:
+        github.com); the token is the agent's (``GITHUB_ACCESS_TOKEN``, the seed's default)."""
+        base_url = self.api_url or (self._api_base if self._api_base != DEFAULT_API_URL else None)
+        return {"repo": self.repo, "ref": self.seed_ref(), "path": self.seed_path(), "base_url": base_url}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"repo": doc.get("repo"), "ref": doc.get("ref"), "path": doc.get("path"),
+                "apiURL": doc.get("base_url")}
 
     # ------------------------------------------------------------------ provider primitives
     @property

@@ -152,9 +152,20 @@ class GitLab(GitHosted):
         )
         return storage.finish_config(config)  # type: ignore[return-value]
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {"repo": self.repo, "ref": self.ref, "host": self.host, "apiURL": self.api_url}
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's GitLab fields: ``host`` is the server's URL (None: gitlab.com); an
+        ``apiURL`` of flowstore's own has no field. The token is the agent's
+        (``GITLAB_ACCESS_TOKEN``, the seed's default)."""
+        return {"repo": self.repo, "path": self.seed_path(), "host": self._web_base if self.host else None,
+                "ref": self.seed_ref()}
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"repo": doc.get("repo"), "path": doc.get("path"), "host": doc.get("host"), "ref": doc.get("ref")}
 
     # ------------------------------------------------------------------ provider primitives
     @property

@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage._aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, make_client
+from flowstore.storage._aws import (
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    config_from_seed_client_options,
+    make_client,
+    seed_client_options,
+)
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
@@ -138,7 +144,7 @@ class S3(Storage):
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc = {
             "bucket": self.bucket,
             "key": self.key,
@@ -147,6 +153,22 @@ class S3(Storage):
             "endpointURL": self.endpoint_url,
         }
         return {k: v for k, v in doc.items() if v is not None}
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's S3 fields; the endpoint and region travel in ``client_options`` (boto3's
+        ``endpoint_url`` and ``region_name``), which is how the seed configures them. The key
+        prefix has no field: `flows` holds each flow's full key."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "stored_as_script": self.stored_as_script,
+            "client_options": seed_client_options(self.client_options, self.endpoint_url, self.region),
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"bucket": doc.get("bucket"), "key": doc.get("key"),
+                **config_from_seed_client_options(doc.get("client_options"))}
 
     # ------------------------------------------------------------------ locations
     def location_for(self, flow_name: str, key: str | None = None) -> str:

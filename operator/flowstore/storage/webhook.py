@@ -5,7 +5,8 @@ it (the *get-flow request*), an optional third deletes it. Every string in their
 use ``${NAME}`` templates (:mod:`flowstore.storage.templating`), filled at request time from
 the kept build response (``${response.json.id}``), the location (``${location}``), the
 referenced Secret's data and, for allowed names only, the environment. Secret values never
-leave the request itself: status URLs, :meth:`Webhook.serialize`, ``repr`` and error messages
+leave the request itself: status URLs, :meth:`Webhook.to_status`, :meth:`Webhook.serialize`,
+``repr`` and error messages
 show the templates, not their values.
 
 Uses ``requests`` (a core dependency); every ``requests`` exception and HTTP failure is
@@ -110,9 +111,9 @@ class Webhook(Storage):
     :meth:`from_config` decides where templates may look (the operator and agents differ):
 
     * ``allowedEnv`` in the config: exactly those environment variables.
-    * otherwise, a :meth:`serialize` document (it has ``type``) rebuilt without credentials,
-      i.e. an agent loading ``status.storage``: every environment variable (the seed's
-      behaviour), so an agent that exports e.g. ``WEBHOOK_TOKEN`` can fetch the flow.
+    * otherwise, a document an agent reads (it has ``type``: ``status.storage``, or the seed's
+      schema) rebuilt without credentials: every environment variable (the seed's behaviour), so
+      an agent that exports e.g. ``WEBHOOK_TOKEN`` can fetch the flow.
     * otherwise (a FlowStorage spec in the operator, with or without a Secret): none. The
       operator never lets a spec read its own environment unless allowedEnv names it.
 
@@ -205,7 +206,7 @@ class Webhook(Storage):
         if config.get("allowedEnv") is not None:
             allowed_env: list[str] | None = config["allowedEnv"]
         elif "type" in config and credentials is None:
-            allowed_env = None  # serialize() output loaded by an agent: the seed's env templating
+            allowed_env = None  # a document loaded by an agent: the seed's env templating
         else:
             allowed_env = []  # a FlowStorage spec: the operator's environment is off limits
         return cls(
@@ -216,7 +217,7 @@ class Webhook(Storage):
             **cls.common_kwargs(config),
         )
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "buildRequest": _request_config(self.build_request_kwargs, self.build_request_http_method),
             "getFlowRequest": _request_config(self.get_flow_request_kwargs, self.get_flow_request_http_method),
@@ -226,6 +227,34 @@ class Webhook(Storage):
         if self.build_response is not None:
             doc["buildResponse"] = self.build_response
         return doc
+
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Webhook fields. The seed's templates are ``${NAME}`` of environment variables
+        and Secrets only, so ``${response.…}`` and ``${location}`` are filled in here, from the
+        kept build response and the flow's location (the seed's pattern: "after build, put the
+        new id in get_flow_request_kwargs"); a response path with no value yet stays as written.
+        Every other template is kept for the agent to fill. The delete request, the build
+        response itself and ``allowedEnv`` have no field."""
+        location = next(iter(self.flows.values()), None)  # a Webhook storage holds one flow
+        response = self._response_for(location)
+        return {
+            "build_request_kwargs": _seed_request(self.build_request_kwargs, response, location),
+            "build_request_http_method": self.build_request_http_method,
+            "get_flow_request_kwargs": _seed_request(self.get_flow_request_kwargs, response, location),
+            "get_flow_request_http_method": self.get_flow_request_http_method,
+            "stored_as_script": self.stored_as_script,
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        for key, (kwargs_name, method_name, _, _) in _REQUESTS.items():
+            if doc.get(kwargs_name) is None and doc.get(method_name) is None:
+                continue
+            # settings flowstore does not support keep their names, so from_config names them
+            block = {REQUEST_FIELDS.get(k, k): v for k, v in dict(doc.get(kwargs_name) or {}).items()}
+            config[key] = {"method": doc.get(method_name), **block}
+        return config
 
     # ------------------------------------------------------------------ locations
     def location_for(self, flow_name: str, key: str | None = None) -> str:
@@ -503,6 +532,12 @@ def _check_build_response(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, Mapping) or not isinstance(value.get("status"), int):
         raise InvalidConfig("Webhook `buildResponse` must be {status: <int>, json: <body or null>}")
     return {"status": value["status"], "json": value.get("json")}
+
+
+def _seed_request(kwargs: Mapping[str, Any], response: Mapping[str, Any] | None,
+                  location: str | None) -> dict[str, Any]:
+    rendered = templating.render_public(dict(kwargs), response, location)
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in rendered.items()}
 
 
 def _request_config(kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:

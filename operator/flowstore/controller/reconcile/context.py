@@ -125,10 +125,10 @@ def ready(ctx: FlowContext, ports: Ports, location: str, artifact: Artifact, eve
         except Exception:  # e.g. the Secret is gone: what the spec alone says
             opened = None
     # Opened with its credentials, the storage knows what the spec alone cannot (e.g. Azure's
-    # accountURL, from the connection string); serialize() never holds secret values.
+    # accountURL, from the connection string); to_status() never holds secret values.
     storage = opened if opened is not None else backend_class(ctx.storage_spec.backend).from_config(
         ctx.storage_spec.config)
-    serialized = storage.serialize()
+    serialized = storage.to_status()
     serialized["flows"] = {ctx.spec.flow_name: location}  # never the (shared, cached) storage's own
     serialized["storedAsScript"] = ctx.fmt == "script"
     serialized.update(artifact.storage_state or {})

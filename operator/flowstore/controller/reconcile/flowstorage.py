@@ -66,7 +66,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
         requeue = (failure.retry_after if not failure.stalled
                    else recheck_after(status.get("conditions"), failure.reason, spec.interval_seconds))
         return failed(status, generation, failure, requeue)
-    serialized = storage.serialize()
+    serialized = storage.to_status()
     serialized.pop("flows", None)
     status.update(observedGeneration=generation, storage=serialized, labels=storage.labels)
     status["conditions"] = cond.mark_ready(

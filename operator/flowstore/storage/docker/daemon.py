@@ -24,6 +24,7 @@ from typing import Any
 
 from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.errors import (
+    BaseImageNotFound,
     BuildFailed,
     DaemonUnavailable,
     HealthcheckFailed,
@@ -51,6 +52,9 @@ HEALTHCHECK_LABEL = "dev.flowstore.healthcheck-of"
 HEALTHCHECK_REPOSITORY_LABEL = "dev.flowstore.healthcheck-repository"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _STEP = re.compile(r"^(?:STEP|Step)\s+\d+/\d+\s*:\s*(.*)$")
+#: a registry's or daemon's words for "no such image, repository or tag"
+_BASE_IMAGE_MISSING = re.compile(r"manifest unknown|not found|does not exist|no such image|name unknown|"
+                                 r"pull access denied", re.IGNORECASE)
 
 
 class Daemon:
@@ -200,6 +204,36 @@ class Daemon:
         except (docker.errors.APIError, requests.exceptions.RequestException):
             return False
         return self.inputs_label(f"{self.repository}:{tag}") is not None
+
+    def pull_image(self, ref: str) -> None:
+        """Pull `ref` (``name[:tag|@digest]``) into the daemon, raising on failure: AuthFailed,
+        BaseImageNotFound (no such image or tag), RegistryUnavailable, DaemonUnavailable."""
+        import docker
+        import requests
+
+        try:
+            for chunk in self.api.pull(ref, stream=True, decode=True, auth_config=self._auth_config):
+                error = (chunk.get("errorDetail") or chunk.get("error")) if isinstance(chunk, dict) else None
+                if error:
+                    raise self._pull_error(ref, one_line(error.get("message") if isinstance(error, dict) else error))
+        except docker.errors.APIError as exc:
+            message = one_line(getattr(exc, "explanation", None) or exc)
+            if exc.status_code is not None and exc.status_code >= 500 and not _BASE_IMAGE_MISSING.search(message):
+                raise RegistryUnavailable(f"pulling {ref} failed: {message}") from None
+            raise self._pull_error(ref, message) from None
+        except requests.exceptions.RequestException as exc:
+            raise DaemonUnavailable(f"lost the Docker daemon while pulling {ref}: {one_line(exc)}") from None
+
+    def _pull_error(self, ref: str, message: str) -> StorageError:
+        lowered = message.lower()
+        if any(word in lowered for word in ("unauthorized", "authentication required", "401", "403")):
+            return AuthFailed(f"the registry refused the pull of {ref}: {message}; {self.auth_hint}")
+        if _BASE_IMAGE_MISSING.search(message):
+            return BaseImageNotFound(f"the image {ref} cannot be found: {message}")
+        if any(word in lowered for word in ("connection refused", "dial tcp", "no such host", "timeout",
+                                            "i/o", "connection reset", "eof", "unavailable")):
+            return RegistryUnavailable(f"the registry of {ref} is unreachable: {message}")
+        return BaseImageNotFound(f"the image {ref} cannot be pulled: {message}")
 
     def inputs_label(self, ref: str) -> str | None:
         """The inputs digest label of the daemon's image `ref`, or None when it has no such image."""

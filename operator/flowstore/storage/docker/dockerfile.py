@@ -12,7 +12,8 @@ A storage's image is its *base image* with one layer per flow on top:
    rebuilt or re-run. The healthcheck loads every flow in a container of the base image.
 
 :func:`render` gives the same image as one Dockerfile (one ``COPY`` per flow) for images that
-are only built locally. Contexts are deterministic tars (sorted members, fixed mtime/uid/gid/
+are only built locally, or by another builder (:meth:`Docker.create_dockerfile_object`, with the
+healthcheck as a ``RUN`` step). Contexts are deterministic tars (sorted members, fixed mtime/uid/gid/
 mode), so their digest, with the Dockerfile text, identifies the build inputs.
 """
 
@@ -277,9 +278,14 @@ def render_base(spec: ImageSpec) -> BuildContext:
     return _context(lines, {}, members, spec)
 
 
-def render(spec: ImageSpec) -> BuildContext:
+def render(spec: ImageSpec, *, healthcheck: Sequence[FlowFile] | None = None,
+           healthcheck_timeout: int = 60) -> BuildContext:
     """The whole image as one Dockerfile (the base, then one ``COPY`` per flow sorted by
-    location, then the labels), for images built only locally. Raises DockerfileError."""
+    location, then the labels), for images built only locally and for any other builder. With
+    `healthcheck` (flows already at their locations in the image: those of `spec`, and scripts
+    that the files or the Dockerfile put there), a ``RUN`` step after the flows loads each of
+    them with the image's Python, within `healthcheck_timeout` seconds, and fails the build if
+    one does not load. Raises DockerfileError."""
     flows = checked_flows(spec)
     members: dict[str, bytes] = {}
     lines = _base_lines(spec, members)
@@ -288,8 +294,18 @@ def render(spec: ImageSpec) -> BuildContext:
             src = "flows" + path
             members[src] = content
             lines.append(_copy(src, path))
+    if healthcheck:
+        lines.append(healthcheck_step(healthcheck, healthcheck_timeout))
     labels = {**spec.labels, LABEL_FLOWS: flows_label(flows)}
     return _context(lines, labels, members, spec)
+
+
+def healthcheck_step(flows: Sequence[FlowFile], timeout: int) -> str:
+    """The Dockerfile ``RUN`` step (exec form) that loads every flow of `flows` at its location."""
+    listed = [{"name": f.name, "location": _check_image_path(f.location, f"location of flow {f.name!r}"),
+               "kind": f.kind} for f in sorted(flows, key=lambda f: f.location)]
+    command = ["python3", "-B", HEALTHCHECK_PATH, "--image", str(int(timeout)), json.dumps(listed, sort_keys=True)]
+    return "RUN " + json.dumps(command)
 
 
 def healthcheck_archive(check_id: str, flows: Sequence[FlowFile]) -> bytes:
@@ -320,7 +336,8 @@ def healthcheck_serve_command(idle_seconds: int) -> list[str]:
 #: /opt/flowstore/healthcheck.py: runs with the image's Python (only the standard library and the
 #: vendored cloudpickle). ``--serve IDLE`` keeps a container alive until IDLE seconds pass without
 #: a check; ``--timeout SECONDS DIR`` loads every flow listed in DIR/flows.json (each within
-#: SECONDS), reports the failures and removes DIR.
+#: SECONDS), reports the failures and removes DIR; ``--image SECONDS JSON`` (a Dockerfile step)
+#: loads the flows JSON lists (name, location, kind) from their locations in the image.
 HEALTHCHECK_SCRIPT = '''\
 """flowstore image healthcheck: every flow in the image loads with this image's Python."""
 import base64
@@ -439,13 +456,18 @@ class TookTooLong(BaseException):
 def check(directory, timeout):
     """Load every flow listed in DIRECTORY/flows.json (files relative to DIRECTORY), each within
     `timeout` seconds."""
+    with open(os.path.join(directory, "flows.json"), "rb") as fh:
+        flows = json.loads(fh.read().decode("utf-8"))
+    return check_flows(directory, flows, timeout)
+
+
+def check_flows(directory, flows, timeout):
+    """Load every flow of `flows` (each ``file`` relative to `directory`, or absolute)."""
 
     def expired(signum, frame):
         raise TookTooLong()
 
     signal.signal(signal.SIGALRM, expired)
-    with open(os.path.join(directory, "flows.json"), "rb") as fh:
-        flows = json.loads(fh.read().decode("utf-8"))
     failed = 0
     for flow in flows:
         name, location, kind = flow["name"], flow["location"], flow["kind"]
@@ -492,6 +514,9 @@ def serve(idle):
 def main(argv):
     if argv[1:2] == ["--serve"]:
         return serve(float(argv[2]))
+    if argv[1:2] == ["--image"]:  # --image SECONDS JSON: a build step; the flows are at their locations
+        flows = [dict(flow, file=flow["location"]) for flow in json.loads(argv[3])]
+        return check_flows("/", flows, int(argv[2]))
     timeout, directory = int(argv[2]), argv[3]  # --timeout SECONDS DIRECTORY
     try:
         return check(directory, timeout)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import posixpath
 import re
 import sys
+import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,7 @@ class Docker(Storage):
                 files=content_files,
                 flow_directory=config.get("flowDirectory"),
                 path=config.get("path"),
+                prefect_version=config.get("prefectVersion"),  # only the seed's schema has it
                 extra_dockerfile_commands=list(config.get("extraDockerfileCommands") or []),
                 ignore_healthchecks=bool(config.get("ignoreHealthchecks", False)),
                 base_url=config.get("daemonURL"),
@@ -339,7 +342,31 @@ class Docker(Storage):
             return first, rest
         return host, full
 
-    def _serialize_config(self) -> dict[str, Any]:
+    def _seed_config(self) -> dict[str, Any]:
+        """The seed's Docker fields: the image Prefect's agent runs is
+        ``registry_url/image_name:image_tag`` (image references have no scheme, so an ``http://``
+        of `registry_url` is dropped). The manifest digest has no field: the tag (by default a
+        digest of every build input, never reused for other content) names the image."""
+        registry = None
+        if self.registry_url:
+            _, host, prefix = split_registry(self.registry_url)
+            registry = f"{host}/{prefix}" if prefix else host
+        return {
+            "registry_url": registry,
+            "image_name": self.image_name or DEFAULT_IMAGE_NAME,
+            "image_tag": self.image_tag,
+            "path": self.path,
+            "stored_as_script": self.stored_as_script,
+            "prefect_version": self.prefect_version,
+        }
+
+    @classmethod
+    def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {"registryURL": doc.get("registry_url"), "imageName": doc.get("image_name"),
+                "imageTag": doc.get("image_tag"), "path": doc.get("path"),
+                "prefectVersion": doc.get("prefect_version")}
+
+    def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "registryURL": self.registry_url,
             "imageName": self.image_name,
@@ -420,9 +447,10 @@ class Docker(Storage):
             return self.path
         return super().add_flow(flow, source)
 
-    def build(self, push: bool = True) -> Docker:
-        """Build the image with every flow of this storage (flows built earlier are read back from
-        the previous image) and push it when `push` and a registry is configured. Returns self."""
+    def _image_flows(self) -> list[ImageFlow]:
+        """Every flow of this storage to copy into its image: those added since the last build,
+        and those of the previous image (read back from the registry). The seed's script at
+        `path` is not among them: the files or the Dockerfile put it in the image."""
         self._load_local_scripts()
         flows: list[ImageFlow] = []
         for name, location in sorted(self.flows.items()):
@@ -430,12 +458,82 @@ class Docker(Storage):
                 payload = self._pending[name]
                 data = payload if self.stored_as_script else envelope.dumps(payload)
                 flows.append(ImageFlow(name=name, location=location, data=data))
-            elif self.image_digest and not (self.stored_as_script and location == self.path):
+            elif self.image_digest and not self._in_image_already(location):
                 flows.append(ImageFlow(name=name, location=location, data=self.read_flow(self.image_digest, location)))
+        return flows
+
+    def _in_image_already(self, location: str) -> bool:
+        return self.stored_as_script and location == self.path
+
+    def build(self, push: bool = True) -> Docker:
+        """Build the image with every flow of this storage (flows built earlier are read back from
+        the previous image) and push it when `push` and a registry is configured. Returns self."""
+        flows = self._image_flows()
         built = self.build_image(flows) if push and self.registry_url else self._build_local(flows, None)
         self._pending.clear()
         self.image_tag = built.tag  # image_digest: recorded by build_image when it is in the registry
         return self
+
+    def create_dockerfile_object(self, directory: str) -> str:
+        """The seed's: write the Dockerfile of this storage's image into `directory`, with every
+        file it copies, and return the Dockerfile's absolute path.
+
+        Any builder (``docker build DIR``, buildah, kaniko) makes of it an image equivalent to
+        the one :meth:`build_image` pushes: the base image (or Dockerfile), environment,
+        dependencies, files, flowstore's runtime and the extra commands, then every flow at its
+        location (those added since the last build and those of the previous image), then,
+        unless `ignore_healthchecks`, a step that loads every flow with the image's Python (the
+        seed's healthcheck; the build fails if one does not load), and the labels."""
+        flows = self._image_flows()
+        spec = self.image_spec(flows)
+        checks = [*spec.flows, *(df.FlowFile(name=name, location=location, data=b"", kind="script")
+                                 for name, location in sorted(self.flows.items())
+                                 if self._in_image_already(location) and name not in self._pending)]
+        try:
+            context = df.render(spec, healthcheck=None if self.ignore_healthchecks else checks)
+        except df.DockerfileError as exc:
+            raise InvalidConfig(str(exc)) from None
+        target = Path(directory).resolve()
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(context.tar)) as tar:
+            tar.extractall(target, filter="data")
+        return str(target / "Dockerfile")
+
+    def push_image(self, image_name: str, image_tag: str) -> None:
+        """The seed's: push ``image_name:image_tag`` from the daemon to its registry. `image_name`
+        is the whole repository (``registry/…/name``, e.g. :attr:`image_repository`). This
+        storage's registry credentials are used for its own registry, the Docker config's for
+        another. Raises AuthFailed, RegistryUnavailable, PushFailed or DaemonUnavailable (the
+        seed raised InterruptedError)."""
+        if not image_name or not image_tag or not _TAG.match(image_tag):
+            raise InvalidConfig(f"cannot push {image_name!r}:{image_tag!r}: name a repository and a valid tag")
+        self._daemon_for(image_name).push(image_tag)
+
+    def pull_image(self) -> None:
+        """The seed's: pull `base_image` into the daemon, so that images can be built on it. Its
+        registry's credentials are this storage's when it is `registry_url`'s, else the Docker
+        config's. Raises BaseImageNotFound, AuthFailed, RegistryUnavailable or DaemonUnavailable
+        (the seed raised InterruptedError); InvalidConfig without a base image (a Dockerfile's
+        ``FROM`` images are the builder's to pull)."""
+        if not self.base_image:
+            raise InvalidConfig("there is no base_image to pull: with a dockerfile, its FROM images are pulled by "
+                                "the build")
+        self._daemon_for(_repository_of(self.base_image)).pull_image(self.base_image)
+
+    def _daemon_for(self, repository: str) -> Daemon:
+        """A daemon client for images of `repository` (``[host/]path``), with the credentials of
+        the registry that holds it."""
+        host = _registry_host_of(repository)
+        username, password, source = self.registry_username, self._registry_password, self.credentials_source
+        if host is None or host != self.registry_host:
+            username, password, source = registry_credentials(host or "docker.io", None)
+        auth = {"username": username, "password": password} if username and password is not None else None
+        hint = (f"check the credentials for {host or 'docker.io'} in {source}" if source
+                else f"no credentials were found for {host or 'docker.io'} (registry_username / registry_password "
+                     "for the storage's own registry, else the Docker config)")
+        return Daemon.connect(self.base_url, self.tls_config, repository=repository, registry_host=host,
+                              auth_config=auth, auth_hint=hint, build_options=self.build_kwargs,
+                              local_image=self.local_image)
 
     def get_flow(self, flow_location: str | None = None, *, sha256: str | None = None,
                  flow_name: str | None = None, object_name: str | None = None) -> Any:
@@ -631,3 +729,18 @@ class Docker(Storage):
         if self.image_digest:
             return f"{name}@{self.image_digest}"
         return f"{name}:{self.image_tag or 'latest'}"
+
+
+def _registry_host_of(repository: str) -> str | None:
+    """The registry host of an image repository, by Docker's rule: a first component with a
+    ``.`` or ``:``, or ``localhost``; None for Docker Hub names (``python``, ``library/python``)."""
+    first, sep, _ = repository.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else None
+
+
+def _repository_of(reference: str) -> str:
+    """``name`` of ``name[:tag][@digest]``."""
+    name = reference.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name

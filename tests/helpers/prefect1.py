@@ -1,0 +1,99 @@
+"""Prefect 1.4.1 (the seed's own system) in a virtualenv of its own, so its code can read what
+flowstore writes: `StorageSchema().load(storage.serialize())`, `Local.get_flow`, `S3.get_flow`.
+
+flowstore is *not* installed there: the point is that Prefect's own code reads flowstore's output.
+Tests hand it JSON and get JSON back (:func:`run`).
+
+The venv is built once per requirements and Python version into
+``~/.cache/flowstore/venvs/prefect-1.4.1-<hash>``, when missing (a clean CI machine: pip from
+PyPI, a minute or two). The build is atomic and safe for concurrent sessions: each builds in a
+temporary directory beside the target and renames it into place; a session that loses the race
+drops its copy and uses the winner's. (A venv moved after its creation keeps working through
+``bin/python``, which finds its ``pyvenv.cfg`` next to it; only the console scripts' shebangs would
+name the temporary path, and nothing here runs them.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+PREFECT_VERSION = "1.4.1"
+#: prefect 1.4.1's schemas break with marshmallow 3.22 (``fields.Dict(keys=fields.Str)`` with a
+#: class, not an instance, is refused there); boto3 is what its S3 storage imports
+REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "marshmallow<3.22", "boto3")
+VENVS = Path.home() / ".cache" / "flowstore" / "venvs"
+
+
+def venv_dir() -> Path:
+    """Where the venv for these requirements and this Python lives."""
+    key = json.dumps({"requirements": REQUIREMENTS, "python": list(sys.version_info[:2])}, sort_keys=True)
+    return VENVS / f"prefect-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def python() -> Path:
+    """The venv's python, built first when missing."""
+    target = venv_dir()
+    exe = target / "bin" / "python"
+    if _works(exe):
+        return exe
+    VENVS.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=VENVS))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True, capture_output=True, timeout=300)
+        done = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", *REQUIREMENTS],
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip install {' '.join(REQUIREMENTS)} failed:\n{done.stdout}{done.stderr}")
+        try:
+            os.rename(staging, target)  # atomic; fails when another session got there first
+        except OSError:
+            if not _works(exe):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _works(exe):
+        raise RuntimeError(f"{exe} cannot import prefect {PREFECT_VERSION}")
+    return exe
+
+
+def _works(exe: Path) -> bool:
+    if not exe.exists():
+        return False
+    done = subprocess.run([str(exe), "-c", "import prefect; print(prefect.__version__)"],
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode == 0 and done.stdout.strip() == PREFECT_VERSION
+
+
+def run(code: str, payload: Any, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+    """Run `code` with Prefect's python: it reads the JSON `payload` from stdin as ``payload`` and
+    prints its answer with ``answer(obj)`` (JSON). Raises with the child's output on failure."""
+    prelude = textwrap.dedent("""\
+        import json, sys, warnings
+        warnings.simplefilter("ignore")
+        payload = json.loads(sys.stdin.read())
+        def answer(obj):
+            print("@@ANSWER@@" + json.dumps(obj, default=repr))
+        """)
+    home = tempfile.mkdtemp(prefix="prefect1-home-")
+    try:
+        child_env = {**os.environ, **(env or {}), "HOME": home, "PREFECT__HOME_DIR": f"{home}/.prefect",
+                     "PREFECT__LOGGING__LEVEL": "WARNING"}
+        done = subprocess.run([str(python()), "-c", prelude + textwrap.dedent(code)], input=json.dumps(payload),
+                              capture_output=True, text=True, timeout=300, env=child_env, cwd=cwd or home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("@@ANSWER@@")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"prefect {PREFECT_VERSION} child failed ({done.returncode}):\n"
+                             f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix("@@ANSWER@@"))
