@@ -280,8 +280,13 @@ def test_options_render(helm: str) -> None:
 
 
 def _rules(doc: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
-    return {(group, resource): set(rule["verbs"])
-            for rule in doc["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    """Verbs by (group, resource), over every rule that names them."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    for rule in doc["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                verbs.setdefault((group, resource), set()).update(rule["verbs"])
+    return verbs
 
 
 def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
@@ -290,9 +295,13 @@ def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
         ("flowstore.dev", "storedflows"): {"get", "list", "watch", "patch"},
         ("flowstore.dev", "flowstorages/status"): {"patch"},
         ("flowstore.dev", "storedflows/status"): {"patch"},
-        ("", "configmaps"): {"get", "list", "watch"},
+        ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
         ("", "secrets"): {"get"},
         ("", "events"): {"create"},
+        # builder Jobs (spec.build): the Job, its ConfigMap, its Pod's state and log
+        ("batch", "jobs"): {"get", "list", "create", "delete"},
+        ("", "pods"): {"get", "list"},
+        ("", "pods/log"): {"get"},
     }
     crds = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
     docs = render(helm, "flowstore", "flowstore-system")
@@ -332,7 +341,10 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         for verb in ("delete", "create", "update"):
             assert not can_i(sa_config, verb, "storedflows.flowstore.dev", "-n", ns), verb
         assert not can_i(sa_config, "update", "storedflows.flowstore.dev", "--subresource=status", "-n", ns)
-        assert not can_i(sa_config, "create", "configmaps", "-n", ns)
+        assert can_i(sa_config, "create", "jobs.batch", "-n", ns)  # builder Jobs
+        assert can_i(sa_config, "get", "pods", "--subresource=log", "-n", ns)
+        assert not can_i(sa_config, "update", "configmaps", "-n", ns)
+        assert not can_i(sa_config, "patch", "jobs.batch", "-n", ns)
         assert not can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", ns)
     for ns in (unwatched, home):
         assert not can_i(sa_config, "get", "secrets", "-n", ns)

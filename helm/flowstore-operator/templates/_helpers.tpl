@@ -78,6 +78,23 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Builder Jobs (spec.build: flows built in their own image, controller/jobs.py): a Job per build
+# in the StoredFlow's namespace, read by name (a restart adopts it), listed by label to delete a
+# stale one, deleted once its result is read. No update/patch: a Job is never changed.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, create, delete]
+# Each Job's ConfigMap (the builder program and the build request), made and deleted with it.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, delete]
+# The builder Pod's state (image pulls, OOM kills) and its log, which carries the result.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 {{- end }}
 
 {{/* Cluster-scoped permissions kopf needs in either mode. */}}

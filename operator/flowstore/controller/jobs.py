@@ -142,8 +142,10 @@ class JobBuilder:
                                f"(--max-build-jobs {self.max_jobs})", retry_after=2.0)
             self._running.add((request.namespace, name))
         nonce = secrets.token_hex(8)
+        # owned by the StoredFlow: deleting it deletes them (no blockOwnerDeletion, which would need
+        # update on storedflows/finalizers where OwnerReferencesPermissionEnforcement is on)
         owner = [client.V1OwnerReference(api_version=API_VERSION, kind=STOREDFLOW_KIND, name=request.owner_name,
-                                          uid=request.owner_uid, block_owner_deletion=True)]
+                                          uid=request.owner_uid)]
         labels = {MANAGED_BY_LABEL: MANAGED_BY, STOREDFLOW_LABEL: request.owner_name, BUILD_LABEL: name[-16:]}
         request_json = json.dumps({"nonce": nonce, **json.loads(payload)}).encode()
         configmap = client.V1ConfigMap(
