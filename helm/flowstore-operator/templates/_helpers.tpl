@@ -42,6 +42,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Where the operator's own endpoints listen: every interface of the Pod's network namespace,
+or only the node's loopback when the Pod shares the node's network (hostNetwork). */}}
+{{- define "flowstore-operator.listenAddress" -}}
+{{- if .Values.hostNetwork }}127.0.0.1{{ else }}0.0.0.0{{ end }}
+{{- end }}
+
 {{- define "flowstore-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
