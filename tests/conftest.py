@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -84,6 +85,30 @@ def docker_env() -> dict[str, str]:
     return {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
             "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
             "base_image": env["FLOWSTORE_BASE_IMAGE"]}
+
+
+# What an RBAC denial (or kopf's fallback when one is met) looks like in the operator's log.
+# (A 403 on its own: not the milliseconds of a timestamp like `16:09:16,403`, nor part of a name.)
+DENIAL = re.compile(r"(?<![\w,.-])403(?![\w-])|[Ff]orbidden|Not enough permissions|[Pp]ermission denied")
+
+# helm keeps its cache and config out of the developer's home.
+HELM_HOMES = {"HELM_CACHE_HOME": "/tmp/flowstore-helm-cache", "HELM_CONFIG_HOME": "/tmp/flowstore-helm-config",
+              "HELM_DATA_HOME": "/tmp/flowstore-helm-data"}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary, built once from the Go module proxy (scripts/lib/install-helm.sh)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "install-helm.sh")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_helm(helm: str, *args: str) -> str:
+    done = subprocess.run([helm, *args], capture_output=True, text=True, check=False, env={**os.environ, **HELM_HOMES})
+    assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
