@@ -40,9 +40,13 @@ build=(podman build --pull=never --build-arg "PYTHON_IMAGE=$base")
 if [ -f "$host_ca_dir/ca-certificates.crt" ]; then
   build+=(--volume "$host_ca_dir:$host_ca_dir:ro")
 fi
+before="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 "${build[@]}" --target build -t "$image-build" "$root" >&2
 "${build[@]}" -t "$image" "$root" >&2
-podman image prune -f --filter until=1h >/dev/null 2>&1 || true
+if [ "$(podman image inspect --format '{{.Id}}' "$image")" != "$before" ]; then
+  # Only a new image leaves old layers behind; pruning is slow on vfs (tens of seconds).
+  podman image prune -f --filter until=1h >/dev/null 2>&1 || true
+fi
 echo "operator-image: built $image in $((SECONDS - start))s" >&2
 
 if [ $# -eq 0 ]; then
