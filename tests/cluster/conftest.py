@@ -69,7 +69,9 @@ def operator_image(node_env: dict[str, str], docker_env: dict[str, str]) -> Call
         tag = f"{tag}-{session}"
         if tag not in pushed:
             t0 = time.monotonic()
-            done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "operator-image.sh"), tag],
+            # Built once per session; later tags push the same image.
+            build = [] if not pushed else ["--no-build"]
+            done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "operator-image.sh"), *build, tag],
                                   capture_output=True, text=True, timeout=1800, check=False)
             assert done.returncode == 0, f"operator-image.sh failed:\n{done.stderr[-4000:]}"
             pushed[tag] = done.stdout.strip().splitlines()[-1]
