@@ -197,6 +197,8 @@ def test_image_has_backends_but_no_build_tools(container: str) -> None:
     assert buildah_run(container, "id", "-u") == str(UID)
     tools = "for t in gcc cc c++ g++ make ld as; do command -v $t; done; echo end"
     assert buildah_run(container, "sh", "-c", tools) == "end"
+    # ...but git, which the git-hosted storages run.
+    assert buildah_run(container, "git", "--version").startswith("git version")
     # No pip in the venv, no sources, and the venv is not writable by the operator.
     assert buildah_run(container, "sh", "-c", "ls /opt/flowstore/bin/pip* /src 2>/dev/null; echo end") == "end"
     assert buildah_run(container, "sh", "-c", "test -w /opt/flowstore/lib || echo read-only") == "read-only"
