@@ -224,6 +224,7 @@ def test_default_values(helm: str) -> None:
                                             "capabilities": {"drop": ["ALL"]}}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert deploy["spec"]["replicas"] == 1
     # The local-testing aids are off: the Pod's own network, the kubelet's KUBERNETES_SERVICE_*.
     assert "hostNetwork" not in pod and "dnsPolicy" not in pod
@@ -271,15 +272,17 @@ def test_local_testing_values_render(helm: str) -> None:
     assert "--liveness=http://127.0.0.1:18080/healthz" in container["args"]
     assert "--metrics-port=19090" in container["args"] and "--metrics-address=127.0.0.1" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "host": "127.0.0.1"}
+    assert container["readinessProbe"]["httpGet"] == container["livenessProbe"]["httpGet"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1" and env["KUBERNETES_SERVICE_PORT"] == "6443"
     assert deploy["spec"]["strategy"] == {"type": "RollingUpdate",
                                           "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     # Several replicas on one node: no probe and no metrics, so no port of the node is taken.
     docs = render(helm, "flowstore", "ops", "--set", "hostNetwork=true", "--set", "replicas=2",
-                  "--set", "probes.liveness.enabled=false", "--set", "metrics.enabled=false")
+                  "--set", "probes.liveness.enabled=false", "--set", "probes.readiness.enabled=false",
+                  "--set", "metrics.enabled=false")
     (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
-    assert "ports" not in container and "livenessProbe" not in container
+    assert "ports" not in container and "livenessProbe" not in container and "readinessProbe" not in container
     assert not [a for a in container["args"] if a.startswith(("--liveness", "--metrics"))]
     # apiServer.host without a port is a mistake, said at render time.
     done = subprocess.run([helm, "template", "x", str(CHART), "--set", "apiServer.host=127.0.0.1"],

@@ -172,6 +172,7 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
             "--set", f"metrics.port={free_port()}",
             # a faster liveness probe than production's, so a test sees it pass
             "--set", "probes.liveness.initialDelaySeconds=2", "--set", "probes.liveness.periodSeconds=5",
+            "--set", "probes.readiness.periodSeconds=1",
             "--set", f"replicas={replicas}",
             "--set", "log.format=text",
             *(["--set", "watchNamespaces={" + ",".join(watch) + "}"] if watch else []),

@@ -45,8 +45,8 @@ def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Re
                                                         s3_bucket: str) -> None:
     namespace = new_namespace()
     # Two replicas on one node share its network: no probe and no metrics port (values.yaml).
-    release = install("--set", "probes.liveness.enabled=false", "--set", "metrics.enabled=false",
-                      replicas=2, watch=(namespace,))
+    release = install("--set", "probes.liveness.enabled=false", "--set", "probes.readiness.enabled=false",
+                      "--set", "metrics.enabled=false", replicas=2, watch=(namespace,))
     first = leader(release)
     apply(s3_storage(namespace, s3_bucket, s3_endpoint))
     names = [f"flow-{i}" for i in range(8)]

@@ -48,6 +48,11 @@ or only the node's loopback when the Pod shares the node's network (hostNetwork)
 {{- if .Values.hostNetwork }}127.0.0.1{{ else }}0.0.0.0{{ end }}
 {{- end }}
 
+{{/* "true" when the operator serves its health endpoint (for the liveness or readiness probe). */}}
+{{- define "flowstore-operator.healthEndpoint" -}}
+{{- if or .Values.probes.liveness.enabled .Values.probes.readiness.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "flowstore-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
