@@ -95,6 +95,29 @@ def pull_secret(namespace: str, docker_env: dict[str, str], name: str = "registr
     return name
 
 
+@pytest.fixture
+def new_namespace(kube_env: dict[str, str]) -> Iterator[Callable[[], str]]:
+    """Namespaces for the test's flows. Afterwards their flowstore objects go, finalizers
+    released (the in-cluster operator is gone by then), so no later operator serves them."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"c-{uuid.uuid4().hex[:10]}"
+        kubectl("create", "namespace", name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        objects = kubectl("get", "storedflows,flowstorages", "-n", name, "-o", "name", check=False).stdout.split()
+        for obj in objects:
+            kubectl("patch", obj, "-n", name, "--type=merge", "-p", '{"metadata": {"finalizers": null}}',
+                    check=False)
+        if objects:
+            kubectl("delete", *objects, "-n", name, "--wait=false", check=False)
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @dataclass
 class Release:
     """One `helm install` of the chart on the node; `helm_run` runs helm with the test's homes."""

@@ -9,18 +9,11 @@ twice shows up as an extra object.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 from tests.cluster.conftest import Release
 from tests.conftest import kubectl
 from tests.e2e.conftest import apply, get, inline_flow, s3_keys, s3_storage, wait_ready
-
-
-def new_namespace() -> str:
-    name = f"c-{uuid.uuid4().hex[:10]}"
-    kubectl("create", "namespace", name)
-    return name
 
 
 def leader(release: Release, timeout: float = 60) -> str:
@@ -41,7 +34,8 @@ def assert_each_stored_once(namespace: str, names: list[str], s3_endpoint: str, 
     assert s3_keys(s3_endpoint, bucket) == locations, "a flow was stored twice, or not at all"
 
 
-def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Release], s3_endpoint: str,
+def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Release],
+                                                        new_namespace: Callable[[], str], s3_endpoint: str,
                                                         s3_bucket: str) -> None:
     namespace = new_namespace()
     # Two replicas on one node share its network: no probe and no metrics port (values.yaml).
@@ -66,6 +60,7 @@ def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Re
 
 
 def test_upgrade_while_storing_then_uninstall_keeps_everything(install: Callable[..., Release],
+                                                               new_namespace: Callable[[], str],
                                                                operator_image: Callable[[str], str],
                                                                helm: str, s3_endpoint: str,
                                                                s3_bucket: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 
 from tests.cluster.conftest import Release
@@ -15,12 +14,6 @@ from tests.conftest import kubectl
 from tests.e2e.conftest import apply, get, inline_flow, s3_keys, s3_storage, wait_ready
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
-def new_namespace() -> str:
-    name = f"c-{uuid.uuid4().hex[:10]}"
-    kubectl("create", "namespace", name)
-    return name
 
 
 def store_flows(namespace: str, bucket: str, endpoint: str, count: int = 2) -> list[dict]:
@@ -52,8 +45,8 @@ def assert_pod_as_the_chart_says(release: Release) -> None:
     assert out == ["10001", "token"], out
 
 
-def test_cluster_wide_install_stores_flows(install: Callable[..., Release], s3_endpoint: str,
-                                           s3_bucket: str) -> None:
+def test_cluster_wide_install_stores_flows(install: Callable[..., Release], new_namespace: Callable[[], str],
+                                           s3_endpoint: str, s3_bucket: str) -> None:
     release = install()
     namespace = new_namespace()
     statuses = store_flows(namespace, s3_bucket, s3_endpoint)
@@ -71,7 +64,8 @@ def test_cluster_wide_install_stores_flows(install: Callable[..., Release], s3_e
     release.assert_no_denials(logs)
 
 
-def test_namespaced_install_serves_only_its_namespaces(install: Callable[..., Release], s3_endpoint: str,
+def test_namespaced_install_serves_only_its_namespaces(install: Callable[..., Release],
+                                                       new_namespace: Callable[[], str], s3_endpoint: str,
                                                        s3_bucket: str) -> None:
     watched, elsewhere = new_namespace(), new_namespace()
     release = install(watch=(watched,))
@@ -117,8 +111,8 @@ flow = Flow("probe", main)
 '''
 
 
-def test_build_sandbox_holds_inside_the_pod(install: Callable[..., Release], s3_endpoint: str, s3_bucket: str,
-                                            apiserver_port: int) -> None:
+def test_build_sandbox_holds_inside_the_pod(install: Callable[..., Release], new_namespace: Callable[[], str],
+                                            s3_endpoint: str, s3_bucket: str, apiserver_port: int) -> None:
     """Under containerd's default seccomp profile (the chart's RuntimeDefault), as uid 10001
     with a read-only root: a flow script that, while being built, reads the mounted token or
     connects to the API server is refused, though the operator's own process can do both."""
