@@ -210,3 +210,18 @@ def test_down_leaves_nothing_behind(node_env: dict[str, str], tmp_path_factory: 
     ready = kubectl("get", "node", node_env["FLOWSTORE_NODE_NAME"], "-o",
                     "jsonpath={.status.conditions[?(@.type=='Ready')].status}").stdout
     assert ready == "True"
+
+
+def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
+    """A state dir whose containerd socket path cannot fit a UNIX socket address, and an unknown
+    binary for build-kube.sh: each refused with a message naming the problem, nothing started."""
+    long_dir = tmp_path / ("d" * 120)
+    done = subprocess.run([sys.executable, str(LOCALCLOUD), "up", "node"], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "FLOWSTORE_LOCALCLOUD_DIR": str(long_dir)}, check=False)
+    assert done.returncode == 1
+    assert "containerd socket path" in done.stderr and "shorter FLOWSTORE_LOCALCLOUD_DIR" in done.stderr
+    assert not long_dir.exists()
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "build-kube.sh"), str(tmp_path / "bin"),
+                           "kube-proxy"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "unknown binary 'kube-proxy'" in done.stderr
+    assert not (tmp_path / "bin").exists()
