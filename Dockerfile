@@ -41,6 +41,11 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="flowstore-operator" \
       org.opencontainers.image.description="Kubernetes operator that stores workflow flows (FlowStorage / StoredFlow)" \
       org.opencontainers.image.licenses="Apache-2.0"
+# git: the git-hosted storages (`git` backend) clone with the git command. Found missing by the
+# first run of this image on a real node (`make demo-cluster`): the slim bases have no git.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/*
 # A fixed non-root uid/gid (Kubernetes runAsNonRoot needs a numeric USER); no home directory:
 # HOME is /tmp, the only writable place.
 RUN groupadd --gid 10001 flowstore \

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-unit crds bootstrap lint bench clean cloud-up cloud-down
+.PHONY: demo demo-cluster test test-unit crds bootstrap lint bench clean cloud-up cloud-down
 
 bootstrap: $(VENV)/.installed
 
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 
 demo: bootstrap
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/demo
+
+# The same demo with the operator as a Pod from the Helm chart on the local cloud's node.
+demo-cluster: bootstrap
+	CLUSTER=1 PATH="$(abspath $(VENV))/bin:$$PATH" scripts/demo
 
 test: bootstrap
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/run-tests

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.helm import install_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
 from tests.helpers.operator import OperatorProcess
@@ -30,7 +31,7 @@ TESTS = Path(__file__).resolve().parent
 TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster"}
 #: fixtures that start servers: never in the unit tier
 SERVER_FIXTURES = {"kube_env", "s3_endpoint", "gcs_endpoint", "azure_connection_string", "git_server", "docker_env",
-                   "crds", "namespace", "s3_bucket", "operator", "own_operators_only"}
+                   "crds", "namespace", "s3_bucket", "operator", "own_operators_only", "node_env"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -88,6 +89,12 @@ def docker_env() -> dict[str, str]:
     return {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
             "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
             "base_image": env["FLOWSTORE_BASE_IMAGE"]}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary (tests/helpers/helm.py)."""
+    return install_helm()
 
 
 @pytest.fixture(scope="session")

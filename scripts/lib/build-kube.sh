@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build a real kube-apiserver and etcd from the Go module proxy (the envtest model).
+# Build real Kubernetes binaries and etcd from the Go module proxy (the envtest model).
 #
 # k8s.io/kubernetes replaces its staging modules with ./staging, which a module
 # download does not contain, so `go install` of it fails. A small wrapper module
@@ -7,12 +7,40 @@
 # v0.Y.Z twin; the list comes from the tag's own go.mod, so it stays right when
 # the pinned version moves. etcd is built the same way, at the version kube pins.
 #
-# Usage: build-kube.sh OUT_DIR   (binaries land in OUT_DIR/{kube-apiserver,etcd})
+# Usage: build-kube.sh OUT_DIR [BINARY ...]
+#   BINARY: kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager
+#   (default: kube-apiserver etcd). Binaries land in OUT_DIR/<name>; ones already there are
+#   kept. A lock in OUT_DIR makes a second caller (another state dir's `localcloud up`) wait,
+#   then build only what is still missing, so no binary is ever built twice at once.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
 out="$1"
+shift
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(kube-apiserver etcd)
+for b in "${wanted[@]}"; do
+  case "$b" in
+    kube-apiserver|etcd|kubelet|kube-scheduler|kube-controller-manager) ;;
+    *) echo "build-kube: unknown binary '$b' (kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager)" >&2
+       exit 2 ;;
+  esac
+done
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+
+exec 9>"$out/.build.lock"
+if ! flock -n 9; then
+  echo "build-kube: another build into $out is running; waiting for it" >&2
+  flock 9
+fi
+missing=()
+for b in "${wanted[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "build-kube: ${wanted[*]} already in $out" >&2
+  exit 0
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -61,8 +89,13 @@ for v in gitVersion=${KUBE_VERSION} gitMajor=1 gitMinor=${minor%%.*} gitTreeStat
   ldflags="$ldflags -X k8s.io/component-base/version.$v"
 done
 # Two jobs of one core each: the machine has 2 cores and several GB are needed per link.
-go build -p 2 -ldflags "$ldflags" -o "$out/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-go build -p 2 -ldflags "-s -w" -o "$out/etcd.tmp" ./cmd/etcd
-mv "$out/kube-apiserver.tmp" "$out/kube-apiserver"
-mv "$out/etcd.tmp" "$out/etcd"
-echo "built kube-apiserver ${KUBE_VERSION} and etcd ${etcd_version} into $out"
+for b in "${missing[@]}"; do
+  start=$SECONDS
+  if [ "$b" = etcd ]; then
+    go build -p 2 -ldflags "-s -w" -o "$out/etcd.tmp" ./cmd/etcd
+  else
+    go build -p 2 -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+  fi
+  mv "$out/$b.tmp" "$out/$b"
+  echo "build-kube: built $b (${KUBE_VERSION}; etcd ${etcd_version}) into $out in $((SECONDS - start))s" >&2
+done

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.helm import DENIAL, run_helm
 from tests.helpers.kube import apply, kubectl, wait_ready
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
 from tests.helpers.manifests import inline_flow, s3_storage
@@ -34,30 +34,9 @@ from tests.helpers.operator import OperatorProcess
 
 CHART = ROOT / "helm" / "flowstore-operator"
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
-# What an RBAC denial (or kopf's fallback when one is met) looks like in the operator's log.
-# (A 403 on its own: not the milliseconds of a timestamp like `16:09:16,403`, nor part of a name.)
-DENIAL = re.compile(r"(?<![\w,.-])403(?![\w-])|[Ff]orbidden|Not enough permissions|[Pp]ermission denied")
 
 
 # ---------------------------------------------------------------------- helpers and fixtures
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """The helm binary, built once from the Go module proxy (scripts/lib/install-helm.sh)."""
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "install-helm.sh")],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
-def run_helm(helm: str, *args: str) -> str:
-    done = subprocess.run([helm, *args], capture_output=True, text=True, check=False,
-                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/flowstore-helm-cache",
-                               "HELM_CONFIG_HOME": "/tmp/flowstore-helm-config",
-                               "HELM_DATA_HOME": "/tmp/flowstore-helm-data"})
-    assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def render(helm: str, release: str, namespace: str, *options: str) -> list[dict[str, Any]]:
     out = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *options)
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -248,7 +227,12 @@ def test_default_values(helm: str) -> None:
                                             "capabilities": {"drop": ["ALL"]}}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert deploy["spec"]["replicas"] == 1
+    # The local-testing aids are off: the Pod's own network, the kubelet's KUBERNETES_SERVICE_*.
+    assert "hostNetwork" not in pod and "dnsPolicy" not in pod
+    assert not [e for e in container["env"] if e["name"].startswith("KUBERNETES_SERVICE_")]
+    assert "--metrics-address=127.0.0.1" not in args
     (service,) = by_kind(docs, "Service")
     assert service["spec"]["ports"][0]["port"] == 9090
     assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "PodDisruptionBudget")
@@ -277,6 +261,36 @@ def test_options_render(helm: str) -> None:
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
     assert roles == {("a", "flowstore-flowstore-operator"), ("b", "flowstore-flowstore-operator"),
                      ("ops", "flowstore-flowstore-operator-leader-election")}
+
+
+def test_local_testing_values_render(helm: str) -> None:
+    """hostNetwork + apiServer (the local node's API server on 127.0.0.1): the node's network,
+    endpoints and probe on its loopback, the address in the env, old Pods stopped first."""
+    docs = render(helm, "flowstore", "ops", "--set", "hostNetwork=true", "--set", "apiServer.host=127.0.0.1",
+                  "--set", "apiServer.port=6443", "--set", "probes.port=18080", "--set", "metrics.port=19090")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert "--liveness=http://127.0.0.1:18080/healthz" in container["args"]
+    assert "--metrics-port=19090" in container["args"] and "--metrics-address=127.0.0.1" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "host": "127.0.0.1"}
+    assert container["readinessProbe"]["httpGet"] == container["livenessProbe"]["httpGet"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1" and env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate",
+                                          "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    # Several replicas on one node: no probe and no metrics, so no port of the node is taken.
+    docs = render(helm, "flowstore", "ops", "--set", "hostNetwork=true", "--set", "replicas=2",
+                  "--set", "probes.liveness.enabled=false", "--set", "probes.readiness.enabled=false",
+                  "--set", "metrics.enabled=false")
+    (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "ports" not in container and "livenessProbe" not in container and "readinessProbe" not in container
+    assert not [a for a in container["args"] if a.startswith(("--liveness", "--metrics"))]
+    # apiServer.host without a port is a mistake, said at render time.
+    done = subprocess.run([helm, "template", "x", str(CHART), "--set", "apiServer.host=127.0.0.1"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "apiServer.port is required" in done.stderr
 
 
 def _rules(doc: dict[str, Any]) -> dict[tuple[str, str], set[str]]:

@@ -42,6 +42,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Where the operator's own endpoints listen: every interface of the Pod's network namespace,
+or only the node's loopback when the Pod shares the node's network (hostNetwork). */}}
+{{- define "flowstore-operator.listenAddress" -}}
+{{- if .Values.hostNetwork }}127.0.0.1{{ else }}0.0.0.0{{ end }}
+{{- end }}
+
+{{/* "true" when the operator serves its health endpoint (for the liveness or readiness probe). */}}
+{{- define "flowstore-operator.healthEndpoint" -}}
+{{- if or .Values.probes.liveness.enabled .Values.probes.readiness.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "flowstore-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}

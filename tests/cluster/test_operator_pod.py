@@ -1,0 +1,150 @@
+"""The operator as a Pod from the chart: Ready, storing StoredFlows in S3 in both RBAC modes with
+its own ServiceAccount token (in-cluster config), never touching namespaces it does not watch,
+no RBAC denial in its log, and its build sandbox holding inside the real container.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from tests.cluster.conftest import Release
+from tests.helpers.kube import apply, get, kubectl, wait_ready
+from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.objects import s3_keys
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def store_flows(namespace: str, bucket: str, endpoint: str, count: int = 2) -> list[dict]:
+    apply(s3_storage(namespace, bucket, endpoint, key_prefix="prod/"))
+    for i in range(count):
+        apply(inline_flow(namespace, f"flow-{i}", f"flow {i}", body=f"return {i}"))
+    return [wait_ready(namespace, f"flow-{i}", timeout=120)["status"] for i in range(count)]
+
+
+def assert_pod_as_the_chart_says(release: Release) -> None:
+    """The running Pod: the chart's ServiceAccount, a projected token, the read-only root
+    filesystem, non-root, and a liveness probe the kubelet runs (and that passes)."""
+    (pod,) = release.pods()
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == release.deployment
+    assert spec["hostNetwork"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["host"] == "127.0.0.1"
+    assert any(v.get("projected") for v in spec["volumes"]), "ServiceAccount token volume"
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["ready"] and status["restartCount"] == 0, status
+    # In the container: uid 10001, / read-only, the token there.
+    done = kubectl("exec", "-n", release.namespace, pod["metadata"]["name"], "--", "python3", "-c",
+                   "open('/probe', 'w')", check=False)
+    assert "Read-only file system" in done.stderr, done
+    out = kubectl("exec", "-n", release.namespace, pod["metadata"]["name"], "--", "sh", "-c",
+                  f"id -u; test -s {SA_TOKEN} && echo token").stdout.split()
+    assert out == ["10001", "token"], out
+
+
+def test_cluster_wide_install_stores_flows(install: Callable[..., Release], new_namespace: Callable[[], str],
+                                           s3_endpoint: str, s3_bucket: str) -> None:
+    release = install()
+    namespace = new_namespace()
+    statuses = store_flows(namespace, s3_bucket, s3_endpoint)
+    keys = s3_keys(s3_endpoint, s3_bucket)
+    assert sorted(s["location"] for s in statuses) == keys, keys
+    assert_pod_as_the_chart_says(release)
+    # The liveness probe has run several times by now (period 5 s) and never failed.
+    time.sleep(6)
+    (pod,) = release.pods()
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    events = kubectl("get", "events", "-n", release.namespace, "-o", "json").stdout
+    assert not [e for e in json.loads(events)["items"] if e.get("reason") == "Unhealthy"], events
+    logs = release.logs()
+    assert "acquired Lease" in logs
+    release.assert_no_denials(logs)
+
+
+def test_namespaced_install_serves_only_its_namespaces(install: Callable[..., Release],
+                                                       new_namespace: Callable[[], str], s3_endpoint: str,
+                                                       s3_bucket: str) -> None:
+    watched, elsewhere = new_namespace(), new_namespace()
+    release = install(watch=(watched,))
+    # Outside the watched namespaces first: if the operator were to touch it, it has had the
+    # whole time of the watched flows' builds to do so.
+    apply(s3_storage(elsewhere, s3_bucket, s3_endpoint, key_prefix="elsewhere/"))
+    apply(inline_flow(elsewhere, "ignored", "ignored"))
+    statuses = store_flows(watched, s3_bucket, s3_endpoint)
+    assert sorted(s["location"] for s in statuses) == s3_keys(s3_endpoint, s3_bucket)
+    time.sleep(3)
+    for kind, name in (("storedflow", "ignored"), ("flowstorage", "store")):
+        obj = get(kind, elsewhere, name)
+        assert "status" not in obj and not obj["metadata"].get("finalizers"), obj
+        assert not [k for k in obj["metadata"].get("annotations") or {} if k.startswith("kopf.")], obj
+    assert not [k for k in s3_keys(s3_endpoint, s3_bucket) if k.startswith("elsewhere/")]
+    release.assert_no_denials()
+
+
+PROBE_FLOW = '''
+import json, socket
+from flowstore.flow import Flow
+
+def attempt(action):
+    try:
+        action()
+        return "ALLOWED"
+    except OSError as exc:
+        return type(exc).__name__
+
+def read_token():
+    open("{token}").read()
+
+def reach_api_server():
+    socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+
+# Runs while the operator builds the flow, in its sandbox: what could a flow script get at?
+FOUND = {{"token": attempt(read_token), "apiserver": attempt(reach_api_server)}}
+
+def main():
+    return FOUND
+
+flow = Flow("probe", main)
+'''
+
+
+def test_build_sandbox_holds_inside_the_pod(install: Callable[..., Release], new_namespace: Callable[[], str],
+                                            s3_endpoint: str, s3_bucket: str, apiserver_port: int) -> None:
+    """Under containerd's default seccomp profile (the chart's RuntimeDefault), as uid 10001
+    with a read-only root: a flow script that, while being built, reads the mounted token or
+    connects to the API server is refused, though the operator's own process can do both."""
+    namespace = new_namespace()
+    release = install(watch=(namespace,))
+    (pod,) = release.pods()
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint))
+    script = PROBE_FLOW.format(token=SA_TOKEN, port=apiserver_port)
+    indented = "\n".join("      " + line for line in script.splitlines())
+    apply(f"""
+apiVersion: flowstore.dev/v1alpha1
+kind: StoredFlow
+metadata: {{name: probe, namespace: {namespace}}}
+spec:
+  storageRef: {{name: store}}
+  flowName: probe
+  source:
+    inline: |
+{indented}
+""")
+    wait_ready(namespace, "probe", timeout=120)
+    from flowstore.client import load_flow
+
+    found = load_flow("probe", namespace).run()
+    assert found == {"token": "PermissionError", "apiserver": "PermissionError"}, found
+    # The same two things from the operator's own process in that container succeed, so the
+    # refusals above are the sandbox's, not the Pod's.
+    outside = (f"import socket; open('{SA_TOKEN}').read(); "
+               f"socket.create_connection(('127.0.0.1', {apiserver_port}), timeout=3).close(); print('both')")
+    assert kubectl("exec", "-n", release.namespace, pod["metadata"]["name"], "--", "python3", "-c",
+                   outside).stdout.strip() == "both"
+    logs = release.logs()
+    assert "Landlock is unavailable" not in logs
+    release.assert_no_denials(logs)
