@@ -28,10 +28,11 @@ RUN mkdir -p operator/flowstore && touch operator/flowstore/__init__.py README.m
  && /opt/flowstore/bin/pip install ".[all]" \
  && rm -rf operator build README.md
 # Then flowstore itself (bytecode compiled now, at install time: the image never writes it).
-COPY README.md ./
+# The package's long description is a stub: a README edit does not rebuild the image.
 COPY operator ./operator
-RUN /opt/flowstore/bin/pip install --no-deps --force-reinstall . \
- && rm -rf build \
+RUN echo "flowstore: see https://github.com/flowstore-dev/flowstore" >README.md \
+ && /opt/flowstore/bin/pip install --no-deps --force-reinstall . \
+ && rm -rf build README.md \
  && /opt/flowstore/bin/python -c "import flowstore.controller.handlers, flowstore.storage.s3, \
       flowstore.storage.gcs, flowstore.storage.azure, boto3, google.cloud.storage, azure.storage.blob" \
  && /opt/flowstore/bin/pip uninstall -y pip

@@ -226,7 +226,8 @@ class Operator:
         self._sampling = False
         self.port = 0
 
-    def start(self) -> float:
+    def start(self, *extra: str) -> float:
+        """Start `flowstore operator -n NAMESPACE` (plus `extra` arguments); returns when it did."""
         import psutil
 
         self.starts += 1
@@ -236,7 +237,7 @@ class Operator:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowstore.cli", "operator", "-n", self.namespace,
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz", *extra],
             stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=ROOT,
         )
         self._ps = psutil.Process(self.proc.pid)

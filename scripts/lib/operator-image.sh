@@ -13,7 +13,7 @@
 #   FLOWSTORE_REGISTRY, FLOWSTORE_REGISTRY_USERNAME, FLOWSTORE_REGISTRY_PASSWORD
 #                       the local registry (`eval "$(scripts/localcloud env)"` after `up docker`)
 #
-# Cached twice: when the build inputs (Dockerfile, pyproject.toml, README.md, operator/ and the
+# Cached twice: when the build inputs (Dockerfile, pyproject.toml, operator/ and the
 # base image) are those the image was built from (its label dev.flowstore.operator-inputs), there
 # is no build at all; otherwise podman's layers are reused: the dependency layer (pip install of flowstore[all]) is rebuilt only when
 # pyproject.toml changes, so a rebuild after an operator source change is quick. The build stage
@@ -45,7 +45,7 @@ flock 9
 
 start=$SECONDS
 # What the image is made of, as .dockerignore lets it into the build context.
-inputs="$( (cd "$root" && find Dockerfile .dockerignore pyproject.toml README.md operator -type f \
+inputs="$( (cd "$root" && find Dockerfile .dockerignore pyproject.toml operator -type f \
   -not -path '*/__pycache__/*' -not -name '*.pyc' -not -path '*.egg-info/*' -print0 | LC_ALL=C sort -z \
   | xargs -0 sha256sum; podman image inspect --format '{{.Id}}' "$base") | sha256sum | cut -c1-32)"
 built_from="$(podman image inspect --format '{{index .Labels "dev.flowstore.operator-inputs"}}' "$image" 2>/dev/null || true)"

@@ -213,3 +213,31 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
         kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release.name}",
                 "--ignore-not-found", check=False)
         kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+
+
+# ---------------------------------------------------------------------- builder Jobs (spec.build)
+#: the local node's pause image (imported by `localcloud up node`): no python3 in it
+NO_PYTHON_IMAGE = "localhost/flowstore-pause:1"
+
+
+@pytest.fixture(scope="session")
+def runtime_image(node_env: dict[str, str], docker_env: dict[str, str]) -> str:
+    """The example Prefect 1 runtime image (examples/runtime/prefect1: Python 3.11, prefect 1.4.1,
+    cloudpickle) built from the local Python base and pushed to the local registry."""
+    t0 = time.monotonic()
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "lib" / "runtime-image.sh")], capture_output=True,
+                          text=True, timeout=1800, check=False)
+    assert done.returncode == 0, f"runtime-image.sh failed:\n{done.stderr[-4000:]}"
+    print(f"\nruntime image ready in {time.monotonic() - t0:.0f}s")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def plain_python_image(node_env: dict[str, str], docker_env: dict[str, str]) -> str:
+    """The local Debian + Python base pushed as it is: python3 but no cloudpickle."""
+    ref = f"{docker_env['registry']}/flowstore/python-plain:3.11"
+    done = subprocess.run(["podman", "push", "--quiet", "--tls-verify=false", "--creds",
+                           f"{docker_env['username']}:{docker_env['password']}", docker_env["base_image"],
+                           f"docker://{ref}"], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ref

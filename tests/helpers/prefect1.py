@@ -30,18 +30,24 @@ PREFECT_VERSION = "1.4.1"
 #: prefect 1.4.1's schemas break with marshmallow 3.22 (``fields.Dict(keys=fields.Str)`` with a
 #: class, not an instance, is refused there); boto3 is what its S3 storage imports
 REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "marshmallow<3.22", "boto3")
+#: an agent: Prefect 1.4.1 plus what flowstore's client needs (flowstore itself comes from this
+#: checkout on PYTHONPATH, see :func:`run_agent`), so it loads through flowstore.client.load_flow
+AGENT_REQUIREMENTS = (*REQUIREMENTS, "cloudpickle>=3.0", "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31",
+                      "kubernetes>=29.0")
 VENVS = Path.home() / ".cache" / "flowstore" / "venvs"
+OPERATOR_SOURCE = Path(__file__).resolve().parents[2] / "operator"
 
 
-def venv_dir() -> Path:
+def venv_dir(requirements: tuple[str, ...] = REQUIREMENTS) -> Path:
     """Where the venv for these requirements and this Python lives."""
-    key = json.dumps({"requirements": REQUIREMENTS, "python": list(sys.version_info[:2])}, sort_keys=True)
-    return VENVS / f"prefect-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = json.dumps({"requirements": requirements, "python": list(sys.version_info[:2])}, sort_keys=True)
+    kind = "prefect" if requirements == REQUIREMENTS else "prefect-agent"
+    return VENVS / f"{kind}-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def python() -> Path:
+def python(requirements: tuple[str, ...] = REQUIREMENTS) -> Path:
     """The venv's python, built first when missing."""
-    target = venv_dir()
+    target = venv_dir(requirements)
     exe = target / "bin" / "python"
     if _works(exe):
         return exe
@@ -50,10 +56,10 @@ def python() -> Path:
     try:
         subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True, capture_output=True, timeout=300)
         done = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", *REQUIREMENTS],
+                               "--disable-pip-version-check", *requirements],
                               capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(REQUIREMENTS)} failed:\n{done.stdout}{done.stderr}")
+            raise RuntimeError(f"pip install {' '.join(requirements)} failed:\n{done.stdout}{done.stderr}")
         try:
             os.rename(staging, target)  # atomic; fails when another session got there first
         except OSError:
@@ -74,7 +80,15 @@ def _works(exe: Path) -> bool:
     return done.returncode == 0 and done.stdout.strip() == PREFECT_VERSION
 
 
-def run(code: str, payload: Any, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+def run_agent(code: str, payload: Any, *, env: dict[str, str] | None = None) -> Any:
+    """:func:`run` in an agent's environment: Prefect 1.4.1 and flowstore's client (this
+    checkout's, on PYTHONPATH), as a team's Prefect 1 agent would have them."""
+    return run(code, payload, env={**(env or {}), "PYTHONPATH": str(OPERATOR_SOURCE)},
+               requirements=AGENT_REQUIREMENTS)
+
+
+def run(code: str, payload: Any, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+        requirements: tuple[str, ...] = REQUIREMENTS) -> Any:
     """Run `code` with Prefect's python: it reads the JSON `payload` from stdin as ``payload`` and
     prints its answer with ``answer(obj)`` (JSON). Raises with the child's output on failure."""
     prelude = textwrap.dedent("""\
@@ -88,8 +102,9 @@ def run(code: str, payload: Any, *, env: dict[str, str] | None = None, cwd: Path
     try:
         child_env = {**os.environ, **(env or {}), "HOME": home, "PREFECT__HOME_DIR": f"{home}/.prefect",
                      "PREFECT__LOGGING__LEVEL": "WARNING"}
-        done = subprocess.run([str(python()), "-c", prelude + textwrap.dedent(code)], input=json.dumps(payload),
-                              capture_output=True, text=True, timeout=300, env=child_env, cwd=cwd or home)
+        done = subprocess.run([str(python(requirements)), "-c", prelude + textwrap.dedent(code)],
+                              input=json.dumps(payload), capture_output=True, text=True, timeout=300,
+                              env=child_env, cwd=cwd or home)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("@@ANSWER@@")]
@@ -97,3 +112,12 @@ def run(code: str, payload: Any, *, env: dict[str, str] | None = None, cwd: Path
         raise AssertionError(f"prefect {PREFECT_VERSION} child failed ({done.returncode}):\n"
                              f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return json.loads(lines[-1].removeprefix("@@ANSWER@@"))
+
+
+if __name__ == "__main__":
+    # `python -m tests.helpers.prefect1 agent-python` (the demo): the agent venv's python, built
+    # first when missing; `python` the same for the Prefect-only venv.
+    which = sys.argv[1] if len(sys.argv) > 1 else "python"
+    if which not in ("python", "agent-python"):
+        sys.exit(f"usage: python -m tests.helpers.prefect1 [python|agent-python], not {which!r}")
+    print(python(AGENT_REQUIREMENTS if which == "agent-python" else REQUIREMENTS))

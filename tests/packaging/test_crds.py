@@ -296,9 +296,16 @@ def test_storedflow_inline_accepted(namespace: str) -> None:
             id="empty-flow-name",
         ),
         pytest.param(
-            "storageRef: {name: s}\nflowName: etl\nsource: {configMapRef: {name: f}}",
-            ["spec.source.configMapRef.key: Required value"],
-            id="configmap-without-key",
+            "storageRef: {name: s}\nflowName: etl\nsource: {configMapRef: {name: f, key: a.py, items: [{key: a.py, "
+            "path: a.py}]}}",
+            ["configMapRef takes key (one file) or items (several files), not both"],
+            id="configmap-key-and-items",
+        ),
+        pytest.param(
+            "storageRef: {name: s}\nflowName: etl\nsource: {configMapRef: {name: f, items: [{key: a.py, "
+            "path: ../a.py}]}}",
+            ["items[].path must be relative and stay inside the flow's directory"],
+            id="configmap-item-outside",
         ),
     ],
 )

@@ -170,6 +170,29 @@ def test_two_bundles_with_the_same_module_names_each_get_their_own(tmp_path: Pat
     assert loading.load(packed(other), "bundle", flow_name="etl daily", cache_dir=tmp_path).run() == "other: select 1"
 
 
+def test_a_module_imported_from_elsewhere_does_not_shadow_the_bundles(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # An agent process that already imported a package `etl` of its own (another project's, a
+    # flow loaded some other way) still gets this bundle's etl.helpers, and keeps the standard
+    # library it imported.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "etl").mkdir(parents=True)
+    (elsewhere / "etl" / "__init__.py").write_text("")
+    (elsewhere / "etl" / "helpers.py").write_text("def shout(text):\n    return 'elsewhere'\n")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    for name in [n for n in sys.modules if n == "etl" or n.startswith("etl.")]:
+        del sys.modules[name]  # loaded by the tests before
+    import etl.helpers  # type: ignore[import-not-found]
+
+    assert etl.helpers.shout("x") == "elsewhere"
+    json_module = sys.modules["json"]
+    flow = loading.load(packed(), "bundle", flow_name="etl daily", cache_dir=tmp_path / "cache")
+    assert flow.run() == "SELECT 1!"
+    assert sys.modules["json"] is json_module
+    for name in [n for n in sys.modules if n == "etl" or n.startswith("etl.")]:
+        del sys.modules[name]
+
+
 def test_eight_processes_loading_at_once_share_one_extraction(tmp_path: Path) -> None:
     data = packed()
     (tmp_path / "flow.tar.gz").write_bytes(data)

@@ -76,14 +76,31 @@ def flow_from_bundle(data: bytes, *, flow_name: str | None, cache_dir: Path | No
     """Extract (once) and import the bundle's entrypoint; the flow object it names (or the one
     named `flow_name`)."""
     directory = extract(data, cache_dir)
-    entrypoint = bundles.unpack(data).entrypoint
+    unpacked = bundles.unpack(data)
+    entrypoint = unpacked.entrypoint
     _forget_other_bundles(str(directory))
+    _forget_shadowed({p.split("/")[0].removesuffix(".py") for p in unpacked.files}, str(directory))
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
     _IMPORTED_FROM.add(str(directory))
     importlib.invalidate_caches()
     module = importlib.import_module(entrypoint.module)
     return find_flow_object(dict(vars(module)), flow_name=flow_name, object_name=entrypoint.object_name)
+
+
+def _forget_shadowed(names: set[str], directory: str) -> None:
+    """A module already imported under the name of one of this bundle's own top-level modules
+    (and its submodules), from anywhere else, would be used instead of the bundle's: it goes
+    from ``sys.modules`` (modules that imported it keep their reference). The standard library
+    is left alone."""
+    inside = directory + os.sep
+    names = names - set(sys.stdlib_module_names)  # never pull the standard library from under the agent
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] not in names:
+            continue
+        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), "")
+        if not str(where).startswith(inside):
+            del sys.modules[name]
 
 
 #: the bundle directories this process imported flows from

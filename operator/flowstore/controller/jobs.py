@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 6 * 1024 * 1024
 #: what goes to the builder through its ConfigMap, at most (a ConfigMap holds 1 MiB)
 MAX_REQUEST_BYTES = 700 * 1024
-#: an image that cannot be pulled for this long stalls the StoredFlow (before: temporary)
+#: an image that cannot be pulled for this long (or for spec.build.timeoutSeconds, when shorter)
+#: stalls the StoredFlow; before that it is temporary (the kubelet retries the pull with backoff)
 IMAGE_PULL_BOUND_SECONDS = 120.0
 #: a finished Job the operator did not get to clean up goes by itself after this long
 TTL_AFTER_FINISHED = 600
@@ -228,14 +229,15 @@ class JobBuilder:
             if waiting.reason in _PULL_FAILURES:
                 started = _meta(job).creation_timestamp or dt.datetime.now(dt.UTC)
                 waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
-                message = (f"cannot pull the build image {image} ({waiting.reason}: "
-                           f"{waiting.message or 'no details'}); check spec.build.image and "
-                           "spec.build.imagePullSecrets")
-                if waited >= IMAGE_PULL_BOUND_SECONDS or waiting.reason in ("InvalidImageName", "ErrImageNeverPull"):
+                message = _pull_failure(image, waiting)
+                bound = min(IMAGE_PULL_BOUND_SECONDS, float(request.spec.timeout_seconds if request.spec else 0))
+                if waited >= bound or waiting.reason in ("InvalidImageName", "ErrImageNeverPull"):
                     self._cleanup(request.namespace, name)
-                    raise ReconcileError(Reason.IMAGE_PULL_FAILED, message + f" (tried for {waited:.0f} s)",
+                    raise ReconcileError(Reason.IMAGE_PULL_FAILED, message + f"; gave up after {waited:.0f} s",
                                          stalled=True)
-                raise ReconcileError(Reason.IMAGE_PULL_FAILED, message, stalled=False, retry_after=5.0)
+                raise ReconcileError(Reason.IMAGE_PULL_FAILED,
+                                     message + f"; the kubelet keeps retrying for up to {bound:.0f} s",
+                                     stalled=False, retry_after=5.0)
             if waiting.reason in _START_FAILURES:
                 self._cleanup(request.namespace, name)
                 raise BuildError(Reason.BUILD_IMAGE_UNUSABLE, _start_failure(image, waiting.message or waiting.reason))
@@ -274,11 +276,12 @@ class JobBuilder:
         text = self._log(request.namespace, name) if terminated is not None else ""
         self._cleanup(request.namespace, name)
         if failed.reason == "DeadlineExceeded":
-            where = (f" (it was still {waiting.reason}: {waiting.message})" if waiting is not None and
-                     waiting.reason in _PULL_FAILURES else "")
+            if waiting is not None and waiting.reason in _PULL_FAILURES:
+                raise ReconcileError(Reason.IMAGE_PULL_FAILED, _pull_failure(spec.image, waiting) + (
+                    f"; gave up after spec.build.timeoutSeconds ({spec.timeout_seconds} s)"), stalled=True)
             raise BuildError(Reason.BUILD_TIMEOUT, (
                 f"building the flow in image {spec.image} did not finish within spec.build.timeoutSeconds "
-                f"({spec.timeout_seconds} s) and was stopped{where}; make the script only define the flow when it is "
+                f"({spec.timeout_seconds} s) and was stopped; make the script only define the flow when it is "
                 "loaded (not run it), or raise spec.build.timeoutSeconds" + _tail(text, nonce)))
         if terminated is not None and terminated.reason == "OOMKilled":
             limit = (spec.resources.get("limits") or DEFAULT_RESOURCES["limits"]).get("memory", "?")
@@ -381,6 +384,12 @@ def _resources(spec: BuildSpec) -> dict[str, Any]:
 
 def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _pull_failure(image: str, waiting: Any) -> str:
+    detail = " ".join(str(waiting.message or "no details").split())[:500]
+    return (f"cannot pull the build image {image} ({waiting.reason}: {detail}); check spec.build.image and "
+            "spec.build.imagePullSecrets (a Secret of type kubernetes.io/dockerconfigjson in this namespace)")
 
 
 def _start_failure(image: str, detail: str) -> str:
