@@ -53,6 +53,11 @@ with Flow("prefect etl") as flow:
     total = load(extract())
 '''
 
+
+def prefect_etl(flow_name: str) -> str:
+    """PREFECT_ETL with another flow name (names are unique per FlowStorage)."""
+    return PREFECT_ETL.replace('Flow("prefect etl")', f"Flow({flow_name!r})")
+
 #: a flow that reports, from inside the builder Job, what the flow's code could see and do there
 PROBE = '''\
 import os
@@ -61,7 +66,7 @@ import os
 def _probe():
     seen = {"uid": os.getuid(), "gid": os.getgid(), "home": os.environ.get("HOME")}
     seen["token"] = os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    seen["env"] = sorted(k for k in os.environ if k.startswith(("AWS_", "AZURE_", "GOOGLE_", "KUBERNETES_")))
+    seen["env"] = sorted(k for k in os.environ if k.startswith(("AWS_", "AZURE_", "GOOGLE_", "GIT_", "FLOWSTORE")))
     try:
         open("/probe", "w")
         seen["root_writable"] = True
@@ -92,8 +97,8 @@ flow = Probe()
 
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture
-def ns(new_namespace: Callable[[], str], docker_env: dict[str, str]) -> str:
-    """A namespace with the registry's pull Secret ("registry")."""
+def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None) -> str:
+    """A namespace with the registry's pull Secret ("registry"); the CRDs applied."""
     name = new_namespace()
     pull_secret(name, docker_env)
     return name
@@ -129,10 +134,18 @@ class JobRecorder:
         self.active: set[str] = set()
         self.most_active = 0
         self._watch = watch.Watch()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        while not self._stopped:
+            try:
+                self._follow()
+            except Exception:  # the API server ended the watch: watch again
+                time.sleep(0.2)
+
+    def _follow(self) -> None:
         for event in self._watch.stream(self.batch.list_namespaced_job, self.namespace, label_selector=MANAGED,
                                         timeout_seconds=600):
             job = event["object"]
@@ -147,6 +160,7 @@ class JobRecorder:
             self.most_active = max(self.most_active, len(self.active))
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
 
 
@@ -263,8 +277,7 @@ def test_a_git_flow_is_checked_in_its_image(ns: str, start_operator: Callable[..
     loaded in the runtime image before its commit is pinned; a file without the flow is not."""
     repo = LocalGitRepo(Path(git_server["root"]))
     files = {f"flows/orders/{p.relative_to(EXAMPLE)}": p.read_bytes() for p in EXAMPLE.rglob("*") if p.is_file()}
-    commit = repo.commit({**files, "flows/etl.py": PREFECT_ETL.encode(),
-                          "flows/empty.py": PREFECT_ETL.replace("prefect etl", "other").encode()})
+    commit = repo.commit({**files, "flows/etl.py": PREFECT_ETL.encode()})
     start_operator(ns)
     storage = {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
                "metadata": {"name": "repo", "namespace": ns},
@@ -280,13 +293,13 @@ def test_a_git_flow_is_checked_in_its_image(ns: str, start_operator: Callable[..
     apply(manifests(secret(ns, "git", {"GIT_USERNAME": git_server["username"], "GIT_PASSWORD": git_server["password"]}),
                     storage, flow("etl", "prefect etl", "flows/etl.py"),
                     flow("orders", "orders report", "flows/orders", entrypoint="orders_report.py"),
-                    flow("wrong-name", "prefect etl", "flows/empty.py")))
+                    flow("wrong-name", "nightly etl", "flows/etl.py")))
     for name in ("etl", "orders"):
         status = wait_ready(ns, name, timeout=240)["status"]
         assert status["git"]["commit"] == commit
         assert status["artifact"]["format"] in ("script", "bundle")
     failed = wait_reason(ns, "wrong-name", "FlowNotFound", timeout=240)
-    assert "no object whose name is 'prefect etl'" in condition(failed)["message"]
+    assert "no object whose name is 'nightly etl'" in condition(failed)["message"]
     assert "git" not in failed.get("status", {}) or failed["status"]["git"].get("commit") is None
     wait_cleaned_up(ns)
 
@@ -301,7 +314,8 @@ def test_the_builder_job_is_locked_down_and_owned_by_its_flow(
     apply(script_flow(ns, "probe", "probe", "import time\ntime.sleep(8)\n" + PROBE))
     job = wait_job(ns, "probe")
     spec = job["spec"]
-    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 90
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 90 + 60
+    assert spec["template"]["spec"]["activeDeadlineSeconds"] == 90
     assert spec["ttlSecondsAfterFinished"] > 0
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("StoredFlow", "probe", get("storedflow", ns, "probe")
@@ -364,7 +378,7 @@ FAILING = {
     "raises": ("print('loading the flow')\nraise ValueError('no database today')\n", "ScriptFailed",
                ["ValueError: no database today", "loading the flow"]),
     "syntax": ("def broken(:\n    pass\n", "ScriptSyntaxError", ["syntax error at line 1"]),
-    "no-flow": ("x = 1\n", "FlowNotFound", ["no object whose name is 'prefect etl'"]),
+    "no-flow": ("x = 1\n", "FlowNotFound", ["no object whose name is 'no-flow'"]),
     "unpicklable": (PREFECT_ETL + "import threading\nflow.lock = threading.Lock()\n", "Unpicklable",
                     ["cannot be pickled", "lock"]),
 }
@@ -377,14 +391,15 @@ def test_each_build_failure_says_what_and_the_others_still_build(
     registry = runtime_image.split("/", 1)[0]
     apply(built_storage(ns, s3_bucket, s3_endpoint, runtime_image))
     for name, (script, _, _) in FAILING.items():
-        apply(script_flow(ns, name, "prefect etl", script))
+        apply(script_flow(ns, name, name, script.replace("prefect etl", name)))
     # StoredFlows overriding spec.build as a whole
     overrides = {
         "no-python": {"image": NO_PYTHON_IMAGE, "imagePullPolicy": "Never"},
         "no-cloudpickle": {"image": plain_python_image, "imagePullSecrets": [{"name": "registry"}]},
         "no-such-image": {"image": f"{registry}/flowstore/no-such-image:1", "imagePullSecrets": [{"name": "registry"}],
                           "timeoutSeconds": 20},
-        "no-pull-secret": {"image": runtime_image, "timeoutSeconds": 20},
+        # (Always: with the image on the node already, IfNotPresent would not ask the registry)
+        "no-pull-secret": {"image": runtime_image, "imagePullPolicy": "Always", "timeoutSeconds": 20},
         "deadline": {"image": runtime_image, "imagePullSecrets": [{"name": "registry"}], "timeoutSeconds": 10},
         "oom": {"image": runtime_image, "imagePullSecrets": [{"name": "registry"}],
                 "resources": {"limits": {"memory": "64Mi"}, "requests": {"memory": "32Mi"}}},
@@ -392,8 +407,8 @@ def test_each_build_failure_says_what_and_the_others_still_build(
     scripts = {"deadline": "import time\nprint('still loading')\ntime.sleep(600)\n" + PREFECT_ETL,
                "oom": "hog = bytearray(1024 * 1024 * 1024)\n" + PREFECT_ETL}
     for name, build in overrides.items():
-        apply(script_flow(ns, name, "prefect etl", scripts.get(name, PREFECT_ETL), build=build))
-    apply(script_flow(ns, "fine", "prefect etl", PREFECT_ETL))
+        apply(script_flow(ns, name, name, scripts.get(name, PREFECT_ETL).replace("prefect etl", name), build=build))
+    apply(script_flow(ns, "fine", "fine", prefect_etl("fine")))
 
     expected = {name: (reason, words) for name, (_, reason, words) in FAILING.items()}
     expected |= {
@@ -458,8 +473,8 @@ def test_at_most_max_build_jobs_run_and_the_others_wait(ns: str, start_operator:
     start_operator(ns, "--max-build-jobs", "2")
     apply(built_storage(ns, s3_bucket, s3_endpoint, runtime_image))
     names = [f"flow-{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        apply(script_flow(ns, name, "prefect etl", f"import time\ntime.sleep(3)\nRUN = {i}\n" + PREFECT_ETL))
+    for name in names:
+        apply(script_flow(ns, name, name, "import time\ntime.sleep(3)\n" + prefect_etl(name)))
     waiting_seen = ""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -109,3 +109,16 @@ def test_build_spec_parsing() -> None:
     assert spec is not None and spec.image_pull_secrets == ("regcred",) and spec.timeout_seconds == 30
     with pytest.raises(SpecError, match=r"spec\.build\.image is required"):
         BuildSpec.parse({"timeoutSeconds": 30})
+
+
+def test_a_failures_output_is_the_log_without_the_result_frame_wherever_it_is() -> None:
+    # stdout (the frame) and stderr (the flow's prints) reach the log through two pipes: the
+    # flow's last lines may follow the frame
+    from flowstore.artifacts import builder
+    from flowstore.controller.jobs import _tail
+
+    frame = builder.frame({"ok": False, "reason": "ScriptFailed", "message": "m"}, b"", "n1")
+    assert _tail("before\n" + frame + "after\n", "n1").endswith("---\nbefore\nafter")
+    assert _tail(frame + "after\n", "n1").endswith("---\nafter")
+    assert _tail(frame, "n1") == ""
+    assert _tail("x" * 5000, "n1").endswith("x" * 2048)

@@ -54,6 +54,18 @@ def test_second_pass_with_nothing_changed_builds_and_uploads_nothing(cluster: Fa
     assert not status_changed(before, outcome.status)
 
 
+def test_a_pickle_records_the_versions_that_built_it_and_a_script_none(cluster: FakeCluster) -> None:
+    import platform
+
+    import cloudpickle
+
+    obj = settle(flow_obj(), cluster)
+    assert obj["status"]["artifact"]["versions"] == {"python": platform.python_version(),
+                                                     "cloudpickle": cloudpickle.__version__}
+    script = settle(flow_obj("script", storedAsScript=True, flowName="other"), cluster)
+    assert "versions" not in script["status"]["artifact"]
+
+
 def test_source_change_and_storage_change_store_again(cluster: FakeCluster, tmp_path: Path) -> None:
     obj = settle(flow_obj(), cluster)
     first = obj["status"]["location"]

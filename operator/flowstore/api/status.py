@@ -31,6 +31,8 @@ class Artifact:
     #: built from several files: the entrypoint (``path/to/file.py[:object]``) and the file count
     entrypoint: str | None = None
     file_count: int | None = None
+    #: pickle: the Python, cloudpickle (and prefect) versions that pickled it (the envelope's)
+    versions: Mapping[str, str] | None = None
 
     def to_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -48,6 +50,8 @@ class Artifact:
             doc["entrypoint"] = self.entrypoint
         if self.file_count is not None:
             doc["fileCount"] = self.file_count
+        if self.versions:
+            doc["versions"] = dict(self.versions)
         return doc
 
     @classmethod
@@ -64,4 +68,6 @@ class Artifact:
             file_name=doc.get("fileName") or None,
             entrypoint=doc.get("entrypoint") or None,
             file_count=int(doc["fileCount"]) if doc.get("fileCount") is not None else None,
+            versions={str(k): str(v) for k, v in doc["versions"].items()} if isinstance(doc.get("versions"), dict)
+            else None,
         )

@@ -10,8 +10,9 @@ StoredFlow (deleting it deletes them) and deleted once the result is read.
 
 The Job is locked down: no ServiceAccount token (unless spec.build names an account), non-root
 uid/gid 65532 with HOME and TMPDIR on an emptyDir, read-only root filesystem, every capability
-dropped, seccomp RuntimeDefault, no privilege escalation, no service links, backoffLimit 0, an
-activeDeadlineSeconds, ttlSecondsAfterFinished as a backstop.
+dropped, seccomp RuntimeDefault, no privilege escalation, no service links, backoffLimit 0, the
+Pod's activeDeadlineSeconds (the build's timeout; the Job's is a minute longer, for a Pod that
+never starts), ttlSecondsAfterFinished as a backstop.
 
 The result: the builder prints a frame (``artifacts/builder.frame``) on stdout; the operator
 reads the log through the API (``pods/log``), checks the sha256 and size the builder computed,
@@ -60,6 +61,8 @@ MAX_REQUEST_BYTES = 700 * 1024
 #: an image that cannot be pulled for this long (or for spec.build.timeoutSeconds, when shorter)
 #: stalls the StoredFlow; before that it is temporary (the kubelet retries the pull with backoff)
 IMAGE_PULL_BOUND_SECONDS = 120.0
+#: the Job's own deadline exceeds its Pod's (the build's) by this much
+JOB_DEADLINE_MARGIN = 60
 #: a finished Job the operator did not get to clean up goes by itself after this long
 TTL_AFTER_FINISHED = 600
 BUILD_UID = 65532
@@ -181,7 +184,8 @@ class JobBuilder:
                            client.V1VolumeMount(name="scratch", mount_path=SCRATCH)],
         )
         pod = client.V1PodSpec(
-            restart_policy="Never", containers=[container], enable_service_links=False,
+            restart_policy="Never", active_deadline_seconds=spec.timeout_seconds, containers=[container],
+            enable_service_links=False,
             automount_service_account_token=bool(spec.service_account_name),
             service_account_name=spec.service_account_name,
             image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in spec.image_pull_secrets] or None,
@@ -197,8 +201,10 @@ class JobBuilder:
             metadata=client.V1ObjectMeta(name=name, namespace=request.namespace, labels=labels, owner_references=owner,
                                          annotations={"flowstore.dev/nonce": nonce,
                                                       "flowstore.dev/flow-name": request.flow_name[:253]}),
-            spec=client.V1JobSpec(backoff_limit=0, active_deadline_seconds=spec.timeout_seconds,
-                                  ttl_seconds_after_finished=TTL_AFTER_FINISHED,
+            # the Pod's deadline is the build's (its log stays readable after); the Job's is a
+            # backstop for a Pod that never starts (unschedulable)
+            spec=client.V1JobSpec(backoff_limit=0, ttl_seconds_after_finished=TTL_AFTER_FINISHED,
+                                  active_deadline_seconds=spec.timeout_seconds + JOB_DEADLINE_MARGIN,
                                   template=client.V1PodTemplateSpec(
                                       metadata=client.V1ObjectMeta(labels=labels), spec=pod)))
 
@@ -261,6 +267,8 @@ class JobBuilder:
             message = str(header.get("message") or "the build failed")
             if reason == Reason.SCRIPT_FAILED:
                 message += _tail(text, nonce)
+            elif reason == Reason.BUILD_IMAGE_UNUSABLE and request.spec is not None:
+                message = f"build image {request.spec.image}: {message}"
             raise BuildError(reason, message)
         return Built(payload, {str(k): str(v) for k, v in dict(header.get("versions") or {}).items()})
 
@@ -273,12 +281,25 @@ class JobBuilder:
                            if s.state and s.state.terminated), None) if pod and pod.status else None
         waiting = next((s.state.waiting for s in (pod.status.container_statuses or [])
                         if s.state and s.state.waiting), None) if pod and pod.status else None
-        text = self._log(request.namespace, name) if terminated is not None else ""
+        text = ""
+        if pod is not None and waiting is None:  # its output, for the message, if it can still be read
+            try:
+                text = self._log(request.namespace, name)
+            except ClusterUnavailable:
+                text = ""
         self._cleanup(request.namespace, name)
-        if failed.reason == "DeadlineExceeded":
+        pod_deadline = bool(pod and pod.status and pod.status.reason == "DeadlineExceeded")
+        if failed.reason == "DeadlineExceeded" or pod_deadline:
+            statuses = (pod.status.container_statuses or []) if pod and pod.status else []
             if waiting is not None and waiting.reason in _PULL_FAILURES:
                 raise ReconcileError(Reason.IMAGE_PULL_FAILED, _pull_failure(spec.image, waiting) + (
                     f"; gave up after spec.build.timeoutSeconds ({spec.timeout_seconds} s)"), stalled=True)
+            if pod is not None and not any(s.image_id for s in statuses):  # its image never arrived
+                raise ReconcileError(Reason.IMAGE_PULL_FAILED, (
+                    f"the build image {spec.image} was not pulled within spec.build.timeoutSeconds "
+                    f"({spec.timeout_seconds} s); gave up after that. Check spec.build.image and "
+                    "spec.build.imagePullSecrets (a Secret of type kubernetes.io/dockerconfigjson in this "
+                    "namespace), or raise timeoutSeconds for a large image"), stalled=True)
             raise BuildError(Reason.BUILD_TIMEOUT, (
                 f"building the flow in image {spec.image} did not finish within spec.build.timeoutSeconds "
                 f"({spec.timeout_seconds} s) and was stopped; make the script only define the flow when it is "
@@ -402,8 +423,18 @@ def _start_failure(image: str, detail: str) -> str:
 
 def _tail(text: str, nonce: str, limit: int = 2048) -> str:
     """The end of the Job's output without the result frame, for a failure's message."""
-    cut = text.find(f"{builder.FRAME_BEGIN} {nonce}") if nonce else -1
-    output = (text if cut < 0 else text[:cut]).strip()
+    # stdout (the frame) and stderr (the flow's output) reach the log through two pipes, so the
+    # flow's last lines may come after the frame: leave out the frame wherever it is
+    begin, end = text.find(f"{builder.FRAME_BEGIN} {nonce}") if nonce else -1, -1
+    if begin >= 0:
+        end = text.find(f"{builder.FRAME_END} {nonce}", begin)
+    if begin < 0:
+        output = text.strip()
+    elif end < 0:
+        output = text[:begin].strip()
+    else:
+        after = text.find("\n", end)
+        output = (text[:begin] + (text[after + 1:] if after >= 0 else "")).strip()
     if not output:
         return ""
     return f"\n--- build output (last {limit} bytes) ---\n{output[-limit:]}"

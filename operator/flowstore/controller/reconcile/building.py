@@ -25,6 +25,7 @@ def build(ctx: FlowContext, ports: Ports) -> bytes | Pending:
     built = ports.build(build_request(ctx))
     if isinstance(built, Pending):
         return built
+    ctx.versions = dict(built.versions)
     return envelope.wrap(built.pickle, built.versions)
 
 

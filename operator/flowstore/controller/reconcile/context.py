@@ -59,6 +59,8 @@ class FlowContext:
     entrypoint: str | None = None
     file_count: int = 1
     fmt: str = "pickle"
+    #: pickle: the versions of the Python, cloudpickle (and prefect) that built it
+    versions: dict[str, str] | None = None
     inputs_digest: str = ""
     signing_key: bytes | None = None
     git: GitSource | None = None
@@ -112,6 +114,7 @@ class FlowContext:
             signature=signing.sign(self.signing_key, self.spec.flow_name, digest) if self.signing_key else None,
             file_name=self.file_name if self.fmt == "script" else None,
             entrypoint=self.entrypoint, file_count=self.file_count if self.bundle else None,
+            versions=self.versions if self.fmt == "pickle" else None,
         )
 
 
