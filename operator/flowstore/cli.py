@@ -123,6 +123,14 @@ def cmd_locate(args: argparse.Namespace) -> int:
         status = locate(args.name, args.namespace)
     except FlowNotAvailable as exc:
         return _print_error(exc)
+    if args.output == "prefect-pull-step":
+        from flowstore.prefect import NotForPrefect, pull_step_yaml
+
+        try:
+            sys.stdout.write(pull_step_yaml(args.name, args.namespace, status))
+        except NotForPrefect as exc:
+            return _print_error(exc)
+        return 0
     json.dump(status, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
@@ -233,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
         p.add_argument("-n", "--namespace", default="default")
+        if name == "locate":
+            p.add_argument("-o", "--output", choices=["json", "prefect-pull-step"], default="json",
+                           help="json: the status (default); prefect-pull-step: the Prefect 3 deployment pull step "
+                           "(YAML) for prefect.yaml's pull: or a PrefectDeployment's pullSteps")
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
