@@ -117,7 +117,8 @@ def _print_error(exc: Exception) -> int:
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
-    """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage."""
+    """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
+    ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow."""
     from flowstore.client import FlowNotAvailable, locate, seed_storage
     from flowstore.storage import StorageError
 
@@ -126,6 +127,14 @@ def cmd_locate(args: argparse.Namespace) -> int:
             locate(args.name, args.namespace)
     except (FlowNotAvailable, StorageError) as exc:
         return _print_error(exc)
+    if args.output == "prefect-pull-step":
+        from flowstore.prefect import NotForPrefect, pull_step_yaml
+
+        try:
+            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc))
+        except NotForPrefect as exc:
+            return _print_error(exc)
+        return 0
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
@@ -236,13 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
         p.add_argument("-n", "--namespace", default="default")
+        if name == "locate":
+            p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
+                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
+                                "(Prefect 1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
+                                "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
+                                "pullSteps")
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
-        if name == "locate":
-            p.add_argument("-o", "--output", choices=["json", "prefect"], default="json",
-                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
-                                "(Prefect 1.4.1's StorageSchema) serializes it")
         p.set_defaults(func=func)
     return parser
 

@@ -78,17 +78,38 @@ def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: by
     With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
     artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
     status = locate(name, namespace, api=api)
-    artifact = status["artifact"]
-    what = artifact.get("url", status["location"])
+    check_signature(status, signing_key)
+    return Artifact(data=download(status), status=status)
+
+
+def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
+    """The agent's signing key: the argument, else ``$FLOWSTORE_SIGNING_KEY``, else none."""
     key = signing_key if signing_key is not None else os.environ.get("FLOWSTORE_SIGNING_KEY")
+    if not key:
+        return None
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def check_signature(status: dict[str, Any], signing_key: bytes | str | None = None) -> None:
+    """With a signing key (see :func:`signing_key_from`), refuse a status whose artifact is
+    unsigned or whose signature does not match its flow name and digest. Without one, nothing
+    is checked. Needs no download: the signature covers the recorded digest, which the bytes
+    must then match (:func:`download`)."""
+    key = signing_key_from(signing_key)
     if key:
-        signing.verify(key.encode("utf-8") if isinstance(key, str) else key,
-                       str(status.get("flowName", "")), str(artifact.get("digest", "")),
-                       artifact.get("signature"), what=what)
+        artifact = status["artifact"]
+        signing.verify(key, str(status.get("flowName", "")), str(artifact.get("digest", "")),
+                       artifact.get("signature"), what=artifact.get("url", status["location"]))
+
+
+def download(status: dict[str, Any]) -> bytes:
+    """The artifact a StoredFlow's status names, from its storage, verified against the
+    recorded sha256 (``IntegrityError`` otherwise)."""
+    artifact = status["artifact"]
     storage = from_serialized(status["storage"])
     data = storage.get_bytes(status["location"])
-    verify_digest(data, artifact["digest"], what=what)
-    return Artifact(data=data, status=status)
+    verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
+    return data
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:

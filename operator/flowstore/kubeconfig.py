@@ -15,3 +15,26 @@ def load() -> str:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
         return "kubeconfig"
+
+
+#: where Kubernetes mounts a Pod's own namespace
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def current_namespace() -> str:
+    """The namespace an unqualified name means here, as kubectl decides it: in a Pod, its own
+    namespace; elsewhere the current kubeconfig context's namespace; else ``default``."""
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as fh:
+            namespace = fh.read().strip()
+        if namespace:
+            return namespace
+    except OSError:
+        pass
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError):
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")

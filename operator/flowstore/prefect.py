@@ -1,0 +1,439 @@
+"""Prefect 3 runs flows that flowstore stored: a ``RunnerStorage`` and a deployment pull step.
+
+    from prefect import flow
+    from flowstore.prefect import FlowstoreStorage
+
+    flow.from_source(FlowstoreStorage("etl-daily", "data"), entrypoint="etl_daily.py:flow").deploy(
+        "etl-daily", work_pool_name="k8s")
+
+or, in ``prefect.yaml`` (``flowstore locate etl-daily -n data -o prefect-pull-step`` prints it):
+
+    pull:
+      - flowstore.prefect.pull_flow: {name: etl-daily, namespace: data}
+
+Both turn a StoredFlow into a directory Prefect loads the entrypoint from, in this order and
+before anything of the flow executes: read the StoredFlow's status (in-cluster or KUBECONFIG),
+refuse pickles (Prefect 3 imports code from files), check the signature when the agent has a key
+(``flowstore.client.check_signature``), take the artifact from a cache keyed by its digest or
+download it (``flowstore.client.download``: sha256-verified), then write it as files: a script
+under its own file name (``status.artifact.fileName``), a bundle's files checked against its
+manifest (``flowstore.artifacts.bundle.unpack``).
+
+The cache holds *artifacts*, not extracted trees: ``<cache>/<sha256 hex>`` is the verified bytes
+of one artifact, written to a temporary file and renamed into place under a per-digest lock, so
+several processes pulling at once download once and every reader sees a whole file or none. It
+is hashed again on every use: bytes that do not match their name are dropped and downloaded
+again, so the cache never serves anything unverified, whatever happened to it on disk. The cache
+is ``$FLOWSTORE_CACHE_DIR/artifacts``, else ``$XDG_CACHE_HOME/flowstore/artifacts``, else
+``~/.cache/flowstore/artifacts``.
+
+The directory handed to Prefect is a fresh working copy written from those verified bytes, never
+the cache itself: Prefect makes it the flow run's working directory (``os.chdir``), where flows
+write their outputs and ``.pyc`` files, and ``from_source`` deletes its base path afterwards; a
+shared cache directory would be altered by one run and served to the next.
+
+Mirrors Prefect's own code (3.9.1, also the same protocol in 2.20): ``RunnerStorage``,
+``GitRepository`` and ``RemoteStorage`` in ``src/prefect/runner/storage.py`` (a destination under
+the base path whose name does not change between pulls, since ``RunnerDeployment`` records it as
+``$STORAGE_BASE_PATH/<name>``; ``to_pull_step`` with block placeholders, never secret values), and
+``git_clone`` / ``pull_from_remote_storage`` in ``src/prefect/deployments/steps/pull.py`` (steps are
+imported by dotted path and called with the YAML's keys as keyword arguments; the returned
+``directory`` becomes the working directory the entrypoint is resolved in,
+``load_flow_from_flow_run`` in ``src/prefect/flows.py``).
+
+Nothing here imports Prefect at module level: flowstore's own tools import this module without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowstore import client, kubeconfig
+from flowstore.artifacts import bundle
+from flowstore.artifacts.signing import SignatureError
+from flowstore.storage.base import verify_digest
+from flowstore.storage.errors import IntegrityError
+
+#: the pull step's dotted name, as prefect.yaml and a deployment's ``pull_steps`` spell it
+PULL_STEP = "flowstore.prefect.pull_flow"
+#: formats Prefect can load: files it imports its entrypoint from
+FORMATS = ("script", "bundle")
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+_log = logging.getLogger(__name__)
+
+
+class NotForPrefect(ValueError):
+    """The StoredFlow is stored in a form Prefect cannot import its entrypoint from (a pickle)."""
+
+
+# ---------------------------------------------------------------------- what a pull prepared
+@dataclasses.dataclass(frozen=True)
+class PreparedFlow:
+    """A StoredFlow written out as a directory: which one, at which exact revision, and where."""
+
+    namespace: str
+    name: str
+    digest: str
+    format: str
+    directory: Path
+    #: a bundle's entrypoint (``path.py:object``), or a script's file name
+    entrypoint: str
+    #: the pinned commit, on git-hosted storages
+    commit: str | None = None
+    #: True when this pull downloaded the artifact, False when the cache had it
+    downloaded: bool = False
+    #: True when a signature was checked against the agent's key
+    signature_verified: bool = False
+
+    @property
+    def storedflow(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def summary(self) -> str:
+        """One log line naming the exact code: the verified digest (and commit)."""
+        commit = f", git commit {self.commit}" if self.commit else ""
+        signed = " and signature" if self.signature_verified else ""
+        source = "downloaded" if self.downloaded else "from the cache"
+        return (f"flowstore: StoredFlow {self.storedflow} at {self.digest} ({self.format} {self.entrypoint}{commit}): "
+                f"sha256{signed} verified, {source}, written to {self.directory}")
+
+    def labels(self) -> dict[str, str]:
+        """What a flow run records about its code (Prefect flow-run labels)."""
+        labels = {"flowstore.storedflow": self.storedflow, "flowstore.digest": self.digest,
+                  "flowstore.format": self.format}
+        if self.commit:
+            labels["flowstore.git.commit"] = self.commit
+        return labels
+
+    def outputs(self) -> dict[str, Any]:
+        """The pull step's return value: ``directory`` (Prefect changes into it), and the
+        revision, for later steps' templates (``{{ digest }}``)."""
+        return {"directory": str(self.directory), "digest": self.digest, "commit": self.commit,
+                "storedflow": self.storedflow, "entrypoint": self.entrypoint, "format": self.format}
+
+
+def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes | str | None = None,
+            api: Any = None, cache: Path | None = None, unchanged: PreparedFlow | None = None,
+            log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> PreparedFlow:
+    """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
+
+    `unchanged`: what an earlier pull into the same destination prepared; when the StoredFlow
+    still has that digest, the directory is left as it is (a runner's periodic pull does not
+    swap the files of a running flow for identical ones)."""
+    log = log or _log
+    status = client.locate(name, namespace, api=api)
+    artifact = status["artifact"]
+    fmt = str(artifact.get("format", ""))
+    what = f"StoredFlow {namespace}/{name}"
+    if fmt == "pickle":
+        raise NotForPrefect(
+            f"{what} is stored as a pickle; Prefect 3 imports a flow from its files. Store it as a script or a "
+            f"bundle (spec.storedAsScript: true on the StoredFlow or its FlowStorage) and point the deployment's "
+            f"entrypoint at the file (e.g. {artifact.get('fileName') or 'flow.py'}:flow)")
+    if fmt not in FORMATS:
+        raise NotForPrefect(f"{what} has an artifact of format {fmt!r}; this flowstore knows {', '.join(FORMATS)}: "
+                            "upgrade flowstore on the worker")
+    digest = str(artifact.get("digest") or "")
+    if not _DIGEST.match(digest):
+        raise NotForPrefect(f"{what} records no sha256 digest ({digest!r}); refusing to run unverifiable code")
+    commit = (status.get("git") or {}).get("commit")
+    log.info("flowstore: pulling StoredFlow %s/%s at %s%s", namespace, name, digest,
+             f" (git commit {commit})" if commit else "")
+
+    key = client.signing_key_from(signing_key)
+    client.check_signature(status, key)
+    if key is None and artifact.get("signature"):
+        log.warning("flowstore: %s is signed but this worker has no signing key, so only its sha256 is checked; "
+                    "set FLOWSTORE_SIGNING_KEY to check the signature too", what)
+
+    entrypoint = _script_name(artifact) if fmt == "script" else str(artifact.get("entrypoint") or "")
+    if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
+            and destination.is_dir()):
+        return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
+    data, downloaded = cached_artifact(digest, lambda: client.download(status), root=cache)
+    if fmt == "bundle":
+        unpacked = bundle.unpack(data)  # every file checked against the manifest
+        entrypoint = str(unpacked.entrypoint)
+        _replace_directory(destination, lambda staging: bundle.extract(unpacked, str(staging)))
+    else:
+        def write_script(staging: Path) -> None:
+            (staging / entrypoint).write_bytes(data)
+
+        _replace_directory(destination, write_script)
+    return PreparedFlow(namespace=namespace, name=name, digest=digest, format=fmt, directory=destination,
+                        entrypoint=entrypoint, commit=commit, downloaded=downloaded,
+                        signature_verified=key is not None)
+
+
+def _script_name(artifact: dict[str, Any]) -> str:
+    """The file a script is written as: its source's own name (status.artifact.fileName: the
+    ConfigMap key, the git path's base name, ``flow.py`` for inline sources)."""
+    name = os.path.basename(str(artifact.get("fileName") or "flow.py"))
+    bundle.check_path(name)  # no "..", no NUL, not the manifest's name
+    return name
+
+
+def _replace_directory(destination: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a new directory beside `destination`, then put it in its place; whatever was there
+    before (an earlier revision, files a run wrote) goes."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    old = destination.with_name(f".{destination.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        fill(staging)
+        staging.chmod(0o755)
+        if destination.exists():
+            destination.rename(old)
+        staging.rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- the digest-keyed cache
+def cache_root() -> Path:
+    configured = os.environ.get("FLOWSTORE_CACHE_DIR")
+    if configured:
+        return Path(configured) / "artifacts"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flowstore" / "artifacts"
+
+
+def cached_artifact(digest: str, fetch: Callable[[], bytes], *, root: Path | None = None) -> tuple[bytes, bool]:
+    """The verified bytes of the artifact with this `digest` (``sha256:<hex>``), and whether
+    `fetch` had to be called for them. `fetch` downloads and verifies; its bytes are checked
+    against `digest` again before they are kept. Cached bytes are hashed on every use."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / match.group(1)
+    with _locked(root / f".{match.group(1)}.lock"):
+        cached = _read_verified(path, digest)
+        if cached is not None:
+            return cached, False
+        data = fetch()
+        verify_digest(data, digest, what=f"the artifact {digest}")
+        fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(staging, 0o444)
+            os.replace(staging, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+        return data, True
+
+
+def _read_verified(path: Path, digest: str) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        verify_digest(data, digest, what=f"the cached artifact {path}")
+    except IntegrityError as exc:  # altered or truncated on disk: drop it, download again
+        _log.warning("flowstore: %s; dropping it", exc)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+    return data
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (and threads: each opens its own description)."""
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------- the pull step
+def pull_step(name: str, namespace: str, *, require_signature: bool = False,
+              signing_key: str | None = None) -> dict[str, Any]:
+    """The deployment pull step for a StoredFlow (one entry of ``pull:`` / ``pull_steps``).
+    `signing_key` is a template (``{{ prefect.blocks.secret.NAME }}``), never a key."""
+    inputs: dict[str, Any] = {"name": name, "namespace": namespace}
+    if signing_key is not None:
+        inputs["signing_key"] = signing_key
+    elif require_signature:
+        inputs["require_signature"] = True
+    return {PULL_STEP: inputs}
+
+
+def pull_step_yaml(name: str, namespace: str, status: dict[str, Any]) -> str:
+    """``flowstore locate -o prefect-pull-step``: the pull step as YAML, for ``pull:`` in
+    prefect.yaml and for prefect-operator's ``PrefectDeployment`` ``pullSteps``, with comments
+    naming what it resolves to now and the entrypoint to give the deployment."""
+    artifact = status.get("artifact") or {}
+    fmt = artifact.get("format")
+    if fmt not in FORMATS:
+        raise NotForPrefect(f"StoredFlow {namespace}/{name} is stored as a {fmt}; Prefect 3 imports a flow from its "
+                            "files: set spec.storedAsScript: true (a script or a bundle), then print the pull step")
+    entrypoint = artifact.get("entrypoint") if fmt == "bundle" else f"{_script_name(artifact)}:flow"
+    commit = (status.get("git") or {}).get("commit")
+    lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.get('digest')}"
+             + (f" (git commit {commit})" if commit else ""),
+             "# every run pulls the StoredFlow's current revision, verified; its digest is logged and labelled",
+             f"# deployment entrypoint: {entrypoint}" + ("  (the variable after ':' is yours)" if fmt == "script"
+                                                        else "")]
+    step = pull_step(name, namespace, require_signature=bool(artifact.get("signature")))
+    return "\n".join(lines) + "\n" + yaml.safe_dump([step], sort_keys=False, default_flow_style=False)
+
+
+def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
+              require_signature: bool = False) -> dict[str, Any]:
+    """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
+
+        pull:
+          - flowstore.prefect.pull_flow:
+              name: etl-daily
+              namespace: data                      # default: the worker's namespace
+              require_signature: true              # key from FLOWSTORE_SIGNING_KEY, or:
+              # signing_key: "{{ prefect.blocks.secret.flowstore-signing-key }}"
+
+    Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
+    ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
+    logged to the flow run (its logs in the Prefect API) and set as the run's labels
+    ``flowstore.digest``, ``flowstore.storedflow``, ``flowstore.format`` (``flowstore.git.commit``)."""
+    namespace = namespace or kubeconfig.current_namespace()
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")  # set by Prefect's workers and runners
+    log = _flow_run_logger(flow_run_id)
+    try:
+        if require_signature and client.signing_key_from(signing_key) is None:
+            raise SignatureError(
+                f"the pull step of StoredFlow {namespace}/{name} requires a signed artifact, but this worker has no "
+                "signing key: set FLOWSTORE_SIGNING_KEY in its environment, or give the step "
+                "signing_key: '{{ prefect.blocks.secret.NAME }}'")
+        prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
+                           log=log)
+    except Exception as exc:
+        log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
+        raise
+    log.info("%s", prepared.summary())
+    if flow_run_id:
+        _label_flow_run(flow_run_id, prepared.labels(), log)
+    return prepared.outputs()
+
+
+def _directory_name(namespace: str, name: str) -> str:
+    # Namespaces are DNS labels (no "_"): "ns_name" is unambiguous.
+    return f"{namespace}_{name}"
+
+
+def _flow_run_logger(flow_run_id: str | None) -> logging.Logger | logging.LoggerAdapter[Any]:
+    """Prefect's API log handler ships records of ``prefect.flow_runs`` that carry a flow run id
+    (what ``prefect.logging.loggers.flow_run_logger`` attaches), so these lines are part of the
+    run's logs in the Prefect API, not only the worker's output."""
+    if not flow_run_id:
+        return _log
+    return logging.LoggerAdapter(logging.getLogger("prefect.flow_runs"),
+                                 {"flow_run_id": flow_run_id, "flow_run_name": flow_run_id, "flow_name": "-"})
+
+
+def _label_flow_run(flow_run_id: str, labels: dict[str, str], log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Record the revision on the flow run itself (``PATCH /flow_runs/{id}/labels``, Prefect >= 3.1);
+    best effort: the run's logs already name it."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as prefect_client:
+            update = getattr(prefect_client, "update_flow_run_labels", None)
+            if update is None:  # Prefect 2: runs have no labels
+                return
+            update(uuid.UUID(flow_run_id), labels)
+    except Exception as exc:  # never fail a run over its labels
+        log.warning("flowstore: could not label flow run %s with its revision: %s", flow_run_id, exc)
+
+
+# ---------------------------------------------------------------------- the RunnerStorage
+class FlowstoreStorage:
+    """Prefect's ``RunnerStorage`` for a StoredFlow, for ``flow.from_source``, ``Runner`` and
+    ``.deploy()`` (which records :meth:`to_pull_step`, so workers pull the same StoredFlow).
+
+    `namespace`: default the current one (the Pod's, else the kubeconfig context's), resolved
+    now so the deployment names it. `signing_key`: a key, or a saved Prefect ``Secret`` block
+    (the pull step then names the block); without one, ``$FLOWSTORE_SIGNING_KEY``. A key that is
+    not a block never goes into the deployment: its pull step then requires the worker to have
+    ``FLOWSTORE_SIGNING_KEY``. `pull_interval`: seconds between a runner's pulls (None: once)."""
+
+    def __init__(self, name: str, namespace: str | None = None, *, signing_key: Any = None,
+                 pull_interval: int | None = 60) -> None:
+        self._name = name
+        self._namespace = namespace or kubeconfig.current_namespace()
+        self._signing_key = signing_key
+        self._pull_interval = pull_interval
+        self._base_path = Path.cwd()
+        self._prepared: PreparedFlow | None = None
+
+    def set_base_path(self, path: Path) -> None:
+        self._base_path = Path(path)
+
+    @property
+    def pull_interval(self) -> int | None:
+        return self._pull_interval
+
+    @property
+    def destination(self) -> Path:
+        return self._base_path / _directory_name(self._namespace, self._name)
+
+    @property
+    def prepared(self) -> PreparedFlow | None:
+        """What the last :meth:`pull_code` prepared (digest, commit, directory)."""
+        return self._prepared
+
+    async def pull_code(self) -> None:
+        self._prepared = await asyncio.to_thread(self._pull)
+
+    def _pull(self) -> PreparedFlow:
+        prepared = prepare(self._name, self._namespace, self.destination, signing_key=self._key_value(),
+                           unchanged=self._prepared)
+        _log.info("%s", prepared.summary())
+        return prepared
+
+    def _key_value(self) -> bytes | str | None:
+        key = self._signing_key
+        if key is None or isinstance(key, bytes | str):
+            return key
+        value = key.get()  # a prefect.blocks.system.Secret
+        return value if isinstance(value, bytes | str) else str(value)
+
+    def to_pull_step(self) -> dict[str, Any]:
+        key = self._signing_key
+        if key is not None and hasattr(key, "get_block_placeholder"):
+            # a saved Secret block: the worker resolves it (raises BlockNotSavedError if unsaved)
+            return pull_step(self._name, self._namespace, signing_key=f"{{{{ {key.get_block_placeholder()} }}}}")
+        return pull_step(self._name, self._namespace,
+                         require_signature=client.signing_key_from(self._key_value()) is not None)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, FlowstoreStorage) and self._name == other._name
+                and self._namespace == other._namespace)
+
+    def __hash__(self) -> int:
+        return hash((FlowstoreStorage, self._name, self._namespace))
+
+    def __repr__(self) -> str:
+        return f"FlowstoreStorage(name={self._name!r}, namespace={self._namespace!r})"

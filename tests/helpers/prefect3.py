@@ -1,0 +1,209 @@
+"""Prefect 3 for real: its own virtualenv, a server (SQLite) and a process worker on 127.0.0.1,
+and the few REST calls the tests make (deployments, flow runs, their logs).
+
+The venv is built once per requirements and Python version into
+``~/.cache/flowstore/venvs/prefect3-<version>-<hash>`` when missing (a clean CI machine: pip from
+PyPI, about a minute and a half here). The build is atomic and safe for concurrent sessions: each
+builds in a temporary directory beside the target and renames it into place; a session that loses
+the race drops its copy and uses the winner's. Nothing runs the venv's console scripts (their
+shebangs would name the temporary path): everything is ``bin/python -m prefect …``.
+
+flowstore itself is not installed there: the venv is shared by every checkout on the machine, so
+the processes get this checkout's ``operator/`` on ``PYTHONPATH`` (the worker hands its environment
+to the flow-run processes it starts, which import ``flowstore.prefect`` for the pull step). The
+requirements are flowstore's client dependencies (pyproject.toml) with the backends the tests use;
+kubernetes and boto3 are pinned because pip's resolver backtracks for many minutes through
+botocore releases beside prefect's pins when they are left open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.helpers.localcloud import ROOT
+from tests.helpers.net import free_port
+
+PREFECT_VERSION = "3.9.1"
+REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "kubernetes==37.0.1", "boto3==1.44.8", "cloudpickle>=3.0",
+                "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31")
+VENVS = Path.home() / ".cache" / "flowstore" / "venvs"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def venv_dir() -> Path:
+    key = json.dumps({"requirements": REQUIREMENTS, "python": list(sys.version_info[:2])}, sort_keys=True)
+    return VENVS / f"prefect3-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def python() -> Path:
+    """The venv's python, built first when missing."""
+    target = venv_dir()
+    exe = target / "bin" / "python"
+    if _works(exe):
+        return exe
+    VENVS.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=VENVS))
+    started = time.monotonic()
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True, capture_output=True, timeout=300)
+        done = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", *REQUIREMENTS],
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip install {' '.join(REQUIREMENTS)} failed:\n{done.stdout}{done.stderr}")
+        try:
+            os.rename(staging, target)  # atomic; fails when another session got there first
+        except OSError:
+            if not _works(exe):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _works(exe):
+        raise RuntimeError(f"{exe} cannot import prefect {PREFECT_VERSION}")
+    print(f"prefect3 venv built in {time.monotonic() - started:.0f}s: {target}", file=sys.stderr)
+    return exe
+
+
+def _works(exe: Path) -> bool:
+    if not exe.exists():
+        return False
+    done = subprocess.run([str(exe), "-c", "import prefect, kubernetes, boto3; print(prefect.__version__)"],
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode == 0 and done.stdout.strip() == PREFECT_VERSION
+
+
+class Prefect:
+    """A Prefect server (SQLite in `home`) and one process worker polling `pool`, both started
+    in their own process groups, so :meth:`stop` ends them and every flow run they started."""
+
+    def __init__(self, home: Path, env: dict[str, str], pool: str = "flowstore-e2e") -> None:
+        self.home = home
+        self.pool = pool
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.worker_cache = home / "worker-cache"
+        self.env = {
+            **env,
+            "PYTHONPATH": str(ROOT / "operator"),
+            "PREFECT_HOME": str(home / "prefect-home"),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+            "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+            "FLOWSTORE_CACHE_DIR": str(self.worker_cache),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def log(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _start(self, name: str, *args: str) -> None:
+        log = open(self.home / f"{name}.log", "wb")  # the child writes it
+        self.procs[name] = subprocess.Popen([str(python()), "-m", "prefect", *args], stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env, cwd=self.home,
+                                            start_new_session=True)
+
+    def start(self) -> None:
+        self._start("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
+        self._wait(lambda: requests.get(f"{self.api}/health", timeout=2).ok, 120, "server")
+        self._start("worker", "worker", "start", "--pool", self.pool, "--type", "process")
+        self._wait(lambda: requests.get(f"{self.api}/work_pools/{self.pool}", timeout=2).ok, 60, "worker")
+
+    def _wait(self, ready: Any, timeout: float, name: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.procs[name]
+            assert proc.poll() is None, f"prefect {name} exited ({proc.returncode}):\n{self.log(name)[-4000:]}"
+            try:
+                if ready():
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prefect {name} not ready after {timeout}s:\n{self.log(name)[-4000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        for name in ("worker", "server"):
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, signal.SIGTERM)  # its group: the worker's flow-run processes too
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    # ------------------------------------------------------------------ the REST API
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = requests.post(f"{self.api}{path}", json=body, timeout=30)
+        assert response.ok, f"POST {path}: {response.status_code} {response.text[:2000]}"
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        response = requests.get(f"{self.api}{path}", timeout=30)
+        assert response.ok, f"GET {path}: {response.status_code} {response.text[:2000]}"
+        return response.json()
+
+    def create_deployment(self, name: str, flow_name: str, entrypoint: str, pull_steps: list[dict[str, Any]]) -> str:
+        """What prefect-operator's PrefectDeployment does: a deployment whose code comes only from
+        its pull steps (no local files)."""
+        flow_id = self.post("/flows/", {"name": flow_name})["id"]
+        deployment = self.post("/deployments/", {"name": name, "flow_id": flow_id, "entrypoint": entrypoint,
+                                                 "pull_steps": pull_steps, "work_pool_name": self.pool,
+                                                 "enforce_parameter_schema": False})
+        return str(deployment["id"])
+
+    def run(self, deployment_id: str, timeout: float = 180) -> dict[str, Any]:
+        """Start a flow run of the deployment and wait for its final state; the flow run."""
+        run_id = self.post(f"/deployments/{deployment_id}/create_flow_run", {})["id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            flow_run: dict[str, Any] = self.get(f"/flow_runs/{run_id}")
+            if (flow_run.get("state") or {}).get("type") in TERMINAL:
+                return flow_run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flow run {run_id} still {flow_run.get('state')} after {timeout}s; worker:\n"
+                                     f"{self.log('worker')[-6000:]}")
+            time.sleep(0.5)
+
+    def logs(self, flow_run_id: str) -> list[str]:
+        """The flow run's log messages as the Prefect API holds them."""
+        found = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                           "sort": "TIMESTAMP_ASC", "limit": 200})
+        return [str(entry["message"]) for entry in found]
+
+    def wait_for_log(self, flow_run_id: str, text: str, timeout: float = 30) -> list[str]:
+        """The run's logs once one of them contains `text` (processes ship logs in batches)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.logs(flow_run_id)
+            if any(text in m for m in messages):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log of flow run {flow_run_id} contains {text!r}:\n" + "\n".join(messages)
+                                     + f"\nworker:\n{self.log('worker')[-6000:]}")
+            time.sleep(0.5)
+
+    def python(self, code: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run `code` with the venv's python, in this Prefect's environment."""
+        return subprocess.run([str(python()), "-c", code], capture_output=True, text=True, env=self.env,
+                              cwd=self.home, timeout=timeout)
