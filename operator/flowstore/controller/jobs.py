@@ -123,7 +123,7 @@ class JobBuilder:
         failed = next((c for c in status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
         if failed is not None:
             self._fail(request, name, nonce, failed)
-        return self._watch_pod(request, name, job)
+        return self._watch_pod(request, name, job, nonce)
 
     # ------------------------------------------------------------------ starting
     def _start(self, request: BuildRequest, name: str) -> Pending:
@@ -223,7 +223,7 @@ class JobBuilder:
             raise ClusterUnavailable(f"creating {what}: HTTP {exc.status} {exc.reason}") from None
 
     # ------------------------------------------------------------------ while it runs
-    def _watch_pod(self, request: BuildRequest, name: str, job: client.V1Job) -> Pending:
+    def _watch_pod(self, request: BuildRequest, name: str, job: client.V1Job, nonce: str) -> Built | Pending:
         pod = self._pod(request.namespace, name)
         image = (request.spec.image if request.spec else "?")
         if pod is None:
@@ -248,11 +248,32 @@ class JobBuilder:
                 self._cleanup(request.namespace, name)
                 raise BuildError(Reason.BUILD_IMAGE_UNUSABLE, _start_failure(image, waiting.message or waiting.reason))
         phase = pod.status.phase if pod.status else "Pending"
+        # the kubelet reports a started container a second or so late: try the log once the Pod
+        # is on a node (until its container starts, the API answers 400 at once)
+        if pod.spec and pod.spec.node_name:
+            early = self._early_result(request, name, nonce, pod)
+            if early is not None:
+                return early
         return Pending(f"Building flow {request.flow_name!r} in image {image}: Job {name} ({phase})", retry_after=0.5)
 
     # ------------------------------------------------------------------ when it ended
+    def _early_result(self, request: BuildRequest, name: str, nonce: str, pod: client.V1Pod) -> Built | None:
+        """A successful result already in the log of a Pod that has not finished (or whose end
+        the kubelet and the Job controller have not reported yet: a second or two saved). A
+        failure waits for the end, so that its message has all of the output."""
+        try:
+            text = self._log(request.namespace, name, attempts=1, pod=pod)
+            result = builder.unframe(text, nonce)
+        except (ClusterUnavailable, ValueError):
+            return None
+        if result is None or result[0].get("ok") is not True:
+            return None
+        return self._result(request, name, nonce, text)
+
     def _finish(self, request: BuildRequest, name: str, nonce: str) -> Built:
-        text = self._log(request.namespace, name)
+        return self._result(request, name, nonce, self._log(request.namespace, name))
+
+    def _result(self, request: BuildRequest, name: str, nonce: str, text: str) -> Built:
         try:
             result = builder.unframe(text, nonce)
         except ValueError as exc:
@@ -342,11 +363,11 @@ class JobBuilder:
                        or dt.datetime.min.replace(tzinfo=dt.UTC))
         return items[-1] if items else None
 
-    def _log(self, namespace: str, name: str) -> str:
-        pod = self._pod(namespace, name)
+    def _log(self, namespace: str, name: str, attempts: int = 3, pod: client.V1Pod | None = None) -> str:
+        pod = pod or self._pod(namespace, name)
         if pod is None:
             return ""
-        for attempt in range(3):
+        for attempt in range(attempts):
             try:
                 text: str = self.core.read_namespaced_pod_log(
                     str(_meta(pod).name), namespace, container="build",
@@ -357,7 +378,7 @@ class JobBuilder:
                     raise ReconcileError(Reason.BUILD_FORBIDDEN, (
                         f"the operator may not read pods/log in namespace {namespace!r}: the result of a builder Job "
                         "comes back through its log; grant it get on pods/log there"), stalled=True) from None
-                if attempt == 2:
+                if attempt == attempts - 1:
                     raise ClusterUnavailable(f"reading the log of Job {name}: HTTP {exc.status} {exc.reason}") from None
                 time.sleep(0.5)
         return ""
