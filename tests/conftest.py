@@ -82,13 +82,35 @@ def git_server() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def docker_env() -> dict[str, str]:
+def docker_env() -> Iterator[dict[str, str]]:
     """The Docker Engine API (podman system service) and the registry (htpasswd auth): DOCKER_HOST,
-    registry (host:port), username, password, base_image (Debian + python3, made locally)."""
+    registry (host:port), username, password, base_image (Debian + python3, made locally).
+
+    The images this session tagged for its registry are removed from the engine's store at the
+    end (the registry keeps what was pushed until the local cloud goes down), so runs do not pile
+    up images on the machine's disk."""
     env = ensure("docker", "DOCKER_HOST")
-    return {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
-            "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
-            "base_image": env["FLOWSTORE_BASE_IMAGE"]}
+    yield {"docker_host": env["DOCKER_HOST"], "registry": env["FLOWSTORE_REGISTRY"],
+           "username": env["FLOWSTORE_REGISTRY_USERNAME"], "password": env["FLOWSTORE_REGISTRY_PASSWORD"],
+           "base_image": env["FLOWSTORE_BASE_IMAGE"]}
+    _remove_images_tagged_for(env["DOCKER_HOST"], env["FLOWSTORE_REGISTRY"] + "/")
+
+
+def _remove_images_tagged_for(docker_host: str, prefix: str) -> None:
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=300)
+    try:
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(prefix):
+                    try:
+                        client.images.remove(tag)
+                    except docker.errors.APIError:
+                        pass  # still used by a container: the local cloud's down removes that
+        client.images.prune(filters={"dangling": True})
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

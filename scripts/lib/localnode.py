@@ -198,11 +198,14 @@ state = {json.dumps(str(self.containerd_state))}
             "resolvConf": "",
             "podLogsDir": str(self.dir / "pod-logs"),
             "serializeImagePulls": False,
-            # A developer machine's disk: never garbage-collect images, evict only when nearly full.
+            # A developer machine's disk, shared with everything else on it: never garbage-collect
+            # images, and evict only when the disk is really full. Absolute floors, not percents:
+            # 1% of a large shared disk is gigabytes, and reclaiming under pressure deletes every
+            # unused image, the node's pause image among them (no registry serves it again).
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi",
+                             "imagefs.available": "256Mi", "nodefs.inodesFree": "1%"},
             "maxPods": 60,
             "syncFrequency": "10s",
             "fileCheckFrequency": "0s",
