@@ -161,15 +161,19 @@ def runtime_files() -> dict[str, bytes]:
     return out
 
 
-def deterministic_tar(members: Mapping[str, bytes], *, parents: bool = True) -> bytes:
+def deterministic_tar(members: Mapping[str, bytes], *, parents: bool = True,
+                      directories: Mapping[str, tarfile.TarInfo] | None = None) -> bytes:
     """A deterministic tar of `members` (relative path -> content), with entries for their
-    parent directories unless `parents` is false."""
-    dirs: set[str] = set()
+    parent directories (root-owned, 0755) unless `parents` is false. `directories` (relative
+    path -> a directory's tar header) adds those directories with the header's owner, mode and
+    time, as a layer made by ``COPY`` carries the directories above its files."""
+    dirs: dict[str, tarfile.TarInfo | None] = {}
     for name in members:
         parent = posixpath.dirname(name) if parents else ""
         while parent:
-            dirs.add(parent)
+            dirs[parent] = None
             parent = posixpath.dirname(parent)
+    dirs.update(directories or {})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted([*dirs, *members]):
@@ -177,6 +181,10 @@ def deterministic_tar(members: Mapping[str, bytes], *, parents: bool = True) -> 
             info.mtime, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0, 0, "", ""
             if name in dirs:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
+                meta = dirs[name]
+                if meta is not None:
+                    info.mode, info.uid, info.gid = meta.mode, meta.uid, meta.gid
+                    info.uname, info.gname, info.mtime = meta.uname, meta.gname, int(meta.mtime)
                 tar.addfile(info)
             else:
                 data = members[name]

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import posixpath
+import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,24 +59,44 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def file_layer(path: str, data: bytes, *, comment: str = "") -> Layer:
+def file_layer(path: str, data: bytes, *, comment: str = "",
+               directories: Mapping[str, tarfile.TarInfo] | None = None) -> Layer:
     """A layer holding the file `path` (absolute, in the image) with `data`, mode 0644, owned
-    by root. Like ``COPY``, it leaves the directories above it as the layers below have them
-    (no directory entries: a missing parent is created 0755 when the layer is unpacked)."""
-    return files_layer({path: data}, comment=comment, created_by=f"flowstore: COPY {path}")
+    by root. Like ``COPY``, it leaves the directories above it as the layers below have them:
+    `directories` (absolute path -> the base image's tar header of that directory, see
+    :meth:`flowstore.storage.docker.oci.Registry.directory_entries`) go in the layer as the base
+    has them. That matters on overlay stores (Docker's overlay2, podman's and containerd's
+    overlay): a layer is unpacked on its own there, a parent it lacks is created root-owned 0755,
+    and the merged image shows that directory instead of the base's. Parents missing from
+    `directories` (not in the base) are left out and created 0755 when the layer is unpacked."""
+    return files_layer({path: data}, comment=comment, created_by=f"flowstore: COPY {path}",
+                       directories=directories)
 
 
-def files_layer(files: Mapping[str, bytes], *, comment: str = "", created_by: str = "") -> Layer:
+def files_layer(files: Mapping[str, bytes], *, comment: str = "", created_by: str = "",
+                directories: Mapping[str, tarfile.TarInfo] | None = None) -> Layer:
     """A layer holding `files` (absolute image path -> content), each as :func:`file_layer`
-    holds one (missing parent directories are created 0755 when the layer is unpacked)."""
+    holds one, with those of `directories` that are parents of its files."""
     for path in files:
         if not path.startswith("/") or posixpath.normpath(path) != path:
             raise ImageAssemblyError(f"{path!r} is not a normalized absolute path")
-    tar = deterministic_tar({path.lstrip("/"): data for path, data in files.items()}, parents=False)
+    wanted = {parent for path in files for parent in parent_directories(path)}
+    tar = deterministic_tar({path.lstrip("/"): data for path, data in files.items()}, parents=False,
+                            directories={d.lstrip("/"): meta for d, meta in (directories or {}).items()
+                                         if d in wanted})
     # mtime=0 and no file name in the gzip header: the same tar always compresses the same way
     blob = gzip.compress(tar, compresslevel=6, mtime=0)
     return Layer(blob=blob, digest=_sha256(blob), diff_id=_sha256(tar),
                  created_by=created_by or f"flowstore: COPY {' '.join(sorted(files))}", comment=comment)
+
+
+def parent_directories(path: str) -> list[str]:
+    """The directories above absolute `path`, nearest first, ``/`` left out."""
+    out, parent = [], posixpath.dirname(path)
+    while parent not in ("/", ""):
+        out.append(parent)
+        parent = posixpath.dirname(parent)
+    return out
 
 
 def _layer_media_type(manifest_type: str) -> str:
@@ -129,4 +150,4 @@ def assemble(base_manifest: Mapping[str, Any], base_config: Mapping[str, Any], l
     return config_blob, json.dumps(manifest, indent=3).encode("utf-8"), media_type
 
 
-__all__ = ["ImageAssemblyError", "Layer", "assemble", "file_layer"]
+__all__ = ["ImageAssemblyError", "Layer", "assemble", "file_layer", "files_layer", "parent_directories"]

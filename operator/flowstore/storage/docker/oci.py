@@ -21,7 +21,7 @@ import posixpath
 import re
 import tarfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import requests
@@ -360,6 +360,24 @@ class RegistryClient:
         finally:
             for tar in cache.values():
                 tar.close()
+
+    def directory_entries(self, repo: str, manifest_digest: str, paths: Iterable[str]) -> dict[str, tarfile.TarInfo]:
+        """The tar headers (owner, mode, time) of those absolute `paths` that are directories in
+        image `repo@manifest_digest`, each from the topmost layer that has it. Layers are read
+        from the top down and only until every path is found (the directories flows go in are
+        usually made by the image's last layers)."""
+        manifest = self.manifest(repo, manifest_digest)
+        cache: dict[int, tarfile.TarFile] = {}
+        out: dict[str, tarfile.TarInfo] = {}
+        try:
+            for path in sorted(set(paths)):
+                found = self._find(repo, manifest.layers, cache, _norm(path))
+                if found is not None and found[1].isdir():
+                    out[path] = found[1]
+        finally:
+            for tar in cache.values():
+                tar.close()
+        return out
 
     def _find(self, repo: str, layers: list[dict[str, Any]], cache: dict[int, tarfile.TarFile],
               target: str) -> tuple[tarfile.TarFile, tarfile.TarInfo] | None:

@@ -20,6 +20,7 @@ run; ``requests`` (a core dependency) talks to the registry.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
@@ -28,6 +29,7 @@ import posixpath
 import re
 import sys
 import tarfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.errors import BuildFailed, PushFailed
-from flowstore.storage.docker.layers import ImageAssemblyError, Layer, assemble, files_layer
+from flowstore.storage.docker.layers import ImageAssemblyError, Layer, assemble, files_layer, parent_directories
 from flowstore.storage.docker.oci import RegistryClient, split_registry
 from flowstore.storage.docker.runner import DockerEnvRunner
 from flowstore.storage.errors import InvalidConfig, NotFound
@@ -64,13 +66,19 @@ class ImageFlow:
     data: bytes
 
 
+#: (registry, repository, base manifest digest) -> {directory: its tar header, or None when the
+#: base has no such directory}: what :meth:`Docker.flow_layers` read from base images
+_BASE_DIRECTORIES: collections.OrderedDict[tuple[str, str, str], dict[str, tarfile.TarInfo | None]] = \
+    collections.OrderedDict()
+_BASE_DIRECTORIES_LOCK = threading.Lock()
+
+
 @dataclasses.dataclass(frozen=True)
 class ImagePlan:
     """What one image is made of (:meth:`Docker.plan`)."""
 
     base: df.BuildContext  # built by the daemon
-    flows: list[df.FlowFile]  # sorted by location
-    layers: list[Layer]  # one per flow, same order
+    flows: list[df.FlowFile]  # sorted by location; one layer each (:meth:`Docker.flow_layers`)
     labels: dict[str, str]
     inputs_digest: str  # of everything: the default tag, and the dev.flowstore.inputs-digest label
 
@@ -606,14 +614,12 @@ class Docker(Storage):
             base = df.render_base(spec)
         except df.DockerfileError as exc:
             raise InvalidConfig(str(exc)) from None
-        layers = [files_layer(f.image_files(), comment=f"flow {f.name}", created_by=f"flowstore: COPY {f.location}")
-                  for f in files]
         labels = {df.LABEL_FLOWS: df.flows_label(files)}
         digest = hashlib.sha256(f"{IMAGE_LAYOUT}\0{base.inputs_digest}\0".encode())
         digest.update(json.dumps(labels, sort_keys=True).encode("utf-8"))
         for f in files:
             digest.update(f"\0{f.location}\0{f.kind}\0{f.name}\0{hashlib.sha256(f.data).hexdigest()}".encode())
-        return ImagePlan(base=base, flows=files, layers=layers, labels=labels, inputs_digest=digest.hexdigest())
+        return ImagePlan(base=base, flows=files, labels=labels, inputs_digest=digest.hexdigest())
 
     def build_image(self, flows: list[ImageFlow], tag: str | None = None) -> BuiltImage:
         """Build an image holding exactly `flows`, push it, and return the registry's manifest
@@ -643,18 +649,40 @@ class Docker(Storage):
             log_tail = self.daemon().healthcheck(f"{self.image_repository}:{base_tag}", plan.flows)
         base_manifest = client.manifest(repo, base_tag)
         base_config = client.config(repo, base_manifest)
+        layers = self.flow_layers(client, base_manifest.digest, plan.flows)
         try:
-            config, manifest, media_type = assemble(base_manifest.doc, base_config, plan.layers,
+            config, manifest, media_type = assemble(base_manifest.doc, base_config, layers,
                                                     {**plan.labels, df.LABEL_INPUTS: plan.inputs_digest})
         except ImageAssemblyError as exc:
             raise BuildFailed(f"cannot add the flow layers to the base image {self.image_repository}:{base_tag}: "
                               f"{exc}") from None
-        pushed = sum(client.push_blob(repo, layer.blob) for layer in plan.layers)
+        pushed = sum(client.push_blob(repo, layer.blob) for layer in layers)
         pushed += client.push_blob(repo, config)
         digest = client.push_manifest(repo, tag, manifest, media_type)
         self._record(tag, digest)
         return BuiltImage(name=self.image_repository, tag=tag, digest=digest, pushed=True,
                           layers_pushed_bytes=pushed + len(manifest), log_tail=log_tail)
+
+    def flow_layers(self, client: RegistryClient, base_digest: str, flows: list[df.FlowFile]) -> list[Layer]:
+        """One layer per flow, carrying the base image's directories above the flow's files as
+        the base has them (:func:`flowstore.storage.docker.layers.file_layer`). The same flows on
+        the same base give the same layers."""
+        parents = {parent for f in flows for path in f.image_files() for parent in parent_directories(path)}
+        key = (client.host, self.repository, base_digest)
+        with _BASE_DIRECTORIES_LOCK:
+            known = dict(_BASE_DIRECTORIES.get(key) or {})
+        missing = parents - known.keys()
+        if missing:  # read once per base image and process: the walk may read every layer of it
+            found = client.directory_entries(self.repository, base_digest, missing)
+            known.update({path: found.get(path) for path in missing})
+            with _BASE_DIRECTORIES_LOCK:
+                _BASE_DIRECTORIES[key] = known
+                _BASE_DIRECTORIES.move_to_end(key)
+                while len(_BASE_DIRECTORIES) > 32:
+                    _BASE_DIRECTORIES.popitem(last=False)
+        directories = {path: meta for path, meta in known.items() if meta is not None and path in parents}
+        return [files_layer(f.image_files(), comment=f"flow {f.name}", created_by=f"flowstore: COPY {f.location}",
+                            directories=directories) for f in flows]
 
     def _ensure_base(self, base: df.BuildContext, *, local: bool) -> tuple[str, str]:
         """Make sure the registry has the base image (and the daemon too when `local`): build it
