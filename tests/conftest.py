@@ -16,6 +16,7 @@ asking for one is an error at collection. Helpers live in tests/helpers/, fakes 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,22 @@ def _remove_images_tagged_for(docker_host: str, prefix: str) -> None:
         client.images.prune(filters={"dangling": True})
     finally:
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _forget_loaded_flows() -> Iterator[None]:
+    """A flow loaded in this process (client.load_flow of a bundle) puts its directory on
+    sys.path and its modules in sys.modules, as it should in an agent; the next test starts
+    without them, as a new agent would."""
+    path = list(sys.path)
+    yield
+    added = [p for p in sys.path if p not in path]
+    sys.path[:] = path
+    if added:
+        for name, module in list(sys.modules.items()):
+            origin = getattr(module, "__file__", None) or ""
+            if any(origin.startswith(p.rstrip("/") + "/") for p in added):
+                del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

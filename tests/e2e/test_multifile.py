@@ -71,10 +71,8 @@ def test_the_example_is_stored_and_agents_without_its_helpers_run_it(
     assert (pickled["artifact"]["format"], pickled["artifact"]["fileCount"]) == ("pickle", 3)
     assert pickled["artifact"]["entrypoint"] == "sales_report.py:flow"
     assert (files["artifact"]["format"], files["artifact"]["fileCount"]) == ("bundle", 3)
-    # a flow loaded by an earlier test (tests/e2e/test_git.py loads the same example) leaves its
-    # modules imported, as it would in any agent; this one must not find the helpers itself
-    sys.modules.pop("helpers", None)
-    assert importlib.util.find_spec("helpers") is None, "this agent must not have the flow's helpers"
+    assert "helpers" not in sys.modules and importlib.util.find_spec("helpers") is None, \
+        "this agent must not have the flow's helpers"
 
     # the library: the pickle carries the helpers by value; the bundle is extracted and imported
     os.environ["FLOWSTORE_CACHE_DIR"] = str(tmp_path / "cache")

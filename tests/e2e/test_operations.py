@@ -122,3 +122,26 @@ def test_kubectl_describe_tells_what_and_how(operator: OperatorProcess, namespac
     text = kubectl("describe", "storedflow", "lost", "-n", namespace).stdout
     assert "StorageNotFound" in text and "does not exist" in text and "as soon as it is created" in text
     assert "Warning" in text  # the Event
+
+
+def test_a_namespace_being_deleted_still_reconciles_without_warnings(operator: OperatorProcess, namespace: str,
+                                                                     s3_bucket: str, s3_endpoint: str) -> None:
+    """Nothing can be created in a namespace being deleted (HTTP 403, NamespaceTerminating): its
+    flows still get their status, and the operator drops their Events quietly instead of logging
+    a Forbidden that reads like a missing permission. (The local cloud runs no namespace
+    controller: a deleted namespace stays Terminating with everything in it.)"""
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint))
+    apply(inline_flow(namespace, "etl", "etl"))
+    wait_ready(namespace, "etl")
+    kubectl("delete", "namespace", namespace, "--wait=false")
+    wait_for("namespace", namespace, namespace, lambda o: o["status"].get("phase") == "Terminating",
+             what="to be Terminating")
+    apply(s3_storage(namespace, s3_bucket, "http://127.0.0.1:9"))  # a Warning Event is due
+    wait_reason(namespace, "etl", "BackendUnavailable")
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "reason=BackendUnavailable",
+                     "-o", "name").stdout
+    assert events.strip() == ""  # it could not be posted
+    time.sleep(1)
+    logs = operator.logs()
+    assert "could not post event" not in logs and "Forbidden" not in logs, logs[-3000:]
+    assert operator.alive()

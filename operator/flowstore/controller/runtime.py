@@ -258,10 +258,20 @@ class Runtime:
             source=client.V1EventSource(component="flowstore-operator"),
             reporting_component="flowstore.dev/operator", reporting_instance="flowstore-operator",
         )
+        log = logging.getLogger(__name__)
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
-        except Exception as exc:  # events are best effort; status carries the same facts
-            logging.getLogger(__name__).warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+        except client.ApiException as exc:  # events are best effort; status carries the same facts
+            if exc.status == 403 and "NamespaceTerminating" in str(exc.body or ""):
+                # not a permission the operator lacks: nothing can be created in a namespace
+                # being deleted, and its resources go with it
+                log.debug("event %s on %s dropped: namespace %s is being deleted", reason, meta["name"],
+                          meta["namespace"])
+            else:
+                log.warning("could not post event %s on %s: HTTP %s %s", reason, meta["name"], exc.status,
+                            exc.reason)
+        except Exception as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
 
 
 @dataclasses.dataclass
