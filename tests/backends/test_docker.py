@@ -584,9 +584,24 @@ def test_base_context_has_no_flows_and_flow_layers_are_deterministic() -> None:
     tar_bytes = gzip.decompress(one.blob)
     assert one.diff_id == "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        # the file only: directories the base image has keep their owner and mode, as with COPY
+        # no directories given: the file only
         assert [(m.name, m.mode, m.uid) for m in tar.getmembers()] == [("opt/prefect/flows/a.py", 0o644, 0)]
     assert file_layer("/opt/prefect/flows/a.py", b"B").digest != one.digest
+    # the base image's directories above the file go in as the base has them (as with COPY), so an
+    # overlay store, which unpacks the layer on its own, shows the base's owner and mode; others not
+    flows_dir = tarfile.TarInfo("opt/prefect/flows")
+    flows_dir.type, flows_dir.mode, flows_dir.mtime = tarfile.DIRTYPE, 0o750, 7
+    flows_dir.uid = flows_dir.gid = 1000
+    elsewhere = tarfile.TarInfo("srv")
+    elsewhere.type, elsewhere.mode = tarfile.DIRTYPE, 0o700
+    carried = file_layer("/opt/prefect/flows/a.py", b"A", directories={"/opt/prefect/flows": flows_dir,
+                                                                       "/srv": elsewhere})
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(carried.blob))) as tar:
+        assert [(m.name, m.isdir(), m.mode, m.uid, m.gid, m.mtime) for m in tar.getmembers()] == [
+            ("opt/prefect/flows", True, 0o750, 1000, 1000, 7),
+            ("opt/prefect/flows/a.py", False, 0o644, 0, 0, df.FIXED_MTIME)]
+    assert carried.digest == file_layer("/opt/prefect/flows/a.py", b"A",
+                                        directories={"/opt/prefect/flows": flows_dir}).digest
 
 
 def test_assemble_appends_layers_to_the_base() -> None:
