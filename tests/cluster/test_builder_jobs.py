@@ -316,6 +316,7 @@ def test_the_builder_job_is_locked_down_and_owned_by_its_flow(
     spec = job["spec"]
     assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 90 + 60
     assert spec["template"]["spec"]["activeDeadlineSeconds"] == 90
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 5  # nothing to save midway
     assert spec["ttlSecondsAfterFinished"] > 0
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("StoredFlow", "probe", get("storedflow", ns, "probe")

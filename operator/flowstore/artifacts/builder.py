@@ -288,7 +288,11 @@ def main(argv: list[str]) -> int:
     flow's own output goes to stderr meanwhile. Exit status 0 whenever a result was printed
     (a failing flow is a result); the Job fails only when this process cannot finish."""
     import json
+    import signal
 
+    # PID 1 of its container: without a handler SIGTERM is ignored, and a Job deleted mid-build
+    # (its flow changed) would run on until the grace period's SIGKILL
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
     with open(argv[1], "rb") as fh:
         request = json.loads(fh.read())
     stdout = sys.stdout

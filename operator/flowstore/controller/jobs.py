@@ -63,6 +63,8 @@ MAX_REQUEST_BYTES = 700 * 1024
 IMAGE_PULL_BOUND_SECONDS = 120.0
 #: the Job's own deadline exceeds its Pod's (the build's) by this much
 JOB_DEADLINE_MARGIN = 60
+#: seconds a builder Pod gets between SIGTERM and SIGKILL when its Job is deleted
+BUILD_GRACE_SECONDS = 5
 #: a finished Job the operator did not get to clean up goes by itself after this long
 TTL_AFTER_FINISHED = 600
 BUILD_UID = 65532
@@ -185,6 +187,8 @@ class JobBuilder:
         )
         pod = client.V1PodSpec(
             restart_policy="Never", active_deadline_seconds=spec.timeout_seconds, containers=[container],
+            # a build stopped midway (its flow changed or was deleted) has nothing to save
+            termination_grace_period_seconds=BUILD_GRACE_SECONDS,
             enable_service_links=False,
             automount_service_account_token=bool(spec.service_account_name),
             service_account_name=spec.service_account_name,
