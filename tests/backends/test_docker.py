@@ -44,6 +44,7 @@ from flowstore.storage.docker import daemon as docker_daemon
 from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.daemon import Daemon
 from flowstore.storage.docker.layers import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
+from flowstore.storage.docker.oci import RegistryClient
 from flowstore.storage.errors import AuthFailed, IntegrityError, InvalidConfig, NotFound
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.tls_certs import Authority, tls_daemon
@@ -949,3 +950,50 @@ def test_push_image_and_pull_image(docker_env: dict[str, str]) -> None:
         make_storage(docker_env, dockerfile="FROM scratch\n").pull_image()
     with pytest.raises(DaemonUnavailable):
         make_storage(docker_env, base_url=f"tcp://127.0.0.1:{_closed_port()}").push_image(repository, "1")
+
+
+def _tar(*entries: tuple[str, int, int]) -> bytes:
+    """A layer tar of (name, mode, uid) entries: directories when the name ends in /, else empty files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, mode, uid in entries:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            info.mode, info.uid, info.gid = mode, uid, uid
+            tar.addfile(info, io.BytesIO(b""))
+    return buf.getvalue()
+
+
+def test_directory_entries_come_from_the_topmost_layer_that_has_them(docker_env: dict[str, str]) -> None:
+    """What flow layers copy from their base (see test_flow_layers_leave_the_base_images_directories_
+    alone): each directory as the topmost layer has it, through whiteouts and opaque directories,
+    with gzip and plain tar layers, streamed from a real registry and checked against the digests."""
+    client = RegistryClient(docker_env["registry"], docker_env["username"], docker_env["password"])
+    repo = f"test/dirs-{uuid.uuid4().hex[:8]}"
+    bottom = gzip.compress(_tar(("opt/", 0o755, 0), ("opt/app/", 0o700, 7), ("srv/", 0o755, 0),
+                                ("srv/data/", 0o750, 8), ("var/", 0o755, 0), ("var/cache/", 0o755, 9),
+                                ("etc/", 0o755, 0), ("etc/conf", 0o644, 0)))
+    top = _tar(("opt/", 0o750, 1000), ("srv/.wh.data", 0o644, 0), ("var/", 0o755, 0),
+               ("var/.wh..wh..opq", 0o644, 0))  # plain tar: some registries hold those
+    layers = [(bottom, "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+              (top, "application/vnd.docker.image.rootfs.diff.tar")]
+    for blob, _ in layers:
+        client.push_blob(repo, blob)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
+        "sha256:" + hashlib.sha256(gzip.decompress(bottom)).hexdigest(), "sha256:" + hashlib.sha256(top).hexdigest()]}}
+    ).encode()
+    client.push_blob(repo, config)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST, "config": {
+        "mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+        "digest": "sha256:" + hashlib.sha256(config).hexdigest()}, "layers": [
+        {"mediaType": media, "size": len(blob), "digest": "sha256:" + hashlib.sha256(blob).hexdigest()}
+        for blob, media in layers]}).encode()
+    digest = client.push_manifest(repo, "t", manifest, MEDIA_DOCKER_MANIFEST)
+
+    found = client.directory_entries(repo, digest, ["/opt", "/opt/app", "/srv/data", "/var/cache", "/etc/conf",
+                                                    "/missing", "/srv"])
+    assert {path: (m.mode, m.uid) for path, m in found.items()} == {
+        "/opt": (0o750, 1000),  # the top layer's, not the bottom's
+        "/opt/app": (0o700, 7),  # only below: found there
+        "/srv": (0o755, 0),
+    }  # /srv/data whited out, /var/cache under an opaque directory, /etc/conf a file, /missing nowhere

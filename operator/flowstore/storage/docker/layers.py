@@ -64,7 +64,7 @@ def file_layer(path: str, data: bytes, *, comment: str = "",
     """A layer holding the file `path` (absolute, in the image) with `data`, mode 0644, owned
     by root. Like ``COPY``, it leaves the directories above it as the layers below have them:
     `directories` (absolute path -> the base image's tar header of that directory, see
-    :meth:`flowstore.storage.docker.oci.Registry.directory_entries`) go in the layer as the base
+    :meth:`flowstore.storage.docker.oci.RegistryClient.directory_entries`) go in the layer as the base
     has them. That matters on overlay stores (Docker's overlay2, podman's and containerd's
     overlay): a layer is unpacked on its own there, a parent it lacks is created root-owned 0755,
     and the merged image shows that directory instead of the base's. Parents missing from

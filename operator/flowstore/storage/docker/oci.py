@@ -363,21 +363,64 @@ class RegistryClient:
 
     def directory_entries(self, repo: str, manifest_digest: str, paths: Iterable[str]) -> dict[str, tarfile.TarInfo]:
         """The tar headers (owner, mode, time) of those absolute `paths` that are directories in
-        image `repo@manifest_digest`, each from the topmost layer that has it. Layers are read
-        from the top down and only until every path is found (the directories flows go in are
-        usually made by the image's last layers)."""
+        image `repo@manifest_digest`, each from the topmost layer that has it (whiteouts and
+        opaque directories honoured). Layers are streamed from the top down, headers only, and
+        only until every path is settled: memory stays flat whatever the layers' size, and the
+        directories flows go in are usually made by the image's last layers. Each layer read is
+        checked against its digest."""
         manifest = self.manifest(repo, manifest_digest)
-        cache: dict[int, tarfile.TarFile] = {}
+        wanted = {_norm(path): path for path in paths}
         out: dict[str, tarfile.TarInfo] = {}
-        try:
-            for path in sorted(set(paths)):
-                found = self._find(repo, manifest.layers, cache, _norm(path))
-                if found is not None and found[1].isdir():
-                    out[path] = found[1]
-        finally:
-            for tar in cache.values():
-                tar.close()
+        for layer in reversed(manifest.layers):
+            if not wanted:
+                break
+            found: dict[str, tarfile.TarInfo] = {}
+            deleted: set[str] = set()  # whiteouts: these and everything under them are gone below
+            opaque: set[str] = set()  # directories whose lower content this layer replaces
+            for member in self._stream_members(repo, layer):
+                name = _norm(member.name)
+                base, parent = posixpath.basename(name), posixpath.dirname(name)
+                if base == ".wh..wh..opq":
+                    opaque.add(parent)
+                elif base.startswith(".wh."):
+                    deleted.add(posixpath.join(parent, base[len(".wh."):]))
+                elif name in wanted:
+                    found[name] = member
+            for name in list(wanted):
+                if name in found:
+                    if found[name].isdir():
+                        out[wanted[name]] = found[name]
+                elif not ({name, *_parents(name)} & deleted or set(_parents(name)) & opaque):
+                    continue  # not settled by this layer: look below
+                del wanted[name]
         return out
+
+    def _stream_members(self, repo: str, layer: Mapping[str, Any]) -> Iterable[tarfile.TarInfo]:
+        """The tar headers of the layer blob, streamed (content skipped), then its digest checked."""
+        digest, media_type = str(layer["digest"]), str(layer.get("mediaType", ""))
+        if not _DIGEST.match(digest):
+            raise Rejected(f"unsupported blob digest {digest!r} (sha256 only)")
+        if "zstd" in media_type:
+            raise Rejected(f"zstd-compressed layers ({media_type}) are not supported")
+        what = f"blob {repo}@{digest}"
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, what=what, stream=True)
+        reader = _HashingReader(resp.iter_content(1 << 20))
+        raw = io.BufferedReader(reader, 1 << 20)
+        try:
+            stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                yield from tar
+            while raw.read(1 << 20):  # what follows the tar (padding) counts for the digest too
+                pass
+        except requests.exceptions.RequestException as exc:
+            raise RegistryUnavailable(f"registry {self.host}: reading {what} failed: {type(exc).__name__}") from None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise Rejected(f"an image layer ({media_type or 'unknown type'}) is not a tar archive: {exc}") from None
+        finally:
+            resp.close()
+        actual = "sha256:" + reader.hasher.hexdigest()
+        if actual != digest:
+            raise IntegrityError(f"registry {self.host}: {what} hashes to {actual}; refusing it")
 
     def _find(self, repo: str, layers: list[dict[str, Any]], cache: dict[int, tarfile.TarFile],
               target: str) -> tuple[tarfile.TarFile, tarfile.TarInfo] | None:
@@ -401,6 +444,30 @@ class RegistryClient:
                 if dir_base and _norm(posixpath.join(dir_parent, ".wh." + dir_base)) in names:
                     return None
         return None
+
+
+class _HashingReader(io.RawIOBase):
+    """A readable stream over `chunks` that hashes what passes through it."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self.hasher.update(chunk)
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 def _open_layer(data: bytes, media_type: str) -> tarfile.TarFile:
