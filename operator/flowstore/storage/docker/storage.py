@@ -667,7 +667,8 @@ class Docker(Storage):
         """One layer per flow, carrying the base image's directories above the flow's files as
         the base has them (:func:`flowstore.storage.docker.layers.file_layer`). The same flows on
         the same base give the same layers."""
-        parents = {parent for f in flows for path in f.image_files() for parent in parent_directories(path)}
+        files = [f.image_files() for f in flows]  # a bundle is unpacked for this: once
+        parents = {parent for image_files in files for path in image_files for parent in parent_directories(path)}
         key = (client.host, self.repository, base_digest)
         with _BASE_DIRECTORIES_LOCK:
             known = dict(_BASE_DIRECTORIES.get(key) or {})
@@ -681,8 +682,8 @@ class Docker(Storage):
                 while len(_BASE_DIRECTORIES) > 32:
                     _BASE_DIRECTORIES.popitem(last=False)
         directories = {path: meta for path, meta in known.items() if meta is not None and path in parents}
-        return [files_layer(f.image_files(), comment=f"flow {f.name}", created_by=f"flowstore: COPY {f.location}",
-                            directories=directories) for f in flows]
+        return [files_layer(image_files, comment=f"flow {f.name}", created_by=f"flowstore: COPY {f.location}",
+                            directories=directories) for f, image_files in zip(flows, files, strict=True)]
 
     def _ensure_base(self, base: df.BuildContext, *, local: bool) -> tuple[str, str]:
         """Make sure the registry has the base image (and the daemon too when `local`): build it
