@@ -21,7 +21,7 @@ import posixpath
 import re
 import tarfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import requests
@@ -375,22 +375,18 @@ class RegistryClient:
             if not wanted:
                 break
             found: dict[str, tarfile.TarInfo] = {}
-            deleted: set[str] = set()  # whiteouts: these and everything under them are gone below
-            opaque: set[str] = set()  # directories whose lower content this layer replaces
+            whiteouts: set[str] = set()  # all _hidden_below needs of the layer's names
             for member in self._stream_members(repo, layer):
                 name = _norm(member.name)
-                base, parent = posixpath.basename(name), posixpath.dirname(name)
-                if base == ".wh..wh..opq":
-                    opaque.add(parent)
-                elif base.startswith(".wh."):
-                    deleted.add(posixpath.join(parent, base[len(".wh."):]))
+                if posixpath.basename(name).startswith(".wh."):
+                    whiteouts.add(name)
                 elif name in wanted:
                     found[name] = member
             for name in list(wanted):
                 if name in found:
                     if found[name].isdir():
                         out[wanted[name]] = found[name]
-                elif not ({name, *_parents(name)} & deleted or set(_parents(name)) & opaque):
+                elif not _hidden_below(name, whiteouts):
                     continue  # not settled by this layer: look below
                 del wanted[name]
         return out
@@ -400,8 +396,7 @@ class RegistryClient:
         digest, media_type = str(layer["digest"]), str(layer.get("mediaType", ""))
         if not _DIGEST.match(digest):
             raise Rejected(f"unsupported blob digest {digest!r} (sha256 only)")
-        if "zstd" in media_type:
-            raise Rejected(f"zstd-compressed layers ({media_type}) are not supported")
+        _check_layer_type(media_type)
         what = f"blob {repo}@{digest}"
         resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, what=what, stream=True)
         reader = _HashingReader(resp.iter_content(1 << 20))
@@ -424,7 +419,6 @@ class RegistryClient:
 
     def _find(self, repo: str, layers: list[dict[str, Any]], cache: dict[int, tarfile.TarFile],
               target: str) -> tuple[tarfile.TarFile, tarfile.TarInfo] | None:
-        parents = _parents(target)
         for index in range(len(layers) - 1, -1, -1):
             if index not in cache:
                 cache[index] = _open_layer(self.blob(repo, str(layers[index]["digest"])),
@@ -434,16 +428,20 @@ class RegistryClient:
             member = names.get(target)
             if member is not None:
                 return tar, member
-            base, parent = posixpath.basename(target), posixpath.dirname(target)
-            if _norm(posixpath.join(parent, ".wh." + base)) in names:
-                return None  # deleted in this layer
-            for directory in parents:
-                if _norm(posixpath.join(directory, ".wh..wh..opq")) in names:
-                    return None  # the directory was replaced in this layer: lower layers are hidden
-                dir_parent, dir_base = posixpath.dirname(directory), posixpath.basename(directory)
-                if dir_base and _norm(posixpath.join(dir_parent, ".wh." + dir_base)) in names:
-                    return None
+            if _hidden_below(target, names):
+                return None
         return None
+
+
+def _hidden_below(name: str, layer_names: Container[str]) -> bool:
+    """Whether a layer with these (normalized) entry names hides the lower layers' `name`: a
+    whiteout of it or of a directory above it, or an opaque marker in a directory above it
+    (the OCI image spec's layer changesets)."""
+    for path in (name, *_parents(name)):
+        if _norm(posixpath.join(posixpath.dirname(path), ".wh." + posixpath.basename(path))) in layer_names:
+            return True  # deleted in this layer
+    # a directory above replaced in this layer: lower layers are hidden
+    return any(_norm(posixpath.join(directory, ".wh..wh..opq")) in layer_names for directory in _parents(name))
 
 
 class _HashingReader(io.RawIOBase):
@@ -470,9 +468,13 @@ class _HashingReader(io.RawIOBase):
         return size
 
 
-def _open_layer(data: bytes, media_type: str) -> tarfile.TarFile:
+def _check_layer_type(media_type: str) -> None:
     if "zstd" in media_type:
         raise Rejected(f"zstd-compressed layers ({media_type}) are not supported")
+
+
+def _open_layer(data: bytes, media_type: str) -> tarfile.TarFile:
+    _check_layer_type(media_type)
     raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     try:
         return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
