@@ -153,14 +153,23 @@ class Prefect:
                 proc.wait()
 
     # ------------------------------------------------------------------ the REST API
+    #: what Prefect's own client retries (prefect/client/base.py: 429, 502, 503): the server answers
+    #: 503 while its SQLite database is busy, and its clients are expected to come back
+    RETRIED = (429, 502, 503)
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = requests.post(f"{self.api}{path}", json=body, timeout=30)
-        assert response.ok, f"POST {path}: {response.status_code} {response.text[:2000]}"
-        return response.json()
+        return self._call("POST", path, body)
 
     def get(self, path: str) -> Any:
-        response = requests.get(f"{self.api}{path}", timeout=30)
-        assert response.ok, f"GET {path}: {response.status_code} {response.text[:2000]}"
+        return self._call("GET", path, None)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        for attempt in range(6):
+            response = requests.request(method, f"{self.api}{path}", json=body, timeout=30)
+            if response.status_code not in self.RETRIED:
+                break
+            time.sleep(0.5 * 2 ** attempt)
+        assert response.ok, f"{method} {path}: {response.status_code} {response.text[:2000]}"
         return response.json()
 
     def create_deployment(self, name: str, flow_name: str, entrypoint: str, pull_steps: list[dict[str, Any]]) -> str:
