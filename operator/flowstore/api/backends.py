@@ -19,7 +19,7 @@ class Backend:
     key: str  # the FlowStorage spec block (camelCase, as in the CRD)
     class_name: str  # ``flowstore.storage.<class_name>``; also serialize()'s ``type``
     module: str
-    extra: str | None  # ``pip install 'flowstore[<extra>]'`` brings its SDK; None: nothing to add
+    extra: str | None  # the pip extra that brings its SDK (install_hint says how); None: nothing to add
     #: without a credentials Secret the operator is anonymous to it, never itself: these classes
     #: fall back to environment variables for agents, which in the operator would lend any
     #: FlowStorage the operator's own token. (S3 and CodeCommit keep the SDK's default chain on
@@ -55,3 +55,24 @@ BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
 def backend(name: str) -> Backend | None:
     """The row for a spec block (``s3``) or a class name / serialized type (``S3``)."""
     return next((b for b in BACKENDS if name in (b.key, b.class_name)), None)
+
+
+def install_hint(extra: str | None = None) -> str:
+    """How to add flowstore's `extra` (an SDK, the Kubernetes client, …) to this Python.
+
+    flowstore is installed from its repository, not from a package index: from a checkout
+    (``pip install -e 'CHECKOUT[s3]'``) or from a wheel built there (``python -m pip wheel --no-deps
+    CHECKOUT``, then ``pip install 'flowstore-VERSION-py3-none-any.whl[s3]'``). Running from a
+    checkout, the hint names it."""
+    import sys
+    from pathlib import Path
+
+    from flowstore import __version__
+
+    spec = f"[{extra}]" if extra else ""
+    what = f"flowstore's `{extra}` extra" if extra else "flowstore"
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "operator" / "flowstore").is_dir():
+        return f"install {what} from this checkout: {sys.executable} -m pip install -e '{checkout}{spec}'"
+    return (f"install {what}: pip install 'flowstore-{__version__}-py3-none-any.whl{spec}' (the wheel flowstore "
+            f"was installed from; build one in a flowstore checkout with python -m pip wheel --no-deps .)")

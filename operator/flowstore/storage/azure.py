@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (
@@ -242,7 +243,7 @@ class Azure(Storage):
             from azure.storage.blob import BlobServiceClient, LinearRetry
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage needs {exc.name or 'azure-storage-blob'}: pip install 'flowstore[azure]'"
+                f"Azure storage needs {exc.name or 'azure-storage-blob'}; hint: {install_hint('azure')}"
             ) from None
         options: dict[str, Any] = {
             "connection_timeout": CONNECTION_TIMEOUT,
@@ -276,8 +277,8 @@ class Azure(Storage):
             from azure.identity import DefaultAzureCredential
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}: "
-                "pip install 'flowstore[azure]'"
+                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}; "
+                f"hint: {install_hint('azure')}"
             ) from None
         try:
             return BlobServiceClient(self.account_url, credential=DefaultAzureCredential(), **options)
