@@ -205,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 EPILOG = """exit status: 0 done; 1 the flow is not available (not found, not stored yet, refused by
 verification); 2 the environment is not ready (a missing package, no cluster configured or
 reachable, an output path that cannot be written) or the command line is wrong.
-Shell completion: eval "$(flowstore completion bash)" (or zsh, tcsh)."""
+Shell completion: eval "$(flowstore completion bash)" (or zsh)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(flowstore completion bash)\"")
-    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    comp.add_argument("shell", choices=["bash", "zsh"])
     comp.set_defaults(func=cmd_completion)
     return parser
 

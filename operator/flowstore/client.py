@@ -50,7 +50,7 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     try:
         obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 404 and _names_the_object(exc):  # else the kind itself is unknown: no CRDs
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
         raise
     status = dict(obj.get("status") or {})
@@ -60,6 +60,18 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
             f"see `kubectl describe storedflow {name} -n {namespace}`"
         )
     return status
+
+
+def _names_the_object(exc: Any) -> bool:
+    """A 404 about the object (a Status naming it), not about the resource type: an API server
+    without flowstore's CRDs answers "404 page not found"."""
+    import json
+
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(details.get("name"))
 
 
 def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
