@@ -119,19 +119,24 @@ def _print_error(exc: Exception) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
     ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow."""
-    from flowstore.client import FlowNotAvailable, locate, seed_storage
+    from flowstore.client import FlowNotAvailable, seed_storage, stored_status, storedflow
     from flowstore.storage import StorageError
 
+    obj: dict[str, Any] = {}
     try:
-        doc = seed_storage(args.name, args.namespace) if args.output == "prefect" else \
-            locate(args.name, args.namespace)
+        if args.output == "prefect":
+            doc = seed_storage(args.name, args.namespace)
+        else:
+            obj = storedflow(args.name, args.namespace)
+            doc = stored_status(obj, args.name, args.namespace)
     except (FlowNotAvailable, StorageError) as exc:
         return _print_error(exc)
     if args.output == "prefect-pull-step":
         from flowstore.prefect import NotForPrefect, pull_step_yaml
 
         try:
-            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc))
+            object_name = (obj.get("spec") or {}).get("objectName")
+            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc, object_name=object_name))
         except NotForPrefect as exc:
             return _print_error(exc)
         return 0

@@ -42,17 +42,27 @@ def _custom_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object (spec and status), as the API server has it."""
     from kubernetes.client.exceptions import ApiException
 
     api = api or _custom_api()
     try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
+        obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
     except ApiException as exc:
         if exc.status == 404 and _names_the_object(exc):  # else the kind itself is unknown: no CRDs
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
         raise
+    return obj
+
+
+def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+    return stored_status(storedflow(name, namespace, api=api), name, namespace)
+
+
+def stored_status(obj: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    """`obj`'s status, once it has been stored (FlowNotAvailable before)."""
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
