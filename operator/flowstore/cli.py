@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the StoredFlow's namespace (default: default)")
         if name == "locate":
             p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
-                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
-                                "(Prefect 1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
+                           help="json: the StoredFlow's status (default); prefect: its storage as Prefect 1 "
+                                "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
                                 "pullSteps")
         if name == "get":
