@@ -15,9 +15,10 @@ import os
 from typing import Any
 
 from flowstore import kubeconfig
+from flowstore.api.backends import backend
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, signing
-from flowstore.storage import from_serialized
+from flowstore.storage import AuthFailed, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
 
 
@@ -129,9 +130,25 @@ def download(status: dict[str, Any]) -> bytes:
     recorded sha256 (``IntegrityError`` otherwise)."""
     artifact = status["artifact"]
     storage = from_serialized(status["storage"])
-    data = storage.get_bytes(status["location"])
+    try:
+        data = storage.get_bytes(status["location"])
+    except (AuthFailed, TemplateValueMissing) as exc:
+        raise type(exc)(agent_advice(str(status["storage"].get("type")), exc)) from exc
     verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
     return data
+
+
+def agent_advice(storage_type: str, exc: Exception) -> str:
+    """`exc`'s problem, with what an agent can do about it. The storages' own messages end in
+    advice for whoever configured the FlowStorage ("check the keys in the referenced Secret");
+    an agent never sees that Secret: it reads the names of its own environment."""
+    problem = str(exc).split("; ")[0]
+    row = backend(storage_type)
+    if isinstance(exc, TemplateValueMissing):
+        return (f"{problem}; set it in this agent's environment (agents fill a Webhook storage's ${{…}} templates "
+                "from their own environment, not from the FlowStorage's Secret)")
+    where = row.agent_credentials if row and row.agent_credentials else "its own environment"
+    return (f"{problem}; this agent uses its own credentials, not the FlowStorage's Secret: give it {where}")
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:

@@ -27,26 +27,45 @@ class Backend:
     anonymous_without_secret: bool = False
     #: configuration fields of this block that change how it is reached, not where artifacts go
     reach_fields: frozenset[str] = frozenset()
+    #: where an agent's credentials come from: its own environment, never the FlowStorage's Secret
+    #: (said when the backend refuses an agent)
+    agent_credentials: str = ""
 
+
+_AWS_AGENT = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in its environment, or an AWS "
+              "profile or identity")
 
 BACKENDS: Final = (
     Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
-    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"})),
-    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs"),
-    Backend("azure", "Azure", "flowstore.storage.azure", "azure"),
-    Backend("webhook", "Webhook", "flowstore.storage.webhook", None),
+    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"}),
+            agent_credentials=_AWS_AGENT),
+    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs",
+            agent_credentials="GOOGLE_APPLICATION_CREDENTIALS (a service-account key file) or Application Default "
+                              "Credentials"),
+    Backend("azure", "Azure", "flowstore.storage.azure", "azure",
+            agent_credentials="AZURE_STORAGE_CONNECTION_STRING in its environment, or an Azure identity (a storage "
+                              "with an accountURL)"),
+    Backend("webhook", "Webhook", "flowstore.storage.webhook", None,
+            agent_credentials="the names its ${…} templates use (e.g. WEBHOOK_TOKEN), in its environment"),
     Backend("docker", "Docker", "flowstore.storage.docker", "docker",
-            reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"})),
+            reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"}),
+            agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
+                              "docker login writes it"),
     Backend("github", "GitHub", "flowstore.storage.github", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=frozenset({"checkFlow"}), agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
     Backend("gitlab", "GitLab", "flowstore.storage.gitlab", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=frozenset({"checkFlow"}), agent_credentials="GITLAB_ACCESS_TOKEN in its environment"),
     Backend("bitbucket", "Bitbucket", "flowstore.storage.bitbucket", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=frozenset({"checkFlow"}),
+            agent_credentials="BITBUCKET_USERNAME and BITBUCKET_APP_PASSWORD, or BITBUCKET_ACCESS_TOKEN, in its "
+                              "environment"),
     Backend("codecommit", "CodeCommit", "flowstore.storage.codecommit", "codecommit",
-            reach_fields=frozenset({"clientOptions", "checkFlow"})),
+            reach_fields=frozenset({"clientOptions", "checkFlow"}),
+            agent_credentials=_AWS_AGENT),
     Backend("git", "Git", "flowstore.storage.git", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=frozenset({"checkFlow"}),
+            agent_credentials="GIT_USERNAME and GIT_PASSWORD, GIT_TOKEN, or SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS, in "
+                              "its environment"),
 )
 #: the spec blocks, in the order the CRD lists them
 BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
