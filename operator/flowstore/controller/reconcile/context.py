@@ -18,7 +18,7 @@ from flowstore.artifacts import signing
 from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import Storage, backend_class
-from flowstore.storage.git_base import GitHosted
+from flowstore.storage.git.base import GitHosted
 
 if TYPE_CHECKING:
     from flowstore.controller.reconcile.publishers import Publisher

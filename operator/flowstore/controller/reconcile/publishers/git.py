@@ -20,7 +20,7 @@ from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Pub
 from flowstore.controller.reconcile.sources import pack_files
 from flowstore.controller.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage
-from flowstore.storage.git_base import GitHosted, normalize_path
+from flowstore.storage.git.base import GitHosted, normalize_path
 
 
 class GitPinPublisher(Publisher):
