@@ -51,18 +51,18 @@ BACKENDS: Final = (
             reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"}),
             agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
                               "docker login writes it"),
-    Backend("github", "GitHub", "flowstore.storage.github", None, anonymous_without_secret=True,
+    Backend("github", "GitHub", "flowstore.storage.git.github", None, anonymous_without_secret=True,
             reach_fields=frozenset({"checkFlow"}), agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
-    Backend("gitlab", "GitLab", "flowstore.storage.gitlab", None, anonymous_without_secret=True,
+    Backend("gitlab", "GitLab", "flowstore.storage.git.gitlab", None, anonymous_without_secret=True,
             reach_fields=frozenset({"checkFlow"}), agent_credentials="GITLAB_ACCESS_TOKEN in its environment"),
-    Backend("bitbucket", "Bitbucket", "flowstore.storage.bitbucket", None, anonymous_without_secret=True,
+    Backend("bitbucket", "Bitbucket", "flowstore.storage.git.bitbucket", None, anonymous_without_secret=True,
             reach_fields=frozenset({"checkFlow"}),
             agent_credentials="BITBUCKET_USERNAME and BITBUCKET_APP_PASSWORD, or BITBUCKET_ACCESS_TOKEN, in its "
                               "environment"),
-    Backend("codecommit", "CodeCommit", "flowstore.storage.codecommit", "codecommit",
+    Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
             reach_fields=frozenset({"clientOptions", "checkFlow"}),
             agent_credentials=_AWS_AGENT),
-    Backend("git", "Git", "flowstore.storage.git", None, anonymous_without_secret=True,
+    Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
             reach_fields=frozenset({"checkFlow"}),
             agent_credentials="GIT_USERNAME and GIT_PASSWORD, GIT_TOKEN, or SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS, in "
                               "its environment"),
