@@ -151,3 +151,15 @@ def test_docker_engine_builds_and_pushes_to_the_registry_with_auth(docker_env: d
                                                "application/vnd.oci.image.manifest.v1+json"})
     assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"].startswith("sha256:")
     assert requests.get(f"http://{docker_env['registry']}/v2/", timeout=10).status_code == 401
+
+
+def test_env_exports_the_names_agents_read() -> None:
+    """An agent reads its credentials from its own environment under the names the storages use
+    (WEBHOOK_TOKEN in the examples' Webhook template, GIT_USERNAME / GIT_PASSWORD for git): the
+    local cloud exports those, beside its own FLOWSTORE_* names, so `flowstore run` works in a
+    shell set up as the README says."""
+    from tests.helpers.localcloud import localcloud_env
+
+    env = localcloud_env("webhook", "git")
+    assert env["WEBHOOK_TOKEN"] == env["FLOWSTORE_WEBHOOK_TOKEN"] and env["WEBHOOK_TOKEN"]
+    assert (env["GIT_USERNAME"], env["GIT_PASSWORD"]) == (env["FLOWSTORE_GIT_USERNAME"], env["FLOWSTORE_GIT_PASSWORD"])
