@@ -129,8 +129,8 @@ def api_unreachable(exc: BaseException) -> Problem | None:
 
 
 def api_refused(exc: BaseException) -> Problem | None:
-    from_api = next((e for e in _chain(exc) if type(e).__name__ == "ApiException"
-                     and type(e).__module__.startswith("kubernetes")), None)
+    from_api = next((e for e in _chain(exc) if any(
+        cls.__name__ == "ApiException" and cls.__module__.startswith("kubernetes") for cls in type(e).__mro__)), None)
     if from_api is None:
         return None
     status = getattr(from_api, "status", None)

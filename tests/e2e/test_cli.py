@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.helpers.kube import apply, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.operator import OperatorProcess
@@ -49,12 +51,10 @@ def test_environment_errors_with_a_real_cluster(operator: OperatorProcess, names
 
     # credentials the API server does not accept
     kubeconfig = tmp_path / "kubeconfig"
-    server = os.environ.get("FLOWSTORE_KUBE_SERVER") or ""
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: c, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\n"
-        "users: [{name: u, user: {token: not-a-token-this-server-knows}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())  # the same server and CA
+    for user in config["users"]:
+        user["user"] = {"token": "not-a-token-this-server-knows"}
+    kubeconfig.write_text(yaml.safe_dump(config))
     line = one_line(flowstore("locate", "needs-prefect", "-n", namespace,
                               env={**os.environ, "KUBECONFIG": str(kubeconfig)}), 2)
     assert f"did not accept the credentials in {kubeconfig} (401 Unauthorized)" in line

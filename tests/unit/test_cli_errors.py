@@ -144,6 +144,12 @@ def _api_exception(status: int, reason: str, body: dict[str, object] | str) -> E
     return exc
 
 
+def _unauthorized() -> Exception:
+    from kubernetes.client.exceptions import UnauthorizedException
+
+    return UnauthorizedException(status=401, reason="Unauthorized")
+
+
 def test_every_row_recognises_its_exception(tmp_path: Path) -> None:
     from kubernetes.config import ConfigException
 
@@ -158,6 +164,7 @@ def test_every_row_recognises_its_exception(tmp_path: Path) -> None:
         (ModuleNotFoundError("…", name="boto3"), "install flowstore's `s3` extra", 2),
         (ConfigException("Invalid kube-config file."), "no Kubernetes cluster configured", 2),
         (_api_exception(401, "Unauthorized", {}), "did not accept the credentials", 2),
+        (_unauthorized(), "did not accept the credentials", 2),  # what the client raises for a 401
         (_api_exception(403, "Forbidden", {"message": "storedflows is forbidden"}),
          "refused this request (403 Forbidden): storedflows is forbidden", 2),
         (_api_exception(404, "Not Found", "404 page not found"), "kubectl apply --server-side -f crds/", 2),
