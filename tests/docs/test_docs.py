@@ -44,15 +44,25 @@ class Shell:
     def run(self, script: str, where: str) -> subprocess.CompletedProcess[str]:
         wrapped = (f"source {shlex.quote(str(self.state))}\nset -e -o pipefail\n{script}\n"
                    f"{{ export -p; echo cd \"$(pwd)\"; }} > {shlex.quote(str(self.state))}.new\n")
-        done = subprocess.run(["bash", "-c", wrapped], capture_output=True, text=True, timeout=BLOCK_TIMEOUT,
-                              env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                   "HOME": os.environ.get("HOME", "/root")})
-        with self.log.open("a") as log:
-            log.write(f"==== {where}\n{script}\n---- exit {done.returncode}\n{done.stdout}{done.stderr}\n")
+        with self.log.open("a") as log:  # as it runs: a slow block (the demo) can be followed there
+            log.write(f"==== {where}\n{script}\n----\n")
+            log.flush()
+            out = self.log.with_suffix(".out")
+            with out.open("w") as stdout:
+                proc = subprocess.run(["bash", "-c", wrapped], stdout=stdout, stderr=log, text=True,
+                                      timeout=BLOCK_TIMEOUT,
+                                      env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                           "HOME": os.environ.get("HOME", "/root")})
+            output = out.read_text()
+            log.write(f"{output}---- exit {proc.returncode}\n")
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
         if done.returncode == 0:
             new = self.state.with_name(self.state.name + ".new")
             new.replace(self.state)
         return done
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text()[-chars:]
 
 
 def reader_environment(cloud: Path) -> dict[str, str]:
@@ -99,14 +109,14 @@ def run_block(shell: Shell, block: Block) -> str:
     """Run one block; '' when the text told the truth, else what went wrong."""
     if block.lang == "sh":
         done = shell.run(block.text, block.where)
-        return "" if done.returncode == 0 else f"exit {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return "" if done.returncode == 0 else f"exit {done.returncode}:\n{shell.tail()}"
     if block.lang == "python":
         done = shell.run(f"python - <<'FLOWSTORE_DOCS_PY'\n{block.text}FLOWSTORE_DOCS_PY", block.where)
-        return "" if done.returncode == 0 else f"exit {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return "" if done.returncode == 0 else f"exit {done.returncode}:\n{shell.tail()}"
     for claim in console_claims(block):
         done = shell.run(claim.command, block.where)
         if done.returncode != 0:
-            return f"$ {claim.command}\nexit {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            return f"$ {claim.command}\nexit {done.returncode}:\n{shell.tail()}"
         missing = unmatched(claim.output, done.stdout)
         if missing:
             return (f"$ {claim.command}\nthe text claims lines that are not in the output, from:\n  "
@@ -114,6 +124,7 @@ def run_block(shell: Shell, block: Block) -> str:
     return ""
 
 
+@pytest.mark.timeout(3600)  # `KEEP=1 make demo` is most of it: minutes, more on a loaded machine
 def test_every_command_block_runs_as_written_and_prints_what_the_text_claims(reader: Shell) -> None:
     ran = []
     for block in in_running_order(all_blocks()):
