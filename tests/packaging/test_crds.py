@@ -318,7 +318,8 @@ def test_invalid_storedflow_rejected(namespace: str, spec: str, expected: list[s
 # --- status: survives the schema (no pruning) and feeds the printer columns -------------------
 
 
-def test_storedflow_status_round_trip_and_columns(namespace: str) -> None:
+def test_storedflow_status_round_trip_and_columns(namespace: str, own_operators_only: None) -> None:
+    """(No operator may reconcile the object meanwhile: the session's, started by an e2e test, is paused.)"""
     kubectl(
         "apply",
         "-n",
@@ -403,7 +404,7 @@ def _column(table: list[str], name: str) -> str:
     return row[start:end].strip()
 
 
-def test_flowstorage_columns(namespace: str) -> None:
+def test_flowstorage_columns(namespace: str, own_operators_only: None) -> None:
     kubectl(
         "apply",
         "-n",
