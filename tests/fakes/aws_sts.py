@@ -27,11 +27,13 @@ https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
+import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -52,8 +54,12 @@ class StsWebIdentityFront(FakeServer):
     """STS at :attr:`url`, deciding AssumeRoleWithWebIdentity by the IAM state of the moto at
     `moto_url` (whose administrator key is `admin`), trusting tokens of `issuer`."""
 
-    def __init__(self, moto_url: str, admin: tuple[str, str], issuer: ClusterIssuer, region: str = "us-east-1") -> None:
+    def __init__(self, moto_url: str, admin: tuple[str, str], issuer: ClusterIssuer, region: str = "us-east-1",
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         super().__init__()
+        #: the front's "now": credentials expire DurationSeconds (default 3600) after it, so a
+        #: test that moves the clock moves STS's too (moto's own Expiration is wall-clock time)
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.moto_url = moto_url.rstrip("/")
         self.admin = Credentials(*admin)
         self.issuer = issuer
@@ -77,7 +83,8 @@ class StsWebIdentityFront(FakeServer):
             return _error(exc.code, str(exc), exc.status)
         with self._lock:
             self.decisions.append((role_arn, claims, None))
-        return self._issue(request.body)
+        seconds = int(form.get("DurationSeconds") or 3600)
+        return self._issue(request.body, self.clock() + dt.timedelta(seconds=seconds))
 
     # ------------------------------------------------------------------ what STS decides
     def _decide(self, role_arn: str, token: str) -> dict[str, Any]:
@@ -113,14 +120,18 @@ class StsWebIdentityFront(FakeServer):
         raise _StsError("InvalidIdentityToken", f"No OpenIDConnect provider found in your account for {issuer}")
 
     # ------------------------------------------------------------------ moto issues, or answers
-    def _issue(self, body: bytes) -> Response:
+    def _issue(self, body: bytes, expires: dt.datetime) -> Response:
         """The same call, signed by the administrator, answered by moto (its credentials are real
         to moto's S3 and IAM enforcement: the assumed role's policies apply)."""
         request = AWSRequest(method="POST", url=self.moto_url + "/", data=body,
                              headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
         SigV4Auth(self.admin, "sts", self.region).add_auth(request)
         answer = requests.post(self.moto_url + "/", data=body, headers=dict(request.headers.items()), timeout=30)
-        return Response(answer.status_code, answer.content, {"Content-Type": answer.headers.get("Content-Type", "text/xml")})
+        content = answer.content
+        if answer.status_code == 200:
+            stamp = expires.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            content = re.sub(rb"<Expiration>[^<]*</Expiration>", f"<Expiration>{stamp}</Expiration>".encode(), content)
+        return Response(answer.status_code, content, {"Content-Type": answer.headers.get("Content-Type", "text/xml")})
 
     def _pass_through(self, request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}

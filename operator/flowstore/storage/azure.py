@@ -391,6 +391,12 @@ class Azure(Storage):
         return ("check the Azure identity DefaultAzureCredential found (workload/managed identity, "
                 "AZURE_CLIENT_ID…) and its role on the container (e.g. Storage Blob Data Contributor)")
 
+    def _from_account(self, exc: BaseException) -> bool:
+        """The error is the storage account's answer (not the token endpoint's)."""
+        request = getattr(getattr(exc, "response", None), "request", None)
+        url = str(getattr(request, "url", "") or "")
+        return bool(self._endpoint) and url.lower().startswith(str(self._endpoint).lower())
+
     def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
         """Map one SDK exception to the project's taxonomy, with a message for a person."""
         if isinstance(exc, StorageError):
@@ -406,7 +412,7 @@ class Azure(Storage):
         kind = type(exc).__name__
         detail = self._redact(_first_line(exc))
 
-        if isinstance(exc, az.ClientAuthenticationError) and self.identity is not None and status is None:
+        if isinstance(exc, az.ClientAuthenticationError) and self.identity is not None and not self._from_account(exc):
             # raised by the credential (Microsoft Entra ID refused the assertion), not by the account
             return IdentityRejected(
                 f"cannot {action} {target}: Microsoft Entra ID refused the token of {self.identity.describe()} "

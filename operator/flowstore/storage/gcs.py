@@ -536,10 +536,10 @@ def _is_data_corruption(exc: BaseException) -> bool:
 
 def _is_refresh_error(exc: BaseException) -> bool:
     try:
-        from google.auth.exceptions import RefreshError
+        from google.auth.exceptions import OAuthError, RefreshError
     except ImportError:
         return False
-    return isinstance(exc, RefreshError)
+    return isinstance(exc, RefreshError | OAuthError)  # OAuthError: an STS token exchange refused
 
 
 def _is_connection_error(exc: BaseException) -> bool:
