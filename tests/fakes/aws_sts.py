@@ -59,7 +59,7 @@ class StsWebIdentityFront(FakeServer):
         super().__init__()
         #: the front's "now": credentials expire DurationSeconds (default 3600) after it, so a
         #: test that moves the clock moves STS's too (moto's own Expiration is wall-clock time)
-        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.moto_url = moto_url.rstrip("/")
         self.admin = Credentials(*admin)
         self.issuer = issuer
@@ -129,7 +129,7 @@ class StsWebIdentityFront(FakeServer):
         answer = requests.post(self.moto_url + "/", data=body, headers=dict(request.headers.items()), timeout=30)
         content = answer.content
         if answer.status_code == 200:
-            stamp = expires.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = expires.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             content = re.sub(rb"<Expiration>[^<]*</Expiration>", f"<Expiration>{stamp}</Expiration>".encode(), content)
         return Response(answer.status_code, content, {"Content-Type": answer.headers.get("Content-Type", "text/xml")})
 
@@ -137,7 +137,8 @@ class StsWebIdentityFront(FakeServer):
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
         answer = requests.request(request.method, self.moto_url + request.raw_path, data=request.body,
                                   headers=headers, timeout=30)
-        return Response(answer.status_code, answer.content, {"Content-Type": answer.headers.get("Content-Type", "text/xml")})
+        return Response(answer.status_code, answer.content,
+                        {"Content-Type": answer.headers.get("Content-Type", "text/xml")})
 
 
 class _StsError(Exception):

@@ -9,7 +9,8 @@ application must have a *federated identity credential* whose issuer, subject an
 issuer's keys and current. Answers ``{"token_type": "Bearer", "expires_in", "ext_expires_in",
 "access_token"}``; errors HTTP 400/401 ``{"error": "invalid_client" | "invalid_request" |
 "unauthorized_client" | "invalid_scope", "error_description": "AADSTS…", "error_codes": [...]}``.
-https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow#third-case-access-token-request-with-a-federated-credential ,
+https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow
+(third case: access token request with a federated credential),
 https://learn.microsoft.com/entra/workload-id/workload-identity-federation ,
 https://learn.microsoft.com/entra/identity-platform/reference-error-codes
 

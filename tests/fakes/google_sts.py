@@ -44,8 +44,8 @@ from tests.fakes.base import FakeServer, Request, Response
 from tests.fakes.oidc import ClusterIssuer, TokenRefused
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a token type name
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a token type name
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 _PROVIDER = re.compile(r"//iam\.googleapis\.com/(projects/[^/]+/locations/global/workloadIdentityPools/[^/]+)"
                        r"/providers/[^/]+")
 _GENERATE = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken")
@@ -147,7 +147,7 @@ class GoogleTokenService(FakeServer):
         if not body.get("scope"):
             return _google_error(400, "INVALID_ARGUMENT", "scope is required")
         token = self._issue(email, "service-account")
-        expires = dt.datetime.fromtimestamp(self.issued[token].expires, dt.timezone.utc)
+        expires = dt.datetime.fromtimestamp(self.issued[token].expires, dt.UTC)
         self._record("iam", email, None)
         return Response.json({"accessToken": token, "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
 

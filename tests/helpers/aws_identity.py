@@ -65,7 +65,7 @@ class EnforcingAws:
                 time.sleep(0.2)
         # The account, while every call is still free: an administrator, the cluster's issuer.
         iam = boto3.client("iam", endpoint_url=self.url, region_name=REGION, aws_access_key_id="setup",
-                           aws_secret_access_key="setup")  # noqa: S106 - moto without enforcement yet
+                           aws_secret_access_key="setup")
         iam.create_user(UserName="admin")
         iam.put_user_policy(UserName="admin", PolicyName="admin", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
@@ -95,8 +95,9 @@ class EnforcingAws:
                                            f"{host}:aud": AUDIENCE}}}]}
         role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
         iam.put_role_policy(RoleName=name, PolicyName="flows", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
-                                                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
         self.client("s3").create_bucket(Bucket=bucket)
         return str(role["Arn"])
 

@@ -16,7 +16,7 @@ from tests.helpers.tls_certs import Authority
 
 AZURITE_VERSION = "3.35.0"  # the local cloud's (scripts/localcloud), which installs it
 ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105 - Azurite's published development key
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 class HttpsAzurite:
@@ -36,7 +36,8 @@ class HttpsAzurite:
 
     def start(self) -> HttpsAzurite:
         ensure("azure", "AZURE_STORAGE_CONNECTION_STRING")  # installs Azurite if need be
-        exe = Path.home() / ".cache" / "flowstore" / "azurite" / AZURITE_VERSION / "node_modules" / ".bin" / "azurite-blob"
+        exe = (Path.home() / ".cache" / "flowstore" / "azurite" / AZURITE_VERSION / "node_modules" / ".bin"
+               / "azurite-blob")
         pem = self.authority.issue("127.0.0.1", server=True)
         (self.directory / "cert.pem").write_text(pem.cert)
         (self.directory / "key.pem").write_text(pem.key)

@@ -42,7 +42,7 @@ NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,7 @@ class ServiceAccountTokens:
             raise IdentityUnavailable(f"the API server answered the TokenRequest for ServiceAccount "
                                       f"{namespace}/{name} without a token")
         if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=dt.timezone.utc)
+            expires = expires.replace(tzinfo=dt.UTC)
         lifetime = max((expires - issued).total_seconds(), 0.0)
         return _Token(value=str(status.token), renew_at=issued + dt.timedelta(seconds=lifetime * REFRESH_AT))
 

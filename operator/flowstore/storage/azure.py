@@ -38,7 +38,6 @@ from urllib.parse import quote
 
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
-from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -50,6 +49,7 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity
 
 #: the environment variable the seed (and Azure tooling) reads the connection string from
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"

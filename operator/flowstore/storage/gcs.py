@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
-from flowstore.storage.identity import WorkloadIdentity, gcp_endpoints
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -33,6 +32,7 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity, gcp_endpoints
 
 #: objects larger than this are uploaded with a resumable upload, in chunks of this size
 #: (a multiple of 256 KiB, as the API requires); smaller ones in one multipart request
@@ -195,6 +195,7 @@ class GCS(Storage):
             ) from None
 
         project = self.project
+        credentials: Any
         if self.identity is not None:
             credentials = federated_credentials(self.identity)
             project = project or ANONYMOUS_PROJECT  # only bucket listing and creation need one
@@ -202,7 +203,7 @@ class GCS(Storage):
             from google.oauth2 import service_account
 
             try:
-                credentials: Any = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                     self._credentials_info
                 )
             except Exception as exc:  # ValueError, or the RSA library's own errors

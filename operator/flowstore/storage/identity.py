@@ -130,11 +130,12 @@ class WorkloadIdentity:
 
     def cache_key(self) -> str:
         """What decides the credentials: equal keys may share a client."""
-        return "|".join(str(v) for v in (self.subject, self.version, self.cloud, self.audience, self.role_arn, self.provider,
+        return "|".join(str(v) for v in (self.subject, self.version, self.cloud, self.audience, self.role_arn,
+                                         self.provider,
                                          self.service_account_email, self.client_id, self.tenant_id))
 
     def now(self) -> dt.datetime:
-        return self.clock() if self.clock is not None else dt.datetime.now(dt.timezone.utc)
+        return self.clock() if self.clock is not None else dt.datetime.now(dt.UTC)
 
 
 #: the settings of an identity block (spec.<backend>.identity, or an agent's ``identity=``)

@@ -24,7 +24,6 @@ from flowstore.storage._aws import (
     seed_client_options,
 )
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
-from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -33,6 +32,7 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity
 
 #: objects larger than this are uploaded in parts (boto3's managed transfer)
 MULTIPART_THRESHOLD = 8 * 1024 * 1024

@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from flowstore.storage._aws import (
-    identity_rejected,
     ACCESS_KEY_ID,
     CREDENTIAL_OPTIONS,
     SECRET_ACCESS_KEY,
     SESSION_TOKEN,
     config_from_seed_client_options,
+    identity_rejected,
     is_plain,
     make_client,
     seed_client_options,
@@ -51,9 +51,9 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
 from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
+from flowstore.storage.identity import WorkloadIdentity
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
