@@ -28,7 +28,8 @@ def settings(cloud: str, spec: dict[str, Any], annotations: dict[str, str]) -> d
 def test_the_spec_wins_over_annotations_and_audiences_default_per_cloud() -> None:
     annotations = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/other"}
     assert settings("aws", {"roleARN": ROLE}, annotations) == {"roleARN": ROLE, "audience": "sts.amazonaws.com"}
-    assert settings("aws", {}, {"eks.amazonaws.com/role-arn": ROLE, "eks.amazonaws.com/audience": "x"})["audience"] == "x"
+    annotated = {"eks.amazonaws.com/role-arn": ROLE, "eks.amazonaws.com/audience": "x"}
+    assert settings("aws", {}, annotated)["audience"] == "x"
     gcp = settings("gcp", {}, {"flowstore.dev/gcp-workload-identity-provider": PROVIDER,
                                "iam.gke.io/gcp-service-account": "sa@p.iam.gserviceaccount.com"})
     assert gcp == {"workloadIdentityProvider": PROVIDER, "serviceAccountEmail": "sa@p.iam.gserviceaccount.com",
