@@ -22,8 +22,9 @@ class Backend:
     extra: str | None  # the pip extra that brings its SDK (install_hint says how); None: nothing to add
     #: without a credentials Secret the operator is anonymous to it, never itself: these classes
     #: fall back to environment variables for agents, which in the operator would lend any
-    #: FlowStorage the operator's own token. (S3 and CodeCommit keep the SDK's default chain on
-    #: purpose: IRSA is how the operator is meant to reach them.)
+    #: FlowStorage the operator's own token. (S3, CodeCommit, GCS and Azure may use the SDK's
+    #: default chain, the operator's own cloud identity, where --ambient-identity allows it:
+    #: reconcile/identity.py.)
     anonymous_without_secret: bool = False
     #: configuration fields of this block that change how it is reached, not where artifacts go
     reach_fields: frozenset[str] = frozenset()
@@ -37,12 +38,12 @@ _AWS_AGENT = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKE
 
 BACKENDS: Final = (
     Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
-    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"}),
+    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions", "identity"}),
             agent_credentials=_AWS_AGENT),
-    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs",
+    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs", reach_fields=frozenset({"identity"}),
             agent_credentials="GOOGLE_APPLICATION_CREDENTIALS (a service-account key file) or Application Default "
                               "Credentials"),
-    Backend("azure", "Azure", "flowstore.storage.azure", "azure",
+    Backend("azure", "Azure", "flowstore.storage.azure", "azure", reach_fields=frozenset({"identity"}),
             agent_credentials="AZURE_STORAGE_CONNECTION_STRING in its environment, or an Azure identity (a storage "
                               "with an accountURL)"),
     Backend("webhook", "Webhook", "flowstore.storage.webhook", None,
@@ -60,7 +61,7 @@ BACKENDS: Final = (
             agent_credentials="BITBUCKET_USERNAME and BITBUCKET_APP_PASSWORD, or BITBUCKET_ACCESS_TOKEN, in its "
                               "environment"),
     Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
-            reach_fields=frozenset({"clientOptions", "checkFlow"}),
+            reach_fields=frozenset({"clientOptions", "checkFlow", "identity"}),
             agent_credentials=_AWS_AGENT),
     Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
             reach_fields=frozenset({"checkFlow"}),
