@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
 import traceback
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ from flowstore.storage import (
 )
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.s3 import S3
+from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.net import free_port
 
 from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
@@ -56,37 +54,10 @@ def raw_client(s3_endpoint: str) -> Any:
 
 @pytest.fixture(scope="module")
 def auth_enforcing_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second, real moto server that enforces IAM authentication from the first request
-    (INITIAL_NO_AUTH_ACTION_COUNT=0, https://docs.getmoto.org/en/latest/docs/iam.html), since
+    """A second, real moto server that enforces IAM authentication from the first request, since
     the shared one accepts any credentials."""
-    moto_server = shutil.which("moto_server")
-    if moto_server is None:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - local server
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start: {log.read_text()}")
-                time.sleep(0.1)
+    with auth_enforcing_moto(tmp_path_factory.mktemp("moto-auth")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _assert_no_canary(exc: BaseException) -> None:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
 from tests.helpers.manifests import inline_flow, s3_storage
-from tests.helpers.net import free_port
+from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
@@ -95,37 +92,10 @@ def flow_script(flow_name: str, body: str = "return 42", prelude: str = "") -> s
 
 @pytest.fixture(scope="module")
 def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second, real moto server that enforces authentication from the first request
-    (INITIAL_NO_AUTH_ACTION_COUNT=0), as tests/backends/test_s3.py does: the shared one
-    accepts any keys."""
-    moto_server = shutil.which("moto_server")
-    if moto_server is None:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - local server
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start: {log.read_text()}")
-                time.sleep(0.1)
+    """A second, real moto server that enforces authentication from the first request: the
+    shared one accepts any keys."""
+    with auth_enforcing_moto(tmp_path_factory.mktemp("moto-auth")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(autouse=True)
