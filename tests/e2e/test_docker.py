@@ -20,13 +20,10 @@ import requests
 
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import manifests, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def manifests(*docs: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
 
 def registry_secret(namespace: str, docker_env: dict[str, str], password: str | None = None,
@@ -57,10 +54,7 @@ def docker_storage(namespace: str, docker_env: dict[str, str], *, name: str = "i
 def flow(namespace: str, name: str, body: str = "return 42", *, storage: str = "images", script: bool = False,
          prelude: str = "") -> dict[str, Any]:
     source = f"{prelude}from flowstore.flow import Flow\n\n\ndef main():\n    {body}\n\n\nflow = Flow({name!r}, main)\n"
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": storage}, "flowName": name, "storedAsScript": script,
-                     "source": {"inline": source}}}
+    return stored_flow(namespace, name, name, {"inline": source}, storage, storedAsScript=script)
 
 
 def all_tags(docker_env: dict[str, str], image: str) -> list[str]:
