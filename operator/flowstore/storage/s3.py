@@ -19,6 +19,8 @@ from flowstore.storage._aws import (
     ACCESS_KEY_ID,
     SECRET_ACCESS_KEY,
     config_from_seed_client_options,
+    is_connection_error,
+    is_credentials_error,
     make_client,
     seed_client_options,
 )
@@ -274,13 +276,13 @@ class S3(Storage):
         where = self._endpoint()
         kind = type(exc).__name__
 
-        if _is_credentials_error(exc):
+        if is_credentials_error(exc):
             return AuthFailed(
                 f"cannot {action} {target}: no usable AWS credentials were found ({kind}); "
                 f"reference a Secret with {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, "
                 "or give the pod an AWS identity"
             )
-        if _is_connection_error(exc):
+        if is_connection_error(_unwrap(exc)):
             return Unavailable(
                 f"cannot {action} {target}: S3 at {where} is unreachable or timed out ({kind}: {detail})"
             )
@@ -306,32 +308,6 @@ class S3(Storage):
         if kind in _CONFIG_ERROR_KINDS or code in _CONFIG_CODES:
             return InvalidConfig(f"cannot {action} {target}: {code or kind}: {detail}")
         return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
-
-
-def _is_credentials_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return False
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Unreachable endpoint, timeouts, dropped or truncated responses: all worth a retry."""
-    try:
-        from botocore.exceptions import (
-            ConnectionError as BotoConnectionError,
-        )
-        from botocore.exceptions import (
-            HTTPClientError,
-            IncompleteReadError,
-            ResponseStreamingError,
-        )
-    except ImportError:
-        return False
-    inner = _unwrap(exc)
-    retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
-    return isinstance(inner, retryable)
 
 
 def _cause(exc: BaseException) -> BaseException | None:
