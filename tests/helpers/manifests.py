@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,14 @@ def flow_storage(namespace: str, name: str, backend: str, block: dict[str, Any],
 
 
 def local_storage(namespace: str, name: str, directory: str | Path, *, volume_name: str | None = None,
-                  **spec: Any) -> str:
-    """Manifest of a Local FlowStorage in `directory` (on the PVC `volume_name`, if given)."""
+                  path: str | None = None, **spec: Any) -> str:
+    """Manifest of a Local FlowStorage in `directory` (on the PVC `volume_name`, at the fixed
+    `path`, if given); `spec` adds the fields every backend shares (suspend, deletionPolicy)."""
     block: dict[str, Any] = {"directory": str(directory)}
     if volume_name:
         block["volumeName"] = volume_name
+    if path:
+        block["path"] = path
     return manifests(flow_storage(namespace, name, "local", block, **spec))
 
 
@@ -130,3 +134,18 @@ def webhook_storage(namespace: str, name: str, server: str, token: str | None, *
     if token is not None:
         docs.insert(0, secret(namespace, f"{name}-token", {"TOKEN": token}))
     return manifests(*docs)
+
+
+def kustomize_overlay(directory: Path, base: Path, namespace: str, patches: str = "") -> Path:
+    """Write a kustomization in `directory` on top of `base` (an example), as a user's environment
+    overlay would be: everything in `namespace`, plus `patches` (the YAML of its ``patches:``
+    list, indented by two). `directory` is created if missing; returned."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: {namespace}
+resources:
+  - {os.path.relpath(base, directory)}
+""" + (f"patches:\n{patches}" if patches else ""))
+    return directory
