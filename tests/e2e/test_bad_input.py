@@ -10,23 +10,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from flowstore import client
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, message, wait_for, wait_ready, wait_reason
 from tests.helpers.manifests import flow_script, inline_flow, manifests, s3_storage, script_flow, stored_flow
 from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
 
-# --------------------------------------------------------------------------- helpers
-def message(obj: dict[str, Any]) -> str:
-    return str(condition(obj).get("message", ""))
-
-
+# --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second, real moto server that enforces authentication from the first request: the
@@ -37,10 +32,8 @@ def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
-    """Delete this test's StoredFlows afterwards (no namespace controller runs here), so a later
-    operator start does not rebuild the failing ones (a BuildTimeout costs a build slot 5 s)."""
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 # --------------------------------------------------------------------------- credentials and buckets

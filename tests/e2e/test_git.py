@@ -17,7 +17,17 @@ import pytest
 from flowstore import client
 from tests.backends.git_conformance import flow_script
 from tests.helpers.gitrepo import LocalGitRepo
-from tests.helpers.kube import apply, condition, get, kubectl, kubectl_json, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import (
+    apply,
+    condition,
+    delete_flows,
+    get,
+    kubectl,
+    kubectl_json,
+    wait_for,
+    wait_ready,
+    wait_reason,
+)
 from tests.helpers.manifests import manifests, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
 
@@ -55,18 +65,16 @@ def url(git_server: dict[str, str], repo: LocalGitRepo) -> str:
 
 
 @pytest.fixture
-def agent_env(git_server: dict[str, str]) -> Iterator[None]:
+def agent_env(git_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """An agent's own git credentials (the status never carries them)."""
-    os.environ["GIT_USERNAME"], os.environ["GIT_PASSWORD"] = git_server["username"], git_server["password"]
-    yield
-    os.environ.pop("GIT_USERNAME", None)
-    os.environ.pop("GIT_PASSWORD", None)
+    monkeypatch.setenv("GIT_USERNAME", git_server["username"])
+    monkeypatch.setenv("GIT_PASSWORD", git_server["password"])
 
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 def test_pins_follows_the_file_and_agents_load_the_pinned_commit(
