@@ -57,10 +57,6 @@ class TestGitHubConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "github"
 
     @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
-
-    @pytest.fixture
     def storage_factory(self, api: GitHubAPI) -> GitFactory:
         self.api = api
 

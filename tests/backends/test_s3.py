@@ -17,7 +17,6 @@ import pytest
 
 from flowstore.storage import (
     AuthFailed,
-    ContainerNotFound,
     InvalidConfig,
     NotFound,
     Unavailable,
@@ -28,7 +27,7 @@ from flowstore.storage.s3 import S3
 from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.net import free_port
 
-from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
+from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, assert_container_not_found, make_flow
 
 CANARY_SECRET = "canary-Secret-7f3a9c1e-do-not-leak"
 CANARY_KEY_ID = "AKIACANARY7F3A9C1E00"
@@ -152,11 +151,7 @@ def test_missing_bucket_is_container_not_found(s3_endpoint: str) -> None:
     storage = S3(bucket=bucket, endpoint_url=s3_endpoint)
     calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"),
              storage.run_basic_healthchecks)
-    for call in calls:
-        with pytest.raises(ContainerNotFound) as info:
-            call()
-        assert bucket in str(info.value)
-        assert info.value.retryable is False
+    assert_container_not_found(bucket, calls)
 
 
 def test_missing_object_is_not_found(s3_endpoint: str, s3_bucket: str) -> None:
