@@ -76,9 +76,8 @@ def stored_flow(namespace: str, name: str, flow_name: str, source: dict[str, Any
 
 
 def manifests(*docs: dict[str, Any]) -> str:
-    """Several objects as one manifest: a JSON v1 List (no YAML quoting surprises), newline-ended
-    so that it can stand in a YAML stream (`... + "---" + ...`)."""
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)}) + "\n"
+    """Several objects as one manifest: a JSON v1 List (no YAML quoting surprises)."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
 
 def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:

@@ -364,13 +364,13 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home)
     try:
         apply(deleting_local_storage(watched, directory)
-              + "---" + inline_flow(watched, "inline", "inline flow", storage="local")
-              + "---" + configmap_flow(watched, "from-cm", "cm flow", "local"))
+              + "\n---\n" + inline_flow(watched, "inline", "inline flow", storage="local")
+              + "\n---\n" + configmap_flow(watched, "from-cm", "cm flow", "local"))
         # S3 with a credentials Secret: the Secret is read by name under `get` alone.
-        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "---" + inline_flow(watched2, "s3", "s3 flow"))
+        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "\n---\n" + inline_flow(watched2, "s3", "s3 flow"))
         # The same objects in a namespace the operator does not serve stay untouched.
         apply(deleting_local_storage(unwatched, directory)
-              + "---" + inline_flow(unwatched, "ignored", "ignored", storage="local"))
+              + "\n---\n" + inline_flow(unwatched, "ignored", "ignored", storage="local"))
         inline = wait_ready(watched, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         wait_ready(watched, "from-cm", timeout=60)
@@ -411,7 +411,8 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     op.log_dir.mkdir()
     op.start()
     try:
-        apply(deleting_local_storage(ns, directory) + "---" + inline_flow(ns, "inline", "inline flow", storage="local"))
+        apply(deleting_local_storage(ns, directory)
+              + "\n---\n" + inline_flow(ns, "inline", "inline flow", storage="local"))
         inline = wait_ready(ns, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         delete_and_wait(ns, "storedflow/inline", "flowstorage/local")
