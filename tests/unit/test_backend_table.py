@@ -34,7 +34,8 @@ def _spec_schema() -> dict[str, Any]:
 def _one_of_rule() -> dict[str, str]:
     rules = [r for r in _spec_schema()["x-kubernetes-validations"] if "filter(x, x).size() == 1" in r["rule"]]
     assert len(rules) == 1, rules
-    return rules[0]
+    rule: dict[str, str] = rules[0]
+    return rule
 
 
 def _extras() -> dict[str, list[str]]:
