@@ -51,6 +51,9 @@ class OperatorProcess:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    # Stop it: a fixture whose start failed never tears down, and a stray
+                    # cluster-wide operator would serve every later test's objects too.
+                    self.stop()
                     raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
                 time.sleep(0.1)
 
