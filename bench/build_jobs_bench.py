@@ -56,6 +56,11 @@ def runtime_image() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def build_policy(image: str) -> list[str]:
+    """The operator's flags that allow builder Jobs in the runtime image (docs/security.md)."""
+    return ["--enable-build-jobs", "--build-image", image.rsplit(":", 1)[0] + "*"]
+
+
 def registry_secret(env: ob.Env) -> None:
     from kubernetes import client as c
 
@@ -122,7 +127,7 @@ def main() -> int:
     op = ob.Operator(env.namespace, "build-jobs")
     results: dict[str, Any] = {"machine": ob.machine(), "image": image, "args": vars(args)}
     try:
-        op.start()
+        op.start(*build_policy(image))
         op.wait_live()
         # warm: the image on the node, the operator's first Job
         flow(env, "warm", "jobs", PREFECT_FLOW.format(name="warm"))
@@ -138,7 +143,7 @@ def main() -> int:
         results["one_at_a_time"] = ob.summary(latencies) | {"samples_s": latencies}
         ob.log(f"one at a time: median {statistics.median(latencies):.2f}s")
         op.stop()
-        op.start("--max-build-jobs", str(args.max_build_jobs))
+        op.start("--max-build-jobs", str(args.max_build_jobs), *build_policy(image))
         op.wait_live()
         counter = JobCounter(env)
         names = [f"burst-{i:03d}" for i in range(args.burst)]

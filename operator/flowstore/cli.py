@@ -55,9 +55,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
+    try:
+        policy = operator_policy(args)
+    except ValueError as exc:
+        return _print_error(exc)
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries)
+                        delete_retries=args.delete_retries, policy=policy)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -109,6 +113,23 @@ def cmd_operator(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(runtime.pool.shutdown, wait=True)
 
     return asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
+
+
+def operator_policy(args: argparse.Namespace) -> Any:
+    """The operator's policy (controller/policy.py) from its flags; ValueError for bad ones."""
+    from flowstore.controller.policy import BuildPolicy, OperatorPolicy
+
+    return OperatorPolicy(
+        local_root=args.local_root,
+        allow_private_endpoints=args.allow_private_endpoints,
+        webhook_env=frozenset(args.webhook_allowed_env or ()),
+        secret_policy=args.secret_policy,
+        builds=BuildPolicy(enabled=args.enable_build_jobs, images=tuple(args.build_image or ()),
+                           service_accounts=frozenset(args.build_service_account or ()),
+                           toleration_keys=frozenset(args.build_toleration_key or ()),
+                           node_selector_keys=frozenset(args.build_node_selector_key or ())),
+        allow_unconfined_builds=args.allow_unconfined_builds,
+    )
 
 
 def _print_error(exc: Exception) -> int:
@@ -236,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds the leader may fail to renew before it exits (default 8)")
     op.add_argument("--retry-period", type=float, default=2.0,
                     help="seconds between election attempts and renewals (default 2)")
+    _policy_flags(op)
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 
@@ -256,6 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
                            "several files (its files are written there)")
         p.set_defaults(func=func)
     return parser
+
+
+def _policy_flags(op: argparse.ArgumentParser) -> None:
+    """What the operator lends the authors of specs (docs/security.md); defaults are the safe ones."""
+    from flowstore.controller.policy import SECRET_POLICIES
+
+    group = op.add_argument_group("policy", "what FlowStorages and StoredFlows may make the operator do "
+                                  "(docs/security.md)")
+    group.add_argument("--local-root", default=None, metavar="DIR",
+                       help="serve Local storage under DIR/<namespace>/ (default: no Local storage)")
+    group.add_argument("--allow-private-endpoints", action="store_true",
+                       help="let Webhook requests reach loopback and private addresses (never link-local or "
+                            "cloud metadata ones)")
+    group.add_argument("--webhook-allowed-env", action="append", metavar="NAME",
+                       help="an environment variable of the operator that Webhook templates may use when a "
+                            "FlowStorage's allowedEnv names it (repeatable; default: none)")
+    group.add_argument("--secret-policy", choices=SECRET_POLICIES, default="opt-in",
+                       help="opt-in: use only Secrets labelled flowstore.dev/allow=true (default); any: every "
+                            "Secret a spec names")
+    group.add_argument("--enable-build-jobs", action="store_true",
+                       help="build StoredFlows with spec.build as Jobs in their own image (default: refused)")
+    group.add_argument("--build-image", action="append", metavar="PATTERN",
+                       help="an image builder Jobs may run, shell-style (e.g. registry.example.com/team/*; repeatable)")
+    group.add_argument("--build-service-account", action="append", metavar="NAME",
+                       help="a ServiceAccount spec.build may name (repeatable; default: none, builds get no token)")
+    group.add_argument("--build-toleration-key", action="append", metavar="KEY",
+                       help="a taint key spec.build.tolerations may tolerate (repeatable; default: none)")
+    group.add_argument("--build-node-selector-key", action="append", metavar="KEY",
+                       help="a node label key spec.build.nodeSelector may use (repeatable; default: none)")
+    group.add_argument("--allow-unconfined-builds", action="store_true",
+                       help="build in the sandbox even when the kernel cannot confine builds fully (default: refuse)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def storage_with_secret(namespace: str, name: str, bucket: str, endpoint: str,
         secret = f"""
 apiVersion: v1
 kind: Secret
-metadata: {{name: {secret_name}, namespace: {namespace}}}
+metadata: {{name: {secret_name}, namespace: {namespace}, labels: {{flowstore.dev/allow: "true"}}}}
 stringData: {json.dumps(secret_data)}
 ---"""
     return secret + f"""

@@ -244,7 +244,7 @@ def test_generated_specs_are_rejected_or_handled(operator: OperatorProcess, name
     api = client.ApiClient()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="creds"),
+        metadata=client.V1ObjectMeta(name="creds", labels={"flowstore.dev/allow": "true"}),
         string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "TOKEN": "t0k3n",
                      "service-account.json": "{not json", "AZURE_STORAGE_CONNECTION_STRING": "garbage"}))
     core.create_namespaced_config_map(namespace, client.V1ConfigMap(

@@ -17,14 +17,17 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from flowstore import sandbox
-from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
-from flowstore.controller.failures import ClusterUnavailable, StatusRefused
+from flowstore.controller.failures import ClusterUnavailable, ReconcileError, StatusRefused
 from flowstore.controller.images import ImageBuilder
 from flowstore.controller.jobs import JobBuilder
+from flowstore.controller.policy import OperatorPolicy
 from flowstore.controller.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
+from flowstore.storage.endpoints import EndpointPolicy
+from flowstore.storage.policy import ServePolicy
 
 
 def _not_found_is_none(fn: Any) -> Any:
@@ -45,7 +48,7 @@ class KubePorts:
     """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
-                 max_builds: int = 2, max_build_jobs: int = 4) -> None:
+                 max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -55,8 +58,9 @@ class KubePorts:
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
+        self.policy = policy or OperatorPolicy()
         self.images = ImageBuilder()
-        self.jobs = JobBuilder(api, max_jobs=max_build_jobs)
+        self.jobs = JobBuilder(api, max_jobs=max_build_jobs, policy=self.policy.builds)
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
@@ -74,12 +78,24 @@ class KubePorts:
         return {"metadata": {"name": name, "resourceVersion": meta.resource_version},
                 "data": cm.data or {}, "binaryData": cm.binary_data or {}}
 
-    @_not_found_is_none
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, if the operator's Secret policy lets specs use it (else ReconcileError
+        SecretNotAllowed, saying how to opt it in): every Secret a spec names comes here."""
+        secret: dict[str, Any] | None = self._read_secret(namespace, name)
+        if secret is None:
+            return None
+        refusal = self.policy.secret_refusal(namespace, name, secret)
+        if refusal is not None:
+            raise ReconcileError(Reason.SECRET_NOT_ALLOWED, refusal, stalled=True)
+        return secret
+
+    @_not_found_is_none
+    def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         secret = self.core.read_namespaced_secret(name, namespace)
         data = {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
         meta = secret.metadata or client.V1ObjectMeta()
-        return {"metadata": {"uid": meta.uid, "resourceVersion": meta.resource_version},
+        return {"metadata": {"uid": meta.uid, "resourceVersion": meta.resource_version,
+                             "labels": dict(meta.labels or {})},
                 "data": data}
 
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
@@ -109,11 +125,18 @@ class KubePorts:
         with self._lock:
             storage = self._storages.get(cache_key)
             if storage is None:
-                storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+                storage = backend_class(spec.backend).for_operator(
+                    spec.config, credentials=credentials, policy=self.serve_policy())
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[cache_key] = storage
         return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
+
+    def serve_policy(self, namespace: str = "") -> ServePolicy:
+        """What storages opened for FlowStorages of `namespace` may do (the operator's flags)."""
+        return ServePolicy(namespace=namespace, local_root=self.policy.local_root,
+                           endpoints=EndpointPolicy(allow_private=self.policy.allow_private_endpoints),
+                           webhook_env=self.policy.webhook_env)
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from flowstore.api.constants import (
 from flowstore.controller import metrics, reconcile
 from flowstore.controller.failures import classify
 from flowstore.controller.kube import KubePorts
+from flowstore.controller.policy import OperatorPolicy
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
 #: a failure's message in the operator's log keeps its start and end within this many characters
@@ -52,6 +53,8 @@ class Settings:
     # outage is over for every flow within about this long after it ends.
     backoff_max: float = 30.0
     delete_retries: int = 5
+    #: what the operator lends the authors of specs (flags; docs/security.md)
+    policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
 
 
 class Runtime:
@@ -60,7 +63,8 @@ class Runtime:
     def __init__(self, api: client.ApiClient, settings: Settings) -> None:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
-                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs)
+                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs,
+                               policy=settings.policy)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it

@@ -43,10 +43,16 @@ from flowstore.sandbox import _runner
 _RUNNER = Path(_runner.__file__).resolve()
 _STDERR_TAIL = 2048
 _JOIN_SECONDS = 5.0
-_CHILD_REASONS = {
-    Reason.SCRIPT_SYNTAX_ERROR, Reason.SCRIPT_FAILED, Reason.FLOW_NOT_FOUND,
-    Reason.FLOW_AMBIGUOUS, Reason.UNPICKLABLE, Reason.BUILD_OUT_OF_MEMORY, Reason.INVALID_SPEC,
-}
+#: the failures a builder (the sandbox's child, a builder Job) may report; its reply is written
+#: by the process that runs the flow's code, so anything else is refused, never copied to status
+BUILDER_REASONS = frozenset({
+    Reason.SCRIPT_SYNTAX_ERROR, Reason.SCRIPT_FAILED, Reason.FLOW_NOT_FOUND, Reason.FLOW_AMBIGUOUS,
+    Reason.UNPICKLABLE, Reason.BUILD_OUT_OF_MEMORY, Reason.INVALID_SPEC, Reason.BUILD_IMAGE_UNUSABLE,
+})
+_CHILD_REASONS = BUILDER_REASONS - {Reason.BUILD_IMAGE_UNUSABLE}
+#: characters of a builder's failure message kept (its start and its end)
+MAX_REPLY_MESSAGE = 6000
+_MAX_VERSIONS, _MAX_VERSION_CHARS = 16, 100
 _OOM_SIGNALS = {-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS}
 
 
@@ -66,6 +72,44 @@ class BuildError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class MalformedReply(ValueError):
+    """A builder's reply header is not what builders write (the flow's code can write it too)."""
+
+
+def reply_header(value: object) -> dict[str, object]:
+    """A builder's reply header, checked: an object with a boolean ``ok``."""
+    if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
+        raise MalformedReply(f"the builder's reply header is not an object with a boolean 'ok' "
+                             f"({type(value).__name__})")
+    return value
+
+
+def reply_versions(header: dict[str, object]) -> dict[str, str]:
+    """The versions a successful reply names: a small object of short strings, else MalformedReply."""
+    versions = header.get("versions") or {}
+    if (not isinstance(versions, dict) or len(versions) > _MAX_VERSIONS
+            or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= _MAX_VERSION_CHARS
+                       and len(v) <= _MAX_VERSION_CHARS for k, v in versions.items())):
+        raise MalformedReply("the builder's reply names its versions as something other than an object of short "
+                             "strings")
+    return dict(versions)
+
+
+def reply_failure(header: dict[str, object], allowed: frozenset[str] = BUILDER_REASONS) -> tuple[str, str]:
+    """(reason, message) of a failed reply: a reason builders report (anything else becomes
+    ScriptFailed, naming what was reported), a message of bounded length."""
+    message = header.get("message")
+    text = message if isinstance(message, str) else "the build failed"
+    if len(text) > MAX_REPLY_MESSAGE:
+        half = MAX_REPLY_MESSAGE // 2
+        text = f"{text[:half]}\n…\n{text[-half:]}"
+    reason = header.get("reason")
+    if isinstance(reason, str) and reason in allowed:
+        return reason, text
+    shown = repr(reason)[:80]
+    return Reason.SCRIPT_FAILED, f"the build failed with a reason builders do not report ({shown}): {text}"
 
 
 def check_script(source: bytes, filename: str = "<flow script>") -> None:
@@ -200,14 +244,17 @@ def _result(code: int, out: bytes, stderr: str, *, timed_out: bool, timeout: flo
     if isinstance(header, dict) and header.get("confined") is False:
         _warn_unconfined()
     if isinstance(header, dict) and header.get("ok") is True and header.get("size") == len(payload):
-        return Built(payload, {str(k): str(v) for k, v in dict(header.get("versions") or {}).items()})
+        try:
+            return Built(payload, reply_versions(header))
+        except MalformedReply as exc:
+            raise BuildError(Reason.SCRIPT_FAILED, f"{exc}; the flow's code may have written to it") from None
     limit = f"{memory / 2**20:g} MiB"
     oom = (
         f"building the flow ran out of memory (limit {limit}); make the script use less memory "
         "when it is loaded, or raise the build memory limit"
     )
-    if isinstance(header, dict) and header.get("ok") is False and header.get("reason") in _CHILD_REASONS:
-        reason, message = str(header["reason"]), str(header.get("message", ""))
+    if isinstance(header, dict) and header.get("ok") is False:
+        reason, message = reply_failure(header, _CHILD_REASONS)
         if reason == Reason.BUILD_OUT_OF_MEMORY:
             raise BuildError(reason, oom)
         if reason == Reason.SCRIPT_FAILED:
