@@ -51,6 +51,8 @@ class Reason:
     UNPICKLABLE: Final = "Unpicklable"
     BUILD_TIMEOUT: Final = "BuildTimeout"
     BUILD_OUT_OF_MEMORY: Final = "BuildOutOfMemory"
+    #: the kernel cannot confine a sandbox build fully, and the operator does not allow less
+    SANDBOX_UNAVAILABLE: Final = "SandboxUnavailable"
     # Builder Jobs (spec.build)
     IMAGE_PULL_FAILED: Final = "ImagePullFailed"
     BUILD_IMAGE_UNUSABLE: Final = "BuildImageUnusable"

@@ -73,6 +73,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
     @kopf.on.startup(id="start", registry=registry)
     def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         memo.runtime = Runtime(memo.api, memo.settings)
+        memo.runtime.ports.probe_sandbox()
         logger.info("flowstore operator started: %s%s", memo.settings,
                     f"; only objects labelled {selector}" if selector else "")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -59,6 +60,7 @@ class KubePorts:
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
         self.policy = policy or OperatorPolicy()
+        self.sandbox_policy = sandbox.SandboxPolicy(allow_unconfined=self.policy.allow_unconfined_builds)
         self.images = ImageBuilder()
         self.jobs = JobBuilder(api, max_jobs=max_build_jobs, policy=self.policy.builds)
 
@@ -113,9 +115,34 @@ class KubePorts:
         with self._builds, metrics.BUILD_SECONDS.time():
             self.counters["builds"] += 1
             source, bundle = (None, request.source) if request.bundle else (request.source, None)
-            return sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
-                                        object_name=request.object_name, timeout=self.build_timeout,
-                                        memory_limit_bytes=self.build_memory)
+            built = sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
+                                         object_name=request.object_name, timeout=self.build_timeout,
+                                         memory_limit_bytes=self.build_memory, policy=self.sandbox_policy)
+        _record_confinement(built.confinement)
+        return built
+
+    def probe_sandbox(self) -> dict[str, object]:
+        """What this kernel gives the build sandbox, said in the log and the metrics (at start)."""
+        log = logging.getLogger("flowstore.sandbox")
+        try:
+            found = sandbox.probe(self.sandbox_policy)
+        except sandbox.BuildError as exc:
+            log.warning("build sandbox: %s", exc.message)
+            _record_confinement({})
+            return {}
+        missing = sandbox.missing_features(found)
+        _record_confinement(found)
+        if not missing:
+            log.info("build sandbox: confined (Landlock ABI %s): files, network, signals and every process of a "
+                     "build", found.get("landlockABI"))
+        elif self.sandbox_policy.allow_unconfined:
+            log.warning("build sandbox: this kernel cannot confine builds fully (no %s; Landlock ABI %s); sandbox "
+                        "builds run anyway (--allow-unconfined-builds)", ", ".join(missing), found.get("landlockABI"))
+        else:
+            log.warning("build sandbox: this kernel cannot confine builds fully (no %s; Landlock ABI %s); StoredFlows "
+                        "built in the operator's sandbox are refused (SandboxUnavailable): build them with spec.build, "
+                        "or allow it with --allow-unconfined-builds", ", ".join(missing), found.get("landlockABI"))
+        return found
 
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
@@ -154,6 +181,16 @@ class KubePorts:
             raise ClusterUnavailable(f"writing status: HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:
             raise ClusterUnavailable(f"writing status: {exc}") from None
+
+
+def _record_confinement(found: Mapping[str, object] | None) -> None:
+    if found is None:
+        return
+    for feature in sandbox.CONFINEMENT_FEATURES:
+        metrics.SANDBOX_CONFINED.labels(feature=feature).set(1 if found.get(feature) is True else 0)
+    abi = found.get("landlockABI")
+    if isinstance(abi, int):
+        metrics.SANDBOX_LANDLOCK_ABI.set(abi)
 
 
 def _api_message(exc: ApiException) -> str:
