@@ -118,7 +118,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
 def operator_policy(args: argparse.Namespace) -> Any:
     """The operator's policy (controller/policy.py) from its flags; ValueError for bad ones."""
     from flowstore.controller.policy import BuildPolicy, OperatorPolicy
+    from flowstore.storage.local import local_root_refusal
 
+    if args.local_root is not None:
+        refusal = local_root_refusal(args.local_root)
+        if refusal is not None:
+            raise ValueError(f"--local-root: {refusal}")
     return OperatorPolicy(
         local_root=args.local_root,
         allow_private_endpoints=args.allow_private_endpoints,

@@ -15,7 +15,7 @@ import yaml
 from tests.helpers.health_harness import argocd, evaluate, harness_binary, kstatus
 from tests.helpers.kube import kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 EXAMPLE = ROOT / "examples" / "gitops"
 
@@ -94,8 +94,8 @@ def test_sync_waves_put_storages_before_flows() -> None:
 
 def test_example_is_stored_and_ready(operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     harness = harness_binary()
-    directory = tmp_path / "flows"
-    directory.mkdir()
+    directory = local_dir(namespace, "flows")
+    directory.mkdir(parents=True)
     rendered = kubectl("kustomize", str(overlay(tmp_path, namespace, directory))).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {namespace}

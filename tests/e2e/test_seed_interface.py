@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.helpers import prefect1
 from tests.helpers.kube import apply, condition, wait_for, wait_ready
 from tests.helpers.manifests import s3_storage
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 PREFECT_FLOW = """\
 from prefect import Flow, task
@@ -94,8 +94,8 @@ def test_locate_prefect_is_the_storage_prefect_1_loads_the_flow_from(
 
 def test_a_flowstorage_cannot_reach_outside_its_local_directory(
         operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
-    directory, outside = tmp_path / "flows", tmp_path / "outside"
-    outside.mkdir()
+    directory, outside = local_dir(namespace, "flows"), local_dir(namespace, "outside")
+    outside.mkdir(parents=True)
     (outside / "secret.py").write_text("TOKEN = 'not for flows'\n")
     apply(f"""
 apiVersion: flowstore.dev/v1alpha1

@@ -56,7 +56,8 @@ class FakeCluster:
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str, *,
+                    namespace: str = "") -> Storage:
         storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
         original = storage.put_bytes
 

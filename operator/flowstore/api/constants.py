@@ -74,6 +74,10 @@ class Reason:
     ENDPOINT_NOT_ALLOWED: Final = "EndpointNotAllowed"
     #: a spec names a Secret the operator's Secret policy does not let it use (not opted in)
     SECRET_NOT_ALLOWED: Final = "SecretNotAllowed"  # noqa: S105 - a reason, not a secret
+    #: a Local FlowStorage, and the operator has no Local root (--local-root)
+    LOCAL_STORAGE_DISABLED: Final = "LocalStorageDisabled"
+    #: spec.local.directory is not under <local root>/<namespace>
+    OUTSIDE_LOCAL_ROOT: Final = "OutsideLocalRoot"
     # Git-hosted storages
     RATE_LIMITED: Final = "RateLimited"
     REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"

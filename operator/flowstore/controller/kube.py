@@ -147,16 +147,19 @@ class KubePorts:
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        """One Storage (and SDK client) per FlowStorage config + credentials version."""
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str, *,
+                    namespace: str = "") -> Storage:
+        """One Storage (and SDK client) per FlowStorage config + credentials version, opened
+        under the operator's policy for `namespace`."""
+        key = f"{namespace}|{cache_key}"
         with self._lock:
-            storage = self._storages.get(cache_key)
+            storage = self._storages.get(key)
             if storage is None:
                 storage = backend_class(spec.backend).for_operator(
-                    spec.config, credentials=credentials, policy=self.serve_policy())
+                    spec.config, credentials=credentials, policy=self.serve_policy(namespace))
                 if len(self._storages) > 256:
                     self._storages.clear()
-                self._storages[cache_key] = storage
+                self._storages[key] = storage
         return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
 
     def serve_policy(self, namespace: str = "") -> ServePolicy:

@@ -30,7 +30,9 @@ class Ports(Protocol):
         ``request.spec`` is None (always done at once), else as a builder Job in that image
         (Pending until the Job has finished). Raises BuildError for the flow's own failures."""
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None: ...
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str, *,
+                    namespace: str = "") -> Storage:
+        """The storage of a FlowStorage in `namespace` (the operator applies its policy for it)."""
 
     #: the debounced one-image-per-storage builder (Docker storages)
     images: ImageBuilder
