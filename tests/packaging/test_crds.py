@@ -159,6 +159,11 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             id="relative-directory",
         ),
         pytest.param(
+            "local: {directory: /var/lib/flowstore/flows/team/../other}",
+            ["spec.local.directory", "directory must not contain '..'"],
+            id="dotdot-directory",
+        ),
+        pytest.param(
             "local: {directory: /flows}\ndeletionPolicy: Keep",
             ['spec.deletionPolicy: Unsupported value: "Keep"', '"Retain", "Delete"'],
             id="unknown-deletion-policy",

@@ -112,3 +112,30 @@ def test_names_are_checked_after_resolution() -> None:
     for spelling in ("2852039166", "0xa9fea9fe", "169.254.43518"):
         with pytest.raises(EndpointNotAllowed, match=r"169\.254\.169\.254"):
             EndpointPolicy().check_host(spelling)
+
+
+# ---------------------------------------------------------------------- who chooses the host
+@pytest.mark.parametrize("url", ["https://${response.json.host}/flows", "${response.json.url}",
+                                 "https://svc:${response.json.port}/x", "http://${location}/flows",
+                                 "https://user:${response.json.id}@svc/x", "${response.json.scheme}://svc/x"])
+def test_a_status_or_a_storedflow_cannot_choose_where_requests_go(url: str) -> None:
+    """A build response is recorded in status (writable by whoever may patch storedflows/status)
+    and ${location} is a StoredFlow's key: neither may decide the host the FlowStorage's Secret
+    values are sent to."""
+    from flowstore.storage import InvalidConfig
+    from flowstore.storage.webhook import Webhook
+
+    config = {"buildRequest": {"method": "POST", "url": "https://svc/flows"},
+              "getFlowRequest": {"method": "GET", "url": url, "headers": {"Authorization": "Bearer ${TOKEN}"}}}
+    with pytest.raises(InvalidConfig, match="scheme or host"):
+        Webhook.from_config(config, credentials={"TOKEN": "t"})
+
+
+def test_the_host_may_come_from_the_secret_and_the_path_from_the_response() -> None:
+    from flowstore.storage.webhook import Webhook
+
+    config = {"buildRequest": {"method": "POST", "url": "https://${HOST}/flows"},
+              "getFlowRequest": {"method": "GET", "url": "https://${HOST}/flows/${response.json.id}?v=${location}"}}
+    storage = Webhook.from_config(config, credentials={"HOST": "svc.example.com"})
+    storage.restore_state({"buildResponse": {"status": 201, "json": {"id": "@evil.example/x"}}})
+    assert storage.url_for("etl") == "https://${HOST}/flows/@evil.example/x?v=etl"

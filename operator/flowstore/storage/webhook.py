@@ -550,6 +550,14 @@ def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
     url = kwargs.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidConfig(f"Webhook `{where}.url` is required (a string; it may use ${{...}} templates)")
+    moved = sorted(n for n in templating.template_names(_authority(url))
+                   if n == templating.LOCATION or n.startswith(templating.RESPONSE_PREFIX) or n == "response")
+    if moved:
+        raise InvalidConfig(
+            f"Webhook `{where}.url` takes its scheme or host from ${{{moved[0]}}}: the build response and the "
+            "location may fill in the path and query only (whoever may write a StoredFlow or its status would "
+            "otherwise choose where the request, and the Secret values in it, go); write the host out, or take it "
+            "from the credentials Secret")
     for field in ("headers", "params"):
         value = kwargs.get(field)
         if value is None:
@@ -578,6 +586,16 @@ def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
             raise InvalidConfig(f"Webhook `{where}`: ${{{name}}} is not a valid template name "
                                 "(letters, digits, '_', '-', '.')")
     return dict(kwargs)
+
+
+def _authority(url: str) -> str:
+    """The part of a URL template that says where a request goes: up to the first '/', '?' or
+    '#' after ``scheme://`` (the whole template when it has no ``://``, e.g. ``${response.json.url}``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    return scheme + sep + rest[:cut]
 
 
 def _check_build_response(value: Any) -> dict[str, Any] | None:
