@@ -213,7 +213,8 @@ def test_builder_jobs_need_the_admins_leave(start_operator: Callable[..., Operat
         apply(inline_flow(namespace, name, name, build=build))
         assert fragment in condition(refused(namespace, name, "BuildNotAllowed"))["message"], name
     # the first flow asks for nothing more than the allowed image: its Job exists; no other has one
-    jobs = kubectl("get", "jobs", "-n", namespace, "-o", "jsonpath={.items[*].metadata.labels.flowstore\\.dev/storedflow}")
+    jobs = kubectl("get", "jobs", "-n", namespace, "-o",
+                   "jsonpath={.items[*].metadata.labels.flowstore\\.dev/storedflow}")
     assert set(jobs.stdout.split()) <= {"etl"}
 
 
