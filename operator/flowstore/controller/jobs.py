@@ -48,9 +48,9 @@ from flowstore.api.constants import (
 )
 from flowstore.api.models import BuildSpec
 from flowstore.artifacts import builder, bundle
-from flowstore.controller.failures import ClusterUnavailable, ReconcileError
 from flowstore.controller.policy import BuildPolicy
-from flowstore.controller.reconcile.ports import BuildRequest, Pending
+from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError
+from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.sandbox import BuildError, Built, MalformedReply, reply_failure, reply_header, reply_versions
 
 log = logging.getLogger(__name__)

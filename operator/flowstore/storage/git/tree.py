@@ -6,8 +6,8 @@ the next page only when the previous one is used up) and says how to read one en
 :func:`read_tree` then
 
 * counts the files while the listing arrives and refuses the directory as soon as it passes
-  :data:`~flowstore.storage.git_base.MAX_DIRECTORY_FILES` files, or
-  :data:`~flowstore.storage.git_base.MAX_DIRECTORY_BYTES` bytes where the listing gives sizes,
+  :data:`~flowstore.storage.git.base.MAX_DIRECTORY_FILES` files, or
+  :data:`~flowstore.storage.git.base.MAX_DIRECTORY_BYTES` bytes where the listing gives sizes,
   so a huge directory costs its listing up to the bound and no file reads;
 * refuses submodules (git mode 160000: a commit of another repository, whose files are not here);
 * resolves symlinks (git mode 120000: a blob whose content is the target path) the way a
@@ -24,8 +24,8 @@ import dataclasses
 import posixpath
 from collections.abc import Callable, Iterable
 
-from flowstore.storage import git_base
 from flowstore.storage.errors import InvalidConfig, StorageError
+from flowstore.storage.git import base as git_base
 
 FILE = "file"
 SYMLINK = "symlink"

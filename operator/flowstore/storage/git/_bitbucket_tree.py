@@ -1,7 +1,7 @@
 """Listing a directory of a Bitbucket repository at a commit, for
-:meth:`flowstore.storage.bitbucket.Bitbucket.read_path`: Cloud's ``src`` listings and Data
+:meth:`flowstore.storage.git.bitbucket.Bitbucket.read_path`: Cloud's ``src`` listings and Data
 Center's ``browse`` listings, walked directory by directory and page by page, as the
-:class:`~flowstore.storage.git_tree.TreeEntry` values :func:`~flowstore.storage.git_tree.read_tree`
+:class:`~flowstore.storage.git.tree.TreeEntry` values :func:`~flowstore.storage.git.tree.read_tree`
 takes. The HTTP (URLs, auth, errors) stays in the storage: each function gets a `list_page`
 callable answering one page of one directory's listing as decoded JSON."""
 
@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from flowstore.storage.git_tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, relative_path
+from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, relative_path
 
 #: (directory, query parameters) -> one page of its listing
 PageReader = Callable[[str, Mapping[str, str]], dict[str, Any]]

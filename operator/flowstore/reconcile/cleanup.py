@@ -13,9 +13,9 @@ from typing import Any
 from flowstore.api.constants import EventReason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
 from flowstore.api.status import Artifact
-from flowstore.controller.failures import classify
-from flowstore.controller.reconcile.ports import Event, Ports
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.failures import classify
+from flowstore.reconcile.ports import Event, Ports
+from flowstore.reconcile.storages import open_storage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ The StoredFlow steps (``storedflow.py``) call a publisher at fixed points: ``che
 the storage is resolved (step 1), ``resolve_source`` (step 2), ``fixed_format`` and
 ``extra_inputs`` while planning (step 3), ``verify`` for a due drift check (step 4), and
 ``publish`` to build and store (steps 6-7). A Storage class names its family
-(``Storage.family``); :func:`~flowstore.controller.reconcile.publishers.publisher_for` maps it here.
+(``Storage.family``); :func:`~flowstore.reconcile.publishers.publisher_for` maps it here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import abc
 from typing import Any, ClassVar
 
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
-from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import Event, Outcome, Ports
-from flowstore.controller.reconcile.sources import read_source
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.context import FlowContext
+from flowstore.reconcile.ports import Event, Outcome, Ports
+from flowstore.reconcile.sources import read_source
+from flowstore.reconcile.storages import open_storage
 from flowstore.storage import Storage
 
 #: what ``verify`` says of a recorded artifact the backend no longer holds as recorded

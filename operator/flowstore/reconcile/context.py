@@ -1,27 +1,25 @@
 """What one StoredFlow reconcile knows, step by step, and how it ends Ready.
 
 A :class:`FlowContext` is made once the FlowStorage is resolved (step 1): from then on the
-storage, its spec and its publisher are always there. Later steps fill in the source, the
-format and the inputs digest.
+storage and its spec are always there. Later steps fill in the source, the format and the
+inputs digest. The storage family's publisher is passed alongside, never held here: the
+publishers build on this module, not the other way round (an import-linter contract keeps it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowstore.api import conditions as cond
 from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
 from flowstore.api.status import Artifact
 from flowstore.artifacts import signing
-from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
+from flowstore.reconcile.storages import open_storage
 from flowstore.storage import Storage, backend_class
-from flowstore.storage.git_base import GitHosted
-
-if TYPE_CHECKING:
-    from flowstore.controller.reconcile.publishers import Publisher
+from flowstore.storage.git.base import GitHosted
 
 
 @dataclasses.dataclass
@@ -49,7 +47,6 @@ class FlowContext:
     status: dict[str, Any]
     fs: dict[str, Any]
     storage_spec: StorageSpec
-    publisher: Publisher
     #: the flow's source: one script, or (``bundle``) a bundle of its files
     source: bytes = b""
     bundle: bool = False

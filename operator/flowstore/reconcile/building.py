@@ -9,8 +9,8 @@ with the versions of the Python and cloudpickle that pickled it.
 from __future__ import annotations
 
 from flowstore.artifacts import bundle, envelope
-from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import BuildRequest, Pending, Ports
+from flowstore.reconcile.context import FlowContext
+from flowstore.reconcile.ports import BuildRequest, Pending, Ports
 
 
 def build(ctx: FlowContext, ports: Ports) -> bytes | Pending:

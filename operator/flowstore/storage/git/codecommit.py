@@ -50,8 +50,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path
-from flowstore.storage.git_tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
+from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
+from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {

@@ -11,9 +11,9 @@ from typing import Any
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError
 from flowstore.artifacts import bundle, flowfiles
-from flowstore.controller.failures import ReconcileError
-from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import Ports
+from flowstore.reconcile.context import FlowContext
+from flowstore.reconcile.failures import ReconcileError
+from flowstore.reconcile.ports import Ports
 
 #: the file name of an inline source (agents that need a file, e.g. Prefect 3, write it so)
 INLINE_FILE_NAME = "flow.py"

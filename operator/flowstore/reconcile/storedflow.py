@@ -22,9 +22,9 @@ from typing import Any
 
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
-from flowstore.controller.failures import ReconcileError, classify
-from flowstore.controller.reconcile.context import FlowContext, ready
-from flowstore.controller.reconcile.outcomes import (
+from flowstore.reconcile.context import FlowContext, ready
+from flowstore.reconcile.failures import ReconcileError, classify
+from flowstore.reconcile.outcomes import (
     RECHECKED,
     failed,
     mark_handled,
@@ -32,10 +32,10 @@ from flowstore.controller.reconcile.outcomes import (
     requested_at,
     suspended,
 )
-from flowstore.controller.reconcile.planning import plan
-from flowstore.controller.reconcile.ports import Outcome, Ports
-from flowstore.controller.reconcile.publishers import publisher_for
-from flowstore.controller.reconcile.storages import read_signing_key
+from flowstore.reconcile.planning import plan
+from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.publishers import Publisher, publisher_for
+from flowstore.reconcile.storages import read_signing_key
 from flowstore.storage import backend_class
 
 Siblings = Callable[[str], list[dict[str, Any]]]
@@ -80,15 +80,15 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         if storage_spec.suspend:
             return suspended(status, generation, storage=spec.storage_name)
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
-                          storage_spec=storage_spec, publisher=publisher, on_progress=on_progress)
-        ctx.publisher.resolve_source(ctx, ports)
+                          storage_spec=storage_spec, on_progress=on_progress)
+        publisher.resolve_source(ctx, ports)
         ctx.signing_key = read_signing_key(ports, ctx.namespace, storage_spec)
-        plan(ctx)
-        done = up_to_date(ctx, ports, check_drift=check_drift)
+        plan(ctx, publisher)
+        done = up_to_date(ctx, ports, publisher, check_drift=check_drift)
         if done is not None:
             return done
         check_conflict(ctx, ports, siblings)
-        return ctx.publisher.publish(ctx, ports)
+        return publisher.publish(ctx, ports)
     except Exception as exc:  # every failure becomes a condition; the operator never crashes
         failure = classify(exc)
         if ctx is not None and ctx.status.get("storing"):  # a retry of these inputs goes to the same place
@@ -115,7 +115,7 @@ def resolve_storage(ports: Ports, namespace: str, spec: FlowSpec) -> tuple[dict[
     return fs, StorageSpec.parse(fs.get("spec") or {})
 
 
-def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome | None:
+def up_to_date(ctx: FlowContext, ports: Ports, publisher: Publisher, *, check_drift: bool) -> Outcome | None:
     """Step 4. When status records an artifact for exactly these inputs, only refresh status
     (labels, observedGeneration). With `check_drift`, first have the publisher confirm the
     backend still holds the artifact with its recorded digest; a missing or changed artifact is
@@ -124,10 +124,10 @@ def up_to_date(ctx: FlowContext, ports: Ports, *, check_drift: bool) -> Outcome 
     location = ctx.status.get("location")
     if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
         return None
-    events = ctx.publisher.settle(ctx, ports)
+    events = publisher.settle(ctx, ports)
     opened = None
     if check_drift:
-        drift, opened = ctx.publisher.verify(ctx, ports, str(location))
+        drift, opened = publisher.verify(ctx, ports, str(location))
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None

@@ -52,8 +52,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path, raise_for_http
-from flowstore.storage.git_tree import TreeEntry, kind_of_mode, read_tree, relative_path
+from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path, raise_for_http
+from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree, relative_path
 
 #: the Secret key and environment variable holding the token
 CREDENTIALS_KEY = "GITLAB_ACCESS_TOKEN"

@@ -4,22 +4,34 @@ artifact's bytes and place. Equal digests mean nothing needs to be stored."""
 from __future__ import annotations
 
 import json
+from typing import Any, Protocol
 
 from flowstore.artifacts import signing
-from flowstore.controller.reconcile.context import FlowContext
-from flowstore.controller.reconcile.ports import sha256_of
-from flowstore.controller.reconcile.storages import storage_identity
+from flowstore.reconcile.context import FlowContext
+from flowstore.reconcile.ports import sha256_of
+from flowstore.reconcile.storages import storage_identity
 
 #: bumped when the artifact format changes, so every artifact is rebuilt once
 FORMAT_VERSION = "1"
 
 
-def plan(ctx: FlowContext) -> None:
-    """Set ``ctx.fmt`` and ``ctx.inputs_digest``."""
+class FamilyRules(Protocol):
+    """What planning asks of the storage family's publisher (``publishers.base.Publisher``)."""
+
+    @property
+    def fixed_format(self) -> str | None:
+        """The only format this family stores (None: the spec decides)."""
+
+    def extra_inputs(self, ctx: FlowContext) -> dict[str, Any]:
+        """What else decides this family's artifact, beyond the common inputs."""
+
+
+def plan(ctx: FlowContext, family: FamilyRules) -> None:
+    """Set ``ctx.fmt`` and ``ctx.inputs_digest``; `family` is the storage family's publisher."""
     as_script = ctx.spec.stored_as_script
     if as_script is None:
         as_script = ctx.storage_spec.stored_as_script
-    ctx.fmt = ctx.publisher.fixed_format or ("script" if as_script else "pickle")
+    ctx.fmt = family.fixed_format or ("script" if as_script else "pickle")
     if ctx.bundle and ctx.fmt == "script":
         ctx.fmt = "bundle"  # the files as they are, packed
     source = ctx.git.recorded_digest if ctx.git is not None and ctx.git.recorded_digest else sha256_of(ctx.source)
@@ -33,7 +45,7 @@ def plan(ctx: FlowContext) -> None:
         "storage": storage_identity(ctx.storage_spec),
         # a new signing key (or none) re-signs: artifacts are stored again with the new signature
         "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
-        **ctx.publisher.extra_inputs(ctx),
+        **family.extra_inputs(ctx),
         # built in a runtime image: its Python and libraries decide the pickle (and the check)
         **({"buildImage": ctx.build.image} if ctx.build is not None else {}),
     }

@@ -9,10 +9,10 @@ from typing import Any
 from flowstore.api import conditions as cond
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
-from flowstore.controller.failures import classify
-from flowstore.controller.reconcile.outcomes import failed, mark_handled, recheck_after, suspended
-from flowstore.controller.reconcile.ports import Outcome, Ports
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.failures import classify
+from flowstore.reconcile.outcomes import failed, mark_handled, recheck_after, suspended
+from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.storages import open_storage
 
 #: status.flows lists at most this many flows (the first by name; flowCount has the number): the
 #: object must stay small however many flows a storage holds (~100 bytes an entry)

@@ -1,8 +1,8 @@
 """Docker storages: every flow of a FlowStorage is a layer of its one image.
 
 The first pass builds the flow's payload and submits it to the debounced image builder
-(``controller/images.py``); later passes find the built image and record it. Until then the
-StoredFlow is Reconciling ("building the image").
+(``Ports.images``; the operator's is ``controller/images.py``); later passes find the built
+image and record it. Until then the StoredFlow is Reconciling ("building the image").
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from flowstore.api import conditions as cond
 from flowstore.api.constants import EventReason
 from flowstore.api.models import storage_ref
 from flowstore.artifacts.keys import slugify
-from flowstore.controller.reconcile.building import build
-from flowstore.controller.reconcile.context import FlowContext, ready
-from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Publisher
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.building import build
+from flowstore.reconcile.context import FlowContext, ready
+from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
+from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
+from flowstore.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage, StorageError
 from flowstore.storage.docker import Docker, ImageFlow
 

@@ -42,8 +42,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, is_commit_id, normalize_path
-from flowstore.storage.git_tree import TreeEntry, kind_of_mode, read_tree
+from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
+from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree
 
 CREDENTIAL_KEYS = ("GIT_USERNAME", "GIT_PASSWORD", "GIT_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS")
 #: seconds one git command may take (a fetch of one commit of a flows repository is small)

@@ -12,7 +12,7 @@ A provider implements these primitives on top of its API:
 * :meth:`GitHosted.read_file`    the bytes of ``path`` at a commit;
 * :meth:`GitHosted.read_path`    the same for a file, or every file under ``path`` when it is a
   directory (bounded by :data:`MAX_DIRECTORY_FILES` and :data:`MAX_DIRECTORY_BYTES`; the
-  listing, symlink and submodule rules are written once in :mod:`flowstore.storage.git_tree`);
+  listing, symlink and submodule rules are written once in :mod:`flowstore.storage.git.tree`);
 * :meth:`GitHosted.web_url`      a URL a person can open for ``path`` at a commit;
 
 plus ``from_config`` and the two documents (``_status_config``, ``_seed_config`` and

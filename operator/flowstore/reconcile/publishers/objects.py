@@ -20,11 +20,11 @@ import logging
 from typing import Any
 
 from flowstore.api.constants import EventReason
-from flowstore.controller.reconcile.building import build
-from flowstore.controller.reconcile.context import FlowContext, ready
-from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports
-from flowstore.controller.reconcile.publishers.base import Publisher
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.building import build
+from flowstore.reconcile.context import FlowContext, ready
+from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
+from flowstore.reconcile.publishers.base import Publisher
+from flowstore.reconcile.storages import open_storage
 from flowstore.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)

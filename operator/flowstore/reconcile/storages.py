@@ -13,8 +13,8 @@ from typing import Any
 from flowstore.api.backends import COMMON_FIELDS, backend
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec
-from flowstore.controller.failures import ReconcileError
-from flowstore.controller.reconcile.ports import Ports
+from flowstore.reconcile.failures import ReconcileError
+from flowstore.reconcile.ports import Ports
 from flowstore.storage import InvalidConfig, Storage, backend_class
 
 

@@ -50,7 +50,6 @@ from typing import Any, ClassVar
 
 import requests
 
-from flowstore.storage._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.errors import (
     FileNotFound,
     InvalidConfig,
@@ -59,8 +58,9 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git_base import GitHosted, normalize_path, raise_for_http
-from flowstore.storage.git_tree import TreeEntry, read_tree
+from flowstore.storage.git._bitbucket_tree import cloud_entries, server_entries
+from flowstore.storage.git.base import GitHosted, normalize_path, raise_for_http
+from flowstore.storage.git.tree import TreeEntry, read_tree
 
 CLOUD_API_URL = "https://api.bitbucket.org/2.0"
 CLOUD_WEB_URL = "https://bitbucket.org"

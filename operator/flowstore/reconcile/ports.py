@@ -1,19 +1,21 @@
 """What the reconcile core needs from the world, and what one reconcile decides.
 
 :class:`Ports` is implemented by ``controller.kube.KubePorts`` (the operator) and by the test
-fakes in ``tests/fakes/ports.py``; the core never imports kopf or the Kubernetes client.
+fakes in ``tests/fakes/ports.py``; its image builder (:class:`ImageBuilds`) by
+``controller.images.ImageBuilder``. The core never imports kopf, the Kubernetes client or
+``flowstore.controller`` (import-linter contracts keep it so).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 from flowstore.api.models import BuildSpec, StorageSpec
-from flowstore.controller.failures import Failure
-from flowstore.controller.images import ImageBuilder
+from flowstore.reconcile.failures import Failure
 from flowstore.sandbox import Built
 from flowstore.storage import Storage
 
@@ -34,8 +36,37 @@ class Ports(Protocol):
                     namespace: str = "") -> Storage:
         """The storage of a FlowStorage in `namespace` (the operator applies its policy for it)."""
 
-    #: the debounced one-image-per-storage builder (Docker storages)
-    images: ImageBuilder
+    @property
+    def images(self) -> ImageBuilds:
+        """The debounced one-image-per-storage builder (Docker storages)."""
+
+
+@dataclasses.dataclass
+class ImageJob:
+    """One flow's request to be in the next image of its storage."""
+
+    flow_name: str
+    inputs_digest: str
+    waiter: Hashable  # what on_done wakes (the StoredFlow's loop key)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: Any = None  # BuiltImage
+    error: BaseException | None = None
+    #: the error was handed to a reconcile once; the next lookup submits again (retry)
+    reported: bool = False
+    #: the ImageFlow submitted (its bytes and location, recorded in status once built)
+    payload: Any = None
+
+
+class ImageBuilds(Protocol):
+    """Builds one image per Docker storage from the flows submitted to it, once per burst of
+    changes (``controller.images.ImageBuilder``)."""
+
+    def lookup(self, batch_key: Hashable, flow_name: str, inputs_digest: str) -> ImageJob | None:
+        """The job for exactly these inputs, if one was submitted (pending or done)."""
+
+    def submit(self, batch_key: Hashable, storage: Any, flow: Any, inputs_digest: str, waiter: Hashable,
+               others: Callable[[set[str]], list[Any]]) -> ImageJob:
+        """Put `flow` (an ImageFlow) into the next image of the storage identified by `batch_key`."""
 
 
 @dataclasses.dataclass(frozen=True)

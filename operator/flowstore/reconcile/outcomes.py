@@ -8,8 +8,8 @@ from typing import Any
 
 from flowstore.api import conditions as cond
 from flowstore.api.constants import REQUESTED_AT_ANNOTATION, Reason
-from flowstore.controller.failures import Failure
-from flowstore.controller.reconcile.ports import Event, Outcome
+from flowstore.reconcile.failures import Failure
+from flowstore.reconcile.ports import Event, Outcome
 
 # Stalled failures caused by things outside the operator's watches (buckets, credentials,
 # Secrets — Secrets are deliberately not watched: that would stream every Secret of the cluster

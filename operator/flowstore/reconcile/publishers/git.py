@@ -11,16 +11,16 @@ from typing import Any
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.artifacts import flowfiles
-from flowstore.controller.reconcile.building import build_request, check_bundle
-from flowstore.controller.reconcile.context import FlowContext, GitSource, ready
-from flowstore.controller.reconcile.outcomes import requested_at
-from flowstore.controller.reconcile.planning import plan
-from flowstore.controller.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.controller.reconcile.publishers.base import CHANGED, MISSING, Publisher
-from flowstore.controller.reconcile.sources import pack_files
-from flowstore.controller.reconcile.storages import open_storage
+from flowstore.reconcile.building import build_request, check_bundle
+from flowstore.reconcile.context import FlowContext, GitSource, ready
+from flowstore.reconcile.outcomes import requested_at
+from flowstore.reconcile.planning import plan
+from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
+from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
+from flowstore.reconcile.sources import pack_files
+from flowstore.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage
-from flowstore.storage.git_base import GitHosted, normalize_path
+from flowstore.storage.git.base import GitHosted, normalize_path
 
 
 class GitPinPublisher(Publisher):
@@ -93,7 +93,7 @@ class GitPinPublisher(Publisher):
         if git.recorded_digest is not None:  # something besides the file changed: read it now
             read_flow(ctx, git.repo, git.path, git.commit)
             git.recorded_digest = None
-            plan(ctx)
+            plan(ctx, self)
         if ctx.bundle:
             check_bundle(ctx.source, ports)
         else:

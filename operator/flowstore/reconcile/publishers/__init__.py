@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flowstore.api.models import StorageSpec
-from flowstore.controller.reconcile.publishers.base import Publisher
-from flowstore.controller.reconcile.publishers.git import GitPinPublisher
-from flowstore.controller.reconcile.publishers.image import ImagePublisher
-from flowstore.controller.reconcile.publishers.objects import ObjectStorePublisher
+from flowstore.reconcile.publishers.base import Publisher
+from flowstore.reconcile.publishers.git import GitPinPublisher
+from flowstore.reconcile.publishers.image import ImagePublisher
+from flowstore.reconcile.publishers.objects import ObjectStorePublisher
 from flowstore.storage import backend_class
 
 PUBLISHERS: dict[str, Publisher] = {p.family: p for p in (ObjectStorePublisher(), ImagePublisher(), GitPinPublisher())}
