@@ -108,24 +108,39 @@ def test_planting_a_git_config_through_local_storage(start_operator: Callable[..
                                                      namespace: str, git_server: dict[str, str],
                                                      tmp_path: Path) -> None:
     """The reported attack: a Local directory over the operator's temp directory, script-mode
-    StoredFlows whose keys land in its git cache, each file valid Python and a bare repository's
-    config with a credential helper; the next fetch of that URL would run the helper. Refused at
-    the FlowStorage; nothing lands in the temp directory; the helper never runs."""
+    StoredFlows whose keys land in its git cache (each file valid Python: HEAD, a config with a
+    credential helper, files that make objects/ and refs/), then a Git FlowStorage of that URL
+    without credentials, so git asks its helpers. Refused at the Local FlowStorage; nothing
+    lands in the cache; the helper never runs."""
+    from flowstore.storage.git.plain import REPO_CONFIG, Git
+    from tests.helpers.gitrepo import LocalGitRepo
+
     marker = tmp_path / "pwned"
-    config = f'[credential]\nhelper = "!touch {marker}"\n'  # git config, and a valid Python script
-    compile(config, "config", "exec")
+    repo = LocalGitRepo(Path(git_server["root"]))
+    repo.commit({"flows/etl.py": b"from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"})
+    url = f"{git_server['url']}/{repo.name}.git"
+    cache = Git(url=url).cache_dir.relative_to(tempfile.gettempdir())  # where the operator's cache goes
+    planted = {"HEAD": "ref: refs/heads/main\n", "config": f'[credential]\nhelper = "!touch {marker}"\n',
+               "objects/x.py": "x = 1\n", "refs/x.py": "x = 1\n"}
     start_operator()
     apply(local_storage(namespace, tempfile.gettempdir(), name="over-temp"))
-    for key in ("flowstore-git/planted/config", "flowstore-git/planted/HEAD"):
-        name = key.rsplit("/", 1)[1].lower()
+    for i, (key, text) in enumerate(planted.items()):
+        compile(text, key, "exec")
         apply(json.dumps({"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-                          "metadata": {"name": name, "namespace": namespace},
-                          "spec": {"storageRef": {"name": "over-temp"}, "flowName": name, "storedAsScript": True,
-                                   "key": key, "source": {"inline": config if name == "config" else
-                                                          "ref: refs/heads/main\n"}}}))
+                          "metadata": {"name": f"plant-{i}", "namespace": namespace},
+                          "spec": {"storageRef": {"name": "over-temp"}, "flowName": f"plant {i}",
+                                   "storedAsScript": True, "key": f"{cache}/{key}", "source": {"inline": text}}}))
     refused(namespace, "over-temp", "OutsideLocalRoot", kind="flowstorage")
-    wait_for("storedflow", namespace, "config", lambda o: condition(o).get("status") == "False", timeout=60)
-    assert not (Path(tempfile.gettempdir()) / "flowstore-git" / "planted").exists()
+    apply(manifests(flow_storage(namespace, "repo", "git", {"url": url, "path": "flows/etl.py"})))
+    apply(json.dumps({"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
+                      "metadata": {"name": "etl", "namespace": namespace},
+                      "spec": {"storageRef": {"name": "repo"}, "flowName": "etl", "source": {"path": "flows/etl.py"}}}))
+    wait_reason(namespace, "etl", "AuthFailed", timeout=60)  # git asked for credentials: none were given
+    for i in range(len(planted)):
+        wait_for("storedflow", namespace, f"plant-{i}", lambda o: condition(o).get("status") == "False", timeout=60)
+    where = Path(tempfile.gettempdir()) / cache
+    assert not (where / "objects" / "x.py").exists() and not (where / "refs" / "x.py").exists()
+    assert not (where / "config").exists() or (where / "config").read_text() == REPO_CONFIG
     assert not marker.exists()
 
 
