@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from tests.helpers import prefect1
-from tests.helpers.kube import apply, condition, wait_for, wait_ready
+from tests.helpers.kube import apply, condition, kubectl, wait_for, wait_ready
 from tests.helpers.manifests import s3_storage
 from tests.helpers.operator import OperatorProcess, local_dir
 
@@ -114,9 +114,12 @@ metadata: {{name: store, namespace: {namespace}}}
 spec:
   local: {{directory: {directory}}}
 """)
-    for key in ("../outside/written.flow", f"{outside}/written.flow"):
-        apply(_stored_flow(namespace, "flow = None\n", key=key))
-        assert "outside the storage directory" in wait_refused(namespace), key
+    # a '..' segment never reaches the operator: the API server refuses it (CEL)
+    refused = kubectl("apply", "-f", "-", input=_stored_flow(namespace, "flow = None\n", key="../outside/written.flow"),
+                      check=False)
+    assert refused.returncode != 0 and "must not contain a '..' segment" in refused.stderr
+    apply(_stored_flow(namespace, "flow = None\n", key=f"{outside}/written.flow"))
+    assert "outside the storage directory" in wait_refused(namespace)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.py"]  # nothing written there
 
     apply(_stored_flow(namespace, "flow = None\n", key="inside/etl.py"))

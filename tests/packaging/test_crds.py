@@ -312,6 +312,11 @@ def test_storedflow_inline_accepted(namespace: str) -> None:
             ["items[].path must be relative and stay inside the flow's directory"],
             id="configmap-item-outside",
         ),
+        pytest.param(
+            "storageRef: {name: s}\nflowName: etl\nsource: {inline: x}\nkey: flows/../../usr/local/bin/python3",
+            ["key must not contain a '..' segment"],
+            id="key-with-dotdot",
+        ),
     ],
 )
 def test_invalid_storedflow_rejected(namespace: str, spec: str, expected: list[str]) -> None:
