@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,7 +74,9 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
     @kopf.on.startup(id="start", registry=registry)
     def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         memo.runtime = Runtime(memo.api, memo.settings)
-        memo.runtime.ports.probe_sandbox()
+        # what the kernel gives the build sandbox, said in the log and the metrics; a child process
+        # that takes a moment, so not in the way of kopf's start (its liveness endpoint)
+        threading.Thread(target=memo.runtime.ports.probe_sandbox, name="sandbox-probe", daemon=True).start()
         logger.info("flowstore operator started: %s%s", memo.settings,
                     f"; only objects labelled {selector}" if selector else "")
 
