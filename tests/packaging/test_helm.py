@@ -339,6 +339,9 @@ NAMESPACED = {
     ("", "configmaps"): {"get", "list", "watch"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
+    # spec.serviceAccountName: the account's annotations, and TokenRequests for it
+    ("", "serviceaccounts"): {"get"},
+    ("", "serviceaccounts/token"): {"create"},
 }
 #: only with builds.enabled: the Job, its ConfigMap, its Pod's state and log
 BUILDS = {
@@ -430,10 +433,17 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         assert not can_i(sa_config, "update", "configmaps", "-n", ns)
         assert not can_i(sa_config, "patch", "jobs.batch", "-n", ns)
         assert not can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", ns)
+        # spec.serviceAccountName: read one account by name, request tokens for it; nothing more
+        assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+        assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        for verb in ("list", "watch", "create", "update", "patch", "delete"):
+            assert not can_i(sa_config, verb, "serviceaccounts", "-n", ns), verb
     for ns in (unwatched, home):
         assert not any(can_build(sa_config, ns).values())
         assert "Forbidden" in try_as(sa_config, *job, "-n", ns, "--dry-run=server")
         assert "Forbidden" in try_as(sa_config, "get", "secret", "anything", "-n", ns)
+        assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        assert not can_i(sa_config, "get", "serviceaccounts", "-n", ns)
         assert not can_i(sa_config, "get", "secrets", "-n", ns)
         assert not can_i(sa_config, "list", "storedflows.flowstore.dev", "-n", ns)
         assert not can_i(sa_config, "get", "configmaps", "-n", ns)
@@ -446,6 +456,15 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     assert not can_i(sa_config, "delete", "namespaces")
     assert can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", home)
     assert not can_i(sa_config, "delete", "leases.coordination.k8s.io", "-n", home)
+    assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "--all-namespaces")
+    # A real TokenRequest with the operator's own token: granted where it watches, refused elsewhere.
+    for ns in (watched, unwatched):
+        kubectl("create", "serviceaccount", "team-flows", "-n", ns)
+    token = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", watched,
+                    "--audience", "sts.amazonaws.com").stdout.strip()
+    assert token.count(".") == 2
+    refused = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", unwatched, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
 
     # The operator with nothing but the ServiceAccount's token: the flows become Ready.
     directory = local_dir(watched, "flows")
@@ -508,6 +527,9 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     assert not can_i(sa_config, "list", "namespaces")  # cluster-wide kopf never lists them
     assert can_i(sa_config, "list", "storedflows.flowstore.dev", "--all-namespaces")
     assert not can_i(sa_config, "delete", "storedflows.flowstore.dev", "-n", ns)
+    assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+    assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+    assert not can_i(sa_config, "list", "serviceaccounts", "--all-namespaces")
 
     directory = local_dir(ns, "flows")
     env = {**os.environ, "KUBECONFIG": str(sa_config)}

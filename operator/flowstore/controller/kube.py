@@ -21,6 +21,7 @@ from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
+from flowstore.controller.identity import AmbientPolicy, ServiceAccountTokens, workload_identity
 from flowstore.controller.images import ImageBuilder
 from flowstore.controller.jobs import JobBuilder
 from flowstore.controller.policy import OperatorPolicy
@@ -28,6 +29,7 @@ from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError, Sta
 from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
 from flowstore.storage.endpoints import EndpointPolicy
+from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.policy import ServePolicy
 
 
@@ -49,7 +51,8 @@ class KubePorts:
     """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
-                 max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None) -> None:
+                 max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None,
+                 ambient: AmbientPolicy | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -63,6 +66,8 @@ class KubePorts:
         self.sandbox_policy = sandbox.SandboxPolicy(allow_unconfined=self.policy.allow_unconfined_builds)
         self.images = ImageBuilder()
         self.jobs = JobBuilder(api, max_jobs=max_build_jobs, policy=self.policy.builds)
+        self.tokens = ServiceAccountTokens(self.core)
+        self.ambient = ambient or AmbientPolicy()
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
@@ -147,16 +152,18 @@ class KubePorts:
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str, *,
-                    namespace: str = "") -> Storage:
-        """One Storage (and SDK client) per FlowStorage config + credentials version, opened
-        under the operator's policy for `namespace`."""
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        """One Storage (and SDK client) per FlowStorage config + credentials version (or identity),
+        opened under the operator's policy for `namespace`."""
         key = f"{namespace}|{cache_key}"
         with self._lock:
             storage = self._storages.get(key)
             if storage is None:
-                storage = backend_class(spec.backend).for_operator(
-                    spec.config, credentials=credentials, policy=self.serve_policy(namespace))
+                cls = backend_class(spec.backend)
+                storage = (cls.with_identity(spec.config, identity) if identity is not None
+                           else cls.for_operator(spec.config, credentials=credentials,
+                                                 policy=self.serve_policy(namespace)))
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[key] = storage
@@ -167,6 +174,15 @@ class KubePorts:
         return ServePolicy(namespace=namespace, local_root=self.policy.local_root,
                            endpoints=EndpointPolicy(allow_private=self.policy.allow_private_endpoints),
                            webhook_env=self.policy.webhook_env)
+
+    # ---------------------------------------------------------------- identity (controller/identity.py)
+    def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
+                          where: str, session_name: str) -> WorkloadIdentity:
+        return workload_identity(self.core, self.tokens, namespace, service_account, cloud, settings, where=where,
+                                 session_name=session_name)
+
+    def ambient_identity_refusal(self, namespace: str) -> str | None:
+        return self.ambient.refusal(namespace)
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
