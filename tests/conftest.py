@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import operator as operator_helpers
 from tests.helpers.helm import install_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
@@ -114,6 +115,13 @@ def _remove_images_tagged_for(docker_host: str, prefix: str) -> None:
         client.images.prune(filters={"dangling": True})
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The operators' Local root (tests/helpers/operator.py) in the session's temp directory,
+    which pytest removes after a few sessions."""
+    operator_helpers.LOCAL_ROOT = tmp_path_factory.getbasetemp() / "local-root"
 
 
 @pytest.fixture(autouse=True)

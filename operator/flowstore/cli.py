@@ -57,10 +57,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
     from flowstore.controller.identity import AmbientPolicy, operator_namespace
 
+    try:
+        policy = operator_policy(args)
+    except ValueError as exc:
+        return _print_error(exc)
     ambient = AmbientPolicy(args.ambient_identity, operator_namespace(args.operator_namespace, os.environ))
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries, ambient=ambient)
+                        delete_retries=args.delete_retries, policy=policy, ambient=ambient)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -112,6 +116,28 @@ def cmd_operator(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(runtime.pool.shutdown, wait=True)
 
     return asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
+
+
+def operator_policy(args: argparse.Namespace) -> Any:
+    """The operator's policy (controller/policy.py) from its flags; ValueError for bad ones."""
+    from flowstore.controller.policy import BuildPolicy, OperatorPolicy
+    from flowstore.storage.local import local_root_refusal
+
+    if args.local_root is not None:
+        refusal = local_root_refusal(args.local_root)
+        if refusal is not None:
+            raise ValueError(f"--local-root: {refusal}")
+    return OperatorPolicy(
+        local_root=args.local_root,
+        allow_private_endpoints=args.allow_private_endpoints,
+        webhook_env=frozenset(args.webhook_allowed_env or ()),
+        secret_policy=args.secret_policy,
+        builds=BuildPolicy(enabled=args.enable_build_jobs, images=tuple(args.build_image or ()),
+                           service_accounts=frozenset(args.build_service_account or ()),
+                           toleration_keys=frozenset(args.build_toleration_key or ()),
+                           node_selector_keys=frozenset(args.build_node_selector_key or ())),
+        allow_unconfined_builds=args.allow_unconfined_builds,
+    )
 
 
 def _print_error(exc: Exception) -> int:
@@ -261,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--operator-namespace", default=None,
                     help="the operator's own namespace, for --ambient-identity own-namespace (default: "
                          "$POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
+    _policy_flags(op)
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 
@@ -295,6 +322,37 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
     sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
     return 0
+
+
+def _policy_flags(op: argparse.ArgumentParser) -> None:
+    """What the operator lends the authors of specs (docs/security.md); defaults are the safe ones."""
+    from flowstore.controller.policy import SECRET_POLICIES
+
+    group = op.add_argument_group("policy", "what FlowStorages and StoredFlows may make the operator do "
+                                  "(docs/security.md)")
+    group.add_argument("--local-root", default=None, metavar="DIR",
+                       help="serve Local storage under DIR/<namespace>/ (default: no Local storage)")
+    group.add_argument("--allow-private-endpoints", action="store_true",
+                       help="let Webhook requests reach loopback and private addresses (never link-local or "
+                            "cloud metadata ones)")
+    group.add_argument("--webhook-allowed-env", action="append", metavar="NAME",
+                       help="an environment variable of the operator that Webhook templates may use when a "
+                            "FlowStorage's allowedEnv names it (repeatable; default: none)")
+    group.add_argument("--secret-policy", choices=SECRET_POLICIES, default="opt-in",
+                       help="opt-in: use only Secrets labelled flowstore.dev/allow=true (default); any: every "
+                            "Secret a spec names")
+    group.add_argument("--enable-build-jobs", action="store_true",
+                       help="build StoredFlows with spec.build as Jobs in their own image (default: refused)")
+    group.add_argument("--build-image", action="append", metavar="PATTERN",
+                       help="an image builder Jobs may run, shell-style (e.g. registry.example.com/team/*; repeatable)")
+    group.add_argument("--build-service-account", action="append", metavar="NAME",
+                       help="a ServiceAccount spec.build may name (repeatable; default: none, builds get no token)")
+    group.add_argument("--build-toleration-key", action="append", metavar="KEY",
+                       help="a taint key spec.build.tolerations may tolerate (repeatable; default: none)")
+    group.add_argument("--build-node-selector-key", action="append", metavar="KEY",
+                       help="a node label key spec.build.nodeSelector may use (repeatable; default: none)")
+    group.add_argument("--allow-unconfined-builds", action="store_true",
+                       help="build in the sandbox even when the kernel cannot confine builds fully (default: refuse)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig, NotFound
 from flowstore.storage.identity import WorkloadIdentity
+from flowstore.storage.policy import ServePolicy
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
 SEED_SCHEMA_VERSION = "1.4.1"
@@ -132,6 +133,14 @@ class Storage(abc.ABC):
         into a config by :meth:`config_from_seed`), never a FlowStorage spec (the CRD has no such
         field): backends use it to tell an agent, which may use its own environment, from the
         operator, which must not."""
+
+    @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> Storage:
+        """:meth:`from_config` for a FlowStorage the operator serves, under the operator's
+        `policy` (what it lends the spec's author). Backends that reach places the spec names
+        (a directory, URLs, the environment) override it; the others have nothing to apply."""
+        return cls.from_config(config, credentials=credentials)
 
     @classmethod
     def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Storage:
