@@ -140,7 +140,8 @@ def test_settings_come_from_the_environment_and_bad_values_say_so() -> None:
     assert (settings.root, settings.max_bytes, settings.min_age) == (Path("/var/cache/agent"), 2 * 2**30, 3600.0)
     assert parse_size("500M", what="x") == 500 * 10**6 and parse_size("64k", what="x") == 64_000
     assert parse_duration("90s", what="x") == 90 and parse_duration("600", what="x") == 600
-    for env in ({"FLOWSTORE_CACHE_MAX_BYTES": "lots"}, {"FLOWSTORE_CACHE_MIN_AGE": "soon"}, {"FLOWSTORE_CACHE_DIR": ""}):
+    bad = ({"FLOWSTORE_CACHE_MAX_BYTES": "lots"}, {"FLOWSTORE_CACHE_MIN_AGE": "soon"}, {"FLOWSTORE_CACHE_DIR": ""})
+    for env in bad:
         with pytest.raises(CacheError, match=next(iter(env))):
             Settings.from_environment(env)
 

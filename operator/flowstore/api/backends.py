@@ -55,3 +55,45 @@ BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
 def backend(name: str) -> Backend | None:
     """The row for a spec block (``s3``) or a class name / serialized type (``S3``)."""
     return next((b for b in BACKENDS if name in (b.key, b.class_name)), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusFields:
+    """How an agent reads one backend's ``status.storage`` (the status writer is not trusted):
+
+    - `place`: the fields that say where the agent's requests — and so its credentials — go
+      (endpoint, bucket, repository, key prefix, ...). Each must equal what the agent trusts
+      (the FlowStorage's spec block, spelled the same) before anything is requested;
+    - `revision`: the fields that change from one stored revision to the next (a pinned commit,
+      an image digest) and never change where requests go.
+
+    Every other field of ``status.storage`` is dropped before the agent builds its storage."""
+
+    place: tuple[str, ...]
+    revision: tuple[str, ...] = ()
+    #: place fields that name the object itself rather than its container: the StoredFlow's
+    #: ``status.location`` must be this key (or under this prefix) when the trusted source sets one
+    key: str | None = None
+    prefix: str | None = None
+
+
+#: fields of ``status.storage`` every backend writes (Storage.to_status): never a place
+STATUS_COMMON_FIELDS: Final = ("storedAsScript", "labels", "secrets", "flows")
+_GIT_REVISION: Final = ("ref", "requestedRef", "path", "bundleEntrypoint", "bundleIgnore")
+STATUS_FIELDS: Final = {
+    "Local": StatusFields(place=("directory", "path"), revision=("volumeName",)),
+    "S3": StatusFields(place=("bucket", "key", "keyPrefix", "region", "endpointURL"), key="key", prefix="keyPrefix"),
+    "GCS": StatusFields(place=("bucket", "key", "keyPrefix", "project", "endpointURL"), key="key",
+                        prefix="keyPrefix"),
+    "Azure": StatusFields(place=("container", "blobName", "keyPrefix", "accountURL"), key="blobName",
+                          prefix="keyPrefix"),
+    "Webhook": StatusFields(place=("buildRequest", "getFlowRequest", "deleteRequest"), revision=("buildResponse",)),
+    "Docker": StatusFields(place=("registryURL", "imageName"),
+                           revision=("imageTag", "imageDigest", "flowDirectory", "path")),
+    "GitHub": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "GitLab": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "Bitbucket": StatusFields(place=("workspace", "project", "repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "CodeCommit": StatusFields(place=("repo", "region", "endpointURL", "clientOptions"),
+                               revision=("commit", "requestedRef", "path", "bundleEntrypoint", "bundleIgnore")),
+    "Git": StatusFields(place=("url",), revision=_GIT_REVISION),
+}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,50 @@ from flowstore.artifacts.builder import find_flow_object
 from flowstore.artifacts.cache import Cache, Settings
 
 FORMATS = ("pickle", "script", "bundle")
+_GZIP, _PICKLE = b"\x1f\x8b", b"\x80"
+
+
+class ArtifactFormatError(ValueError):
+    """The bytes are not what their recorded format says (a script that is not Python source, a
+    pickle that is not an envelope), or the format is unknown. Nothing of them was run."""
 
 
 def load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None = None,
          cache: Cache | None = None, cache_dir: Path | None = None) -> Any:
     """The flow object in `data` (already verified) of format `fmt`. Bundles use `cache` (or
-    one rooted at `cache_dir`, else the environment's: ``FLOWSTORE_CACHE_DIR``)."""
+    one rooted at `cache_dir`, else the environment's: ``FLOWSTORE_CACHE_DIR``). Bytes that are
+    not of `fmt` are an ArtifactFormatError before anything of them runs; the flow's own code
+    may raise what it raises."""
     if fmt == "bundle":
         if cache is None:
             cache = Cache(Settings(root=cache_dir)) if cache_dir is not None else Cache()
         return flow_from_bundle(data, flow_name=flow_name, cache=cache)
     if fmt == "script":
-        return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
+        return envelope.flow_from_compiled(_compiled_script(data), flow_name=flow_name, object_name=object_name)
     if fmt == "pickle":
-        return envelope.loads(data)
-    raise ValueError(f"unknown artifact format {fmt!r} (known: {', '.join(FORMATS)}); upgrade flowstore")
+        try:
+            envelope.unwrap(data)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise ArtifactFormatError(f"the artifact is recorded as a pickle but is not a flow envelope: {exc}") \
+                from None
+        try:
+            return envelope.loads(data)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise ArtifactFormatError(f"the artifact is recorded as a pickle but does not unpickle: {exc}") from None
+    raise ArtifactFormatError(f"unknown artifact format {str(fmt)[:40]!r} (known: {', '.join(FORMATS)}); "
+                              "upgrade flowstore")
+
+
+def _compiled_script(data: bytes) -> Any:
+    """The script's code object; ArtifactFormatError when the bytes are no Python source (a
+    bundle or a pickle recorded as a script), before anything runs."""
+    if data[:2] == _GZIP or data[:1] == _PICKLE:
+        raise ArtifactFormatError("the artifact is recorded as a script but is a bundle or a pickle; "
+                                  "the status was edited, or written by an incompatible version")
+    try:
+        return compile(data, "<stored flow>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        raise ArtifactFormatError(f"the artifact is recorded as a script but does not compile here: {exc}") from None
 
 
 def flow_from_bundle(data: bytes, *, flow_name: str | None, cache: Cache) -> Any:

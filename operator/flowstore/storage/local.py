@@ -31,7 +31,7 @@ from typing import Any
 
 from flowstore.artifacts import envelope
 from flowstore.artifacts.keys import default_key, slugify
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
 from flowstore.storage.errors import AuthFailed, ContainerNotFound, InvalidConfig, NotFound, StorageError
 
 DEFAULT_DIRECTORY = "~/.flowstore/flows"
@@ -229,6 +229,14 @@ class Local(Storage):
         try:
             with open(file_path, "rb") as fh:
                 return fh.read()
+        except OSError as exc:
+            raise _translate(exc, file_path, "read") from exc
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        file_path = self._file_path(location)
+        try:
+            with open(file_path, "rb") as fh:
+                return read_bounded(fh, max_bytes, file_path)
         except OSError as exc:
             raise _translate(exc, file_path, "read") from exc
 
