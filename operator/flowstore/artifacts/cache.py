@@ -152,6 +152,8 @@ class Cache:
         self.settings = settings or Settings.from_environment()
         self.root = self.settings.root
         self._checked = False
+        #: subdirectories checked once: the root is private (no one else can swap them after)
+        self._dirs: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ artifacts
     def artifact(self, digest: str, fetch: Callable[[], bytes], *, size: int | None = None,
@@ -197,10 +199,8 @@ class Cache:
         directory = self._dir("artifacts")
         fd, staging = tempfile.mkstemp(prefix=f".{key[:16]}.", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with os.fdopen(fd, "wb") as fh:  # no fsync: a file a crash left short is rehashed, dropped
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.chmod(staging, 0o400)
             self._discard(directory / key)  # whatever was planted there
             os.replace(staging, directory / key)
@@ -357,10 +357,21 @@ class Cache:
 
     def _prune_quietly(self) -> None:
         """After an entry was added: evict what the bound asks for; a failure here never fails
-        the load that added it (``flowstore cache prune`` reports it)."""
+        the load that added it (``flowstore cache prune`` reports it). The sizes are summed
+        first (a stat per file, no locks): the full prune runs only when the cache is over."""
         with contextlib.suppress(CacheError, OSError):
-            if self.settings.max_bytes >= 0:
+            if self._size_on_disk() > self.settings.max_bytes:
                 self.prune()
+
+    def _size_on_disk(self) -> int:
+        total = 0
+        with os.scandir(self._dir("artifacts")) as found:
+            for entry in found:
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_size
+        for name in _listdir(self._dir("bundles")):
+            total += _tree_size(self._dir("bundles") / name)
+        return total
 
     def _remove_leftovers(self) -> None:
         """What processes that died mid-fill left (staging files and trees, older than
@@ -470,6 +481,8 @@ class Cache:
     def _dir(self, kind: str) -> Path:
         """`root`/`kind`, made private if missing; refuses what this user does not own or others
         may write (CacheError)."""
+        if kind in self._dirs:
+            return self._dirs[kind]
         if not self._checked:
             _check_root(self.root)
             self._checked = True
@@ -483,6 +496,7 @@ class Cache:
         if not stat.S_ISDIR(info.st_mode) or not _own(info):
             raise CacheError(f"{path} is not a directory of this user (uid {os.geteuid()}), or others may write it; "
                              "remove it, or set FLOWSTORE_CACHE_DIR to a directory of this user's")
+        self._dirs[kind] = path
         return path
 
     def _discard(self, path: Path) -> None:
