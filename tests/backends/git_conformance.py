@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
-from flowstore.storage import AuthFailed, IntegrityError, InvalidConfig, NotFound, from_serialized, git_base
+from flowstore.storage import AuthFailed, IntegrityError, InvalidConfig, NotFound, from_serialized
 from flowstore.storage.base import SEED_VERSION_KEY
 from flowstore.storage.errors import FileNotFound, RefNotFound, RepositoryNotFound
-from flowstore.storage.git_base import GitHosted
+from flowstore.storage.git import base as git_base
+from flowstore.storage.git.base import GitHosted
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
 GitFactory = Callable[..., GitHosted]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized
-from flowstore.storage.bitbucket import Bitbucket
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
-from flowstore.storage.git_base import GitHosted
+from flowstore.storage.git.base import GitHosted
+from flowstore.storage.git.bitbucket import Bitbucket
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.bitbucket_api import BitbucketCloudAPI, BitbucketServerAPI
 from tests.helpers.gitrepo import LocalGitRepo, Symlink

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized
-from flowstore.storage.codecommit import CodeCommit
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
-from flowstore.storage.git_base import GitHosted
+from flowstore.storage.git.base import GitHosted
+from flowstore.storage.git.codecommit import CodeCommit
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.codecommit_api import CodeCommitAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink

@@ -12,7 +12,7 @@ import pytest
 
 from flowstore.storage import AuthFailed, InvalidConfig, Unavailable, from_serialized
 from flowstore.storage.errors import FileNotFound, RefNotFound
-from flowstore.storage.git import Git
+from flowstore.storage.git.plain import Git
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.helpers.git_server import GitServer
 from tests.helpers.gitrepo import LocalGitRepo

@@ -16,7 +16,7 @@ import requests
 
 from flowstore.storage import AuthFailed, InvalidConfig, StorageError, Unavailable, from_serialized
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
-from flowstore.storage.github import GitHub
+from flowstore.storage.git.github import GitHub
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.github_api import GitHubAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink

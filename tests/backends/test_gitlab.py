@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
-from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized, git_base
+from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized
 from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
-from flowstore.storage.git_base import raise_for_http
-from flowstore.storage.gitlab import GitLab
+from flowstore.storage.git import base as git_base
+from flowstore.storage.git.base import raise_for_http
+from flowstore.storage.git.gitlab import GitLab
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.gitlab_api import GitLabAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink

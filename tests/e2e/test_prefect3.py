@@ -215,7 +215,7 @@ def test_from_source_loads_a_bundle_in_process_and_deploy_records_the_pull_step(
 def test_prefect_yaml_with_the_printed_pull_step_deploys_and_runs(
         operator: OperatorProcess, prefect: Prefect, namespace: str, s3_bucket: str, s3_endpoint: str,
         tmp_path: Path) -> None:
-    """The README's worked example: `prefect deploy` in a project whose prefect.yaml pulls the
+    """docs/prefect.md's worked example: `prefect deploy` in a project whose prefect.yaml pulls the
     StoredFlow (the flow file beside it only serves `prefect deploy`'s own import of it)."""
     storage_and_flows(namespace, s3_bucket, s3_endpoint, "v1")
     digest = wait_ready(namespace, "etl-daily", timeout=60)["status"]["artifact"]["digest"]

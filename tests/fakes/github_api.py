@@ -60,7 +60,7 @@ class _Throttle:
 
 class GitHubAPI(FakeServer):
     """``GitHubAPI(token=...)``; :meth:`add_repo` serves a LocalGitRepo as ``owner/name``.
-    The API base is ``fake.url`` (what :class:`~flowstore.storage.github.GitHub` takes as
+    The API base is ``fake.url`` (what :class:`~flowstore.storage.git.github.GitHub` takes as
     ``api_url``)."""
 
     def __init__(self, token: str | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from flowstore import sandbox
 from flowstore.api.models import StorageSpec
 from flowstore.controller.images import ImageBuilder
-from flowstore.controller.reconcile.ports import BuildRequest, Pending
+from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
 
 

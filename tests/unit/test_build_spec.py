@@ -14,8 +14,8 @@ import pytest
 from flowstore import sandbox
 from flowstore.api.models import BuildSpec, SpecError
 from flowstore.artifacts import envelope
-from flowstore.controller.reconcile import reconcile_stored_flow
-from flowstore.controller.reconcile.ports import BuildRequest, Pending
+from flowstore.reconcile import reconcile_stored_flow
+from flowstore.reconcile.ports import BuildRequest, Pending
 from tests.fakes.ports import FakeCluster
 
 SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"

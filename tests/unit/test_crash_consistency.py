@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from flowstore.controller.reconcile import reconcile_stored_flow
+from flowstore.reconcile import reconcile_stored_flow
 from flowstore.storage import Storage
 from tests.fakes.ports import FakeCluster
 
@@ -191,7 +191,7 @@ def test_under_delete_the_superseded_artifact_goes_only_after_status_moved(clust
 
 
 def test_deleting_a_storedflow_deletes_what_an_interrupted_store_left(cluster: Cluster, tmp_path: Path) -> None:
-    from flowstore.controller.reconcile import delete_stored_flow
+    from flowstore.reconcile import delete_stored_flow
 
     obj = flow()
     obj, cluster = reconcile(obj, cluster)

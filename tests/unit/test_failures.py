@@ -8,8 +8,8 @@ import pytest
 from flowstore.api import conditions as cond
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError
-from flowstore.controller.failures import ClusterUnavailable, ReconcileError, StatusRefused, classify
-from flowstore.controller.reconcile.outcomes import RECHECK_FIRST_SECONDS, RECHECK_SECONDS, recheck_after
+from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError, StatusRefused, classify
+from flowstore.reconcile.outcomes import RECHECK_FIRST_SECONDS, RECHECK_SECONDS, recheck_after
 from flowstore.sandbox import BuildError
 from flowstore.storage import errors
 

@@ -1,6 +1,6 @@
-"""The directory-reading rules every git-hosted provider shares (flowstore.storage.git_tree), on
+"""The directory-reading rules every git-hosted provider shares (flowstore.storage.git.tree), on
 listings written by hand: bounds, symlinks, submodules, `keep`; and the Bitbucket listing walks
-(flowstore.storage._bitbucket_tree) on hand-written pages."""
+(flowstore.storage.git._bitbucket_tree) on hand-written pages."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from flowstore.storage import git_base
-from flowstore.storage._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.errors import InvalidConfig, StorageError
-from flowstore.storage.git_tree import (
+from flowstore.storage.git import base as git_base
+from flowstore.storage.git._bitbucket_tree import cloud_entries, server_entries
+from flowstore.storage.git.tree import (
     DIRECTORY,
     FILE,
     MAX_SYMLINK_HOPS,

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any
 
-from flowstore.controller.images import ImageBuilder, ImageJob
+from flowstore.controller.images import ImageBuilder
+from flowstore.reconcile.ports import ImageJob
 from flowstore.storage.docker import HealthcheckFailed, ImageFlow
 from flowstore.storage.errors import AuthFailed
 

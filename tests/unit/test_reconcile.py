@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowstore.controller.reconcile import reconcile_flow_storage, reconcile_stored_flow, status_changed
+from flowstore.reconcile import reconcile_flow_storage, reconcile_stored_flow, status_changed
 from tests.fakes.ports import FakeCluster
 
 SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from flowstore.artifacts import bundle, envelope, loading
-from flowstore.controller.reconcile import reconcile_stored_flow
+from flowstore.reconcile import reconcile_stored_flow
 from tests.fakes.ports import FakeCluster
 
 ONE_FILE = "from flowstore.flow import Flow\n\ndef main():\n    return 42\n\nflow = Flow('etl daily', main)\n"

@@ -26,8 +26,8 @@ import kopf
 from flowstore.api import conditions as cond
 from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_KIND, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import storage_ref
-from flowstore.controller.reconcile import delete_stored_flow, requested_at
 from flowstore.controller.runtime import Runtime
+from flowstore.reconcile import delete_stored_flow, requested_at
 
 IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
 

@@ -22,23 +22,9 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from flowstore.reconcile.ports import ImageJob
+
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ImageJob:
-    """One flow's request to be in the next image of its storage."""
-
-    flow_name: str
-    inputs_digest: str
-    waiter: Hashable  # what on_done wakes (the StoredFlow's loop key)
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    result: Any = None  # BuiltImage
-    error: BaseException | None = None
-    #: the error was handed to a reconcile once; the next lookup submits again (retry)
-    reported: bool = False
-    #: the ImageFlow submitted (its bytes and location, recorded in status once built)
-    payload: Any = None
 
 
 @dataclasses.dataclass
@@ -52,6 +38,8 @@ class _Batch:
 
 
 class ImageBuilder:
+    """The image builder the reconcile core uses (:class:`~flowstore.reconcile.ports.ImageBuilds`)."""
+
     def __init__(self, *, debounce: float = 1.0, max_wait: float = 10.0,
                  on_done: Callable[[list[Hashable]], None] | None = None) -> None:
         self.debounce = debounce

@@ -48,8 +48,8 @@ from flowstore.api.constants import (
 )
 from flowstore.api.models import BuildSpec
 from flowstore.artifacts import builder, bundle
-from flowstore.controller.failures import ClusterUnavailable, ReconcileError
-from flowstore.controller.reconcile.ports import BuildRequest, Pending
+from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError
+from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.sandbox import BuildError, Built
 
 log = logging.getLogger(__name__)

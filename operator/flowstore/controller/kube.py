@@ -1,4 +1,4 @@
-"""The Kubernetes side of :class:`~flowstore.controller.reconcile.Ports`, on the official client.
+"""The Kubernetes side of :class:`~flowstore.reconcile.Ports`, on the official client.
 
 Reads are fresh GETs (authoritative; the core only reads when it must). Status is written
 with JSON merge patches to the status subresource, which never conflict with users' spec
@@ -20,10 +20,10 @@ from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
-from flowstore.controller.failures import ClusterUnavailable, StatusRefused
 from flowstore.controller.images import ImageBuilder
 from flowstore.controller.jobs import JobBuilder
-from flowstore.controller.reconcile.ports import BuildRequest, Pending
+from flowstore.reconcile.failures import ClusterUnavailable, StatusRefused
+from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
 
 

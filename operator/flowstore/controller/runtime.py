@@ -21,6 +21,7 @@ from typing import Any
 
 from kubernetes import client
 
+from flowstore import reconcile
 from flowstore.api import conditions as cond
 from flowstore.api.constants import (
     API_VERSION,
@@ -30,9 +31,9 @@ from flowstore.api.constants import (
     STOREDFLOW_PLURAL,
     ConditionType,
 )
-from flowstore.controller import metrics, reconcile
-from flowstore.controller.failures import classify
+from flowstore.controller import metrics
 from flowstore.controller.kube import KubePorts
+from flowstore.reconcile.failures import classify
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
 #: a failure's message in the operator's log keeps its start and end within this many characters

@@ -1,7 +1,7 @@
 """The one error taxonomy every backend raises instead of SDK exceptions.
 
 Each error says whether retrying can help (`retryable`), so the controller's single
-translation point (:mod:`flowstore.controller.failures`) never has to know an SDK.
+translation point (:mod:`flowstore.reconcile.failures`) never has to know an SDK.
 Messages are written for a person and never contain secret values.
 """
 

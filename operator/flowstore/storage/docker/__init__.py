@@ -1,7 +1,9 @@
 """The seed's Docker storage: every flow of a storage in one image, pushed to a registry.
 
-- :mod:`.storage` — the :class:`Docker` storage class (configuration, naming, the seed's
-  interface, and what one image is made of);
+- :mod:`.storage` — the :class:`Docker` storage class and the seed's interface (``build``,
+  ``create_dockerfile_object``, ``push_image``, ``pull_image``, ``get_flow``), on top of
+  :mod:`.images` — what one image is made of and how it is built and pushed, on top of
+  :mod:`.base` — configuration, naming, the state status keeps, registry reads;
 - :mod:`.dockerfile` — the base image's Dockerfile and build context, and the healthcheck
   (pure: no daemon, no registry);
 - :mod:`.layers` — one layer per flow appended to the base image without a daemon;
@@ -28,8 +30,9 @@ from flowstore.storage.docker.errors import (
     RegistryUnavailable,
     RunFailed,
 )
+from flowstore.storage.docker.images import BuiltImage, ImageFlow, ImagePlan
 from flowstore.storage.docker.runner import DockerEnvRunner
-from flowstore.storage.docker.storage import BuiltImage, Docker, ImageFlow, ImagePlan
+from flowstore.storage.docker.storage import Docker
 
 __all__ = [
     "HEALTHCHECK_LABEL",

@@ -1,0 +1,141 @@
+"""Object stores (Local, S3, GCS, Azure, Webhook): the flow's bytes are uploaded to a location.
+
+Crash consistency: before the upload, the location it goes to is recorded in
+``status.storing`` (``{inputsDigest, location}``) by a status write that must succeed first.
+A retry of the same inputs — after a failed upload, or after the operator was killed anywhere
+between that write and the final status — stores to the same location again (one object per
+version, overwritten, never a second one under a new timestamped key). When the inputs changed
+meanwhile, the object an interrupted store may have left at the recorded location is deleted
+(no status ever named it, so no agent can be using it) before the new location is chosen.
+
+Under ``deletionPolicy: Delete`` the superseded artifact is deleted only after status has moved
+to its replacement: the new status records it in ``status.superseded``, and the next pass (a
+second later) deletes it and clears the record. Status never names a deleted object, and a kill
+in between leaves the record for the next operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flowstore.api.constants import EventReason
+from flowstore.reconcile.building import build
+from flowstore.reconcile.context import FlowContext, ready
+from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
+from flowstore.reconcile.publishers.base import Publisher
+from flowstore.reconcile.storages import open_storage
+from flowstore.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+#: when the pass that deletes a superseded artifact (``status.superseded``) comes
+SUPERSEDED_DELETE_SECONDS = 1.0
+
+
+class ObjectStorePublisher(Publisher):
+    family = "objects"
+
+    def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
+        """Build, claim a location (the seed's timestamped key, or spec.key; the recorded one on a
+        retry), upload, confirm the backend holds exactly these bytes, and only then point status
+        at it: status never names a half-written artifact."""
+        data = build(ctx, ports)
+        if isinstance(data, Pending):
+            return ctx.pending(data)
+        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        location = claim_location(ctx, storage)
+        stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
+        info = storage.stat(location)
+        if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
+            raise StorageError(f"{stored.url} did not read back as written; will store again")
+        previous = ctx.status.get("location")
+        recorded = ctx.recorded
+        previous_state = dict(recorded.storage_state or {}) if recorded else {}
+        digest = "sha256:" + stored.sha256
+        artifact = ctx.artifact(url=stored.url, digest=digest, size=stored.size, storage_state=stored.storage_state)
+        drift = ctx.status.pop("driftDetected", None)
+        ctx.status.pop("git", None)  # e.g. the flow moved from a git-hosted storage to this one
+        verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
+        events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} "
+                        f"({stored.size} bytes, {digest[:19]}…)")]
+        # one recorded earlier is for an artifact status moved past before this store: it goes now
+        events += delete_superseded(ctx, storage, current_state=stored.storage_state)
+        superseded = previous and (previous != location or previous_state != dict(stored.storage_state))
+        if superseded and ctx.storage_spec.deletion_policy == "Delete":
+            # addressed by its own location and recorded state; deleted once status moved on
+            ctx.status["superseded"] = {"location": previous, "storageState": previous_state}
+        outcome = ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
+        outcome.built = ctx.fmt == "pickle"
+        if ctx.status.get("superseded"):
+            outcome.requeue_after = SUPERSEDED_DELETE_SECONDS
+        return outcome
+
+    def settle(self, ctx: FlowContext, ports: Ports) -> list[Event]:
+        """Status records the artifact of the current inputs: an interrupted store of other
+        inputs (the spec changed back meanwhile) leaves nothing behind, and a superseded artifact
+        recorded for deletion is deleted now."""
+        events: list[Event] = []
+        if interrupted(ctx) is None and not ctx.status.get("superseded"):
+            return events
+        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        discard_interrupted(ctx, storage)
+        recorded = ctx.recorded
+        return delete_superseded(ctx, storage, current_state=recorded.storage_state if recorded else None)
+
+
+def interrupted(ctx: FlowContext) -> dict[str, Any] | None:
+    """The ``status.storing`` record of a store of other inputs than the current ones, if any."""
+    storing = ctx.status.get("storing") or {}
+    if not storing.get("location") or storing.get("inputsDigest") == ctx.inputs_digest:
+        return None
+    return dict(storing)
+
+
+def claim_location(ctx: FlowContext, storage: Storage) -> str:
+    """Where this store goes, recorded in status before anything is uploaded."""
+    storing = ctx.status.get("storing") or {}
+    if storing.get("location") and storing.get("inputsDigest") == ctx.inputs_digest:
+        location = str(storing["location"])  # a retry: the same place
+    else:
+        discard_interrupted(ctx, storage)
+        location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
+        ctx.status["storing"] = {"inputsDigest": ctx.inputs_digest, "location": location}
+    ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(location)}")
+    return location
+
+
+def delete_superseded(ctx: FlowContext, storage: Storage, *, current_state: Any) -> list[Event]:
+    """Delete the artifact ``status.superseded`` records (one status already moved past) and
+    drop the record; `current_state` is put back afterwards (the storage is shared). A failure
+    is a Warning Event: the record is dropped, as the next store must not carry it along."""
+    superseded = ctx.status.pop("superseded", None) or {}
+    location = superseded.get("location")
+    if not location:  # recorded only when it differs from the current artifact (place or state)
+        return []
+    try:
+        storage.restore_state(superseded.get("storageState") or {})
+        storage.delete(str(location))
+    except StorageError as exc:
+        return [Event("Warning", EventReason.CLEANUP_FAILED, f"Could not delete superseded {location}: {exc.message}")]
+    finally:
+        storage.restore_state(current_state)
+    return []
+
+
+def discard_interrupted(ctx: FlowContext, storage: Storage) -> None:
+    """Delete what an interrupted store of other inputs may have left at its recorded location,
+    unless status names that location (a fixed spec.key, or a webhook's flow name: the object
+    there is the recorded artifact, or its replacement). A failure is logged and left: the
+    record is dropped either way, since the next store must not reuse another version's place."""
+    storing = interrupted(ctx)
+    if storing is None:
+        return
+    ctx.status.pop("storing", None)
+    location = str(storing["location"])
+    if location == ctx.status.get("location"):
+        return
+    try:
+        storage.delete(location)
+    except StorageError as exc:
+        log.warning("could not delete %s, left by an interrupted store of %s/%s: %s",
+                    storage.url_for(location), ctx.namespace, ctx.name, exc.message)

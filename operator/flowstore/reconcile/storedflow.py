@@ -1,0 +1,169 @@
+"""Reconciling one StoredFlow: an ordered list of steps, each with a one-paragraph contract,
+each returning early by raising :class:`ReconcileError`. Nothing is built or uploaded unless
+an input of the artifact changed digest (content addressing):
+
+1. ``resolve_storage``  the referenced FlowStorage exists, its spec parses, and its family's
+                        publisher accepts this StoredFlow.
+2. ``resolve_source``   the flow's source (the publisher's: inline or ConfigMap; a file at a
+                        commit for git-hosted storages).
+3. ``plan``             the format and the inputs digest (``planning.py``).
+4. ``up_to_date``       nothing changed (and, when due, the artifact is still there, unchanged):
+                        finish with zero uploads and zero script executions.
+5. ``check_conflict``   no older StoredFlow stores the same flowName in the same storage.
+6-7. ``publish``        the publisher builds the flow's bytes and stores them: an upload, a
+                        layer of the storage's image, or a pinned commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from flowstore.api.constants import Reason
+from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
+from flowstore.reconcile.context import FlowContext, ready
+from flowstore.reconcile.failures import ReconcileError, classify
+from flowstore.reconcile.outcomes import (
+    RECHECKED,
+    failed,
+    mark_handled,
+    recheck_after,
+    requested_at,
+    suspended,
+)
+from flowstore.reconcile.planning import plan
+from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.publishers import Publisher, publisher_for
+from flowstore.reconcile.storages import read_signing_key
+from flowstore.storage import backend_class
+
+Siblings = Callable[[str], list[dict[str, Any]]]
+
+
+def reconcile_stored_flow(
+    obj: dict[str, Any],
+    ports: Ports,
+    *,
+    check_drift: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    siblings: Siblings | None = None,
+) -> Outcome:
+    """Bring one StoredFlow to its desired state. Never raises: failures become conditions.
+
+    `siblings(storage_name)` returns the StoredFlows of the namespace that use that storage
+    (the operator serves it from an index; default: list them through the ports). A new
+    ``flowstore.dev/requested-at`` annotation forces a drift check. `on_progress` is given a
+    Reconciling status before anything is built or stored (``FlowContext.progress``)."""
+    check_drift = check_drift or requested_at(obj) is not None
+    return mark_handled(obj, _reconcile(obj, ports, check_drift=check_drift, on_progress=on_progress,
+                                        siblings=siblings))
+
+
+def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
+               on_progress: Callable[[dict[str, Any]], None] | None, siblings: Siblings | None) -> Outcome:
+    meta = obj["metadata"]
+    status = dict(obj.get("status") or {})
+    generation = meta.get("generation")
+    try:
+        spec = FlowSpec.parse(obj.get("spec") or {})
+    except SpecError as exc:
+        return failed(status, generation, classify(exc), None)
+    if spec.suspend:
+        return suspended(status, generation)
+    storage_spec: StorageSpec | None = None
+    ctx: FlowContext | None = None
+    try:
+        fs, storage_spec = resolve_storage(ports, meta["namespace"], spec)
+        publisher = publisher_for(storage_spec)
+        publisher.check_spec(spec, storage_spec, spec.storage_name)
+        if storage_spec.suspend:
+            return suspended(status, generation, storage=spec.storage_name)
+        ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
+                          storage_spec=storage_spec, on_progress=on_progress)
+        publisher.resolve_source(ctx, ports)
+        ctx.signing_key = read_signing_key(ports, ctx.namespace, storage_spec)
+        plan(ctx, publisher)
+        done = up_to_date(ctx, ports, publisher, check_drift=check_drift)
+        if done is not None:
+            return done
+        check_conflict(ctx, ports, siblings)
+        return publisher.publish(ctx, ports)
+    except Exception as exc:  # every failure becomes a condition; the operator never crashes
+        failure = classify(exc)
+        if ctx is not None and ctx.status.get("storing"):  # a retry of these inputs goes to the same place
+            status["storing"] = ctx.status["storing"]
+        requeue = failure.retry_after if not failure.stalled else None
+        if failure.stalled and storage_spec is not None and failure.reason in RECHECKED:
+            requeue = recheck_after(status.get("conditions"), failure.reason, storage_spec.interval_seconds)
+        return failed(status, generation, failure, requeue)
+
+
+def resolve_storage(ports: Ports, namespace: str, spec: FlowSpec) -> tuple[dict[str, Any], StorageSpec]:
+    """Step 1. The FlowStorage named by spec.storageRef must exist in the same namespace; until
+    it does the StoredFlow waits (not stalled: creating it is enough, and its watch wakes us).
+    (Its family's publisher then checks the StoredFlow's spec: ``Publisher.check_spec``.)"""
+    fs = ports.get_flowstorage(namespace, spec.storage_name)
+    if fs is None:
+        raise ReconcileError(
+            Reason.STORAGE_NOT_FOUND,
+            f"FlowStorage {spec.storage_name!r} does not exist in namespace {namespace!r}; "
+            "the flow will be stored as soon as it is created.",
+            stalled=False,
+            retry_after=60.0,
+        )
+    return fs, StorageSpec.parse(fs.get("spec") or {})
+
+
+def up_to_date(ctx: FlowContext, ports: Ports, publisher: Publisher, *, check_drift: bool) -> Outcome | None:
+    """Step 4. When status records an artifact for exactly these inputs, only refresh status
+    (labels, observedGeneration). With `check_drift`, first have the publisher confirm the
+    backend still holds the artifact with its recorded digest; a missing or changed artifact is
+    stored again."""
+    artifact = ctx.recorded
+    location = ctx.status.get("location")
+    if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
+        return None
+    events = publisher.settle(ctx, ports)
+    opened = None
+    if check_drift:
+        drift, opened = publisher.verify(ctx, ports, str(location))
+        if drift is not None:
+            ctx.status["driftDetected"] = drift
+            return None
+    # what the source says of its files (recorded since this version) comes from the source
+    artifact = dataclasses.replace(artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
+                                   entrypoint=ctx.entrypoint, file_count=ctx.file_count if ctx.bundle else None)
+    return ready(ctx, ports, str(location), artifact, events, uploaded=False, opened=opened)
+
+
+def check_conflict(ctx: FlowContext, ports: Ports, siblings: Siblings | None = None) -> None:
+    """Step 5. The seed's rule: one flow name per storage. The oldest StoredFlow keeps it; a
+    newer one naming the same flow in the same FlowStorage stalls with NameConflict."""
+    mine = (ctx.obj["metadata"].get("creationTimestamp") or "", ctx.name)
+    single = backend_class(ctx.storage_spec.backend).single_flow
+    others = siblings(ctx.spec.storage_name) if siblings else ports.list_storedflows(ctx.namespace)
+    for other in others:
+        meta = other["metadata"]
+        spec = other.get("spec") or {}
+        if meta["name"] == ctx.name or meta.get("deletionTimestamp"):
+            continue
+        if storage_ref(spec) != ctx.spec.storage_name:
+            continue
+        if spec.get("flowName") != ctx.spec.flow_name and not single:
+            continue
+        if single and (meta.get("creationTimestamp") or "", meta["name"]) < mine:
+            raise ReconcileError(
+                Reason.NAME_CONFLICT,
+                f"FlowStorage {ctx.spec.storage_name!r} holds one flow only and StoredFlow {meta['name']!r} "
+                "already stores it; use a FlowStorage per flow for this backend.",
+                stalled=True,
+            )
+        if (meta.get("creationTimestamp") or "", meta["name"]) < mine:
+            raise ReconcileError(
+                Reason.NAME_CONFLICT,
+                f"StoredFlow {meta['name']!r} already stores a flow named {ctx.spec.flow_name!r} in "
+                f"FlowStorage {ctx.spec.storage_name!r}; flow names are unique per storage. Rename "
+                "spec.flowName or use another FlowStorage.",
+                stalled=True,
+            )
