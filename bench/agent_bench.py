@@ -29,8 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -40,26 +38,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness
+from harness import RESULTS, ROOT, log
+
 sys.path.insert(0, str(ROOT / "operator"))
-RESULTS = ROOT / "bench" / "results"
 SCRIPT = b"from prefect import flow\n\n@flow\ndef etl():\n    return 42\n" + b"# padding\n" * 400
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def localcloud_env() -> dict[str, str]:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "up", "kube", "s3"], check=True, cwd=ROOT)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "env"], check=True, cwd=ROOT,
-                         capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            env[name] = shlex.split(value)[0] if value else ""
-    return env
 
 
 def kubectl(*args: str, input: str | None = None) -> str:
@@ -91,11 +74,6 @@ def store(namespace: str, bucket: str, endpoint: str, name: str, data: bytes, fm
                            **artifact}}
     kubectl("patch", "storedflow", name, "-n", namespace, "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": status}))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
 
 
 def pulls(namespace: str, name: str, count: int, work: Path) -> dict[str, Any]:
@@ -130,7 +108,7 @@ def pulls(namespace: str, name: str, count: int, work: Path) -> dict[str, Any]:
                              check=True, capture_output=True, text=True).stdout
         process.append((time.perf_counter() - start, float(out.strip())))
     return {"cold_median_ms": statistics.median(cold) * 1000, "warm_median_ms": statistics.median(warm) * 1000,
-            "warm_p95_ms": percentile(warm, 0.95) * 1000, "warm_samples": len(warm),
+            "warm_p95_ms": harness.pct(warm, 95) * 1000, "warm_samples": len(warm),
             "process_total_median_ms": statistics.median(p[0] for p in process) * 1000,
             "process_in_python_median_ms": statistics.median(p[1] for p in process) * 1000}
 
@@ -171,38 +149,10 @@ def main() -> int:
     parser.add_argument("--pulls", type=int, default=50)
     parser.add_argument("--entries", type=int, default=1000)
     args = parser.parse_args()
-    os.environ.update(localcloud_env())
-    import boto3
-
-    from flowstore.artifacts import bundle
-
-    namespace, bucket = f"bench-agent-{uuid.uuid4().hex[:6]}", f"bench-{uuid.uuid4().hex[:8]}"
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl("create", "namespace", namespace)
-    boto3.client("s3", endpoint_url=os.environ["FLOWSTORE_S3_ENDPOINT"], region_name="us-east-1").create_bucket(
-        Bucket=bucket)
-    endpoint = os.environ["FLOWSTORE_S3_ENDPOINT"]
-    store(namespace, bucket, endpoint, "etl-script", SCRIPT, "script", fileName="etl.py")
-    files = {f"etl/m{i}.py": SCRIPT for i in range(20)} | {"etl/__init__.py": b"", "etl/main.py": SCRIPT}
-    packed = bundle.pack(files, bundle.Entrypoint.parse("etl/main.py:etl"))
-    store(namespace, bucket, endpoint, "etl-bundle", packed, "bundle", entrypoint="etl/main.py:etl", fileCount=22)
-    load = os.getloadavg()
-    results: dict[str, Any] = {"machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
-                                           "load_average": load}, "script_bytes": len(SCRIPT),
-                               "bundle_bytes": len(packed)}
-    with tempfile.TemporaryDirectory(prefix="flowstore-agent-bench-") as tmp:
-        work = Path(tmp)
-        log("pulls of a script")
-        results["script"] = pulls(namespace, "etl-script", args.pulls, work / "script")
-        log("pulls of a bundle (22 files)")
-        results["bundle"] = pulls(namespace, "etl-bundle", args.pulls, work / "bundle")
-        log(f"cache of {args.entries} entries")
-        results["prune"] = prune(args.entries, work)
-    kubectl("delete", "namespace", namespace, "--wait=false")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "agent-latest.json").write_text(json.dumps(results, indent=2))
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, load average "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    harness.need_modules("boto3", "kubernetes", "yaml")
+    with harness.cloud(["kube", "s3"], crds=True):
+        results = run(args)
+    print(harness.machine_line(results["machine"]))
     print(f"{'figure':<58} {'script':>12} {'bundle':>12}")
     s, b = results["script"], results["bundle"]
     rows = [("cold pull (download + verify + write), median ms", "cold_median_ms"),
@@ -218,6 +168,37 @@ def main() -> int:
           f"dry run {p['prune_dry_run_ms']:.0f} ms; prune all {p['prune_all_ms']:.0f} ms "
           f"({p['freed_bytes'] / 2**20:.1f} MiB)")
     return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import boto3
+
+    from flowstore.artifacts import bundle
+
+    namespace, bucket = f"bench-agent-{uuid.uuid4().hex[:6]}", f"bench-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", namespace)
+    endpoint = os.environ["FLOWSTORE_S3_ENDPOINT"]
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    store(namespace, bucket, endpoint, "etl-script", SCRIPT, "script", fileName="etl.py")
+    files = {f"etl/m{i}.py": SCRIPT for i in range(20)} | {"etl/__init__.py": b"", "etl/main.py": SCRIPT}
+    packed = bundle.pack(files, bundle.Entrypoint.parse("etl/main.py:etl"))
+    store(namespace, bucket, endpoint, "etl-bundle", packed, "bundle", entrypoint="etl/main.py:etl", fileCount=22)
+    results: dict[str, Any] = {"machine": harness.machine(), "script_bytes": len(SCRIPT), "bundle_bytes": len(packed)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="flowstore-agent-bench-") as tmp:
+            work = Path(tmp)
+            log("pulls of a script")
+            results["script"] = pulls(namespace, "etl-script", args.pulls, work / "script")
+            log("pulls of a bundle (22 files)")
+            results["bundle"] = pulls(namespace, "etl-bundle", args.pulls, work / "bundle")
+            log(f"cache of {args.entries} entries")
+            results["prune"] = prune(args.entries, work)
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false")
+    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "agent-latest.json").write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

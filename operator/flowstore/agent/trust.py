@@ -286,7 +286,7 @@ def _docker_repository(place: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def _default_image_name() -> str:
-    from flowstore.storage.docker.storage import DEFAULT_IMAGE_NAME  # only for Docker statuses
+    from flowstore.storage.docker.base import DEFAULT_IMAGE_NAME  # only for Docker statuses
 
     return DEFAULT_IMAGE_NAME
 

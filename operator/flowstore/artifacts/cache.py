@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import time
 import uuid
@@ -610,7 +611,10 @@ def _remove_tree(path: Path) -> None:
                 if not os.path.islink(target):
                     os.chmod(target, 0o700)
     try:
-        shutil.rmtree(path, onerror=writable_then_retry)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=writable_then_retry)
+        else:
+            shutil.rmtree(path, onerror=writable_then_retry)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
