@@ -167,6 +167,17 @@ def test_revision_fields_of_the_wrong_type_are_status_errors() -> None:
         trust.agent_storage(view(git, "a.py"), trust.check(view(git, "a.py"), [trusted]))
 
 
+@pytest.mark.parametrize("ref", ["--upload-pack=touch /tmp/pwned", "main", "a b", "-", ""])
+def test_a_pinned_git_ref_must_be_a_commit_id_never_an_option(ref: str) -> None:
+    git = {"type": "Git", "url": "https://git.example.com/flows.git", "ref": ref, "requestedRef": "main"}
+    trusted = flowstorage("git", {"url": "https://git.example.com/flows.git"})
+    with pytest.raises(StatusError):
+        trust.agent_storage(view(git, "a.py"), trust.check(view(git, "a.py"), [trusted]))
+    unpinned = {"type": "Git", "url": "https://git.example.com/flows.git", "ref": "--upload-pack=x"}
+    with pytest.raises(StatusError):
+        trust.agent_storage(view(unpinned, "a.py"), trust.check(view(unpinned, "a.py"), [trusted]))
+
+
 def test_an_azure_account_the_flowstorage_does_not_name_must_be_the_agents_own(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A FlowStorage with a connection-string Secret names no account in its spec; the status

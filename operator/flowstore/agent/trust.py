@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,9 @@ ALLOWLIST_ENV = "FLOWSTORE_TRUSTED_STORAGES"
 #: place fields that are URLs or hosts: compared without a trailing "/" or surrounding spaces
 _URL_FIELDS = frozenset({"endpointURL", "accountURL", "apiURL", "host", "registryURL", "url"})
 _REQUEST_FIELDS = frozenset({"buildRequest", "getFlowRequest", "deleteRequest"})
+#: revision fields handed to git or a registry as a ref, a commit or a tag
+_REF_FIELDS = frozenset({"ref", "commit", "requestedRef", "imageTag", "imageDigest"})
+_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 _MAX_ALLOWLIST_BYTES = 1024 * 1024
 
 
@@ -343,10 +347,18 @@ def agent_storage(view: StoredFlowView, trusted: TrustedLocation) -> dict[str, A
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         else:
             ok = isinstance(value, str) and len(value) <= 4096
+        if ok and field in _REF_FIELDS:  # handed to git or a registry: never an option, never two words
+            ok = bool(value) and not value.startswith("-") and value.isprintable() and not any(c.isspace()
+                                                                                              for c in value)
         if not ok:
-            raise StatusError(f"{view.what}: status.storage.{field} is {type(value).__name__}, not what the "
-                              "operator writes there; the status was edited or written by an incompatible version")
+            raise StatusError(f"{view.what}: status.storage.{field} is {type(value).__name__} {str(value)[:60]!r}, "
+                              "not what the operator writes there; the status was edited or written by an "
+                              "incompatible version")
         doc[field] = value
+    pinned = doc.get("commit" if view.storage_type == "CodeCommit" else "ref")
+    if "requestedRef" in doc and not (isinstance(pinned, str) and _COMMIT.match(pinned)):
+        raise StatusError(f"{view.what}: status.storage pins {str(pinned)[:60]!r}, not a commit id; the operator "
+                          "pins git-hosted flows to full commit ids (the status was edited)")
     stored_as_script = status.get("storedAsScript")
     doc["storedAsScript"] = stored_as_script if isinstance(stored_as_script, bool) else view.artifact.format != "pickle"
     for field in ("labels", "secrets"):
