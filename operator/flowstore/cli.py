@@ -56,9 +56,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
+    from flowstore.controller.identity import AmbientPolicy, operator_namespace
+
+    ambient = AmbientPolicy(args.ambient_identity, operator_namespace(args.operator_namespace, os.environ))
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries)
+                        delete_retries=args.delete_retries, ambient=ambient)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -120,42 +123,38 @@ def _print_error(exc: Exception) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
     ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow. Each once the
-    status is checked to point where this agent trusts (it is what agents then use)."""
-    from flowstore.client import AGENT_ERRORS, resolve
+    status is checked to point where this agent trusts (it is what agents then use). Refusals go
+    to the one-line table of flowstore.cli_errors."""
+    from flowstore.client import resolve
     from flowstore.prefect import NotForPrefect, pull_step_yaml
     from flowstore.storage import from_serialized
 
-    refusals: tuple[type[Exception], ...] = (*AGENT_ERRORS, NotForPrefect)
-    try:
-        located = resolve(args.name, args.namespace)
-        if args.output == "prefect-pull-step":
+    located = resolve(args.name, args.namespace)
+    if args.output == "prefect-pull-step":
+        try:
             sys.stdout.write(pull_step_yaml(located.view))
-            return 0
-        doc = from_serialized(located.storage_doc).serialize() if args.output == "prefect" else \
-            dict(located.view.status)
-    except refusals as exc:
-        return _print_error(exc)
+        except NotForPrefect as exc:
+            return _print_error(exc)
+        return 0
+    doc = from_serialized(located.storage_doc).serialize() if args.output == "prefect" else dict(located.view.status)
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from flowstore.client import AGENT_ERRORS, load_artifact
+    """Download (verified) and write; refusals and an -o that cannot be written go to the one-line
+    table of flowstore.cli_errors."""
+    from flowstore.client import load_artifact
 
-    try:
-        artifact = load_artifact(args.name, args.namespace)
-        if args.output in (None, "-"):
-            sys.stdout.buffer.write(artifact.data)
-            return 0
-        if artifact.format == "bundle" or os.path.isdir(args.output):
-            return _write_into_directory(artifact, args.output)
-        with open(args.output, "wb") as fh:
-            fh.write(artifact.data)
-    except AGENT_ERRORS as exc:
-        return _print_error(exc)
-    except OSError as exc:
-        return _print_error(Exception(f"cannot write {args.output}: {exc.strerror or exc}"))
+    artifact = load_artifact(args.name, args.namespace)
+    if args.output in (None, "-"):
+        sys.stdout.buffer.write(artifact.data)
+        return 0
+    if artifact.format == "bundle" or os.path.isdir(args.output):
+        return _write_into_directory(artifact, args.output)
+    with open(args.output, "wb") as fh:
+        fh.write(artifact.data)
     print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {artifact.view.artifact.digest}) to {args.output}",
           file=sys.stderr)
     return 0
@@ -190,12 +189,9 @@ def _write_into_directory(artifact: Any, directory: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Load a stored flow (verified) and run it: what an agent does."""
-    from flowstore.client import AGENT_ERRORS, load_flow
+    from flowstore.client import load_flow
 
-    try:
-        flow = load_flow(args.name, args.namespace)
-    except AGENT_ERRORS as exc:
-        return _print_error(exc)
+    flow = load_flow(args.name, args.namespace)
     result: Any = flow.run()
     print(json.dumps({"flow": getattr(flow, "name", None), "result": result}, default=repr))
     return 0
@@ -203,39 +199,44 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """``cache ls``: the agent cache's entries, least recently used first; ``cache prune``:
-    evict what the bound asks for (``--dry-run``: only say what would go)."""
+    evict what the bound asks for (``--dry-run``: only say what would go). A cache that cannot be
+    used (settings, a directory others may write) is the one-line table's (exit 2)."""
+    from flowstore.artifacts.cache import Cache, Settings
+
+    settings = Settings.from_environment()
+    if args.dir:
+        settings = Settings(root=Path(args.dir).absolute(), max_bytes=settings.max_bytes, min_age=settings.min_age)
+    cache = Cache(settings)
+    return _cache_ls(cache, args.output) if args.cache_command == "ls" else _cache_prune(cache, args)
+
+
+def _cache_ls(cache: Any, output: str) -> int:
     import time
 
-    from flowstore.artifacts.cache import Cache, CacheError, Settings, parse_duration, parse_size
+    settings, entries = cache.settings, cache.entries()
+    if output == "json":
+        listed = [{"digest": e.digest, "size": e.size, "lastUsed": e.last_used, "inUse": e.in_use,
+                   "kinds": list(e.kinds)} for e in entries]
+        json.dump({"root": str(settings.root), "maxBytes": settings.max_bytes, "minAgeSeconds": settings.min_age,
+                   "entries": listed}, sys.stdout, indent=2)
+        print()
+        return 0
+    now = time.time()
+    print(f"{'DIGEST':<23} {'SIZE':>10} {'LAST USED':>10}  {'IN USE':<6} KIND")
+    for e in entries:
+        print(f"{e.digest[:23]:<23} {_human(e.size):>10} {_age(now - e.last_used):>10}  "
+              f"{'yes' if e.in_use else 'no':<6} {'+'.join(e.kinds)}")
+    print(f"# {len(entries)} entries, {_human(sum(e.size for e in entries))} in {settings.root} "
+          f"(bound {_human(settings.max_bytes)}, evictable after {_age(settings.min_age)} unused)")
+    return 0
 
-    try:
-        settings = Settings.from_environment()
-        if args.dir:
-            settings = Settings(root=Path(args.dir).absolute(), max_bytes=settings.max_bytes,
-                                min_age=settings.min_age)
-        cache = Cache(settings)
-        if args.cache_command == "ls":
-            entries = cache.entries()
-            if args.output == "json":
-                listed = [{"digest": e.digest, "size": e.size, "lastUsed": e.last_used, "inUse": e.in_use,
-                           "kinds": list(e.kinds)} for e in entries]
-                json.dump({"root": str(settings.root), "maxBytes": settings.max_bytes,
-                           "minAgeSeconds": settings.min_age, "entries": listed}, sys.stdout, indent=2)
-                print()
-                return 0
-            now = time.time()
-            print(f"{'DIGEST':<23} {'SIZE':>10} {'LAST USED':>10}  {'IN USE':<6} KIND")
-            for e in entries:
-                print(f"{e.digest[:23]:<23} {_human(e.size):>10} {_age(now - e.last_used):>10}  "
-                      f"{'yes' if e.in_use else 'no':<6} {'+'.join(e.kinds)}")
-            print(f"# {len(entries)} entries, {_human(sum(e.size for e in entries))} in {settings.root} "
-                  f"(bound {_human(settings.max_bytes)}, evictable after {_age(settings.min_age)} unused)")
-            return 0
-        max_bytes = parse_size(args.max_bytes, what="--max-bytes") if args.max_bytes else None
-        min_age = parse_duration(args.min_age, what="--min-age") if args.min_age else None
-        result = cache.prune(dry_run=args.dry_run, max_bytes=max_bytes, min_age=min_age)
-    except CacheError as exc:
-        return _print_error(exc)
+
+def _cache_prune(cache: Any, args: argparse.Namespace) -> int:
+    from flowstore.artifacts.cache import parse_duration, parse_size
+
+    max_bytes = parse_size(args.max_bytes, what="--max-bytes") if args.max_bytes else None
+    min_age = parse_duration(args.min_age, what="--min-age") if args.min_age else None
+    result = cache.prune(dry_run=args.dry_run, max_bytes=max_bytes, min_age=min_age)
     verb = "would evict" if result.dry_run else "evicted"
     for e in result.evicted:
         print(f"{verb} {e.digest} ({_human(e.size)})")
@@ -261,8 +262,18 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+EPILOG = """exit status: 0 done; 1 the flow is not available (not found, not stored yet, refused by
+verification); 2 the environment is not ready (a missing package, no cluster configured or
+reachable, an output path that cannot be written) or the command line is wrong.
+Shell completion: eval "$(flowstore completion bash)" (or zsh)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__)
+    from flowstore import __version__
+
+    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"flowstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
@@ -295,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds the leader may fail to renew before it exits (default 8)")
     op.add_argument("--retry-period", type=float, default=2.0,
                     help="seconds between election attempts and renewals (default 2)")
+    op.add_argument("--ambient-identity", choices=("own-namespace", "any", "none"), default="own-namespace",
+                    help="where a FlowStorage with neither a credentials Secret nor spec.serviceAccountName may act "
+                         "as the operator's own cloud identity (the SDKs' default chain): only in the operator's own "
+                         "namespace (default), in any namespace, or nowhere (docs/identity.md)")
+    op.add_argument("--operator-namespace", default=None,
+                    help="the operator's own namespace, for --ambient-identity own-namespace (default: "
+                         "$POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 
@@ -303,11 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                              ("run", cmd_run, "load a stored flow (verified) and run it")):
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
-        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-n", "--namespace", default="default",
+                       help="the StoredFlow's namespace (default: default)")
         if name == "locate":
             p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
-                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
-                                "(Prefect 1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
+                           help="json: the StoredFlow's status (default); prefect: its storage as Prefect 1 "
+                                "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
                                 "pullSteps")
         if name == "get":
@@ -328,12 +347,41 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", help="the cache's directory (default: FLOWSTORE_CACHE_DIR, else "
                        "~/.cache/flowstore/agent)")
         p.set_defaults(func=cmd_cache)
+
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(flowstore completion bash)\"")
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=cmd_completion)
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script shtab generates from this very parser (so it knows every subcommand
+    and option there is)."""
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; an error of the environment (or of the flow) is one line with a hint
+    (flowstore.cli_errors), never a traceback, whichever subcommand met it."""
+    from flowstore import cli_errors
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `flowstore get … | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        problem = cli_errors.explain(exc)
+        if problem is None:
+            raise
+        print(problem.line(), file=sys.stderr)
+        return problem.code
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ Every refusal is one of :data:`AGENT_ERRORS`, with a message saying what to do.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowstore import kubeconfig
@@ -34,13 +35,13 @@ from flowstore.agent import status as statuses
 from flowstore.agent import trust
 from flowstore.agent.errors import (
     AgentError,
-    ClusterError,
     FlowNotAvailable,
     StatusError,
     TrustUnavailable,
     UntrustedLocation,
 )
 from flowstore.agent.status import StoredFlowView
+from flowstore.api.backends import backend
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, signing
 from flowstore.artifacts.builder import FlowObjectError
@@ -49,11 +50,12 @@ from flowstore.artifacts.cache import Cache, CacheError, parse_size
 from flowstore.artifacts.flowfiles import IgnoreError
 from flowstore.artifacts.loading import ArtifactFormatError
 from flowstore.artifacts.signing import SignatureError
-from flowstore.storage import StorageError, from_serialized
+from flowstore.storage import AuthFailed, StorageError, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
+from flowstore.workload import agent_identity
 
-__all__ = ["AGENT_ERRORS", "Artifact", "ClusterError", "FlowNotAvailable", "Located", "StatusError",
-           "TrustUnavailable", "UntrustedLocation", "load_artifact", "load_flow", "locate", "resolve"]
+__all__ = ["AGENT_ERRORS", "Artifact", "FlowNotAvailable", "Located", "StatusError", "TrustUnavailable",
+           "UntrustedLocation", "agent_advice", "load_artifact", "load_flow", "locate", "resolve", "storedflow"]
 
 #: everything an agent call raises for a StoredFlow it will not (or cannot) load
 AGENT_ERRORS: tuple[type[Exception], ...] = (AgentError, StorageError, BundleError, SignatureError, CacheError,
@@ -96,47 +98,54 @@ class Artifact:
 
 # ---------------------------------------------------------------------- the cluster
 def _custom_api() -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        kubeconfig.load()
-    except (config.ConfigException, OSError) as exc:
-        raise ClusterError(f"no Kubernetes cluster configured (in-cluster, or KUBECONFIG / ~/.kube/config): {exc}; "
-                           "run this where the StoredFlow's cluster is configured") from None
+    kubeconfig.load()
     return client.CustomObjectsApi()
 
 
 def cluster_api() -> Any:
-    """The Kubernetes API client an agent reads StoredFlows (and FlowStorages) with."""
+    """The Kubernetes API client an agent reads StoredFlows (and FlowStorages) with. No cluster
+    configured is kubernetes' ConfigException (the CLI says so in one line: flowstore.cli_errors)."""
     return _custom_api()
 
 
-def _get(api: Any, plural: str, namespace: str, name: str, kind: str) -> Any:
-    """One object from the API; None when it does not exist; ClusterError for anything else."""
+def _get(api: Any, plural: str, namespace: str, name: str) -> Any:
+    """One object from the API, or None when that object does not exist (a 404 naming it; a 404
+    without a name means the kind itself is unknown: no CRDs). Other API errors propagate."""
     from kubernetes.client.exceptions import ApiException
 
     try:
         return api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 404 and _names_the_object(exc):
             return None
-        if exc.status in (401, 403):
-            raise ClusterError(f"this agent may not get {plural}.{GROUP} {namespace}/{name} (HTTP {exc.status}); "
-                               f"grant its ServiceAccount or user get on {plural} in namespace {namespace} "
-                               "(docs/security-agents.md has a Role)") from None
-        raise ClusterError(f"reading {kind} {namespace}/{name} failed: HTTP {exc.status} {exc.reason}") from None
-    except (OSError, ValueError) as exc:  # urllib3's connection errors are OSErrors
-        raise ClusterError(f"reading {kind} {namespace}/{name} failed: the Kubernetes API is unreachable "
-                           f"({type(exc).__name__})") from None
+        raise
+
+
+def _names_the_object(exc: Any) -> bool:
+    """A 404 about the object (a Status naming it), not about the resource type: an API server
+    without flowstore's CRDs answers "404 page not found"."""
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return bool(details.get("name"))
+
+
+def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object (spec and status), as the API server has it: untrusted (see
+    :func:`read` for its parsed view, :func:`resolve` for a view checked against what the agent
+    trusts)."""
+    obj = _get(api or _custom_api(), STOREDFLOW_PLURAL, namespace, name)
+    if obj is None:
+        raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found")
+    return dict(obj)
 
 
 def read(name: str, namespace: str, *, api: Any = None) -> StoredFlowView:
     """The StoredFlow, its status parsed (not yet checked against what the agent trusts)."""
-    api = api or _custom_api()
-    obj = _get(api, STOREDFLOW_PLURAL, namespace, name, "StoredFlow")
-    if obj is None:
-        raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found")
-    return statuses.parse(obj, namespace=namespace, name=name)
+    return statuses.parse(storedflow(name, namespace, api=api), namespace=namespace, name=name)
 
 
 def flowstorage_source(api: Any) -> trust.TrustSource:
@@ -145,12 +154,18 @@ def flowstorage_source(api: Any) -> trust.TrustSource:
         ref = view.storage_ref
         if not ref:
             raise TrustUnavailable(f"{view.what} names no FlowStorage (spec.storageRef); cannot check its status")
+        from kubernetes.client.exceptions import ApiException
+
         try:
-            obj = _get(api, FLOWSTORAGE_PLURAL, view.namespace, ref, "FlowStorage")
-        except ClusterError as exc:
+            obj = _get(api, FLOWSTORAGE_PLURAL, view.namespace, ref)
+        except ApiException as exc:
+            if exc.status not in (401, 403):
+                raise
             raise TrustUnavailable(
-                f"{view.what}: cannot read its FlowStorage to check where the status points: {exc}; or list the "
-                f"storages this agent trusts in {trust.ALLOWLIST_ENV}") from None
+                f"{view.what}: this agent may not read its FlowStorage {view.namespace}/{ref} (HTTP {exc.status}) "
+                f"to check where the status points; grant it get on flowstorages in namespace {view.namespace} "
+                f"(docs/security-agents.md has a Role), or list the storages it trusts in "
+                f"{trust.ALLOWLIST_ENV}") from None
         if obj is None:
             raise TrustUnavailable(f"{view.what}: its FlowStorage {view.namespace}/{ref} (spec.storageRef) does not "
                                    "exist, so nothing says where the flow may be; create it, or fix storageRef")
@@ -237,27 +252,49 @@ def check_size(view: StoredFlowView) -> None:
 
 
 # ---------------------------------------------------------------------- bytes and flows
-def download(located: Located) -> bytes:
-    """The artifact, from the storage the checked status names, with the agent's credentials:
-    at most the recorded size, verified against the recorded sha256 (IntegrityError otherwise)."""
+def download(located: Located, *, identity: Mapping[str, Any] | None = None) -> bytes:
+    """The artifact, from the storage the checked status names, with the agent's credentials
+    (its environment; with `identity`, this Pod's ServiceAccount: flowstore.workload): at most the
+    recorded size, verified against the recorded sha256 (IntegrityError otherwise)."""
     view = located.view
-    storage = from_serialized(located.storage_doc)
-    data = storage.get_bytes_bounded(view.location, view.artifact.size)
+    acting_as = agent_identity(view.storage_type, identity)
+    storage = from_serialized(located.storage_doc, **({"identity": acting_as} if acting_as is not None else {}))
+    try:
+        data = storage.get_bytes_bounded(view.location, view.artifact.size)
+    except (AuthFailed, TemplateValueMissing) as exc:
+        if acting_as is not None:  # reached as this Pod's ServiceAccount: the storage's own message says it
+            raise
+        raise type(exc)(agent_advice(view.storage_type, exc)) from exc
     verify_digest(data, view.artifact.digest, what=view.artifact.url or view.location)
     return data
 
 
-def fetch(located: Located, *, cache: Cache | None = None, pin: bool = False) -> tuple[bytes, bool]:
+def agent_advice(storage_type: str, exc: Exception) -> str:
+    """`exc`'s problem, with what an agent can do about it. The storages' own messages end in
+    advice for whoever configured the FlowStorage ("check the keys in the referenced Secret");
+    an agent never sees that Secret: it reads the names of its own environment."""
+    problem = str(exc).split("; ")[0]
+    row = backend(storage_type)
+    if isinstance(exc, TemplateValueMissing):
+        return (f"{problem}; set it in this agent's environment (agents fill a Webhook storage's ${{…}} templates "
+                "from their own environment, not from the FlowStorage's Secret)")
+    where = row.agent_credentials if row and row.agent_credentials else "its own environment"
+    return f"{problem}; this agent uses its own credentials, not the FlowStorage's Secret: give it {where}"
+
+
+def fetch(located: Located, *, cache: Cache | None = None, pin: bool = False,
+          identity: Mapping[str, Any] | None = None) -> tuple[bytes, bool]:
     """The verified artifact bytes from the agent cache, or downloaded (and then cached), and
     whether they were downloaded."""
     view = located.view
     check_size(view)
     cache = cache or Cache()
-    return cache.artifact(view.artifact.digest, lambda: download(located), size=view.artifact.size, pin=pin)
+    return cache.artifact(view.artifact.digest, lambda: download(located, identity=identity),
+                          size=view.artifact.size, pin=pin)
 
 
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-                  cache: Cache | None = None) -> Artifact:
+                  identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Artifact:
     """The stored bytes (the script, the bundle or the pickle envelope), verified: status parsed,
     signature checked (with a key), location trusted, sha256 matched."""
     api = api or _custom_api()
@@ -265,15 +302,15 @@ def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: by
     view = read(name, namespace, api=api)
     check_signature(view, key)
     located = check_location(view, api=api)
-    data, downloaded = fetch(located, cache=cache)
+    data, downloaded = fetch(located, cache=cache, identity=identity)
     return Artifact(data=data, located=located, downloaded=downloaded)
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-              cache: Cache | None = None) -> Any:
+              identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Any:
     """The flow object, verified (:func:`load_artifact`): unpickled from the envelope; or, for a
     script, extracted by running the script in this process (the agent's job, as in the seed);
     or, for a flow of several files, imported from the bundle's files in the agent cache."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, cache=cache)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity, cache=cache)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.view.flow_name or None,
                         cache=cache or Cache())

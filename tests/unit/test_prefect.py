@@ -69,9 +69,9 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = client.download
 
-    def counting(located: client.Located) -> bytes:
+    def counting(located: client.Located, **kwargs: Any) -> bytes:
         made.append(located.view.location)
-        return real(located)
+        return real(located, **kwargs)
 
     monkeypatch.setattr(client, "download", counting)
     return made
@@ -275,8 +275,11 @@ def test_pull_flow_prepares_the_working_directory_and_returns_it(tmp_path: Path,
         fp.pull_flow(name="etl-daily", namespace="data", require_signature=True)
 
 
-def view_of(status: dict[str, Any]) -> StoredFlowView:
-    return parse({"spec": {"storageRef": {"name": "store"}}, "status": status}, namespace="data", name="etl-daily")
+def view_of(status: dict[str, Any], name: str = "etl-daily", object_name: str | None = None) -> StoredFlowView:
+    spec: dict[str, Any] = {"storageRef": {"name": "store"}}
+    if object_name:
+        spec["objectName"] = object_name
+    return parse({"spec": spec, "status": status}, namespace="data", name=name)
 
 
 def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
@@ -286,7 +289,15 @@ def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
               "git": {"commit": "ab" * 20}}
     text = fp.pull_step_yaml(view_of(status))
     assert yaml.safe_load(text) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}]
-    assert digest_of(SCRIPT) in text and "ab" * 20 in text and "entrypoint: etl_daily.py:flow" in text
+    assert digest_of(SCRIPT) in text and "ab" * 20 in text
+    # the script's variable is the StoredFlow's spec.objectName; without one the reader names it
+    assert "# deployment entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow; set the " \
+           "StoredFlow's spec.objectName to have it printed here)" in text
+    named = fp.pull_step_yaml(view_of(status, object_name="etl_daily"))
+    assert "# deployment entrypoint: etl_daily.py:etl_daily\n" in named
+    bundle = {**status, "artifact": {"format": "bundle", "entrypoint": "sales/main.py:report",
+                                     "digest": digest_of(SCRIPT), "size": 1}}
+    assert "# deployment entrypoint: sales/main.py:report\n" in fp.pull_step_yaml(view_of(bundle, "sales", "ignored"))
     signed = {"artifact": {**status["artifact"], "signature": "hmac-sha256:00"}}
     assert yaml.safe_load(fp.pull_step_yaml(view_of({**status, **signed})))[0][fp.PULL_STEP]["require_signature"]
     with pytest.raises(fp.NotForPrefect, match="storedAsScript"):

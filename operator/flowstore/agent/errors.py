@@ -25,7 +25,3 @@ class UntrustedLocation(AgentError):
 class TrustUnavailable(AgentError):
     """The agent cannot read what it trusts (the FlowStorage is missing or forbidden to it, or its
     list of trusted storages is malformed), so it cannot check where the status points."""
-
-
-class ClusterError(AgentError):
-    """The Kubernetes API could not be asked (no configuration, unreachable, forbidden)."""

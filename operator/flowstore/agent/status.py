@@ -47,6 +47,8 @@ class StoredFlowView:
     storage_ref: str | None
     #: spec.key: the location the tenant chose, if any
     key: str | None
+    #: spec.objectName: the variable holding the flow, if the tenant named it
+    object_name: str | None
     flow_name: str
     location: str
     artifact: ArtifactView
@@ -91,6 +93,7 @@ def parse(obj: Any, *, namespace: str, name: str) -> StoredFlowView:
         namespace=namespace, name=name,
         storage_ref=_text(storage_ref.get("name"), what, "spec.storageRef.name", optional=True),
         key=_text(spec.get("key"), what, "spec.key", optional=True),
+        object_name=_text(spec.get("objectName"), what, "spec.objectName", optional=True),
         flow_name=_text(status.get("flowName", ""), what, "status.flowName", empty=True) or "",
         location=_text(status["location"], what, "status.location") or "",
         artifact=_artifact(artifact, what),

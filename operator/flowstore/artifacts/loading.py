@@ -33,12 +33,29 @@ class ArtifactFormatError(ValueError):
     pickle that is not an envelope), or the format is unknown. Nothing of them was run."""
 
 
+class FlowNeedsModule(ModuleNotFoundError):
+    """The flow imports a module this Python does not have (its workflow engine, its libraries):
+    the flow's own dependency, not flowstore's."""
+
+
 def load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None = None,
          cache: Cache | None = None, cache_dir: Path | None = None) -> Any:
     """The flow object in `data` (already verified) of format `fmt`. Bundles use `cache` (or
     one rooted at `cache_dir`, else the environment's: ``FLOWSTORE_CACHE_DIR``). Bytes that are
-    not of `fmt` are an ArtifactFormatError before anything of them runs; the flow's own code
-    may raise what it raises."""
+    not of `fmt` are an ArtifactFormatError before anything of them runs; a module the flow needs
+    and this Python lacks is :class:`FlowNeedsModule`; the flow's own code may raise what it
+    raises."""
+    try:
+        return _load(data, fmt, flow_name=flow_name, object_name=object_name, cache=cache, cache_dir=cache_dir)
+    except FlowNeedsModule:
+        raise
+    except ModuleNotFoundError as exc:
+        raise FlowNeedsModule(f"the flow needs the module {exc.name!r}, which is not installed here",
+                              name=exc.name) from exc
+
+
+def _load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None, cache: Cache | None,
+          cache_dir: Path | None) -> Any:
     if fmt == "bundle":
         if cache is None:
             cache = Cache(Settings(root=cache_dir)) if cache_dir is not None else Cache()
