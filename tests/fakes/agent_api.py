@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ class FakeApi:
         if plural in self.forbidden:
             raise ApiException(status=403, reason="Forbidden")
         obj = self.flowstorage if plural == "flowstorages" else self.storedflow
-        if obj is None:
-            raise ApiException(status=404, reason="Not Found")
+        if obj is None:  # the API server's Status names the object (a missing kind would not)
+            missing = ApiException(status=404, reason="Not Found")
+            missing.body = json.dumps({"kind": "Status", "reason": "NotFound", "details": {"name": name}})
+            raise missing
         return copy.deepcopy(obj)
 
 

@@ -316,4 +316,5 @@ def test_flowstore_cache_ls_and_prune(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout.count("evicted sha256:") == 2 and len(cache.entries()) == 1
     bad = subprocess.run([sys.executable, "-m", "flowstore.cli", "cache", "ls"], capture_output=True, text=True,
                          env={**env, "FLOWSTORE_CACHE_MAX_BYTES": "plenty"}, timeout=60)
-    assert bad.returncode == 1 and bad.stderr.startswith("flowstore: FLOWSTORE_CACHE_MAX_BYTES='plenty' is not a size")
+    assert bad.returncode == 2, bad.stderr  # the environment is not ready: flowstore.cli_errors
+    assert bad.stderr.startswith("flowstore: FLOWSTORE_CACHE_MAX_BYTES='plenty' is not a size")

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pickle
-import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -175,19 +173,6 @@ def test_a_missing_flowstorage_or_storedflow_says_so(tmp_path: Path) -> None:
         client.load_flow("etl", "data", api=FakeApi(storedflow, None))
     with pytest.raises(client.FlowNotAvailable, match="not found"):
         client.load_flow("etl", "data", api=FakeApi(None, None))  # type: ignore[arg-type]
-
-
-def test_no_cluster_is_one_line_for_every_agent_command(tmp_path: Path) -> None:
-    import subprocess
-
-    env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    for command in ("locate", "get", "run"):
-        done = subprocess.run([sys.executable, "-m", "flowstore.cli", command, "etl", "-n", "data"],
-                              capture_output=True, text=True, env=env, timeout=60)
-        assert done.returncode == 1 and done.stderr.startswith("flowstore: no Kubernetes cluster configured"), \
-            done.stderr
-        assert done.stderr.count("\n") == 1
 
 
 def test_locate_prints_the_checked_status_and_the_seed_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
