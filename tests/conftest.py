@@ -125,6 +125,14 @@ def _local_root(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _own_agent_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agent (flowstore.client in this process, the flowstore CLI it starts) has an
+    agent cache of its own, empty, as a new agent would: a test that tampers with a bucket sees
+    the download refused, not another test's verified copy served from a shared cache."""
+    monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path_factory.mktemp("agent-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _forget_loaded_flows() -> Iterator[None]:
     """A flow loaded in this process (client.load_flow of a bundle) puts its directory on
     sys.path and its modules in sys.modules, as it should in an agent; the next test starts

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 from flowstore.artifacts import envelope
 from flowstore.artifacts.keys import default_key, slugify
 from flowstore.storage import _beneath
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -353,6 +353,14 @@ class Local(Storage):
             return False
         except OSError as exc:
             raise _translate(exc, os.path.join(self._anchor, *parts), "read") from exc
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        file_path = self._file_path(location)
+        try:
+            with self._open(location) as fh:
+                return read_bounded(fh, max_bytes, file_path)
+        except OSError as exc:
+            raise _translate(exc, file_path, "read") from exc
 
     def stat(self, location: str) -> ObjectInfo | None:
         import hashlib
