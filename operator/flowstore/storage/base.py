@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig
+from flowstore.storage.refs import ConfigRef
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
 SEED_SCHEMA_VERSION = "1.4.1"
@@ -83,6 +84,9 @@ class Storage(abc.ABC):
     #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
     #: storage is read-only). The controller keeps one publisher per family.
     family: ClassVar[str] = "objects"
+    #: the fields of this backend's FlowStorage block that name ConfigMaps or Secrets, and what
+    #: the storage gets in their place (:mod:`flowstore.storage.refs`); the operator reads them
+    config_refs: ClassVar[tuple[ConfigRef, ...]] = ()
 
     def __init__(
         self,
