@@ -27,6 +27,8 @@ class FakeCluster:
         self.flows: dict[str, dict[str, Any]] = {}
         self.builds = 0
         self.uploads = 0
+        #: storages opened (``storage_for`` calls): the core opens one per pass
+        self.opened = 0
         self.images = ImageBuilder(debounce=0.0)
         self.jobs: Callable[[BuildRequest], sandbox.Built | Pending] | None = None
 
@@ -57,6 +59,7 @@ class FakeCluster:
         sandbox.check_script(source, filename)
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
+        self.opened += 1
         storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
         original = storage.put_bytes
 

@@ -54,7 +54,6 @@ class KubePorts:
         self._builds = threading.BoundedSemaphore(max_builds)
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
-        self.counters = {"builds": 0, "uploads": 0}
         self.images = ImageBuilder()
         self.jobs = JobBuilder(api, max_jobs=max_build_jobs)
 
@@ -95,7 +94,6 @@ class KubePorts:
         if request.spec is not None:
             return self.jobs.build(request)
         with self._builds, metrics.BUILD_SECONDS.time():
-            self.counters["builds"] += 1
             source, bundle = (None, request.source) if request.bundle else (request.source, None)
             return sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
                                         object_name=request.object_name, timeout=self.build_timeout,
@@ -105,7 +103,8 @@ class KubePorts:
         sandbox.check_script(source, filename)
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        """One Storage (and SDK client) per FlowStorage config + credentials version."""
+        """One Storage (and SDK client) per FlowStorage config + credentials version. Uploads are
+        counted in the metrics (``flowstore_artifacts_stored_total``), not here."""
         with self._lock:
             storage = self._storages.get(cache_key)
             if storage is None:
@@ -113,7 +112,7 @@ class KubePorts:
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[cache_key] = storage
-        return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
+        return storage
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,18 +144,3 @@ def _as_dict(value: object) -> dict[str, Any]:
     """The custom-objects API returns plain dicts typed as `object`."""
     assert isinstance(value, dict)
     return value
-
-
-class _CountingStorage:
-    """Counts uploads per process (benchmarks and tests read them from the metrics)."""
-
-    def __init__(self, inner: Storage, counters: dict[str, int]) -> None:
-        self._inner = inner
-        self._counters = counters
-
-    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> Any:
-        self._counters["uploads"] += 1
-        return self._inner.put_bytes(location, data, idempotency_key=idempotency_key)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -77,6 +77,16 @@ def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: Stor
         raise InvalidConfig(f"{exc.message}{where}") from None
 
 
+def try_open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any],
+                     spec: StorageSpec) -> tuple[Storage | None, Exception | None]:
+    """:func:`open_storage`, with a failure returned rather than raised (the StoredFlow steps
+    raise it where they first need the storage: ``FlowContext.storage``)."""
+    try:
+        return open_storage(ports, namespace, fs, spec), None
+    except Exception as exc:  # every failure becomes a condition, later
+        return None, exc
+
+
 def resolve_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[StorageSpec, str]:
     """The ConfigMaps and Secrets the backend's block names (as its Storage class declares:
     ``Storage.config_refs``), read and put in their place. Returns the spec with them filled

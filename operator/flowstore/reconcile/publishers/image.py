@@ -18,33 +18,31 @@ from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
-from flowstore.reconcile.storages import open_storage
-from flowstore.storage import NotFound, Storage, StorageError
+from flowstore.storage import NotFound, StorageError
 from flowstore.storage.docker import Docker, ImageFlow
 
 log = logging.getLogger(__name__)
 
 
-class ImagePublisher(Publisher):
+class ImagePublisher(Publisher[Docker]):
     family = "image"
+    storage_type = Docker
 
-    def verify(self, ctx: FlowContext, ports: Ports, location: str) -> tuple[str | None, Storage | None]:
+    def verify(self, ctx: FlowContext, location: str) -> str | None:
         """The flow file is read from the recorded image in the registry (no daemon)."""
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
         image = ctx.status.get("image") or {}
         artifact = ctx.recorded
         if not image.get("digest") or artifact is None:
-            return MISSING, storage
+            return MISSING
         try:
-            held = _docker(storage).read_flow(str(image["digest"]), location)
+            held = self.storage(ctx).read_flow(str(image["digest"]), location)
         except NotFound:
-            return MISSING, storage
-        return (None if sha256_of(held) == artifact.digest else CHANGED), storage
+            return MISSING
+        return None if sha256_of(held) == artifact.digest else CHANGED
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
-        docker = _docker(storage)
+        docker = self.storage(ctx)
         batch_key = (ctx.namespace, ctx.spec.storage_name, ctx.fs["metadata"].get("uid"))
         job = ports.images.lookup(batch_key, ctx.spec.flow_name, ctx.inputs_digest)
         if job is None:
@@ -61,7 +59,7 @@ class ImagePublisher(Publisher):
             def others(names: set[str]) -> list[Any]:
                 return image_siblings(ports, docker, namespace, storage_name, exclude=names)
 
-            job = ports.images.submit(batch_key, storage, flow, ctx.inputs_digest,
+            job = ports.images.submit(batch_key, docker, flow, ctx.inputs_digest,
                                       waiter=("storedflows", ctx.namespace, ctx.name), others=others)
         if not job.done.is_set():
             status = dict(ctx.status)
@@ -85,14 +83,9 @@ class ImagePublisher(Publisher):
         verb = "Moved" if previous and previous != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
-        outcome = ready(ctx, ports, flow.location, artifact, events, uploaded=True, opened=storage)
+        outcome = ready(ctx, flow.location, artifact, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         return outcome
-
-
-def _docker(storage: Storage) -> Docker:
-    """The Docker storage behind `storage` (the operator's ports hand out a counting proxy)."""
-    return storage  # type: ignore[return-value]
 
 
 def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: str, *,

@@ -24,7 +24,6 @@ from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
 from flowstore.reconcile.publishers.base import Publisher
-from flowstore.reconcile.storages import open_storage
 from flowstore.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -32,8 +31,9 @@ log = logging.getLogger(__name__)
 SUPERSEDED_DELETE_SECONDS = 1.0
 
 
-class ObjectStorePublisher(Publisher):
+class ObjectStorePublisher(Publisher[Storage]):
     family = "objects"
+    storage_type = Storage
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         """Build, claim a location (the seed's timestamped key, or spec.key; the recorded one on a
@@ -42,7 +42,7 @@ class ObjectStorePublisher(Publisher):
         data = build(ctx, ports)
         if isinstance(data, Pending):
             return ctx.pending(data)
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage = self.storage(ctx)
         location = claim_location(ctx, storage)
         stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
         info = storage.stat(location)
@@ -64,20 +64,20 @@ class ObjectStorePublisher(Publisher):
         if superseded and ctx.storage_spec.deletion_policy == "Delete":
             # addressed by its own location and recorded state; deleted once status moved on
             ctx.status["superseded"] = {"location": previous, "storageState": previous_state}
-        outcome = ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
+        outcome = ready(ctx, location, artifact, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         if ctx.status.get("superseded"):
             outcome.requeue_after = SUPERSEDED_DELETE_SECONDS
         return outcome
 
-    def settle(self, ctx: FlowContext, ports: Ports) -> list[Event]:
+    def settle(self, ctx: FlowContext) -> list[Event]:
         """Status records the artifact of the current inputs: an interrupted store of other
         inputs (the spec changed back meanwhile) leaves nothing behind, and a superseded artifact
         recorded for deletion is deleted now."""
         events: list[Event] = []
         if interrupted(ctx) is None and not ctx.status.get("superseded"):
             return events
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage = self.storage(ctx)
         discard_interrupted(ctx, storage)
         recorded = ctx.recorded
         return delete_superseded(ctx, storage, current_state=recorded.storage_state if recorded else None)
