@@ -16,7 +16,7 @@ from typing import Any
 
 from flowstore.api import conditions as cond
 from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
-from flowstore.api.status import Artifact
+from flowstore.api.status import Artifact, GitPin, Storing
 from flowstore.artifacts import signing
 from flowstore.reconcile.ports import Event, Outcome, Pending, sha256_of
 from flowstore.storage import Storage, backend_class
@@ -28,8 +28,8 @@ class GitSource:
 
     path: str
     commit: str
-    #: status.git: repo, path, ref, commit, url
-    status: dict[str, Any]
+    #: what status.git will record
+    pin: GitPin
     #: the recorded digest of the file when the ref still resolves to the pinned commit (commits
     #: are immutable: the file is not read again until something else changed)
     recorded_digest: str | None = None
@@ -111,7 +111,7 @@ class FlowContext:
     @property
     def recorded(self) -> Artifact | None:
         """The artifact status records now."""
-        return Artifact.from_status(self.status.get("artifact"))
+        return Artifact.read(self.status)
 
     def artifact(self, *, url: str, digest: str, size: int, storage_state: Any = None,
                  source_digest: str | None = None) -> Artifact:
@@ -142,17 +142,11 @@ def ready(ctx: FlowContext, location: str, artifact: Artifact, events: list[Even
     serialized.update(artifact.storage_state or {})
     status = dict(ctx.status)
     status.pop("driftDetected", None)
-    status.pop("storing", None)  # nothing is under way any more
-    status.update(
-        observedGeneration=ctx.generation,
-        location=location,
-        artifact=artifact.to_status(),
-        storage=serialized,
-        labels=storage.labels,
-        flowName=ctx.spec.flow_name,
-    )
-    pinned = (status.get("git") or {}).get("commit")
-    message = f"Pinned to commit {pinned[:12]}: {artifact.url}" if pinned and "git" in status \
-        else f"Stored at {artifact.url}"
+    Storing.clear(status)  # nothing is under way any more
+    status.update(observedGeneration=ctx.generation, location=location, storage=serialized, labels=storage.labels,
+                  flowName=ctx.spec.flow_name)
+    artifact.write(status)
+    pin = GitPin.read(status)
+    message = f"Pinned to commit {pin.commit[:12]}: {artifact.url}" if pin else f"Stored at {artifact.url}"
     status["conditions"] = cond.mark_ready(ctx.status.get("conditions"), message, ctx.generation)
     return Outcome(status=status, events=events, requeue_after=ctx.storage_spec.interval_seconds, uploaded=uploaded)

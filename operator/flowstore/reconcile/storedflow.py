@@ -23,6 +23,7 @@ from typing import Any
 
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
+from flowstore.api.status import Storing, recorded_location
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.failures import ReconcileError, classify
 from flowstore.reconcile.outcomes import (
@@ -94,8 +95,9 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         return publisher.publish(ctx, ports)
     except Exception as exc:  # every failure becomes a condition; the operator never crashes
         failure = classify(exc)
-        if ctx is not None and ctx.status.get("storing"):  # a retry of these inputs goes to the same place
-            status["storing"] = ctx.status["storing"]
+        storing = Storing.read(ctx.status) if ctx is not None else None
+        if storing is not None:  # a retry of these inputs goes to the same place
+            storing.write(status)
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and storage_spec is not None and failure.reason in RECHECKED:
             requeue = recheck_after(status.get("conditions"), failure.reason, storage_spec.interval_seconds)
@@ -124,19 +126,19 @@ def up_to_date(ctx: FlowContext, publisher: Publisher[Any], *, check_drift: bool
     backend still holds the artifact with its recorded digest; a missing or changed artifact is
     stored again."""
     artifact = ctx.recorded
-    location = ctx.status.get("location")
+    location = recorded_location(ctx.status)
     if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
         return None
     events = publisher.settle(ctx)
     if check_drift:
-        drift = publisher.verify(ctx, str(location))
+        drift = publisher.verify(ctx, location)
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None
     # what the source says of its files (recorded since this version) comes from the source
     artifact = dataclasses.replace(artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
                                    entrypoint=ctx.entrypoint, file_count=ctx.file_count if ctx.bundle else None)
-    return ready(ctx, str(location), artifact, events, uploaded=False)
+    return ready(ctx, location, artifact, events, uploaded=False)
 
 
 def check_conflict(ctx: FlowContext, ports: Ports, siblings: Siblings | None = None) -> None:

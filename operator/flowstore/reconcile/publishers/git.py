@@ -10,6 +10,7 @@ from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
+from flowstore.api.status import GitPin
 from flowstore.artifacts import flowfiles
 from flowstore.reconcile.building import build_request, check_bundle
 from flowstore.reconcile.context import FlowContext, GitSource, ready
@@ -46,13 +47,13 @@ class GitPinPublisher(Publisher[GitHosted]):
             raise SpecError(f"no flow file: set spec.source.path, or path in FlowStorage {ctx.spec.storage_name!r}")
         path = normalize_path(path)
         commit = repo.resolve_ref()
-        pinned = ctx.status.get("git") or {}
+        pinned = GitPin.read(ctx.status)
         recorded = ctx.recorded
-        source = GitSource(path=path, commit=commit, status={
-            "repo": repo.repo_name(), "path": path, "ref": repo.ref or "(default branch)", "commit": commit,
-            "url": repo.web_url(path, commit)})
+        source = GitSource(path=path, commit=commit, pin=GitPin(
+            repo=repo.repo_name(), path=path, ref=repo.ref or "(default branch)", commit=commit,
+            url=repo.web_url(path, commit)))
         ctx.git = source
-        if pinned.get("commit") == commit and pinned.get("path") == path and recorded and recorded.source_digest:
+        if pinned and pinned.commit == commit and pinned.path == path and recorded and recorded.source_digest:
             source.recorded_digest = recorded.source_digest
             if recorded.format == "bundle":  # a directory, not read again: what it was recorded as
                 ctx.bundle, ctx.entrypoint, ctx.file_count = True, recorded.entrypoint, recorded.file_count or 0
@@ -73,14 +74,14 @@ class GitPinPublisher(Publisher[GitHosted]):
         """A commit's content never changes, and resolving the ref (step 2) already showed the
         repository is there: the periodic check reads nothing. Only an explicit reconcile-now
         request reads the pinned file again."""
-        pinned = (ctx.status.get("git") or {}).get("commit")
+        pinned = GitPin.read(ctx.status)
         artifact = ctx.recorded
-        if not pinned or artifact is None:
+        if pinned is None or artifact is None:
             return MISSING
         if requested_at(ctx.obj) is None:
             return None
         try:
-            data = self.storage(ctx).read_flow(normalize_path(location), pinned, artifact.storage_state)
+            data = self.storage(ctx).read_flow(normalize_path(location), pinned.commit, artifact.storage_state)
         except NotFound:
             return MISSING
         return None if sha256_of(data) == artifact.digest and len(data) == artifact.size else CHANGED
@@ -111,15 +112,15 @@ class GitPinPublisher(Publisher[GitHosted]):
         state = repo.pinned_state(git.commit)
         if ctx.bundle and ctx.entrypoint:
             state.update(repo.bundle_state(ctx.entrypoint, ctx.spec.source.ignore))
-        artifact = ctx.artifact(url=git.status["url"], digest=digest, size=len(data), source_digest=digest,
+        artifact = ctx.artifact(url=git.pin.url, digest=digest, size=len(data), source_digest=digest,
                                 storage_state=state)
-        previous = (ctx.status.get("git") or {}).get("commit")
+        previous = GitPin.read(ctx.status)
         ctx.status.pop("driftDetected", None)
-        verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous[:12]} to" \
-            if previous and previous != git.commit else f"Pinned flow {ctx.spec.flow_name!r} to"
-        events = [Event("Normal", EventReason.PINNED, f"{verb} commit {git.commit[:12]} of {git.status['repo']} "
+        verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous.commit[:12]} to" \
+            if previous and previous.commit != git.commit else f"Pinned flow {ctx.spec.flow_name!r} to"
+        events = [Event("Normal", EventReason.PINNED, f"{verb} commit {git.commit[:12]} of {git.pin.repo} "
                         f"({git.path}, {len(data)} bytes, {digest[:19]}…)")]
-        ctx.status["git"] = dict(git.status)
+        git.pin.write(ctx.status)
         outcome = ready(ctx, git.path, artifact, events, uploaded=False)
         outcome.built = check_flow
         return outcome

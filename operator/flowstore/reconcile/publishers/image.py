@@ -13,6 +13,7 @@ from typing import Any
 from flowstore.api import conditions as cond
 from flowstore.api.constants import EventReason
 from flowstore.api.models import storage_ref
+from flowstore.api.status import Artifact, GitPin, ImageRef, recorded_flow_name, recorded_location
 from flowstore.artifacts.keys import slugify
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
@@ -30,12 +31,12 @@ class ImagePublisher(Publisher[Docker]):
 
     def verify(self, ctx: FlowContext, location: str) -> str | None:
         """The flow file is read from the recorded image in the registry (no daemon)."""
-        image = ctx.status.get("image") or {}
+        image = ImageRef.read(ctx.status)
         artifact = ctx.recorded
-        if not image.get("digest") or artifact is None:
+        if image is None or artifact is None:
             return MISSING
         try:
-            held = self.storage(ctx).read_flow(str(image["digest"]), location)
+            held = self.storage(ctx).read_flow(image.digest, location)
         except NotFound:
             return MISSING
         return None if sha256_of(held) == artifact.digest else CHANGED
@@ -76,11 +77,11 @@ class ImagePublisher(Publisher[Docker]):
             url=f"{built.name}@{built.digest}", digest=digest, size=len(flow.data),
             source_digest=sha256_of(ctx.source) if ctx.source else digest,
             storage_state={"imageName": built.name, "imageTag": built.tag, "imageDigest": built.digest})
-        previous = (ctx.status.get("image") or {}).get("digest")
+        previous = ImageRef.read(ctx.status)
         ctx.status.pop("driftDetected", None)
-        ctx.status.pop("git", None)
-        ctx.status["image"] = {"name": built.name, "tag": built.tag, "digest": built.digest, "path": flow.location}
-        verb = "Moved" if previous and previous != built.digest else "Stored"
+        GitPin.clear(ctx.status)
+        ImageRef(name=built.name, tag=built.tag, digest=built.digest, path=flow.location).write(ctx.status)
+        verb = "Moved" if previous and previous.digest != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
         outcome = ready(ctx, flow.location, artifact, events, uploaded=True)
@@ -94,22 +95,22 @@ def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: 
     its status records (so nothing is rebuilt) and checked against its recorded digest."""
     flows = []
     for other in ports.list_storedflows(namespace):
-        spec, status = other.get("spec") or {}, other.get("status") or {}
-        name = status.get("flowName") or spec.get("flowName")
-        image = status.get("image") or {}
+        spec, status = other.get("spec") or {}, other.get("status")
+        name = recorded_flow_name(status) or spec.get("flowName")
+        image, location, artifact = ImageRef.read(status), recorded_location(status), Artifact.read(status)
         if storage_ref(spec) != storage_name or other["metadata"].get("deletionTimestamp"):
             continue
-        if name in exclude or not image.get("digest") or not status.get("location"):
+        if not isinstance(name, str) or name in exclude or image is None or location is None or artifact is None:
             continue
-        if image.get("name") != storage.image_repository:
+        if image.name != storage.image_repository:
             continue  # in another repository (the storage changed): it is being rebuilt anyway
         try:
-            data = storage.read_flow(str(image["digest"]), str(status["location"]))
+            data = storage.read_flow(image.digest, location)
         except StorageError as exc:
             log.warning("flow %r left out of the next image: %s", name, exc.message)
             continue
-        if sha256_of(data) != (status.get("artifact") or {}).get("digest"):
+        if sha256_of(data) != artifact.digest:
             log.warning("flow %r left out of the next image: digest mismatch", name)
             continue
-        flows.append(ImageFlow(name=str(name), location=str(status["location"]), data=data))
+        flows.append(ImageFlow(name=name, location=location, data=data))
     return flows
