@@ -43,7 +43,7 @@ class OperatorProcess:
         # Ready to be observed once its metrics endpoint answers (imports take a moment).
         import urllib.request
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # imports alone take 30 s and more on a loaded 2-core machine
         while True:
             assert self.proc.poll() is None, self.logs()
             try:
@@ -51,6 +51,7 @@ class OperatorProcess:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop(signal.SIGKILL)  # a fixture that fails in setup is never torn down: no orphan
                     raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
                 time.sleep(0.1)
 
