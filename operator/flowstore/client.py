@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flowstore import kubeconfig
+from flowstore.api.backends import backend
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, signing
-from flowstore.storage import from_serialized
+from flowstore.storage import AuthFailed, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
+from flowstore.workload import agent_identity
 
 
 class FlowNotAvailable(LookupError):
@@ -42,17 +45,27 @@ def _custom_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object (spec and status), as the API server has it."""
     from kubernetes.client.exceptions import ApiException
 
     api = api or _custom_api()
     try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
+        obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 404 and _names_the_object(exc):  # else the kind itself is unknown: no CRDs
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
         raise
+    return obj
+
+
+def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+    return stored_status(storedflow(name, namespace, api=api), name, namespace)
+
+
+def stored_status(obj: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    """`obj`'s status, once it has been stored (FlowNotAvailable before)."""
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
@@ -60,6 +73,18 @@ def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
             f"see `kubectl describe storedflow {name} -n {namespace}`"
         )
     return status
+
+
+def _names_the_object(exc: Any) -> bool:
+    """A 404 about the object (a Status naming it), not about the resource type: an API server
+    without flowstore's CRDs answers "404 page not found"."""
+    import json
+
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(details.get("name"))
 
 
 def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
@@ -72,14 +97,15 @@ def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any
     return from_serialized(status["storage"]).serialize()
 
 
-def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Artifact:
+def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+                  identity: Mapping[str, Any] | None = None) -> Artifact:
     """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
 
     With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
     artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
     status = locate(name, namespace, api=api)
     check_signature(status, signing_key)
-    return Artifact(data=download(status), status=status)
+    return Artifact(data=download(status, identity=identity), status=status)
 
 
 def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
@@ -102,20 +128,41 @@ def check_signature(status: dict[str, Any], signing_key: bytes | str | None = No
                        artifact.get("signature"), what=artifact.get("url", status["location"]))
 
 
-def download(status: dict[str, Any]) -> bytes:
+def download(status: dict[str, Any], *, identity: Mapping[str, Any] | None = None) -> bytes:
     """The artifact a StoredFlow's status names, from its storage, verified against the
-    recorded sha256 (``IntegrityError`` otherwise)."""
+    recorded sha256 (``IntegrityError`` otherwise). With `identity`, the storage is reached as
+    this Pod's ServiceAccount (flowstore.workload)."""
     artifact = status["artifact"]
-    storage = from_serialized(status["storage"])
-    data = storage.get_bytes(status["location"])
+    acting_as = agent_identity(str(status["storage"].get("type", "")), identity)
+    storage = from_serialized(status["storage"], **({"identity": acting_as} if acting_as is not None else {}))
+    try:
+        data = storage.get_bytes(status["location"])
+    except (AuthFailed, TemplateValueMissing) as exc:
+        if acting_as is not None:  # reached as this Pod's ServiceAccount: the storage's own message says it
+            raise
+        raise type(exc)(agent_advice(str(status["storage"].get("type")), exc)) from exc
     verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
     return data
 
 
-def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:
+def agent_advice(storage_type: str, exc: Exception) -> str:
+    """`exc`'s problem, with what an agent can do about it. The storages' own messages end in
+    advice for whoever configured the FlowStorage ("check the keys in the referenced Secret");
+    an agent never sees that Secret: it reads the names of its own environment."""
+    problem = str(exc).split("; ")[0]
+    row = backend(storage_type)
+    if isinstance(exc, TemplateValueMissing):
+        return (f"{problem}; set it in this agent's environment (agents fill a Webhook storage's ${{…}} templates "
+                "from their own environment, not from the FlowStorage's Secret)")
+    where = row.agent_credentials if row and row.agent_credentials else "its own environment"
+    return (f"{problem}; this agent uses its own credentials, not the FlowStorage's Secret: give it {where}")
+
+
+def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+              identity: Mapping[str, Any] | None = None) -> Any:
     """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
     running the script in this process (the agent's job, as in the seed); or, for a flow of
     several files, imported from the bundle's files, extracted once into a cache directory
     keyed by the digest (``flowstore.artifacts.loading``)."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))

@@ -56,7 +56,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,8 @@ class PreparedFlow:
 
 def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes | str | None = None,
             api: Any = None, cache: Path | None = None, unchanged: PreparedFlow | None = None,
-            log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> PreparedFlow:
+            log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+            identity: Mapping[str, Any] | None = None) -> PreparedFlow:
     """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
 
     `unchanged`: what an earlier pull into the same destination prepared; when the StoredFlow
@@ -165,7 +166,7 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
             and destination.is_dir()):
         return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
-    data, downloaded = cached_artifact(digest, lambda: client.download(status), root=cache)
+    data, downloaded = cached_artifact(digest, lambda: client.download(status, identity=identity), root=cache)
     if fmt == "bundle":
         unpacked = bundle.unpack(data)  # every file checked against the manifest
         entrypoint = str(unpacked.entrypoint)
@@ -283,28 +284,35 @@ def pull_step(name: str, namespace: str, *, require_signature: bool = False,
     return {PULL_STEP: inputs}
 
 
-def pull_step_yaml(name: str, namespace: str, status: dict[str, Any]) -> str:
+def pull_step_yaml(name: str, namespace: str, status: dict[str, Any], *, object_name: str | None = None) -> str:
     """``flowstore locate -o prefect-pull-step``: the pull step as YAML, for ``pull:`` in
     prefect.yaml and for prefect-operator's ``PrefectDeployment`` ``pullSteps``, with comments
-    naming what it resolves to now and the entrypoint to give the deployment."""
+    naming what it resolves to now and the entrypoint to give the deployment: a bundle's own, or
+    a script's file with the StoredFlow's ``spec.objectName`` (without one, the variable is left
+    for the reader to name: nothing here runs the script to find it)."""
     artifact = status.get("artifact") or {}
     fmt = artifact.get("format")
     if fmt not in FORMATS:
         raise NotForPrefect(f"StoredFlow {namespace}/{name} is stored as a {fmt}; Prefect 3 imports a flow from its "
                             "files: set spec.storedAsScript: true (a script or a bundle), then print the pull step")
-    entrypoint = artifact.get("entrypoint") if fmt == "bundle" else f"{_script_name(artifact)}:flow"
+    if fmt == "bundle":
+        entrypoint = str(artifact.get("entrypoint"))
+    elif object_name:
+        entrypoint = f"{_script_name(artifact)}:{object_name}"
+    else:
+        entrypoint = (f"{_script_name(artifact)}:FLOW  (FLOW: the variable holding your @flow; set the "
+                      "StoredFlow's spec.objectName to have it printed here)")
     commit = (status.get("git") or {}).get("commit")
     lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.get('digest')}"
              + (f" (git commit {commit})" if commit else ""),
              "# every run pulls the StoredFlow's current revision, verified; its digest is logged and labelled",
-             f"# deployment entrypoint: {entrypoint}" + ("  (the variable after ':' is yours)" if fmt == "script"
-                                                        else "")]
+             f"# deployment entrypoint: {entrypoint}"]
     step = pull_step(name, namespace, require_signature=bool(artifact.get("signature")))
     return "\n".join(lines) + "\n" + yaml.safe_dump([step], sort_keys=False, default_flow_style=False)
 
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
-              require_signature: bool = False) -> dict[str, Any]:
+              require_signature: bool = False, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
@@ -313,6 +321,8 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
               namespace: data                      # default: the worker's namespace
               require_signature: true              # key from FLOWSTORE_SIGNING_KEY, or:
               # signing_key: "{{ prefect.blocks.secret.flowstore-signing-key }}"
+              identity: {}                         # reach the storage as this Pod's ServiceAccount
+                                                   # (flowstore.workload; e.g. {roleARN: …})
 
     Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
     ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
@@ -328,7 +338,7 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
                 "signing key: set FLOWSTORE_SIGNING_KEY in its environment, or give the step "
                 "signing_key: '{{ prefect.blocks.secret.NAME }}'")
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           log=log)
+                           log=log, identity=identity)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise
