@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 import flowstore.storage
 from flowstore.artifacts import envelope
 from flowstore.flow import Flow
-from flowstore.storage import IntegrityError, NotFound, Storage, from_serialized
+from flowstore.storage import ContainerNotFound, IntegrityError, NotFound, Storage, from_serialized
 from flowstore.storage.base import SEED_VERSION_KEY, sha256_hex
 
 #: the seed's default key: ``<slug(flow name)>/<slug(UTC timestamp, microseconds)>``
@@ -38,6 +38,16 @@ flow = Flow("script flow", answer)
 '''
 
 StorageFactory = Callable[..., Storage]
+
+
+def assert_container_not_found(container: str, calls: Iterable[Callable[[], object]]) -> None:
+    """Each call, on a storage whose bucket or container does not exist, raises ContainerNotFound
+    naming it, and not as retryable (someone must create it)."""
+    for call in calls:
+        with pytest.raises(ContainerNotFound) as info:
+            call()
+        assert container in str(info.value)
+        assert info.value.retryable is False
 
 
 def make_flow(name: str, result: Any) -> Flow:

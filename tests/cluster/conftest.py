@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from tests.helpers.helm import DENIAL, HELM_HOMES, run_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
+from tests.helpers.net import free_port
 
 CHART = ROOT / "helm" / "flowstore-operator"
 IMAGE_REPOSITORY = "flowstore/flowstore-operator"
@@ -73,12 +73,6 @@ def operator_image(node_env: dict[str, str], docker_env: dict[str, str]) -> Call
         return tag
 
     return push
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pull_secret(namespace: str, docker_env: dict[str, str], name: str = "registry") -> str:

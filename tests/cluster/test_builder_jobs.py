@@ -28,7 +28,7 @@ from tests.cluster.conftest import NO_PYTHON_IMAGE, pull_secret
 from tests.helpers import prefect1
 from tests.helpers.gitrepo import LocalGitRepo
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import manifests, s3_storage, secret
+from tests.helpers.manifests import manifests, s3_storage, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prefect1" / "flows" / "orders"
@@ -180,10 +180,7 @@ def built_storage(namespace: str, bucket: str, endpoint: str, image: str, name: 
 
 def script_flow(namespace: str, name: str, flow_name: str, script: str, storage: str = "store",
                 **spec: Any) -> str:
-    return manifests({"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-                      "metadata": {"name": name, "namespace": namespace},
-                      "spec": {"storageRef": {"name": storage}, "flowName": flow_name,
-                               "source": {"inline": script}, **spec}})
+    return manifests(stored_flow(namespace, name, flow_name, {"inline": script}, storage, **spec))
 
 
 def orders_report(namespace: str, storage: str = "store") -> str:

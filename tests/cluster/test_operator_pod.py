@@ -142,18 +142,7 @@ def test_build_sandbox_holds_inside_the_pod(install: Callable[..., Release], new
     (pod,) = release.pods()
     apply(s3_storage(namespace, s3_bucket, s3_endpoint))
     script = PROBE_FLOW.format(token=SA_TOKEN, port=apiserver_port)
-    indented = "\n".join("      " + line for line in script.splitlines())
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: probe, namespace: {namespace}}}
-spec:
-  storageRef: {{name: store}}
-  flowName: probe
-  source:
-    inline: |
-{indented}
-""")
+    apply(script_flow(namespace, "probe", "probe", script))
     wait_ready(namespace, "probe", timeout=120)
     from flowstore.client import load_flow
 

@@ -213,10 +213,13 @@ metadata_labels = mostly(
 
 # ---------------------------------------------------------------------------- the test
 def _settled(obj: dict[str, Any]) -> bool:
+    """Ready with a final reason, or Suspended (a suspended object that was never Ready has no
+    Ready condition: docs/kstatus.md), for the object's current generation."""
     ready = condition(obj)
     gen = obj["metadata"].get("generation")
-    return bool(ready.get("reason")) and ready.get("reason") != "Progressing" \
-        and (obj.get("status") or {}).get("observedGeneration") == gen
+    final = (bool(ready.get("reason")) and ready.get("reason") != "Progressing") \
+        or condition(obj, "Suspended").get("status") == "True"
+    return final and (obj.get("status") or {}).get("observedGeneration") == gen
 
 
 def _error_lines(log: str, namespace: str) -> list[str]:

@@ -51,7 +51,10 @@ class OperatorProcess:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    self.stop(signal.SIGKILL)  # a fixture that fails in setup is never torn down: no orphan
+                    # Stop it: a fixture whose start failed never tears down, and a stray
+                    # cluster-wide operator would serve every later test's objects too. SIGKILL:
+                    # one that never answered may not answer SIGTERM either.
+                    self.stop(signal.SIGKILL)
                     raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
                 time.sleep(0.1)
 

@@ -29,7 +29,7 @@ import yaml
 from tests.helpers.helm import DENIAL, run_helm
 from tests.helpers.kube import apply, kubectl, wait_ready
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
-from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.manifests import configmap, inline_flow, local_storage, manifests, s3_storage, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 CHART = ROOT / "helm" / "flowstore-operator"
@@ -143,36 +143,15 @@ def can_i(kubeconfig: Path, verb: str, resource: str, *where: str) -> bool:
     return answer == "yes"
 
 
-def local_storage(namespace: str, directory: Path, name: str = "local") -> str:
-    return f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  local: {{directory: {json.dumps(str(directory))}}}
-  deletionPolicy: Delete
-"""
+def deleting_local_storage(namespace: str, directory: Path) -> str:
+    return local_storage(namespace, "local", directory, deletionPolicy="Delete")
 
 
 def configmap_flow(namespace: str, name: str, flow_name: str, storage: str) -> str:
     script = f"from flowstore.flow import Flow\n\nflow = Flow({flow_name!r}, lambda: 7)\n"
-    return f"""
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}-src, namespace: {namespace}}}
-data:
-  flow.py: {json.dumps(script)}
----
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  storageRef: {{name: {storage}}}
-  flowName: {json.dumps(flow_name)}
-  storedAsScript: true
-  source:
-    configMapRef: {{name: {name}-src, key: flow.py}}
-"""
+    source = {"configMapRef": {"name": f"{name}-src", "key": "flow.py"}}
+    return manifests(configmap(namespace, f"{name}-src", {"flow.py": script}),
+                     stored_flow(namespace, name, flow_name, source, storage, storedAsScript=True))
 
 
 def assert_no_denials(op: OperatorProcess) -> None:
@@ -403,14 +382,14 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     # As the chart runs it: with leader election, so the Lease rules are exercised too.
     op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home)
     try:
-        apply(local_storage(watched, directory) + "---" + inline_flow(watched, "inline", "inline flow",
-                                                                      storage="local")
-              + "---" + configmap_flow(watched, "from-cm", "cm flow", "local"))
+        apply(deleting_local_storage(watched, directory)
+              + "\n---\n" + inline_flow(watched, "inline", "inline flow", storage="local")
+              + "\n---\n" + configmap_flow(watched, "from-cm", "cm flow", "local"))
         # S3 with a credentials Secret: the Secret is read by name under `get` alone.
-        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "---" + inline_flow(watched2, "s3", "s3 flow"))
+        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "\n---\n" + inline_flow(watched2, "s3", "s3 flow"))
         # The same objects in a namespace the operator does not serve stay untouched.
-        apply(local_storage(unwatched, directory) + "---" + inline_flow(unwatched, "ignored", "ignored",
-                                                                        storage="local"))
+        apply(deleting_local_storage(unwatched, directory)
+              + "\n---\n" + inline_flow(unwatched, "ignored", "ignored", storage="local"))
         inline = wait_ready(watched, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         wait_ready(watched, "from-cm", timeout=60)
@@ -454,7 +433,8 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     op.log_dir.mkdir()
     op.start()
     try:
-        apply(local_storage(ns, directory) + "---" + inline_flow(ns, "inline", "inline flow", storage="local"))
+        apply(deleting_local_storage(ns, directory)
+              + "\n---\n" + inline_flow(ns, "inline", "inline flow", storage="local"))
         inline = wait_ready(ns, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         delete_and_wait(ns, "storedflow/inline", "flowstorage/local")

@@ -30,7 +30,7 @@ import pytest
 
 from tests.helpers.kube import apply, kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
-from tests.helpers.manifests import inline_flow
+from tests.helpers.manifests import inline_flow, local_storage
 from tests.helpers.net import free_port
 
 # The first test also builds the image: cold, ~5 minutes (Debian bootstrap + pip install).
@@ -147,13 +147,7 @@ def wait_healthy(op: Background, port: int, timeout: float = 90) -> None:
 def store_a_flow(op: Background, namespace: str, flows: Path) -> None:
     """A Local FlowStorage at /flows (the host's `flows` dir) and an inline, pickled flow: Ready,
     and the artifact is on the host, written by uid 10001, with the digest the status reports."""
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: store, namespace: {namespace}}}
-spec:
-  local: {{directory: /flows, volumeName: flows-pvc}}
-""")
+    apply(local_storage(namespace, "store", "/flows", volume_name="flows-pvc"))
     apply(inline_flow(namespace, "etl", "etl daily", body="return 6 * 7"))
     try:
         status = wait_ready(namespace, "etl", timeout=90)["status"]

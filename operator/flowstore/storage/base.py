@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
-from flowstore.storage.errors import IntegrityError, InvalidConfig
+from flowstore.storage.errors import IntegrityError, InvalidConfig, NotFound
 from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.refs import ConfigRef
 
@@ -63,6 +63,16 @@ class StoredArtifact:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def stat_by_reading(storage: Storage, location: str) -> ObjectInfo | None:
+    """:meth:`Storage.stat` for backends that keep no size or digest beside an object (a file in
+    an image or at a commit): read it whole and measure it. None when absent."""
+    try:
+        data = storage.get_bytes(location)
+    except NotFound:
+        return None
+    return ObjectInfo(size=len(data), sha256=sha256_hex(data))
 
 
 class Storage(abc.ABC):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from flowstore.artifacts.keys import slugify
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, stat_by_reading
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.oci import RegistryClient, split_registry
@@ -335,11 +335,7 @@ class DockerBase(Storage):
                        "from the StoredFlow status) and the file is not on this machine")
 
     def stat(self, location: str) -> ObjectInfo | None:
-        try:
-            data = self.get_bytes(location)
-        except NotFound:
-            return None
-        return ObjectInfo(size=len(data), sha256=sha256_hex(data))
+        return stat_by_reading(self, location)
 
     def delete(self, location: str) -> None:
         """Images are immutable: a flow leaves the image when the next one is built without it."""
