@@ -7,7 +7,18 @@ Messages are written for a person and never contain secret values.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flowstore.api.constants import Reason
+
+
+def redact(text: str, secrets: Iterable[object], *, shortest: int = 4) -> str:
+    """`text` with every secret value (a string of at least `shortest` characters) masked, for
+    a message built from an SDK's words, which can quote what it was given."""
+    for value in secrets:
+        if isinstance(value, str) and len(value) >= shortest:
+            text = text.replace(value, "***")
+    return text
 
 
 class StorageError(Exception):
