@@ -54,6 +54,21 @@ def test_second_pass_with_nothing_changed_builds_and_uploads_nothing(cluster: Fa
     assert not status_changed(before, outcome.status)
 
 
+def test_each_pass_opens_the_storage_once(cluster: FakeCluster, tmp_path: Path) -> None:
+    """Opening a storage reads its credentials Secret: a pass opens it once (step 1) and hands
+    it down, whatever it does (store, settle, check for drift, serialize the storage)."""
+    obj = settle(flow_obj(), cluster)
+    assert cluster.opened == 1 and cluster.uploads == 1
+    settle(obj, cluster, check_drift=True)
+    assert cluster.opened == 2
+    Path(obj["status"]["location"]).unlink()  # drift: the same pass stores it again
+    obj = settle(obj, cluster, check_drift=True)
+    assert cluster.opened == 3 and cluster.uploads == 2 and ready(obj)["status"] == "True"
+    obj["spec"]["source"]["inline"] = SCRIPT + "# changed\n"
+    settle(obj, cluster)
+    assert cluster.opened == 4 and cluster.uploads == 3
+
+
 def test_a_pickle_records_the_versions_that_built_it_and_a_script_none(cluster: FakeCluster) -> None:
     import platform
 

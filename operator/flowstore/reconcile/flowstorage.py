@@ -10,6 +10,7 @@ from flowstore.api import conditions as cond
 from flowstore.api.backends import backend as backend_row
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
+from flowstore.api.status import recorded_flow_name, recorded_location
 from flowstore.reconcile.failures import classify
 from flowstore.reconcile.outcomes import failed, mark_handled, recheck_after, suspended
 from flowstore.reconcile.ports import Outcome, Ports
@@ -34,14 +35,15 @@ def stored_flows(name: str, storedflows: list[dict[str, Any]]) -> dict[str, str]
     flows: dict[str, str] = {}
     for sf in storedflows:
         sf_spec, sf_status = sf.get("spec") or {}, sf.get("status") or {}
+        location = recorded_location(sf_status)
         if (sf.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        if storage_ref(sf_spec) != name or not sf_status.get("location"):
+        if storage_ref(sf_spec) != name or location is None:
             continue
-        flow_name = sf_status.get("flowName") or sf_spec.get("flowName")
+        flow_name = recorded_flow_name(sf_status) or sf_spec.get("flowName")
         ready = cond.get_condition(sf_status.get("conditions"), "Ready") or {}
-        if flow_name and ready.get("reason") != Reason.NAME_CONFLICT:
-            flows[flow_name] = sf_status["location"]
+        if isinstance(flow_name, str) and flow_name and ready.get("reason") != Reason.NAME_CONFLICT:
+            flows[flow_name] = location
     return flows
 
 
