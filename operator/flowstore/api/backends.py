@@ -29,6 +29,10 @@ class Backend:
     reach_fields: frozenset[str] = frozenset()
 
 
+#: git-hosted blocks: checking the flow, and verifying commits (spec.<backend>.verify, the keys its
+#: Secret holds: ``verifyKeys``) decide whether a commit is pinned, not what is stored
+_GIT_REACH: Final = frozenset({"checkFlow", "verify", "verifyKeys"})
+
 BACKENDS: Final = (
     Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
     Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"})),
@@ -38,15 +42,15 @@ BACKENDS: Final = (
     Backend("docker", "Docker", "flowstore.storage.docker", "docker",
             reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"})),
     Backend("github", "GitHub", "flowstore.storage.git.github", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=_GIT_REACH),
     Backend("gitlab", "GitLab", "flowstore.storage.git.gitlab", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=_GIT_REACH),
     Backend("bitbucket", "Bitbucket", "flowstore.storage.git.bitbucket", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=_GIT_REACH),
     Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
-            reach_fields=frozenset({"clientOptions", "checkFlow"})),
+            reach_fields=_GIT_REACH | {"clientOptions"}),
     Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"})),
+            reach_fields=_GIT_REACH),
 )
 #: the spec blocks, in the order the CRD lists them
 BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
