@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import io
 import json
 import os
-import platform
 import random
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -38,14 +34,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # the benches' shared harness
+    RESULTS,
+    ROOT,
+    cloud,
+    log,
+    machine,
+    machine_line,
+    need_modules,
+    versions,
+)
+
 sys.path.insert(0, str(ROOT / "operator"))
-LOCALCLOUD = ROOT / "scripts" / "localcloud"
-RESULTS = ROOT / "bench" / "results"
 #: not bench/results/localcloud: operator_bench.py --isolated uses that one, and stopping "what we
 #: started" there could pull a server from under a concurrent operator bench
 ISOLATED_DIR = RESULTS / "localcloud-backend"
-SERVICES = {"s3": ["s3"], "gcs": ["gcs"], "azure": ["azure"]}
 MiB = 1024 * 1024
 MB = 1_000_000
 
@@ -61,71 +65,9 @@ EXTRAS = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------ machine
-def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kb = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
-    return {
-        "nproc": int(nproc), "cpu": model, "ram_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
-
-
-def versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dist in ("boto3", "botocore", "s3transfer", "google-cloud-storage", "google-resumable-media",
-                 "azure-storage-blob", "azure-core"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "-"
-    return out
-
-
-# ------------------------------------------------------------------------------ local cloud
-def localcloud(*args: str, capture: bool = False) -> str:
-    done = subprocess.run([sys.executable, str(LOCALCLOUD), *args], check=True, cwd=ROOT,
-                          capture_output=capture, text=True)
-    return done.stdout if capture else ""
-
-
-def servers_up() -> dict[str, bool]:
-    up: dict[str, bool] = {}
-    for line in localcloud("status", capture=True).splitlines():
-        parts = line.split()
-        if parts:
-            up[parts[0]] = parts[-1] == "up"
-    return up
-
-
-def cloud_up(services: list[str]) -> list[str]:
-    """Bring up `services`; return those this bench started (to stop them at the end)."""
-    before = servers_up()
-    started = [svc for svc in services if not all(before.get(s) for s in SERVICES[svc])]
-    localcloud("up", *services)
-    for line in localcloud("env", capture=True).splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            os.environ[name] = shlex.split(value)[0] if value else ""
-    return started
+#: the SDKs whose versions the results record
+SDKS = ("boto3", "botocore", "s3transfer", "google-cloud-storage", "google-resumable-media", "azure-storage-blob",
+        "azure-core")
 
 
 # ------------------------------------------------------------------------------ backends
@@ -337,36 +279,26 @@ def main() -> int:
     ap.add_argument("--big-mib", type=int, default=100, help="size of the big object in MiB")
     ap.add_argument("--seed", type=int, default=1, help="seed of the random payload")
     args = ap.parse_args()
+    need_modules("boto3", "google.cloud.storage", "azure.storage.blob")
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         ap.error(f"unknown backend(s): {unknown}")
-    if not args.shared:
-        os.environ["FLOWSTORE_LOCALCLOUD_DIR"] = str(ISOLATED_DIR)
-
     res: dict[str, Any] = {
-        "machine": machine(), "versions": versions(), "rounds": args.rounds, "n_small": args.small,
+        "machine": machine(), "versions": versions(*SDKS), "rounds": args.rounds, "n_small": args.small,
         "big_mib": args.big_mib, "seed": args.seed, "isolated": not args.shared,
         "cloud": "shared local cloud" if args.shared else f"isolated local cloud ({ISOLATED_DIR.relative_to(ROOT)})",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "backends": {},
     }
-    m = res["machine"]
-    print(f"machine: nproc={m['nproc']} cpu={m['cpu']!r} ram={m['ram_gib']} GiB python={m['python']} "
-          f"loadavg={' '.join(m['loadavg_at_start'])}", flush=True)
+    print(machine_line(res["machine"]), flush=True)
 
     rng = random.Random(args.seed)
     small = [rng.randbytes(MiB) for _ in range(args.small)]
     big = rng.randbytes(args.big_mib * MiB)
 
-    started = cloud_up(names)
-    log(f"local cloud up (started by bench: {started or 'nothing'})")
-    try:
+    with cloud(names, state_dir=None if args.shared else ISOLATED_DIR):
         for i, name in enumerate(names):
             res["backends"][name] = run_backend(name, i, args.rounds, small, big)
-    finally:
-        if started:
-            log(f"stopping the local cloud services this bench started: {started}")
-            localcloud("down", *started)
     res["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     RESULTS.mkdir(parents=True, exist_ok=True)

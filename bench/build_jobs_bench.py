@@ -3,9 +3,11 @@
 
     python3 bench/build_jobs_bench.py [--runs 20] [--burst 50] [--max-build-jobs 4]
 
-Needs `scripts/localcloud up kube s3 docker node` (the node runs the Jobs) and the example
-runtime image (scripts/lib/runtime-image.sh pushes it; this script builds it when missing and
-warms the node by one build first, so the image is already on the node as the figures assume).
+Runs on the local cloud's kube, s3, docker and node (the node runs the Jobs): the bench brings
+them up (reusing what runs; what it started stops at the end), applies the CRDs, and pushes the
+example runtime image (scripts/lib/runtime-image.sh; built when missing). It warms the node by one
+build first, so the image is already on the node as the figures assume. Run it with the
+project's environment (`make bootstrap`; `.venv/bin/python bench/build_jobs_bench.py`).
 
 Figures (see bench/README.md):
   1. apply -> Ready of one pickled flow built by a Job, one at a time: median and p95 of N;
@@ -28,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import operator_bench as ob  # the shared harness (watch, operator process, S3 namespace)
+import harness  # the benches' shared harness: local cloud, CRDs, watch, operator process, S3 namespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = harness.ROOT
 PREFECT_FLOW = '''\
 from prefect import Flow, task
 
@@ -56,7 +58,7 @@ def runtime_image() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def registry_secret(env: ob.Env) -> None:
+def registry_secret(env: harness.Env) -> None:
     from kubernetes import client as c
 
     auth = {"auths": {os.environ["FLOWSTORE_REGISTRY"]: {"username": os.environ["FLOWSTORE_REGISTRY_USERNAME"],
@@ -66,19 +68,19 @@ def registry_secret(env: ob.Env) -> None:
         string_data={".dockerconfigjson": json.dumps(auth)}))
 
 
-def storage(env: ob.Env, name: str, image: str | None) -> None:
+def storage(env: harness.Env, name: str, image: str | None) -> None:
     spec: dict[str, Any] = {"s3": {"bucket": env.bucket, "endpointURL": env.endpoint, "region": "us-east-1",
                                    "keyPrefix": f"{name}/", "credentialsSecretRef": {"name": "creds"}}}
     if image:
         spec["build"] = {"image": image, "imagePullPolicy": "IfNotPresent", "imagePullSecrets": [{"name": "regcred"}]}
-    env.custom.create_namespaced_custom_object(ob.GROUP, ob.VERSION, env.namespace, ob.FS, {
-        "apiVersion": f"{ob.GROUP}/{ob.VERSION}", "kind": "FlowStorage",
+    env.custom.create_namespaced_custom_object(harness.GROUP, harness.VERSION, env.namespace, harness.FS, {
+        "apiVersion": f"{harness.GROUP}/{harness.VERSION}", "kind": "FlowStorage",
         "metadata": {"name": name, "namespace": env.namespace}, "spec": spec})
 
 
-def flow(env: ob.Env, name: str, storage_name: str, source: str) -> None:
-    env.custom.create_namespaced_custom_object(ob.GROUP, ob.VERSION, env.namespace, ob.SF, {
-        "apiVersion": f"{ob.GROUP}/{ob.VERSION}", "kind": "StoredFlow",
+def flow(env: harness.Env, name: str, storage_name: str, source: str) -> None:
+    env.custom.create_namespaced_custom_object(harness.GROUP, harness.VERSION, env.namespace, harness.SF, {
+        "apiVersion": f"{harness.GROUP}/{harness.VERSION}", "kind": "StoredFlow",
         "metadata": {"name": name, "namespace": env.namespace},
         "spec": {"storageRef": {"name": storage_name}, "flowName": name, "source": {"inline": source}}})
 
@@ -86,7 +88,7 @@ def flow(env: ob.Env, name: str, storage_name: str, source: str) -> None:
 class JobCounter:
     """The most builder Jobs seen at once in the namespace (polled)."""
 
-    def __init__(self, env: ob.Env) -> None:
+    def __init__(self, env: harness.Env) -> None:
         from kubernetes import client
 
         self.batch, self.namespace, self.most, self.stopping = client.BatchV1Api(env.api), env.namespace, 0, False
@@ -105,29 +107,24 @@ class JobCounter:
             time.sleep(0.2)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=50)
-    parser.add_argument("--max-build-jobs", type=int, default=4)
-    args = parser.parse_args()
+def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     image = runtime_image()
-    ob.log(f"runtime image {image}")
-    env = ob.Env("bench-jobs")
+    harness.log(f"runtime image {image}")
+    env = harness.Env("bench-jobs")
     registry_secret(env)
     storage(env, "jobs", image)
     storage(env, "sandbox", None)
-    sfw = ob.Watcher(env.custom, env.namespace, ob.SF)
+    sfw = harness.Watcher(env.custom, env.namespace, harness.SF)
     sfw.synced.wait(30)
-    op = ob.Operator(env.namespace, "build-jobs")
-    results: dict[str, Any] = {"machine": ob.machine(), "image": image, "args": vars(args)}
+    op = harness.Operator(env.namespace, "build-jobs")
+    results.update({"machine": harness.machine(), "image": image, "args": vars(args)})
     try:
         op.start()
         op.wait_live()
         # warm: the image on the node, the operator's first Job
         flow(env, "warm", "jobs", PREFECT_FLOW.format(name="warm"))
         assert sfw.wait_ready(["warm"], 300), "the warm-up build never became Ready"
-        ob.log("warm-up done")
+        harness.log("warm-up done")
         latencies = []
         for i in range(args.runs):
             name = f"one-{i:02d}"
@@ -135,8 +132,8 @@ def main() -> int:
             t0 = time.monotonic()
             assert sfw.wait_ready([name], 300), f"{name} not Ready"
             latencies.append(sfw.ready_at[name] - t0)
-        results["one_at_a_time"] = ob.summary(latencies) | {"samples_s": latencies}
-        ob.log(f"one at a time: median {statistics.median(latencies):.2f}s")
+        results["one_at_a_time"] = harness.summary(latencies) | {"samples_s": latencies}
+        harness.log(f"one at a time: median {statistics.median(latencies):.2f}s")
         op.stop()
         op.start("--max-build-jobs", str(args.max_build_jobs))
         op.wait_live()
@@ -152,7 +149,7 @@ def main() -> int:
         results["burst"] = {"n": args.burst, "max_build_jobs": args.max_build_jobs, "all_ready_s": t_ready - t0,
                             "most_jobs_at_once": counter.most, "operator_peak_rss_mib": own / 2**20,
                             "children_peak_rss_mib": kids / 2**20}
-        ob.log(f"burst of {args.burst}: all Ready in {t_ready - t0:.1f}s, at most {counter.most} Jobs at once")
+        harness.log(f"burst of {args.burst}: all Ready in {t_ready - t0:.1f}s, at most {counter.most} Jobs at once")
         plain = [f"sandbox-{i:03d}" for i in range(args.burst)]
         t0 = time.monotonic()
         script = "from flowstore.flow import Flow\nflow = Flow({name!r}, lambda: 42)\n"
@@ -163,14 +160,26 @@ def main() -> int:
         own, kids = op.peak(t0, t_ready + 1)
         results["sandbox_burst"] = {"n": args.burst, "all_ready_s": t_ready - t0,
                                     "operator_peak_rss_mib": own / 2**20, "children_peak_rss_mib": kids / 2**20}
-        ob.log(f"same burst in the sandbox: {t_ready - t0:.1f}s")
+        harness.log(f"same burst in the sandbox: {t_ready - t0:.1f}s")
     finally:
         env.cleanup()
         op.stop()
         sfw.stop()
         env.delete_namespace()
-    ob.RESULTS.mkdir(parents=True, exist_ok=True)
-    (ob.RESULTS / "build-jobs.json").write_text(json.dumps(results, indent=2))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--max-build-jobs", type=int, default=4)
+    args = parser.parse_args()
+    harness.need_modules("kubernetes", "boto3", "psutil", "flowstore")
+    results: dict[str, Any] = {}
+    with harness.cloud(["kube", "s3", "docker", "node"], crds=True):
+        run(args, results)
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    (harness.RESULTS / "build-jobs.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2, default=str))
     return 0
 

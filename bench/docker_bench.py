@@ -4,7 +4,8 @@ layer pushed).
 
     python3 bench/docker_bench.py              # private local cloud in bench/results/localcloud-docker
 
-Runs against the real Engine API (podman) and registry of `scripts/localcloud up docker`.
+Runs against the real Engine API (podman) and registry of `scripts/localcloud up docker` in its
+own state directory (started by the bench and stopped again at the end if it started them).
 "Cold" means nothing of the image is in the daemon's build cache or the registry, and no
 healthcheck container of it runs: each storage puts a value of its own in the image's
 environment, before the runtime layer. Bytes pushed are the growth of the registry's blob store
@@ -16,36 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS, ROOT, cloud, machine  # the benches' shared harness
+
 sys.path.insert(0, str(ROOT / "operator"))
 
-from flowstore.artifacts import envelope  # noqa: E402
-from flowstore.flow import Flow  # noqa: E402
-from flowstore.storage.docker import Docker, ImageFlow  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def localcloud_env(state_dir: Path) -> dict[str, str]:
-    env = {**os.environ, "FLOWSTORE_LOCALCLOUD_DIR": str(state_dir)}
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "up", "docker"], check=True, env=env)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "localcloud"), "env"], check=True, env=env,
-                         capture_output=True, text=True).stdout
-    exported = {}
-    for line in out.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        exported[name] = shlex.split(value)[0] if value else ""
-    return exported
+from flowstore.artifacts import envelope
+from flowstore.flow import Flow
+from flowstore.storage.docker import Docker, ImageFlow
 
 
 def blob_sizes(state_dir: Path) -> dict[str, int]:
@@ -73,12 +59,7 @@ def timed_build(storage: Docker, image_flows: list[ImageFlow], state_dir: Path) 
             "pushed": built.pushed}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", type=Path, default=RESULTS / "localcloud-docker")
-    parser.add_argument("--changed", type=int, default=10, help="which of the 20 flows changes (0-19)")
-    args = parser.parse_args()
-    env = localcloud_env(args.state_dir)
+def measure(env: dict[str, str], state_dir: Path, changed: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
 
     def storage(name: str) -> Docker:
@@ -88,15 +69,26 @@ def main() -> int:
                                    "baseImage": env["FLOWSTORE_BASE_IMAGE"], "daemonURL": env["DOCKER_HOST"],
                                    "envVars": {"FLOWSTORE_BENCH_RUN": f"{run}-{name}"}}, credentials=creds)
 
-    results: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}, "
-                                          f"load average {os.getloadavg()[0]:.2f}",
+    m = machine()
+    results: dict[str, Any] = {"machine": f"{platform.node()} {m['nproc']} CPUs ({m['cpu']}), {platform.platform()}, "
+                                          f"load average {m['loadavg_at_start'][0]}",
                                "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results["cold_1"] = timed_build(storage("one"), flows(1), args.state_dir)
+    results["cold_1"] = timed_build(storage("one"), flows(1), state_dir)
     many = storage("twenty")
-    results["cold_20"] = timed_build(many, flows(20), args.state_dir)
-    results["unchanged_20"] = timed_build(many, flows(20), args.state_dir)
-    results["one_changed_of_20"] = timed_build(many, flows(20, version=1, changed=args.changed), args.state_dir)
-    results["last_changed_of_20"] = timed_build(many, flows(20, version=2, changed=19), args.state_dir)
+    results["cold_20"] = timed_build(many, flows(20), state_dir)
+    results["unchanged_20"] = timed_build(many, flows(20), state_dir)
+    results["one_changed_of_20"] = timed_build(many, flows(20, version=1, changed=changed), state_dir)
+    results["last_changed_of_20"] = timed_build(many, flows(20, version=2, changed=19), state_dir)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=RESULTS / "localcloud-docker")
+    parser.add_argument("--changed", type=int, default=10, help="which of the 20 flows changes (0-19)")
+    args = parser.parse_args()
+    with cloud(["docker"], state_dir=args.state_dir) as lc:
+        results = measure(lc.exports(), args.state_dir.resolve(), args.changed)
     cold = results["cold_20"]["seconds"]
     ratio = results["one_changed_of_20"]["seconds"] / cold
     results["rebuild_ratio"] = round(ratio, 3)

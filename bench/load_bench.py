@@ -38,20 +38,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from operator_bench import (
+from harness import (  # the benches' shared harness
     FS,
     GROUP,
     RESULTS,
     ROOT,
     SF,
     VERSION,
-    cloud_up,
+    cloud,
     flow_script,
     fmt_s,
     free_port,
-    localcloud,
     log,
     machine,
+    machine_line,
+    need_modules,
     other_operators,
     ready,
     summary,
@@ -692,41 +693,23 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy record the operator during the burst")
     ap.add_argument("--operator-arg", action="append", help="extra operator argument (repeatable)")
     args = ap.parse_args()
+    need_modules("kubernetes", "boto3", "psutil")
     if args.quick:
         args.namespaces, args.flows = 2, 20
         if args.steady == 60.0:
             args.steady = 15.0
-    if not args.shared:
-        os.environ["FLOWSTORE_LOCALCLOUD_DIR"] = str(Path(args.cloud_dir).resolve())
-        for var in ("KUBECONFIG", "FLOWSTORE_S3_ENDPOINT", "FLOWSTORE_KUBE_SERVER"):
-            os.environ.pop(var, None)
-
     res: dict[str, Any] = {"mode": ("quick" if args.quick else "full") + (", shared cloud" if args.shared
                                                                           else ", private cloud"),
-                           "machine": machine(), "versions": versions(),
+                           "machine": machine(), "versions": versions("kopf", "kubernetes", "boto3"),
                            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    m = res["machine"]
-    print(f"machine: nproc={m['nproc']} cpu={m['cpu']!r} ram={m['ram_gib']} GiB python={m['python']} "
-          f"loadavg={' '.join(m['loadavg_at_start'])}", flush=True)
+    print(machine_line(res["machine"]), flush=True)
     others = other_operators([])
     res["other_operators_running"] = others
     if others:
         log(f"note: other flowstore operator processes are running ({others}); they share the CPU")
-    started = cloud_up()
-    log(f"local cloud up in {os.environ.get('FLOWSTORE_LOCALCLOUD_DIR') or 'the default dir'} "
-        f"(started by bench: {started or 'nothing'})")
     ok = False
-    try:
-        subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
-                       check=True, capture_output=True)
-        subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/flowstorages.flowstore.dev", "crd/storedflows.flowstore.dev"],
-                       check=True, capture_output=True)
-        ok = run(args, res, cleanup=not started)
-    finally:
-        if started:
-            log(f"stopping the local cloud services this bench started: {started}")
-            localcloud("down", *started)
+    with cloud(["kube", "s3"], state_dir=None if args.shared else Path(args.cloud_dir), crds=True) as lc:
+        ok = run(args, res, cleanup=not lc.started)
     res["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     res["ok"] = ok
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -22,278 +22,34 @@ import collections
 import concurrent.futures
 import datetime as dt
 import json
-import math
-import os
-import platform
-import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCALCLOUD = ROOT / "scripts" / "localcloud"
-RESULTS = ROOT / "bench" / "results"
-GROUP, VERSION = "flowstore.dev", "v1alpha1"
-SF, FS = "storedflows", "flowstorages"
-SERVICES = {"kube": ["etcd", "kube-apiserver"], "s3": ["s3"]}
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------ machine
-def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kb = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
-    return {
-        "nproc": int(nproc), "cpu": model, "ram_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
-
-
-# ------------------------------------------------------------------------------ local cloud
-def localcloud(*args: str, capture: bool = False) -> str:
-    done = subprocess.run([sys.executable, str(LOCALCLOUD), *args], check=True, cwd=ROOT,
-                          capture_output=capture, text=True)
-    return done.stdout if capture else ""
-
-
-def servers_up() -> dict[str, bool]:
-    up: dict[str, bool] = {}
-    for line in localcloud("status", capture=True).splitlines():
-        parts = line.split()
-        if parts:
-            up[parts[0]] = parts[-1] == "up"
-    return up
-
-
-def cloud_up() -> list[str]:
-    """Bring up kube + s3; return the services this bench started (to stop them at the end)."""
-    before = servers_up()
-    started = [svc for svc, srvs in SERVICES.items() if not all(before.get(s) for s in srvs)]
-    localcloud("up", "kube", "s3")
-    for line in localcloud("env", capture=True).splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            os.environ[name] = shlex.split(value)[0] if value else ""
-    return started
-
-
-# ------------------------------------------------------------------------------ stats
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "median": statistics.median(values), "p95": pct(values, 95),
-            "min": min(values), "max": max(values), "mean": statistics.fmean(values)}
-
-
-# ------------------------------------------------------------------------------ kube helpers
-def ready(obj: dict[str, Any]) -> bool:
-    status = obj.get("status") or {}
-    conds = status.get("conditions") or []
-    r = next((c for c in conds if c.get("type") == "Ready"), {})
-    return r.get("status") == "True" and status.get("observedGeneration") == obj["metadata"].get("generation")
-
-
-def reconciling(obj: dict[str, Any]) -> bool:
-    conds = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Reconciling" and c.get("status") == "True" for c in conds)
-
-
-class Watcher:
-    """One WATCH on a plural in a namespace, in a thread; records per object the first Ready
-    time, every resourceVersion change, and a short timeline. The watch is long (1 h) so that
-    its re-LISTs do not show up in the apiserver request counters the restart figure reads."""
-
-    def __init__(self, custom: Any, namespace: str, plural: str) -> None:
-        self.custom, self.namespace, self.plural = custom, namespace, plural
-        self.cond = threading.Condition()
-        self.ready_at: dict[str, float] = {}
-        self.rv: dict[str, str] = {}
-        self.changes: collections.Counter[str] = collections.Counter()  # rv changes after first sight
-        self.timeline: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
-        self.last_change = time.monotonic()
-        self.stopping = False
-        self.synced = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{plural}")
-        self.thread.start()
-
-    def _observe(self, etype: str, obj: dict[str, Any], now: float) -> None:
-        name, rv = obj["metadata"]["name"], obj["metadata"]["resourceVersion"]
-        with self.cond:
-            old = self.rv.get(name)
-            if etype == "DELETED":
-                self.rv.pop(name, None)
-            else:
-                self.rv[name] = rv
-            if old is not None and old != rv:
-                self.changes[name] += 1
-                self.last_change = now
-            elif old is None and etype != "LIST":
-                self.last_change = now
-            tl = self.timeline[name]
-            if etype == "ADDED":
-                tl.append((now, "added"))
-            elif etype == "MODIFIED":
-                tl.append((now, "reconciling" if reconciling(obj) else ("ready" if ready(obj) else "modified")))
-            if etype != "DELETED" and name not in self.ready_at and ready(obj):
-                self.ready_at[name] = now
-            self.cond.notify_all()
-
-    def _run(self) -> None:
-        from kubernetes import watch
-
-        while not self.stopping:
-            try:
-                lst = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural)
-                now = time.monotonic()
-                for item in lst.get("items") or []:
-                    self._observe("LIST", item, now)
-                self.synced.set()
-                w = watch.Watch()
-                for ev in w.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
-                                   self.plural, resource_version=lst["metadata"]["resourceVersion"],
-                                   timeout_seconds=3600, allow_watch_bookmarks=True):
-                    if self.stopping:
-                        break
-                    if ev["type"] in ("BOOKMARK", "ERROR"):
-                        if ev["type"] == "ERROR":
-                            break
-                        continue
-                    obj = ev["object"] if isinstance(ev["object"], dict) else ev["raw_object"]
-                    self._observe(ev["type"], obj, time.monotonic())
-            except Exception as exc:
-                if not self.stopping:
-                    log(f"watch {self.plural} restarting: {type(exc).__name__}: {exc}")
-                    time.sleep(0.2)
-
-    def wait_ready(self, names: list[str], timeout: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: all(n in self.ready_at for n in names), timeout)
-
-    def wait_quiet(self, seconds: float, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if time.monotonic() - self.last_change >= seconds:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        self.stopping = True
-
-
-# ------------------------------------------------------------------------------ operator
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    def __init__(self, namespace: str, tag: str) -> None:
-        self.namespace, self.tag = namespace, tag
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.samples: list[tuple[float, int, int]] = []  # (t, own rss, children rss)
-        self._sampling = False
-        self.port = 0
-
-    def start(self, *extra: str) -> float:
-        """Start `flowstore operator -n NAMESPACE` (plus `extra` arguments); returns when it did."""
-        import psutil
-
-        self.starts += 1
-        self.port = free_port()
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        logf = open(RESULTS / f"operator-{self.tag}-{self.starts}.log", "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowstore.cli", "operator", "-n", self.namespace,
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz", *extra],
-            stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=ROOT,
-        )
-        self._ps = psutil.Process(self.proc.pid)
-        self._sampling = True
-        threading.Thread(target=self._sample, daemon=True).start()
-        return t0
-
-    def wait_live(self, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc and self.proc.poll() is None, f"operator exited; see {RESULTS}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return time.monotonic()
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("operator liveness endpoint never answered")
-
-    def _sample(self) -> None:
-        import psutil
-
-        ps = self._ps
-        while self._sampling:
-            try:
-                own = ps.memory_info().rss
-                kids = 0
-                for c in ps.children(recursive=True):
-                    try:
-                        kids += c.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.samples.append((time.monotonic(), own, kids))
-            except psutil.Error:
-                return
-            time.sleep(0.1)
-
-    def peak(self, since: float, until: float | None = None) -> tuple[int, int]:
-        until = until or time.monotonic()
-        window = [s for s in self.samples if since <= s[0] <= until]
-        return (max((s[1] for s in window), default=0), max((s[2] for s in window), default=0))
-
-    def stop(self, sig: int = signal.SIGTERM) -> float:
-        """Signal and wait; returns seconds until the process exited."""
-        self._sampling = False
-        if not self.proc or self.proc.poll() is not None:
-            return 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return time.monotonic() - t0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # the benches' shared harness
+    FS,
+    RESULTS,
+    SF,
+    Env,
+    Operator,
+    Watcher,
+    cloud,
+    fmt_s,
+    log,
+    machine,
+    machine_line,
+    need_modules,
+    other_operators,
+    ready,
+    summary,
+    versions,
+)
 
 
 class Profiler:
@@ -319,124 +75,12 @@ class Profiler:
 
 
 # ------------------------------------------------------------------------------ apiserver metrics
-class ApiMetrics:
-    """apiserver_request_total for group flowstore.dev (and core events), summed by (verb, resource)."""
-
-    def __init__(self, api: Any) -> None:
-        self.api = api
-        cfg = api.configuration
-        self.url = cfg.host + "/metrics"
-        token = (cfg.api_key or {}).get("BearerToken") or (cfg.api_key or {}).get("authorization")
-        self.headers = {"Authorization": token} if token else {}
-
-    def read(self) -> collections.Counter[tuple[str, str]]:
-        r = self.api.call_api("GET", self.url, header_params=self.headers)
-        data = r.read() if hasattr(r, "read") else r.data
-        out: collections.Counter[tuple[str, str]] = collections.Counter()
-        for line in data.splitlines():
-            if not line.startswith(b"apiserver_request_total{"):
-                continue
-            if b'group="flowstore.dev"' not in line and b'resource="events"' not in line:
-                continue
-            labels_part, _, value = line.rpartition(b" ")
-            labels = dict(kv.split("=", 1) for kv in labels_part.decode()[len("apiserver_request_total{"):-1]
-                          .replace('"', "").split(","))
-            if labels.get("verb") == "WATCH":
-                continue
-            res = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
-            out[(labels.get("verb", ""), res)] += int(float(value))
-        return out
-
-
 def delta(after: collections.Counter[Any], before: collections.Counter[Any]) -> dict[str, int]:
     return {f"{v} {r}": after[(v, r)] - before[(v, r)] for (v, r) in sorted(after)
             if after[(v, r)] - before[(v, r)] > 0}
 
 
 # ------------------------------------------------------------------------------ manifests
-def flow_script(flow_name: str) -> str:
-    return f"from flowstore.flow import Flow\n\ndef main():\n    return 42\n\nflow = Flow({flow_name!r}, main)\n"
-
-
-def stored_flow(namespace: str, name: str, storage: str) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": storage}, "flowName": name, "source": {"inline": flow_script(name)}}}
-
-
-class Env:
-    """Kubernetes + S3 clients and one namespace with its FlowStorages."""
-
-    def __init__(self, prefix: str) -> None:
-        import boto3
-        from kubernetes import client, config
-
-        config.load_kube_config(os.environ["KUBECONFIG"])
-        cfg = client.Configuration.get_default_copy()
-        cfg.connection_pool_maxsize = 32
-        self.api = client.ApiClient(cfg)
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
-        self.metrics = ApiMetrics(self.api)
-        self.endpoint = os.environ["FLOWSTORE_S3_ENDPOINT"]
-        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
-        self.namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        from kubernetes import client as c
-
-        self.core.create_namespace(c.V1Namespace(metadata=c.V1ObjectMeta(name=self.namespace)))
-        self.s3.create_bucket(Bucket=self.bucket)
-        self.core.create_namespaced_secret(self.namespace, c.V1Secret(
-            metadata=c.V1ObjectMeta(name="creds"),
-            string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}))
-
-    def storage(self, name: str, *, script: bool, prefix: str) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FlowStorage",
-                "metadata": {"name": name, "namespace": self.namespace},
-                "spec": {"s3": {"bucket": self.bucket, "endpointURL": self.endpoint, "region": "us-east-1",
-                                "keyPrefix": prefix, "credentialsSecretRef": {"name": "creds"}},
-                         "storedAsScript": script}}
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, FS, body)
-
-    def create_flow(self, name: str, storage: str) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, SF,
-                                                    stored_flow(self.namespace, name, storage))
-
-    def list(self, plural: str) -> list[dict[str, Any]]:
-        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)["items"])
-
-    def s3_count(self) -> int:
-        n = 0
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            n += page.get("KeyCount", len(page.get("Contents", [])))
-        return n
-
-    def cleanup(self, timeout: float = 120.0) -> None:
-        """Delete the objects while the operator still runs (it releases the finalizers), so no
-        StoredFlow with a finalizer lingers for later cluster-wide operators; then the namespace."""
-        for plural in (SF, FS):
-            try:
-                self.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)
-            except Exception as exc:
-                log(f"cleanup {plural}: {exc}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if not self.list(SF) and not self.list(FS):
-                    break
-            except Exception:
-                break
-            time.sleep(0.5)
-        else:
-            log(f"cleanup: objects still present in {self.namespace} after {timeout:.0f}s")
-
-    def delete_namespace(self) -> None:
-        try:
-            self.core.delete_namespace(self.namespace)
-        except Exception as exc:
-            log(f"delete namespace {self.namespace}: {exc}")
-
-
 # ------------------------------------------------------------------------------ phases
 def timeline_breakdown(w: Watcher, names: list[str], created: dict[str, float]) -> dict[str, Any]:
     """Median create->first operator write (kopf finalizer), ->Reconciling written, ->Ready."""
@@ -566,12 +210,6 @@ def restart(env: Env, sfw: Watcher, fsw: Watcher, op: Operator, n_expected: int)
 
 
 # ------------------------------------------------------------------------------ report
-def fmt_s(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
-
-
 def report(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
@@ -633,30 +271,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for p in ("kopf", "kubernetes", "boto3"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "?"
-    return out
-
-
-def other_operators(mine: list[int]) -> list[int]:
-    """Other `flowstore operator` processes (a cluster-wide one would reconcile our namespace too)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if p.pid not in mine and "flowstore.cli" in cmd and "operator" in cmd:
-            found.append(p.pid)
-    return found
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 script / 5 pickle / 20 burst")
@@ -668,16 +282,14 @@ def main() -> int:
                     help="py-spy record the operator during phases 2 and 3 (bench/results/profile-*.txt)")
     args = ap.parse_args()
     Profiler.enabled = args.profile
-    if args.isolated:
-        os.environ["FLOWSTORE_LOCALCLOUD_DIR"] = str(RESULTS / "localcloud")
+    need_modules("kubernetes", "boto3", "psutil")
     n_seq, n_pickle, n_burst = (10, 5, 20) if args.quick else (50, 20, 200)
 
     res: dict[str, Any] = {"mode": ("quick" if args.quick else "full") + (", isolated cloud" if args.isolated else ""),
-                           "machine": machine(), "versions": versions(),
+                           "machine": machine(), "versions": versions("kopf", "kubernetes", "boto3"),
                            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     m = res["machine"]
-    print(f"machine: nproc={m['nproc']} cpu={m['cpu']!r} ram={m['ram_gib']} GiB python={m['python']} "
-          f"loadavg={' '.join(m['loadavg_at_start'])}", flush=True)
+    print(machine_line(m), flush=True)
     others = other_operators([])
     if others:
         log(f"note: other flowstore operator processes are running ({others})")
@@ -693,71 +305,63 @@ def main() -> int:
 
     ops: list[Operator] = []
     threading.Thread(target=monitor, daemon=True).start()
-    started = cloud_up()
-    log(f"local cloud up (started by bench: {started or 'nothing'})")
-    subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
-                   check=True, capture_output=True)
-    subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/flowstorages.flowstore.dev", "crd/storedflows.flowstore.dev"], check=True, capture_output=True)
+    state_dir = RESULTS / "localcloud" if args.isolated else None
+    with cloud(["kube", "s3"], state_dir=state_dir, crds=True):
+        envs: list[Env] = []
+        watchers: list[Watcher] = []
+        try:
+            # ---- phase 1: sequential latency (own namespace and operator)
+            e1 = Env("bench-seq")
+            envs.append(e1)
+            e1.storage("script", script=True, prefix="script/")
+            e1.storage("pickle", script=False, prefix="pickle/")
+            w1 = Watcher(e1.custom, e1.namespace, SF)
+            watchers.append(w1)
+            w1.synced.wait(30)
+            op1 = Operator(e1.namespace, "seq")
+            ops.append(op1)
+            op1.start()
+            op1.wait_live()
+            log(f"phase 1: {n_seq} script-mode flows, one at a time")
+            res["sequential"] = {"script": sequential(e1, w1, "script", "s", n_seq)}
+            log(f"phase 1: {n_pickle} pickle-mode flows, one at a time")
+            res["sequential"]["pickle"] = sequential(e1, w1, "pickle", "p", n_pickle)
+            res["sequential"]["pickle_children_peak_rss_mib"] = op1.peak(0)[1] / 2**20
+            res["sequential"]["s3_objects"] = e1.s3_count()
+            res["sequential"]["flows"] = n_seq + n_pickle + 2
+            log("phase 1: cleanup")
+            e1.cleanup()
+            op1.stop()
 
-    envs: list[Env] = []
-    watchers: list[Watcher] = []
-    try:
-        # ---- phase 1: sequential latency (own namespace and operator)
-        e1 = Env("bench-seq")
-        envs.append(e1)
-        e1.storage("script", script=True, prefix="script/")
-        e1.storage("pickle", script=False, prefix="pickle/")
-        w1 = Watcher(e1.custom, e1.namespace, SF)
-        watchers.append(w1)
-        w1.synced.wait(30)
-        op1 = Operator(e1.namespace, "seq")
-        ops.append(op1)
-        op1.start()
-        op1.wait_live()
-        log(f"phase 1: {n_seq} script-mode flows, one at a time")
-        res["sequential"] = {"script": sequential(e1, w1, "script", "s", n_seq)}
-        log(f"phase 1: {n_pickle} pickle-mode flows, one at a time")
-        res["sequential"]["pickle"] = sequential(e1, w1, "pickle", "p", n_pickle)
-        res["sequential"]["pickle_children_peak_rss_mib"] = op1.peak(0)[1] / 2**20
-        res["sequential"]["s3_objects"] = e1.s3_count()
-        res["sequential"]["flows"] = n_seq + n_pickle + 2
-        log("phase 1: cleanup")
-        e1.cleanup()
-        op1.stop()
-
-        # ---- phase 2/3: burst and restart (fresh namespace and operator)
-        e2 = Env("bench-burst")
-        envs.append(e2)
-        e2.storage("script", script=True, prefix="burst/")
-        w2 = Watcher(e2.custom, e2.namespace, SF)
-        w2f = Watcher(e2.custom, e2.namespace, FS)
-        watchers += [w2, w2f]
-        w2.synced.wait(30)
-        w2f.synced.wait(30)
-        op2 = Operator(e2.namespace, "burst")
-        ops.append(op2)
-        op2.start()
-        op2.wait_live()
-        w2f.wait_ready(["script"], 60)
-        time.sleep(2)
-        res["idle_rss_mib"] = op2.samples[-1][1] / 2**20 if op2.samples else 0.0
-        log(f"phase 2: {n_burst} script-mode flows at once")
-        res["burst"] = burst(e2, w2, op2, "script", n_burst)
-        log("phase 3: restart")
-        res["restart"] = restart(e2, w2, w2f, op2, n_burst)
-        log("phase 3: cleanup")
-        e2.cleanup()
-    finally:
-        for w in watchers:
-            w.stop()
-        for op in ops:
-            op.stop()
-        for e in envs:
-            e.delete_namespace()
-        if started:
-            log(f"stopping the local cloud services this bench started: {started}")
-            localcloud("down", *started)
+            # ---- phase 2/3: burst and restart (fresh namespace and operator)
+            e2 = Env("bench-burst")
+            envs.append(e2)
+            e2.storage("script", script=True, prefix="burst/")
+            w2 = Watcher(e2.custom, e2.namespace, SF)
+            w2f = Watcher(e2.custom, e2.namespace, FS)
+            watchers += [w2, w2f]
+            w2.synced.wait(30)
+            w2f.synced.wait(30)
+            op2 = Operator(e2.namespace, "burst")
+            ops.append(op2)
+            op2.start()
+            op2.wait_live()
+            w2f.wait_ready(["script"], 60)
+            time.sleep(2)
+            res["idle_rss_mib"] = op2.samples[-1][1] / 2**20 if op2.samples else 0.0
+            log(f"phase 2: {n_burst} script-mode flows at once")
+            res["burst"] = burst(e2, w2, op2, "script", n_burst)
+            log("phase 3: restart")
+            res["restart"] = restart(e2, w2, w2f, op2, n_burst)
+            log("phase 3: cleanup")
+            e2.cleanup()
+        finally:
+            for w in watchers:
+                w.stop()
+            for op in ops:
+                op.stop()
+            for e in envs:
+                e.delete_namespace()
 
     res["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     monitoring = False

@@ -21,9 +21,7 @@ import collections
 import datetime as dt
 import json
 import os
-import platform
 import re
-import shlex
 import signal
 import statistics
 import subprocess
@@ -33,9 +31,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCALCLOUD = ROOT / "scripts" / "localcloud"
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS, ROOT, cloud, machine, need_modules  # the benches' shared harness
+
 CLOUD_DIR = RESULTS / "localcloud-seed"
 WORKER = ROOT / "bench" / "seed_flows.py"
 PREFECT_VENV = Path.home() / ".cache" / "flowstore" / "prefect-venv"
@@ -76,22 +74,6 @@ def log(msg: str) -> None:
     print(f"[seed-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------ machine
-def machine() -> dict[str, Any]:
-    model, mem_kb = "?", 0
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
-    return {"nproc": int(nproc), "cpu": model, "ram_gib": round(mem_kb / 2**20, 1),
-            "bench_python": platform.python_version(),
-            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
-
-
 # ------------------------------------------------------------------------------ environments
 def project_python() -> Path:
     venv = ROOT / ".venv" / "bin" / "python"
@@ -123,25 +105,6 @@ def prefect_venv(boto3_version: str) -> Path:
 def pip_freeze(python: Path) -> list[str]:
     out = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
     return out.split()
-
-
-# ------------------------------------------------------------------------------ local cloud
-def localcloud(*args: str, capture: bool = False) -> str:
-    done = subprocess.run([sys.executable, str(LOCALCLOUD), *args], check=True, cwd=ROOT,
-                          capture_output=capture, text=True)
-    return done.stdout if capture else ""
-
-
-def cloud_up() -> bool:
-    """Start (or reuse) S3 in the private cloud dir; True if this bench started it."""
-    status = localcloud("status", capture=True)
-    was_up = any(line.split()[:1] == ["s3"] and line.split()[-1] == "up" for line in status.splitlines())
-    localcloud("up", "s3")
-    for line in localcloud("env", capture=True).splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
-            os.environ[name] = shlex.split(value)[0] if value else ""
-    return not was_up
 
 
 # ------------------------------------------------------------------------------ workers
@@ -306,8 +269,8 @@ def main() -> int:
     ap.add_argument("--no-auto-profile", action="store_true", help="never profile unless --profile")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = ap.parse_args()
+    need_modules("boto3")
 
-    os.environ["FLOWSTORE_LOCALCLOUD_DIR"] = str(CLOUD_DIR)
     RESULTS.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"machine": machine(), "n": args.n, "rounds": args.rounds,
                            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -321,59 +284,56 @@ def main() -> int:
     res["pythons"] = {"seed": str(seed_python), "flowstore": str(fs_python)}
     res["prefect_venv_freeze"] = pip_freeze(seed_python)
 
-    started = cloud_up()
-    log(f"S3 at {os.environ['FLOWSTORE_S3_ENDPOINT']} ({'started' if started else 'reused'}; {CLOUD_DIR})")
-    sides: dict[str, Side] = {}
-    try:
-        import boto3  # the bench's own client, only to create the buckets (untimed)
+    with cloud(["s3"], state_dir=CLOUD_DIR) as lc:
+        log(f"S3 at {os.environ['FLOWSTORE_S3_ENDPOINT']} ({'started' if lc.started else 'reused'}; {CLOUD_DIR})")
+        sides: dict[str, Side] = {}
+        try:
+            import boto3  # the bench's own client, only to create the buckets (untimed)
 
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "SEED_BENCH_ENDPOINT": os.environ["FLOWSTORE_S3_ENDPOINT"],
-               "SEED_BENCH_N": str(args.n), "PYTHONDONTWRITEBYTECODE": "1"}
-        env.pop("AWS_PROFILE", None)
-        admin = boto3.client("s3", endpoint_url=env["SEED_BENCH_ENDPOINT"], aws_access_key_id="testing",
-                             aws_secret_access_key="testing", region_name="us-east-1")  # noqa: S106 - moto
-        buckets = {}
-        for name in SIDES:
-            buckets[name] = f"seed-bench-{name}-{uuid.uuid4().hex[:8]}"
-            admin.create_bucket(Bucket=buckets[name])
-        res["buckets"] = buckets
-        for name, python in (("seed", seed_python), ("flowstore", fs_python)):
-            sides[name] = Side(name, python, {**env, "SEED_BENCH_BUCKET": buckets[name]})
-            log(f"{name} worker ready: import {sides[name].ready['import_s']:.3f}s, "
-                f"spawn->ready {sides[name].spawn_to_ready_s:.3f}s")
-        res["workers"] = {k: {**s.ready, "spawn_to_ready_s": s.spawn_to_ready_s} for k, s in sides.items()}
+            env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "SEED_BENCH_ENDPOINT": os.environ["FLOWSTORE_S3_ENDPOINT"],
+                   "SEED_BENCH_N": str(args.n), "PYTHONDONTWRITEBYTECODE": "1"}
+            env.pop("AWS_PROFILE", None)
+            admin = boto3.client("s3", endpoint_url=env["SEED_BENCH_ENDPOINT"], aws_access_key_id="testing",
+                                 aws_secret_access_key="testing", region_name="us-east-1")  # noqa: S106 - moto
+            buckets = {}
+            for name in SIDES:
+                buckets[name] = f"seed-bench-{name}-{uuid.uuid4().hex[:8]}"
+                admin.create_bucket(Bucket=buckets[name])
+            res["buckets"] = buckets
+            for name, python in (("seed", seed_python), ("flowstore", fs_python)):
+                sides[name] = Side(name, python, {**env, "SEED_BENCH_BUCKET": buckets[name]})
+                log(f"{name} worker ready: import {sides[name].ready['import_s']:.3f}s, "
+                    f"spawn->ready {sides[name].spawn_to_ready_s:.3f}s")
+            res["workers"] = {k: {**s.ready, "spawn_to_ready_s": s.spawn_to_ready_s} for k, s in sides.items()}
 
-        seed_size = sides["seed"].call("sizes")
-        res["artifact"] = {"seed": seed_size, "flowstore_unpadded": sides["flowstore"].call("sizes")}
-        res["artifact"]["flowstore"] = sides["flowstore"].call("pad", target=seed_size["mean_bytes"])
+            seed_size = sides["seed"].call("sizes")
+            res["artifact"] = {"seed": seed_size, "flowstore_unpadded": sides["flowstore"].call("sizes")}
+            res["artifact"]["flowstore"] = sides["flowstore"].call("pad", target=seed_size["mean_bytes"])
 
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {s: [] for s in SIDES} for p in ("store", "load")}
-        res["order"] = []
-        for rnd in range(args.rounds):
-            order = list(SIDES) if rnd % 2 == 0 else list(reversed(SIDES))
-            res["order"].append(order)
-            for phase in ("store", "load"):
-                for name in order:
-                    out = sides[name].call(phase, round=rnd)
-                    runs[phase][name].append(out)
-                    log(f"round {rnd + 1}/{args.rounds} {phase:<5} {name:<9} {out['wall_s']:.3f}s")
-        res["runs"] = runs
-        res["median"] = {p: {s: statistics.median(r["wall_s"] for r in runs[p][s]) for s in SIDES} for p in runs}
-        res["median_cpu"] = {p: {s: statistics.median(r["cpu_s"] for r in runs[p][s]) for s in SIDES} for p in runs}
-        res["ratio"] = {p: res["median"][p]["seed"] / res["median"][p]["flowstore"] for p in runs}
-        res["median_get_flow_ms"] = {s: 1000 * statistics.median(t for r in runs["load"][s] for t in r["per_call_s"])
-                                     for s in SIDES}
-        below = any(r < TARGET for r in res["ratio"].values())
-        if args.profile or (below and not args.no_auto_profile):
-            log("profiling one extra round per side (not counted)" + (" because a ratio is below target" * below))
-            res["profile"] = profile_round(sides, args.rounds, args.rate)
-    finally:
-        for s in sides.values():
-            s.close()
-        if started:
-            log("stopping the S3 server this bench started")
-            localcloud("down", "s3")
+            runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {s: [] for s in SIDES} for p in ("store", "load")}
+            res["order"] = []
+            for rnd in range(args.rounds):
+                order = list(SIDES) if rnd % 2 == 0 else list(reversed(SIDES))
+                res["order"].append(order)
+                for phase in ("store", "load"):
+                    for name in order:
+                        out = sides[name].call(phase, round=rnd)
+                        runs[phase][name].append(out)
+                        log(f"round {rnd + 1}/{args.rounds} {phase:<5} {name:<9} {out['wall_s']:.3f}s")
+            res["runs"] = runs
+            res["median"] = {p: {s: statistics.median(r["wall_s"] for r in runs[p][s]) for s in SIDES} for p in runs}
+            res["median_cpu"] = {p: {s: statistics.median(r["cpu_s"] for r in runs[p][s]) for s in SIDES} for p in runs}
+            res["ratio"] = {p: res["median"][p]["seed"] / res["median"][p]["flowstore"] for p in runs}
+            res["median_get_flow_ms"] = {
+                s: 1000 * statistics.median(t for r in runs["load"][s] for t in r["per_call_s"]) for s in SIDES}
+            below = any(r < TARGET for r in res["ratio"].values())
+            if args.profile or (below and not args.no_auto_profile):
+                log("profiling one extra round per side (not counted)" + (" because a ratio is below target" * below))
+                res["profile"] = profile_round(sides, args.rounds, args.rate)
+        finally:
+            for s in sides.values():
+                s.close()
     res["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     out = RESULTS / "seed-latest.json"

@@ -55,9 +55,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
+    from flowstore.controller.identity import AmbientPolicy, operator_namespace
+
+    ambient = AmbientPolicy(args.ambient_identity, operator_namespace(args.operator_namespace, os.environ))
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries)
+                        delete_retries=args.delete_retries, ambient=ambient)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -236,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds the leader may fail to renew before it exits (default 8)")
     op.add_argument("--retry-period", type=float, default=2.0,
                     help="seconds between election attempts and renewals (default 2)")
+    op.add_argument("--ambient-identity", choices=("own-namespace", "any", "none"), default="own-namespace",
+                    help="where a FlowStorage with neither a credentials Secret nor spec.serviceAccountName may act "
+                         "as the operator's own cloud identity (the SDKs' default chain): only in the operator's own "
+                         "namespace (default), in any namespace, or nowhere (docs/identity.md)")
+    op.add_argument("--operator-namespace", default=None,
+                    help="the operator's own namespace, for --ambient-identity own-namespace (default: "
+                         "$POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flowstore import kubeconfig
@@ -19,6 +20,7 @@ from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, signing
 from flowstore.storage import from_serialized
 from flowstore.storage.base import verify_digest
+from flowstore.workload import agent_identity
 
 
 class FlowNotAvailable(LookupError):
@@ -72,14 +74,15 @@ def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any
     return from_serialized(status["storage"]).serialize()
 
 
-def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Artifact:
+def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+                  identity: Mapping[str, Any] | None = None) -> Artifact:
     """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
 
     With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
     artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
     status = locate(name, namespace, api=api)
     check_signature(status, signing_key)
-    return Artifact(data=download(status), status=status)
+    return Artifact(data=download(status, identity=identity), status=status)
 
 
 def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
@@ -102,20 +105,23 @@ def check_signature(status: dict[str, Any], signing_key: bytes | str | None = No
                        artifact.get("signature"), what=artifact.get("url", status["location"]))
 
 
-def download(status: dict[str, Any]) -> bytes:
+def download(status: dict[str, Any], *, identity: Mapping[str, Any] | None = None) -> bytes:
     """The artifact a StoredFlow's status names, from its storage, verified against the
-    recorded sha256 (``IntegrityError`` otherwise)."""
+    recorded sha256 (``IntegrityError`` otherwise). With `identity`, the storage is reached as
+    this Pod's ServiceAccount (flowstore.workload)."""
     artifact = status["artifact"]
-    storage = from_serialized(status["storage"])
+    acting_as = agent_identity(str(status["storage"].get("type", "")), identity)
+    storage = from_serialized(status["storage"], **({"identity": acting_as} if acting_as is not None else {}))
     data = storage.get_bytes(status["location"])
     verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
     return data
 
 
-def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:
+def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+              identity: Mapping[str, Any] | None = None) -> Any:
     """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
     running the script in this process (the agent's job, as in the seed); or, for a flow of
     several files, imported from the bundle's files, extracted once into a cache directory
     keyed by the digest (``flowstore.artifacts.loading``)."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))

@@ -56,7 +56,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,8 @@ class PreparedFlow:
 
 def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes | str | None = None,
             api: Any = None, cache: Path | None = None, unchanged: PreparedFlow | None = None,
-            log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> PreparedFlow:
+            log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+            identity: Mapping[str, Any] | None = None) -> PreparedFlow:
     """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
 
     `unchanged`: what an earlier pull into the same destination prepared; when the StoredFlow
@@ -165,7 +166,7 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
             and destination.is_dir()):
         return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
-    data, downloaded = cached_artifact(digest, lambda: client.download(status), root=cache)
+    data, downloaded = cached_artifact(digest, lambda: client.download(status, identity=identity), root=cache)
     if fmt == "bundle":
         unpacked = bundle.unpack(data)  # every file checked against the manifest
         entrypoint = str(unpacked.entrypoint)
@@ -304,7 +305,7 @@ def pull_step_yaml(name: str, namespace: str, status: dict[str, Any]) -> str:
 
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
-              require_signature: bool = False) -> dict[str, Any]:
+              require_signature: bool = False, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
@@ -313,6 +314,8 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
               namespace: data                      # default: the worker's namespace
               require_signature: true              # key from FLOWSTORE_SIGNING_KEY, or:
               # signing_key: "{{ prefect.blocks.secret.flowstore-signing-key }}"
+              identity: {}                         # reach the storage as this Pod's ServiceAccount
+                                                   # (flowstore.workload; e.g. {roleARN: …})
 
     Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
     ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
@@ -328,7 +331,7 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
                 "signing key: set FLOWSTORE_SIGNING_KEY in its environment, or give the step "
                 "signing_key: '{{ prefect.blocks.secret.NAME }}'")
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           log=log)
+                           log=log, identity=identity)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise

@@ -1,4 +1,4 @@
-"""The local cloud's node itself (scripts/localcloud up node; scripts/lib/localnode.py): a real
+"""The local cloud's node itself (scripts/localcloud up node; scripts/lib/localcloud/node.py): a real
 kubelet + containerd + kube-scheduler + kube-controller-manager beside the API server.
 
 Pods run in their own network namespace (a bridge with no address and no route: they reach
@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from localcloud.node_files import Node
+from localcloud.pause import PAUSE_IMAGE
 from tests.cluster.conftest import IMAGE_REPOSITORY, pull_secret
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
@@ -181,11 +183,9 @@ def test_down_leaves_nothing_behind(node_env: dict[str, str], tmp_path_factory: 
     try:
         exports = dict(line[len("export "):].split("=", 1) for line in localcloud("env").splitlines())
         kubeconfig = exports["KUBECONFIG"]
-        sys.path.insert(0, str(ROOT / "scripts" / "lib"))
-        import localnode
-
-        mine = localnode.Node(state_dir.resolve(), Path.home() / ".cache" / "flowstore")
-        theirs = localnode.Node((ROOT / ".localcloud").resolve(), Path.home() / ".cache" / "flowstore")
+        mine = Node(state_dir.resolve(), Path.home() / ".cache" / "flowstore")
+        theirs = Node(Path(os.environ.get("FLOWSTORE_LOCALCLOUD_DIR") or ROOT / ".localcloud").resolve(),
+                      Path.home() / ".cache" / "flowstore")
         assert mine.bridge != theirs.bridge and mine.subnet() != theirs.subnet()
 
         def k(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -193,7 +193,7 @@ def test_down_leaves_nothing_behind(node_env: dict[str, str], tmp_path_factory: 
                                   check=False, **kw)
 
         # The pause image is on every node already (the Pod sandbox's), so nothing is pulled.
-        pod = json.loads(pod_manifest("default", "sleeper", localnode.PAUSE_IMAGE, ["/pause"]))
+        pod = json.loads(pod_manifest("default", "sleeper", PAUSE_IMAGE, ["/pause"]))
         pod["spec"]["containers"][0]["imagePullPolicy"] = "Never"
         pod["spec"]["automountServiceAccountToken"] = True   # a projected volume: a tmpfs mount
         assert k("apply", "-f", "-", input=json.dumps(pod)).returncode == 0

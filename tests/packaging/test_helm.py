@@ -316,6 +316,9 @@ def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
         ("batch", "jobs"): {"get", "list", "create", "delete"},
         ("", "pods"): {"get", "list"},
         ("", "pods/log"): {"get"},
+        # spec.serviceAccountName: the account's annotations, and TokenRequests for it
+        ("", "serviceaccounts"): {"get"},
+        ("", "serviceaccounts/token"): {"create"},
     }
     crds = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
     docs = render(helm, "flowstore", "flowstore-system")
@@ -360,7 +363,14 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         assert not can_i(sa_config, "update", "configmaps", "-n", ns)
         assert not can_i(sa_config, "patch", "jobs.batch", "-n", ns)
         assert not can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", ns)
+        # spec.serviceAccountName: read one account by name, request tokens for it; nothing more
+        assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+        assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        for verb in ("list", "watch", "create", "update", "patch", "delete"):
+            assert not can_i(sa_config, verb, "serviceaccounts", "-n", ns), verb
     for ns in (unwatched, home):
+        assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        assert not can_i(sa_config, "get", "serviceaccounts", "-n", ns)
         assert not can_i(sa_config, "get", "secrets", "-n", ns)
         assert not can_i(sa_config, "list", "storedflows.flowstore.dev", "-n", ns)
         assert not can_i(sa_config, "get", "configmaps", "-n", ns)
@@ -373,6 +383,15 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     assert not can_i(sa_config, "delete", "namespaces")
     assert can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", home)
     assert not can_i(sa_config, "delete", "leases.coordination.k8s.io", "-n", home)
+    assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "--all-namespaces")
+    # A real TokenRequest with the operator's own token: granted where it watches, refused elsewhere.
+    for ns in (watched, unwatched):
+        kubectl("create", "serviceaccount", "team-flows", "-n", ns)
+    token = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", watched,
+                    "--audience", "sts.amazonaws.com").stdout.strip()
+    assert token.count(".") == 2
+    refused = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", unwatched, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
 
     # The operator with nothing but the ServiceAccount's token: the flows become Ready.
     directory = tmp_path / "flows"
@@ -424,6 +443,9 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     assert not can_i(sa_config, "list", "namespaces")  # cluster-wide kopf never lists them
     assert can_i(sa_config, "list", "storedflows.flowstore.dev", "--all-namespaces")
     assert not can_i(sa_config, "delete", "storedflows.flowstore.dev", "-n", ns)
+    assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+    assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+    assert not can_i(sa_config, "list", "serviceaccounts", "--all-namespaces")
 
     directory = tmp_path / "flows"
     directory.mkdir()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.kube import kubectl
+from tests.helpers.localcloud import LOCALCLOUD, ROOT
 
 # The GCS and Azure fixtures live here until they move to conftest.py.
 
@@ -151,3 +154,49 @@ def test_docker_engine_builds_and_pushes_to_the_registry_with_auth(docker_env: d
                                                "application/vnd.oci.image.manifest.v1+json"})
     assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"].startswith("sha256:")
     assert requests.get(f"http://{docker_env['registry']}/v2/", timeout=10).status_code == 401
+
+
+def test_a_private_cloud_starts_stops_and_goes_away(tmp_path: Path) -> None:
+    """The commands end to end on a second local cloud (its own state directory): `up` starts
+    and then reuses, `stop` keeps the port for `start`, `env` and `status` say what runs, and
+    `down` leaves nothing of it."""
+    state_dir = tmp_path / "cloud"
+    env = {**os.environ, "FLOWSTORE_LOCALCLOUD_DIR": str(state_dir)}
+
+    def localcloud(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, str(LOCALCLOUD), *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"localcloud {' '.join(args)}:\n{done.stderr[-3000:]}"
+        return done
+
+    def status() -> dict[str, tuple[str, str, str]]:
+        return {line.split()[0]: (line.split()[1], line.split()[2], line.split()[3])
+                for line in localcloud("status").stdout.splitlines()}
+
+    localcloud("up", "webhook")
+    try:
+        pid, port, up = status()["webhook"]
+        assert up == "up" and pid != "pid=-" and port != "port=-"
+        exports = localcloud("env").stdout
+        assert exports.startswith(f"export FLOWSTORE_WEBHOOK_URL=http://127.0.0.1:{port.removeprefix('port=')}\n")
+        assert "KUBECONFIG" not in exports  # only what runs in this cloud
+        assert "webhook already running" in localcloud("up", "webhook").stderr
+        assert status()["webhook"] == (pid, port, "up")
+
+        localcloud("stop", "webhook")
+        assert status()["webhook"] == ("pid=-", port, "down")
+        assert localcloud("env").stdout == ""
+        localcloud("start", "webhook")
+        new_pid, same_port, up = status()["webhook"]
+        assert (same_port, up) == (port, "up") and new_pid != pid
+    finally:
+        localcloud("down")
+    assert not state_dir.exists()
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_names(p, state_dir)]
+
+
+def _cmdline_names(proc: Path, path: Path) -> bool:
+    try:
+        return str(path) in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False

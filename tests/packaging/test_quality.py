@@ -13,7 +13,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    done = _run("ruff", "check", "operator", "tests", "bench", "scripts/localcloud")
+    done = _run("ruff", "check", "operator", "tests", "bench", "scripts/localcloud", "scripts/lib")
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -31,8 +31,8 @@ class Cluster(FakeCluster):
         super().__init__()
         self.kill: str | None = None  # "before-put" | "after-put" | "fail-put" | None
 
-    def storage_for(self, spec: Any, credentials: Any, cache_key: str) -> Storage:
-        storage = super().storage_for(spec, credentials, cache_key)
+    def storage_for(self, spec: Any, credentials: Any, cache_key: str, identity: Any = None) -> Storage:
+        storage = super().storage_for(spec, credentials, cache_key, identity)
         put = storage.put_bytes
 
         def dying_put(location: str, data: bytes, **kwargs: Any) -> Any:

@@ -61,9 +61,9 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = client.download
 
-    def counting(status: dict[str, Any]) -> bytes:
+    def counting(status: dict[str, Any], **kwargs: Any) -> bytes:
         made.append(status["location"])
-        return real(status)
+        return real(status, **kwargs)
 
     monkeypatch.setattr(client, "download", counting)
     return made

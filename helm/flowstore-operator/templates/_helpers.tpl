@@ -84,6 +84,17 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+# Cloud identity (spec.serviceAccountName, controller/identity.py): the named ServiceAccount is
+# read by name for its annotations (role ARN, client/tenant IDs) and uid; no list/watch. Tokens
+# for it are requested with TokenRequest (create serviceaccounts/token), short-lived, for the
+# cloud's audience, kept in memory only. Only where the operator watches: a FlowStorage acts as
+# an account of its own namespace, never another's.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
 # Events on FlowStorages/StoredFlows: the operator's own (Stored, CleanupFailed, ...) and
 # kopf's warnings. Both POST core/v1 Events; nothing patches or lists them.
 - apiGroups: [""]

@@ -22,8 +22,9 @@ class Backend:
     extra: str | None  # ``pip install 'flowstore[<extra>]'`` brings its SDK; None: nothing to add
     #: without a credentials Secret the operator is anonymous to it, never itself: these classes
     #: fall back to environment variables for agents, which in the operator would lend any
-    #: FlowStorage the operator's own token. (S3 and CodeCommit keep the SDK's default chain on
-    #: purpose: IRSA is how the operator is meant to reach them.)
+    #: FlowStorage the operator's own token. (S3, CodeCommit, GCS and Azure may use the SDK's
+    #: default chain, the operator's own cloud identity, where --ambient-identity allows it:
+    #: reconcile/identity.py.)
     anonymous_without_secret: bool = False
     #: configuration fields of this block that change how it is reached, not where artifacts go
     reach_fields: frozenset[str] = frozenset()
@@ -35,9 +36,9 @@ _GIT_REACH: Final = frozenset({"checkFlow", "verify", "verifyKeys"})
 
 BACKENDS: Final = (
     Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
-    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions"})),
-    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs"),
-    Backend("azure", "Azure", "flowstore.storage.azure", "azure"),
+    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions", "identity"})),
+    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs", reach_fields=frozenset({"identity"})),
+    Backend("azure", "Azure", "flowstore.storage.azure", "azure", reach_fields=frozenset({"identity"})),
     Backend("webhook", "Webhook", "flowstore.storage.webhook", None),
     Backend("docker", "Docker", "flowstore.storage.docker", "docker",
             reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"})),
@@ -48,7 +49,7 @@ BACKENDS: Final = (
     Backend("bitbucket", "Bitbucket", "flowstore.storage.git.bitbucket", None, anonymous_without_secret=True,
             reach_fields=_GIT_REACH),
     Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
-            reach_fields=_GIT_REACH | {"clientOptions"}),
+            reach_fields=_GIT_REACH | {"clientOptions", "identity"}),
     Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
             reach_fields=_GIT_REACH),
 )

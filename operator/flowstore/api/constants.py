@@ -85,6 +85,12 @@ class Reason:
     RUN_FAILED: Final = "RunFailed"
     DAEMON_UNAVAILABLE: Final = "DaemonUnavailable"
     REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
+    # Cloud identity (spec.serviceAccountName, and the ambient-identity policy)
+    AMBIENT_IDENTITY_NOT_ALLOWED: Final = "AmbientIdentityNotAllowed"
+    SERVICE_ACCOUNT_NOT_FOUND: Final = "ServiceAccountNotFound"
+    IDENTITY_NOT_CONFIGURED: Final = "IdentityNotConfigured"
+    TOKEN_REQUEST_FAILED: Final = "TokenRequestFailed"  # noqa: S105 - a reason, not a secret
+    IDENTITY_REJECTED: Final = "IdentityRejected"
 
 
 #: labels of the objects the operator makes (builder Jobs and their ConfigMaps)

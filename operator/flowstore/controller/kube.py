@@ -20,11 +20,13 @@ from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
+from flowstore.controller.identity import AmbientPolicy, ServiceAccountTokens, workload_identity
 from flowstore.controller.images import ImageBuilder
 from flowstore.controller.jobs import JobBuilder
 from flowstore.reconcile.failures import ClusterUnavailable, StatusRefused
 from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
+from flowstore.storage.identity import WorkloadIdentity
 
 
 def _not_found_is_none(fn: Any) -> Any:
@@ -45,7 +47,7 @@ class KubePorts:
     """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
-                 max_builds: int = 2, max_build_jobs: int = 4) -> None:
+                 max_builds: int = 2, max_build_jobs: int = 4, ambient: AmbientPolicy | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -57,6 +59,8 @@ class KubePorts:
         self.counters = {"builds": 0, "uploads": 0}
         self.images = ImageBuilder()
         self.jobs = JobBuilder(api, max_jobs=max_build_jobs)
+        self.tokens = ServiceAccountTokens(self.core)
+        self.ambient = ambient or AmbientPolicy()
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
@@ -104,16 +108,28 @@ class KubePorts:
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        """One Storage (and SDK client) per FlowStorage config + credentials version."""
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
+                    identity: WorkloadIdentity | None = None) -> Storage:
+        """One Storage (and SDK client) per FlowStorage config + credentials version (or identity)."""
         with self._lock:
             storage = self._storages.get(cache_key)
             if storage is None:
-                storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+                cls = backend_class(spec.backend)
+                storage = (cls.with_identity(spec.config, identity) if identity is not None
+                           else cls.from_config(spec.config, credentials=credentials))
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[cache_key] = storage
         return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- identity (controller/identity.py)
+    def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
+                          where: str, session_name: str) -> WorkloadIdentity:
+        return workload_identity(self.core, self.tokens, namespace, service_account, cloud, settings, where=where,
+                                 session_name=session_name)
+
+    def ambient_identity_refusal(self, namespace: str) -> str | None:
+        return self.ambient.refusal(namespace)
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from flowstore.api.constants import (
     ConditionType,
 )
 from flowstore.controller import metrics
+from flowstore.controller.identity import AmbientPolicy
 from flowstore.controller.kube import KubePorts
 from flowstore.reconcile.failures import classify
 
@@ -53,6 +54,8 @@ class Settings:
     # outage is over for every flow within about this long after it ends.
     backoff_max: float = 30.0
     delete_retries: int = 5
+    #: where FlowStorages may act as the operator's own cloud identity (--ambient-identity)
+    ambient: AmbientPolicy = dataclasses.field(default_factory=AmbientPolicy)
 
 
 class Runtime:
@@ -61,7 +64,8 @@ class Runtime:
     def __init__(self, api: client.ApiClient, settings: Settings) -> None:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
-                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs)
+                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs,
+                               ambient=settings.ambient)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig
+from flowstore.storage.identity import WorkloadIdentity
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
 SEED_SCHEMA_VERSION = "1.4.1"
@@ -83,6 +84,9 @@ class Storage(abc.ABC):
     #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
     #: storage is read-only). The controller keeps one publisher per family.
     family: ClassVar[str] = "objects"
+    #: the cloud whose workload identity this backend can act as (``aws``, ``gcp``, ``azure``;
+    #: :mod:`flowstore.storage.identity`), or None when it has none
+    identity_cloud: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -118,6 +122,20 @@ class Storage(abc.ABC):
         into a config by :meth:`config_from_seed`), never a FlowStorage spec (the CRD has no such
         field): backends use it to tell an agent, which may use its own environment, from the
         operator, which must not."""
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Storage:
+        """:meth:`from_config` acting as a Kubernetes ServiceAccount (a workload identity)
+        instead of with a Secret's credentials. Backends of :attr:`identity_cloud` override it."""
+        raise InvalidConfig(f"{cls.type_name} storage cannot use a ServiceAccount's identity "
+                            "(spec.serviceAccountName): it is for S3, CodeCommit, GCS and Azure")
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        """Whether this configuration, opened with no credentials and no workload identity, acts
+        as whoever the process is (the SDK's default chain: the operator's own IRSA role, GKE
+        or AKS identity, environment keys). The operator refuses that unless its policy allows."""
+        return False
 
     @staticmethod
     def common_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,27 @@ class AuthFailed(StorageError):
     reason = Reason.AUTH_FAILED
 
 
+class IdentityNotConfigured(InvalidConfig):
+    """A workload identity's settings are missing or malformed (annotate the ServiceAccount or
+    fill in the spec's identity block)."""
+
+    reason = Reason.IDENTITY_NOT_CONFIGURED
+
+
+class IdentityRejected(AuthFailed):
+    """The cloud's token service refused the ServiceAccount token it was offered (wrong
+    audience, an issuer it does not trust, a trust policy that does not name the account)."""
+
+    reason = Reason.IDENTITY_REJECTED
+
+
+class IdentityUnavailable(StorageError):
+    """No ServiceAccount token could be had to offer the cloud (the TokenRequest was refused,
+    the account is gone, the projected token file is unreadable)."""
+
+    reason = Reason.TOKEN_REQUEST_FAILED
+
+
 class Unavailable(StorageError):
     """The backend could not be reached or answered with a temporary failure."""
 

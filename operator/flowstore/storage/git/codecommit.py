@@ -36,9 +36,11 @@ from flowstore.storage._aws import (
     SECRET_ACCESS_KEY,
     SESSION_TOKEN,
     config_from_seed_client_options,
+    identity_rejected,
     is_plain,
     make_client,
     seed_client_options,
+    web_identity_session,
 )
 from flowstore.storage.errors import (
     AuthFailed,
@@ -54,6 +56,7 @@ from flowstore.storage.errors import (
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
 from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
 from flowstore.storage.git.verify import SignedRef
+from flowstore.storage.identity import WorkloadIdentity
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
@@ -96,10 +99,13 @@ class CodeCommit(GitHosted):
         endpoint_url: another endpoint (a VPC endpoint, tests).
         credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
             ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
+        identity: act as a Kubernetes ServiceAccount instead (STS AssumeRoleWithWebIdentity for
+            the role it names; :mod:`flowstore.storage.identity`), as S3 does.
         **kwargs: the base :class:`Storage` options.
     """
 
     type_name: ClassVar[str] = "CodeCommit"
+    identity_cloud: ClassVar[str | None] = "aws"
     default_label: ClassVar[str | None] = "codecommit-flow-storage"
     ref_key: ClassVar[str] = "commit"
 
@@ -113,6 +119,7 @@ class CodeCommit(GitHosted):
         region: str | None = None,
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
+        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
         if commit is not None and not isinstance(commit, str):
@@ -132,6 +139,9 @@ class CodeCommit(GitHosted):
         self.region = region or None
         self.endpoint_url = endpoint_url or None
         self._credentials = dict(credentials) if credentials is not None else None
+        if identity is not None and credentials is not None:
+            raise InvalidConfig("CodeCommit storage takes credentials or a workload identity, not both")
+        self.identity = identity
         if self._credentials is not None:
             missing = [k for k in (ACCESS_KEY_ID, SECRET_ACCESS_KEY) if not self._credentials.get(k)]
             if missing:
@@ -145,7 +155,8 @@ class CodeCommit(GitHosted):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GitHosted:
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
+                    identity: WorkloadIdentity | None = None) -> GitHosted:
         client_options = config.get("clientOptions") or {}
         if not isinstance(client_options, Mapping):
             raise InvalidConfig("CodeCommit `clientOptions` must be a mapping of boto3 client keyword arguments")
@@ -157,9 +168,18 @@ class CodeCommit(GitHosted):
             region=config.get("region"),
             endpoint_url=config.get("endpointURL"),
             credentials=credentials,
+            identity=identity,
             **cls.common_kwargs(config),
         )
         return storage.finish_config(config)
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> GitHosted:
+        return cls.from_config(config, identity=identity)
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        return True  # boto3's default chain, as for S3
 
     def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -262,6 +282,8 @@ class CodeCommit(GitHosted):
         if self._credentials is not None:
             credentials: Any = Credentials(self._credentials[ACCESS_KEY_ID], self._credentials[SECRET_ACCESS_KEY],
                                            self._credentials.get(SESSION_TOKEN) or None)
+        elif self.identity is not None:  # the role the ServiceAccount assumes, as the API client does
+            credentials = web_identity_session(self.identity, self._region_name()).get_credentials()
         else:  # the SDK's default chain, as the API client uses
             import boto3.session
 
@@ -353,7 +375,7 @@ class CodeCommit(GitHosted):
         return make_client(
             "codecommit", credentials=self._credentials, client_options=self.client_options,
             endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
-            extra="codecommit", label="CodeCommit",
+            extra="codecommit", label="CodeCommit", identity=self.identity,
             failure=lambda exc: (f"cannot create a CodeCommit client ({type(exc).__name__}: "
                                  f"{self._redact(str(exc))}); check spec.codecommit region, endpointURL and "
                                  "clientOptions"))
@@ -389,6 +411,10 @@ class CodeCommit(GitHosted):
         if isinstance(exc, StorageError):
             return exc
         kind = type(exc).__name__
+        if self.identity is not None and getattr(exc, "operation_name", None) == "AssumeRoleWithWebIdentity":
+            error = getattr(exc, "response", {}).get("Error") or {}
+            status = (getattr(exc, "response", {}).get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            return identity_rejected(self.identity, error.get("Code"), str(error.get("Message") or ""), status)
         if _is_credentials_error(exc):
             return AuthFailed(f"{what}: no usable AWS credentials were found ({kind}); reference a Secret with "
                               f"{ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, or give the pod an AWS identity")
@@ -415,6 +441,10 @@ class CodeCommit(GitHosted):
             retry_after = _retry_after(headers)
             return RateLimited(f"{what}: throttled by CodeCommit ({code or status}); retrying in "
                                f"{retry_after:.0f}s", retry_after=retry_after)
+        if (code in _AUTH_CODES or status in (401, 403)) and self.identity is not None:
+            return AuthFailed(f"{what}: CodeCommit at {self._endpoint()} denied access ({code or status}) to "
+                              f"{self.identity.describe()}; allow that role codecommit:GetRepository, GetBranch, "
+                              "GetCommit, GetFolder, GetFile and GetBlob on the repository in its IAM policy")
         if code in _AUTH_CODES or status in (401, 403):
             return AuthFailed(
                 f"{what}: CodeCommit at {self._endpoint()} rejected the credentials or denied access "

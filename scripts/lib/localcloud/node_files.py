@@ -1,6 +1,6 @@
-"""The local cloud's node: containerd, kubelet, kube-scheduler and kube-controller-manager beside
-the local kube-apiserver (recipe: shared/design/REAL-NODE.md). Stdlib only; used by
-scripts/localcloud, which owns processes, ports and state.json.
+"""The node's own files and kernel state: containerd's config, the CNI network, the kubelet's
+config, the registry's hosts.toml, and their teardown (shims, mounts, the bridge). node.py runs
+the servers; this module never starts one.
 
 Everything the node makes is its own and named after the state directory, so two local clouds
 on one machine (two worktrees, a test's private cloud) never share a file, socket, port, bridge
@@ -13,48 +13,27 @@ but itself. Pods that must reach the API server (127.0.0.1 only) use `hostNetwor
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import io
 import ipaddress
 import json
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 from pathlib import Path
+
+from . import pause
+from .cloud import LocalCloudError
 
 # The name the node registers as. An IP as the hostname override makes it the node's address
 # too (a loopback --node-ip is refused), so the API server reaches the kubelet, and hostNetwork
 # Pods' IPs, on 127.0.0.1 and never on the machine's other interfaces.
 NODE_NAME = "127.0.0.1"
-PAUSE_IMAGE = "localhost/flowstore-pause:1"
 CNI_BIN_DIR = "/usr/lib/cni"
 APT_PACKAGES = ("containerd", "runc", "containernetworking-plugins")
 # A UNIX socket path longer than this does not fit sockaddr_un.
 MAX_SOCKET_PATH = 100
-
-PAUSE_C = r"""
-/* The Pod sandbox's process (flowstore localcloud): hold the namespaces, reap zombies, and exit
- * on SIGTERM/SIGINT. Static, so the image needs nothing else. */
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-static void stop(int sig) { (void)sig; _exit(0); }
-static void reap(int sig) { (void)sig; while (waitpid(-1, 0, WNOHANG) > 0) {} }
-int main(void) {
-    signal(SIGTERM, stop);
-    signal(SIGINT, stop);
-    signal(SIGCHLD, reap);
-    for (;;) pause();
-}
-"""
-
-
-class NodeError(Exception):
-    pass
 
 
 class Node:
@@ -78,21 +57,21 @@ class Node:
 
     def check_paths(self) -> None:
         if len(str(self.socket)) > MAX_SOCKET_PATH:
-            raise NodeError(f"node: the containerd socket path {self.socket} is longer than {MAX_SOCKET_PATH} "
-                            "characters; use a shorter FLOWSTORE_LOCALCLOUD_DIR")
+            raise LocalCloudError(f"node: the containerd socket path {self.socket} is longer than "
+                                  f"{MAX_SOCKET_PATH} characters; use a shorter FLOWSTORE_LOCALCLOUD_DIR")
 
     def subnet(self) -> str:
         """The Pods' /24, chosen by the state directory; refused when it overlaps a network of
         this machine (an address or route), since Pods would then shadow it."""
-        base = ipaddress.ip_network("10.244.0.0/16")
+        base = ipaddress.IPv4Network("10.244.0.0/16")
         start = int(self.tag, 16) % 256
         used = _host_networks()
         for i in range(256):
             candidate = list(base.subnets(new_prefix=24))[(start + i) % 256]
             if not any(candidate.overlaps(n) for n in used):
                 return str(candidate)
-        raise NodeError("node: every /24 of 10.244.0.0/16 overlaps a network of this machine; "
-                        "no Pod subnet is free")
+        raise LocalCloudError("node: every /24 of 10.244.0.0/16 overlaps a network of this machine; "
+                              "no Pod subnet is free")
 
     def write_files(self, registry_port: int | None) -> None:
         """containerd's config, the CNI config and the registry's hosts.toml."""
@@ -116,7 +95,7 @@ class Node:
         }
         (self.cni_conf_dir / "10-flowstore.conflist").write_text(json.dumps(cni, indent=2) + "\n")
         cri = 'plugins."io.containerd.grpc.v1.cri"'
-        config = f"""# containerd for the flowstore local cloud's node (scripts/lib/localnode.py); its own files only.
+        config = f"""# containerd for the flowstore local cloud's node (scripts/lib/localcloud); its own files only.
 version = 2
 root = {json.dumps(str(self.containerd_root))}
 state = {json.dumps(str(self.containerd_state))}
@@ -131,7 +110,7 @@ state = {json.dumps(str(self.containerd_state))}
   path = {json.dumps(str(self.dir / "opt"))}
 
 [{cri}]
-  sandbox_image = {json.dumps(PAUSE_IMAGE)}
+  sandbox_image = {json.dumps(pause.PAUSE_IMAGE)}
   # The kubelet asks for oom_score_adj -998, which this kind of machine refuses (runc then fails
   # every Pod sandbox with "can't get final child's PID from pipe: EOF").
   restrict_oom_score_adj = true
@@ -215,64 +194,17 @@ state = {json.dumps(str(self.containerd_state))}
         path.write_text(json.dumps(config, indent=2) + "\n")
         return path
 
-    # ------------------------------------------------------------------ the pause image
-
-    def pause_image_tar(self) -> Path:
-        """A one-layer OCI image layout (a static pause binary), built once and cached."""
-        recipe = hashlib.sha256(PAUSE_C.encode()).hexdigest()[:12]
-        tar_path = self.cache / f"pause-{recipe}.tar"
-        if tar_path.is_file():
-            return tar_path
-        if not shutil.which("gcc"):
-            raise NodeError("node: gcc is needed to build the static pause binary (apt-get install gcc libc6-dev)")
-        self.cache.mkdir(parents=True, exist_ok=True)
-        work = self.cache / f"pause-{recipe}.work.{os.getpid()}"
-        work.mkdir()
-        try:
-            (work / "pause.c").write_text(PAUSE_C)
-            done = subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(work / "pause"), str(work / "pause.c")],
-                                  capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise NodeError(f"node: building the pause binary failed (is libc6-dev installed?):\n{done.stderr}")
-            layer = _tar_bytes({"pause": ((work / "pause").read_bytes(), 0o755)}, gz=True)
-            diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
-            config = json.dumps({
-                "architecture": "amd64", "os": "linux",
-                "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            }).encode()
-            manifest = json.dumps({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
-                "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
-            }).encode()
-            index = json.dumps({
-                "schemaVersion": 2,
-                "manifests": [{**_descriptor("application/vnd.oci.image.manifest.v1+json", manifest),
-                               "annotations": {"io.containerd.image.name": PAUSE_IMAGE,
-                                               "org.opencontainers.image.ref.name": PAUSE_IMAGE}}],
-            }).encode()
-            files = {"oci-layout": (b'{"imageLayoutVersion": "1.0.0"}', 0o644), "index.json": (index, 0o644)}
-            for blob in (layer, config, manifest):
-                files[f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}"] = (blob, 0o644)
-            tmp = tar_path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(_tar_bytes(files))
-            tmp.replace(tar_path)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return tar_path
-
     def ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def import_pause_image(self) -> None:
-        if PAUSE_IMAGE in self.ctr("images", "ls", "-q").stdout.split():
+        if pause.PAUSE_IMAGE in self.ctr("images", "ls", "-q").stdout.split():
             return
-        done = self.ctr("images", "import", str(self.pause_image_tar()))
-        if done.returncode != 0 or PAUSE_IMAGE not in self.ctr("images", "ls", "-q").stdout.split():
-            raise NodeError(f"node: importing the pause image failed: {done.stderr.strip() or done.stdout.strip()}")
+        done = self.ctr("images", "import", str(pause.image_tar(self.cache)))
+        if done.returncode != 0 or pause.PAUSE_IMAGE not in self.ctr("images", "ls", "-q").stdout.split():
+            raise LocalCloudError("node: importing the pause image failed: "
+                                  f"{done.stderr.strip() or done.stdout.strip()}")
 
     # ------------------------------------------------------------------ teardown
 
@@ -351,11 +283,11 @@ def _host_networks() -> list[ipaddress.IPv4Network]:
             continue
         for e in entries:
             for a in e.get("addr_info", []):
-                nets.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+                nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
             dst = e.get("dst")
             if dst and dst != "default":
                 with contextlib.suppress(ValueError):
-                    nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+                    nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
     return nets
 
 
@@ -388,24 +320,3 @@ def _descendants(pid: int) -> list[int]:
             found.append(c)
             todo.append(c)
     return found
-
-
-def _descriptor(media_type: str, blob: bytes) -> dict[str, object]:
-    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(blob).hexdigest(), "size": len(blob)}
-
-
-def _tar_bytes(files: dict[str, tuple[bytes, int]], gz: bool = False) -> bytes:
-    """A reproducible tar (fixed times and owners) of name -> (content, mode)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({str(parent) for n in files for parent in Path(n).parents} - {"."})
-        for d in dirs:
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-            tar.addfile(info)
-        for name, (data, mode) in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, 0
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    return gzip.compress(raw, mtime=0) if gz else raw
