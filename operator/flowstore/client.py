@@ -6,18 +6,23 @@
 Nothing is unpickled or executed before the downloaded bytes match the sha256 recorded in
 the StoredFlow's status. Backend credentials are the agent's own (the SDK's default chain:
 environment, workload identity, …); the status never carries secrets.
+
+With keys (``verify_key=`` / ``FLOWSTORE_VERIFY_KEY``: the FlowStorage's ed25519 public key;
+``signing_key=`` / ``FLOWSTORE_SIGNING_KEY``: its HMAC key), the signed statement of the revision
+is verified first, before any request to the storage (``flowstore.artifacts.verified``,
+docs/signing.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from flowstore import kubeconfig
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.artifacts import loading, signing
+from flowstore.artifacts import loading, verified
+from flowstore.artifacts.signing import KeySource
 from flowstore.storage import from_serialized
 from flowstore.storage.base import verify_digest
 from flowstore.workload import agent_identity
@@ -44,17 +49,27 @@ def _custom_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+def read(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object as the API server returns it."""
     from kubernetes.client.exceptions import ApiException
 
     api = api or _custom_api()
     try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
+        obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
     except ApiException as exc:
         if exc.status == 404:
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
         raise
+    return obj
+
+
+def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+    return stored_status(read(name, namespace, api=api), namespace=namespace, name=name)
+
+
+def stored_status(obj: Mapping[str, Any], *, namespace: str, name: str) -> dict[str, Any]:
+    """`obj`'s status, once it records a stored flow (FlowNotAvailable otherwise)."""
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
@@ -75,34 +90,35 @@ def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any
 
 
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+                  verify_key: KeySource | list[KeySource] | None = None,
                   identity: Mapping[str, Any] | None = None) -> Artifact:
     """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
 
-    With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
-    artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
-    status = locate(name, namespace, api=api)
-    check_signature(status, signing_key)
+    With keys (:func:`verify_statement`), the signed statement of the revision is verified
+    first: unsigned, mismatched or older artifacts are refused before anything is requested."""
+    obj = read(name, namespace, api=api)
+    status = stored_status(obj, namespace=namespace, name=name)
+    verify_statement(obj, status, namespace=namespace, name=name, verify_key=verify_key, signing_key=signing_key)
     return Artifact(data=download(status, identity=identity), status=status)
 
 
-def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
-    """The agent's signing key: the argument, else ``$FLOWSTORE_SIGNING_KEY``, else none."""
-    key = signing_key if signing_key is not None else os.environ.get("FLOWSTORE_SIGNING_KEY")
-    if not key:
+def verify_statement(obj: Mapping[str, Any], status: Mapping[str, Any], *, namespace: str, name: str,
+                     verify_key: KeySource | list[KeySource] | None = None,
+                     signing_key: bytes | str | None = None, pinned: bool = False) -> verified.Verified | None:
+    """With keys — `verify_key` (else ``$FLOWSTORE_VERIFY_KEY``), `signing_key` (else
+    ``$FLOWSTORE_SIGNING_KEY``) — the statement of the revision `status` names, verified against
+    what this agent asked for and is about to fetch, and admitted by its memory of designations
+    (an older one refused unless `pinned`): SignatureError otherwise. Without keys, None (the
+    sha256 alone is checked). Needs no download."""
+    keys = verified.agent_keys(verify_key, signing_key)
+    if not keys:
         return None
-    return key.encode("utf-8") if isinstance(key, str) else key
+    return verified.check(obj, status, keys, namespace=namespace, name=name, pinned=pinned)
 
 
-def check_signature(status: dict[str, Any], signing_key: bytes | str | None = None) -> None:
-    """With a signing key (see :func:`signing_key_from`), refuse a status whose artifact is
-    unsigned or whose signature does not match its flow name and digest. Without one, nothing
-    is checked. Needs no download: the signature covers the recorded digest, which the bytes
-    must then match (:func:`download`)."""
-    key = signing_key_from(signing_key)
-    if key:
-        artifact = status["artifact"]
-        signing.verify(key, str(status.get("flowName", "")), str(artifact.get("digest", "")),
-                       artifact.get("signature"), what=artifact.get("url", status["location"]))
+def has_keys(verify_key: KeySource | list[KeySource] | None = None, signing_key: bytes | str | None = None) -> bool:
+    """Whether this agent verifies signatures (given keys, or keys in its environment)."""
+    return bool(verified.agent_keys(verify_key, signing_key))
 
 
 def download(status: dict[str, Any], *, identity: Mapping[str, Any] | None = None) -> bytes:
@@ -118,10 +134,11 @@ def download(status: dict[str, Any], *, identity: Mapping[str, Any] | None = Non
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-              identity: Mapping[str, Any] | None = None) -> Any:
+              verify_key: KeySource | list[KeySource] | None = None, identity: Mapping[str, Any] | None = None) -> Any:
     """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
     running the script in this process (the agent's job, as in the seed); or, for a flow of
     several files, imported from the bundle's files, extracted once into a cache directory
     keyed by the digest (``flowstore.artifacts.loading``)."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, verify_key=verify_key,
+                             identity=identity)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))

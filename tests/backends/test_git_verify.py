@@ -45,12 +45,15 @@ class Keys:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     directory = tmp_path_factory.mktemp("keys")
-    return Keys(alice=SSHSigner.create(directory, "alice@example.com"),
+    made = Keys(alice=SSHSigner.create(directory, "alice@example.com"),
                 mallory=SSHSigner.create(directory, "mallory@example.com"),
                 bob=GPGSigner.create(directory, "Bob", "bob@example.com"),
                 eve=GPGSigner.create(directory, "Eve", "eve@example.com"))
+    yield made
+    made.bob.stop_agent()
+    made.eve.stop_agent()
 
 
 def policy(keys: Keys, mode: str = "HEAD") -> VerifyPolicy:

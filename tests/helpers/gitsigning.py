@@ -76,6 +76,11 @@ class GPGSigner:
     def git_config(self) -> dict[str, str]:
         return {"gpg.format": "openpgp", "user.signingkey": self.fingerprint}
 
+    def stop_agent(self) -> None:
+        """Stop the gpg-agent signing started for this GNUPGHOME (it would outlive the test)."""
+        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"], capture_output=True,
+                       check=False)
+
     def env(self) -> dict[str, str]:
         return {"GNUPGHOME": str(self.home)}
 

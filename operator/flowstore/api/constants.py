@@ -105,6 +105,8 @@ class EventReason:
 
     STORED: Final = "Stored"
     PINNED: Final = "Pinned"
+    #: the status was signed again (a new key) without storing anything
+    SIGNED: Final = "Signed"
     RETAINED: Final = "Retained"
     DELETED: Final = "Deleted"
     CLEANUP_FAILED: Final = "CleanupFailed"

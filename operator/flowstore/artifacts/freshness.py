@@ -54,9 +54,10 @@ class RollbackRefused(SignatureError):
     the caller did not pin it."""
 
 
-class StateError(Exception):
+class StateError(SignatureError):
     """The agent's memory of verified statements cannot be used (unsafe directory, unreadable
-    file); the message says what to do."""
+    file), so the statement cannot be admitted: refused like a bad signature, before anything is
+    fetched; the message says what to do."""
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:

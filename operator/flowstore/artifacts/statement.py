@@ -265,11 +265,9 @@ def sign(statement: Statement, signer: Signer) -> Signed:
     return Signed(signer.sign(statement.message()), signer.key_id)
 
 
-def verify(statement: Statement, signature: str | None, key_id: str | None, keys: Sequence[Verifier], *,
-           what: str) -> Verifier:
-    """The key of `keys` whose signature `signature` is over `statement` (the one the agent
-    rebuilt from what it is about to load); SignatureError saying why otherwise. `key_id` picks the
-    key to try first; it is a hint, not trust (every key is tried)."""
+def require_signature(signature: Any, key_id: Any, keys: Sequence[Verifier], *, what: str) -> None:
+    """SignatureError unless `signature` is one of the schemes this agent checks, with its key id
+    (the checks that need no statement: an unsigned or old-style artifact is refused first)."""
     if not keys:
         raise SignatureError(f"{what}: no key to verify with")
     if not signature:
@@ -287,16 +285,26 @@ def verify(statement: Statement, signature: str | None, key_id: str | None, keys
     if not signature.startswith((ED25519_PREFIX, HMAC_PREFIX)):
         raise SignatureError(f"{what}: unknown signature scheme {signature.split(':', 1)[0][:20]!r} "
                              "(expected ed25519 or hmac-sha256)")
+
+
+def verify(statement: Statement, signature: str | None, key_id: str | None, keys: Sequence[Verifier], *,
+           what: str) -> Verifier:
+    """The key of `keys` whose signature `signature` is over `statement` (the one the agent
+    rebuilt from what it is about to load); SignatureError saying why otherwise. `key_id` picks the
+    key to try first; it is a hint, not trust (every key is tried)."""
+    require_signature(signature, key_id, keys, what=what)
+    assert isinstance(signature, str)
     message = statement.message()
-    ordered = sorted(keys, key=lambda k: k.key_id != key_id)
-    for key in ordered:
+    for key in sorted(keys, key=lambda k: k.key_id != key_id):
         if key.verify(message, signature):
             return key
     if key_id and all(k.key_id != key_id for k in keys):
+        wanted = ("the FlowStorage's HMAC key (FLOWSTORE_SIGNING_KEY, or signing_key=)" if key_id.startswith("hmac:")
+                  else "the FlowStorage's current public key (FLOWSTORE_VERIFY_KEY, or verify_key=; several keys may "
+                  "be given while a key is rotated)")
         raise SignatureError(
             f"{what} is signed with key {key_id[:40]}, which this agent does not hold (it holds {_ids(keys)}); give "
-            "it the FlowStorage's current public key (FLOWSTORE_VERIFY_KEY, or verify_key=; several keys may be "
-            "given while a key is rotated)")
+            f"it {wanted}")
     raise SignatureError(
         f"{what}: the signature does not match {statement.describe()} as this agent was about to load it. The "
         "signature covers the namespace, StoredFlow (and its uid), flow name, revision, designation, digest, size, "

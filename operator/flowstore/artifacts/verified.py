@@ -61,9 +61,10 @@ def check(obj: Mapping[str, Any], status: Mapping[str, Any], keys: Sequence[Veri
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     uid = meta.get("uid") if isinstance(meta, Mapping) else None
     what = f"StoredFlow {namespace}/{name}"
+    artifact = status.get("artifact")
+    artifact = artifact if isinstance(artifact, Mapping) else {}
+    statement.require_signature(artifact.get("signature"), artifact.get("keyId"), keys, what=what)
     stmt = statement.from_status(status, namespace=namespace, name=name, uid=str(uid) if uid else "")
-    artifact = status.get("artifact") if isinstance(status.get("artifact"), Mapping) else {}
-    assert isinstance(artifact, Mapping)
     key = statement.verify(stmt, artifact.get("signature"), artifact.get("keyId"), keys, what=what)
     before = (memory or Freshness()).admit(stmt, key.key_id, pinned=pinned, what=what)
     return Verified(statement=stmt, key=key, remembered=before)

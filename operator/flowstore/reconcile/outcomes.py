@@ -22,7 +22,8 @@ RECHECK_FIRST_SECONDS = 2.0
 RECHECK_SECONDS = 60.0
 RECHECKED = frozenset({Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC,
                        # git-hosted: a push fixes these, and no watch tells us about pushes
-                       Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND})
+                       Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND,
+                       Reason.VERIFICATION_FAILED})
 
 
 def recheck_after(conditions: list[dict[str, Any]] | None, reason: str, interval: float) -> float:
@@ -53,6 +54,8 @@ def failed(status: dict[str, Any], generation: int | None, failure: Failure, req
     new["conditions"] = cond.mark_failed(
         status.get("conditions"), failure.reason, failure.message, generation, stalled=failure.stalled
     )
+    if failure.reason == Reason.VERIFICATION_FAILED:
+        new["conditions"] = cond.mark_unverified(new["conditions"], failure.message, generation)
     event = Event("Warning", failure.reason, failure.message)
     return Outcome(status=new, events=[event], requeue_after=requeue, failure=failure)
 

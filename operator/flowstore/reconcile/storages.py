@@ -1,5 +1,5 @@
 """Opening a FlowStorage's storage: its credentials Secret, the ConfigMaps and Secrets a Docker
-block names, the signing key, and the part of its configuration that decides where artifacts go."""
+block names, and the part of its configuration that decides where artifacts go."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from flowstore.api.backends import COMMON_FIELDS, backend
 from flowstore.api.constants import Reason
-from flowstore.api.models import SpecError, StorageSpec
+from flowstore.api.models import StorageSpec
 from flowstore.reconcile.failures import ReconcileError
 from flowstore.reconcile.identity import resolve_identity
 from flowstore.reconcile.ports import Ports
@@ -33,28 +33,6 @@ def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[d
         )
     data = dict(secret.get("data") or {})
     return data, f"{secret['metadata'].get('uid')}/{secret['metadata'].get('resourceVersion')}"
-
-
-def read_signing_key(ports: Ports, namespace: str, spec: StorageSpec) -> bytes | None:
-    """The HMAC key named by spec.signing.secretRef, or None when signing is off."""
-    if spec.signing is None:
-        return None
-    name, key = spec.signing
-    secret = ports.get_secret(namespace, name)
-    if secret is None:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} (spec.signing.secretRef) was not found in namespace {namespace!r}; create it "
-            "or remove spec.signing.", stalled=True)
-    value = (secret.get("data") or {}).get(key)
-    if not value:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} has no key {key!r} (spec.signing.secretRef.key); add the signing key there.",
-            stalled=True)
-    if len(value) < 16:
-        raise SpecError(f"the signing key in Secret {name!r} is shorter than 16 characters; use a random key")
-    return str(value).encode("utf-8")
 
 
 def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: StorageSpec) -> Storage:
@@ -122,6 +100,17 @@ def resolve_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[Stora
         versions.append(f"Secret/{name}@{secret['metadata'].get('resourceVersion')}")
         config["daemonTLS"] = {key: str(value) for key, value in (secret.get("data") or {}).items()
                                if key in ("ca.crt", "tls.crt", "tls.key")}
+    verify_ref = (config.get("verify") or {}).get("secretRef") if isinstance(config.get("verify"), Mapping) else None
+    if isinstance(verify_ref, Mapping) and verify_ref.get("name"):
+        name = str(verify_ref["name"])
+        secret = ports.get_secret(namespace, name)
+        if secret is None:
+            raise ReconcileError(Reason.SECRET_NOT_FOUND, f"Secret {name!r} (spec.{spec.backend}.verify.secretRef) was "
+                                 f"not found in namespace {namespace!r}; create it with the trusted keys "
+                                 "(allowed_signers and/or *.asc).", stalled=True)
+        versions.append(f"Secret/{name}@{secret['metadata'].get('resourceVersion')}")
+        config["verifyKeys"] = {key: str(value) for key, value in (secret.get("data") or {}).items()
+                                if key == "allowed_signers" or key.endswith(".asc")}
     return dataclasses.replace(spec, config=config), ",".join(versions)
 
 

@@ -41,6 +41,17 @@ class ImagePublisher(Publisher):
             return MISSING, storage
         return (None if sha256_of(held) == artifact.digest else CHANGED), storage
 
+    def settle(self, ctx: FlowContext, ports: Ports) -> list[Event]:
+        """The recorded image is signed by the storage's current key (a new key signs it too:
+        nothing is built again)."""
+        image = ctx.status.get("image") or {}
+        if ctx.signer is None or ctx.signer.provider != "ed25519" or not image.get("digest") \
+                or image.get("signatureKeyId") == ctx.signer.key_id:
+            return []
+        sign_image(ctx, _docker(open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)))
+        return [Event("Normal", EventReason.SIGNED, f"Signed image {image.get('name')}@{image['digest']} with key "
+                      f"{ctx.signer.key_id} ({ctx.status['image']['signatureTag']}; nothing built again)")]
+
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
@@ -82,12 +93,27 @@ class ImagePublisher(Publisher):
         ctx.status.pop("driftDetected", None)
         ctx.status.pop("git", None)
         ctx.status["image"] = {"name": built.name, "tag": built.tag, "digest": built.digest, "path": flow.location}
+        sign_image(ctx, docker)
         verb = "Moved" if previous and previous != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
         outcome = ready(ctx, ports, flow.location, artifact, events, uploaded=True, opened=storage)
         outcome.built = ctx.fmt == "pickle"
         return outcome
+
+
+def sign_image(ctx: FlowContext, docker: Docker) -> None:
+    """With an ed25519 signing key, push the image's cosign signature (docs/signing.md) and record
+    its tag and key in ``status.image``; otherwise record none."""
+    image = ctx.status["image"]
+    image.pop("signatureTag", None)
+    image.pop("signatureKeyId", None)
+    if ctx.signer is None or ctx.signer.provider != "ed25519":
+        return
+    storage = f"{ctx.namespace}/{ctx.spec.storage_name}"
+    image["signatureTag"] = docker.sign_image(str(image["digest"]), ctx.signer, image_name=str(image["name"]),
+                                              annotations={"flowstore.dev/flowstorage": storage})
+    image["signatureKeyId"] = ctx.signer.key_id
 
 
 def _docker(storage: Storage) -> Docker:
