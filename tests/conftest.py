@@ -7,6 +7,7 @@
 | tests/e2e/         | e2e         | the real operator against the real kube-apiserver            |
 | tests/packaging/   | packaging   | what ships: CRDs, chart, image, health checks, quality gates |
 | tests/cluster/     | cluster     | the real node: the operator as a Pod, builder Jobs           |
+| tests/docs/        | docs        | every command of README.md and docs/ as written (a demo)     |
 
 Markers are assigned here from the directory (`pytest -m unit`, `make test-unit`). Server
 fixtures start the local cloud's services on first use (`scripts/localcloud`); a unit test
@@ -29,7 +30,8 @@ from tests.helpers.localcloud import ROOT, ensure
 from tests.helpers.operator import OperatorProcess
 
 TESTS = Path(__file__).resolve().parent
-TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster"}
+TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster",
+         "docs": "docs"}
 #: fixtures that start servers: never in the unit tier
 SERVER_FIXTURES = {"kube_env", "s3_endpoint", "gcs_endpoint", "azure_connection_string", "git_server", "docker_env",
                    "crds", "namespace", "s3_bucket", "operator", "own_operators_only", "node_env"}

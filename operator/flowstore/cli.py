@@ -122,19 +122,24 @@ def _print_error(exc: Exception) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
     ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow."""
-    from flowstore.client import FlowNotAvailable, locate, seed_storage
+    from flowstore.client import FlowNotAvailable, seed_storage, stored_status, storedflow
     from flowstore.storage import StorageError
 
+    obj: dict[str, Any] = {}
     try:
-        doc = seed_storage(args.name, args.namespace) if args.output == "prefect" else \
-            locate(args.name, args.namespace)
+        if args.output == "prefect":
+            doc = seed_storage(args.name, args.namespace)
+        else:
+            obj = storedflow(args.name, args.namespace)
+            doc = stored_status(obj, args.name, args.namespace)
     except (FlowNotAvailable, StorageError) as exc:
         return _print_error(exc)
     if args.output == "prefect-pull-step":
         from flowstore.prefect import NotForPrefect, pull_step_yaml
 
         try:
-            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc))
+            object_name = (obj.get("spec") or {}).get("objectName")
+            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc, object_name=object_name))
         except NotForPrefect as exc:
             return _print_error(exc)
         return 0
@@ -205,8 +210,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """exit status: 0 done; 1 the flow is not available (not found, not stored yet, refused by
+verification); 2 the environment is not ready (a missing package, no cluster configured or
+reachable, an output path that cannot be written) or the command line is wrong.
+Shell completion: eval "$(flowstore completion bash)" (or zsh)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__)
+    from flowstore import __version__
+
+    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"flowstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
@@ -254,23 +269,53 @@ def build_parser() -> argparse.ArgumentParser:
                              ("run", cmd_run, "load a stored flow (verified) and run it")):
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
-        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-n", "--namespace", default="default",
+                       help="the StoredFlow's namespace (default: default)")
         if name == "locate":
             p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
-                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
-                                "(Prefect 1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
+                           help="json: the StoredFlow's status (default); prefect: its storage as Prefect 1 "
+                                "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
                                 "pullSteps")
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
         p.set_defaults(func=func)
+
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(flowstore completion bash)\"")
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=cmd_completion)
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script shtab generates from this very parser (so it knows every subcommand
+    and option there is)."""
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; an error of the environment (or of the flow) is one line with a hint
+    (flowstore.cli_errors), never a traceback, whichever subcommand met it."""
+    from flowstore import cli_errors
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `flowstore get … | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        problem = cli_errors.explain(exc)
+        if problem is None:
+            raise
+        print(problem.line(), file=sys.stderr)
+        return problem.code
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore import kubeconfig
+from flowstore.api.backends import backend
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, verified
 from flowstore.artifacts.signing import KeySource
-from flowstore.storage import from_serialized
+from flowstore.storage import AuthFailed, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
 from flowstore.workload import agent_identity
 
@@ -49,15 +50,15 @@ def _custom_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def read(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow object as the API server returns it."""
+def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object (spec and status), as the API server has it."""
     from kubernetes.client.exceptions import ApiException
 
     api = api or _custom_api()
     try:
         obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 404 and _names_the_object(exc):  # else the kind itself is unknown: no CRDs
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
         raise
     return obj
@@ -65,11 +66,11 @@ def read(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
 
 def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
-    return stored_status(read(name, namespace, api=api), namespace=namespace, name=name)
+    return stored_status(storedflow(name, namespace, api=api), name, namespace)
 
 
-def stored_status(obj: Mapping[str, Any], *, namespace: str, name: str) -> dict[str, Any]:
-    """`obj`'s status, once it records a stored flow (FlowNotAvailable otherwise)."""
+def stored_status(obj: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    """`obj`'s status, once it has been stored (FlowNotAvailable before)."""
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
@@ -77,6 +78,18 @@ def stored_status(obj: Mapping[str, Any], *, namespace: str, name: str) -> dict[
             f"see `kubectl describe storedflow {name} -n {namespace}`"
         )
     return status
+
+
+def _names_the_object(exc: Any) -> bool:
+    """A 404 about the object (a Status naming it), not about the resource type: an API server
+    without flowstore's CRDs answers "404 page not found"."""
+    import json
+
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(details.get("name"))
 
 
 def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
@@ -96,8 +109,8 @@ def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: by
 
     With keys (:func:`verify_statement`), the signed statement of the revision is verified
     first: unsigned, mismatched or older artifacts are refused before anything is requested."""
-    obj = read(name, namespace, api=api)
-    status = stored_status(obj, namespace=namespace, name=name)
+    obj = storedflow(name, namespace, api=api)
+    status = stored_status(obj, name, namespace)
     verify_statement(obj, status, namespace=namespace, name=name, verify_key=verify_key, signing_key=signing_key)
     return Artifact(data=download(status, identity=identity), status=status)
 
@@ -128,9 +141,27 @@ def download(status: dict[str, Any], *, identity: Mapping[str, Any] | None = Non
     artifact = status["artifact"]
     acting_as = agent_identity(str(status["storage"].get("type", "")), identity)
     storage = from_serialized(status["storage"], **({"identity": acting_as} if acting_as is not None else {}))
-    data = storage.get_bytes(status["location"])
+    try:
+        data = storage.get_bytes(status["location"])
+    except (AuthFailed, TemplateValueMissing) as exc:
+        if acting_as is not None:  # reached as this Pod's ServiceAccount: the storage's own message says it
+            raise
+        raise type(exc)(agent_advice(str(status["storage"].get("type")), exc)) from exc
     verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
     return data
+
+
+def agent_advice(storage_type: str, exc: Exception) -> str:
+    """`exc`'s problem, with what an agent can do about it. The storages' own messages end in
+    advice for whoever configured the FlowStorage ("check the keys in the referenced Secret");
+    an agent never sees that Secret: it reads the names of its own environment."""
+    problem = str(exc).split("; ")[0]
+    row = backend(storage_type)
+    if isinstance(exc, TemplateValueMissing):
+        return (f"{problem}; set it in this agent's environment (agents fill a Webhook storage's ${{…}} templates "
+                "from their own environment, not from the FlowStorage's Secret)")
+    where = row.agent_credentials if row and row.agent_credentials else "its own environment"
+    return (f"{problem}; this agent uses its own credentials, not the FlowStorage's Secret: give it {where}")
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,

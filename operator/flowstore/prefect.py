@@ -138,8 +138,8 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     still has that digest, the directory is left as it is (a runner's periodic pull does not
     swap the files of a running flow for identical ones)."""
     log = log or _log
-    obj = client.read(name, namespace, api=api)
-    status = client.stored_status(obj, namespace=namespace, name=name)
+    obj = client.storedflow(name, namespace, api=api)
+    status = client.stored_status(obj, name, namespace)
     artifact = status["artifact"]
     fmt = str(artifact.get("format", ""))
     what = f"StoredFlow {namespace}/{name}"
@@ -290,22 +290,29 @@ def pull_step(name: str, namespace: str, *, require_signature: bool = False,
     return {PULL_STEP: inputs}
 
 
-def pull_step_yaml(name: str, namespace: str, status: dict[str, Any]) -> str:
+def pull_step_yaml(name: str, namespace: str, status: dict[str, Any], *, object_name: str | None = None) -> str:
     """``flowstore locate -o prefect-pull-step``: the pull step as YAML, for ``pull:`` in
     prefect.yaml and for prefect-operator's ``PrefectDeployment`` ``pullSteps``, with comments
-    naming what it resolves to now and the entrypoint to give the deployment."""
+    naming what it resolves to now and the entrypoint to give the deployment: a bundle's own, or
+    a script's file with the StoredFlow's ``spec.objectName`` (without one, the variable is left
+    for the reader to name: nothing here runs the script to find it)."""
     artifact = status.get("artifact") or {}
     fmt = artifact.get("format")
     if fmt not in FORMATS:
         raise NotForPrefect(f"StoredFlow {namespace}/{name} is stored as a {fmt}; Prefect 3 imports a flow from its "
                             "files: set spec.storedAsScript: true (a script or a bundle), then print the pull step")
-    entrypoint = artifact.get("entrypoint") if fmt == "bundle" else f"{_script_name(artifact)}:flow"
+    if fmt == "bundle":
+        entrypoint = str(artifact.get("entrypoint"))
+    elif object_name:
+        entrypoint = f"{_script_name(artifact)}:{object_name}"
+    else:
+        entrypoint = (f"{_script_name(artifact)}:FLOW  (FLOW: the variable holding your @flow; set the "
+                      "StoredFlow's spec.objectName to have it printed here)")
     commit = (status.get("git") or {}).get("commit")
     lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.get('digest')}"
              + (f" (git commit {commit})" if commit else ""),
              "# every run pulls the StoredFlow's current revision, verified; its digest is logged and labelled",
-             f"# deployment entrypoint: {entrypoint}" + ("  (the variable after ':' is yours)" if fmt == "script"
-                                                        else "")]
+             f"# deployment entrypoint: {entrypoint}"]
     step = pull_step(name, namespace, require_signature=bool(artifact.get("signature")))
     return "\n".join(lines) + "\n" + yaml.safe_dump([step], sort_keys=False, default_flow_style=False)
 

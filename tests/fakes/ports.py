@@ -56,6 +56,9 @@ class FakeCluster:
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.secrets.get(name)
 
+    def list_flowstorage_names(self, namespace: str) -> list[str]:
+        return sorted(self.storages)
+
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
         return list(self.flows.values())
 

@@ -307,7 +307,15 @@ def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
               "git": {"commit": "ab" * 20}}
     text = fp.pull_step_yaml("etl-daily", "data", status)
     assert yaml.safe_load(text) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}]
-    assert digest_of(SCRIPT) in text and "ab" * 20 in text and "entrypoint: etl_daily.py:flow" in text
+    assert digest_of(SCRIPT) in text and "ab" * 20 in text
+    # the script's variable is the StoredFlow's spec.objectName; without one the reader names it
+    assert "# deployment entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow; set the " \
+           "StoredFlow's spec.objectName to have it printed here)" in text
+    named = fp.pull_step_yaml("etl-daily", "data", status, object_name="etl_daily")
+    assert "# deployment entrypoint: etl_daily.py:etl_daily\n" in named
+    bundle = {"artifact": {"format": "bundle", "entrypoint": "sales/main.py:report", "digest": digest_of(SCRIPT)}}
+    assert "# deployment entrypoint: sales/main.py:report\n" in fp.pull_step_yaml("sales", "data", bundle,
+                                                                                   object_name="ignored")
     signed = {"artifact": {**status["artifact"], "signature": "hmac-sha256:00"}}
     assert yaml.safe_load(fp.pull_step_yaml("etl-daily", "data", signed))[0][fp.PULL_STEP]["require_signature"]
     with pytest.raises(fp.NotForPrefect, match="storedAsScript"):

@@ -19,7 +19,7 @@ class Backend:
     key: str  # the FlowStorage spec block (camelCase, as in the CRD)
     class_name: str  # ``flowstore.storage.<class_name>``; also serialize()'s ``type``
     module: str
-    extra: str | None  # ``pip install 'flowstore[<extra>]'`` brings its SDK; None: nothing to add
+    extra: str | None  # the pip extra that brings its SDK (install_hint says how); None: nothing to add
     #: without a credentials Secret the operator is anonymous to it, never itself: these classes
     #: fall back to environment variables for agents, which in the operator would lend any
     #: FlowStorage the operator's own token. (S3, CodeCommit, GCS and Azure may use the SDK's
@@ -28,30 +28,48 @@ class Backend:
     anonymous_without_secret: bool = False
     #: configuration fields of this block that change how it is reached, not where artifacts go
     reach_fields: frozenset[str] = frozenset()
+    #: where an agent's credentials come from: its own environment, never the FlowStorage's Secret
+    #: (said when the backend refuses an agent)
+    agent_credentials: str = ""
 
 
 #: git-hosted blocks: checking the flow, and verifying commits (spec.<backend>.verify, the keys its
 #: Secret holds: ``verifyKeys``) decide whether a commit is pinned, not what is stored
 _GIT_REACH: Final = frozenset({"checkFlow", "verify", "verifyKeys"})
+_AWS_AGENT = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in its environment, or an AWS "
+              "profile or identity")
 
 BACKENDS: Final = (
     Backend("local", "Local", "flowstore.storage.local", None, reach_fields=frozenset({"validate"})),
-    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions", "identity"})),
-    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs", reach_fields=frozenset({"identity"})),
-    Backend("azure", "Azure", "flowstore.storage.azure", "azure", reach_fields=frozenset({"identity"})),
-    Backend("webhook", "Webhook", "flowstore.storage.webhook", None),
+    Backend("s3", "S3", "flowstore.storage.s3", "s3", reach_fields=frozenset({"clientOptions", "identity"}),
+            agent_credentials=_AWS_AGENT),
+    Backend("gcs", "GCS", "flowstore.storage.gcs", "gcs", reach_fields=frozenset({"identity"}),
+            agent_credentials="GOOGLE_APPLICATION_CREDENTIALS (a service-account key file) or Application Default "
+                              "Credentials"),
+    Backend("azure", "Azure", "flowstore.storage.azure", "azure", reach_fields=frozenset({"identity"}),
+            agent_credentials="AZURE_STORAGE_CONNECTION_STRING in its environment, or an Azure identity (a storage "
+                              "with an accountURL)"),
+    Backend("webhook", "Webhook", "flowstore.storage.webhook", None,
+            agent_credentials="the names its ${…} templates use (e.g. WEBHOOK_TOKEN), in its environment"),
     Backend("docker", "Docker", "flowstore.storage.docker", "docker",
-            reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"})),
+            reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"}),
+            agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
+                              "docker login writes it"),
     Backend("github", "GitHub", "flowstore.storage.git.github", None, anonymous_without_secret=True,
-            reach_fields=_GIT_REACH),
+            reach_fields=_GIT_REACH, agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
     Backend("gitlab", "GitLab", "flowstore.storage.git.gitlab", None, anonymous_without_secret=True,
-            reach_fields=_GIT_REACH),
+            reach_fields=_GIT_REACH, agent_credentials="GITLAB_ACCESS_TOKEN in its environment"),
     Backend("bitbucket", "Bitbucket", "flowstore.storage.git.bitbucket", None, anonymous_without_secret=True,
-            reach_fields=_GIT_REACH),
+            reach_fields=_GIT_REACH,
+            agent_credentials="BITBUCKET_USERNAME and BITBUCKET_APP_PASSWORD, or BITBUCKET_ACCESS_TOKEN, in its "
+                              "environment"),
     Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
-            reach_fields=_GIT_REACH | {"clientOptions", "identity"}),
+            reach_fields=_GIT_REACH | {"clientOptions", "identity"},
+            agent_credentials=_AWS_AGENT),
     Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
-            reach_fields=_GIT_REACH),
+            reach_fields=_GIT_REACH,
+            agent_credentials="GIT_USERNAME and GIT_PASSWORD, GIT_TOKEN, or SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS, in "
+                              "its environment"),
 )
 #: the spec blocks, in the order the CRD lists them
 BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
@@ -60,3 +78,24 @@ BACKEND_KEYS: Final = tuple(b.key for b in BACKENDS)
 def backend(name: str) -> Backend | None:
     """The row for a spec block (``s3``) or a class name / serialized type (``S3``)."""
     return next((b for b in BACKENDS if name in (b.key, b.class_name)), None)
+
+
+def install_hint(extra: str | None = None) -> str:
+    """How to add flowstore's `extra` (an SDK, the Kubernetes client, …) to this Python.
+
+    flowstore is installed from its repository, not from a package index: from a checkout
+    (``pip install -e 'CHECKOUT[s3]'``) or from a wheel built there (``python -m pip wheel --no-deps
+    CHECKOUT``, then ``pip install 'flowstore-VERSION-py3-none-any.whl[s3]'``). Running from a
+    checkout, the hint names it."""
+    import sys
+    from pathlib import Path
+
+    from flowstore import __version__
+
+    spec = f"[{extra}]" if extra else ""
+    what = f"flowstore's `{extra}` extra" if extra else "flowstore"
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "operator" / "flowstore").is_dir():
+        return f"install {what} from this checkout: {sys.executable} -m pip install -e '{checkout}{spec}'"
+    return (f"install {what}: pip install 'flowstore-{__version__}-py3-none-any.whl{spec}' (the wheel flowstore "
+            f"was installed from; build one in a flowstore checkout with python -m pip wheel --no-deps .)")

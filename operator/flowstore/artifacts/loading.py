@@ -37,15 +37,27 @@ def cache_root() -> Path:
     return Path(base) / "flowstore" / "bundles"
 
 
+class FlowNeedsModule(ModuleNotFoundError):
+    """The flow imports a module this Python does not have (its workflow engine, its libraries):
+    the flow's own dependency, not flowstore's."""
+
+
 def load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None = None,
          cache_dir: Path | None = None) -> Any:
-    """The flow object in `data` (already verified) of format `fmt`."""
-    if fmt == "bundle":
-        return flow_from_bundle(data, flow_name=flow_name, cache_dir=cache_dir)
-    if fmt == "script":
-        return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
-    if fmt == "pickle":
-        return envelope.loads(data)
+    """The flow object in `data` (already verified) of format `fmt`. A module the flow needs and
+    this Python lacks is :class:`FlowNeedsModule`."""
+    try:
+        if fmt == "bundle":
+            return flow_from_bundle(data, flow_name=flow_name, cache_dir=cache_dir)
+        if fmt == "script":
+            return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
+        if fmt == "pickle":
+            return envelope.loads(data)
+    except FlowNeedsModule:
+        raise
+    except ModuleNotFoundError as exc:
+        raise FlowNeedsModule(f"the flow needs the module {exc.name!r}, which is not installed here",
+                              name=exc.name) from exc
     raise ValueError(f"unknown artifact format {fmt!r} (known: {', '.join(FORMATS)}); upgrade flowstore")
 
 

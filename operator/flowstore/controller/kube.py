@@ -93,6 +93,13 @@ class KubePorts:
             raise ClusterUnavailable(f"listing StoredFlows: {exc}") from None
         return list(_as_dict(result).get("items") or [])
 
+    def list_flowstorage_names(self, namespace: str) -> list[str]:
+        try:
+            result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL)
+        except Exception as exc:
+            raise ClusterUnavailable(f"listing FlowStorages: {exc}") from None
+        return sorted(str((item.get("metadata") or {}).get("name")) for item in _as_dict(result).get("items") or [])
+
     # ---------------------------------------------------------------- builds and storages
     def build(self, request: BuildRequest) -> sandbox.Built | Pending:
         """The operator's sandbox (at most `max_builds` at once), or a builder Job (spec.build)."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flowstore.api.backends import install_hint
 from flowstore.storage.errors import IdentityRejected, InvalidConfig, MissingDependency, StorageError, Unavailable
 from flowstore.storage.identity import WorkloadIdentity
 
@@ -44,7 +45,7 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
     except ImportError as exc:
-        raise MissingDependency(f"{label} storage needs {exc.name or 'boto3'}: pip install 'flowstore[{extra}]'") \
+        raise MissingDependency(f"{label} storage needs {exc.name or 'boto3'}; hint: {install_hint(extra)}") \
             from None
 
     session_kwargs: dict[str, str] = {}

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (
@@ -266,7 +267,7 @@ class Azure(Storage):
             from azure.storage.blob import BlobServiceClient, LinearRetry
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage needs {exc.name or 'azure-storage-blob'}: pip install 'flowstore[azure]'"
+                f"Azure storage needs {exc.name or 'azure-storage-blob'}; hint: {install_hint('azure')}"
             ) from None
         options: dict[str, Any] = {
             "connection_timeout": CONNECTION_TIMEOUT,
@@ -300,8 +301,8 @@ class Azure(Storage):
             from azure.identity import ClientAssertionCredential, DefaultAzureCredential
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}: "
-                "pip install 'flowstore[azure]'"
+                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}; "
+                f"hint: {install_hint('azure')}"
             ) from None
         if self.identity is not None:
             # the authority is the SDK's default (login.microsoftonline.com), or AZURE_AUTHORITY_HOST

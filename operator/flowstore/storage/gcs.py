@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.errors import (
@@ -191,7 +192,7 @@ class GCS(Storage):
             from google.cloud import storage
         except ImportError as exc:
             raise MissingDependency(
-                f"GCS storage needs {exc.name or 'google-cloud-storage'}: pip install 'flowstore[gcs]'"
+                f"GCS storage needs {exc.name or 'google-cloud-storage'}; hint: {install_hint('gcs')}"
             ) from None
 
         project = self.project
