@@ -111,8 +111,10 @@ def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: by
     first: unsigned, mismatched or older artifacts are refused before anything is requested."""
     obj = storedflow(name, namespace, api=api)
     status = stored_status(obj, name, namespace)
-    verify_statement(obj, status, namespace=namespace, name=name, verify_key=verify_key, signing_key=signing_key)
-    return Artifact(data=download(status, identity=identity), status=status)
+    checked = verify_statement(obj, status, namespace=namespace, name=name, verify_key=verify_key,
+                               signing_key=signing_key)
+    fetch_with = checked.signed_status(status) if checked is not None else status
+    return Artifact(data=download(fetch_with, identity=identity), status=status)
 
 
 def verify_statement(obj: Mapping[str, Any], status: Mapping[str, Any], *, namespace: str, name: str,

@@ -169,7 +169,8 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
             and destination.is_dir()):
         return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
-    data, downloaded = cached_artifact(digest, lambda: client.download(status, identity=identity), root=cache)
+    fetch_with = checked.signed_status(status) if checked is not None else status
+    data, downloaded = cached_artifact(digest, lambda: client.download(fetch_with, identity=identity), root=cache)
     if fmt == "bundle":
         unpacked = bundle.unpack(data)  # every file checked against the manifest
         entrypoint = str(unpacked.entrypoint)

@@ -36,6 +36,14 @@ class Verified:
     def describe(self) -> str:
         return f"revision {self.statement.revision}, signed with {self.key.key_id}"
 
+    def signed_status(self, status: Mapping[str, Any]) -> dict[str, Any]:
+        """`status` with its storage document replaced by the signed one (plus the one flow at
+        its signed location): what the agent then fetches with, so nothing the signature does
+        not cover (``labels``, ``flows``, a member added to the status) can steer a request."""
+        storage = dict(self.statement.storage)
+        storage["flows"] = {self.statement.flow_name: self.statement.location}
+        return {**status, "storage": storage, "location": self.statement.location}
+
 
 def agent_keys(verify_key: KeySource | Sequence[KeySource] | None = None, signing_key: bytes | str | None = None, *,
                environ: Mapping[str, str] | None = None) -> list[Verifier]:
