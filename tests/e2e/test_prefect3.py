@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.helpers.kube import apply, kubectl, wait_for, wait_ready
-from tests.helpers.manifests import inline_flow, manifests, s3_storage, secret
+from tests.helpers.manifests import inline_flow, manifests, s3_storage, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.prefect3 import Prefect
 from tests.helpers.prefect3 import python as prefect_python
@@ -85,20 +85,15 @@ def storage_and_flows(namespace: str, bucket: str, endpoint: str, etl_version: s
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sales", "namespace": namespace},
          "data": {"sales_report.py": SALES, "helpers.py": "def shout(text):\n    return text.upper() + '!'\n",
                   "daily_sales.sql": "select region, sum(amount) from sales\n"}},
-        storedflow(namespace, "etl-daily", "etl daily", {"configMapRef": {"name": "flows", "key": "etl_daily.py"}}),
-        storedflow(namespace, "sales-report", "sales report",
-                   {"configMapRef": {"name": "sales", "items": [
-                       {"key": "sales_report.py", "path": "sales_report.py"},
-                       {"key": "helpers.py", "path": "helpers.py"},
-                       {"key": "daily_sales.sql", "path": "queries/daily_sales.sql"}]}},
-                   entrypoint="sales_report.py:sales_report"),
+        stored_flow(namespace, "etl-daily", "etl daily", {"configMapRef": {"name": "flows", "key": "etl_daily.py"}},
+                    storage="team-s3"),
+        stored_flow(namespace, "sales-report", "sales report",
+                    {"configMapRef": {"name": "sales", "items": [
+                        {"key": "sales_report.py", "path": "sales_report.py"},
+                        {"key": "helpers.py", "path": "helpers.py"},
+                        {"key": "daily_sales.sql", "path": "queries/daily_sales.sql"}]}},
+                    storage="team-s3", entrypoint="sales_report.py:sales_report"),
     ))
-
-
-def storedflow(namespace: str, name: str, flow_name: str, source: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": "team-s3"}, "flowName": flow_name, "source": source, **spec}}
 
 
 def flowstore_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,7 @@ from flowstore.storage.errors import IntegrityError
 from tests.helpers.kube import apply, get, kubectl, wait_for, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.operator import OperatorProcess
-from tests.helpers.recorder import RecordingProxy
+from tests.helpers.recording_proxy import RecordingProxy
 
 HMAC_KEY = "k3y-for-signing-flows-0123456789"
 
@@ -46,12 +46,13 @@ def key_pair() -> tuple[str, str]:
 def signed_storage(namespace: str, bucket: str, endpoint: str, private: str, *, name: str = "store",
                    provider: str = "ed25519", secret: str = "signing") -> str:  # noqa: S107
     indented = "\n".join("    " + line for line in private.strip().splitlines())
+    # labelled: Secrets a FlowStorage uses opt in (the operator's default --secret-policy)
     return s3_storage(namespace, bucket, endpoint, name=name,
                       signing={"provider": provider, "secretRef": {"name": secret}}) + f"""
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: {secret}, namespace: {namespace}}}
+metadata: {{name: {secret}, namespace: {namespace}, labels: {{flowstore.dev/allow: "true"}}}}
 stringData:
   FLOWSTORE_SIGNING_KEY: |
 {indented}
@@ -245,7 +246,7 @@ def test_hmac_the_weaker_kind_still_signs_every_field(
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: signing, namespace: {namespace}}}
+metadata: {{name: signing, namespace: {namespace}, labels: {{flowstore.dev/allow: "true"}}}}
 stringData: {{FLOWSTORE_SIGNING_KEY: {HMAC_KEY}}}
 """)
     apply(inline_flow(namespace, "etl", "etl"))

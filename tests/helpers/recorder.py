@@ -1,92 +1,82 @@
-"""An HTTP reverse proxy that records every request before forwarding it: put it between an
-agent and a real backend (S3's endpoint) and its log proves what the agent sent, and where —
-e.g. that a refused status made the agent send nothing at all, credentials included."""
+"""An HTTP server that only records: every request's method, path, query and headers. Stands for
+a host an attacker controls (a status edited to point there), so a test can show what an agent
+would have sent it — and that, refused, it sent nothing.
+
+Unauthenticated requests get ``401`` with a Basic challenge (clients that send credentials only
+when asked then send them); everything else ``404``."""
 
 from __future__ import annotations
 
 import dataclasses
-import http.client
+import http.server
 import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any
+
+from tests.helpers.net import free_port
 
 
 @dataclasses.dataclass(frozen=True)
-class Recorded:
+class Request:
     method: str
-    path: str
-    #: whether the request carried credentials (an Authorization header, or a presigned query)
-    authenticated: bool
-    #: the AWS access key id a SigV4 request was signed with (tells an agent from the operator)
-    access_key: str | None = None
+    path: str  # with the query
+    headers: dict[str, str]
 
+    def carries(self, secret: str) -> bool:
+        """Whether `secret` is anywhere in the request line or headers (also base64-encoded,
+        as in Basic authentication, with any user name)."""
+        import base64
 
-class RecordingProxy:
-    """``with RecordingProxy("http://127.0.0.1:9000") as proxy: proxy.url``; ``proxy.log``."""
-
-    def __init__(self, upstream: str) -> None:
-        parts = urllib.parse.urlsplit(upstream)
-        assert parts.hostname and parts.port, upstream
-        self.upstream = (parts.hostname, parts.port)
-        self.log: list[Recorded] = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                query = urllib.parse.urlsplit(self.path).query
-                authorization = self.headers.get("Authorization") or ""
-                key = authorization.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in authorization \
-                    else None
-                with proxy._lock:
-                    proxy.log.append(Recorded(self.command, urllib.parse.urlsplit(self.path).path,
-                                              bool(authorization) or "X-Amz-Signature" in query, key))
-                connection = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+        text = self.path + "\n" + "\n".join(f"{k}: {v}" for k, v in self.headers.items())
+        if secret in text:
+            return True
+        for value in self.headers.values():
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "basic":
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                    connection.request(self.command, self.path, body=body, headers=headers)
-                    answer = connection.getresponse()
-                    payload = answer.read()
-                    self.send_response(answer.status)
-                    head = self.command == "HEAD"  # keep the upstream's length: it is the object's
-                    for name, value in answer.getheaders():
-                        if name.lower() not in ("transfer-encoding", "connection") and (
-                                head or name.lower() != "content-length"):
-                            self.send_header(name, value)
-                    if not head:
-                        self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
-                finally:
-                    connection.close()
+                    if secret in base64.b64decode(token).decode("utf-8", "replace"):
+                        return True
+                except ValueError:
+                    continue
+        return False
 
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+class Recorder:
+    """``with Recorder() as host: …; host.requests`` — ``host.url`` is ``http://127.0.0.1:PORT``."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        recorded = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(min(length, 1 << 20))
+                recorded.append(Request(self.command, self.path, {k: v for k, v in self.headers.items()}))
+                if "Authorization" not in self.headers:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="recorder"')
+                else:
+                    self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = _record
 
             def log_message(self, format: str, *args: Any) -> None:
-                return None
+                return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self.log)
-
-    def __enter__(self) -> RecordingProxy:
+    def __enter__(self) -> Recorder:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -2,11 +2,13 @@
 revision it is about to load, verify its signature with the keys it holds, and refuse a
 designation older than one it verified (unless the caller pinned the revision).
 
-Called with the StoredFlow object as the API returned it and the status to load from (the
-object's own, or — for a pinned revision — the status as if that revision were current). No
+Called with the status to load from (the StoredFlow's own, or — for a pinned revision — the status
+as if that revision were current) and the object's uid as the API returned it. No
 network: the API server was read already, and nothing has been requested from the storage yet.
 A :class:`Verified` result vouches for ``status.storage`` and ``status.location`` as the operator
-wrote them, so the agent may send its credentials there (``flowstore.client``).
+wrote them; the agent then still checks that place against what it trusts (its FlowStorage, or
+``FLOWSTORE_TRUSTED_STORAGES``: ``flowstore.agent.trust``) before its credentials go there
+(``flowstore.client``).
 
 An agent without keys (no ``verify_key=``/``FLOWSTORE_VERIFY_KEY``, no ``signing_key=``/
 ``FLOWSTORE_SIGNING_KEY``) verifies digests only, as before: :func:`agent_keys` is empty.
@@ -60,19 +62,17 @@ def agent_keys(verify_key: KeySource | Sequence[KeySource] | None = None, signin
     return keys
 
 
-def check(obj: Mapping[str, Any], status: Mapping[str, Any], keys: Sequence[Verifier], *, namespace: str, name: str,
+def check(status: Mapping[str, Any], keys: Sequence[Verifier], *, namespace: str, name: str, uid: str,
           pinned: bool, memory: Freshness | None = None) -> Verified:
-    """Verify the statement of the revision `status` names (see module docstring); `obj` is the
-    StoredFlow as read (its uid), `namespace`/`name` what the agent asked for. `pinned`: the
-    caller asked for this revision or digest on purpose (an older one is then allowed).
-    SignatureError (RollbackRefused for an older designation) otherwise."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    """Verify the statement of the revision `status` names (see module docstring); `namespace`/
+    `name` are what the agent asked for, `uid` the StoredFlow's ``metadata.uid`` as the API server
+    gave it. `pinned`: the caller asked for this revision or digest on purpose (an older one is
+    then allowed). SignatureError (RollbackRefused for an older designation) otherwise."""
     what = f"StoredFlow {namespace}/{name}"
     artifact = status.get("artifact")
     artifact = artifact if isinstance(artifact, Mapping) else {}
     statement.require_signature(artifact.get("signature"), artifact.get("keyId"), keys, what=what)
-    stmt = statement.from_status(status, namespace=namespace, name=name, uid=str(uid) if uid else "")
+    stmt = statement.from_status(status, namespace=namespace, name=name, uid=uid)
     key = statement.verify(stmt, artifact.get("signature"), artifact.get("keyId"), keys, what=what)
     before = (memory or Freshness()).admit(stmt, key.key_id, pinned=pinned, what=what)
     return Verified(statement=stmt, key=key, remembered=before)

@@ -169,3 +169,22 @@ def config_from_seed_client_options(client_options: Mapping[str, Any] | None) ->
     options = dict(client_options or {})
     return {"endpointURL": options.pop("endpoint_url", None), "region": options.pop("region_name", None),
             "clientOptions": options}
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    """The SDK found no credentials, or only part of them (its default chain came up empty)."""
+    try:
+        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Unreachable endpoint, timeouts, dropped or truncated responses: worth a retry."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)

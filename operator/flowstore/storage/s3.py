@@ -20,13 +20,16 @@ from flowstore.storage._aws import (
     SECRET_ACCESS_KEY,
     config_from_seed_client_options,
     identity_rejected,
+    is_connection_error,
+    is_credentials_error,
     make_client,
     seed_client_options,
 )
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IntegrityError,
     InvalidConfig,
     NotFound,
     StorageError,
@@ -241,6 +244,20 @@ class S3(Storage):
             raise self._translate(exc, "download", location) from _cause(exc)
         return data
 
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        client = self._client()
+        try:
+            response = client.get_object(Bucket=self.bucket, Key=location)
+            body = response["Body"]
+            try:
+                return read_bounded(body, max_bytes, self.url_for(location))
+            finally:
+                body.close()
+        except IntegrityError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
+
     def stat(self, location: str) -> ObjectInfo | None:
         client = self._client()
         try:
@@ -295,13 +312,13 @@ class S3(Storage):
 
         if self.identity is not None and _operation(exc) == "AssumeRoleWithWebIdentity":
             return identity_rejected(self.identity, code, detail, status)
-        if _is_credentials_error(exc):
+        if is_credentials_error(exc):
             return AuthFailed(
                 f"cannot {action} {target}: no usable AWS credentials were found ({kind}); "
                 f"reference a Secret with {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, "
                 "or give the pod an AWS identity"
             )
-        if _is_connection_error(exc):
+        if is_connection_error(_unwrap(exc)):
             return Unavailable(
                 f"cannot {action} {target}: S3 at {where} is unreachable or timed out ({kind}: {detail})"
             )
@@ -340,32 +357,6 @@ def _operation(exc: BaseException) -> str | None:
     credentials could not be had)."""
     name = getattr(_unwrap(exc), "operation_name", None)
     return str(name) if name else None
-
-
-def _is_credentials_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return False
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Unreachable endpoint, timeouts, dropped or truncated responses: all worth a retry."""
-    try:
-        from botocore.exceptions import (
-            ConnectionError as BotoConnectionError,
-        )
-        from botocore.exceptions import (
-            HTTPClientError,
-            IncompleteReadError,
-            ResponseStreamingError,
-        )
-    except ImportError:
-        return False
-    inner = _unwrap(exc)
-    retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
-    return isinstance(inner, retryable)
 
 
 def _cause(exc: BaseException) -> BaseException | None:

@@ -37,6 +37,8 @@ from flowstore.storage._aws import (
     SESSION_TOKEN,
     config_from_seed_client_options,
     identity_rejected,
+    is_connection_error,
+    is_credentials_error,
     is_plain,
     make_client,
     seed_client_options,
@@ -415,10 +417,10 @@ class CodeCommit(GitHosted):
             error = getattr(exc, "response", {}).get("Error") or {}
             status = (getattr(exc, "response", {}).get("ResponseMetadata") or {}).get("HTTPStatusCode")
             return identity_rejected(self.identity, error.get("Code"), str(error.get("Message") or ""), status)
-        if _is_credentials_error(exc):
+        if is_credentials_error(exc):
             return AuthFailed(f"{what}: no usable AWS credentials were found ({kind}); reference a Secret with "
                               f"{ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, or give the pod an AWS identity")
-        if _is_connection_error(exc):
+        if is_connection_error(exc):
             return Unavailable(f"{what}: CodeCommit at {self._endpoint()} is unreachable or timed out ({kind}); "
                                "will retry")
         if kind == "ParamValidationError":
@@ -477,21 +479,3 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         return max(1.0, float(headers["retry-after"]))
     except (KeyError, ValueError):
         return THROTTLE_RETRY_AFTER
-
-
-def _is_credentials_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return False
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Unreachable endpoint, timeouts, dropped or truncated responses: worth a retry."""
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
-    except ImportError:
-        return False
-    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)
