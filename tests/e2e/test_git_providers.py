@@ -81,7 +81,8 @@ def endpoint(provider: Provider) -> dict[str, str]:
 
 def manifests(namespace: str, provider: Provider, *, interval: str = "1s") -> str:
     docs = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-creds", "namespace": namespace},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-creds", "namespace": namespace,
+                                                            "labels": {"flowstore.dev/allow": "true"}},
          "stringData": provider.secret},
         {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
          "metadata": {"name": "repo", "namespace": namespace},

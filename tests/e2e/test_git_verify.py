@@ -6,7 +6,6 @@ contract fake (the operator reads the raw commit, never GitHub's verdict)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,18 +20,10 @@ from tests.fakes.github_api import GitHubAPI
 from tests.helpers.gitrepo import LocalGitRepo
 from tests.helpers.gitsigning import GPGSigner, SSHSigner
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import manifests, secret  # Secrets opted in (flowstore.dev/allow=true)
 from tests.helpers.operator import OperatorProcess
 
 TOKEN = "ghp_verifyE2eToken0123456789abcdef"
-
-
-def manifests(*docs: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
-
-
-def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "stringData": data}
 
 
 def storage(namespace: str, backend: str, block: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tests.e2e.test_docker import docker_storage, flow, manifests, registry_secret
 from tests.helpers.cosign import cosign_verify, install_cosign
 from tests.helpers.kube import apply, kubectl, wait_for, wait_ready
+from tests.helpers.manifests import secret
 from tests.helpers.operator import OperatorProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -47,8 +48,7 @@ def test_images_carry_a_cosign_signature_cosign_accepts(operator: OperatorProces
     private, public = key_pair()
     (tmp_path / "flowstore.pub").write_text(public)
     image = f"flows-{uuid.uuid4().hex[:8]}"
-    signing = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signing", "namespace": namespace},
-               "stringData": {"FLOWSTORE_SIGNING_KEY": private}}
+    signing = secret(namespace, "signing", {"FLOWSTORE_SIGNING_KEY": private})  # opted in, as policy wants
     fs = docker_storage(namespace, docker_env, image=image)
     fs["spec"]["signing"] = {"provider": "ed25519", "secretRef": {"name": "signing"}}
     apply(manifests(registry_secret(namespace, docker_env), signing, fs, flow(namespace, "etl"),
