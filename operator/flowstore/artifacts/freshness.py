@@ -113,6 +113,11 @@ class Freshness:
                 "storedflows/status")
         self._check_directory()
         path = self.path_for(statement.namespace, statement.stored_flow)
+        remembered = self._read(path)  # files are replaced whole: a read without the lock sees one
+        if remembered is not None and (remembered.uid, remembered.designation, remembered.revision,
+                                       remembered.digest, remembered.key_id) == (
+                statement.uid, statement.designation, statement.revision, statement.digest, key_id):
+            return remembered  # the usual load: already remembered exactly so, nothing to write or lock
         with self._locked():
             before = self._read(path)
             fresh = before is None or before.uid != statement.uid

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,11 @@ SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 COSIGN_TYPE = "cosign container image signature"
+#: one signer at a time per repository in this process: the StoredFlows of one storage share its
+#: image, and two reconciles uploading the same signature blobs at once can make the registry
+#: refuse the manifest that names them (a blob it has not committed yet)
+_repository_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
 
 
 def signature_tag(digest: str) -> str:
@@ -69,6 +75,17 @@ def sign_image(client: RegistryClient, repo: str, repository: str, digest: str, 
     if signer.provider != "ed25519":
         raise Rejected("only ed25519 keys sign images (an HMAC signature could be checked by nobody else): set "
                        "spec.signing.provider: ed25519")
+    with _repository_lock(client.host, repo):
+        return _sign_image(client, repo, repository, digest, signer, annotations)
+
+
+def _repository_lock(host: str, repo: str) -> threading.Lock:
+    with _locks_guard:
+        return _repository_locks.setdefault((host, repo), threading.Lock())
+
+
+def _sign_image(client: RegistryClient, repo: str, repository: str, digest: str, signer: Signer,
+                annotations: Mapping[str, str] | None) -> str:
     body = payload(repository, digest, annotations)
     signature = signer.sign(body)
     raw_signature = signature[len(ED25519_PREFIX):]
