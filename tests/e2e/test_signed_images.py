@@ -79,8 +79,7 @@ def test_images_carry_a_cosign_signature_cosign_accepts(operator: OperatorProces
     # too, nothing is built again
     new_private, new_public = key_pair()
     (tmp_path / "new.pub").write_text(new_public)
-    rotated = {**signing, "metadata": {"name": "signing-2", "namespace": namespace},
-               "stringData": {"FLOWSTORE_SIGNING_KEY": new_private}}
+    rotated = secret(namespace, "signing-2", {"FLOWSTORE_SIGNING_KEY": new_private})
     fs["spec"]["signing"]["secretRef"]["name"] = "signing-2"
     tags_before = registry_tags(docker_env, image)
     apply(manifests(rotated, fs))
