@@ -34,7 +34,26 @@ def test_docker_declares_its_dockerfile_files_and_daemon_tls() -> None:
     assert FileRefs("files") in declared
     assert any(isinstance(r, SecretKeys) and r.field == "daemonTLSSecretRef" and r.into == "daemonTLS"
                for r in declared)
-    assert backend_class("s3").config_refs == () and backend_class("git").config_refs == ()
+    assert backend_class("s3").config_refs == ()
+
+
+def test_git_hosted_storages_declare_their_verify_secret_by_path() -> None:
+    """spec.<git backend>.verify.secretRef: a path into the block; the storage gets the SSH allowed
+    signers and the OpenPGP keys (*.asc) as verifyKeys, nothing else of the Secret."""
+    for key in ("git", "github", "gitlab", "bitbucket", "codecommit"):
+        assert any(isinstance(r, SecretKeys) and r.field == "verify.secretRef" and r.into == "verifyKeys"
+                   for r in backend_class(key).config_refs), key
+    cluster = FakeCluster()
+    cluster.secrets["trusted"] = {"metadata": {"uid": "v", "resourceVersion": "9"},
+                                  "data": {"allowed_signers": "dev@x ssh-ed25519 AAAA", "team.asc": "PGP",
+                                           "password": "not for the storage"}}
+    spec = StorageSpec.parse({"git": {"url": "https://git.example/r.git",
+                                      "verify": {"mode": "HEAD", "secretRef": {"name": "trusted"}}}})
+    resolved, version = resolve_refs(cluster, "ns", spec)
+    assert resolved.config["verifyKeys"] == {"allowed_signers": "dev@x ssh-ed25519 AAAA", "team.asc": "PGP"}
+    assert version == "Secret/trusted@9"
+    with pytest.raises(ReconcileError, match=r"spec\.git\.verify\.secretRef.*allowed_signers"):
+        resolve_refs(FakeCluster(), "ns", spec)
 
 
 def test_what_the_declaration_names_is_read_and_put_in_place() -> None:

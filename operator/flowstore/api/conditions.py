@@ -136,6 +136,22 @@ def mark_failed(
     return remove_condition(out, ConditionType.STALLED)
 
 
+def mark_source_verified(conditions: list[Condition] | None, verified_by: str | None,
+                         generation: int | None) -> list[Condition]:
+    """SourceVerified=True naming what was verified by which key (a verified git source), or no
+    SourceVerified at all (the source is not verified)."""
+    if verified_by is None:
+        return remove_condition(conditions, ConditionType.SOURCE_VERIFIED)
+    return set_condition(conditions, ConditionType.SOURCE_VERIFIED, "True", Reason.SUCCEEDED,
+                         f"Verified {verified_by}", generation)
+
+
+def mark_unverified(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
+    """SourceVerified=False: the source's commit or tag did not verify (Ready says the same)."""
+    return set_condition(conditions, ConditionType.SOURCE_VERIFIED, "False", Reason.VERIFICATION_FAILED, message,
+                         generation)
+
+
 def without_times(conditions: list[Condition] | None) -> list[Condition]:
     """Conditions with transition times dropped: for comparing desired with current status."""
     return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in readable(conditions)]

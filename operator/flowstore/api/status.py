@@ -217,9 +217,15 @@ class GitPin(Record):
     ref: str
     commit: str
     url: str
+    #: with spec.<backend>.verify: which key signed the commit (and tag), as the storage says
+    verification: Mapping[str, Any] | None = None
 
     def to_status(self) -> dict[str, Any]:
-        return {"repo": self.repo, "path": self.path, "ref": self.ref, "commit": self.commit, "url": self.url}
+        doc: dict[str, Any] = {"repo": self.repo, "path": self.path, "ref": self.ref, "commit": self.commit,
+                               "url": self.url}
+        if self.verification is not None:
+            doc["verification"] = dict(self.verification)
+        return doc
 
     @classmethod
     def from_status(cls, doc: Mapping[str, Any] | None) -> GitPin | None:
@@ -228,8 +234,10 @@ class GitPin(Record):
         commit, path = text(doc, "commit"), text(doc, "path")
         if commit is None or path is None:
             return None
+        verification = doc.get("verification")
         return cls(repo=text(doc, "repo") or "", path=path, ref=text(doc, "ref") or "", commit=commit,
-                   url=text(doc, "url") or "")
+                   url=text(doc, "url") or "",
+                   verification=dict(verification) if isinstance(verification, Mapping) else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,9 +250,15 @@ class ImageRef(Record):
     tag: str
     digest: str
     path: str
+    #: with an ed25519 signing key: the cosign signature's tag in the registry, and the key's id
+    signature_tag: str | None = None
+    signature_key_id: str | None = None
 
     def to_status(self) -> dict[str, Any]:
-        return {"name": self.name, "tag": self.tag, "digest": self.digest, "path": self.path}
+        doc = {"name": self.name, "tag": self.tag, "digest": self.digest, "path": self.path}
+        if self.signature_tag and self.signature_key_id:
+            doc.update(signatureTag=self.signature_tag, signatureKeyId=self.signature_key_id)
+        return doc
 
     @classmethod
     def from_status(cls, doc: Mapping[str, Any] | None) -> ImageRef | None:
@@ -253,4 +267,5 @@ class ImageRef(Record):
         name, image_digest = text(doc, "name"), digest(doc, "digest")
         if name is None or image_digest is None:
             return None
-        return cls(name=name, tag=text(doc, "tag") or "", digest=image_digest, path=text(doc, "path") or "")
+        return cls(name=name, tag=text(doc, "tag") or "", digest=image_digest, path=text(doc, "path") or "",
+                   signature_tag=text(doc, "signatureTag"), signature_key_id=text(doc, "signatureKeyId"))

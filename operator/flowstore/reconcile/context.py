@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from flowstore.api import conditions as cond
+from flowstore.api.constants import EventReason
 from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
 from flowstore.api.status import Artifact, GitPin, Storing
-from flowstore.artifacts import signing
+from flowstore.artifacts.signing import Signer
 from flowstore.reconcile.ports import Event, Outcome, Pending, sha256_of
+from flowstore.reconcile.signatures import number_revision, sign_status
 from flowstore.storage import Storage, backend_class
 
 
@@ -64,7 +66,10 @@ class FlowContext:
     #: pickle: the versions of the Python, cloudpickle (and prefect) that built it
     versions: dict[str, str] | None = None
     inputs_digest: str = ""
-    signing_key: bytes | None = None
+    #: spec.signing's key: ready() signs the statement of what it records (reconcile/signatures.py)
+    signer: Signer | None = None
+    #: a verified git source: what was verified and by which key (the SourceVerified condition)
+    verified_by: str | None = None
     git: GitSource | None = None
     #: writes a Reconciling status before anything is built or stored (the operator: a status
     #: patch that must succeed first); None offline
@@ -115,12 +120,11 @@ class FlowContext:
 
     def artifact(self, *, url: str, digest: str, size: int, storage_state: Any = None,
                  source_digest: str | None = None) -> Artifact:
-        """The artifact of this reconcile, signed when the storage signs."""
+        """The artifact of this reconcile (:func:`ready` signs it when the storage signs)."""
         return Artifact(
             url=url, digest=digest, size=size, format=self.fmt,
             source_digest=source_digest or sha256_of(self.source), inputs_digest=self.inputs_digest,
             last_update_time=cond.now_iso(), storage_state=dict(storage_state) if storage_state else None,
-            signature=signing.sign(self.signing_key, self.spec.flow_name, digest) if self.signing_key else None,
             file_name=self.file_name if self.fmt == "script" else None,
             entrypoint=self.entrypoint, file_count=self.file_count if self.bundle else None,
             versions=self.versions if self.fmt == "pickle" else None,
@@ -146,7 +150,14 @@ def ready(ctx: FlowContext, location: str, artifact: Artifact, events: list[Even
     status.update(observedGeneration=ctx.generation, location=location, storage=serialized, labels=storage.labels,
                   flowName=ctx.spec.flow_name)
     artifact.write(status)
+    number_revision(ctx.obj.get("status"), status)
+    resigned = sign_status(status, ctx.obj, ctx.signer)
+    if resigned and ctx.signer is not None and artifact.inputs_digest == (
+            ((ctx.obj.get("status") or {}).get("artifact") or {}).get("inputsDigest")):
+        events = [*events, Event("Normal", EventReason.SIGNED, f"Signed revision {status['artifact']['revision']} of "
+                                 f"flow {ctx.spec.flow_name!r} with key {ctx.signer.key_id} (nothing stored again)")]
     pin = GitPin.read(status)
     message = f"Pinned to commit {pin.commit[:12]}: {artifact.url}" if pin else f"Stored at {artifact.url}"
     status["conditions"] = cond.mark_ready(ctx.status.get("conditions"), message, ctx.generation)
+    status["conditions"] = cond.mark_source_verified(status["conditions"], ctx.verified_by, ctx.generation)
     return Outcome(status=status, events=events, requeue_after=ctx.storage_spec.interval_seconds, uploaded=uploaded)

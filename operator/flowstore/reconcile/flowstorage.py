@@ -1,6 +1,7 @@
 """Reconciling one FlowStorage: its spec parses, its credentials resolve, and its bucket,
-directory or registry is reachable (the seed's healthcheck). Status publishes the serialized
-storage, its labels, and ``status.flows`` (flow name -> location: the seed's ``flows``)."""
+directory or registry is reachable (the seed's healthcheck), and its signing key (if any) is
+usable. Status publishes the serialized storage, its labels, ``status.flows`` (flow name ->
+location: the seed's ``flows``) and the public half of the signing key (``status.signing``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flowstore.api.status import recorded_flow_name, recorded_location
 from flowstore.reconcile.failures import classify
 from flowstore.reconcile.outcomes import failed, mark_handled, recheck_after, suspended
 from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.signatures import read_signer, signing_status
 from flowstore.reconcile.storages import open_storage
 
 #: status.flows lists at most this many flows (the first by name; flowCount has the number): the
@@ -66,6 +68,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
     try:
         storage = open_storage(ports, namespace, obj, spec)
         storage.check_container()
+        signer = read_signer(ports, namespace, spec)
     except Exception as exc:
         failure = classify(exc)
         requeue = (failure.retry_after if not failure.stalled
@@ -74,6 +77,11 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
     serialized = storage.to_status()
     serialized.pop("flows", None)
     status.update(observedGeneration=generation, storage=serialized, labels=storage.labels)
+    published = signing_status(signer)
+    if published is None:
+        status.pop("signing", None)
+    else:
+        status["signing"] = published
     status["conditions"] = cond.mark_ready(
         status.get("conditions"), f"{storage.type_name} storage reachable; {len(flows)} flow(s) stored", generation
     )

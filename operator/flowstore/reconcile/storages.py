@@ -1,6 +1,6 @@
 """Opening a FlowStorage's storage: its credentials Secret, the ConfigMaps and Secrets its block
-names (as the backend's Storage class declares them), the signing key, and the part of its
-configuration that decides where artifacts go."""
+names (as the backend's Storage class declares them), and the part of its configuration that
+decides where artifacts go. (The signing key: reconcile/signatures.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from flowstore.api.backends import COMMON_FIELDS, backend
 from flowstore.api.constants import Reason
-from flowstore.api.models import SpecError, StorageSpec
+from flowstore.api.models import StorageSpec
 from flowstore.reconcile.failures import ReconcileError
 from flowstore.reconcile.identity import resolve_identity
 from flowstore.reconcile.ports import Ports
@@ -35,28 +35,6 @@ def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[d
         )
     data = dict(secret.get("data") or {})
     return data, f"{secret['metadata'].get('uid')}/{secret['metadata'].get('resourceVersion')}"
-
-
-def read_signing_key(ports: Ports, namespace: str, spec: StorageSpec) -> bytes | None:
-    """The HMAC key named by spec.signing.secretRef, or None when signing is off."""
-    if spec.signing is None:
-        return None
-    name, key = spec.signing
-    secret = ports.get_secret(namespace, name)
-    if secret is None:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} (spec.signing.secretRef) was not found in namespace {namespace!r}; create it "
-            "or remove spec.signing.", stalled=True)
-    value = (secret.get("data") or {}).get(key)
-    if not value:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} has no key {key!r} (spec.signing.secretRef.key); add the signing key there.",
-            stalled=True)
-    if len(value) < 16:
-        raise SpecError(f"the signing key in Secret {name!r} is shorter than 16 characters; use a random key")
-    return str(value).encode("utf-8")
 
 
 def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: StorageSpec) -> Storage:
@@ -110,9 +88,19 @@ def resolve_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[Stora
             if value is not None:
                 config[ref.field] = {str(item["path"]): reader.key(item, f"{ref.field}[{i}]")
                                      for i, item in enumerate(value or []) if isinstance(item, Mapping)}
-        elif isinstance(value, Mapping) and value.get("name"):  # SecretKeys
-            config[ref.into] = reader.secret_keys(str(value["name"]), ref)
+        else:  # SecretKeys: its field may be a path into the block (git's verify.secretRef)
+            named = _at(config, ref.field)
+            if isinstance(named, Mapping) and named.get("name"):
+                config[ref.into] = reader.secret_keys(str(named["name"]), ref)
     return dataclasses.replace(spec, config=config), ",".join(reader.versions)
+
+
+def _at(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted `path` of a block (None where any step is missing)."""
+    value: Any = config
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, Mapping) else None
+    return value
 
 
 class _RefReader:
@@ -148,7 +136,8 @@ class _RefReader:
 
     def secret_keys(self, name: str, ref: SecretKeys) -> dict[str, str]:
         secret = self._get("Secret", name, ref.field, ref.hint)
-        return {key: str(value) for key, value in (secret.get("data") or {}).items() if key in ref.keys}
+        return {key: str(value) for key, value in (secret.get("data") or {}).items()
+                if key in ref.keys or (ref.suffixes and key.endswith(ref.suffixes))}
 
 
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:

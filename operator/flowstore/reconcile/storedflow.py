@@ -38,7 +38,8 @@ from flowstore.reconcile.outcomes import (
 from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Outcome, Ports
 from flowstore.reconcile.publishers import Publisher, publisher_for
-from flowstore.reconcile.storages import read_signing_key, try_open_storage
+from flowstore.reconcile.signatures import read_signer
+from flowstore.reconcile.storages import try_open_storage
 from flowstore.storage import backend_class
 
 Siblings = Callable[[str], list[dict[str, Any]]]
@@ -87,7 +88,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
                           storage_spec=storage_spec, opened=opened, open_failure=open_failure,
                           on_progress=on_progress)
         publisher.resolve_source(ctx, ports)
-        ctx.signing_key = read_signing_key(ports, ctx.namespace, storage_spec)
+        ctx.signer = read_signer(ports, ctx.namespace, storage_spec)
         plan(ctx, publisher)
         done = up_to_date(ctx, publisher, check_drift=check_drift)
         if done is not None:

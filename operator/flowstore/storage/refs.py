@@ -13,7 +13,8 @@ Three shapes cover what the CRD has:
 - :class:`FileRefs` — ``[{path, configMapRef|secretRef: {name, key}}]``: the storage gets
   ``{path: bytes}`` (Docker's ``files``);
 - :class:`SecretKeys` — ``{name}`` of a Secret whose listed keys the storage gets as text under
-  another field (Docker's ``daemonTLSSecretRef`` → ``daemonTLS``).
+  another field (Docker's ``daemonTLSSecretRef`` → ``daemonTLS``; git's ``verify.secretRef`` →
+  ``verifyKeys``, the field a dotted path into the block).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class SecretKeys:
     into: str
     keys: tuple[str, ...]
     hint: str = ""
+    #: keys ending so are given too (git's OpenPGP keys: ``*.asc``)
+    suffixes: tuple[str, ...] = ()
 
 
 ConfigRef = KeyRef | FileRefs | SecretKeys

@@ -45,12 +45,17 @@ class GitPinPublisher(Publisher[GitHosted]):
         if not path:
             raise SpecError(f"no flow file: set spec.source.path, or path in FlowStorage {ctx.spec.storage_name!r}")
         path = normalize_path(path)
-        commit = repo.resolve_ref()
+        # with spec.<backend>.verify, only a commit (and tag) signed by its Secret's keys: else
+        # SourceUnverified (VerificationFailed), and the last verified pin stays recorded
+        commit, verification = repo.resolve_verified()
         pinned = GitPin.read(ctx.status)
         recorded = ctx.recorded
         source = GitSource(path=path, commit=commit, pin=GitPin(
             repo=repo.repo_name(), path=path, ref=repo.ref or "(default branch)", commit=commit,
-            url=repo.web_url(path, commit)))
+            url=repo.web_url(path, commit),
+            verification=verification.to_status() if verification is not None else None))
+        if verification is not None:
+            ctx.verified_by = verification.describe()
         ctx.git = source
         if pinned and pinned.commit == commit and pinned.path == path and recorded and recorded.source_digest:
             source.recorded_digest = recorded.source_digest

@@ -7,6 +7,7 @@ image and record it. Until then the StoredFlow is Reconciling ("building the ima
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -40,6 +41,18 @@ class ImagePublisher(Publisher[Docker]):
         except NotFound:
             return MISSING
         return None if sha256_of(held) == artifact.digest else CHANGED
+
+    def settle(self, ctx: FlowContext) -> list[Event]:
+        """The recorded image is signed by the storage's current key (a new key signs it too:
+        nothing is built again)."""
+        image = ImageRef.read(ctx.status)
+        if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
+                or image.signature_key_id == ctx.signer.key_id:
+            return []
+        signed = sign_image(ctx, self.storage(ctx), image)
+        signed.write(ctx.status)
+        return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
+                      f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
@@ -80,13 +93,26 @@ class ImagePublisher(Publisher[Docker]):
         previous = ImageRef.read(ctx.status)
         ctx.status.pop("driftDetected", None)
         GitPin.clear(ctx.status)
-        ImageRef(name=built.name, tag=built.tag, digest=built.digest, path=flow.location).write(ctx.status)
+        image = sign_image(ctx, docker, ImageRef(name=built.name, tag=built.tag, digest=built.digest,
+                                                 path=flow.location))
+        image.write(ctx.status)
         verb = "Moved" if previous and previous.digest != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
         outcome = ready(ctx, flow.location, artifact, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         return outcome
+
+
+def sign_image(ctx: FlowContext, docker: Docker, image: ImageRef) -> ImageRef:
+    """With an ed25519 signing key, push the image's cosign signature (docs/signing.md): `image`
+    with its signature's tag and key; otherwise `image` with none."""
+    if ctx.signer is None or ctx.signer.provider != "ed25519":
+        return dataclasses.replace(image, signature_tag=None, signature_key_id=None)
+    storage = f"{ctx.namespace}/{ctx.spec.storage_name}"
+    tag = docker.sign_image(image.digest, ctx.signer, image_name=image.name,
+                            annotations={"flowstore.dev/flowstorage": storage})
+    return dataclasses.replace(image, signature_tag=tag, signature_key_id=ctx.signer.key_id)
 
 
 def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: str, *,
