@@ -10,6 +10,8 @@ import re
 import sys
 from typing import Any
 
+from flowstore import cli_revisions
+
 
 def _parse_size(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30}
@@ -127,11 +129,12 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
     obj: dict[str, Any] = {}
     try:
+        which = {"revision": args.revision, "digest": args.digest}
         if args.output == "prefect":
-            doc = seed_storage(args.name, args.namespace)
+            doc = seed_storage(args.name, args.namespace, **which)
         else:
             obj = storedflow(args.name, args.namespace)
-            doc = stored_status(obj, args.name, args.namespace)
+            doc = stored_status(obj, args.name, args.namespace, **which)
     except (FlowNotAvailable, StorageError) as exc:
         return _print_error(exc)
     if args.output == "prefect-pull-step":
@@ -154,7 +157,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     from flowstore.storage import StorageError
 
     try:
-        artifact = load_artifact(args.name, args.namespace)
+        artifact = load_artifact(args.name, args.namespace, revision=args.revision, digest=args.digest)
     except (FlowNotAvailable, StorageError, SignatureError) as exc:
         return _print_error(exc)
     digest = artifact.status["artifact"]["digest"]
@@ -202,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowstore.storage import StorageError
 
     try:
-        flow = load_flow(args.name, args.namespace)
+        flow = load_flow(args.name, args.namespace, revision=args.revision, digest=args.digest)
     except (FlowNotAvailable, StorageError, SignatureError) as exc:
         return _print_error(exc)
     result: Any = flow.run()
@@ -280,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
+        cli_revisions.add_revision_args(p)
         p.set_defaults(func=func)
+    cli_revisions.add_parsers(sub)
 
     comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(flowstore completion bash)\"")
     comp.add_argument("shell", choices=["bash", "zsh"])

@@ -2,10 +2,12 @@
 
     from flowstore.client import load_flow
     flow = load_flow("etl-daily", "data")
+    older = load_flow("etl-daily", "data", revision=3)   # any revision still in status.history
 
 Nothing is unpickled or executed before the downloaded bytes match the sha256 recorded in
-the StoredFlow's status. Backend credentials are the agent's own (the SDK's default chain:
-environment, workload identity, …); the status never carries secrets.
+the StoredFlow's status (for an older revision, its history entry's). Backend credentials are
+the agent's own (the SDK's default chain: environment, workload identity, …); the status never
+carries secrets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from flowstore import kubeconfig
 from flowstore.api.backends import backend
 from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.history import RevisionNotFound, status_for
 from flowstore.artifacts import loading, signing
 from flowstore.storage import AuthFailed, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
@@ -59,13 +62,22 @@ def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     return obj
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
-    return stored_status(storedflow(name, namespace, api=api), name, namespace)
+def locate(name: str, namespace: str, *, api: Any = None, revision: int | None = None,
+           digest: str | None = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions); with
+    `revision` or `digest`, as it reads with that revision of status.history current."""
+    return stored_status(storedflow(name, namespace, api=api), name, namespace, revision=revision, digest=digest)
 
 
-def stored_status(obj: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
-    """`obj`'s status, once it has been stored (FlowNotAvailable before)."""
+def stored_status(obj: dict[str, Any], name: str, namespace: str, *, revision: int | None = None,
+                  digest: str | None = None) -> dict[str, Any]:
+    """`obj`'s status, once it has been stored (FlowNotAvailable before); with `revision` or
+    `digest`, as it reads with that revision of status.history current."""
+    if revision is not None or digest is not None:
+        try:
+            return status_for(dict(obj.get("status") or {}), revision=revision, digest=digest)
+        except RevisionNotFound as exc:
+            raise FlowNotAvailable(f"StoredFlow {namespace}/{name}: {exc}") from None
     status = dict(obj.get("status") or {})
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(
@@ -87,23 +99,26 @@ def _names_the_object(exc: Any) -> bool:
     return bool(details.get("name"))
 
 
-def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+def seed_storage(name: str, namespace: str, *, api: Any = None, revision: int | None = None,
+                 digest: str | None = None) -> dict[str, Any]:
     """The StoredFlow's storage as the seed serializes it (``flows`` = {flow name: location}):
     what Prefect 1.4.1's ``StorageSchema`` loads, so a Prefect 1 flow can be registered with its
     storage pointing at the artifact flowstore stored. Built from ``status.storage`` (nothing is
     downloaded; no credentials are needed). What the seed has no field for (the sha256, key
     prefixes, ...) is not in it: the status keeps it."""
-    status = locate(name, namespace, api=api)
+    status = locate(name, namespace, api=api, revision=revision, digest=digest)
     return from_serialized(status["storage"]).serialize()
 
 
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-                  identity: Mapping[str, Any] | None = None) -> Artifact:
+                  identity: Mapping[str, Any] | None = None, revision: int | None = None,
+                  digest: str | None = None) -> Artifact:
     """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
+    `revision` or `digest` picks a revision of status.history instead of the current one.
 
     With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
     artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
-    status = locate(name, namespace, api=api)
+    status = locate(name, namespace, api=api, revision=revision, digest=digest)
     check_signature(status, signing_key)
     return Artifact(data=download(status, identity=identity), status=status)
 
@@ -159,10 +174,14 @@ def agent_advice(storage_type: str, exc: Exception) -> str:
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-              identity: Mapping[str, Any] | None = None) -> Any:
+              identity: Mapping[str, Any] | None = None, revision: int | None = None,
+              digest: str | None = None) -> Any:
     """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
     running the script in this process (the agent's job, as in the seed); or, for a flow of
     several files, imported from the bundle's files, extracted once into a cache directory
-    keyed by the digest (``flowstore.artifacts.loading``)."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity)
+    keyed by the digest (``flowstore.artifacts.loading``). `revision` (a number of
+    status.history) or `digest` (a revision's artifact digest) loads that revision, verified the
+    same way; FlowNotAvailable names the revisions there are when it is not in the history."""
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity,
+                             revision=revision, digest=digest)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))

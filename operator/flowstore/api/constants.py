@@ -26,6 +26,9 @@ class ConditionType:
     STALLED: Final = "Stalled"
     #: present only while spec.suspend (the object's or its FlowStorage's) is true
     SUSPENDED: Final = "Suspended"
+    #: StoredFlow, present only while spec.pin is set: True while the pinned revision is current,
+    #: False (PinNotFound) when it is not in status.history
+    PINNED: Final = "Pinned"
 
 
 class Reason:
@@ -43,6 +46,9 @@ class Reason:
     SECRET_NOT_FOUND: Final = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     INVALID_SPEC: Final = "InvalidSpec"
     NAME_CONFLICT: Final = "NameConflict"
+    # Revisions (spec.pin): the Pinned condition's reasons
+    REVISION_PINNED: Final = "RevisionPinned"
+    PIN_NOT_FOUND: Final = "PinNotFound"
     # Building the flow from its source
     SCRIPT_SYNTAX_ERROR: Final = "ScriptSyntaxError"
     SCRIPT_FAILED: Final = "ScriptFailed"
@@ -100,6 +106,8 @@ class EventReason:
 
     STORED: Final = "Stored"
     PINNED: Final = "Pinned"
+    #: a revision still in history made current again (a revert, a pin, an unpin): nothing uploaded
+    REVERTED: Final = "Reverted"
     RETAINED: Final = "Retained"
     DELETED: Final = "Deleted"
     CLEANUP_FAILED: Final = "CleanupFailed"
