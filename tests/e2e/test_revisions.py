@@ -274,44 +274,41 @@ def test_history_and_retention_on_a_webhook_with_a_delete_request(operator: Oper
 
 # --------------------------------------------------------------------------- git-hosted: pinned commits
 def test_git_history_is_pinned_commits_and_nothing_is_deleted(
-        operator: OperatorProcess, namespace: str, git_server: dict[str, str]) -> None:
-    from tests.e2e.test_git import creds, git_storage, stored_flow
+        operator: OperatorProcess, namespace: str, git_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e.test_git import git_creds, git_flow, git_storage
 
     repo = LocalGitRepo(Path(git_server["root"]))
-    os.environ["GIT_USERNAME"], os.environ["GIT_PASSWORD"] = git_server["username"], git_server["password"]
-    try:
-        commits = [repo.commit({"flows/etl.py": flow_script("etl", 1)})]
-        url = f"{git_server['url']}/{repo.name}.git"
-        sflow = stored_flow(namespace, "etl", "etl", "flows/etl.py")
-        sflow["spec"]["revisionHistoryLimit"] = 3
-        storage = git_storage(namespace, url, ref="main")
-        storage["spec"].update(RETENTION)
-        apply(manifests(creds(namespace, git_server["username"], git_server["password"]), storage, sflow))
-        wait_ready(namespace, "etl", timeout=60)
-        for value in range(2, 6):
-            commits.append(repo.commit({"flows/etl.py": flow_script("etl", value)}))
-            wait_for("storedflow", namespace, "etl", lambda o, c=commits[-1]: (o.get("status") or {}).get("git", {})
-                     .get("commit") == c, timeout=60)
-        obj = settled(namespace)
-        assert revisions(obj) == [5, 4, 3]
-        assert [e["git"]["commit"] for e in obj["status"]["history"]] == commits[:1:-1]
-        assert repo.head() == commits[-1] and all(repo.show(c, "flows/etl.py") for c in commits)
-        # A commit bringing back revision 4's file re-points to revision 4 at its own commit.
-        repo.commit({"flows/etl.py": flow_script("etl", 4)})
-        back = wait_for("storedflow", namespace, "etl",
-                        lambda o: (o.get("status") or {}).get("artifact", {}).get("revision") == 4, timeout=60)
-        assert back["status"]["git"]["commit"] == commits[3] and back["status"]["storage"]["ref"] == commits[3]
-        assert client.load_flow("etl", namespace).run() == 4
-        assert client.load_flow("etl", namespace, revision=5).run() == 5
-        # A pin to revision 3: its commit is what agents read.
-        kubectl("patch", "storedflow", "etl", "-n", namespace, "--type=merge", "-p",
-                json.dumps({"spec": {"pin": {"revision": 3}}}))
-        pinned = wait_for("storedflow", namespace, "etl",
-                          lambda o: condition(o, "Pinned").get("status") == "True", timeout=60)
-        assert pinned["status"]["git"]["commit"] == commits[2] and client.load_flow("etl", namespace).run() == 3
-    finally:
-        os.environ.pop("GIT_USERNAME", None)
-        os.environ.pop("GIT_PASSWORD", None)
+    monkeypatch.setenv("GIT_USERNAME", git_server["username"])  # the agent's own credentials
+    monkeypatch.setenv("GIT_PASSWORD", git_server["password"])
+    commits = [repo.commit({"flows/etl.py": flow_script("etl", 1)})]
+    url = f"{git_server['url']}/{repo.name}.git"
+    sflow = git_flow(namespace, "etl", "etl", "flows/etl.py")
+    sflow["spec"]["revisionHistoryLimit"] = 3
+    storage = git_storage(namespace, url, ref="main")
+    storage["spec"].update(RETENTION)
+    apply(manifests(git_creds(namespace, git_server["username"], git_server["password"]), storage, sflow))
+    wait_ready(namespace, "etl", timeout=60)
+    for value in range(2, 6):
+        commits.append(repo.commit({"flows/etl.py": flow_script("etl", value)}))
+        wait_for("storedflow", namespace, "etl", lambda o, c=commits[-1]: (o.get("status") or {}).get("git", {})
+                 .get("commit") == c, timeout=60)
+    obj = settled(namespace)
+    assert revisions(obj) == [5, 4, 3]
+    assert [e["git"]["commit"] for e in obj["status"]["history"]] == commits[:1:-1]
+    assert repo.head() == commits[-1] and all(repo.show(c, "flows/etl.py") for c in commits)
+    # A commit bringing back revision 4's file re-points to revision 4 at its own commit.
+    repo.commit({"flows/etl.py": flow_script("etl", 4)})
+    back = wait_for("storedflow", namespace, "etl",
+                    lambda o: (o.get("status") or {}).get("artifact", {}).get("revision") == 4, timeout=60)
+    assert back["status"]["git"]["commit"] == commits[3] and back["status"]["storage"]["ref"] == commits[3]
+    assert client.load_flow("etl", namespace).run() == 4
+    assert client.load_flow("etl", namespace, revision=5).run() == 5
+    # A pin to revision 3: its commit is what agents read.
+    kubectl("patch", "storedflow", "etl", "-n", namespace, "--type=merge", "-p",
+            json.dumps({"spec": {"pin": {"revision": 3}}}))
+    pinned = wait_for("storedflow", namespace, "etl",
+                      lambda o: condition(o, "Pinned").get("status") == "True", timeout=60)
+    assert pinned["status"]["git"]["commit"] == commits[2] and client.load_flow("etl", namespace).run() == 3
 
 
 # --------------------------------------------------------------------------- Docker: image manifests
