@@ -172,6 +172,21 @@ def cannot_write(exc: BaseException) -> Problem | None:
     return Problem(f"cannot use {path}: {exc.strerror}", "give -o another path")
 
 
+def agent_refusal(exc: BaseException) -> Problem | None:
+    """What an agent refused, or could not check (flowstore.client.AGENT_ERRORS): a status that is
+    malformed or points where the agent does not trust, a bundle, a signature, bytes that do not
+    match; each message says what to do. Not being allowed to read the FlowStorage, and an agent
+    cache it may not use, are the environment's; the rest the flow's."""
+    from flowstore.agent.errors import TrustUnavailable
+    from flowstore.artifacts.cache import CacheError
+    from flowstore.client import AGENT_ERRORS
+    from flowstore.storage import MissingDependency
+
+    if not isinstance(exc, AGENT_ERRORS) or isinstance(exc, MissingDependency):
+        return None
+    return Problem(str(exc), "", code=ENVIRONMENT if isinstance(exc, (CacheError, TrustUnavailable)) else FLOW)
+
+
 def flow_problem(exc: BaseException) -> Problem | None:
     """The flow, not the environment: not found, not stored yet, refused by verification, the
     storage's own errors (each with its message for a person)."""
@@ -187,7 +202,8 @@ def flow_problem(exc: BaseException) -> Problem | None:
 
 #: the table: the first row that recognises an exception decides
 PROBLEMS: tuple[Callable[[BaseException], Problem | None], ...] = (
-    flow_needs_module, missing_package, no_kubeconfig, api_unreachable, api_refused, flow_problem, cannot_write,
+    flow_needs_module, missing_package, no_kubeconfig, api_unreachable, agent_refusal, api_refused, flow_problem,
+    cannot_write,
 )
 
 

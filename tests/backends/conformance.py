@@ -137,6 +137,25 @@ class StorageConformance:
         assert (info.size, info.sha256) == (len(data), sha256_hex(data))
         assert storage.get_bytes(location) == data
 
+    def test_a_bounded_read_stops_at_the_recorded_size(self) -> None:
+        """What agents read (get_bytes_bounded): the object when it is at most the bound, an
+        IntegrityError when it holds more (the status recorded another size), NotFound as ever."""
+        storage = self.make_storage()
+        location = self.raw_location(storage, "conformance/bounded.bin")
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        storage.put_bytes(location, data)
+        assert storage.get_bytes_bounded(location, len(data)) == data
+        assert storage.get_bytes_bounded(location, len(data) + 1000) == data
+        with pytest.raises(IntegrityError, match=f"more than the {len(data) - 1} bytes recorded"):
+            storage.get_bytes_bounded(location, len(data) - 1)
+        with pytest.raises(IntegrityError):
+            storage.get_bytes_bounded(location, 10)
+        empty = self.raw_location(storage, "conformance/empty.bin")
+        storage.put_bytes(empty, b"")
+        assert storage.get_bytes_bounded(empty, 0) == b""
+        with pytest.raises(NotFound):
+            storage.get_bytes_bounded(self.raw_location(storage, "conformance/missing.bin"), 10)
+
     # ------------------------------------------------------------------ seed semantics
     #: the location add_flow returns: the seed's default key (most backends), or the flow name
     #: (the seed's Webhook, which holds one flow)

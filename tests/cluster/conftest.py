@@ -186,6 +186,9 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
             "--set", "probes.readiness.periodSeconds=1",
             "--set", f"replicas={replicas}",
             "--set", "log.format=text",
+            # builder Jobs in the test images of the local registry (the chart's default: none)
+            "--set", "builds.enabled=true",
+            "--set", f"builds.allowedImages[0]={docker_env['registry']}/*",
             *(["--set", "watchNamespaces={" + ",".join(watch) + "}"] if watch else []),
             *values,
         ]

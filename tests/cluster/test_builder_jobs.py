@@ -107,13 +107,14 @@ def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None)
 @pytest.fixture
 def start_operator(tmp_path: Path, kube_env: dict[str, str]) -> Iterator[Callable[..., OperatorProcess]]:
     """`start_operator(namespace, *args)`: `flowstore operator -n namespace` as a local process
-    (no prefect in its environment); stopped afterwards."""
+    (no prefect in its environment), builder Jobs enabled for any image (these tests try images
+    that cannot build too); stopped afterwards. The build policy itself: tests/e2e/test_security.py."""
     started: list[OperatorProcess] = []
 
     def start(namespace: str, *args: str) -> OperatorProcess:
         op = OperatorProcess(tmp_path / f"op{len(started)}", dict(os.environ))
         op.log_dir.mkdir()
-        op.start("-n", namespace, *args)
+        op.start("-n", namespace, "--enable-build-jobs", "--build-image", "*", *args)
         started.append(op)
         return op
 

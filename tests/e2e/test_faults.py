@@ -32,6 +32,7 @@ from tests.helpers.localcloud import LOCALCLOUD, ROOT
 from tests.helpers.manifests import configmap, inline_flow, manifests, s3_storage, stored_flow
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import local_dir as operator_local_dir
 from tests.helpers.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.usefixtures("own_operators_only")]
@@ -338,8 +339,8 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
     say(f"sigkill-backends: seed {seed} (FLOWSTORE_FAULTS_SEED={seed} replays the kill times)")
     per_backend, kills = 4, 6
     policy = {"deletionPolicy": "Delete", "storedAsScript": True}
-    local_dir = tmp_path / "local"
-    local_dir.mkdir()
+    local_dir = operator_local_dir(namespace)
+    local_dir.mkdir(parents=True)
     gcs = gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                          client_options={"api_endpoint": gcs_endpoint})
     gcs_bucket = f"flows-{uuid.uuid4().hex[:12]}"

@@ -16,7 +16,7 @@ from tests.helpers.health_harness import argocd, evaluate, harness_binary, kstat
 from tests.helpers.kube import kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
 from tests.helpers.manifests import kustomize_overlay
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 EXAMPLE = ROOT / "examples" / "gitops"
 
@@ -86,8 +86,8 @@ def test_sync_waves_put_storages_before_flows() -> None:
 
 def test_example_is_stored_and_ready(operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     harness = harness_binary()
-    directory = tmp_path / "flows"
-    directory.mkdir()
+    directory = local_dir(namespace, "flows")
+    directory.mkdir(parents=True)
     rendered = kubectl("kustomize", str(overlay(tmp_path, namespace, directory))).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {namespace}

@@ -14,7 +14,7 @@ from flowstore.storage import IntegrityError
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
 from tests.helpers.manifests import inline_flow, local_storage, manifests, s3_storage, stored_flow
 from tests.helpers.objects import s3_keys
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 
 def test_pickled_flow_is_stored_reported_and_loaded(operator: OperatorProcess, namespace: str,
@@ -172,8 +172,8 @@ def test_tampered_or_truncated_artifact_is_refused(operator: OperatorProcess, na
     assert cli.returncode == 1 and "does not match" in cli.stderr
 
 
-def test_local_storage(operator: OperatorProcess, namespace: str, tmp_path: object) -> None:
-    directory = f"{tmp_path}/flows"
+def test_local_storage(operator: OperatorProcess, namespace: str) -> None:
+    directory = local_dir(namespace, "flows")
     apply(local_storage(namespace, "store", directory, volume_name="flows-pvc"))
     apply(inline_flow(namespace, "etl", "etl local"))
     status = wait_ready(namespace, "etl")["status"]

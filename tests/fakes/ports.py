@@ -93,7 +93,7 @@ class FakeCluster:
         return self.ambient_refusal
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
-                    identity: WorkloadIdentity | None = None) -> Storage:
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
         self.opened += 1
         cls = backend_class(spec.backend)
         if identity is not None:

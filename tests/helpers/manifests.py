@@ -22,7 +22,7 @@ def s3_storage(namespace: str, bucket: str, endpoint: str, name: str = "store", 
     secret_doc = "" if credentials is None else f"""
 apiVersion: v1
 kind: Secret
-metadata: {{name: {secret_name}, namespace: {namespace}}}
+metadata: {{name: {secret_name}, namespace: {namespace}, labels: {{flowstore.dev/allow: "true"}}}}
 stringData: {json.dumps(credentials)}
 ---"""
     return secret_doc + f"""
@@ -80,8 +80,11 @@ def manifests(*docs: dict[str, Any]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
 
-def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+def secret(namespace: str, name: str, data: dict[str, str], *, opt_in: bool = True) -> dict[str, Any]:
+    """A Secret; `opt_in` labels it flowstore.dev/allow=true, as the operator's default Secret
+    policy wants of every Secret a FlowStorage uses (docs/security.md)."""
+    labels = {"flowstore.dev/allow": "true"} if opt_in else {}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "stringData": data}
 
 

@@ -159,6 +159,11 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             id="relative-directory",
         ),
         pytest.param(
+            "local: {directory: /var/lib/flowstore/flows/team/../other}",
+            ["spec.local.directory", "directory must not contain '..'"],
+            id="dotdot-directory",
+        ),
+        pytest.param(
             "local: {directory: /flows}\ndeletionPolicy: Keep",
             ['spec.deletionPolicy: Unsupported value: "Keep"', '"Retain", "Delete"'],
             id="unknown-deletion-policy",
@@ -310,6 +315,11 @@ def test_storedflow_inline_accepted(namespace: str) -> None:
             "path: ../a.py}]}}",
             ["items[].path must be relative and stay inside the flow's directory"],
             id="configmap-item-outside",
+        ),
+        pytest.param(
+            "storageRef: {name: s}\nflowName: etl\nsource: {inline: x}\nkey: flows/../../usr/local/bin/python3",
+            ["key must not contain a '..' segment"],
+            id="key-with-dotdot",
         ),
         pytest.param(
             "storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\n"

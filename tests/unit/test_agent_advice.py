@@ -7,18 +7,24 @@ from __future__ import annotations
 import pytest
 
 from flowstore import client
+from flowstore.agent import trust
+from flowstore.agent.status import parse
 from flowstore.api.backends import BACKENDS
 from flowstore.storage import AuthFailed, TemplateValueMissing
 
 
 def test_a_webhook_template_the_agent_cannot_fill_names_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
-    status = {"location": "x", "artifact": {"digest": "sha256:" + "0" * 64},
-              "storage": {"type": "Webhook", "buildRequest": {"method": "POST", "url": "http://127.0.0.1:9/flows"},
-                          "getFlowRequest": {"method": "GET", "url": "http://127.0.0.1:9/flows/x",
-                                             "headers": {"Authorization": "Bearer ${WEBHOOK_TOKEN}"}}}}
+    block = {"buildRequest": {"method": "POST", "url": "http://127.0.0.1:9/flows"},
+             "getFlowRequest": {"method": "GET", "url": "http://127.0.0.1:9/flows/x",
+                                "headers": {"Authorization": "Bearer ${WEBHOOK_TOKEN}"}}}
+    status = {"location": "x", "artifact": {"digest": "sha256:" + "0" * 64, "size": 1, "format": "script"},
+              "storage": {"type": "Webhook", **block}}
+    view = parse({"spec": {"storageRef": {"name": "store"}}, "status": status}, namespace="data", name="etl")
+    located = client.check_location(view, api=None, sources=[
+        lambda _: [trust.from_flowstorage({"spec": {"webhook": block}}, namespace="data", name="store")]])
     with pytest.raises(TemplateValueMissing) as refused:
-        client.download(status)  # refused before any request: nothing listens on port 9
+        client.download(located)  # refused before any request: nothing listens on port 9
     message = str(refused.value)
     assert message.startswith("getFlowRequest.headers.Authorization: template ${WEBHOOK_TOKEN} has no value")
     assert "set it in this agent's environment" in message and "reference a Secret" not in message

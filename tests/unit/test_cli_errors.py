@@ -153,6 +153,9 @@ def _unauthorized() -> Exception:
 def test_every_row_recognises_its_exception(tmp_path: Path) -> None:
     from kubernetes.config import ConfigException
 
+    from flowstore.agent.errors import StatusError, TrustUnavailable, UntrustedLocation
+    from flowstore.artifacts.bundle import BundleError
+    from flowstore.artifacts.cache import CacheError
     from flowstore.artifacts.loading import FlowNeedsModule
     from flowstore.client import FlowNotAvailable
     from flowstore.storage import AuthFailed, MissingDependency
@@ -174,6 +177,12 @@ def test_every_row_recognises_its_exception(tmp_path: Path) -> None:
         (FileNotFoundError(errno.ENOENT, "No such file or directory", str(missing_dir)),
          f"the directory {missing_dir.parent} does not exist", 2),
         (FileExistsError(errno.EEXIST, "File exists", str(tmp_path)), "it exists already", 2),
+        # what an agent refuses is the flow's; what keeps it from checking is the environment's
+        (StatusError("StoredFlow data/etl: status.artifact.size is str"), "status.artifact.size is str", 1),
+        (UntrustedLocation("StoredFlow data/etl: its status points where"), "its status points where", 1),
+        (BundleError("not a flow bundle"), "not a flow bundle", 1),
+        (TrustUnavailable("grant it get on flowstorages"), "grant it get on flowstorages", 2),
+        (CacheError("the agent cache /c is not private"), "the agent cache /c is not private", 2),
     ]
     for exc, expected, code in cases:
         problem = cli_errors.explain(exc)

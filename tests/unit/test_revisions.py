@@ -33,8 +33,9 @@ class Cluster(FakeCluster):
         self.kill_delete = False
         self.deletes = 0
 
-    def storage_for(self, spec: Any, credentials: Any, cache_key: str, identity: Any = None) -> Storage:
-        storage = super().storage_for(spec, credentials, cache_key, identity)
+    def storage_for(self, spec: Any, credentials: Any, cache_key: str, identity: Any = None, *,
+                    namespace: str = "") -> Storage:
+        storage = super().storage_for(spec, credentials, cache_key, identity, namespace=namespace)
         delete = storage.delete
 
         def counted(location: str) -> None:
@@ -315,20 +316,31 @@ def test_unreadable_revision_records_are_not_recorded(cluster: Cluster, junk: di
 
 # --------------------------------------------------------------------------- agents and the CLI
 def test_an_agent_loads_any_revision_in_history_verified(cluster: Cluster, tmp_path: Path) -> None:
+    """An older revision goes through the agent's checks as the current one does: its status
+    view parsed, its location checked against the FlowStorage, its bytes against its digest."""
+    from flowstore.agent import status as statuses
+    from flowstore.agent import trust
     from flowstore.api.history import RevisionNotFound, status_for
     from flowstore.artifacts import loading
-    from flowstore.client import download
+    from flowstore.client import Located, check_location, download
 
     obj = flow()
     for version in range(3):
         settle(edit(obj, version), cluster)
     status = obj["status"]
+    storage = cluster.storages["store"]
+
+    def located(view_status: dict[str, Any]) -> Located:
+        view = statuses.parse({**obj, "status": view_status}, namespace="ns", name="etl")
+        return check_location(view, api=None, sources=[
+            lambda _: [trust.from_flowstorage(storage, namespace="ns", name="store")]])
+
     for revision, want in ((1, 0), (2, 1), (3, 2)):
         view = status_for(status, revision=revision)
         assert view["artifact"]["revision"] == revision
         assert (view["location"] == status["location"]) == (revision == 3)
         assert view["storage"]["flows"] == {"etl": view["location"]}
-        data = download(view)  # verified against the entry's digest
+        data = download(located(view))  # verified against the entry's digest
         assert loading.load(data, "pickle", flow_name="etl").run() == want
     by_digest = status_for(status, digest=status["history"][2]["digest"])
     assert by_digest["artifact"]["revision"] == 1
@@ -338,7 +350,7 @@ def test_an_agent_loads_any_revision_in_history_verified(cluster: Cluster, tmp_p
     from flowstore.storage import IntegrityError
 
     with pytest.raises(IntegrityError):
-        download(status_for(status, revision=2))
+        download(located(status_for(status, revision=2)))
 
 
 def test_rollback_resolves_a_revision_or_a_unique_digest_prefix(cluster: Cluster) -> None:

@@ -79,8 +79,10 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch]
-# Backend credentials (spec.*.credentialsSecretRef): read by name only. No list/watch, so the
-# operator never holds every Secret of a namespace in memory; missing ones are re-checked.
+# Backend credentials (spec.*.credentialsSecretRef, signing keys, Docker files and TLS): read by
+# name only. No list/watch, so the operator never holds every Secret of a namespace in memory;
+# missing ones are re-checked. With secrets.policy opt-in (the default) the operator uses only
+# those labelled flowstore.dev/allow=true (RBAC cannot select by label; the operator's code does).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -100,9 +102,11 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Builder Jobs (spec.build: flows built in their own image, controller/jobs.py): a Job per build
-# in the StoredFlow's namespace, read by name (a restart adopts it), listed by label to delete a
-# stale one, deleted once its result is read. No update/patch: a Job is never changed.
+{{- if .Values.builds.enabled }}
+# Builder Jobs (builds.enabled; spec.build: flows built in their own image, controller/jobs.py):
+# a Job per build in the StoredFlow's namespace, read by name (a restart adopts it), listed by
+# label to delete a stale one, deleted once its result is read. No update/patch: a Job is never
+# changed. Without builds.enabled none of the four rules below is granted.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, create, delete]
@@ -117,6 +121,7 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped permissions kopf needs in either mode. */}}

@@ -96,3 +96,45 @@ def install_hint(extra: str | None = None) -> str:
         return f"install {what} from this checkout: {sys.executable} -m pip install -e '{checkout}{spec}'"
     return (f"install {what}: pip install 'flowstore-{__version__}-py3-none-any.whl{spec}' (the wheel flowstore "
             f"was installed from; build one in a flowstore checkout with python -m pip wheel --no-deps .)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusFields:
+    """How an agent reads one backend's ``status.storage`` (the status writer is not trusted):
+
+    - `place`: the fields that say where the agent's requests — and so its credentials — go
+      (endpoint, bucket, repository, key prefix, ...). Each must equal what the agent trusts
+      (the FlowStorage's spec block, spelled the same) before anything is requested;
+    - `revision`: the fields that change from one stored revision to the next (a pinned commit,
+      an image digest) and never change where requests go.
+
+    Every other field of ``status.storage`` is dropped before the agent builds its storage."""
+
+    place: tuple[str, ...]
+    revision: tuple[str, ...] = ()
+    #: place fields that name the object itself rather than its container: the StoredFlow's
+    #: ``status.location`` must be this key (or under this prefix) when the trusted source sets one
+    key: str | None = None
+    prefix: str | None = None
+
+
+#: fields of ``status.storage`` every backend writes (Storage.to_status): never a place
+STATUS_COMMON_FIELDS: Final = ("storedAsScript", "labels", "secrets", "flows")
+_GIT_REVISION: Final = ("ref", "requestedRef", "path", "bundleEntrypoint", "bundleIgnore")
+STATUS_FIELDS: Final = {
+    "Local": StatusFields(place=("directory", "path"), revision=("volumeName",)),
+    "S3": StatusFields(place=("bucket", "key", "keyPrefix", "region", "endpointURL"), key="key", prefix="keyPrefix"),
+    "GCS": StatusFields(place=("bucket", "key", "keyPrefix", "project", "endpointURL"), key="key",
+                        prefix="keyPrefix"),
+    "Azure": StatusFields(place=("container", "blobName", "keyPrefix", "accountURL"), key="blobName",
+                          prefix="keyPrefix"),
+    "Webhook": StatusFields(place=("buildRequest", "getFlowRequest", "deleteRequest"), revision=("buildResponse",)),
+    "Docker": StatusFields(place=("registryURL", "imageName"),
+                           revision=("imageTag", "imageDigest", "flowDirectory", "path")),
+    "GitHub": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "GitLab": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "Bitbucket": StatusFields(place=("workspace", "project", "repo", "host", "apiURL"), revision=_GIT_REVISION),
+    "CodeCommit": StatusFields(place=("repo", "region", "endpointURL", "clientOptions"),
+                               revision=("commit", "requestedRef", "path", "bundleEntrypoint", "bundleIgnore")),
+    "Git": StatusFields(place=("url",), revision=_GIT_REVISION),
+}

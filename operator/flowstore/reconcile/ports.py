@@ -35,7 +35,9 @@ class Ports(Protocol):
         (Pending until the Job has finished). Raises BuildError for the flow's own failures."""
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None: ...
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
-                    identity: WorkloadIdentity | None = None) -> Storage: ...
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        """The storage of a FlowStorage in `namespace` (the operator applies its policy for it),
+        with a Secret's `credentials` or acting as `identity`."""
     def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
                           where: str, session_name: str) -> WorkloadIdentity:
         """ServiceAccount ``namespace/service_account`` as `cloud`'s workload identity: the spec's

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -344,6 +344,18 @@ class Azure(Storage):
             raise self._translate(exc, "download", location) from _cause(exc)
         return data
 
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
+        if max_bytes <= 0:
+            return super().get_bytes_bounded(location, max_bytes)
+        blob = self._blob(location)
+        try:
+            data: bytes = blob.download_blob(offset=0, length=max_bytes + 1, max_concurrency=1).readall()
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
+        check_bounded(len(data), max_bytes, self.url_for(location))
+        return data
+
     def stat(self, location: str) -> ObjectInfo | None:
         blob = self._blob(location)
         try:
@@ -493,6 +505,12 @@ def _endpoint_of(connection_string: str) -> str:
     protocol = fields.get("defaultendpointsprotocol") or "https"
     suffix = fields.get("endpointsuffix") or "core.windows.net"
     return f"{protocol}://{account}.blob.{suffix}"
+
+
+def endpoint_of(connection_string: str) -> str:
+    """The blob endpoint (non-secret) a connection string names: where an agent holding it sends
+    its requests. InvalidConfig if it names none."""
+    return _endpoint_of(connection_string)
 
 
 def _same_url(a: str, b: str) -> bool:

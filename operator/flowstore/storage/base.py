@@ -32,6 +32,7 @@ from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig, NotFound
 from flowstore.storage.identity import WorkloadIdentity
+from flowstore.storage.policy import ServePolicy
 from flowstore.storage.refs import ConfigRef
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
@@ -141,6 +142,14 @@ class Storage(abc.ABC):
         operator, which must not."""
 
     @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> Storage:
+        """:meth:`from_config` for a FlowStorage the operator serves, under the operator's
+        `policy` (what it lends the spec's author). Backends that reach places the spec names
+        (a directory, URLs, the environment) override it; the others have nothing to apply."""
+        return cls.from_config(config, credentials=credentials)
+
+    @classmethod
     def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Storage:
         """:meth:`from_config` acting as a Kubernetes ServiceAccount (a workload identity)
         instead of with a Secret's credentials. Backends of :attr:`identity_cloud` override it."""
@@ -178,6 +187,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_bytes(self, location: str) -> bytes:
         """Return the bytes at `location`. Raises NotFound, or another StorageError."""
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """The bytes at `location`, refusing more than `max_bytes` (IntegrityError): an agent
+        reads an artifact bounded by the size recorded for it. Backends that can stream read at
+        most ``max_bytes + 1`` bytes (so a larger object is never all in memory); this default
+        reads it whole, then checks."""
+        data = self.get_bytes(location)
+        check_bounded(len(data), max_bytes, self.url_for(location))
+        return data
 
     @abc.abstractmethod
     def stat(self, location: str) -> ObjectInfo | None:
@@ -375,6 +393,28 @@ def artifact_format(data: bytes, *, stored_as_script: bool) -> str:
     if data[:2] == b"\x1f\x8b":
         return "bundle"
     return "script" if stored_as_script else "pickle"
+
+
+def check_bounded(size: int, max_bytes: int, what: str) -> None:
+    """IntegrityError when `size` bytes (read so far) are more than `max_bytes`."""
+    if size > max_bytes:
+        raise IntegrityError(
+            f"{what}: holds more than the {max_bytes} bytes recorded for it; the artifact was replaced, or the "
+            "status names another object. Refusing to read further; re-store the flow (e.g. touch its StoredFlow)."
+        )
+
+
+def read_bounded(stream: Any, max_bytes: int, what: str, chunk: int = 1024 * 1024) -> bytes:
+    """At most `max_bytes` bytes of a file-like `stream` (``read(n)``); one more is an IntegrityError."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        part = stream.read(min(chunk, max_bytes + 1 - total))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        total += len(part)
+        check_bounded(total, max_bytes, what)
 
 
 def verify_digest(data: bytes, expected_hex: str | None, *, what: str) -> None:

@@ -38,6 +38,18 @@ class TemplateValueMissing(InvalidConfig):
     reason = Reason.TEMPLATE_VALUE_MISSING
 
 
+class LocalStorageDisabled(StorageError):
+    """The operator serves no Local storage (it was started without a Local root)."""
+
+    reason = Reason.LOCAL_STORAGE_DISABLED
+
+
+class OutsideLocalRoot(StorageError):
+    """A Local directory outside the operator's Local root for the FlowStorage's namespace."""
+
+    reason = Reason.OUTSIDE_LOCAL_ROOT
+
+
 class Rejected(StorageError):
     """The backend refused the request for a reason retrying cannot fix (an HTTP 4xx other
     than auth, not found or throttling); the message carries the status and a short body."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -301,6 +301,21 @@ class GCS(Storage):
             if _is_not_found(exc):
                 self._raise_if_bucket_missing(exc)
             raise self._translate(exc, "download", location) from _cause(exc)
+        return data
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
+        if max_bytes <= 0:
+            return super().get_bytes_bounded(location, max_bytes)
+        blob = self._client().bucket(self.bucket).blob(location)
+        try:
+            data: bytes = blob.download_as_bytes(start=0, end=max_bytes, checksum=None, timeout=TIMEOUT,
+                                                 retry=self._retry())
+        except Exception as exc:
+            if _is_not_found(exc):
+                self._raise_if_bucket_missing(exc)
+            raise self._translate(exc, "download", location) from _cause(exc)
+        check_bounded(len(data), max_bytes, self.url_for(location))
         return data
 
     def stat(self, location: str) -> ObjectInfo | None:

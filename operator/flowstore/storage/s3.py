@@ -25,10 +25,11 @@ from flowstore.storage._aws import (
     make_client,
     seed_client_options,
 )
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IntegrityError,
     InvalidConfig,
     NotFound,
     StorageError,
@@ -242,6 +243,20 @@ class S3(Storage):
         except Exception as exc:
             raise self._translate(exc, "download", location) from _cause(exc)
         return data
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        client = self._client()
+        try:
+            response = client.get_object(Bucket=self.bucket, Key=location)
+            body = response["Body"]
+            try:
+                return read_bounded(body, max_bytes, self.url_for(location))
+            finally:
+                body.close()
+        except IntegrityError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
 
     def stat(self, location: str) -> ObjectInfo | None:
         client = self._client()

@@ -12,7 +12,6 @@ from flowstore.api.constants import EventReason
 from flowstore.api.history import Retired, Revision
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.api.status import GitPin
-from flowstore.artifacts import flowfiles
 from flowstore.reconcile.building import build_request, check_bundle
 from flowstore.reconcile.context import FlowContext, GitSource, ready
 from flowstore.reconcile.outcomes import requested_at
@@ -20,7 +19,7 @@ from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope
 from flowstore.reconcile.revisions import Stored
-from flowstore.reconcile.sources import pack_files
+from flowstore.reconcile.sources import ignore_rules, pack_files
 from flowstore.storage import NotFound
 from flowstore.storage.git.base import GitHosted, normalize_path
 
@@ -134,7 +133,7 @@ class GitPinPublisher(Publisher[GitHosted]):
 def read_flow(ctx: FlowContext, repo: GitHosted, path: str, commit: str) -> None:
     """The flow at `path` at `commit` into ``ctx``: a file is the script; a directory's files
     (spec.source.ignore left out while reading) are packed into a bundle."""
-    found = repo.read_path(path, commit, keep=flowfiles.keeper(ctx.spec.source.ignore))
+    found = repo.read_path(path, commit, keep=ignore_rules(ctx.spec))
     if isinstance(found, bytes):
         ctx.set_script(found, posixpath.basename(path))
         return
