@@ -26,19 +26,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from operator_bench import (
+from harness import (  # the benches' shared harness
     FS,
     GROUP,
     RESULTS,
-    ROOT,
     SF,
     VERSION,
     Env,
     Operator,
-    cloud_up,
-    localcloud,
+    cloud,
     log,
     machine,
+    machine_line,
+    need_modules,
     ready,
     summary,
 )
@@ -99,13 +99,25 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15, help="alternating edits measured per flow (default 15)")
     ap.add_argument("--limit", type=int, default=100, help="the largest history whose status size is measured")
     args = ap.parse_args()
-    started = cloud_up()
-    import subprocess
+    need_modules("kubernetes", "boto3", "psutil")
+    with cloud(["kube", "s3"], crds=True):
+        result = measure(args.rounds, args.limit)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "revisions.json").write_text(json.dumps(result, indent=2))
+    print(machine_line(result["machine"]))
+    full, single = result["edit_to_ready_full_history_s"], result["edit_to_ready_single_revision_s"]
+    print(f"edit -> Ready, history full (limit 10): median {full['median']:.3f}s p95 {full['p95']:.3f}s "
+          f"(n={full['n']})")
+    print(f"edit -> Ready, one revision (limit 1):  median {single['median']:.3f}s p95 {single['p95']:.3f}s "
+          f"(n={single['n']})")
+    print(f"ratio of medians (full / one):         {result['ratio_of_medians']:.2f}")
+    for length, size in result["status_bytes_by_history_length"].items():
+        print(f"status size with {length:>3} revision(s):      {size} bytes")
+    print(f"objects in the bucket at the end:      {result['objects_in_bucket']} (1 + 10 + {args.limit} expected)")
+    return 0
 
-    subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")], check=True,
-                   capture_output=True)
-    subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/flowstorages.flowstore.dev", "crd/storedflows.flowstore.dev"], check=True, capture_output=True)
+
+def measure(rounds: int, limit: int) -> dict[str, Any]:
     env = Env("bench-rev")
     op = Operator(env.namespace, "revisions")
     result: dict[str, Any] = {"machine": machine()}
@@ -121,7 +133,7 @@ def main() -> int:
         edit_until_ready(env, "single", 0, 1)
         with_history: list[float] = []
         without: list[float] = []
-        for i in range(args.rounds):  # alternate, so both see the same load
+        for i in range(rounds):  # alternate, so both see the same load
             with_history.append(edit_until_ready(env, "full", 100 + i, 10))
             without.append(edit_until_ready(env, "single", 100 + i, 1))
         settle(env, "full")
@@ -130,30 +142,17 @@ def main() -> int:
         result["edit_to_ready_single_revision_s"] = summary(without)
         result["ratio_of_medians"] = statistics.median(with_history) / statistics.median(without)
         sizes = {1: status_bytes(env, "single"), 10: status_bytes(env, "full")}
-        log(f"filling a history of {args.limit} revisions")
-        for value in range(args.limit):
-            edit_until_ready(env, "big", value, args.limit)
-        sizes[args.limit] = status_bytes(env, "big")
+        log(f"filling a history of {limit} revisions")
+        for value in range(limit):
+            edit_until_ready(env, "big", value, limit)
+        sizes[limit] = status_bytes(env, "big")
         result["status_bytes_by_history_length"] = sizes
         result["objects_in_bucket"] = env.s3_count()
     finally:
         env.cleanup()
         op.stop()
         env.delete_namespace()
-        if started:
-            localcloud("down", *started)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "revisions.json").write_text(json.dumps(result, indent=2))
-    full, single = result["edit_to_ready_full_history_s"], result["edit_to_ready_single_revision_s"]
-    print(f"edit -> Ready, history full (limit 10): median {full['median']:.3f}s p95 {full['p95']:.3f}s "
-          f"(n={full['n']})")
-    print(f"edit -> Ready, one revision (limit 1):  median {single['median']:.3f}s p95 {single['p95']:.3f}s "
-          f"(n={single['n']})")
-    print(f"ratio of medians (full / one):         {result['ratio_of_medians']:.2f}")
-    for length, size in result["status_bytes_by_history_length"].items():
-        print(f"status size with {length:>3} revision(s):      {size} bytes")
-    print(f"objects in the bucket at the end:      {result['objects_in_bucket']} (1 + 10 + {args.limit} expected)")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
