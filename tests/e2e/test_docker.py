@@ -32,7 +32,7 @@ def registry_secret(namespace: str, docker_env: dict[str, str], password: str | 
     config = {"auths": {registry or docker_env["registry"]: {"username": user, "password": pw,
                                                  "auth": base64.b64encode(f"{user}:{pw}".encode()).decode()}}}
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"flowstore.dev/allow": "true"}},
             "stringData": {".dockerconfigjson": json.dumps(config)}}
 
 

@@ -27,6 +27,8 @@ import pytest
 import requests
 
 from flowstore import client
+from flowstore.agent import status as statuses
+from flowstore.agent import trust
 from tests.backends.git_conformance import flow_script
 from tests.e2e.test_docker import agent_docker_config  # noqa: F401 - a fixture the Docker tests use
 from tests.helpers.gitrepo import LocalGitRepo
@@ -199,13 +201,19 @@ def test_an_agent_mid_download_keeps_its_bytes_while_its_revision_is_retired(
     proxy.rate = 25_000.0  # bytes a second: about 5 s for the artifact
     proxy.start()
     try:
-        agent_status = dict(first, storage={**first["storage"], "endpointURL": proxy.url})
+        # the agent reaches S3 through the slow link: the FlowStorage it trusts names the proxy
+        obj = get("storedflow", namespace, "etl")
+        fs = get("flowstorage", namespace, "store")
+        fs["spec"]["s3"]["endpointURL"] = proxy.url
+        obj["status"]["storage"]["endpointURL"] = proxy.url
+        located = client.check_location(statuses.parse(obj, namespace=namespace, name="etl"), api=None, sources=[
+            lambda _: [trust.from_flowstorage(fs, namespace=namespace, name="store")]])
         result: dict[str, Any] = {}
 
         def download() -> None:
             started = time.monotonic()
             try:
-                result["data"] = client.download(agent_status)
+                result["data"] = client.download(located)
             except Exception as exc:
                 result["error"] = exc
             result["seconds"] = time.monotonic() - started
@@ -263,7 +271,8 @@ def test_history_and_retention_on_azure(operator: OperatorProcess, namespace: st
 def test_history_and_retention_on_a_webhook_with_a_delete_request(operator: OperatorProcess, namespace: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     token = f"tok-{uuid.uuid4().hex}"
-    monkeypatch.setenv("TOKEN", token)  # the agent's own token (the status never carries it)
+    monkeypatch.setenv("TOKEN", token)  # the agent's own token (the status never carries it),
+    monkeypatch.setenv("FLOWSTORE_ALLOWED_ENV", "TOKEN")  # which its templates may read
     with WebhookServer(token=token) as webhook:
         apply(webhook_storage(namespace, "store", webhook.url, token, delete=True, **RETENTION))
         obj = five_edits_then_revert(namespace, lambda: sorted(webhook.bodies), operator)
