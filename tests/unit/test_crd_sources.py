@@ -64,6 +64,11 @@ def _status_schema(name: str) -> dict[str, Any]:
     return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"])
 
 
+def _spec_schema(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / name).read_text())
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
 def test_every_field_the_operator_writes_in_an_artifact_is_in_the_schema() -> None:
     """The API server refuses (422) or drops what the schema does not know: a field of
     status.artifact missing there is a status no flow can reach."""
@@ -101,6 +106,19 @@ def test_every_field_of_the_revision_records_is_in_the_schema() -> None:
     assert set(status["retired"][0]) <= set(schema["retired"]["items"]["properties"])
     assert set(status["latest"]) <= set(schema["latest"]["properties"])
     assert {"revision", "designation"} <= set(schema["artifact"]["properties"])
+
+
+def test_the_revision_records_are_bounded_in_the_schema_as_the_core_bounds_them() -> None:
+    """The API server refuses a longer history than the core ever writes: the largest limit plus
+    the current and the newest revision when a pin holds an older one (revisions.trim keeps
+    both); status.retired as History keeps it."""
+    from flowstore.api.history import MAX_HISTORY, MAX_RETIRED
+
+    schema = _status_schema("flowstore.dev_storedflows.yaml")["properties"]
+    spec = _spec_schema("flowstore.dev_storedflows.yaml")["properties"]
+    assert spec["revisionHistoryLimit"]["maximum"] == MAX_HISTORY
+    assert schema["history"]["maxItems"] == MAX_HISTORY + 2
+    assert schema["retired"]["maxItems"] == MAX_RETIRED
 
 
 def test_every_status_field_the_core_writes_is_in_the_schema() -> None:
