@@ -84,14 +84,24 @@ def status_bytes(env: Env, name: str) -> int:
     return len(json.dumps(obj.get("status") or {}, separators=(",", ":")))
 
 
-def settle(env: Env, name: str, timeout: float = 60.0) -> None:
-    """Until status.retired is empty (nothing waits for deletion)."""
+def settle(env: Env, name: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The StoredFlow once status.retired is empty (nothing waits for deletion)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obj = env.custom.get_namespaced_custom_object(GROUP, VERSION, env.namespace, SF, name)
+    while True:
+        obj: dict[str, Any] = env.custom.get_namespaced_custom_object(GROUP, VERSION, env.namespace, SF, name)
         if not (obj.get("status") or {}).get("retired"):
-            return
+            return obj
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: status.retired still names {obj['status']['retired']} after {timeout:.0f}s")
         time.sleep(0.2)
+
+
+def unnamed_objects(env: Env, names: list[str]) -> list[str]:
+    """Objects in the bucket that no StoredFlow's history names (what retention failed to delete)."""
+    named = {e["location"] for name in names for e in (settle(env, name).get("status") or {}).get("history") or []}
+    keys = [o["Key"] for page in env.s3.get_paginator("list_objects_v2").paginate(Bucket=env.bucket)
+            for o in page.get("Contents", [])]
+    return sorted(set(keys) - named)
 
 
 def main() -> int:
@@ -113,7 +123,8 @@ def main() -> int:
     print(f"ratio of medians (full / one):         {result['ratio_of_medians']:.2f}")
     for length, size in result["status_bytes_by_history_length"].items():
         print(f"status size with {length:>3} revision(s):      {size} bytes")
-    print(f"objects in the bucket at the end:      {result['objects_in_bucket']} (1 + 10 + {args.limit} expected)")
+    print(f"objects in the bucket at the end:      {result['objects_in_bucket']} (1 + 10 + {args.limit} expected); "
+          f"named by no history: {len(result['objects_no_history_names'])}")
     return 0
 
 
@@ -148,6 +159,7 @@ def measure(rounds: int, limit: int) -> dict[str, Any]:
         sizes[limit] = status_bytes(env, "big")
         result["status_bytes_by_history_length"] = sizes
         result["objects_in_bucket"] = env.s3_count()
+        result["objects_no_history_names"] = unnamed_objects(env, ["full", "single", "big"])
     finally:
         env.cleanup()
         op.stop()
