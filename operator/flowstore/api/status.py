@@ -117,6 +117,10 @@ class Artifact(Record):
     file_count: int | None = None
     #: pickle: the Python, cloudpickle (and prefect) versions that pickled it (the envelope's)
     versions: Mapping[str, str] | None = None
+    #: the revision of status.history this artifact is (``api/history.py``), and how many times a
+    #: revision was made current (only grows: a revert is a lower revision, a higher designation)
+    revision: int | None = None
+    designation: int | None = None
 
     def to_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -136,6 +140,10 @@ class Artifact(Record):
             doc["fileCount"] = self.file_count
         if self.versions:
             doc["versions"] = dict(self.versions)
+        if self.revision:
+            doc["revision"] = self.revision
+        if self.designation:
+            doc["designation"] = self.designation
         return doc
 
     @classmethod
@@ -158,6 +166,7 @@ class Artifact(Record):
             entrypoint=text(doc, "entrypoint"),
             file_count=count(doc, "fileCount"),
             versions={k: v for k, v in versions.items() if isinstance(v, str)} if versions else None,
+            revision=count(doc, "revision") or None, designation=count(doc, "designation") or None,
         )
 
 
