@@ -70,7 +70,8 @@ class Revision:
                                "inputsDigest": a.inputs_digest, "storedAt": a.last_update_time}
         if self.superseded_at:
             doc["supersededAt"] = self.superseded_at
-        for key, value in (("fileName", a.file_name), ("entrypoint", a.entrypoint), ("signature", a.signature)):
+        for key, value in (("fileName", a.file_name), ("entrypoint", a.entrypoint), ("signature", a.signature),
+                           ("keyId", a.key_id)):
             if value:
                 doc[key] = value
         if a.file_count is not None:

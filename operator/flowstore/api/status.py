@@ -108,8 +108,10 @@ class Artifact(Record):
     last_update_time: str
     #: backend state an agent needs besides the configuration (e.g. a webhook's build response)
     storage_state: Mapping[str, Any] | None = None
-    #: hmac-sha256:… over the flow name and digest, when the FlowStorage signs
+    #: when the FlowStorage signs: the signature over this revision's statement
+    #: (``artifacts/statement.py``) and the id of the key that made it
     signature: str | None = None
+    key_id: str | None = None
     #: script: the name of the script's file (agents that need a file write it under this name)
     file_name: str | None = None
     #: built from several files: the entrypoint (``path/to/file.py[:object]``) and the file count
@@ -132,6 +134,8 @@ class Artifact(Record):
             doc["storageState"] = dict(self.storage_state)
         if self.signature:
             doc["signature"] = self.signature
+        if self.key_id:
+            doc["keyId"] = self.key_id
         if self.file_name:
             doc["fileName"] = self.file_name
         if self.entrypoint:
@@ -162,6 +166,7 @@ class Artifact(Record):
             last_update_time=text(doc, "lastUpdateTime") or "",
             storage_state=mapping(doc, "storageState"),
             signature=text(doc, "signature"),
+            key_id=text(doc, "keyId"),
             file_name=text(doc, "fileName"),
             entrypoint=text(doc, "entrypoint"),
             file_count=count(doc, "fileCount"),
