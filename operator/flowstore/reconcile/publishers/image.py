@@ -17,6 +17,7 @@ from flowstore.api.history import History, Retired, Revision
 from flowstore.api.models import storage_ref
 from flowstore.api.status import Artifact, GitPin, ImageRef, recorded_flow_name, recorded_location
 from flowstore.artifacts.keys import slugify
+from flowstore.reconcile import revisions
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
@@ -67,9 +68,18 @@ class ImagePublisher(Publisher[Docker]):
         return None
 
     def settle(self, ctx: FlowContext) -> list[Event]:
-        """The recorded image is signed by the storage's current key (a new key signs it too:
-        nothing is built again)."""
-        image = ImageRef.read(ctx.status)
+        """The image of the revision this pass makes (or keeps) current is signed by the storage's
+        current key: a new key signs it too, and so does a revert or a pin to an older image (its
+        signature recorded before ``ready``, which keeps it with that image). Nothing is built
+        again."""
+        recorded = ImageRef.read(ctx.status)
+        pin = ctx.spec.pin
+        target = revisions.pinned(ctx.history, pin) if pin is not None else ctx.history.with_inputs(ctx.inputs_digest)
+        image = recorded
+        if target is not None and target.image_digest and (recorded is None or recorded.digest != target.image_digest):
+            state = target.artifact.storage_state or {}
+            image = ImageRef(name=target.image_name or str(state.get("imageName") or ""),
+                             tag=str(state.get("imageTag") or ""), digest=target.image_digest, path=target.location)
         if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
                 or image.signature_key_id == ctx.signer.key_id:
             return []
