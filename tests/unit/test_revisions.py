@@ -353,6 +353,39 @@ def test_an_agent_loads_any_revision_in_history_verified(cluster: Cluster, tmp_p
         download(located(status_for(status, revision=2)))
 
 
+def test_a_signed_older_revision_loads_only_when_asked_for_and_a_replayed_one_is_refused(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator signs every revision of the history with its own statement; an agent that
+    asks for one by number or digest verifies that statement, pinned (its memory of a newer
+    designation does not refuse it); an older statement put back as current is refused."""
+    from flowstore import client
+    from flowstore.artifacts.freshness import RollbackRefused
+    from tests.fakes.agent_api import FakeApi
+
+    monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path / "agent"))
+    key = "k3y-for-signing-flows-0123456789"
+    cluster.secrets["sig"] = {"metadata": {"uid": "s", "resourceVersion": "1"}, "data": {"FLOWSTORE_SIGNING_KEY": key}}
+    cluster.storages["store"]["spec"]["signing"] = {"provider": "hmac", "secretRef": {"name": "sig"}}
+    obj = settle(flow(), cluster)
+    first = copy.deepcopy(obj["status"])
+    settle(edit(obj, 1), cluster)
+    api = FakeApi(obj, cluster.storages["store"])
+    load = client.load_flow
+    assert load("etl", "ns", api=api, signing_key=key).run() == 1  # remembers designation 2
+    assert load("etl", "ns", api=api, signing_key=key, revision=1).run() == 0
+    assert load("etl", "ns", api=api, signing_key=key, digest=first["artifact"]["digest"]).run() == 0
+    assert load("etl", "ns", api=api, signing_key=key).run() == 1  # pinning changed nothing remembered
+    # revision 1's statement put back as current, exactly as the operator once signed it
+    obj["status"].update(location=first["location"], artifact=first["artifact"], storage=first["storage"])
+    with pytest.raises(RollbackRefused, match="revision 1"):
+        load("etl", "ns", api=api, signing_key=key)
+    # a retained entry's signature (designation 0) never passes for a current one
+    retained = next(e for e in obj["status"]["history"] if e["revision"] == 1)
+    obj["status"]["artifact"] = {**first["artifact"], "signature": retained["signature"]}
+    with pytest.raises(client.SignatureError, match="does not match"):
+        load("etl", "ns", api=api, signing_key=key)
+
+
 def test_rollback_resolves_a_revision_or_a_unique_digest_prefix(cluster: Cluster) -> None:
     from flowstore.api.history import History
     from flowstore.cli_revisions import RollbackRefused, resolve
