@@ -79,6 +79,9 @@ class FlowContext:
     signer: Signer | None = None
     #: a verified git source: what was verified and by which key (the SourceVerified condition)
     verified_by: str | None = None
+    #: Docker: the cosign signature made this pass for an older image ready() is to make current
+    #: (a revert or a pin; ``publishers/image.py``), kept out of status until it is current
+    image_signature: ImageRef | None = None
     git: GitSource | None = None
     #: the revisions status records (read once, changed as the pass goes: ``reconcile/revisions.py``)
     history: History = dataclasses.field(default_factory=History)
@@ -259,8 +262,8 @@ def _describe_current(ctx: FlowContext, status: dict[str, Any], current: Revisio
     if current.image_digest:
         state = artifact.storage_state or {}
         # the image's cosign signature (publishers/image.py) is kept while the image is the same
-        recorded = ImageRef.read(ctx.status)
-        signed = recorded if recorded is not None and recorded.digest == current.image_digest else None
+        signed = next((ref for ref in (ImageRef.read(ctx.status), ctx.image_signature)
+                       if ref is not None and ref.digest == current.image_digest and ref.signature_tag), None)
         ImageRef(name=current.image_name or str(state.get("imageName") or ""), tag=str(state.get("imageTag") or ""),
                  digest=current.image_digest, path=current.location,
                  signature_tag=signed.signature_tag if signed else None,

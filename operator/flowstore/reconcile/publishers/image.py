@@ -84,7 +84,10 @@ class ImagePublisher(Publisher[Docker]):
                 or image.signature_key_id == ctx.signer.key_id:
             return []
         signed = sign_image(ctx, self.storage(ctx), image)
-        signed.write(ctx.status)
+        if image is recorded:
+            signed.write(ctx.status)
+        else:  # not current yet: status names it only once ready() makes it current
+            ctx.image_signature = signed
         return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
                       f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
 
