@@ -244,6 +244,12 @@ def status_for(status: Mapping[str, Any], *, revision: int | None = None, digest
         asked = f"revision {revision}" if revision is not None else f"digest {digest}"
         raise RevisionNotFound(f"{asked} is not in the StoredFlow's history (revisions: {history.describe()}); "
                                "`flowstore history NAME` lists them")
+    return view_for(status, history, entry)
+
+
+def view_for(status: Mapping[str, Any], history: History, entry: Revision) -> dict[str, Any]:
+    """:func:`status_for` with the history already read (``History.read(status)``) and the entry
+    found: what signs every entry in one pass reads the history once."""
     view = dict(status)
     storage = dict(section(status, "storage") or {})
     storage.update(entry.artifact.storage_state or {})

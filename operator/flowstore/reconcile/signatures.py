@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.api.constants import Reason
-from flowstore.api.history import History, RevisionNotFound, status_for
+from flowstore.api.history import History, view_for
 from flowstore.api.models import SpecError, StorageSpec
 from flowstore.artifacts import statement
 from flowstore.artifacts.signing import KeyFormatError, SignatureError, Signer, signer_from_secret
@@ -64,16 +64,15 @@ def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer |
     if isinstance(artifact, dict):
         changed |= _sign(artifact, status, signer, namespace=namespace, name=name, uid=uid)
     entries = status.get(History.HISTORY)
+    history = History.read(status)  # read once (status_for would read it again per entry)
     for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("revision"), int):
-            continue
-        try:
-            view = status_for(status, revision=entry["revision"])
-        except RevisionNotFound:  # an entry History.read leaves out (unreadable): not signed
+        found = history.find(revision=entry.get("revision")) if isinstance(entry, dict) else None
+        if found is None:  # an entry History.read leaves out (unreadable): not signed
             for field in SIGNED_FIELDS:
-                entry.pop(field, None)
+                if isinstance(entry, dict):
+                    entry.pop(field, None)
             continue
-        changed |= _sign(entry, view, signer, namespace=namespace, name=name, uid=uid)
+        changed |= _sign(entry, view_for(status, history, found), signer, namespace=namespace, name=name, uid=uid)
     return changed
 
 
