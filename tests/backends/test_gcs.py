@@ -64,14 +64,6 @@ def raw_client(gcs_endpoint: str) -> Any:
     return _raw_client(gcs_endpoint)
 
 
-@pytest.fixture
-def gcs_bucket(raw_client: Any) -> str:
-    """A new, empty bucket on the real GCS server."""
-    name = f"flows-{uuid.uuid4().hex[:12]}"
-    raw_client.create_bucket(name)
-    return name
-
-
 class TestGCS(ObjectStoreConformance):
     default_label_prefix = "gcs-flow-storage"
 
