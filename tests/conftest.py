@@ -184,6 +184,18 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+@pytest.fixture
+def gcs_bucket(gcs_endpoint: str) -> str:
+    """A new, empty bucket on the real GCS server (fake-gcs-server)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_sdk
+
+    name = f"flows-{uuid.uuid4().hex[:12]}"
+    gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                   client_options={"api_endpoint": gcs_endpoint}).create_bucket(name)
+    return name
+
+
 # ---------------------------------------------------------------------- the operator
 _SESSION_OPERATORS: list[OperatorProcess] = []
 

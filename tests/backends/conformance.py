@@ -40,6 +40,18 @@ flow = Flow("script flow", answer)
 StorageFactory = Callable[..., Storage]
 
 
+def factory_for(storage_class: Callable[..., Storage], container_key: str, container: str,
+                **fixed: Any) -> StorageFactory:
+    """A storage factory of an object store: `storage_class` with the `fixed` keywords, in
+    `container` (under `container_key`: ``bucket``, ``container``) unless a test names another."""
+
+    def make(**kwargs: Any) -> Storage:
+        kwargs.setdefault(container_key, container)
+        return storage_class(**fixed, **kwargs)
+
+    return make
+
+
 def assert_container_not_found(container: str, calls: Iterable[Callable[[], object]]) -> None:
     """Each call, on a storage whose bucket or container does not exist, raises ContainerNotFound
     naming it, and not as retryable (someone must create it)."""
@@ -315,3 +327,51 @@ class StorageConformance:
         assert storage.get_env_runner(ok).run({"FLOW_GREETING": "hello"}) == 0
         assert marker.read_text() == "hello"
         assert storage.get_env_runner(failing).run() == 1
+
+
+class ObjectStoreConformance(StorageConformance):
+    """What the object stores (S3, GCS, Azure) share beyond :class:`StorageConformance`: keys
+    under ``key_prefix``, one fixed key for every flow, and the digest recorded as the object's
+    metadata. Subclasses also provide the hooks below, which read the container with the
+    backend's own client (bound in their ``storage_factory`` fixture)."""
+
+    #: the keyword naming one fixed key for every flow (the seed's ``key``; Azure's ``blob_name``)
+    fixed_key_kwarg: str = "key"
+
+    def make_prefixed_storage(self, prefix: str) -> Storage:
+        """A storage of the fresh container whose keys start with `prefix`."""
+        raise NotImplementedError
+
+    def raw_names(self) -> list[str]:
+        """The names in the container, as the backend's own client lists them."""
+        raise NotImplementedError
+
+    def raw_metadata(self, key: str) -> tuple[Any, Any]:
+        """The object's user metadata and content type, as the backend's own client reads them."""
+        raise NotImplementedError
+
+    def raw_url(self, key: str) -> str:
+        """The object's URL as the backend's own tools name it."""
+        raise NotImplementedError
+
+    def test_key_prefix_is_applied(self) -> None:
+        storage = self.make_prefixed_storage("team/a/")
+        location = storage.add_flow(make_flow("ETL Daily", 1))
+        assert location.startswith("team/a/etl-daily/")
+        storage.build()
+        assert self.raw_names() == [location]
+        assert storage.url_for(location) == self.raw_url(location)
+
+    def test_fixed_key(self) -> None:
+        storage = self.make_storage(**{self.fixed_key_kwarg: "flows/fixed.flow"}, key_prefix="ignored")
+        assert storage.add_flow(make_flow("one", 1)) == "flows/fixed.flow"
+        storage.build()
+        assert storage.get_flow("flows/fixed.flow").run() == 1
+
+    def test_object_metadata_records_digest(self) -> None:
+        storage = self.make_storage()
+        artifact = storage.put_bytes("meta/object.bin", b"payload")
+        metadata, content_type = self.raw_metadata("meta/object.bin")
+        assert metadata == {"sha256": sha256_hex(b"payload")}
+        assert content_type == "application/octet-stream"
+        assert artifact.url == self.raw_url("meta/object.bin") == storage.url_for("meta/object.bin")

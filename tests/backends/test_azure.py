@@ -26,22 +26,36 @@ from flowstore.storage import (
 from flowstore.storage.azure import Azure
 from flowstore.storage.base import sha256_hex
 
-from .conformance import StorageConformance, StorageFactory, assert_container_not_found, make_flow
+from .conformance import ObjectStoreConformance, StorageFactory, assert_container_not_found, factory_for, make_flow
 
 #: a valid base64 account key that is not the account's: Azurite rejects its signatures
 CANARY_KEY = base64.b64encode(b"canary-azure-key-7f3a9c1e-do-not-leak-0123456789abcdef").decode()
 
 
-class TestAzure(StorageConformance):
+class TestAzure(ObjectStoreConformance):
     default_label_prefix = "azure-flow-storage"
+    fixed_key_kwarg = "blob_name"
 
     @pytest.fixture
-    def storage_factory(self, azure_connection_string: str, azure_container: str) -> StorageFactory:
-        def make(**kwargs: Any) -> Azure:
-            kwargs.setdefault("container", azure_container)
-            return Azure(connection_string=azure_connection_string, **kwargs)
+    def storage_factory(self, azure_connection_string: str, azure_container: str, service: Any) -> StorageFactory:
+        self.connection_string, self.container, self.service = azure_connection_string, azure_container, service
+        return factory_for(Azure, "container", azure_container, connection_string=azure_connection_string)
 
-        return make
+    def make_prefixed_storage(self, prefix: str) -> Azure:
+        return Azure(self.container, connection_string=self.connection_string, key_prefix=prefix)
+
+    def raw_names(self) -> list[str]:
+        return [b.name for b in self.service.get_container_client(self.container).list_blobs()]
+
+    def raw_metadata(self, key: str) -> tuple[Any, Any]:
+        props = self.service.get_blob_client(self.container, key).get_blob_properties()
+        return props.metadata, props.content_settings.content_type
+
+    def raw_url(self, key: str) -> str:
+        endpoint = os.environ["FLOWSTORE_AZURE_BLOB_ENDPOINT"].rstrip("/")
+        url = f"{endpoint}/{self.container}/{key}"
+        assert url == self.service.get_blob_client(self.container, key).url  # the SDK's own URL
+        return url
 
 
 @pytest.fixture
@@ -74,34 +88,7 @@ def _assert_not_in(exc: BaseException, *secrets: str) -> None:
 
 
 # ---------------------------------------------------------------------- layout and metadata
-def test_key_prefix_is_applied(azure_connection_string: str, azure_container: str, service: Any) -> None:
-    storage = Azure(azure_container, connection_string=azure_connection_string, key_prefix="team/a/")
-    location = storage.add_flow(make_flow("ETL Daily", 1))
-    assert location.startswith("team/a/etl-daily/")
-    storage.build()
-    names = [b.name for b in service.get_container_client(azure_container).list_blobs()]
-    assert names == [location]
-    endpoint = os.environ["FLOWSTORE_AZURE_BLOB_ENDPOINT"].rstrip("/")
-    assert storage.url_for(location) == f"{endpoint}/{azure_container}/{location}"
-    assert storage.url_for(location) == service.get_blob_client(azure_container, location).url
-
-
-def test_fixed_blob_name(azure_connection_string: str, azure_container: str) -> None:
-    storage = Azure(azure_container, connection_string=azure_connection_string, blob_name="flows/fixed.flow",
-                    key_prefix="ignored")
-    assert storage.add_flow(make_flow("one", 1)) == "flows/fixed.flow"
-    storage.build()
-    assert storage.get_flow("flows/fixed.flow").run() == 1
-
-
-def test_blob_metadata_and_content_type(azure_connection_string: str, azure_container: str, service: Any) -> None:
-    storage = Azure(azure_container, connection_string=azure_connection_string)
-    artifact = storage.put_bytes("meta/object.bin", b"payload")
-    props = service.get_blob_client(azure_container, "meta/object.bin").get_blob_properties()
-    assert props.metadata == {"sha256": sha256_hex(b"payload")}
-    assert props.content_settings.content_type == "application/octet-stream"
-    assert artifact.url == storage.url_for("meta/object.bin")
-
+def test_script_blobs_are_python_text(azure_connection_string: str, azure_container: str, service: Any) -> None:
     scripted = Azure(azure_container, connection_string=azure_connection_string, stored_as_script=True)
     scripted.put_bytes("meta/flow.py", b"x = 1\n")
     props = service.get_blob_client(azure_container, "meta/flow.py").get_blob_properties()

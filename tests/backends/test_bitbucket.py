@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -80,63 +81,58 @@ def server_storage(fake: BitbucketServerAPI, repo: str, **kwargs: Any) -> Bitbuc
 
 
 # ---------------------------------------------------------------------- conformance
-class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
+class _BitbucketConformance(GitHostedConformance):
+    """The suite against one of the two fakes: subclasses bind ``self.fake`` and ``self.make``
+    (cloud_storage or server_storage with the fake) in their ``storage_factory`` fixture."""
+
     default_label_prefix = "bitbucket-flow-storage"
     seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
+    #: the flavour's valid credentials, and wrong ones
+    credentials: ClassVar[dict[str, str]]
+    bad_credentials: ClassVar[dict[str, str]]
+    fake: BitbucketCloudAPI | BitbucketServerAPI
+    make: Callable[..., Bitbucket]
+
+    def make_missing_repo_storage(self) -> GitHosted:
+        return self.make("no-such-repo")
+
+    def make_bad_token_storage(self) -> GitHosted:
+        return self.make(self.repo.name, credentials=self.bad_credentials)
+
+    def requests_seen(self) -> int:
+        return len(self.fake.log)
+
+    def use_small_pages(self, size: int) -> bool:
+        self.fake.max_page = size
+        return True
+
+    def serialized_overrides(self) -> dict[str, Any]:
+        return {"credentials": self.credentials}
+
+    def secret_values(self) -> list[str]:
+        return ALL_SECRETS
+
+
+class TestBitbucketCloudConformance(_BitbucketConformance, SymlinkConformance):
+    credentials = CLOUD_CREDENTIALS
+    bad_credentials = {"BITBUCKET_USERNAME": USER, "BITBUCKET_APP_PASSWORD": "wrong-password"}
 
     @pytest.fixture
     def storage_factory(self, cloud: BitbucketCloudAPI, repo: LocalGitRepo) -> GitFactory:
         self.fake = cloud
-        return lambda **kwargs: cloud_storage(cloud, repo.name, **kwargs)
-
-    def make_missing_repo_storage(self) -> GitHosted:
-        return cloud_storage(self.fake, "no-such-repo")
-
-    def make_bad_token_storage(self) -> GitHosted:
-        return cloud_storage(self.fake, self.repo.name,
-                             credentials={"BITBUCKET_USERNAME": USER, "BITBUCKET_APP_PASSWORD": "wrong-password"})
-
-    def requests_seen(self) -> int:
-        return len(self.fake.log)
-
-    def use_small_pages(self, size: int) -> bool:
-        self.fake.max_page = size
-        return True
-
-    def serialized_overrides(self) -> dict[str, Any]:
-        return {"credentials": CLOUD_CREDENTIALS}
-
-    def secret_values(self) -> list[str]:
-        return ALL_SECRETS
+        self.make = functools.partial(cloud_storage, cloud)
+        return lambda **kwargs: self.make(repo.name, **kwargs)
 
 
-class TestBitbucketServerConformance(GitHostedConformance):
-    default_label_prefix = "bitbucket-flow-storage"
-    seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
+class TestBitbucketServerConformance(_BitbucketConformance):
+    credentials = SERVER_CREDENTIALS
+    bad_credentials = {"BITBUCKET_ACCESS_TOKEN": "wrong-token"}
 
     @pytest.fixture
     def storage_factory(self, server: BitbucketServerAPI, repo: LocalGitRepo) -> GitFactory:
         self.fake = server
-        return lambda **kwargs: server_storage(server, repo.name, **kwargs)
-
-    def make_missing_repo_storage(self) -> GitHosted:
-        return server_storage(self.fake, "no-such-repo")
-
-    def make_bad_token_storage(self) -> GitHosted:
-        return server_storage(self.fake, self.repo.name, credentials={"BITBUCKET_ACCESS_TOKEN": "wrong-token"})
-
-    def requests_seen(self) -> int:
-        return len(self.fake.log)
-
-    def use_small_pages(self, size: int) -> bool:
-        self.fake.max_page = size
-        return True
-
-    def serialized_overrides(self) -> dict[str, Any]:
-        return {"credentials": SERVER_CREDENTIALS}
-
-    def secret_values(self) -> list[str]:
-        return ALL_SECRETS
+        self.make = functools.partial(server_storage, server)
+        return lambda **kwargs: self.make(repo.name, **kwargs)
 
 
 # ---------------------------------------------------------------------- Cloud specifics

@@ -13,10 +13,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from flowstore.api.constants import Reason
 from flowstore.artifacts.signing import Signer, signer_from_secret
+from flowstore.reconcile.failures import classify
 from flowstore.storage.docker import cosign
+from flowstore.storage.docker.errors import RegistryUnavailable
 from flowstore.storage.docker.oci import MEDIA_OCI_MANIFEST, RegistryClient, sha256_digest
+from flowstore.storage.errors import Rejected
 from tests.helpers.cosign import cosign_verify, install_cosign
+from tests.helpers.recording_proxy import RecordingProxy
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +127,71 @@ def test_hmac_keys_do_not_sign_images(docker_env: dict[str, str]) -> None:
     hmac_signer = signer_from_secret(b"k3y-for-signing-flows-0123456789", "hmac", where="test")
     with pytest.raises(Exception, match="only ed25519 keys sign images"):
         cosign.sign_image(client, "test/x", "registry/test/x", "sha256:" + "0" * 64, hmac_signer)
+
+
+def _signature_manifest(method: str, path: str) -> bool:
+    return method == "PUT" and "/manifests/sha256-" in path and path.endswith(".sig")
+
+
+def test_a_signature_push_the_registry_lost_a_blob_of_is_retried_and_then_verifies(
+        docker_env: dict[str, str], tmp_path: Path) -> None:
+    """The real registry answers HTTP 400 MANIFEST_BLOB_UNKNOWN when the signature manifest names
+    a blob it does not hold (what a concurrent push or a garbage collection leaves): retryable,
+    and the next attempt signs."""
+    registry = docker_env["registry"]
+    lost: list[str] = []
+
+    def lose_a_blob_once(method: str, path: str, body: bytes | None) -> bytes | None:
+        if not _signature_manifest(method, path) or lost or body is None:
+            return None
+        doc = json.loads(body)
+        lost.append(doc["layers"][-1]["digest"])
+        doc["layers"][-1]["digest"] = sha256_digest(uuid.uuid4().bytes)  # a blob never pushed
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    with RecordingProxy(f"http://{registry}", rewrite=lose_a_blob_once) as proxy:
+        client = RegistryClient(proxy.url.removeprefix("http://"), docker_env["username"], docker_env["password"],
+                                scheme="http")
+        repo = f"test/retry-{uuid.uuid4().hex[:10]}"
+        repository = f"{registry}/{repo}"
+        signer, public = new_signer(tmp_path, "flowstore")
+        digest = push_image(client, repo, b"flow = 1\n")
+        with pytest.raises(RegistryUnavailable) as info:
+            cosign.sign_image(client, repo, repository, digest, signer)
+        assert lost, "the proxy changed the signature manifest"
+        error = info.value
+        assert error.retryable and classify(error).reason == Reason.REGISTRY_UNAVAILABLE
+        assert not classify(error).stalled
+        assert "MANIFEST_BLOB_UNKNOWN" in error.message and "HTTP 400" in error.message
+        assert f"cosign signature of {repository}@{digest}" in error.message
+        assert docker_env["password"] not in error.message
+        assert cosign.signatures(client, repo, digest) == []  # nothing half-signed
+
+        tag = cosign.sign_image(client, repo, repository, digest, signer)  # the retry
+    assert tag == cosign.signature_tag(digest)
+    direct = RegistryClient(registry, docker_env["username"], docker_env["password"], scheme="http")
+    assert cosign.verify_image(direct, repo, repository, digest, serialization.load_pem_public_key(public.read_bytes()))
+
+
+def test_a_signature_the_registry_refuses_for_good_stalls_and_says_what_to_do(
+        docker_env: dict[str, str], tmp_path: Path) -> None:
+    """A manifest the real registry cannot accept (HTTP 400 MANIFEST_INVALID) is no passing
+    refusal: stalled, with what to check."""
+    registry = docker_env["registry"]
+
+    def break_the_manifest(method: str, path: str, body: bytes | None) -> bytes | None:
+        return b'{"schemaVersion": 2, "layers": "none"}' if _signature_manifest(method, path) else None
+
+    with RecordingProxy(f"http://{registry}", rewrite=break_the_manifest) as proxy:
+        client = RegistryClient(proxy.url.removeprefix("http://"), docker_env["username"], docker_env["password"],
+                                scheme="http")
+        repo = f"test/refused-{uuid.uuid4().hex[:10]}"
+        signer, _ = new_signer(tmp_path, "flowstore")
+        digest = push_image(client, repo, b"flow = 1\n")
+        with pytest.raises(Rejected) as info:
+            cosign.sign_image(client, repo, f"{registry}/{repo}", digest, signer)
+    failure = classify(info.value)
+    assert failure.stalled and failure.reason == Reason.REQUEST_REJECTED
+    assert "HTTP 400" in failure.message and "MANIFEST_INVALID" in failure.message
+    assert cosign.signature_tag(digest) in failure.message and "push rights" in failure.message
+    assert docker_env["password"] not in failure.message

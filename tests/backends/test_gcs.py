@@ -41,7 +41,14 @@ from flowstore.storage.base import sha256_hex
 from flowstore.storage.gcs import GCS
 from tests.helpers.net import free_port
 
-from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, assert_container_not_found, make_flow
+from .conformance import (
+    SCRIPT_SOURCE,
+    ObjectStoreConformance,
+    StorageFactory,
+    assert_container_not_found,
+    factory_for,
+    make_flow,
+)
 
 CANARY_PRIVATE_KEY = "canary-PrivateKey-5b2e8d41-do-not-leak"
 CANARY_KEY_ID = "canarykeyid5b2e8d4100000000000000000000"
@@ -57,24 +64,26 @@ def raw_client(gcs_endpoint: str) -> Any:
     return _raw_client(gcs_endpoint)
 
 
-@pytest.fixture
-def gcs_bucket(raw_client: Any) -> str:
-    """A new, empty bucket on the real GCS server."""
-    name = f"flows-{uuid.uuid4().hex[:12]}"
-    raw_client.create_bucket(name)
-    return name
-
-
-class TestGCS(StorageConformance):
+class TestGCS(ObjectStoreConformance):
     default_label_prefix = "gcs-flow-storage"
 
     @pytest.fixture
-    def storage_factory(self, gcs_endpoint: str, gcs_bucket: str) -> StorageFactory:
-        def make(**kwargs: Any) -> GCS:
-            kwargs.setdefault("bucket", gcs_bucket)
-            return GCS(endpoint_url=gcs_endpoint, **kwargs)
+    def storage_factory(self, gcs_endpoint: str, gcs_bucket: str, raw_client: Any) -> StorageFactory:
+        self.endpoint, self.bucket, self.client = gcs_endpoint, gcs_bucket, raw_client
+        return factory_for(GCS, "bucket", gcs_bucket, endpoint_url=gcs_endpoint)
 
-        return make
+    def make_prefixed_storage(self, prefix: str) -> GCS:
+        return GCS.from_config({"bucket": self.bucket, "keyPrefix": prefix, "endpointURL": self.endpoint})
+
+    def raw_names(self) -> list[str]:
+        return [blob.name for blob in self.client.list_blobs(self.bucket)]
+
+    def raw_metadata(self, key: str) -> tuple[Any, Any]:
+        blob = self.client.bucket(self.bucket).get_blob(key)
+        return blob.metadata, blob.content_type
+
+    def raw_url(self, key: str) -> str:
+        return f"gs://{self.bucket}/{key}"
 
 
 
@@ -166,32 +175,6 @@ def proxy(gcs_endpoint: str) -> Iterator[RecordingProxy]:
 
 
 # ---------------------------------------------------------------------- layout and metadata
-def test_key_prefix_is_applied(gcs_endpoint: str, gcs_bucket: str, raw_client: Any) -> None:
-    storage = GCS.from_config({"bucket": gcs_bucket, "keyPrefix": "team/a/", "endpointURL": gcs_endpoint})
-    location = storage.add_flow(make_flow("ETL Daily", 1))
-    assert location.startswith("team/a/etl-daily/")
-    storage.build()
-    names = [blob.name for blob in raw_client.list_blobs(gcs_bucket)]
-    assert names == [location]
-    assert storage.url_for(location) == f"gs://{gcs_bucket}/{location}"
-
-
-def test_fixed_key(gcs_endpoint: str, gcs_bucket: str) -> None:
-    storage = GCS(bucket=gcs_bucket, key="flows/fixed.flow", key_prefix="ignored", endpoint_url=gcs_endpoint)
-    assert storage.add_flow(make_flow("one", 1)) == "flows/fixed.flow"
-    storage.build()
-    assert storage.get_flow("flows/fixed.flow").run() == 1
-
-
-def test_blob_metadata_records_digest(gcs_endpoint: str, gcs_bucket: str, raw_client: Any) -> None:
-    storage = GCS(bucket=gcs_bucket, endpoint_url=gcs_endpoint)
-    artifact = storage.put_bytes("meta/object.bin", b"payload")
-    blob = raw_client.bucket(gcs_bucket).get_blob("meta/object.bin")
-    assert blob.metadata == {"sha256": sha256_hex(b"payload")}
-    assert blob.content_type == "application/octet-stream"
-    assert artifact.url == f"gs://{gcs_bucket}/meta/object.bin"
-
-
 def test_large_artifact_uses_resumable_chunked_upload_and_is_verified(
     gcs_bucket: str, raw_client: Any, proxy: RecordingProxy
 ) -> None:

@@ -4,8 +4,6 @@ tests/helpers/git_server.py): the git-hosted conformance suite, then credentials
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,18 +17,6 @@ from tests.helpers.gitrepo import LocalGitRepo
 
 USER, PASSWORD = "flows", "canary-git-password-3b1f-do-not-leak"
 CREDENTIALS = {"GIT_USERNAME": USER, "GIT_PASSWORD": PASSWORD}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    (tmp_path / "repos").mkdir()
-    with GitServer(tmp_path / "repos", USER, PASSWORD) as running:
-        yield running
-
-
-@pytest.fixture
-def repo(server: GitServer) -> LocalGitRepo:
-    return LocalGitRepo(server.root)
 
 
 def config(server: GitServer, repo: LocalGitRepo, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,6 @@ from tests.helpers.gitrepo import LocalGitRepo
 from tests.helpers.webhook_server import WebhookServer
 
 USER, PASSWORD = "flows", "canary-git-password-77d0-do-not-leak"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitServer]:
-    (tmp_path / "repos").mkdir()
-    with GitServer(tmp_path / "repos", USER, PASSWORD) as running:
-        yield running
-
-
-@pytest.fixture
-def repo(server: GitServer) -> LocalGitRepo:
-    return LocalGitRepo(server.root)
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
-from flowstore.storage import AuthFailed, InvalidConfig, StorageError, Unavailable, from_serialized
-from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
+from flowstore.storage import AuthFailed, InvalidConfig, Unavailable
+from flowstore.storage.errors import FileNotFound, RateLimited, RepositoryNotFound
 from flowstore.storage.git.github import GitHub
-from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
+from tests.backends.git_conformance import GitHostedConformance, SymlinkConformance, flow_script
+from tests.backends.token_conformance import TokenConformance
 from tests.fakes.github_api import GitHubAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 from tests.helpers.net import free_port
@@ -53,32 +54,28 @@ def assert_no_token(*things: Any) -> None:
         assert TOKEN not in (thing if isinstance(thing, str) else json.dumps(thing, default=str))
 
 
-class TestGitHubConformance(GitHostedConformance, SymlinkConformance):
+class TestGitHubConformance(TokenConformance, GitHostedConformance, SymlinkConformance):
     default_label_prefix = "github"
+    storage_class = GitHub
+    token_key = "GITHUB_ACCESS_TOKEN"
+    token = TOKEN
+    wrong_token = "ghp_wrong"
+    repo_name = REPO
+    auth_header = "authorization"
+    bad_credentials_says = "Bad credentials"
+    round_trip_host = "github.example.com"
+    round_trip_extra = {"labels": ["prod"]}
+    missing_repo_name = "acme/no-such-repo"
+    round_trip_labels = ["prod", "github-flow-storage"]
 
-    @pytest.fixture
-    def storage_factory(self, api: GitHubAPI) -> GitFactory:
-        self.api = api
+    def header_for(self, token: str) -> str:
+        return f"Bearer {token}"
 
-        def factory(**kwargs: Any) -> GitHub:
-            return storage(api, **kwargs)
+    def api_url(self) -> str:
+        return str(self.api.url)
 
-        return factory
-
-    def make_missing_repo_storage(self) -> GitHub:
-        return storage(self.api, repo="acme/no-such-repo", path="flows/etl.py")
-
-    def make_bad_token_storage(self) -> GitHub:
-        return storage(self.api, token="ghp_wrong", path="flows/etl.py")
-
-    def requests_seen(self) -> int:
-        return len(self.api.log)
-
-    def serialized_overrides(self) -> dict[str, Any]:
-        return {"credentials": {"GITHUB_ACCESS_TOKEN": TOKEN}}
-
-    def secret_values(self) -> list[str]:
-        return [TOKEN]
+    def add_public_repo(self, name: str, repo: LocalGitRepo) -> None:
+        self.api.add_repo(name, repo, private=False)
 
 
 # ---------------------------------------------------------------------- rate limits
@@ -135,71 +132,10 @@ def test_the_token_is_sent_as_a_bearer_header_with_the_api_headers(api: GitHubAP
     assert contents.headers["accept"] == "application/vnd.github.raw+json"
 
 
-def test_token_never_in_serialize_repr_or_errors(api: GitHubAPI, repo: LocalGitRepo) -> None:
-    head = repo.commit({"flows/etl.py": flow_script("etl", 1)})
-    store = GitHub.from_config(
-        {"repo": REPO, "path": "flows/etl.py", "ref": "main", "apiURL": api.url},
-        credentials={"GITHUB_ACCESS_TOKEN": TOKEN + "\n"},
-    )
-    store.pin(store.resolve_ref())
-    assert_no_token(store.to_status(), repr(store), store.url_for("flows/etl.py"))
-    messages: list[str] = []
-    for action in (
-        lambda: store.read_file("flows/missing.py", head),
-        lambda: store.resolve_ref("no-such-branch"),
-        lambda: (api.rate_limit(1, 60), store.resolve_ref()),
-    ):
-        with pytest.raises(StorageError) as info:
-            action()
-        messages.append(info.value.message)
-    bad = GitHub.from_config({"repo": REPO, "apiURL": api.url}, credentials={"GITHUB_ACCESS_TOKEN": "ghp_wrong"})
-    with pytest.raises(AuthFailed) as auth:
-        bad.resolve_ref("main")
-    assert "Bad credentials" in auth.value.message and "key GITHUB_ACCESS_TOKEN of the referenced Secret" in (
-        auth.value.message
-    )
-    assert_no_token(*messages, auth.value.message, str(auth.value))
-    assert "ghp_wrong" not in auth.value.message
-
-
-def test_secret_without_the_token_key_is_invalid_config(api: GitHubAPI) -> None:
-    with pytest.raises(InvalidConfig, match="GITHUB_ACCESS_TOKEN") as info:
-        GitHub.from_config({"repo": REPO, "apiURL": api.url}, credentials={"token": TOKEN})
-    assert "keys present: token" in info.value.message
-    assert_no_token(info.value.message)
-
-
 def test_token_with_line_breaks_inside_is_invalid_config() -> None:
     with pytest.raises(InvalidConfig, match="not a valid GitHub token") as info:
         GitHub(REPO, access_token="ghp_abc\ndef")
     assert "ghp_abc" not in info.value.message
-
-
-def test_environment_token_when_no_credentials(
-    api: GitHubAPI, repo: LocalGitRepo, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    head = repo.commit({"flows/etl.py": flow_script("etl", 1)})
-    config = {"repo": REPO, "path": "flows/etl.py", "apiURL": api.url}
-    with pytest.raises(RepositoryNotFound, match="needs a token"):  # private and anonymous: invisible
-        GitHub.from_config(config).resolve_ref()
-    assert "authorization" not in api.log[-1].headers
-    monkeypatch.setenv("GITHUB_ACCESS_TOKEN", TOKEN)
-    store = GitHub.from_config(config, credentials=None)
-    assert store.resolve_ref() == head
-    assert api.log[-1].headers["authorization"] == f"Bearer {TOKEN}"
-    monkeypatch.setenv("GITHUB_ACCESS_TOKEN", "ghp_stale")
-    with pytest.raises(AuthFailed, match="GITHUB_ACCESS_TOKEN environment variable"):
-        GitHub.from_config(config).resolve_ref()
-
-
-def test_public_repository_reads_anonymously(api: GitHubAPI, tmp_path: Path) -> None:
-    public = LocalGitRepo(tmp_path, name="public")
-    head = public.commit({"flows/etl.py": flow_script("etl", 7)})
-    api.add_repo("acme/public-flows", public, private=False)
-    store = storage(api, token=None, repo="acme/public-flows", path="flows/etl.py")
-    assert store.resolve_ref() == head
-    assert store.get_bytes("flows/etl.py") == flow_script("etl", 7)
-    assert all("authorization" not in r.headers for r in api.log)
 
 
 # ---------------------------------------------------------------------- refs and paths
@@ -210,11 +146,6 @@ def test_branch_names_with_slashes_and_heads_prefix(api: GitHubAPI, repo: LocalG
     assert store.resolve_ref() == feature
     assert api.log[-1].raw_path == f"/repos/{REPO}/commits/feature%2Fnew-etl"
     assert store.resolve_ref("heads/feature/new-etl") == feature
-
-
-def test_empty_repository_is_ref_not_found(api: GitHubAPI) -> None:
-    with pytest.raises(RefNotFound, match="empty"):
-        storage(api, ref="main").resolve_ref()
 
 
 def test_a_directory_is_not_a_flow_file(api: GitHubAPI, repo: LocalGitRepo) -> None:
@@ -298,30 +229,6 @@ def test_enterprise_host_uses_api_v3_and_its_web_urls() -> None:
     assert GitHub(REPO).web_url("flows/etl.py", "main") == f"https://github.com/{REPO}/blob/main/flows/etl.py"
     explicit = GitHub(REPO, host="github.example.com", api_url="http://proxy:8080/gh/")
     assert explicit.api_base == "http://proxy:8080/gh"
-
-
-def test_config_keys_round_trip(api: GitHubAPI) -> None:
-    config = {
-        "repo": REPO,
-        "path": "/flows/etl.py",
-        "ref": "release",
-        "host": "github.example.com",
-        "apiURL": api.url,
-        "labels": ["prod"],
-    }
-    store = GitHub.from_config(config, credentials={"GITHUB_ACCESS_TOKEN": TOKEN})
-    doc = store.to_status()
-    assert doc["type"] == "GitHub"
-    assert {k: doc[k] for k in ("repo", "path", "ref", "host", "apiURL")} == {
-        "repo": REPO,
-        "path": "flows/etl.py",
-        "ref": "release",
-        "host": "github.example.com",
-        "apiURL": api.url,
-    }
-    assert doc["labels"] == ["prod", "github-flow-storage"]
-    again = from_serialized(doc, credentials={"GITHUB_ACCESS_TOKEN": TOKEN})
-    assert isinstance(again, GitHub) and again.to_status() == doc
 
 
 @pytest.mark.parametrize("bad", ["acme", "acme/flows/extra", "https://github.com/acme/flows", "acme/ flows", ""])

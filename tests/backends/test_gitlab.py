@@ -4,7 +4,6 @@ configuration."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,13 @@ from typing import Any
 import pytest
 import requests
 
-from flowstore.storage import AuthFailed, InvalidConfig, StorageError, from_serialized
-from flowstore.storage.errors import FileNotFound, RateLimited, RefNotFound, RepositoryNotFound
+from flowstore.storage import AuthFailed, InvalidConfig
+from flowstore.storage.errors import FileNotFound, RateLimited, RepositoryNotFound
 from flowstore.storage.git import base as git_base
 from flowstore.storage.git.base import raise_for_http
 from flowstore.storage.git.gitlab import GitLab
-from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
+from tests.backends.git_conformance import GitHostedConformance, SymlinkConformance, flow_script
+from tests.backends.token_conformance import TokenConformance
 from tests.fakes.gitlab_api import GitLabAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
 
@@ -49,42 +49,31 @@ def storage(api: GitLabAPI, token: str | None = TOKEN, **kwargs: Any) -> GitLab:
     return GitLab(api_url=api.api_url, access_token=token, **kwargs)
 
 
-def assert_no_token(*things: Any) -> None:
-    for thing in things:
-        assert TOKEN not in (thing if isinstance(thing, str) else json.dumps(thing, default=str))
-
-
-class TestGitLabConformance(GitHostedConformance, SymlinkConformance):
+class TestGitLabConformance(TokenConformance, GitHostedConformance, SymlinkConformance):
     default_label_prefix = "gitlab"
     seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
+    storage_class = GitLab
+    token_key = "GITLAB_ACCESS_TOKEN"
+    token = TOKEN
+    wrong_token = "glpat-wrong"
+    repo_name = PROJECT
+    auth_header = "private-token"
+    bad_credentials_says = "401 Unauthorized"
+    round_trip_host = "gitlab.example.com"
+    round_trip_extra = {"addDefaultLabels": True}
+    missing_repo_name = "acme/no-such-project"
+    round_trip_labels = ["gitlab-flow-storage"]
+    empty_repository_refs = (None,)
 
-    @pytest.fixture
-    def storage_factory(self, api: GitLabAPI) -> GitFactory:
-        self.api = api
+    def api_url(self) -> str:
+        return str(self.api.api_url)
 
-        def factory(**kwargs: Any) -> GitLab:
-            return storage(api, **kwargs)
-
-        return factory
-
-    def make_missing_repo_storage(self) -> GitLab:
-        return storage(self.api, repo="acme/no-such-project", path="flows/etl.py")
-
-    def make_bad_token_storage(self) -> GitLab:
-        return storage(self.api, token="glpat-wrong", path="flows/etl.py")
-
-    def requests_seen(self) -> int:
-        return len(self.api.log)
+    def add_public_repo(self, name: str, repo: LocalGitRepo) -> None:
+        self.api.add_project(name, repo, private=False)
 
     def use_small_pages(self, size: int) -> bool:
         self.api.max_per_page = size
         return True
-
-    def serialized_overrides(self) -> dict[str, Any]:
-        return {"credentials": {"GITLAB_ACCESS_TOKEN": TOKEN}}
-
-    def secret_values(self) -> list[str]:
-        return [TOKEN]
 
 
 # ---------------------------------------------------------------------- rate limits
@@ -150,76 +139,12 @@ def test_numeric_project_id(api: GitLabAPI, repo: LocalGitRepo) -> None:
         storage(api, repo="4242").resolve_ref("main")
 
 
-def test_token_never_in_serialize_repr_or_errors(api: GitLabAPI, repo: LocalGitRepo) -> None:
-    head = repo.commit({"flows/etl.py": flow_script("etl", 1)})
-    store = GitLab.from_config(
-        {"repo": PROJECT, "path": "flows/etl.py", "ref": "main", "apiURL": api.api_url},
-        credentials={"GITLAB_ACCESS_TOKEN": f" {TOKEN}\n"},
-    )
-    store.pin(store.resolve_ref())
-    assert_no_token(store.to_status(), repr(store), store.url_for("flows/etl.py"))
-    messages: list[str] = []
-    for action in (
-        lambda: store.read_file("flows/missing.py", head),
-        lambda: store.resolve_ref("no-such-branch"),
-        lambda: (api.rate_limit(1, 60), store.resolve_ref()),
-    ):
-        with pytest.raises(StorageError) as info:
-            action()
-        messages.append(info.value.message)
-    bad = GitLab.from_config(
-        {"repo": PROJECT, "apiURL": api.api_url}, credentials={"GITLAB_ACCESS_TOKEN": "glpat-wrong"}
-    )
-    with pytest.raises(AuthFailed) as auth:
-        bad.resolve_ref("main")
-    assert "401 Unauthorized" in auth.value.message
-    assert "key GITLAB_ACCESS_TOKEN of the referenced Secret" in auth.value.message
-    assert_no_token(*messages, auth.value.message, str(auth.value))
-    assert "glpat-wrong" not in auth.value.message
-
-
-def test_secret_without_the_token_key_is_invalid_config(api: GitLabAPI) -> None:
-    with pytest.raises(InvalidConfig, match="GITLAB_ACCESS_TOKEN") as info:
-        GitLab.from_config({"repo": PROJECT, "apiURL": api.api_url}, credentials={"password": TOKEN})
-    assert "keys present: password" in info.value.message
-    assert_no_token(info.value.message)
-
-
-def test_environment_token_when_no_credentials(
-    api: GitLabAPI, repo: LocalGitRepo, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    head = repo.commit({"flows/etl.py": flow_script("etl", 1)})
-    config = {"repo": PROJECT, "path": "flows/etl.py", "apiURL": api.api_url}
-    with pytest.raises(RepositoryNotFound, match="needs a token"):  # private and anonymous: invisible
-        GitLab.from_config(config).resolve_ref()
-    assert "private-token" not in api.log[-1].headers
-    monkeypatch.setenv("GITLAB_ACCESS_TOKEN", TOKEN)
-    store = GitLab.from_config(config, credentials=None)
-    assert store.resolve_ref() == head
-    assert api.log[-1].headers["private-token"] == TOKEN
-
-
-def test_public_project_reads_anonymously(api: GitLabAPI, tmp_path: Path) -> None:
-    public = LocalGitRepo(tmp_path, name="public")
-    head = public.commit({"flows/etl.py": flow_script("etl", 7)})
-    api.add_project("acme/public-flows", public, private=False)
-    store = storage(api, token=None, repo="acme/public-flows", path="flows/etl.py")
-    assert store.resolve_ref() == head
-    assert store.get_bytes("flows/etl.py") == flow_script("etl", 7)
-    assert all("private-token" not in r.headers for r in api.log)
-
-
 # ---------------------------------------------------------------------- refs and paths
 def test_branch_names_with_slashes(api: GitLabAPI, repo: LocalGitRepo) -> None:
     repo.commit({"flows/etl.py": flow_script("etl", 1)})
     feature = repo.commit({"flows/etl.py": flow_script("etl", 2)}, branch="feature/new-etl")
     assert storage(api, ref="feature/new-etl").resolve_ref() == feature
     assert api.log[-1].raw_path.endswith("/repository/commits/feature%2Fnew-etl")
-
-
-def test_empty_project_is_ref_not_found(api: GitLabAPI) -> None:
-    with pytest.raises(RefNotFound, match="empty"):
-        storage(api).resolve_ref()
 
 
 def test_file_read_from_a_vanished_project_is_repository_not_found(api: GitLabAPI, repo: LocalGitRepo) -> None:
@@ -278,30 +203,6 @@ def test_host_gives_api_v4_and_web_urls() -> None:
     assert GitLab(PROJECT).api_base == "https://gitlab.com/api/v4"
     assert GitLab(PROJECT, host="http://gitlab.internal:8080/").api_base == "http://gitlab.internal:8080/api/v4"
     assert GitLab(PROJECT, host="gitlab.example.com", api_url="http://proxy/api/v4/").api_base == "http://proxy/api/v4"
-
-
-def test_config_keys_round_trip(api: GitLabAPI) -> None:
-    config = {
-        "repo": PROJECT,
-        "host": "gitlab.example.com",
-        "path": "flows/etl.py",
-        "ref": "release",
-        "apiURL": api.api_url,
-        "addDefaultLabels": True,
-    }
-    store = GitLab.from_config(config, credentials={"GITLAB_ACCESS_TOKEN": TOKEN})
-    doc = store.to_status()
-    assert doc["type"] == "GitLab"
-    assert {k: doc[k] for k in ("repo", "host", "path", "ref", "apiURL")} == {
-        "repo": PROJECT,
-        "host": "gitlab.example.com",
-        "path": "flows/etl.py",
-        "ref": "release",
-        "apiURL": api.api_url,
-    }
-    assert doc["labels"] == ["gitlab-flow-storage"]
-    again = from_serialized(doc, credentials={"GITLAB_ACCESS_TOKEN": TOKEN})
-    assert isinstance(again, GitLab) and again.to_status() == doc
 
 
 @pytest.mark.parametrize("bad", ["flows", "acme//flows", "https://gitlab.com/acme/flows", "acme/fl ows", ""])

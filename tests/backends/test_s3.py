@@ -27,22 +27,40 @@ from flowstore.storage.s3 import S3
 from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.net import free_port
 
-from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, assert_container_not_found, make_flow
+from .conformance import (
+    SCRIPT_SOURCE,
+    ObjectStoreConformance,
+    StorageFactory,
+    assert_container_not_found,
+    factory_for,
+    make_flow,
+)
 
 CANARY_SECRET = "canary-Secret-7f3a9c1e-do-not-leak"
 CANARY_KEY_ID = "AKIACANARY7F3A9C1E00"
 
 
-class TestS3(StorageConformance):
+class TestS3(ObjectStoreConformance):
     default_label_prefix = "s3-flow-storage"
 
     @pytest.fixture
-    def storage_factory(self, s3_endpoint: str, s3_bucket: str) -> StorageFactory:
-        def make(**kwargs: Any) -> S3:
-            kwargs.setdefault("bucket", s3_bucket)
-            return S3(endpoint_url=s3_endpoint, region="us-east-1", **kwargs)
+    def storage_factory(self, s3_endpoint: str, s3_bucket: str, raw_client: Any) -> StorageFactory:
+        self.endpoint, self.bucket, self.client = s3_endpoint, s3_bucket, raw_client
+        return factory_for(S3, "bucket", s3_bucket, endpoint_url=s3_endpoint, region="us-east-1")
 
-        return make
+    def make_prefixed_storage(self, prefix: str) -> S3:
+        return S3.from_config({"bucket": self.bucket, "keyPrefix": prefix, "endpointURL": self.endpoint,
+                               "region": "us-east-1"})
+
+    def raw_names(self) -> list[str]:
+        return [o["Key"] for o in self.client.list_objects_v2(Bucket=self.bucket)["Contents"]]
+
+    def raw_metadata(self, key: str) -> tuple[Any, Any]:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return head["Metadata"], head["ContentType"]
+
+    def raw_url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
 
 @pytest.fixture
@@ -65,33 +83,6 @@ def _assert_no_canary(exc: BaseException) -> None:
 
 
 # ---------------------------------------------------------------------- layout and metadata
-def test_key_prefix_is_applied(s3_endpoint: str, s3_bucket: str, raw_client: Any) -> None:
-    storage = S3.from_config({"bucket": s3_bucket, "keyPrefix": "team/a/", "endpointURL": s3_endpoint,
-                              "region": "us-east-1"})
-    location = storage.add_flow(make_flow("ETL Daily", 1))
-    assert location.startswith("team/a/etl-daily/")
-    storage.build()
-    keys = [o["Key"] for o in raw_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert keys == [location]
-    assert storage.url_for(location) == f"s3://{s3_bucket}/{location}"
-
-
-def test_fixed_key(s3_endpoint: str, s3_bucket: str) -> None:
-    storage = S3(bucket=s3_bucket, key="flows/fixed.flow", key_prefix="ignored", endpoint_url=s3_endpoint)
-    assert storage.add_flow(make_flow("one", 1)) == "flows/fixed.flow"
-    storage.build()
-    assert storage.get_flow("flows/fixed.flow").run() == 1
-
-
-def test_object_metadata_records_digest(s3_endpoint: str, s3_bucket: str, raw_client: Any) -> None:
-    storage = S3(bucket=s3_bucket, endpoint_url=s3_endpoint)
-    artifact = storage.put_bytes("meta/object.bin", b"payload")
-    head = raw_client.head_object(Bucket=s3_bucket, Key="meta/object.bin")
-    assert head["Metadata"] == {"sha256": sha256_hex(b"payload")}
-    assert head["ContentType"] == "application/octet-stream"
-    assert artifact.url == f"s3://{s3_bucket}/meta/object.bin"
-
-
 def test_large_objects_use_multipart_and_keep_metadata(
     s3_endpoint: str, s3_bucket: str, raw_client: Any
 ) -> None:

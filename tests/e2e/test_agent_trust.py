@@ -47,6 +47,17 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
+def sent_when_trusted_refused_when_not(namespace: str, recorder: Recorder, tmp_path: Path, secret: str) -> None:
+    """With its trust pointed at the recorder (FLOWSTORE_TRUSTED_STORAGES), the agent sends it
+    `secret`: the recorder works. Without that trust, every entry point refuses."""
+    with pytest.raises(client.AGENT_ERRORS):
+        client.load_flow("etl", namespace)
+    assert recorder.requests and any(r.carries(secret) for r in recorder.requests), "the recorder works"
+    recorder.requests.clear()
+    os.environ.pop("FLOWSTORE_TRUSTED_STORAGES")
+    refused_everywhere(namespace, "etl", recorder, tmp_path)
+
+
 def refused_everywhere(namespace: str, name: str, recorder: Recorder, tmp_path: Path, *,
                        prefect: bool = True) -> None:
     """Every agent entry point refuses, naming both places, and the recorder got nothing."""
@@ -94,12 +105,7 @@ def test_cloud_keys_never_go_to_an_endpoint_an_edited_status_names(
         write_status(namespace, "etl", {"storage": edited})
         # with its own trust pointed at the recorder, the agent sends it its signed AWS key id
         trusting_the_recorder({"s3": {"bucket": s3_bucket, "endpointURL": recorder.url, "region": "us-east-1"}})
-        with pytest.raises(client.AGENT_ERRORS):
-            client.load_flow("etl", namespace)
-        assert recorder.requests and any(r.carries(key_id) for r in recorder.requests), "the recorder works"
-        recorder.requests.clear()
-        os.environ.pop("FLOWSTORE_TRUSTED_STORAGES")
-        refused_everywhere(namespace, "etl", recorder, tmp_path)
+        sent_when_trusted_refused_when_not(namespace, recorder, tmp_path, key_id)
 
 
 def test_the_git_token_never_goes_to_a_host_an_edited_status_names(
@@ -121,12 +127,7 @@ def test_the_git_token_never_goes_to_a_host_an_edited_status_names(
                          "format": "script", "fileName": "etl.py"},
             "git": {"repo": url, "path": "flows/etl.py", "ref": "main", "commit": "3f2c" * 10}})
         trusting_the_recorder({"git": {"url": url}})
-        with pytest.raises(client.AGENT_ERRORS):
-            client.load_flow("etl", namespace)
-        assert any(r.carries(TOKEN) for r in recorder.requests), "the recorder works: it would get the token"
-        recorder.requests.clear()
-        os.environ.pop("FLOWSTORE_TRUSTED_STORAGES")
-        refused_everywhere(namespace, "etl", recorder, tmp_path)
+        sent_when_trusted_refused_when_not(namespace, recorder, tmp_path, TOKEN)
 
 
 def test_the_agents_environment_never_goes_into_a_url_an_edited_status_names(

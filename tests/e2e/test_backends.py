@@ -60,18 +60,6 @@ def _remove_flows(namespace: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- GCS
-@pytest.fixture
-def gcs_bucket(gcs_endpoint: str) -> str:
-    """A new, empty bucket on the real GCS server (fake-gcs-server)."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs_sdk
-
-    name = f"flows-{uuid.uuid4().hex[:12]}"
-    gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                   client_options={"api_endpoint": gcs_endpoint}).create_bucket(name)
-    return name
-
-
 def test_gcs_pickle_and_script_flows_are_stored_and_loaded(gcs_endpoint: str, operator: OperatorProcess,
                                                            namespace: str, gcs_bucket: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:

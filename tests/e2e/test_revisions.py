@@ -237,17 +237,6 @@ def test_an_agent_mid_download_keeps_its_bytes_while_its_revision_is_retired(
 
 
 # --------------------------------------------------------------------------- the other object stores
-@pytest.fixture
-def gcs_bucket(gcs_endpoint: str) -> str:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs_sdk
-
-    name = f"flows-{uuid.uuid4().hex[:12]}"
-    gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                   client_options={"api_endpoint": gcs_endpoint}).create_bucket(name)
-    return name
-
-
 def test_history_and_retention_on_gcs(operator: OperatorProcess, namespace: str, gcs_endpoint: str,
                                       gcs_bucket: str) -> None:
     apply(manifests(flow_storage(namespace, "store", "gcs", {"bucket": gcs_bucket, "endpointURL": gcs_endpoint},

@@ -265,11 +265,7 @@ class CodeCommitAPI(FakeServer):
     def _get_commit(self, params: dict[str, Any]) -> dict[str, Any]:
         # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetCommit.html
         repo = self._repo(params)
-        commit_id = params.get("commitId")
-        if not commit_id:
-            raise CodeCommitError("CommitIdRequiredException", "A commit ID is required")
-        if not isinstance(commit_id, str) or not _FULL_ID.fullmatch(commit_id):
-            raise CodeCommitError("InvalidCommitIdException", f"{commit_id!r} is not a valid full commit ID")
+        commit_id = _full_id(params, "commit", "is not a valid full commit ID")
         if repo.resolve(commit_id) != commit_id:
             raise CodeCommitError("CommitIdDoesNotExistException", f"Could not find commit {commit_id}")
         out = repo.run("show", "-s", "--format=%T%x00%P%x00%an%x00%ae%x00%B", commit_id).decode()
@@ -318,14 +314,21 @@ class CodeCommitAPI(FakeServer):
     def _get_blob(self, params: dict[str, Any]) -> dict[str, Any]:
         # https://docs.aws.amazon.com/codecommit/latest/APIReference/API_GetBlob.html
         repo = self._repo(params)
-        blob_id = params.get("blobId")
-        if not blob_id:
-            raise CodeCommitError("BlobIdRequiredException", "A blob ID is required")
-        if not isinstance(blob_id, str) or not _FULL_ID.fullmatch(blob_id):
-            raise CodeCommitError("InvalidBlobIdException", f"{blob_id!r} is not a valid blob ID")
+        blob_id = _full_id(params, "blob", "is not a valid blob ID")
         if repo.object_type(blob_id) != "blob":
             raise CodeCommitError("BlobIdDoesNotExistException", f"Could not find blob {blob_id}")
         data = repo.run("cat-file", "blob", blob_id)
         if len(data) > MAX_FILE_SIZE:
             raise CodeCommitError("FileTooLargeException", "The specified blob exceeds the size limit")
         return {"content": base64.b64encode(data).decode()}
+
+
+def _full_id(params: dict[str, Any], kind: str, invalid: str) -> str:
+    """``params["<kind>Id"]``, a full object id, with the errors GetCommit / GetBlob answer
+    when it is missing (``<Kind>IdRequiredException``) or malformed (``Invalid<Kind>IdException``)."""
+    value = params.get(f"{kind}Id")
+    if not value:
+        raise CodeCommitError(f"{kind.capitalize()}IdRequiredException", f"A {kind} ID is required")
+    if not isinstance(value, str) or not _FULL_ID.fullmatch(value):
+        raise CodeCommitError(f"Invalid{kind.capitalize()}IdException", f"{value!r} {invalid}")
+    return value

@@ -1,6 +1,9 @@
 """An HTTP reverse proxy that records every request before forwarding it: put it between an
 agent and a real backend (S3's endpoint) and its log proves what the agent sent, and where —
-e.g. that a refused status made the agent send nothing at all, credentials included."""
+e.g. that a refused status made the agent send nothing at all, credentials included. With
+``rewrite``, it changes a request's body on the way (what a lossy network, a registry that lost
+a blob or a racing client would make the backend see), so the real backend's own refusal can
+be provoked."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import dataclasses
 import http.client
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,7 +29,9 @@ class Recorded:
 class RecordingProxy:
     """``with RecordingProxy("http://127.0.0.1:9000") as proxy: proxy.url``; ``proxy.log``."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *,
+                 rewrite: Callable[[str, str, bytes | None], bytes | None] | None = None) -> None:
+        """`rewrite(method, path, body)`: the body to forward instead (None: keep it)."""
         parts = urllib.parse.urlsplit(upstream)
         assert parts.hostname and parts.port, upstream
         self.upstream = (parts.hostname, parts.port)
@@ -49,6 +55,10 @@ class RecordingProxy:
                 connection = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                    changed = rewrite(self.command, self.path, body) if rewrite is not None else None
+                    if changed is not None:
+                        body = changed
+                        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
                     connection.request(self.command, self.path, body=body, headers=headers)
                     answer = connection.getresponse()
                     payload = answer.read()

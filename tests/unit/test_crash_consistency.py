@@ -118,13 +118,19 @@ def test_a_failed_upload_keeps_its_location_for_the_retry(cluster: Cluster, tmp_
     assert obj["status"]["location"] == storing["location"] and len(files(tmp_path)) == 1
 
 
-def test_an_interrupted_store_of_inputs_that_changed_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
-    obj = flow()
-    obj, cluster = reconcile(obj, cluster)
+def interrupted_second_store(cluster: Cluster) -> tuple[dict[str, Any], Cluster, str]:
+    """A flow stored once (its location returned), then changed and killed right after the
+    second version's upload: the pass that stored it never recorded it."""
+    obj, cluster = reconcile(flow(), cluster)
     first = obj["status"]["location"]
     obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
     cluster.kill = "after-put"
     obj, cluster = reconcile(obj, cluster)
+    return obj, cluster, first
+
+
+def test_an_interrupted_store_of_inputs_that_changed_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
+    obj, cluster, first = interrupted_second_store(cluster)
     orphan = obj["status"]["storing"]["location"]
     assert len(files(tmp_path)) == 2 and obj["status"]["location"] == first
     obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
@@ -137,12 +143,7 @@ def test_an_interrupted_store_of_inputs_that_changed_is_deleted(cluster: Cluster
 
 
 def test_reverting_to_the_recorded_version_deletes_the_interrupted_store(cluster: Cluster, tmp_path: Path) -> None:
-    obj = flow()
-    obj, cluster = reconcile(obj, cluster)
-    first = obj["status"]["location"]
-    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
-    cluster.kill = "after-put"
-    obj, cluster = reconcile(obj, cluster)
+    obj, cluster, first = interrupted_second_store(cluster)
     assert len(files(tmp_path)) == 2
     obj["spec"]["source"]["inline"] = SCRIPT  # back to what status records: nothing to store
     cluster.kill = None
@@ -201,12 +202,7 @@ def test_under_delete_a_retired_artifact_goes_only_after_status_recorded_it(clus
 def test_deleting_a_storedflow_deletes_what_an_interrupted_store_left(cluster: Cluster, tmp_path: Path) -> None:
     from flowstore.reconcile import delete_stored_flow
 
-    obj = flow()
-    obj, cluster = reconcile(obj, cluster)
-    first = obj["status"]["location"]
-    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
-    cluster.kill = "after-put"
-    obj, cluster = reconcile(obj, cluster)
+    obj, cluster, first = interrupted_second_store(cluster)
     assert len(files(tmp_path)) == 2
     outcome = delete_stored_flow(obj, cluster, attempt=0, max_attempts=2)  # Retain: the artifact stays
     assert outcome.retry_after is None and outcome.event is not None and outcome.event.reason == "Retained"

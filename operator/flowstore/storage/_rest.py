@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowstore.storage.errors import InvalidConfig, StorageError, Unavailable
 
@@ -128,6 +128,14 @@ def quote(segment: str) -> str:
 def quote_path(path: str) -> str:
     """A repository path, each segment percent-encoded, ``/`` kept."""
     return "/".join(quote(part) for part in path.split("/"))
+
+
+def json_or_none(response: requests.Response) -> Any:
+    """The answer's JSON body, or None when it is not JSON (callers check the shape they need)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def error_message(response: requests.Response) -> str:

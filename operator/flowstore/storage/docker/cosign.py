@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.artifacts.signing import ED25519_PREFIX, Signer
+from flowstore.storage.docker.errors import RegistryUnavailable
 from flowstore.storage.docker.oci import MEDIA_OCI_MANIFEST, RegistryClient, sha256_digest
 from flowstore.storage.errors import NotFound, Rejected
 
@@ -75,8 +76,17 @@ def sign_image(client: RegistryClient, repo: str, repository: str, digest: str, 
     if signer.provider != "ed25519":
         raise Rejected("only ed25519 keys sign images (an HMAC signature could be checked by nobody else): set "
                        "spec.signing.provider: ed25519")
-    with _repository_lock(client.host, repo):
-        return _sign_image(client, repo, repository, digest, signer, annotations)
+    try:
+        with _repository_lock(client.host, repo):
+            return _sign_image(client, repo, repository, digest, signer, annotations)
+    except RegistryUnavailable as exc:
+        raise RegistryUnavailable(f"pushing the cosign signature of {repository}@{digest}: {exc.message}") from None
+    except Rejected as exc:
+        raise Rejected(
+            f"the registry refused the cosign signature of {repository}@{digest}: {exc.message}. It must accept "
+            f"OCI image manifests under the tag {signature_tag(digest)} (cosign's layout) from these credentials: "
+            "fix the registry or its push rights; the operator tries again at the FlowStorage's interval and "
+            "whenever it or its Secrets change") from None
 
 
 def _repository_lock(host: str, repo: str) -> threading.Lock:

@@ -4,7 +4,8 @@ Enough to read a flow straight out of a pushed image without a Docker daemon, ve
 byte against its digest, and to push blobs and manifests (the Docker storage's flow layers).
 Authentication: HTTP basic, or the Bearer token flow the registry asks
 for in ``WWW-Authenticate`` (``Bearer realm=…,service=…,scope=…``). Errors are the storage
-taxonomy: 401/403 → AuthFailed, 404 → NotFound, connection errors/5xx → RegistryUnavailable.
+taxonomy: 401/403 → AuthFailed, 404 → NotFound, connection errors, 5xx and the refusals a later
+attempt may not meet → RegistryUnavailable (:func:`registry_error`).
 Messages never contain the password.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 import requests
 
 from flowstore.storage.docker.errors import RegistryUnavailable
-from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected
+from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected, StorageError
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -195,15 +196,11 @@ class RegistryClient:
         if resp.status_code in ok:
             return resp
         status = resp.status_code
-        body = "" if method == "HEAD" else _short(resp.text)
+        text = "" if method == "HEAD" else resp.text
         resp.close()
         if status in (401, 403):
             raise self._auth_error(status, what)
-        if status == 404:
-            raise NotFound(f"registry {self.host}: {what} not found (HTTP 404)")
-        if status == 429 or status >= 500:
-            raise RegistryUnavailable(f"registry {self.host} answered HTTP {status} for {what}: {body}")
-        raise Rejected(f"registry {self.host} answered HTTP {status} for {what}: {body}")
+        raise registry_error(self.host, status, text, what)
 
     # ------------------------------------------------------------------ API
     def ping(self) -> None:
@@ -511,6 +508,47 @@ def _parents(path: str) -> list[str]:
         out.append(parent)
         parent = posixpath.dirname(parent)
     return out
+
+
+#: error codes of the OCI distribution spec
+#: (https://github.com/opencontainers/distribution-spec/blob/main/spec.md#error-codes) that name
+#: something the registry lost or has not finished, not something wrong with the request: a blob
+#: or upload gone under a concurrent push, garbage collection or an expired upload session. The
+#: same request may succeed later (an HTTP 400 MANIFEST_BLOB_UNKNOWN is the usual one).
+TRANSIENT_CODES = frozenset({"BLOB_UNKNOWN", "BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID", "MANIFEST_BLOB_UNKNOWN",
+                             "TOOMANYREQUESTS"})
+#: HTTP statuses worth retrying whatever the body: Request Timeout, Conflict (a concurrent
+#: update), Too Early, Too Many Requests
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def error_codes(text: str) -> list[str]:
+    """The ``errors[].code`` values of a registry's error body (``{"errors": [{"code": …}]}``);
+    none when the body is something else."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return []
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [str(e["code"]) for e in errors if isinstance(e, dict) and isinstance(e.get("code"), str)]
+
+
+def registry_error(host: str, status: int, text: str, what: str) -> StorageError:
+    """The storage error for a registry's answer `status` with body `text` to `what` (auth
+    refusals aside): retryable (:class:`RegistryUnavailable`) for 5xx, the statuses in
+    :data:`TRANSIENT_STATUSES` and the codes in :data:`TRANSIENT_CODES`; :class:`NotFound` for
+    other 404s; else :class:`Rejected`, which a person must fix."""
+    codes = error_codes(text)
+    said = f" ({', '.join(codes)})" if codes else ""
+    body = _short(text)
+    if status == 404 and "BLOB_UPLOAD_UNKNOWN" not in codes:
+        return NotFound(f"registry {host}: {what} not found (HTTP 404{said})")
+    if status >= 500 or status in TRANSIENT_STATUSES or TRANSIENT_CODES.intersection(codes):
+        return RegistryUnavailable(f"registry {host} answered HTTP {status}{said} for {what}: {body}; "
+                                   "a refusal that passes: the operator retries")
+    return Rejected(f"registry {host} answered HTTP {status}{said} for {what}: {body}")
 
 
 def _short(exc: object, limit: int = 300) -> str:

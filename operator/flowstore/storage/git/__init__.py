@@ -5,8 +5,10 @@ pinned to a commit (the seed's GitHub, GitLab, Bitbucket and CodeCommit storages
   ``stat``, the read-only refusals), the directory bounds and the HTTP failure mapping;
 - :mod:`.tree` — reading a directory at a commit: bounds, symlinks and submodules, written once;
 - :mod:`.plain` — :class:`Git`: any repository, through the ``git`` command over https or ssh;
-- :mod:`.github`, :mod:`.gitlab`, :mod:`.bitbucket` — the providers' REST APIs;
-  :mod:`._bitbucket_tree` walks Bitbucket's directory listings;
+- :mod:`.github`, :mod:`.gitlab`, :mod:`.bitbucket` — the providers' REST APIs, on what
+  :mod:`.rest` writes once (the shared session; for GitHub and GitLab the token, the endpoint,
+  the status document and how a refused token is explained); :mod:`._bitbucket_tree` walks
+  Bitbucket's directory listings;
 - :mod:`.codecommit` — AWS CodeCommit through boto3 (the ``codecommit`` extra, imported only
   when a client is needed).
 

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import requests
 
-from flowstore.storage._rest import read_bounded
+from flowstore.storage._rest import json_or_none, read_bounded
 from flowstore.storage.errors import (
     FileNotFound,
     InvalidConfig,
@@ -61,6 +60,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.git.base import GitHosted, normalize_path, raise_for_http
+from flowstore.storage.git.rest import RestHosted
 from flowstore.storage.git.tree import TreeEntry, read_tree
 from flowstore.storage.git.verify import SignedRef
 
@@ -92,7 +92,7 @@ def _optional_str(value: Any, key: str) -> str | None:
     return value.strip()
 
 
-class Bitbucket(GitHosted):
+class Bitbucket(RestHosted):
     """Flows kept as ``.py`` files in a Bitbucket Cloud or Server / Data Center repository.
 
     Args (the seed's):
@@ -143,8 +143,7 @@ class Bitbucket(GitHosted):
         self._auth = self._auth_from(credentials)
         self._secrets = [v for v in ((credentials if credentials is not None else os.environ).get(k)
                                      for k in CREDENTIAL_KEYS) if v]
-        self._session_lock = threading.Lock()
-        self._session_instance: requests.Session | None = None
+        self._init_session()
 
     @property
     def is_cloud(self) -> bool:
@@ -396,17 +395,11 @@ class Bitbucket(GitHosted):
         return page
 
     # ------------------------------------------------------------------ HTTP
-    def _session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session_instance is None:
-                session = requests.Session()
-                session.headers["User-Agent"] = "flowstore"
-                if isinstance(self._auth, tuple):
-                    session.auth = self._auth
-                elif self._auth:
-                    session.headers["Authorization"] = f"Bearer {self._auth}"
-                self._session_instance = session
-            return self._session_instance
+    def _authorize(self, session: requests.Session) -> None:
+        if isinstance(self._auth, tuple):
+            session.auth = self._auth
+        elif self._auth:
+            session.headers["Authorization"] = f"Bearer {self._auth}"
 
     def _redact(self, text: str) -> str:
         for value in self._secrets:
@@ -451,10 +444,7 @@ class Bitbucket(GitHosted):
 
 
 def _decode(response: requests.Response, what: str) -> dict[str, Any]:
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = None
+    doc = json_or_none(response)
     if not isinstance(doc, dict):
         raise Unavailable(f"{what}: Bitbucket answered HTTP {response.status_code} with a body that is not a "
                           "JSON object (a proxy in the way?); will retry")

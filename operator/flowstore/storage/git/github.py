@@ -29,34 +29,29 @@ anonymously (60 requests an hour). Rate limits (403/429 with ``x-ratelimit-remai
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import requests
 
 from flowstore.storage._rest import (
-    check_token,
-    error_message,
     get_with_retries,
-    is_http_url,
+    json_or_none,
     quote,
     quote_path,
     split_host,
     token_from,
 )
 from flowstore.storage.errors import (
-    AuthFailed,
     FileNotFound,
     InvalidConfig,
     RefNotFound,
     RepositoryNotFound,
-    StorageError,
     Unavailable,
 )
-from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path, raise_for_http
+from flowstore.storage.git.base import is_commit_id, normalize_path
+from flowstore.storage.git.rest import TokenHosted
 from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree
 from flowstore.storage.git.verify import RawObject, SignedRef, commit_from_payload, tag_from_payload
 
@@ -69,7 +64,7 @@ API_VERSION = "2022-11-28"
 _REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 
-class GitHub(GitHosted):
+class GitHub(TokenHosted):
     """Flows in a GitHub repository (the seed's ``GitHub`` storage), read at a pinned commit.
 
     Args (the seed's):
@@ -106,24 +101,12 @@ class GitHub(GitHosted):
         if not isinstance(repo, str) or not _REPO.fullmatch(repo.strip().strip("/")):
             raise InvalidConfig(f"GitHub `repo` must be owner/name (e.g. my-org/flows), not {repo!r}")
         self.repo = repo.strip().strip("/")
-        self.host = host.strip() if host else None
-        self.api_url = api_url.strip().rstrip("/") if api_url else None
-        if self.api_url is not None and not is_http_url(self.api_url):
-            raise InvalidConfig(f"GitHub `apiURL` must be an http(s) URL, not {api_url!r}")
+        self._init_endpoint(host, api_url)
         self._api_base = self.api_url or api_base_for_host(self.host)
         self._web_base = web_base_for_host(self.host)
-        if access_token is None:
-            access_token = os.environ.get(CREDENTIALS_KEY) or None
-            token_source = token_source or (f"the {CREDENTIALS_KEY} environment variable" if access_token else None)
-        self._token = check_token(access_token, token_source or "the access token", provider="GitHub")
-        self._token_source = token_source or "the access token"
-        self._session_lock = threading.Lock()
-        self._session_instance: requests.Session | None = None
+        self._init_token(access_token, token_source, CREDENTIALS_KEY)
         #: raw commit objects read for verification, by id (objects never change)
         self._raw_objects: dict[str, RawObject] = {}
-
-    def __repr__(self) -> str:  # never shows the token
-        return f"GitHub(repo={self.repo!r}, path={self.path!r}, ref={self.ref!r}, api={self._api_base!r})"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -148,10 +131,6 @@ class GitHub(GitHosted):
         )
         return storage.finish_config(config)  # type: ignore[return-value]
 
-    def _status_config(self) -> dict[str, Any]:
-        doc = {"repo": self.repo, "ref": self.ref, "host": self.host, "apiURL": self.api_url}
-        return {k: v for k, v in doc.items() if v is not None}
-
     def _seed_config(self) -> dict[str, Any]:
         """The seed's GitHub fields: ``base_url`` is the REST API of an Enterprise Server (None:
         github.com); the token is the agent's (``GITHUB_ACCESS_TOKEN``, the seed's default)."""
@@ -164,14 +143,6 @@ class GitHub(GitHosted):
                 "apiURL": doc.get("base_url")}
 
     # ------------------------------------------------------------------ provider primitives
-    @property
-    def api_base(self) -> str:
-        """The REST API base URL requests go to."""
-        return self._api_base
-
-    def repo_name(self) -> str:
-        return self.repo
-
     def web_url(self, path: str, commit: str) -> str:
         return f"{self._web_base}/{self.repo}/blob/{quote(commit)}/{quote_path(path)}"
 
@@ -352,25 +323,16 @@ class GitHub(GitHosted):
     def _json(self, suffix: str, what: str, *, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         response = self._get(suffix, what, accept="application/vnd.github+json", params=params)
         self._raise(response, what, not_found=FileNotFound)
-        try:
-            doc = response.json()
-        except ValueError:
-            doc = None
+        doc = json_or_none(response)
         if not isinstance(doc, dict):
             raise Unavailable(f"{what}: the API answered something other than a JSON object; will retry")
         return doc
 
     # ------------------------------------------------------------------ HTTP
-    def _session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session_instance is None:
-                session = requests.Session()
-                session.headers["X-GitHub-Api-Version"] = API_VERSION
-                session.headers["User-Agent"] = "flowstore"
-                if self._token:
-                    session.headers["Authorization"] = f"Bearer {self._token}"
-                self._session_instance = session
-            return self._session_instance
+    def _authorize(self, session: requests.Session) -> None:
+        session.headers["X-GitHub-Api-Version"] = API_VERSION
+        if self._token:
+            session.headers["Authorization"] = f"Bearer {self._token}"
 
     def _get(
         self, suffix: str, what: str, *, accept: str, params: Mapping[str, str] | None = None
@@ -381,12 +343,6 @@ class GitHub(GitHosted):
         return get_with_retries(self._session(), url, what=what, api="the GitHub API", api_base=self._api_base,
                                 params=params, headers={"Accept": accept})
 
-    def _raise(self, response: requests.Response, what: str, not_found: type[StorageError] = FileNotFound) -> None:
-        try:
-            raise_for_http(response.status_code, response.headers, response.text, what=what, not_found=not_found)
-        except AuthFailed as exc:
-            source = self._token_source if self._token else "no token (anonymous)"
-            raise AuthFailed(f"{exc.message} (token from {source}; GitHub said: {error_message(response)})") from None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -418,23 +374,24 @@ def _is_directory_listing(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").startswith("application/json") and response.content[:1] == b"["
 
 
+def _enterprise_base(host: str | None) -> str | None:
+    """``scheme://HOST`` of a GitHub Enterprise Server, or None for github.com (or no host)."""
+    if not host:
+        return None
+    scheme, name = split_host(host, provider="GitHub", example="github.example.com")
+    if name.lower() in ("github.com", "api.github.com"):
+        return None
+    return f"{scheme}://{name}"
+
+
 def api_base_for_host(host: str | None) -> str:
     """The REST API base for a GitHub host: api.github.com for github.com (or no host), else
     the Enterprise Server's ``https://HOST/api/v3``."""
-    if not host:
-        return DEFAULT_API_URL
-    scheme, name = split_host(host, provider="GitHub", example="github.example.com")
-    if name.lower() in ("github.com", "api.github.com"):
-        return DEFAULT_API_URL
-    return f"{scheme}://{name}/api/v3"
+    base = _enterprise_base(host)
+    return f"{base}/api/v3" if base else DEFAULT_API_URL
 
 
 def web_base_for_host(host: str | None) -> str:
-    if not host:
-        return DEFAULT_WEB_URL
-    scheme, name = split_host(host, provider="GitHub", example="github.example.com")
-    if name.lower() in ("github.com", "api.github.com"):
-        return DEFAULT_WEB_URL
-    return f"{scheme}://{name}"
+    return _enterprise_base(host) or DEFAULT_WEB_URL
 
 

@@ -25,26 +25,21 @@ carrying the reset time (https://docs.gitlab.com/ee/user/gitlab_com/index.html#g
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import requests
 
 from flowstore.storage._rest import (
-    check_token,
-    error_message,
     get_with_retries,
-    is_http_url,
+    json_or_none,
     quote,
     quote_path,
     split_host,
     token_from,
 )
 from flowstore.storage.errors import (
-    AuthFailed,
     FileNotFound,
     InvalidConfig,
     RefNotFound,
@@ -52,7 +47,8 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
-from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path, raise_for_http
+from flowstore.storage.git.base import is_commit_id, normalize_path
+from flowstore.storage.git.rest import TokenHosted
 from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree, relative_path
 from flowstore.storage.git.verify import SignedRef
 
@@ -66,7 +62,7 @@ _SEGMENT = r"[A-Za-z0-9_.+-]+"
 _PROJECT_PATH = re.compile(rf"{_SEGMENT}(/{_SEGMENT})+")
 
 
-class GitLab(GitHosted):
+class GitLab(TokenHosted):
     """Flows in a GitLab project (the seed's ``GitLab`` storage), read at a pinned commit.
 
     Args (the seed's):
@@ -107,25 +103,13 @@ class GitLab(GitHosted):
                 f"GitLab `repo` must be namespace/project (e.g. my-group/flows) or a numeric project id, not {repo!r}"
             )
         self.repo = repo
-        self.host = host.strip() if host else None
-        self.api_url = api_url.strip().rstrip("/") if api_url else None
-        if self.api_url is not None and not is_http_url(self.api_url):
-            raise InvalidConfig(f"GitLab `apiURL` must be an http(s) URL, not {api_url!r}")
+        self._init_endpoint(host, api_url)
         scheme, name = split_host(self.host or DEFAULT_HOST, provider="GitLab", example="gitlab.example.com")
         self._web_base = f"{scheme}://{name}"
         self._api_base = self.api_url or f"{self._web_base}/api/v4"
         #: the project's ``path_with_namespace`` once known (web URLs of numeric ids)
         self._project_path: str | None = None if repo.isdigit() else repo
-        if access_token is None:
-            access_token = os.environ.get(CREDENTIALS_KEY) or None
-            token_source = token_source or (f"the {CREDENTIALS_KEY} environment variable" if access_token else None)
-        self._token = check_token(access_token, token_source or "the access token", provider="GitLab")
-        self._token_source = token_source or "the access token"
-        self._session_lock = threading.Lock()
-        self._session_instance: requests.Session | None = None
-
-    def __repr__(self) -> str:  # never shows the token
-        return f"GitLab(repo={self.repo!r}, path={self.path!r}, ref={self.ref!r}, api={self._api_base!r})"
+        self._init_token(access_token, token_source, CREDENTIALS_KEY)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,10 +137,6 @@ class GitLab(GitHosted):
         )
         return storage.finish_config(config)  # type: ignore[return-value]
 
-    def _status_config(self) -> dict[str, Any]:
-        doc = {"repo": self.repo, "ref": self.ref, "host": self.host, "apiURL": self.api_url}
-        return {k: v for k, v in doc.items() if v is not None}
-
     def _seed_config(self) -> dict[str, Any]:
         """The seed's GitLab fields: ``host`` is the server's URL (None: gitlab.com); an
         ``apiURL`` of flowstore's own has no field. The token is the agent's
@@ -170,17 +150,9 @@ class GitLab(GitHosted):
 
     # ------------------------------------------------------------------ provider primitives
     @property
-    def api_base(self) -> str:
-        """The REST API base URL requests go to."""
-        return self._api_base
-
-    @property
     def project_id(self) -> str:
         """``:id`` in API paths: the numeric id, or the path URL-encoded as one segment."""
         return quote(self.repo)
-
-    def repo_name(self) -> str:
-        return self.repo
 
     def web_url(self, path: str, commit: str) -> str:
         if self._project_path is None:  # a numeric id: ask for the path once
@@ -207,10 +179,7 @@ class GitLab(GitHosted):
             )
             raise RepositoryNotFound(f"{what} not found at {self._api_base} (HTTP 404): {hint}")
         self._raise(response, what, not_found=RepositoryNotFound)
-        try:
-            doc = response.json()
-        except ValueError:
-            doc = None
+        doc = json_or_none(response)
         if not isinstance(doc, dict):
             raise Unavailable(f"{what}: the API answered something other than a project; will retry")
         if isinstance(doc.get("path_with_namespace"), str):
@@ -308,10 +277,7 @@ class GitLab(GitHosted):
             if response.status_code == 404 and page == "1":
                 self._missing(path, commit)
             self._raise(response, what, not_found=FileNotFound)
-            try:
-                entries = response.json()
-            except ValueError:
-                entries = None
+            entries = json_or_none(response)
             if not isinstance(entries, list):
                 raise Unavailable(f"{what}: the API answered something other than a tree listing; will retry")
             if not entries and page == "1":
@@ -330,15 +296,9 @@ class GitLab(GitHosted):
         return response.content
 
     # ------------------------------------------------------------------ HTTP
-    def _session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session_instance is None:
-                session = requests.Session()
-                session.headers["User-Agent"] = "flowstore"
-                if self._token:
-                    session.headers["PRIVATE-TOKEN"] = self._token
-                self._session_instance = session
-            return self._session_instance
+    def _authorize(self, session: requests.Session) -> None:
+        if self._token:
+            session.headers["PRIVATE-TOKEN"] = self._token
 
     def _get(self, suffix: str, what: str, *, params: Mapping[str, str] | None = None) -> requests.Response:
         """GET ``/projects/:id{suffix}``, retrying connection errors, timeouts and 5xx. Returns
@@ -347,12 +307,6 @@ class GitLab(GitHosted):
         return get_with_retries(self._session(), url, what=what, api="the GitLab API", api_base=self._api_base,
                                 params=params)
 
-    def _raise(self, response: requests.Response, what: str, not_found: type[StorageError] = FileNotFound) -> None:
-        try:
-            raise_for_http(response.status_code, response.headers, response.text, what=what, not_found=not_found)
-        except AuthFailed as exc:
-            source = self._token_source if self._token else "no token (anonymous)"
-            raise AuthFailed(f"{exc.message} (token from {source}; GitLab said: {error_message(response)})") from None
 
 
 # ---------------------------------------------------------------------- helpers
