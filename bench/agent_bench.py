@@ -73,7 +73,11 @@ def store(namespace: str, bucket: str, endpoint: str, name: str, data: bytes, fm
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
     status = {"location": location, "flowName": name, "storage": storage,
               "artifact": {"url": stored.url, "digest": f"sha256:{stored.sha256}", "size": stored.size, "format": fmt,
-                           **artifact}}
+                           "revision": 1, **artifact}}
+    # revision 1 in status.history too, as the operator records it (a pinned pull reads it there)
+    status["history"] = [{"revision": 1, "location": location, "storedAt": "2026-12-05T00:00:00Z",
+                          "sourceDigest": status["artifact"]["digest"], "inputsDigest": status["artifact"]["digest"],
+                          **{k: v for k, v in status["artifact"].items() if k != "revision"}}]
     kubectl("patch", "storedflow", name, "-n", namespace, "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": status}))
 
