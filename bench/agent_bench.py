@@ -13,7 +13,9 @@ working directory. Figures:
 
 1. cold pull (empty cache: one download), median of N fresh caches;
 2. warm pull (same digest: no download; asserted), median and p95 of N, in one process (a
-   runner's periodic pull, or a worker's library call);
+   runner's periodic pull, or a worker's library call); the same pinned by digest (the step
+   ``locate -o prefect-pull-step`` prints by default), and a ``--self-contained`` step's pull,
+   cold and warm (no Kubernetes API; the place checked against FLOWSTORE_TRUSTED_STORAGES);
 3. warm pull in a fresh Python process (a Prefect flow run's process: imports and the Kubernetes
    client's start included), median of a few;
 4. ``flowstore cache ls`` (entries()) and ``prune`` of 1,000 entries (artifacts of 4 KiB; every
@@ -71,7 +73,11 @@ def store(namespace: str, bucket: str, endpoint: str, name: str, data: bytes, fm
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
     status = {"location": location, "flowName": name, "storage": storage,
               "artifact": {"url": stored.url, "digest": f"sha256:{stored.sha256}", "size": stored.size, "format": fmt,
-                           **artifact}}
+                           "revision": 1, **artifact}}
+    # revision 1 in status.history too, as the operator records it (a pinned pull reads it there)
+    status["history"] = [{"revision": 1, "location": location, "storedAt": "2026-12-05T00:00:00Z",
+                          "sourceDigest": status["artifact"]["digest"], "inputsDigest": status["artifact"]["digest"],
+                          **{k: v for k, v in status["artifact"].items() if k != "revision"}}]
     kubectl("patch", "storedflow", name, "-n", namespace, "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": status}))
 
@@ -97,6 +103,36 @@ def pulls(namespace: str, name: str, count: int, work: Path) -> dict[str, Any]:
         prepared = fp.prepare(name, namespace, work / "warm-dir", api=api, cache=cache)
         warm.append(time.perf_counter() - start)
         assert not prepared.downloaded, "a warm pull downloaded"
+    # pinned (digest= from status.history) and self-contained (no Kubernetes API: the step's
+    # snapshot, the place checked against FLOWSTORE_TRUSTED_STORAGES)
+    digest = prepared.digest
+    pinned = []
+    for _ in range(count):
+        start = time.perf_counter()
+        assert not fp.prepare(name, namespace, work / "warm-dir", api=api, cache=cache, digest=digest).downloaded
+        pinned.append(time.perf_counter() - start)
+    from flowstore.agent import snapshot
+
+    view = client.read(name, namespace, api=api)
+    carried = snapshot.snapshot(view)
+    storage = view.storage
+    os.environ["FLOWSTORE_TRUSTED_STORAGES"] = json.dumps([{"s3": {
+        k: storage[k] for k in ("bucket", "key", "keyPrefix", "region", "endpointURL") if storage.get(k)}}])
+    try:
+        carried_cold = []
+        for i in range(min(count, 10)):
+            start = time.perf_counter()
+            got = fp.prepare(name, namespace, work / "carried-dir", cache=Cache(Settings(root=work / f"sc-cold-{i}")),
+                             carried=carried)
+            carried_cold.append(time.perf_counter() - start)
+            assert got.downloaded
+        carried_warm = []
+        for _ in range(count):
+            start = time.perf_counter()
+            assert not fp.prepare(name, namespace, work / "carried-dir", cache=cache, carried=carried).downloaded
+            carried_warm.append(time.perf_counter() - start)
+    finally:
+        del os.environ["FLOWSTORE_TRUSTED_STORAGES"]
     program = ("import sys, time; t = time.perf_counter(); from pathlib import Path; "
                "from flowstore import prefect as fp; p = fp.prepare(sys.argv[1], sys.argv[2], Path(sys.argv[3])); "
                "assert not p.downloaded; print(time.perf_counter() - t)")
@@ -110,7 +146,11 @@ def pulls(namespace: str, name: str, count: int, work: Path) -> dict[str, Any]:
     return {"cold_median_ms": statistics.median(cold) * 1000, "warm_median_ms": statistics.median(warm) * 1000,
             "warm_p95_ms": harness.pct(warm, 95) * 1000, "warm_samples": len(warm),
             "process_total_median_ms": statistics.median(p[0] for p in process) * 1000,
-            "process_in_python_median_ms": statistics.median(p[1] for p in process) * 1000}
+            "process_in_python_median_ms": statistics.median(p[1] for p in process) * 1000,
+            "pinned_warm_median_ms": statistics.median(pinned) * 1000,
+            "self_contained_cold_median_ms": statistics.median(carried_cold) * 1000,
+            "self_contained_warm_median_ms": statistics.median(carried_warm) * 1000,
+            "self_contained_warm_p95_ms": harness.pct(carried_warm, 95) * 1000}
 
 
 def prune(entries: int, work: Path) -> dict[str, Any]:
@@ -159,7 +199,11 @@ def main() -> int:
             (f"warm pull, no download, median ms ({s['warm_samples']} pulls)", "warm_median_ms"),
             ("warm pull, p95 ms", "warm_p95_ms"),
             ("warm pull in a new process: total wall ms (imports too)", "process_total_median_ms"),
-            ("  of which inside Python after start, ms", "process_in_python_median_ms")]
+            ("  of which inside Python after start, ms", "process_in_python_median_ms"),
+            ("warm pull pinned by digest (history lookup), median ms", "pinned_warm_median_ms"),
+            ("self-contained cold pull (no Kubernetes API), median ms", "self_contained_cold_median_ms"),
+            ("self-contained warm pull (no API, no download), median ms", "self_contained_warm_median_ms"),
+            ("self-contained warm pull, p95 ms", "self_contained_warm_p95_ms")]
     for label, key in rows:
         print(f"{label:<58} {s[key]:>12.1f} {b[key]:>12.1f}")
     p = results["prune"]

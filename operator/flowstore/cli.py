@@ -149,6 +149,11 @@ def _print_error(exc: Exception) -> int:
     return 1
 
 
+def _usage_error(message: str) -> int:
+    print(f"flowstore: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_locate(args: argparse.Namespace) -> int:
     """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
     ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow. Each once the
@@ -158,11 +163,18 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from flowstore.prefect import NotForPrefect, pull_step_yaml
     from flowstore.storage import from_serialized
 
+    step_flags = [flag for flag, on in (("--track-latest", args.track_latest),
+                                        ("--self-contained", args.self_contained)) if on]
+    if step_flags and args.output != "prefect-pull-step":
+        return _usage_error(f"{' and '.join(step_flags)} shape a pull step: add -o prefect-pull-step")
+    if args.track_latest and (args.revision is not None or args.digest is not None):
+        return _usage_error("--track-latest follows the current revision: drop --revision/--digest")
     located = resolve(args.name, args.namespace, revision=args.revision, digest=args.digest)
     if args.output == "prefect-pull-step":
         try:
-            sys.stdout.write(pull_step_yaml(located.view))
-        except NotForPrefect as exc:
+            sys.stdout.write(pull_step_yaml(located.view, track_latest=args.track_latest,
+                                            self_contained=args.self_contained))
+        except (NotForPrefect, ValueError) as exc:
             return _print_error(exc)
         return 0
     doc = from_serialized(located.storage_doc).serialize() if args.output == "prefect" else dict(located.view.status)
@@ -359,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
                                 "pullSteps")
+            p.add_argument("--track-latest", action="store_true",
+                           help="with -o prefect-pull-step: no digest in the step, each new run loads the current "
+                                "revision (default: the step pins the revision printed)")
+            p.add_argument("--self-contained", action="store_true",
+                           help="with -o prefect-pull-step: the step carries the revision's artifact, storage and "
+                                "signature, so workers need no Kubernetes API (docs/prefect.md)")
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")

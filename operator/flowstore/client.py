@@ -42,8 +42,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowstore import kubeconfig
+from flowstore.agent import snapshot, trust
 from flowstore.agent import status as statuses
-from flowstore.agent import trust
 from flowstore.agent.errors import (
     AgentError,
     FlowNotAvailable,
@@ -172,6 +172,22 @@ def read(name: str, namespace: str, *, api: Any = None, revision: int | None = N
         except RevisionNotFound as exc:
             raise FlowNotAvailable(f"StoredFlow {namespace}/{name}: {exc}") from None
     return statuses.parse(obj, namespace=namespace, name=name)
+
+
+def carried_view(name: str, namespace: str, carried: Any, *, revision: int | None = None,
+                 digest: str | None = None) -> StoredFlowView:
+    """The revision a self-contained pull step carries (``flowstore.agent.snapshot``), parsed as a
+    status read from the API is; StatusError when it is not the `revision` or `digest` asked for
+    (a step carries one revision)."""
+    view = snapshot.view_from(carried, namespace=namespace, name=name)
+    carried_revision = view.status["artifact"].get("revision")
+    if (digest is not None and digest != view.artifact.digest) or (
+            revision is not None and revision != carried_revision):
+        asked = f"digest {digest}" if digest is not None else f"revision {revision}"
+        raise FlowNotAvailable(f"{view.what}: the self-contained pull step carries revision {carried_revision} "
+                               f"({view.artifact.digest}), not {asked}; a self-contained step runs only the "
+                               "revision it carries: print another step for another revision")
+    return view
 
 
 def flowstorage_source(api: Any) -> trust.TrustSource:

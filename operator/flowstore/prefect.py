@@ -9,7 +9,7 @@
 or, in ``prefect.yaml`` (``flowstore locate etl-daily -n data -o prefect-pull-step`` prints it):
 
     pull:
-      - flowstore.prefect.pull_flow: {name: etl-daily, namespace: data}
+      - flowstore.prefect.pull_flow: {name: etl-daily, namespace: data, digest: "sha256:…"}
 
 Both turn a StoredFlow into a directory Prefect loads the entrypoint from, in this order and
 before anything of the flow executes: read the StoredFlow and parse its status (in-cluster or
@@ -62,6 +62,7 @@ from typing import Any
 import yaml
 
 from flowstore import client, kubeconfig
+from flowstore.agent import snapshot
 from flowstore.agent.status import StoredFlowView
 from flowstore.artifacts import bundle
 from flowstore.artifacts.cache import Cache, Settings
@@ -130,18 +131,24 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
             unchanged: PreparedFlow | None = None,
             log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
             identity: Mapping[str, Any] | None = None, revision: int | None = None,
-            digest: str | None = None) -> PreparedFlow:
+            digest: str | None = None, carried: Mapping[str, Any] | None = None) -> PreparedFlow:
     """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified;
-    with `revision` or `digest`, that revision of its status.history (``client.read``).
+    with `revision` or `digest`, that revision of its status.history (``client.read``); with
+    `carried` (a self-contained step's snapshot, ``flowstore.agent.snapshot``), that revision with
+    no Kubernetes API: its place checked against ``FLOWSTORE_TRUSTED_STORAGES`` or the verified
+    signed statement instead of the FlowStorage.
 
     `cache`: the agent cache (or its root directory; default the environment's). `unchanged`:
     what an earlier pull into the same destination prepared; when the StoredFlow still has that
     digest, the directory is left as it is (a runner's periodic pull does not swap the files of a
     running flow for identical ones)."""
     log = log or _log
-    api = api or client.cluster_api()
     has_keys = client.has_keys(verify_key, signing_key)  # set but empty: refused before anything is read
-    view = client.read(name, namespace, api=api, revision=revision, digest=digest)
+    if carried is not None:
+        view = client.carried_view(name, namespace, carried, revision=revision, digest=digest)
+    else:
+        api = api or client.cluster_api()
+        view = client.read(name, namespace, api=api, revision=revision, digest=digest)
     artifact = view.artifact
     if artifact.format == "pickle":
         raise NotForPrefect(
@@ -153,12 +160,14 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
              f" (git commit {commit})" if commit else "")
     # a revision or digest asked for is a deliberate rollback: an older designation is allowed
     checked = client.verify_statement(view, verify_key=verify_key, signing_key=signing_key,
-                                      pinned=revision is not None or digest is not None) if has_keys else None
+                                      pinned=revision is not None or digest is not None or carried is not None
+                                      ) if has_keys else None
     verified = checked is not None
     if not verified and artifact.signature:
         log.warning("flowstore: %s is signed but this worker has no key, so only its sha256 is checked; set "
                     "FLOWSTORE_VERIFY_KEY to the FlowStorage's public key to check the signature too", view.what)
-    located = client.check_location(view, api=api, checked=checked)
+    located = client.check_location(view, api=api, checked=checked,
+                                    sources=snapshot.sources(checked) if carried is not None else None)
     entrypoint = _script_name(view) if artifact.format == "script" else str(artifact.entrypoint or "")
     if (unchanged is not None and unchanged.digest == pulled and unchanged.directory == destination
             and destination.is_dir()):
@@ -209,31 +218,46 @@ def _replace_directory(destination: Path, fill: Callable[[Path], None]) -> None:
 
 # ---------------------------------------------------------------------- the pull step
 def pull_step(name: str, namespace: str, *, require_signature: bool = False,
-              signing_key: str | None = None, verify_key: str | None = None) -> dict[str, Any]:
+              signing_key: str | None = None, verify_key: str | None = None, digest: str | None = None,
+              carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The deployment pull step for a StoredFlow (one entry of ``pull:`` / ``pull_steps``).
     `signing_key` is a template (``{{ prefect.blocks.secret.NAME }}``), never a key; `verify_key`
-    an ed25519 public key (PEM text, or a path on the worker): public, so it may be written down."""
+    an ed25519 public key (PEM text, or a path on the worker): public, so it may be written down.
+    `digest`: the revision every run of the deployment loads (None: the current one at run time);
+    `carried`: a self-contained step's snapshot of that revision (``flowstore.agent.snapshot``)."""
     inputs: dict[str, Any] = {"name": name, "namespace": namespace}
+    if digest is not None:
+        inputs["digest"] = digest
     if verify_key is not None:
         inputs["verify_key"] = verify_key
     elif signing_key is not None:
         inputs["signing_key"] = signing_key
     elif require_signature:
         inputs["require_signature"] = True
+    if carried is not None:
+        inputs["self_contained"] = dict(carried)
     return {PULL_STEP: inputs}
 
 
-def pull_step_yaml(view: StoredFlowView) -> str:
+def pull_step_yaml(view: StoredFlowView, *, track_latest: bool = False, self_contained: bool = False) -> str:
     """``flowstore locate -o prefect-pull-step``: the pull step as YAML, for ``pull:`` in
     prefect.yaml and for prefect-operator's ``PrefectDeployment`` ``pullSteps``, with comments
-    naming what it resolves to now and the entrypoint to give the deployment: a bundle's own, or
+    naming the revision it loads and the entrypoint to give the deployment: a bundle's own, or
     a script's file with the StoredFlow's ``spec.objectName`` (without one, the variable is left
-    for the reader to name: nothing here runs the script to find it)."""
+    for the reader to name: nothing here runs the script to find it).
+
+    Pinned by default: the step names `view`'s digest, so every run of the deployment (and every
+    retry of a run) loads that revision. `track_latest`: the step names none, and each fresh run
+    loads the revision current when it starts (its retries keep it). `self_contained`: the step
+    also carries the revision's artifact, storage and signature, for workers without the
+    Kubernetes API."""
     name, namespace, artifact = view.name, view.namespace, view.artifact
     fmt = artifact.format
     if fmt not in FORMATS:
         raise NotForPrefect(f"StoredFlow {namespace}/{name} is stored as a {fmt}; Prefect 3 imports a flow from its "
                             "files: set spec.storedAsScript: true (a script or a bundle), then print the pull step")
+    if track_latest and self_contained:
+        raise ValueError("--self-contained carries one revision, so it cannot --track-latest: drop one of the two")
     if fmt == "bundle":
         entrypoint = str(artifact.entrypoint)
     elif view.object_name:
@@ -242,30 +266,54 @@ def pull_step_yaml(view: StoredFlowView) -> str:
         entrypoint = (f"{_script_name(view)}:FLOW  (FLOW: the variable holding your @flow; set the "
                       "StoredFlow's spec.objectName to have it printed here)")
     commit = view.git_commit
-    lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.digest}"
-             + (f" (git commit {commit})" if commit else ""),
-             "# every run pulls the StoredFlow's current revision, verified; its digest is logged and labelled",
-             f"# deployment entrypoint: {entrypoint}"]
-    step = pull_step(name, namespace, require_signature=bool(artifact.signature))
+    revision = view.status.get("artifact", {}).get("revision")
+    lines = [f"# StoredFlow {namespace}/{name}: {fmt}, revision {revision}, {artifact.digest}"
+             + (f" (git commit {commit})" if commit else "")]
+    if track_latest:
+        lines.append("# tracks the latest: each new run pulls the StoredFlow's current revision, verified (its retries "
+                     "keep the one it started with); its digest is logged and labelled")
+    else:
+        lines.append("# pinned: every run and retry pulls this revision, verified; print the step again (or pass "
+                     "--track-latest) to move on")
+    if self_contained:
+        lines.append("# self-contained: the worker needs no Kubernetes API, only its own storage credentials and "
+                     "FLOWSTORE_TRUSTED_STORAGES or the FlowStorage's key (docs/prefect.md)")
+    lines.append(f"# deployment entrypoint: {entrypoint}")
+    step = pull_step(name, namespace, require_signature=bool(artifact.signature),
+                     digest=None if track_latest else artifact.digest,
+                     carried=snapshot.snapshot(view) if self_contained else None)
     return "\n".join(lines) + "\n" + yaml.safe_dump([step], sort_keys=False, default_flow_style=False)
+
+
+#: a per-run override of the revision: set as a job variable (``env``) of one flow run
+RUN_DIGEST_ENV = "FLOWSTORE_RUN_DIGEST"
+RUN_REVISION_ENV = "FLOWSTORE_RUN_REVISION"
 
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
               require_signature: bool = False, identity: dict[str, Any] | None = None,
-              verify_key: str | None = None, digest: str | None = None, revision: int | None = None) -> dict[str, Any]:
+              verify_key: str | None = None, digest: str | None = None, revision: int | None = None,
+              self_contained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
           - flowstore.prefect.pull_flow:
               name: etl-daily
               namespace: data                      # default: the worker's namespace
+              digest: "sha256:…"                   # the revision every run loads (or revision: 3);
+                                                   # without either, the current one at run time
               require_signature: true              # key from FLOWSTORE_VERIFY_KEY, or:
               # verify_key: /etc/flowstore/flowstore.pub  (the FlowStorage's public key, or its PEM)
               # signing_key: "{{ prefect.blocks.secret.NAME }}"  (an HMAC key: the weaker kind)
               identity: {}                         # reach the storage as this Pod's ServiceAccount
                                                    # (flowstore.workload; e.g. {roleARN: …})
-              # digest: "sha256:…"                 # or revision: 3: that revision of status.history
-                                                   # (docs/revisions.md), not the current one
+              # self_contained: {uid: …, status: …}  (printed by --self-contained: no Kubernetes API)
+
+    Which revision runs, first match wins: the digest this flow run already recorded (its
+    ``flowstore.digest`` label: a retried or rescheduled run loads what its first attempt
+    loaded, never a newer one); ``FLOWSTORE_RUN_DIGEST`` or ``FLOWSTORE_RUN_REVISION`` in the
+    run's environment (a job variable: one run on demand); the step's `digest` or `revision`;
+    the current one. A revision not in the history fails before any flow code, naming those there are.
 
     Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
     ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
@@ -280,8 +328,10 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
                 f"the pull step of StoredFlow {namespace}/{name} requires a signed artifact, but this worker has no "
                 "key: set FLOWSTORE_VERIFY_KEY (the FlowStorage's public key) in its environment, or give the step "
                 "verify_key: (the key, or its file)")
+        digest, revision = _run_revision(flow_run_id, f"{namespace}/{name}", digest, revision, log)
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           verify_key=verify_key, log=log, identity=identity, revision=revision, digest=digest)
+                           verify_key=verify_key, log=log, identity=identity, revision=revision, digest=digest,
+                           carried=self_contained)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise
@@ -289,6 +339,50 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
     if flow_run_id:
         _label_flow_run(flow_run_id, prepared.labels(), log)
     return prepared.outputs()
+
+
+def _run_revision(flow_run_id: str | None, storedflow: str, digest: str | None, revision: int | None,
+                  log: logging.Logger | logging.LoggerAdapter[Any]) -> tuple[str | None, int | None]:
+    """The (digest, revision) this flow run loads (:func:`pull_flow`'s order)."""
+    recorded = _recorded_digest(flow_run_id, storedflow) if flow_run_id else None
+    if recorded:
+        log.info("flowstore: flow run %s already recorded %s for StoredFlow %s (an earlier attempt): loading that "
+                 "revision again, whatever is current now", flow_run_id, recorded, storedflow)
+        return recorded, None
+    run_digest, run_revision = os.environ.get(RUN_DIGEST_ENV), os.environ.get(RUN_REVISION_ENV)
+    if run_digest:
+        log.info("flowstore: this run asks for %s (%s)", run_digest, RUN_DIGEST_ENV)
+        return run_digest, None
+    if run_revision:
+        try:
+            number = int(run_revision)
+        except ValueError:
+            raise ValueError(f"{RUN_REVISION_ENV} is {run_revision[:40]!r}, not a revision number "
+                             "(`flowstore history NAME` lists them)") from None
+        log.info("flowstore: this run asks for revision %s (%s)", number, RUN_REVISION_ENV)
+        return None, number
+    return digest, revision
+
+
+def _recorded_digest(flow_run_id: str, storedflow: str) -> str | None:
+    """The ``flowstore.digest`` label an earlier attempt of this flow run recorded for
+    `storedflow`, or None (a first attempt; Prefect 2, whose runs have no labels). A run whose
+    labels cannot be read is not run: it could be a retry that must not switch code."""
+    try:
+        from prefect.client.orchestration import get_client
+    except ImportError:  # pragma: no cover - the pull step runs inside Prefect
+        return None
+    try:
+        with get_client(sync_client=True) as prefect_client:
+            flow_run = prefect_client.read_flow_run(uuid.UUID(flow_run_id))
+    except Exception as exc:
+        raise RuntimeError(f"cannot read flow run {flow_run_id} from the Prefect API ({str(exc)[:200]}), so cannot "
+                           "tell whether an earlier attempt recorded a revision; not running") from None
+    labels = getattr(flow_run, "labels", None) or {}
+    if labels.get("flowstore.storedflow") != storedflow:
+        return None
+    recorded = labels.get("flowstore.digest")
+    return str(recorded) if recorded else None
 
 
 def _directory_name(namespace: str, name: str) -> str:
@@ -332,10 +426,12 @@ class FlowstoreStorage:
     ``$FLOWSTORE_VERIFY_KEY``. `signing_key`: an HMAC key (the weaker kind), or a saved Prefect
     ``Secret`` block (the pull step then names the block); without one, ``$FLOWSTORE_SIGNING_KEY``.
     A key that is not a block never goes into the deployment: its pull step then requires the
-    worker to have a key. `pull_interval`: seconds between a runner's pulls (None: once)."""
+    worker to have a key. `pull_interval`: seconds between a runner's pulls (None: once).
+    `track_latest`: the recorded pull step names no digest (each run loads the current revision)."""
 
     def __init__(self, name: str, namespace: str | None = None, *, signing_key: Any = None,
-                 verify_key: str | None = None, pull_interval: int | None = 60) -> None:
+                 verify_key: str | None = None, pull_interval: int | None = 60, track_latest: bool = False) -> None:
+        self._track_latest = track_latest
         self._name = name
         self._namespace = namespace or kubeconfig.current_namespace()
         self._signing_key = signing_key
@@ -377,13 +473,18 @@ class FlowstoreStorage:
         return value if isinstance(value, bytes | str) else str(value)
 
     def to_pull_step(self) -> dict[str, Any]:
+        """The step ``.deploy()`` records: pinned to the digest this storage pulled (the code the
+        deployment was made from), unless `track_latest`."""
+        digest = None if self._track_latest or self._prepared is None else self._prepared.digest
         if self._verify_key is not None:  # a public key: written into the deployment as it is
-            return pull_step(self._name, self._namespace, verify_key=self._verify_key)
+            return pull_step(self._name, self._namespace, verify_key=self._verify_key, digest=digest)
         key = self._signing_key
         if key is not None and hasattr(key, "get_block_placeholder"):
             # a saved Secret block: the worker resolves it (raises BlockNotSavedError if unsaved)
-            return pull_step(self._name, self._namespace, signing_key=f"{{{{ {key.get_block_placeholder()} }}}}")
-        return pull_step(self._name, self._namespace, require_signature=client.has_keys(None, self._key_value()))
+            return pull_step(self._name, self._namespace, signing_key=f"{{{{ {key.get_block_placeholder()} }}}}",
+                             digest=digest)
+        return pull_step(self._name, self._namespace, require_signature=client.has_keys(None, self._key_value()),
+                         digest=digest)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, FlowstoreStorage) and self._name == other._name

@@ -3,10 +3,11 @@ and a process worker in their own venv (tests/helpers/prefect3.py), the real ope
 StoredFlows in S3 (signed), deployments whose code comes only from a StoredFlow.
 
 - a deployment made the way prefect-operator makes one (REST, pull steps only) from what
-  ``flowstore locate -o prefect-pull-step`` prints: runs Completed with the verified digest in
+  ``flowstore locate -o prefect-pull-step --track-latest`` prints: runs Completed with the verified digest in
   their logs in the Prefect API and in their labels; a bucket tampered with after the worker
   cached the artifact runs the verified bytes; a worker without the cache refuses the tampered
-  bytes before any flow code runs; an updated StoredFlow is the next run's code;
+  bytes before any flow code runs; an updated StoredFlow is the next run's code (pinned steps,
+  retries and steps needing no cluster: test_prefect3_runs.py);
 - ``flow.from_source(FlowstoreStorage(...))`` in-process loads a bundle (a flow, a helper
   module, a SQL file it reads at run time) and ``.deploy()`` records the pull step; the worker
   runs it.
@@ -115,7 +116,7 @@ def test_a_deployment_runs_the_verified_storedflow_and_follows_its_updates(
     assert artifact["signature"].startswith("hmac-sha256:")
     first = artifact["digest"]
 
-    printed = flowstore_cli("locate", "etl-daily", "-n", namespace, "-o", "prefect-pull-step")
+    printed = flowstore_cli("locate", "etl-daily", "-n", namespace, "-o", "prefect-pull-step", "--track-latest")
     assert printed.returncode == 0, printed.stderr
     assert first in printed.stdout and "entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow" \
         in printed.stdout  # no spec.objectName: the reader names the variable
@@ -199,8 +200,8 @@ def test_from_source_loads_a_bundle_in_process_and_deploy_records_the_pull_step(
 
     deployment = prefect.get(f"/deployments/{result['deployment']}")
     assert deployment["entrypoint"] == "sales_report.py:sales_report"
-    assert deployment["pull_steps"] == [{"flowstore.prefect.pull_flow": {
-        "name": "sales-report", "namespace": namespace, "require_signature": True}}]
+    assert deployment["pull_steps"] == [{"flowstore.prefect.pull_flow": {  # pinned to what was deployed
+        "name": "sales-report", "namespace": namespace, "digest": artifact["digest"], "require_signature": True}}]
 
     run = prefect.run(result["deployment"])
     assert state(run) == "COMPLETED", prefect.logs(run["id"])
@@ -232,9 +233,11 @@ def test_the_prefect3_example_deploys_with_its_prefect_yaml_and_runs(
     (deployment_spec,) = example["deployments"]
     assert f"# deployment entrypoint: {deployment_spec['entrypoint']}\n" in printed.stdout
     step = yaml.safe_load(printed.stdout)
-    # the example's step is the printed one (the test's storage signs, so it also asks for a signature)
+    # the example's step is the printed one, pinned to the digest stored (the test's storage signs,
+    # so it also asks for a signature)
     assert step == [{"flowstore.prefect.pull_flow": {**example["pull"][0]["flowstore.prefect.pull_flow"],
-                                                     "namespace": namespace, "require_signature": True}}]
+                                                     "namespace": namespace, "digest": digest,
+                                                     "require_signature": True}}]
 
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project)

@@ -75,11 +75,16 @@ class Prefect:
         path = self.home / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def _start(self, name: str, *args: str) -> None:
+    def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         log = open(self.home / f"{name}.log", "wb")  # the child writes it
         self.procs[name] = subprocess.Popen([str(python()), "-m", "prefect", *args], stdout=log,
-                                            stderr=subprocess.STDOUT, env=self.env, cwd=self.home,
+                                            stderr=subprocess.STDOUT, env=env or self.env, cwd=self.home,
                                             start_new_session=True)
+
+    def start_worker(self, name: str, pool: str, env: dict[str, str]) -> None:
+        """Another process worker, polling `pool`, whose flow runs get `env` (stopped by :meth:`stop`)."""
+        self._start(name, "worker", "start", "--pool", pool, "--type", "process", env=env)
+        self._wait(lambda: requests.get(f"{self.api}/work_pools/{pool}", timeout=2).ok, 60, name)
 
     def start(self) -> None:
         self._start("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
@@ -102,7 +107,7 @@ class Prefect:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        for name in ("worker", "server"):
+        for name in [*(n for n in self.procs if n not in ("worker", "server")), "worker", "server"]:
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -133,18 +138,26 @@ class Prefect:
         assert response.ok, f"{method} {path}: {response.status_code} {response.text[:2000]}"
         return response.json()
 
-    def create_deployment(self, name: str, flow_name: str, entrypoint: str, pull_steps: list[dict[str, Any]]) -> str:
+    def create_deployment(self, name: str, flow_name: str, entrypoint: str, pull_steps: list[dict[str, Any]],
+                          pool: str | None = None) -> str:
         """What prefect-operator's PrefectDeployment does: a deployment whose code comes only from
         its pull steps (no local files)."""
         flow_id = self.post("/flows/", {"name": flow_name})["id"]
         deployment = self.post("/deployments/", {"name": name, "flow_id": flow_id, "entrypoint": entrypoint,
-                                                 "pull_steps": pull_steps, "work_pool_name": self.pool,
+                                                 "pull_steps": pull_steps, "work_pool_name": pool or self.pool,
                                                  "enforce_parameter_schema": False})
         return str(deployment["id"])
 
-    def run(self, deployment_id: str, timeout: float = 180) -> dict[str, Any]:
-        """Start a flow run of the deployment and wait for its final state; the flow run."""
-        run_id = self.post(f"/deployments/{deployment_id}/create_flow_run", {})["id"]
+    def run(self, deployment_id: str, timeout: float = 180, job_variables: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+        """Start a flow run of the deployment (with these job variables) and wait for its final
+        state; the flow run."""
+        body = {"job_variables": job_variables} if job_variables else {}
+        run_id = self.post(f"/deployments/{deployment_id}/create_flow_run", body)["id"]
+        return self.wait(run_id, timeout)
+
+    def wait(self, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        """The flow run once it is in a final state."""
         deadline = time.monotonic() + timeout
         while True:
             flow_run: dict[str, Any] = self.get(f"/flow_runs/{run_id}")

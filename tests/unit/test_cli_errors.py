@@ -56,12 +56,34 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("command", [["locate", "etl"], ["get", "etl", "-n", "data"], ["run", "etl"]])
+@pytest.mark.parametrize("command", [
+    ["locate", "etl"], ["locate", "etl", "-o", "prefect", "--revision", "1"],
+    ["locate", "etl", "-o", "prefect-pull-step"], ["locate", "etl", "-o", "prefect-pull-step", "--track-latest"],
+    ["locate", "etl", "-o", "prefect-pull-step", "--self-contained"],
+    ["get", "etl", "-n", "data"], ["get", "etl", "--digest", "sha256:" + "1" * 64],
+    ["run", "etl"], ["run", "etl", "--revision", "2"],
+    ["history", "etl"], ["history", "etl", "-o", "json"],
+    ["rollback", "etl", "--to", "1"], ["rollback", "etl", "--to", "1", "--apply"],
+    ["rollback", "etl", "--clear", "--apply"]])
 def test_no_kubeconfig(bare_env: dict[str, str], command: list[str]) -> None:
+    """Every agent subcommand that reads the cluster (issue 22 item 6); `cache` and `completion`
+    need none (test_cache_and_completion_need_no_cluster)."""
     line = one_line(flowstore(*command, env=bare_env))
     assert "no Kubernetes cluster configured" in line and "KUBECONFIG is not set and there is no ~/.kube/config" \
         in line
     assert 'hint: point KUBECONFIG at' in line and 'eval "$(scripts/localcloud env)"' in line
+
+
+def test_cache_and_completion_need_no_cluster(bare_env: dict[str, str]) -> None:
+    for command in (["cache", "ls"], ["cache", "prune", "--dry-run"], ["completion", "bash"]):
+        done = flowstore(*command, env=bare_env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (command, done.stderr)
+
+
+@pytest.mark.parametrize("command", [["locate", "etl", "--track-latest"],
+                                     ["locate", "etl", "-o", "prefect-pull-step", "--track-latest", "--revision", "1"]])
+def test_pull_step_flags_out_of_place_are_one_line(bare_env: dict[str, str], command: list[str]) -> None:
+    assert "--track-latest" in one_line(flowstore(*command, env=bare_env))
 
 
 def test_kubeconfig_names_a_missing_file(bare_env: dict[str, str], tmp_path: Path) -> None:

@@ -256,7 +256,13 @@ def test_the_runner_storage_follows_prefects_protocol(tmp_path: Path, monkeypatc
     asyncio.run(storage.pull_code())
     assert (storage.destination / "etl_daily.py").read_bytes() == SCRIPT
     assert storage.prepared is not None and storage.prepared.digest == digest_of(SCRIPT)
-    assert storage.to_pull_step() == {"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}
+    # .deploy() records the code the deployment was made from; track_latest records none
+    assert storage.to_pull_step() == {"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data",
+                                                                      "digest": digest_of(SCRIPT)}}
+    latest = fp.FlowstoreStorage("etl-daily", "data", track_latest=True)
+    latest.set_base_path(tmp_path / "latest")
+    asyncio.run(latest.pull_code())
+    assert latest.to_pull_step() == {"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}
 
     # an unchanged digest leaves a runner's working copy alone; a new one replaces it
     (storage.destination / "state.txt").write_text("a running flow's file")
@@ -324,7 +330,14 @@ def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
               "artifact": {"format": "script", "fileName": "etl_daily.py", "digest": digest_of(SCRIPT), "size": 1},
               "git": {"commit": "ab" * 20}}
     text = fp.pull_step_yaml(view_of(status))
-    assert yaml.safe_load(text) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}]
+    assert yaml.safe_load(text) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data",
+                                                                     "digest": digest_of(SCRIPT)}}]
+    assert "# pinned: every run and retry pulls this revision" in text
+    latest = fp.pull_step_yaml(view_of(status), track_latest=True)
+    assert yaml.safe_load(latest) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}]
+    assert "# tracks the latest" in latest
+    with pytest.raises(ValueError, match="cannot --track-latest"):
+        fp.pull_step_yaml(view_of(status), track_latest=True, self_contained=True)
     assert digest_of(SCRIPT) in text and "ab" * 20 in text
     # the script's variable is the StoredFlow's spec.objectName; without one the reader names it
     assert "# deployment entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow; set the " \
@@ -368,3 +381,116 @@ def test_a_pull_by_revision_or_digest_writes_that_revision_checked_like_the_curr
     Path(old["location"]).write_bytes(b"tampered")
     with pytest.raises(IntegrityError):
         prepare(tmp_path, status, revision=1, cache=tmp_path / "another-cache")
+
+
+# --------------------------------------------------------------------------- pinned runs, no cluster
+def two_revisions(tmp_path: Path) -> tuple[dict[str, Any], bytes]:
+    """A status at revision 2 (SCRIPT) whose history keeps revision 1 (the old script)."""
+    old_script = SCRIPT.replace(b"42", b"41")
+    old = stored(tmp_path, old_script, fileName="etl_daily.py")
+    status = stored(tmp_path, SCRIPT, fileName="etl_daily.py", revision=2)
+    status["history"] = [
+        {"revision": n, "location": s["location"], "storedAt": f"2026-11-2{n}T10:00:00Z",
+         **{k: s["artifact"][k] for k in ("url", "digest", "size", "format", "fileName")},
+         "sourceDigest": s["artifact"]["digest"], "inputsDigest": "sha256:" + str(n) * 64}
+        for n, s in ((2, status), (1, old))]
+    return status, old_script
+
+
+def test_a_retry_loads_the_digest_its_first_attempt_recorded_and_a_run_may_ask_for_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pull_flow's order: the run's own flowstore.digest label, then FLOWSTORE_RUN_DIGEST /
+    FLOWSTORE_RUN_REVISION (a job variable), then the step's pin, then the current revision."""
+    status, old_script = two_revisions(tmp_path)
+    monkeypatch.setattr(client, "_custom_api", lambda: FakeApi(status))
+    monkeypatch.delenv("FLOWSTORE_SIGNING_KEY", raising=False)
+    for name in ("PREFECT__FLOW_RUN_ID", fp.RUN_DIGEST_ENV, fp.RUN_REVISION_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    labels: dict[str, dict[str, str]] = {}
+    monkeypatch.setattr(fp, "_recorded_digest", lambda run, storedflow: labels.get(run, {}).get(storedflow))
+    monkeypatch.setattr(fp, "_label_flow_run", lambda run, made, log: labels.setdefault(run, {}).setdefault(
+        made["flowstore.storedflow"], made["flowstore.digest"]))
+
+    assert fp.pull_flow("etl-daily", "data")["digest"] == digest_of(SCRIPT)  # no run id: the current
+    assert fp.pull_flow("etl-daily", "data", digest=digest_of(old_script))["digest"] == digest_of(old_script)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "11111111-1111-1111-1111-111111111111")
+    first = fp.pull_flow("etl-daily", "data", revision=1)  # the step's pin: recorded on the run
+    assert first["digest"] == digest_of(old_script)
+    retried = fp.pull_flow("etl-daily", "data")  # the same run again, even from a step tracking the latest
+    assert retried["digest"] == digest_of(old_script)
+    assert (Path(retried["directory"]) / "etl_daily.py").read_bytes() == old_script
+
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "22222222-2222-2222-2222-222222222222")
+    monkeypatch.setenv(fp.RUN_REVISION_ENV, "1")
+    assert fp.pull_flow("etl-daily", "data", digest=digest_of(SCRIPT))["digest"] == digest_of(old_script)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "33333333-3333-3333-3333-333333333333")
+    monkeypatch.setenv(fp.RUN_REVISION_ENV, "one")
+    with pytest.raises(ValueError, match="not a revision number"):
+        fp.pull_flow("etl-daily", "data")
+    monkeypatch.delenv(fp.RUN_REVISION_ENV)
+    monkeypatch.setenv(fp.RUN_DIGEST_ENV, "sha256:" + "9" * 64)
+    with pytest.raises(client.FlowNotAvailable, match=r"not in the StoredFlow's history \(revisions: 2 \("):
+        fp.pull_flow("etl-daily", "data")
+    assert "33333333-3333-3333-3333-333333333333" not in labels
+
+
+def carried(status: dict[str, Any], uid: str = "uid-1") -> dict[str, Any]:
+    """What `--self-contained` writes into the step for `status`."""
+    from flowstore.agent import snapshot
+
+    view = parse({"metadata": {"uid": uid}, "spec": {"storageRef": {"name": "store"}}, "status": status},
+                 namespace="data", name="etl-daily")
+    return snapshot.snapshot(view)
+
+
+class NoApi:
+    def get_namespaced_custom_object(self, *args: Any) -> Any:
+        raise AssertionError("a self-contained step asked the Kubernetes API")
+
+
+def test_a_self_contained_step_needs_no_api_and_is_checked_before_any_request(
+        tmp_path: Path, downloads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step carries the revision; the place is checked against FLOWSTORE_TRUSTED_STORAGES
+    or the verified statement, never believed because the step says so."""
+    monkeypatch.delenv("FLOWSTORE_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("FLOWSTORE_TRUSTED_STORAGES", raising=False)
+    status = signed(stored(tmp_path, SCRIPT, fileName="etl_daily.py"))
+    step = fp.pull_step_yaml(view_of({**status}), self_contained=True)
+    inputs = yaml.safe_load(step)[0][fp.PULL_STEP]
+    assert inputs["digest"] == digest_of(SCRIPT) and inputs["self_contained"]["status"]["artifact"]["signature"]
+    assert "labels" not in inputs["self_contained"]["status"]["storage"]
+    snap = carried(status)
+
+    def run(snap: dict[str, Any], **kwargs: Any) -> fp.PreparedFlow:
+        kwargs.setdefault("cache", tmp_path / "cache")
+        return fp.prepare("etl-daily", "data", tmp_path / "work" / "data_etl-daily", api=NoApi(), carried=snap,
+                          **kwargs)
+
+    # no key and no list of trusted storages: nothing vouches for the step's storage
+    with pytest.raises(client.TrustUnavailable, match="FLOWSTORE_TRUSTED_STORAGES"):
+        run(snap)
+    # the operator's signature vouches for it
+    prepared = run(snap, signing_key=KEY)
+    assert prepared.signature_verified and (prepared.directory / "etl_daily.py").read_bytes() == SCRIPT
+    # an attacker edits the step's storage (another directory holding their bytes of the same digest name)
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    edited = copy.deepcopy(snap)
+    edited["status"]["storage"]["directory"] = str(evil_dir)
+    with pytest.raises(SignatureError):
+        run(edited, signing_key=KEY)
+    # the worker's own list decides when it is set (the signature is checked all the same)
+    monkeypatch.setenv("FLOWSTORE_TRUSTED_STORAGES", f"[{{local: {{directory: {evil_dir}}}}}]")
+    with pytest.raises(client.UntrustedLocation, match="Refusing to send this agent's credentials"):
+        run(snap)
+    monkeypatch.setenv("FLOWSTORE_TRUSTED_STORAGES", f"[{{local: {{directory: {status['storage']['directory']}}}}}]")
+    assert run(snap).digest == digest_of(SCRIPT)
+    with pytest.raises(client.UntrustedLocation):
+        run(edited)  # without a key, the list still refuses the edited place
+    # a step carries one revision
+    with pytest.raises(client.FlowNotAvailable, match="carries revision 1"):
+        run(snap, digest="sha256:" + "1" * 64)
+    with pytest.raises(client.StatusError, match="self_contained must be a mapping"):
+        run({"status": "x"})  # type: ignore[dict-item]
+    assert len(downloads) == 1, "one download: the first accepted run; the cache served the others"
