@@ -8,7 +8,7 @@
 # the pinned version moves. etcd is built the same way, at the version kube pins.
 #
 # Usage: build-kube.sh OUT_DIR [BINARY ...]
-#   BINARY: kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager
+#   BINARY: kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager, kubectl
 #   (default: kube-apiserver etcd). Binaries land in OUT_DIR/<name>; ones already there are
 #   kept. A lock in OUT_DIR makes a second caller (another state dir's `localcloud up`) wait,
 #   then build only what is still missing, so no binary is ever built twice at once.
@@ -21,8 +21,8 @@ wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(kube-apiserver etcd)
 for b in "${wanted[@]}"; do
   case "$b" in
-    kube-apiserver|etcd|kubelet|kube-scheduler|kube-controller-manager) ;;
-    *) echo "build-kube: unknown binary '$b' (kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager)" >&2
+    kube-apiserver|etcd|kubelet|kube-scheduler|kube-controller-manager|kubectl) ;;
+    *) echo "build-kube: unknown binary '$b' (kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager, kubectl)" >&2
        exit 2 ;;
   esac
 done
@@ -53,11 +53,12 @@ gomod="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" \
 minor="${KUBE_VERSION#v1.}"            # 34.4
 staging_version="v0.${minor}"          # v0.34.4
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod")"
+go_version="$(awk '$1=="go"{print $2; exit}' "$gomod")"   # the wrapper needs at least kube's own
 
 {
   echo "module flowstore.local/kubebuild"
   echo
-  echo "go 1.24.0"
+  echo "go ${go_version}"
   echo
   echo "require ("
   echo "	k8s.io/kubernetes ${KUBE_VERSION}"
@@ -86,7 +87,8 @@ GO
 go mod download k8s.io/kubernetes
 ldflags="-s -w"
 for v in gitVersion=${KUBE_VERSION} gitMajor=1 gitMinor=${minor%%.*} gitTreeState=clean; do
-  ldflags="$ldflags -X k8s.io/component-base/version.$v"
+  # component-base for the servers, client-go for kubectl's `version`
+  ldflags="$ldflags -X k8s.io/component-base/version.$v -X k8s.io/client-go/pkg/version.$v"
 done
 # Two jobs of one core each: the machine has 2 cores and several GB are needed per link.
 for b in "${missing[@]}"; do
