@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-cluster test test-unit crds bootstrap lint bench clean cloud-up cloud-down
+.PHONY: demo demo-cluster demo-down test test-unit crds bootstrap lint bench clean cloud-up cloud-down
 
 bootstrap: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ demo: bootstrap
 # The same demo with the operator as a Pod from the Helm chart on the local cloud's node.
 demo-cluster: bootstrap
 	CLUSTER=1 PATH="$(abspath $(VENV))/bin:$$PATH" scripts/demo
+
+# Stops what `KEEP=1 make demo` (or demo-cluster) left running: the operator and the local cloud.
+demo-down:
+	scripts/demo down
 
 test: bootstrap
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/run-tests
@@ -45,5 +49,5 @@ cloud-down:
 	scripts/localcloud down
 
 clean:
-	scripts/localcloud down || true
+	scripts/demo down || true
 	rm -rf $(VENV) .localcloud

@@ -58,6 +58,11 @@ def runtime_image() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def build_policy(image: str) -> list[str]:
+    """The operator's flags that allow builder Jobs in the runtime image (docs/security.md)."""
+    return ["--enable-build-jobs", "--build-image", image.rsplit(":", 1)[0] + "*"]
+
+
 def registry_secret(env: harness.Env) -> None:
     from kubernetes import client as c
 
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     op = harness.Operator(env.namespace, "build-jobs")
     results.update({"machine": harness.machine(), "image": image, "args": vars(args)})
     try:
-        op.start()
+        op.start(*build_policy(image))
         op.wait_live()
         # warm: the image on the node, the operator's first Job
         flow(env, "warm", "jobs", PREFECT_FLOW.format(name="warm"))
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["one_at_a_time"] = harness.summary(latencies) | {"samples_s": latencies}
         harness.log(f"one at a time: median {statistics.median(latencies):.2f}s")
         op.stop()
-        op.start("--max-build-jobs", str(args.max_build_jobs))
+        op.start("--max-build-jobs", str(args.max_build_jobs), *build_policy(image))
         op.wait_live()
         counter = JobCounter(env)
         names = [f"burst-{i:03d}" for i in range(args.burst)]

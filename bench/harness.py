@@ -463,7 +463,7 @@ class Env:
         self.core.create_namespace(c.V1Namespace(metadata=c.V1ObjectMeta(name=self.namespace)))
         self.s3.create_bucket(Bucket=self.bucket)
         self.core.create_namespaced_secret(self.namespace, c.V1Secret(
-            metadata=c.V1ObjectMeta(name="creds"),
+            metadata=c.V1ObjectMeta(name="creds", labels={"flowstore.dev/allow": "true"}),
             string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}))
 
     def storage(self, name: str, *, script: bool, prefix: str) -> None:

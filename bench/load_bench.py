@@ -475,7 +475,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             c.core.create_namespace(k.V1Namespace(metadata=k.V1ObjectMeta(name=ns)))
             c.s3.create_bucket(Bucket=buckets[ns])
             c.core.create_namespaced_secret(ns, k.V1Secret(
-                metadata=k.V1ObjectMeta(name="creds"),
+                metadata=k.V1ObjectMeta(name="creds", labels={"flowstore.dev/allow": "true"}),
                 string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}))
             c.create(ns, FS, storage_body(ns, buckets[ns], s3_url, args.interval))
         fs_keys = [(ns, "store") for ns in namespaces]

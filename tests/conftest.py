@@ -7,6 +7,7 @@
 | tests/e2e/         | e2e         | the real operator against the real kube-apiserver            |
 | tests/packaging/   | packaging   | what ships: CRDs, chart, image, health checks, quality gates |
 | tests/cluster/     | cluster     | the real node: the operator as a Pod, builder Jobs           |
+| tests/docs/        | docs        | every command of README.md and docs/ as written (a demo)     |
 
 Markers are assigned here from the directory (`pytest -m unit`, `make test-unit`). Server
 fixtures start the local cloud's services on first use (`scripts/localcloud`); a unit test
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import operator as operator_helpers
 from tests.helpers.helm import install_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
 from tests.helpers.operator import OperatorProcess
 
 TESTS = Path(__file__).resolve().parent
-TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster"}
+TIERS = {"unit": "unit", "backends": "backend", "e2e": "e2e", "packaging": "packaging", "cluster": "cluster",
+         "docs": "docs"}
 #: fixtures that start servers: never in the unit tier
 SERVER_FIXTURES = {"kube_env", "s3_endpoint", "gcs_endpoint", "azure_connection_string", "git_server", "docker_env",
                    "crds", "namespace", "s3_bucket", "operator", "own_operators_only", "node_env"}
@@ -112,6 +115,21 @@ def _remove_images_tagged_for(docker_host: str, prefix: str) -> None:
         client.images.prune(filters={"dangling": True})
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The operators' Local root (tests/helpers/operator.py) in the session's temp directory,
+    which pytest removes after a few sessions."""
+    operator_helpers.LOCAL_ROOT = tmp_path_factory.getbasetemp() / "local-root"
+
+
+@pytest.fixture(autouse=True)
+def _own_agent_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agent (flowstore.client in this process, the flowstore CLI it starts) has an
+    agent cache of its own, empty, as a new agent would: a test that tampers with a bucket sees
+    the download refused, not another test's verified copy served from a shared cache."""
+    monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path_factory.mktemp("agent-cache")))
 
 
 @pytest.fixture(autouse=True)

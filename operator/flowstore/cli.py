@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -55,9 +56,16 @@ def cmd_operator(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)  # SDK debug logs may echo request headers
     if not args.verbose:  # the election library logs every retry at INFO; flowstore.leader logs transitions
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
+    from flowstore.controller.identity import AmbientPolicy, operator_namespace
+
+    try:
+        policy = operator_policy(args)
+    except ValueError as exc:
+        return _print_error(exc)
+    ambient = AmbientPolicy(args.ambient_identity, operator_namespace(args.operator_namespace, os.environ))
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries)
+                        delete_retries=args.delete_retries, policy=policy, ambient=ambient)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
@@ -111,6 +119,28 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
 
 
+def operator_policy(args: argparse.Namespace) -> Any:
+    """The operator's policy (controller/policy.py) from its flags; ValueError for bad ones."""
+    from flowstore.controller.policy import BuildPolicy, OperatorPolicy
+    from flowstore.storage.local import local_root_refusal
+
+    if args.local_root is not None:
+        refusal = local_root_refusal(args.local_root)
+        if refusal is not None:
+            raise ValueError(f"--local-root: {refusal}")
+    return OperatorPolicy(
+        local_root=args.local_root,
+        allow_private_endpoints=args.allow_private_endpoints,
+        webhook_env=frozenset(args.webhook_allowed_env or ()),
+        secret_policy=args.secret_policy,
+        builds=BuildPolicy(enabled=args.enable_build_jobs, images=tuple(args.build_image or ()),
+                           service_accounts=frozenset(args.build_service_account or ()),
+                           toleration_keys=frozenset(args.build_toleration_key or ()),
+                           node_selector_keys=frozenset(args.build_node_selector_key or ())),
+        allow_unconfined_builds=args.allow_unconfined_builds,
+    )
+
+
 def _print_error(exc: Exception) -> int:
     print(f"flowstore: {exc}", file=sys.stderr)
     return 1
@@ -118,38 +148,32 @@ def _print_error(exc: Exception) -> int:
 
 def cmd_locate(args: argparse.Namespace) -> int:
     """``-o json`` (default): the status; ``-o prefect``: the seed's serialized storage;
-    ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow."""
-    from flowstore.client import FlowNotAvailable, locate, seed_storage
-    from flowstore.storage import StorageError
+    ``-o prefect-pull-step``: the Prefect 3 pull step (YAML) that loads the flow. Each once the
+    status is checked to point where this agent trusts (it is what agents then use). Refusals go
+    to the one-line table of flowstore.cli_errors."""
+    from flowstore.client import resolve
+    from flowstore.prefect import NotForPrefect, pull_step_yaml
+    from flowstore.storage import from_serialized
 
-    try:
-        doc = seed_storage(args.name, args.namespace) if args.output == "prefect" else \
-            locate(args.name, args.namespace)
-    except (FlowNotAvailable, StorageError) as exc:
-        return _print_error(exc)
+    located = resolve(args.name, args.namespace)
     if args.output == "prefect-pull-step":
-        from flowstore.prefect import NotForPrefect, pull_step_yaml
-
         try:
-            sys.stdout.write(pull_step_yaml(args.name, args.namespace, doc))
+            sys.stdout.write(pull_step_yaml(located.view))
         except NotForPrefect as exc:
             return _print_error(exc)
         return 0
+    doc = from_serialized(located.storage_doc).serialize() if args.output == "prefect" else dict(located.view.status)
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from flowstore.artifacts.signing import SignatureError
-    from flowstore.client import FlowNotAvailable, load_artifact
-    from flowstore.storage import StorageError
+    """Download (verified) and write; refusals and an -o that cannot be written go to the one-line
+    table of flowstore.cli_errors."""
+    from flowstore.client import load_artifact
 
-    try:
-        artifact = load_artifact(args.name, args.namespace)
-    except (FlowNotAvailable, StorageError, SignatureError) as exc:
-        return _print_error(exc)
-    digest = artifact.status["artifact"]["digest"]
+    artifact = load_artifact(args.name, args.namespace)
     if args.output in (None, "-"):
         sys.stdout.buffer.write(artifact.data)
         return 0
@@ -157,7 +181,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         return _write_into_directory(artifact, args.output)
     with open(args.output, "wb") as fh:
         fh.write(artifact.data)
-    print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {digest}) to {args.output}", file=sys.stderr)
+    print(f"wrote {len(artifact.data)} bytes ({artifact.format}, {artifact.view.artifact.digest}) to {args.output}",
+          file=sys.stderr)
     return 0
 
 
@@ -166,7 +191,7 @@ def _write_into_directory(artifact: Any, directory: str) -> int:
     new; a script as `directory/<its file name>`."""
     from flowstore.artifacts import bundle
 
-    digest = artifact.status["artifact"]["digest"]
+    digest = artifact.view.artifact.digest
     if artifact.format == "bundle":
         if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
             return _print_error(Exception(f"{directory} exists and is not an empty directory; a flow of several "
@@ -179,7 +204,8 @@ def _write_into_directory(artifact: Any, directory: str) -> int:
         return 0
     if artifact.format != "script":
         return _print_error(Exception(f"the artifact is a {artifact.format}, one file: give -o a file name"))
-    name = os.path.basename(str(artifact.status["artifact"].get("fileName") or "flow.py"))
+    name = os.path.basename(artifact.view.artifact.file_name or "flow.py")
+    bundle.check_path(name)
     target = os.path.join(directory, name)
     with open(target, "xb") as fh:
         fh.write(artifact.data)
@@ -189,21 +215,91 @@ def _write_into_directory(artifact: Any, directory: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Load a stored flow (verified) and run it: what an agent does."""
-    from flowstore.artifacts.signing import SignatureError
-    from flowstore.client import FlowNotAvailable, load_flow
-    from flowstore.storage import StorageError
+    from flowstore.client import load_flow
 
-    try:
-        flow = load_flow(args.name, args.namespace)
-    except (FlowNotAvailable, StorageError, SignatureError) as exc:
-        return _print_error(exc)
+    flow = load_flow(args.name, args.namespace)
     result: Any = flow.run()
     print(json.dumps({"flow": getattr(flow, "name", None), "result": result}, default=repr))
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache ls``: the agent cache's entries, least recently used first; ``cache prune``:
+    evict what the bound asks for (``--dry-run``: only say what would go). A cache that cannot be
+    used (settings, a directory others may write) is the one-line table's (exit 2)."""
+    from flowstore.artifacts.cache import Cache, Settings
+
+    settings = Settings.from_environment()
+    if args.dir:
+        settings = Settings(root=Path(args.dir).absolute(), max_bytes=settings.max_bytes, min_age=settings.min_age)
+    cache = Cache(settings)
+    return _cache_ls(cache, args.output) if args.cache_command == "ls" else _cache_prune(cache, args)
+
+
+def _cache_ls(cache: Any, output: str) -> int:
+    import time
+
+    settings, entries = cache.settings, cache.entries()
+    if output == "json":
+        listed = [{"digest": e.digest, "size": e.size, "lastUsed": e.last_used, "inUse": e.in_use,
+                   "kinds": list(e.kinds)} for e in entries]
+        json.dump({"root": str(settings.root), "maxBytes": settings.max_bytes, "minAgeSeconds": settings.min_age,
+                   "entries": listed}, sys.stdout, indent=2)
+        print()
+        return 0
+    now = time.time()
+    print(f"{'DIGEST':<23} {'SIZE':>10} {'LAST USED':>10}  {'IN USE':<6} KIND")
+    for e in entries:
+        print(f"{e.digest[:23]:<23} {_human(e.size):>10} {_age(now - e.last_used):>10}  "
+              f"{'yes' if e.in_use else 'no':<6} {'+'.join(e.kinds)}")
+    print(f"# {len(entries)} entries, {_human(sum(e.size for e in entries))} in {settings.root} "
+          f"(bound {_human(settings.max_bytes)}, evictable after {_age(settings.min_age)} unused)")
+    return 0
+
+
+def _cache_prune(cache: Any, args: argparse.Namespace) -> int:
+    from flowstore.artifacts.cache import parse_duration, parse_size
+
+    max_bytes = parse_size(args.max_bytes, what="--max-bytes") if args.max_bytes else None
+    min_age = parse_duration(args.min_age, what="--min-age") if args.min_age else None
+    result = cache.prune(dry_run=args.dry_run, max_bytes=max_bytes, min_age=min_age)
+    verb = "would evict" if result.dry_run else "evicted"
+    for e in result.evicted:
+        print(f"{verb} {e.digest} ({_human(e.size)})")
+    busy = sum(1 for e in result.kept if e.in_use)
+    print(f"# {verb} {len(result.evicted)} entries ({_human(result.freed)}); {_human(result.total_after)} left in "
+          f"{len(result.kept)} entries ({busy} in use)")
+    return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)  # pragma: no cover
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+EPILOG = """exit status: 0 done; 1 the flow is not available (not found, not stored yet, refused by
+verification); 2 the environment is not ready (a missing package, no cluster configured or
+reachable, an output path that cannot be written) or the command line is wrong.
+Shell completion: eval "$(flowstore completion bash)" (or zsh)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__)
+    from flowstore import __version__
+
+    parser = argparse.ArgumentParser(prog="flowstore", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"flowstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
@@ -236,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds the leader may fail to renew before it exits (default 8)")
     op.add_argument("--retry-period", type=float, default=2.0,
                     help="seconds between election attempts and renewals (default 2)")
+    op.add_argument("--ambient-identity", choices=("own-namespace", "any", "none"), default="own-namespace",
+                    help="where a FlowStorage with neither a credentials Secret nor spec.serviceAccountName may act "
+                         "as the operator's own cloud identity (the SDKs' default chain): only in the operator's own "
+                         "namespace (default), in any namespace, or nowhere (docs/identity.md)")
+    op.add_argument("--operator-namespace", default=None,
+                    help="the operator's own namespace, for --ambient-identity own-namespace (default: "
+                         "$POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
+    _policy_flags(op)
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 
@@ -244,23 +348,98 @@ def build_parser() -> argparse.ArgumentParser:
                              ("run", cmd_run, "load a stored flow (verified) and run it")):
         p = sub.add_parser(name, help=text)
         p.add_argument("name")
-        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-n", "--namespace", default="default",
+                       help="the StoredFlow's namespace (default: default)")
         if name == "locate":
             p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
-                           help="json: the StoredFlow's status (default); prefect: its storage as the seed "
-                                "(Prefect 1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
+                           help="json: the StoredFlow's status (default); prefect: its storage as Prefect 1 "
+                                "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
                                 "pullSteps")
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
         p.set_defaults(func=func)
+
+    cache = sub.add_parser("cache", help="the agent cache (FLOWSTORE_CACHE_DIR): list or prune its entries")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    ls = cache_sub.add_parser("ls", help="entries, least recently used first (in use: a process holds them)")
+    ls.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    prune = cache_sub.add_parser("prune", help="evict least recently used entries until the cache fits its bound "
+                                 "(FLOWSTORE_CACHE_MAX_BYTES), never one in use or used within FLOWSTORE_CACHE_MIN_AGE")
+    prune.add_argument("--dry-run", action="store_true", help="only print what would be evicted")
+    prune.add_argument("--max-bytes", help="this bound instead of FLOWSTORE_CACHE_MAX_BYTES (e.g. 0, 500Mi)")
+    prune.add_argument("--min-age", help="this minimum age instead of FLOWSTORE_CACHE_MIN_AGE (e.g. 0, 1h)")
+    for p in (ls, prune):
+        p.add_argument("--dir", help="the cache's directory (default: FLOWSTORE_CACHE_DIR, else "
+                       "~/.cache/flowstore/agent)")
+        p.set_defaults(func=cmd_cache)
+
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(flowstore completion bash)\"")
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=cmd_completion)
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script shtab generates from this very parser (so it knows every subcommand
+    and option there is)."""
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def _policy_flags(op: argparse.ArgumentParser) -> None:
+    """What the operator lends the authors of specs (docs/security.md); defaults are the safe ones."""
+    from flowstore.controller.policy import SECRET_POLICIES
+
+    group = op.add_argument_group("policy", "what FlowStorages and StoredFlows may make the operator do "
+                                  "(docs/security.md)")
+    group.add_argument("--local-root", default=None, metavar="DIR",
+                       help="serve Local storage under DIR/<namespace>/ (default: no Local storage)")
+    group.add_argument("--allow-private-endpoints", action="store_true",
+                       help="let Webhook requests reach loopback and private addresses (never link-local or "
+                            "cloud metadata ones)")
+    group.add_argument("--webhook-allowed-env", action="append", metavar="NAME",
+                       help="an environment variable of the operator that Webhook templates may use when a "
+                            "FlowStorage's allowedEnv names it (repeatable; default: none)")
+    group.add_argument("--secret-policy", choices=SECRET_POLICIES, default="opt-in",
+                       help="opt-in: use only Secrets labelled flowstore.dev/allow=true (default); any: every "
+                            "Secret a spec names")
+    group.add_argument("--enable-build-jobs", action="store_true",
+                       help="build StoredFlows with spec.build as Jobs in their own image (default: refused)")
+    group.add_argument("--build-image", action="append", metavar="PATTERN",
+                       help="an image builder Jobs may run, shell-style (e.g. registry.example.com/team/*; repeatable)")
+    group.add_argument("--build-service-account", action="append", metavar="NAME",
+                       help="a ServiceAccount spec.build may name (repeatable; default: none, builds get no token)")
+    group.add_argument("--build-toleration-key", action="append", metavar="KEY",
+                       help="a taint key spec.build.tolerations may tolerate (repeatable; default: none)")
+    group.add_argument("--build-node-selector-key", action="append", metavar="KEY",
+                       help="a node label key spec.build.nodeSelector may use (repeatable; default: none)")
+    group.add_argument("--allow-unconfined-builds", action="store_true",
+                       help="build in the sandbox even when the kernel cannot confine builds fully (default: refuse)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; an error of the environment (or of the flow) is one line with a hint
+    (flowstore.cli_errors), never a traceback, whichever subcommand met it."""
+    from flowstore import cli_errors
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `flowstore get … | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        problem = cli_errors.explain(exc)
+        if problem is None:
+            raise
+        print(problem.line(), file=sys.stderr)
+        return problem.code
 
 
 if __name__ == "__main__":

@@ -1,40 +1,102 @@
-"""Agent side: find a StoredFlow, read where it lives, download it, verify it, load it.
+"""Agent side: find a StoredFlow, check where it points, download it, verify it, load it.
 
     from flowstore.client import load_flow
     flow = load_flow("etl-daily", "data")
 
-Nothing is unpickled or executed before the downloaded bytes match the sha256 recorded in
-the StoredFlow's status. Backend credentials are the agent's own (the SDK's default chain:
-environment, workload identity, …); the status never carries secrets.
+A StoredFlow's status is hostile input (whoever may write ``storedflows/status`` is not the
+tenant who wrote the spec). In this order, and before anything is unpickled or executed:
+
+1. the StoredFlow is read and its status parsed into a typed view (``flowstore.agent.status``):
+   a missing or wrong-typed field is a StatusError naming it; no digest, no load;
+2. with a signing key (``signing_key=`` or ``FLOWSTORE_SIGNING_KEY``; set but empty is an
+   error), the signature over the flow name and digest must verify;
+3. where the status points must be where the agent trusts it to be (``flowstore.agent.trust``:
+   the FlowStorage's spec, read from the API, or ``FLOWSTORE_TRUSTED_STORAGES``): otherwise
+   UntrustedLocation, and no request carrying the agent's credentials is made;
+4. the agent cache (``flowstore.artifacts.cache``) serves the digest's bytes if it has them
+   (rehashed), else they are downloaded with the agent's own credentials, at most the recorded
+   size (and never more than ``FLOWSTORE_MAX_ARTIFACT_BYTES``), and checked against the digest;
+5. then loaded: unpickled, run as a script, or imported from the bundle's files (checked
+   against its manifest on every use).
+
+Every refusal is one of :data:`AGENT_ERRORS`, with a message saying what to do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowstore import kubeconfig
-from flowstore.api.constants import GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.agent import status as statuses
+from flowstore.agent import trust
+from flowstore.agent.errors import (
+    AgentError,
+    FlowNotAvailable,
+    StatusError,
+    TrustUnavailable,
+    UntrustedLocation,
+)
+from flowstore.agent.status import StoredFlowView
+from flowstore.api.backends import backend
+from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
 from flowstore.artifacts import loading, signing
-from flowstore.storage import from_serialized
+from flowstore.artifacts.builder import FlowObjectError
+from flowstore.artifacts.bundle import BundleError
+from flowstore.artifacts.cache import Cache, CacheError, parse_size
+from flowstore.artifacts.flowfiles import IgnoreError
+from flowstore.artifacts.loading import ArtifactFormatError
+from flowstore.artifacts.signing import SignatureError
+from flowstore.storage import AuthFailed, StorageError, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
+from flowstore.workload import agent_identity
+
+__all__ = ["AGENT_ERRORS", "Artifact", "FlowNotAvailable", "Located", "StatusError", "TrustUnavailable",
+           "UntrustedLocation", "agent_advice", "load_artifact", "load_flow", "locate", "resolve", "storedflow"]
+
+#: everything an agent call raises for a StoredFlow it will not (or cannot) load
+AGENT_ERRORS: tuple[type[Exception], ...] = (AgentError, StorageError, BundleError, SignatureError, CacheError,
+                                             IgnoreError, ArtifactFormatError, FlowObjectError)
+#: the largest artifact an agent downloads, whatever a status records
+MAX_ARTIFACT_ENV = "FLOWSTORE_MAX_ARTIFACT_BYTES"
+DEFAULT_MAX_ARTIFACT_BYTES = 256 * 2**20
+SIGNING_KEY_ENV = "FLOWSTORE_SIGNING_KEY"
 
 
-class FlowNotAvailable(LookupError):
-    """The StoredFlow does not exist or has never been stored."""
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """A StoredFlow whose status points where the agent trusts: the view, what vouched for it,
+    and the storage document the agent builds its storage from (nothing else of the status)."""
+
+    view: StoredFlowView
+    trusted: trust.TrustedLocation
+    storage_doc: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     data: bytes
-    status: dict[str, Any]
+    located: Located
+    #: True when this call downloaded it, False when the agent cache had it
+    downloaded: bool = True
+
+    @property
+    def view(self) -> StoredFlowView:
+        return self.located.view
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.located.view.status)
 
     @property
     def format(self) -> str:
-        return str(self.status["artifact"]["format"])
+        return self.view.artifact.format
 
 
+# ---------------------------------------------------------------------- the cluster
 def _custom_api() -> Any:
     from kubernetes import client
 
@@ -42,80 +104,213 @@ def _custom_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
-    """The StoredFlow's status (location, artifact, storage, labels, conditions)."""
+def cluster_api() -> Any:
+    """The Kubernetes API client an agent reads StoredFlows (and FlowStorages) with. No cluster
+    configured is kubernetes' ConfigException (the CLI says so in one line: flowstore.cli_errors)."""
+    return _custom_api()
+
+
+def _get(api: Any, plural: str, namespace: str, name: str) -> Any:
+    """One object from the API, or None when that object does not exist (a 404 naming it; a 404
+    without a name means the kind itself is unknown: no CRDs). Other API errors propagate."""
     from kubernetes.client.exceptions import ApiException
 
-    api = api or _custom_api()
     try:
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name)
+        return api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     except ApiException as exc:
-        if exc.status == 404:
-            raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found") from None
+        if exc.status == 404 and _names_the_object(exc):
+            return None
         raise
-    status = dict(obj.get("status") or {})
-    if not status.get("location") or not status.get("artifact") or not status.get("storage"):
-        raise FlowNotAvailable(
-            f"StoredFlow {namespace}/{name} has not been stored yet; "
-            f"see `kubectl describe storedflow {name} -n {namespace}`"
-        )
-    return status
+
+
+def _names_the_object(exc: Any) -> bool:
+    """A 404 about the object (a Status naming it), not about the resource type: an API server
+    without flowstore's CRDs answers "404 page not found"."""
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return bool(details.get("name"))
+
+
+def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow object (spec and status), as the API server has it: untrusted (see
+    :func:`read` for its parsed view, :func:`resolve` for a view checked against what the agent
+    trusts)."""
+    obj = _get(api or _custom_api(), STOREDFLOW_PLURAL, namespace, name)
+    if obj is None:
+        raise FlowNotAvailable(f"StoredFlow {namespace}/{name} not found")
+    return dict(obj)
+
+
+def read(name: str, namespace: str, *, api: Any = None) -> StoredFlowView:
+    """The StoredFlow, its status parsed (not yet checked against what the agent trusts)."""
+    return statuses.parse(storedflow(name, namespace, api=api), namespace=namespace, name=name)
+
+
+def flowstorage_source(api: Any) -> trust.TrustSource:
+    """Trust what the StoredFlow's FlowStorage spec says (read from the API now)."""
+    def source(view: StoredFlowView) -> list[trust.TrustedLocation]:
+        ref = view.storage_ref
+        if not ref:
+            raise TrustUnavailable(f"{view.what} names no FlowStorage (spec.storageRef); cannot check its status")
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = _get(api, FLOWSTORAGE_PLURAL, view.namespace, ref)
+        except ApiException as exc:
+            if exc.status not in (401, 403):
+                raise
+            raise TrustUnavailable(
+                f"{view.what}: this agent may not read its FlowStorage {view.namespace}/{ref} (HTTP {exc.status}) "
+                f"to check where the status points; grant it get on flowstorages in namespace {view.namespace} "
+                f"(docs/security-agents.md has a Role), or list the storages it trusts in "
+                f"{trust.ALLOWLIST_ENV}") from None
+        if obj is None:
+            raise TrustUnavailable(f"{view.what}: its FlowStorage {view.namespace}/{ref} (spec.storageRef) does not "
+                                   "exist, so nothing says where the flow may be; create it, or fix storageRef")
+        return [trust.from_flowstorage(obj, namespace=view.namespace, name=ref)]
+
+    return source
+
+
+def default_sources(api: Any) -> list[trust.TrustSource]:
+    """``FLOWSTORE_TRUSTED_STORAGES`` when set, else the FlowStorage."""
+    return [trust.allowlist_source(), flowstorage_source(api)]
+
+
+def resolve(name: str, namespace: str, *, api: Any = None,
+            sources: Sequence[trust.TrustSource] | None = None) -> Located:
+    """The StoredFlow, its status checked against what the agent trusts (UntrustedLocation
+    otherwise). Makes no request to the storage."""
+    api = api or _custom_api()
+    return check_location(read(name, namespace, api=api), api=api, sources=sources)
+
+
+def check_location(view: StoredFlowView, *, api: Any, sources: Sequence[trust.TrustSource] | None = None) -> Located:
+    """`view`, once its status is checked against what the agent trusts (UntrustedLocation)."""
+    location = trust.trusted_location(view, sources if sources is not None else default_sources(api))
+    return Located(view=view, trusted=location, storage_doc=trust.agent_storage(view, location))
+
+
+def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+    """The StoredFlow's status (location, artifact, storage, labels, conditions), once it is
+    checked to point where the agent trusts."""
+    return dict(resolve(name, namespace, api=api).view.status)
 
 
 def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     """The StoredFlow's storage as the seed serializes it (``flows`` = {flow name: location}):
     what Prefect 1.4.1's ``StorageSchema`` loads, so a Prefect 1 flow can be registered with its
-    storage pointing at the artifact flowstore stored. Built from ``status.storage`` (nothing is
-    downloaded; no credentials are needed). What the seed has no field for (the sha256, key
-    prefixes, ...) is not in it: the status keeps it."""
-    status = locate(name, namespace, api=api)
-    return from_serialized(status["storage"]).serialize()
+    storage pointing at the artifact flowstore stored. Built from the checked ``status.storage``
+    (nothing is downloaded; no credentials are needed). What the seed has no field for (the
+    sha256, key prefixes, ...) is not in it: the status keeps it."""
+    return from_serialized(resolve(name, namespace, api=api).storage_doc).serialize()
 
 
-def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Artifact:
-    """Download the stored bytes (the script, or the pickle envelope) and verify their sha256.
-
-    With a signing key (argument, or the environment variable FLOWSTORE_SIGNING_KEY), the
-    artifact must also carry a valid signature: unsigned or mismatched artifacts are refused."""
-    status = locate(name, namespace, api=api)
-    check_signature(status, signing_key)
-    return Artifact(data=download(status), status=status)
-
-
+# ---------------------------------------------------------------------- keys and limits
 def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
-    """The agent's signing key: the argument, else ``$FLOWSTORE_SIGNING_KEY``, else none."""
-    key = signing_key if signing_key is not None else os.environ.get("FLOWSTORE_SIGNING_KEY")
-    if not key:
+    """The agent's signing key: the argument, else ``$FLOWSTORE_SIGNING_KEY``, else none. A key
+    given but empty (``FLOWSTORE_SIGNING_KEY=``) is an error, never "verification off": unset it
+    to verify digests only."""
+    if signing_key is not None:
+        key, where = signing_key, "the signing key given"
+    elif SIGNING_KEY_ENV in os.environ:
+        key, where = os.environ[SIGNING_KEY_ENV], SIGNING_KEY_ENV
+    else:
         return None
-    return key.encode("utf-8") if isinstance(key, str) else key
+    key = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not key.strip():
+        raise SignatureError(f"{where} is set but empty, so no signature could be checked; set it to the "
+                             "FlowStorage's signing key, or unset it to check digests only")
+    return key
 
 
-def check_signature(status: dict[str, Any], signing_key: bytes | str | None = None) -> None:
-    """With a signing key (see :func:`signing_key_from`), refuse a status whose artifact is
-    unsigned or whose signature does not match its flow name and digest. Without one, nothing
-    is checked. Needs no download: the signature covers the recorded digest, which the bytes
-    must then match (:func:`download`)."""
-    key = signing_key_from(signing_key)
-    if key:
-        artifact = status["artifact"]
-        signing.verify(key, str(status.get("flowName", "")), str(artifact.get("digest", "")),
-                       artifact.get("signature"), what=artifact.get("url", status["location"]))
+def check_signature(view: StoredFlowView, key: bytes | None) -> None:
+    """With a key, refuse an unsigned artifact or one whose signature does not cover its flow
+    name and digest. Needs no download: the bytes must then match the digest."""
+    if key is not None:
+        signing.verify(key, view.flow_name, view.artifact.digest, view.artifact.signature,
+                       what=view.artifact.url or view.location)
 
 
-def download(status: dict[str, Any]) -> bytes:
-    """The artifact a StoredFlow's status names, from its storage, verified against the
-    recorded sha256 (``IntegrityError`` otherwise)."""
-    artifact = status["artifact"]
-    storage = from_serialized(status["storage"])
-    data = storage.get_bytes(status["location"])
-    verify_digest(data, artifact["digest"], what=artifact.get("url", status["location"]))
+def max_artifact_bytes() -> int:
+    value = os.environ.get(MAX_ARTIFACT_ENV)
+    if not value:
+        return DEFAULT_MAX_ARTIFACT_BYTES
+    try:
+        return parse_size(value, what=MAX_ARTIFACT_ENV)
+    except CacheError as exc:
+        raise StatusError(str(exc)) from None
+
+
+def check_size(view: StoredFlowView) -> None:
+    limit = max_artifact_bytes()
+    if view.artifact.size > limit:
+        raise StatusError(f"{view.what} records an artifact of {view.artifact.size} bytes, more than this agent "
+                          f"downloads ({limit}; {MAX_ARTIFACT_ENV} raises it)")
+
+
+# ---------------------------------------------------------------------- bytes and flows
+def download(located: Located, *, identity: Mapping[str, Any] | None = None) -> bytes:
+    """The artifact, from the storage the checked status names, with the agent's credentials
+    (its environment; with `identity`, this Pod's ServiceAccount: flowstore.workload): at most the
+    recorded size, verified against the recorded sha256 (IntegrityError otherwise)."""
+    view = located.view
+    acting_as = agent_identity(view.storage_type, identity)
+    storage = from_serialized(located.storage_doc, **({"identity": acting_as} if acting_as is not None else {}))
+    try:
+        data = storage.get_bytes_bounded(view.location, view.artifact.size)
+    except (AuthFailed, TemplateValueMissing) as exc:
+        if acting_as is not None:  # reached as this Pod's ServiceAccount: the storage's own message says it
+            raise
+        raise type(exc)(agent_advice(view.storage_type, exc)) from exc
+    verify_digest(data, view.artifact.digest, what=view.artifact.url or view.location)
     return data
 
 
-def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None) -> Any:
-    """The flow object, verified: unpickled from the envelope; or, for a script, extracted by
-    running the script in this process (the agent's job, as in the seed); or, for a flow of
-    several files, imported from the bundle's files, extracted once into a cache directory
-    keyed by the digest (``flowstore.artifacts.loading``)."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key)
-    return loading.load(artifact.data, artifact.format, flow_name=artifact.status.get("flowName"))
+def agent_advice(storage_type: str, exc: Exception) -> str:
+    """`exc`'s problem, with what an agent can do about it. The storages' own messages end in
+    advice for whoever configured the FlowStorage ("check the keys in the referenced Secret");
+    an agent never sees that Secret: it reads the names of its own environment."""
+    problem = str(exc).split("; ")[0]
+    row = backend(storage_type)
+    if isinstance(exc, TemplateValueMissing):
+        return (f"{problem}; set it in this agent's environment (agents fill a Webhook storage's ${{…}} templates "
+                "from their own environment, not from the FlowStorage's Secret)")
+    where = row.agent_credentials if row and row.agent_credentials else "its own environment"
+    return f"{problem}; this agent uses its own credentials, not the FlowStorage's Secret: give it {where}"
+
+
+def fetch(located: Located, *, cache: Cache | None = None, pin: bool = False,
+          identity: Mapping[str, Any] | None = None) -> tuple[bytes, bool]:
+    """The verified artifact bytes from the agent cache, or downloaded (and then cached), and
+    whether they were downloaded."""
+    view = located.view
+    check_size(view)
+    cache = cache or Cache()
+    return cache.artifact(view.artifact.digest, lambda: download(located, identity=identity),
+                          size=view.artifact.size, pin=pin)
+
+
+def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+                  identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Artifact:
+    """The stored bytes (the script, the bundle or the pickle envelope), verified: status parsed,
+    signature checked (with a key), location trusted, sha256 matched."""
+    api = api or _custom_api()
+    key = signing_key_from(signing_key)
+    view = read(name, namespace, api=api)
+    check_signature(view, key)
+    located = check_location(view, api=api)
+    data, downloaded = fetch(located, cache=cache, identity=identity)
+    return Artifact(data=data, located=located, downloaded=downloaded)
+
+
+def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
+              identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Any:
+    """The flow object, verified (:func:`load_artifact`): unpickled from the envelope; or, for a
+    script, extracted by running the script in this process (the agent's job, as in the seed);
+    or, for a flow of several files, imported from the bundle's files in the agent cache."""
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity, cache=cache)
+    return loading.load(artifact.data, artifact.format, flow_name=artifact.view.flow_name or None,
+                        cache=cache or Cache())

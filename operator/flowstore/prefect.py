@@ -12,20 +12,21 @@ or, in ``prefect.yaml`` (``flowstore locate etl-daily -n data -o prefect-pull-st
       - flowstore.prefect.pull_flow: {name: etl-daily, namespace: data}
 
 Both turn a StoredFlow into a directory Prefect loads the entrypoint from, in this order and
-before anything of the flow executes: read the StoredFlow's status (in-cluster or KUBECONFIG),
-refuse pickles (Prefect 3 imports code from files), check the signature when the agent has a key
-(``flowstore.client.check_signature``), take the artifact from a cache keyed by its digest or
-download it (``flowstore.client.download``: sha256-verified), then write it as files: a script
-under its own file name (``status.artifact.fileName``), a bundle's files checked against its
-manifest (``flowstore.artifacts.bundle.unpack``).
+before anything of the flow executes: read the StoredFlow and parse its status (in-cluster or
+KUBECONFIG; a malformed status is refused naming the field), refuse pickles (Prefect 3 imports
+code from files), check the signature when the agent has a key, check that the status points
+where the agent trusts (``flowstore.client.check_location``: the FlowStorage's spec, or
+``FLOWSTORE_TRUSTED_STORAGES``; nothing carrying the worker's credentials is sent anywhere
+else), take the artifact from the agent cache or download it (bounded by its recorded size,
+sha256-verified), then write it as files: a script under its own file name
+(``status.artifact.fileName``), a bundle's files checked against its manifest
+(``flowstore.artifacts.bundle.unpack``).
 
-The cache holds *artifacts*, not extracted trees: ``<cache>/<sha256 hex>`` is the verified bytes
-of one artifact, written to a temporary file and renamed into place under a per-digest lock, so
-several processes pulling at once download once and every reader sees a whole file or none. It
-is hashed again on every use: bytes that do not match their name are dropped and downloaded
-again, so the cache never serves anything unverified, whatever happened to it on disk. The cache
-is ``$FLOWSTORE_CACHE_DIR/artifacts``, else ``$XDG_CACHE_HOME/flowstore/artifacts``, else
-``~/.cache/flowstore/artifacts``.
+The cache is the agent cache of ``flowstore.client`` (``flowstore.artifacts.cache``,
+``$FLOWSTORE_CACHE_DIR``): verified artifact bytes by digest, rehashed on every use, filled once
+among several processes, bounded by ``FLOWSTORE_CACHE_MAX_BYTES``. A pull pins the digest it
+prepared for as long as its process runs (the flow run), so a prune never evicts what a running
+flow was pulled from; a runner's pin moves with its revision.
 
 The directory handed to Prefect is a fresh working copy written from those verified bytes, never
 the cache itself: Prefect makes it the flow run's working directory (``os.chdir``), where flows
@@ -47,32 +48,28 @@ Nothing here imports Prefect at module level: flowstore's own tools import this 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from flowstore import client, kubeconfig
+from flowstore.agent.status import StoredFlowView
 from flowstore.artifacts import bundle
+from flowstore.artifacts.cache import Cache, Settings
 from flowstore.artifacts.signing import SignatureError
-from flowstore.storage.base import verify_digest
-from flowstore.storage.errors import IntegrityError
 
 #: the pull step's dotted name, as prefect.yaml and a deployment's ``pull_steps`` spell it
 PULL_STEP = "flowstore.prefect.pull_flow"
 #: formats Prefect can load: files it imports its entrypoint from
 FORMATS = ("script", "bundle")
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 _log = logging.getLogger(__name__)
 
@@ -128,46 +125,44 @@ class PreparedFlow:
 
 
 def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes | str | None = None,
-            api: Any = None, cache: Path | None = None, unchanged: PreparedFlow | None = None,
-            log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> PreparedFlow:
+            api: Any = None, cache: Cache | Path | None = None, unchanged: PreparedFlow | None = None,
+            log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+            identity: Mapping[str, Any] | None = None) -> PreparedFlow:
     """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
 
-    `unchanged`: what an earlier pull into the same destination prepared; when the StoredFlow
-    still has that digest, the directory is left as it is (a runner's periodic pull does not
-    swap the files of a running flow for identical ones)."""
+    `cache`: the agent cache (or its root directory; default the environment's). `unchanged`:
+    what an earlier pull into the same destination prepared; when the StoredFlow still has that
+    digest, the directory is left as it is (a runner's periodic pull does not swap the files of a
+    running flow for identical ones)."""
     log = log or _log
-    status = client.locate(name, namespace, api=api)
-    artifact = status["artifact"]
-    fmt = str(artifact.get("format", ""))
-    what = f"StoredFlow {namespace}/{name}"
-    if fmt == "pickle":
+    api = api or client.cluster_api()
+    key = client.signing_key_from(signing_key)
+    view = client.read(name, namespace, api=api)
+    artifact = view.artifact
+    if artifact.format == "pickle":
         raise NotForPrefect(
-            f"{what} is stored as a pickle; Prefect 3 imports a flow from its files. Store it as a script or a "
+            f"{view.what} is stored as a pickle; Prefect 3 imports a flow from its files. Store it as a script or a "
             f"bundle (spec.storedAsScript: true on the StoredFlow or its FlowStorage) and point the deployment's "
-            f"entrypoint at the file (e.g. {artifact.get('fileName') or 'flow.py'}:flow)")
-    if fmt not in FORMATS:
-        raise NotForPrefect(f"{what} has an artifact of format {fmt!r}; this flowstore knows {', '.join(FORMATS)}: "
-                            "upgrade flowstore on the worker")
-    digest = str(artifact.get("digest") or "")
-    if not _DIGEST.match(digest):
-        raise NotForPrefect(f"{what} records no sha256 digest ({digest!r}); refusing to run unverifiable code")
-    commit = (status.get("git") or {}).get("commit")
+            f"entrypoint at the file (e.g. {artifact.file_name or 'flow.py'}:flow)")
+    digest, commit = artifact.digest, view.git_commit
     log.info("flowstore: pulling StoredFlow %s/%s at %s%s", namespace, name, digest,
              f" (git commit {commit})" if commit else "")
-
-    key = client.signing_key_from(signing_key)
-    client.check_signature(status, key)
-    if key is None and artifact.get("signature"):
+    client.check_signature(view, key)
+    if key is None and artifact.signature:
         log.warning("flowstore: %s is signed but this worker has no signing key, so only its sha256 is checked; "
-                    "set FLOWSTORE_SIGNING_KEY to check the signature too", what)
-
-    entrypoint = _script_name(artifact) if fmt == "script" else str(artifact.get("entrypoint") or "")
+                    "set FLOWSTORE_SIGNING_KEY to check the signature too", view.what)
+    located = client.check_location(view, api=api)
+    entrypoint = _script_name(view) if artifact.format == "script" else str(artifact.entrypoint or "")
     if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
             and destination.is_dir()):
         return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
-    data, downloaded = cached_artifact(digest, lambda: client.download(status), root=cache)
-    if fmt == "bundle":
-        unpacked = bundle.unpack(data)  # every file checked against the manifest
+    agent_cache = cache if isinstance(cache, Cache) else Cache(Settings(root=cache)) if cache else Cache()
+    data, downloaded = client.fetch(located, cache=agent_cache, pin=True,  # pinned while this process runs
+                                    identity=identity)
+    if unchanged is not None and unchanged.digest != digest:
+        agent_cache.release(unchanged.digest)  # a runner moved on: its previous revision may go
+    if artifact.format == "bundle":
+        unpacked = bundle.unpack(data)  # bounded; every file checked against the manifest
         entrypoint = str(unpacked.entrypoint)
         _replace_directory(destination, lambda staging: bundle.extract(unpacked, str(staging)))
     else:
@@ -175,15 +170,15 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
             (staging / entrypoint).write_bytes(data)
 
         _replace_directory(destination, write_script)
-    return PreparedFlow(namespace=namespace, name=name, digest=digest, format=fmt, directory=destination,
-                        entrypoint=entrypoint, commit=commit, downloaded=downloaded,
+    return PreparedFlow(namespace=namespace, name=name, digest=digest, format=artifact.format,
+                        directory=destination, entrypoint=entrypoint, commit=commit, downloaded=downloaded,
                         signature_verified=key is not None)
 
 
-def _script_name(artifact: dict[str, Any]) -> str:
+def _script_name(view: StoredFlowView) -> str:
     """The file a script is written as: its source's own name (status.artifact.fileName: the
     ConfigMap key, the git path's base name, ``flow.py`` for inline sources)."""
-    name = os.path.basename(str(artifact.get("fileName") or "flow.py"))
+    name = os.path.basename(view.artifact.file_name or "flow.py")
     bundle.check_path(name)  # no "..", no NUL, not the manifest's name
     return name
 
@@ -205,71 +200,6 @@ def _replace_directory(destination: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------- the digest-keyed cache
-def cache_root() -> Path:
-    configured = os.environ.get("FLOWSTORE_CACHE_DIR")
-    if configured:
-        return Path(configured) / "artifacts"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flowstore" / "artifacts"
-
-
-def cached_artifact(digest: str, fetch: Callable[[], bytes], *, root: Path | None = None) -> tuple[bytes, bool]:
-    """The verified bytes of the artifact with this `digest` (``sha256:<hex>``), and whether
-    `fetch` had to be called for them. `fetch` downloads and verifies; its bytes are checked
-    against `digest` again before they are kept. Cached bytes are hashed on every use."""
-    match = _DIGEST.match(digest)
-    if not match:
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    root = root or cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / match.group(1)
-    with _locked(root / f".{match.group(1)}.lock"):
-        cached = _read_verified(path, digest)
-        if cached is not None:
-            return cached, False
-        data = fetch()
-        verify_digest(data, digest, what=f"the artifact {digest}")
-        fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(staging, 0o444)
-            os.replace(staging, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staging)
-        return data, True
-
-
-def _read_verified(path: Path, digest: str) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        verify_digest(data, digest, what=f"the cached artifact {path}")
-    except IntegrityError as exc:  # altered or truncated on disk: drop it, download again
-        _log.warning("flowstore: %s; dropping it", exc)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return None
-    return data
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and threads: each opens its own description)."""
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 # ---------------------------------------------------------------------- the pull step
 def pull_step(name: str, namespace: str, *, require_signature: bool = False,
               signing_key: str | None = None) -> dict[str, Any]:
@@ -283,28 +213,35 @@ def pull_step(name: str, namespace: str, *, require_signature: bool = False,
     return {PULL_STEP: inputs}
 
 
-def pull_step_yaml(name: str, namespace: str, status: dict[str, Any]) -> str:
+def pull_step_yaml(view: StoredFlowView) -> str:
     """``flowstore locate -o prefect-pull-step``: the pull step as YAML, for ``pull:`` in
     prefect.yaml and for prefect-operator's ``PrefectDeployment`` ``pullSteps``, with comments
-    naming what it resolves to now and the entrypoint to give the deployment."""
-    artifact = status.get("artifact") or {}
-    fmt = artifact.get("format")
+    naming what it resolves to now and the entrypoint to give the deployment: a bundle's own, or
+    a script's file with the StoredFlow's ``spec.objectName`` (without one, the variable is left
+    for the reader to name: nothing here runs the script to find it)."""
+    name, namespace, artifact = view.name, view.namespace, view.artifact
+    fmt = artifact.format
     if fmt not in FORMATS:
         raise NotForPrefect(f"StoredFlow {namespace}/{name} is stored as a {fmt}; Prefect 3 imports a flow from its "
                             "files: set spec.storedAsScript: true (a script or a bundle), then print the pull step")
-    entrypoint = artifact.get("entrypoint") if fmt == "bundle" else f"{_script_name(artifact)}:flow"
-    commit = (status.get("git") or {}).get("commit")
-    lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.get('digest')}"
+    if fmt == "bundle":
+        entrypoint = str(artifact.entrypoint)
+    elif view.object_name:
+        entrypoint = f"{_script_name(view)}:{view.object_name}"
+    else:
+        entrypoint = (f"{_script_name(view)}:FLOW  (FLOW: the variable holding your @flow; set the "
+                      "StoredFlow's spec.objectName to have it printed here)")
+    commit = view.git_commit
+    lines = [f"# StoredFlow {namespace}/{name}: {fmt}, now {artifact.digest}"
              + (f" (git commit {commit})" if commit else ""),
              "# every run pulls the StoredFlow's current revision, verified; its digest is logged and labelled",
-             f"# deployment entrypoint: {entrypoint}" + ("  (the variable after ':' is yours)" if fmt == "script"
-                                                        else "")]
-    step = pull_step(name, namespace, require_signature=bool(artifact.get("signature")))
+             f"# deployment entrypoint: {entrypoint}"]
+    step = pull_step(name, namespace, require_signature=bool(artifact.signature))
     return "\n".join(lines) + "\n" + yaml.safe_dump([step], sort_keys=False, default_flow_style=False)
 
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
-              require_signature: bool = False) -> dict[str, Any]:
+              require_signature: bool = False, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
@@ -313,6 +250,8 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
               namespace: data                      # default: the worker's namespace
               require_signature: true              # key from FLOWSTORE_SIGNING_KEY, or:
               # signing_key: "{{ prefect.blocks.secret.flowstore-signing-key }}"
+              identity: {}                         # reach the storage as this Pod's ServiceAccount
+                                                   # (flowstore.workload; e.g. {roleARN: …})
 
     Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
     ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
@@ -328,7 +267,7 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
                 "signing key: set FLOWSTORE_SIGNING_KEY in its environment, or give the step "
                 "signing_key: '{{ prefect.blocks.secret.NAME }}'")
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           log=log)
+                           log=log, identity=identity)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 import flowstore.storage
 from flowstore.artifacts import envelope
 from flowstore.flow import Flow
-from flowstore.storage import IntegrityError, NotFound, Storage, from_serialized
+from flowstore.storage import ContainerNotFound, IntegrityError, NotFound, Storage, from_serialized
 from flowstore.storage.base import SEED_VERSION_KEY, sha256_hex
 
 #: the seed's default key: ``<slug(flow name)>/<slug(UTC timestamp, microseconds)>``
@@ -38,6 +38,16 @@ flow = Flow("script flow", answer)
 '''
 
 StorageFactory = Callable[..., Storage]
+
+
+def assert_container_not_found(container: str, calls: Iterable[Callable[[], object]]) -> None:
+    """Each call, on a storage whose bucket or container does not exist, raises ContainerNotFound
+    naming it, and not as retryable (someone must create it)."""
+    for call in calls:
+        with pytest.raises(ContainerNotFound) as info:
+            call()
+        assert container in str(info.value)
+        assert info.value.retryable is False
 
 
 def make_flow(name: str, result: Any) -> Flow:
@@ -126,6 +136,25 @@ class StorageConformance:
         assert info is not None
         assert (info.size, info.sha256) == (len(data), sha256_hex(data))
         assert storage.get_bytes(location) == data
+
+    def test_a_bounded_read_stops_at_the_recorded_size(self) -> None:
+        """What agents read (get_bytes_bounded): the object when it is at most the bound, an
+        IntegrityError when it holds more (the status recorded another size), NotFound as ever."""
+        storage = self.make_storage()
+        location = self.raw_location(storage, "conformance/bounded.bin")
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        storage.put_bytes(location, data)
+        assert storage.get_bytes_bounded(location, len(data)) == data
+        assert storage.get_bytes_bounded(location, len(data) + 1000) == data
+        with pytest.raises(IntegrityError, match=f"more than the {len(data) - 1} bytes recorded"):
+            storage.get_bytes_bounded(location, len(data) - 1)
+        with pytest.raises(IntegrityError):
+            storage.get_bytes_bounded(location, 10)
+        empty = self.raw_location(storage, "conformance/empty.bin")
+        storage.put_bytes(empty, b"")
+        assert storage.get_bytes_bounded(empty, 0) == b""
+        with pytest.raises(NotFound):
+            storage.get_bytes_bounded(self.raw_location(storage, "conformance/missing.bin"), 10)
 
     # ------------------------------------------------------------------ seed semantics
     #: the location add_flow returns: the seed's default key (most backends), or the flow name

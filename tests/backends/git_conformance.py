@@ -4,8 +4,9 @@ plus pinning.
 
 A provider's test module subclasses :class:`GitHostedConformance` and provides two fixtures:
 
-* ``git_repo``: a :class:`tests.gitrepo.LocalGitRepo` that the provider's server (the real
-  git server, or the provider's contract fake) serves;
+* ``repo`` (a module fixture, which ``git_repo`` hands on): a
+  :class:`tests.gitrepo.LocalGitRepo` that the provider's server (the real git server, or the
+  provider's contract fake) serves;
 * ``storage_factory``: a callable taking the storage's keyword arguments (``path``, ``ref``,
   and the base Storage options) and returning a storage bound to that repository, with
   valid credentials.
@@ -66,8 +67,9 @@ class GitHostedConformance:
     #: whether the provider's listing tells symlinks from files (Bitbucket Data Center's does not)
 
     @pytest.fixture
-    def git_repo(self) -> LocalGitRepo:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
+        """The provider module's own ``repo`` fixture (each provider's test module has one)."""
+        return repo
 
     @pytest.fixture
     def storage_factory(self) -> GitFactory:  # pragma: no cover - overridden

@@ -18,7 +18,6 @@ from azure.storage.blob import BlobServiceClient
 
 from flowstore.storage import (
     AuthFailed,
-    ContainerNotFound,
     InvalidConfig,
     NotFound,
     Unavailable,
@@ -27,7 +26,7 @@ from flowstore.storage import (
 from flowstore.storage.azure import Azure
 from flowstore.storage.base import sha256_hex
 
-from .conformance import StorageConformance, StorageFactory, make_flow
+from .conformance import StorageConformance, StorageFactory, assert_container_not_found, make_flow
 
 #: a valid base64 account key that is not the account's: Azurite rejects its signatures
 CANARY_KEY = base64.b64encode(b"canary-azure-key-7f3a9c1e-do-not-leak-0123456789abcdef").decode()
@@ -218,11 +217,7 @@ def test_missing_container_is_container_not_found(azure_connection_string: str) 
     storage = Azure(container, connection_string=azure_connection_string)
     calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"),
              lambda: storage.stat("k"), storage.run_basic_healthchecks)
-    for call in calls:
-        with pytest.raises(ContainerNotFound) as info:
-            call()
-        assert container in str(info.value)
-        assert info.value.retryable is False
+    assert_container_not_found(container, calls)
 
 
 def test_missing_blob_is_not_found(azure_connection_string: str, azure_container: str) -> None:

@@ -85,10 +85,6 @@ class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
     seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
 
     @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
-
-    @pytest.fixture
     def storage_factory(self, cloud: BitbucketCloudAPI, repo: LocalGitRepo) -> GitFactory:
         self.fake = cloud
         return lambda **kwargs: cloud_storage(cloud, repo.name, **kwargs)
@@ -117,10 +113,6 @@ class TestBitbucketCloudConformance(GitHostedConformance, SymlinkConformance):
 class TestBitbucketServerConformance(GitHostedConformance):
     default_label_prefix = "bitbucket-flow-storage"
     seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
-
-    @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
 
     @pytest.fixture
     def storage_factory(self, server: BitbucketServerAPI, repo: LocalGitRepo) -> GitFactory:

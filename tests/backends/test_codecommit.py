@@ -62,10 +62,6 @@ class TestCodeCommitConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "codecommit-flow-storage"
 
     @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
-
-    @pytest.fixture
     def storage_factory(self, fake: CodeCommitAPI, repo: LocalGitRepo) -> GitFactory:
         self.fake = fake
 

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import tarfile
 import time
 import uuid
@@ -46,6 +45,7 @@ from flowstore.storage.docker.daemon import Daemon
 from flowstore.storage.docker.layers import MEDIA_DOCKER_MANIFEST, ImageAssemblyError, assemble, file_layer
 from flowstore.storage.docker.oci import RegistryClient
 from flowstore.storage.errors import AuthFailed, IntegrityError, InvalidConfig, NotFound
+from tests.helpers.net import free_port
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.tls_certs import Authority, tls_daemon
 
@@ -69,12 +69,6 @@ def pickled_flow(flow_name: str, result: str) -> bytes:
         return result
 
     return envelope.dumps(Flow(flow_name, main))
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_storage(docker_env: dict[str, str], **kwargs: Any) -> Docker:
@@ -200,7 +194,7 @@ def test_read_flow_and_get_flow_without_the_daemon(built: Built, docker_env: dic
     assert doc["imageDigest"] == built.image.digest and doc["registryURL"] == docker_env["registry"]
     secret = {".dockerconfigjson": json.dumps({"auths": {docker_env["registry"]: {"auth": base64.b64encode(
         f"{docker_env['username']}:{docker_env['password']}".encode()).decode()}}})}
-    agent = Docker.from_config({**doc, "daemonURL": f"tcp://127.0.0.1:{_closed_port()}"}, credentials=secret)
+    agent = Docker.from_config({**doc, "daemonURL": f"tcp://127.0.0.1:{free_port()}"}, credentials=secret)
     agent.restore_state({"imageDigest": built.image.digest, "imageName": built.image.name,
                          "imageTag": built.image.tag})
     for flow in built.flows:
@@ -521,7 +515,7 @@ def test_dockerfile_syntax_error(docker_env: dict[str, str]) -> None:
 
 
 def test_registry_unreachable(docker_env: dict[str, str]) -> None:
-    storage = make_storage(docker_env, registry_url=f"127.0.0.1:{_closed_port()}")
+    storage = make_storage(docker_env, registry_url=f"127.0.0.1:{free_port()}")
     with pytest.raises(RegistryUnavailable) as info:
         storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "x"))])
     assert info.value.retryable and info.value.reason == "RegistryUnavailable"
@@ -542,7 +536,7 @@ def test_wrong_registry_password(docker_env: dict[str, str]) -> None:
 
 
 def test_daemon_unreachable(docker_env: dict[str, str]) -> None:
-    storage = make_storage(docker_env, base_url=f"tcp://127.0.0.1:{_closed_port()}")
+    storage = make_storage(docker_env, base_url=f"tcp://127.0.0.1:{free_port()}")
     with pytest.raises(DaemonUnavailable) as info:
         storage.build_image([ImageFlow("f", storage.location_for("f"), pickled_flow("f", "x"))])
     assert info.value.retryable and info.value.reason == "DaemonUnavailable"
@@ -949,7 +943,7 @@ def test_push_image_and_pull_image(docker_env: dict[str, str]) -> None:
     with pytest.raises(InvalidConfig, match="FROM"):
         make_storage(docker_env, dockerfile="FROM scratch\n").pull_image()
     with pytest.raises(DaemonUnavailable):
-        make_storage(docker_env, base_url=f"tcp://127.0.0.1:{_closed_port()}").push_image(repository, "1")
+        make_storage(docker_env, base_url=f"tcp://127.0.0.1:{free_port()}").push_image(repository, "1")
 
 
 def _tar(*entries: tuple[str, int, int]) -> bytes:

@@ -31,7 +31,6 @@ from google.cloud import storage as gcs_sdk
 
 from flowstore.storage import (
     AuthFailed,
-    ContainerNotFound,
     IntegrityError,
     InvalidConfig,
     NotFound,
@@ -42,7 +41,7 @@ from flowstore.storage.base import sha256_hex
 from flowstore.storage.gcs import GCS
 from tests.helpers.net import free_port
 
-from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
+from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, assert_container_not_found, make_flow
 
 CANARY_PRIVATE_KEY = "canary-PrivateKey-5b2e8d41-do-not-leak"
 CANARY_KEY_ID = "canarykeyid5b2e8d4100000000000000000000"
@@ -338,11 +337,7 @@ def test_missing_bucket_is_container_not_found(gcs_endpoint: str) -> None:
     calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"),
              lambda: storage.stat("k"), lambda: storage.delete("k"),
              lambda: storage.put_bytes("big", os.urandom(9 * 1024 * 1024)), storage.run_basic_healthchecks)
-    for call in calls:
-        with pytest.raises(ContainerNotFound) as info:
-            call()
-        assert bucket in str(info.value)
-        assert info.value.retryable is False
+    assert_container_not_found(bucket, calls)
 
 
 def test_missing_object_is_not_found(gcs_endpoint: str, gcs_bucket: str) -> None:

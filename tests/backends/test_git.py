@@ -44,10 +44,6 @@ class TestGitConformance(GitHostedConformance, SymlinkConformance):
     seed_reaches_server = False  # the seed's Git clones over https (or ssh); this server is http://
 
     @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
-
-    @pytest.fixture
     def storage_factory(self, server: GitServer, repo: LocalGitRepo) -> GitFactory:
         self.server = server
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from flowstore.storage.git.github import GitHub
 from tests.backends.git_conformance import GitFactory, GitHostedConformance, SymlinkConformance, flow_script
 from tests.fakes.github_api import GitHubAPI
 from tests.helpers.gitrepo import LocalGitRepo, Submodule, Symlink
+from tests.helpers.net import free_port
 
 TOKEN = "ghp_canaryGitHubToken7f3a9c1eDoNotLeak0001"
 REPO = "acme/flows"
@@ -55,10 +55,6 @@ def assert_no_token(*things: Any) -> None:
 
 class TestGitHubConformance(GitHostedConformance, SymlinkConformance):
     default_label_prefix = "github"
-
-    @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
 
     @pytest.fixture
     def storage_factory(self, api: GitHubAPI) -> GitFactory:
@@ -281,9 +277,7 @@ def test_file_read_from_a_vanished_repository_is_repository_not_found(api: GitHu
 
 
 def test_unreachable_api_is_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens here
     store = GitHub(REPO, api_url=f"http://127.0.0.1:{port}", access_token=TOKEN)
     with pytest.raises(Unavailable) as info:
         store.resolve_ref("main")

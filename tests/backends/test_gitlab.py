@@ -59,10 +59,6 @@ class TestGitLabConformance(GitHostedConformance, SymlinkConformance):
     seed_reaches_server = False  # its apiURL (the fake's address) has no seed field
 
     @pytest.fixture
-    def git_repo(self, repo: LocalGitRepo) -> LocalGitRepo:
-        return repo
-
-    @pytest.fixture
     def storage_factory(self, api: GitLabAPI) -> GitFactory:
         self.api = api
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
 import traceback
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,6 @@ import pytest
 
 from flowstore.storage import (
     AuthFailed,
-    ContainerNotFound,
     InvalidConfig,
     NotFound,
     Unavailable,
@@ -28,9 +24,10 @@ from flowstore.storage import (
 )
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.s3 import S3
+from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.net import free_port
 
-from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, make_flow
+from .conformance import SCRIPT_SOURCE, StorageConformance, StorageFactory, assert_container_not_found, make_flow
 
 CANARY_SECRET = "canary-Secret-7f3a9c1e-do-not-leak"
 CANARY_KEY_ID = "AKIACANARY7F3A9C1E00"
@@ -56,37 +53,10 @@ def raw_client(s3_endpoint: str) -> Any:
 
 @pytest.fixture(scope="module")
 def auth_enforcing_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second, real moto server that enforces IAM authentication from the first request
-    (INITIAL_NO_AUTH_ACTION_COUNT=0, https://docs.getmoto.org/en/latest/docs/iam.html), since
+    """A second, real moto server that enforces IAM authentication from the first request, since
     the shared one accepts any credentials."""
-    moto_server = shutil.which("moto_server")
-    if moto_server is None:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - local server
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start: {log.read_text()}")
-                time.sleep(0.1)
+    with auth_enforcing_moto(tmp_path_factory.mktemp("moto-auth")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _assert_no_canary(exc: BaseException) -> None:
@@ -181,11 +151,7 @@ def test_missing_bucket_is_container_not_found(s3_endpoint: str) -> None:
     storage = S3(bucket=bucket, endpoint_url=s3_endpoint)
     calls = (storage.check_container, lambda: storage.put_bytes("k", b"x"), lambda: storage.get_bytes("k"),
              storage.run_basic_healthchecks)
-    for call in calls:
-        with pytest.raises(ContainerNotFound) as info:
-            call()
-        assert bucket in str(info.value)
-        assert info.value.retryable is False
+    assert_container_not_found(bucket, calls)
 
 
 def test_missing_object_is_not_found(s3_endpoint: str, s3_bucket: str) -> None:

@@ -75,8 +75,10 @@ class TestWebhook(StorageConformance):
 
     @pytest.fixture
     def storage_factory(self, server: WebhookServer, monkeypatch: pytest.MonkeyPatch) -> StorageFactory:
-        # Agents (from_serialized, the env runner's child) read the token from the environment.
+        # Agents (from_serialized, the env runner's child) read the token from the environment,
+        # as their FLOWSTORE_ALLOWED_ENV allows.
         monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
+        monkeypatch.setenv("FLOWSTORE_ALLOWED_ENV", "WEBHOOK_TOKEN")
         objects = f"{server.url}/objects/${{location}}"
 
         def make(**kwargs: Any) -> Webhook:
@@ -174,15 +176,21 @@ def test_agent_loads_from_serialized_with_env(server: WebhookServer, monkeypatch
     doc = json.loads(json.dumps(storage.to_status()))  # what status.storage holds
 
     monkeypatch.delenv("WEBHOOK_TOKEN", raising=False)
+    monkeypatch.setenv("FLOWSTORE_ALLOWED_ENV", "WEBHOOK_TOKEN")
     with pytest.raises(TemplateValueMissing, match=r"\$\{WEBHOOK_TOKEN\}.*environment") as info:
         from_serialized(doc).get_flow()
     assert_no_token(info.value)
 
-    monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)  # the agent's own environment (the seed's semantics)
+    monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)  # the agent's own environment, allowed by the agent
     agent = from_serialized(doc)
-    assert isinstance(agent, Webhook) and agent.allowed_env is None and agent.secret_values is None
+    assert isinstance(agent, Webhook) and agent.allowed_env == ["WEBHOOK_TOKEN"] and agent.secret_values is None
     assert agent.get_flow(location).run() == "ran"
     assert agent.to_status() == storage.to_status()
+    # the argument instead of the variable
+    monkeypatch.delenv("FLOWSTORE_ALLOWED_ENV")
+    assert from_serialized(doc, allowed_env=["WEBHOOK_TOKEN"]).get_flow(location).run() == "ran"
+    with pytest.raises(TemplateValueMissing, match="FLOWSTORE_ALLOWED_ENV is empty"):
+        from_serialized(doc).get_flow(location)
 
 
 def test_operator_never_reads_its_environment_unless_allowed(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from tests.helpers.helm import DENIAL, HELM_HOMES, run_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
+from tests.helpers.net import free_port
 
 CHART = ROOT / "helm" / "flowstore-operator"
 IMAGE_REPOSITORY = "flowstore/flowstore-operator"
@@ -73,12 +73,6 @@ def operator_image(node_env: dict[str, str], docker_env: dict[str, str]) -> Call
         return tag
 
     return push
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pull_secret(namespace: str, docker_env: dict[str, str], name: str = "registry") -> str:
@@ -192,6 +186,9 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
             "--set", "probes.readiness.periodSeconds=1",
             "--set", f"replicas={replicas}",
             "--set", "log.format=text",
+            # builder Jobs in the test images of the local registry (the chart's default: none)
+            "--set", "builds.enabled=true",
+            "--set", f"builds.allowedImages[0]={docker_env['registry']}/*",
             *(["--set", "watchNamespaces={" + ",".join(watch) + "}"] if watch else []),
             *values,
         ]

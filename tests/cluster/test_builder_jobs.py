@@ -28,7 +28,7 @@ from tests.cluster.conftest import NO_PYTHON_IMAGE, pull_secret
 from tests.helpers import prefect1
 from tests.helpers.gitrepo import LocalGitRepo
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import manifests, s3_storage, secret
+from tests.helpers.manifests import manifests, s3_storage, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prefect1" / "flows" / "orders"
@@ -107,13 +107,14 @@ def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None)
 @pytest.fixture
 def start_operator(tmp_path: Path, kube_env: dict[str, str]) -> Iterator[Callable[..., OperatorProcess]]:
     """`start_operator(namespace, *args)`: `flowstore operator -n namespace` as a local process
-    (no prefect in its environment); stopped afterwards."""
+    (no prefect in its environment), builder Jobs enabled for any image (these tests try images
+    that cannot build too); stopped afterwards. The build policy itself: tests/e2e/test_security.py."""
     started: list[OperatorProcess] = []
 
     def start(namespace: str, *args: str) -> OperatorProcess:
         op = OperatorProcess(tmp_path / f"op{len(started)}", dict(os.environ))
         op.log_dir.mkdir()
-        op.start("-n", namespace, *args)
+        op.start("-n", namespace, "--enable-build-jobs", "--build-image", "*", *args)
         started.append(op)
         return op
 
@@ -180,10 +181,7 @@ def built_storage(namespace: str, bucket: str, endpoint: str, image: str, name: 
 
 def script_flow(namespace: str, name: str, flow_name: str, script: str, storage: str = "store",
                 **spec: Any) -> str:
-    return manifests({"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-                      "metadata": {"name": name, "namespace": namespace},
-                      "spec": {"storageRef": {"name": storage}, "flowName": flow_name,
-                               "source": {"inline": script}, **spec}})
+    return manifests(stored_flow(namespace, name, flow_name, {"inline": script}, storage, **spec))
 
 
 def orders_report(namespace: str, storage: str = "store") -> str:

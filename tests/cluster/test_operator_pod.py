@@ -9,6 +9,8 @@ import json
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.cluster.conftest import Release, pull_secret
 from tests.cluster.test_builder_jobs import PREFECT_ETL, script_flow, wait_cleaned_up
 from tests.helpers.kube import apply, condition, get, kubectl, wait_ready, wait_reason
@@ -142,18 +144,7 @@ def test_build_sandbox_holds_inside_the_pod(install: Callable[..., Release], new
     (pod,) = release.pods()
     apply(s3_storage(namespace, s3_bucket, s3_endpoint))
     script = PROBE_FLOW.format(token=SA_TOKEN, port=apiserver_port)
-    indented = "\n".join("      " + line for line in script.splitlines())
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: probe, namespace: {namespace}}}
-spec:
-  storageRef: {{name: store}}
-  flowName: probe
-  source:
-    inline: |
-{indented}
-""")
+    apply(script_flow(namespace, "probe", "probe", script))
     wait_ready(namespace, "probe", timeout=120)
     from flowstore.client import load_flow
 
@@ -166,7 +157,7 @@ spec:
     assert kubectl("exec", "-n", release.namespace, pod["metadata"]["name"], "--", "python3", "-c",
                    outside).stdout.strip() == "both"
     logs = release.logs()
-    assert "Landlock is unavailable" not in logs
+    assert "build sandbox: confined" in logs and "cannot confine builds" not in logs
     release.assert_no_denials(logs)
 
 
@@ -191,3 +182,27 @@ def test_builds_without_rbac_for_jobs_say_which_permission_is_missing(
     message = condition(failed)["message"]
     assert "jobs.batch" in message and repr(namespace) in message and "create" in message, message
     assert condition(failed, "Stalled").get("status") == "True"
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_without_builds_the_chart_grants_and_the_operator_makes_no_job(
+        install: Callable[..., Release], new_namespace: Callable[[], str], s3_endpoint: str, s3_bucket: str,
+        runtime_image: str, docker_env: dict[str, str], mode: str) -> None:
+    """builds.enabled=false (the chart's default): a StoredFlow asking for spec.build is refused by
+    the operator's policy (BuildNotAllowed, saying what to change), no Job appears, and the
+    operator's ServiceAccount could not have made one: the chart granted nothing on Jobs."""
+    namespace = new_namespace()
+    release = install("--set", "builds.enabled=false", watch=(namespace,) if mode == "namespaced" else ())
+    pull_secret(namespace, docker_env)
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="built", key_prefix="built/",
+                     build={"image": runtime_image, "imagePullSecrets": [{"name": "registry"}]}))
+    apply(script_flow(namespace, "prefect-etl", "prefect etl", PREFECT_ETL, storage="built"))
+    store_flows(namespace, s3_bucket, s3_endpoint, count=1)  # flows without spec.build are stored
+    failed = wait_reason(namespace, "prefect-etl", "BuildNotAllowed", timeout=120)
+    assert "builds.enabled" in condition(failed)["message"]
+    assert kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
+    account = f"system:serviceaccount:{release.namespace}:{release.deployment}"  # the chart names both alike
+    for verb, resource in (("create", "jobs.batch"), ("get", "pods/log"), ("create", "configmaps")):
+        answer = kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={account}", check=False)
+        assert answer.stdout.strip() == "no", (verb, resource, answer.stdout)
+    release.assert_no_denials()

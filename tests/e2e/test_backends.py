@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from flowstore import client
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, message, wait_for, wait_ready, wait_reason
 from tests.helpers.manifests import azure_storage, flow_storage, inline_flow, manifests, secret, webhook_storage
 from tests.helpers.objects import azure_blobs, gcs_blobs
 from tests.helpers.operator import OperatorProcess
@@ -26,8 +26,12 @@ from tests.helpers.webhook_server import WebhookServer
 
 
 # --------------------------------------------------------------------------- helpers
-def message(obj: dict[str, Any]) -> str:
-    return str(condition(obj).get("message", ""))
+def store_pickle_and_script(namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pickled flow (etl) and a script (report) in the namespace's FlowStorage `store`: their
+    statuses once Ready."""
+    apply(inline_flow(namespace, "etl", "etl daily", body="return 6 * 7"))
+    apply(inline_flow(namespace, "report", "report", body="return 'script'", storedAsScript=True))
+    return wait_ready(namespace, "etl")["status"], wait_ready(namespace, "report")["status"]
 
 
 def posts(server: WebhookServer) -> list[str]:
@@ -51,10 +55,8 @@ def assert_no_leak(operator: OperatorProcess, namespace: str, *values: str) -> N
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
-    """Delete this test's StoredFlows afterwards (no namespace controller runs here), so a later
-    operator start does not keep retrying the failing ones."""
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 # --------------------------------------------------------------------------- GCS
@@ -76,10 +78,7 @@ def test_gcs_pickle_and_script_flows_are_stored_and_loaded(gcs_endpoint: str, op
     apply(manifests(flow_storage(namespace, "store", "gcs",
                                  {"bucket": gcs_bucket, "keyPrefix": "prod/", "endpointURL": gcs_endpoint},
                                  labels=["team-a"])))
-    apply(inline_flow(namespace, "etl", "etl daily", body="return 6 * 7"))
-    apply(inline_flow(namespace, "report", "report", body="return 'script'", storedAsScript=True))
-    etl = wait_ready(namespace, "etl")["status"]
-    report = wait_ready(namespace, "report")["status"]
+    etl, report = store_pickle_and_script(namespace)
 
     for status, fmt in ((etl, "pickle"), (report, "script")):
         assert status["artifact"]["format"] == fmt
@@ -176,10 +175,7 @@ def test_azure_pickle_and_script_flows_are_stored_and_loaded(azure_connection_st
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = _connection_field(azure_connection_string, "BlobEndpoint").rstrip("/")
     apply(azure_storage(namespace, "store", azure_container, azure_connection_string, keyPrefix="prod/"))
-    apply(inline_flow(namespace, "etl", "etl daily", body="return 6 * 7"))
-    apply(inline_flow(namespace, "report", "report", body="return 'script'", storedAsScript=True))
-    etl = wait_ready(namespace, "etl")["status"]
-    report = wait_ready(namespace, "report")["status"]
+    etl, report = store_pickle_and_script(namespace)
 
     for status, fmt in ((etl, "pickle"), (report, "script")):
         assert status["artifact"]["format"] == fmt

@@ -6,134 +6,34 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from flowstore import client
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import inline_flow, s3_storage
-from tests.helpers.net import free_port
+from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, message, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import flow_script, inline_flow, manifests, s3_storage, script_flow, stored_flow
+from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
 
 
-# --------------------------------------------------------------------------- helpers
-def script_flow(namespace: str, name: str, flow_name: str, script: str, storage: str = "store",
-                **spec: Any) -> str:
-    """Manifest of a StoredFlow whose inline source is exactly `script`."""
-    indented = "\n".join("      " + line for line in script.splitlines())
-    extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in spec.items())
-    return f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  storageRef: {{name: {storage}}}
-  flowName: {json.dumps(flow_name)}
-  source:
-    inline: |
-{indented}
-{extra}"""
-
-
-def configmap_flow(namespace: str, name: str, flow_name: str, configmap: str, key: str,
-                   storage: str = "store") -> str:
-    return f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  storageRef: {{name: {storage}}}
-  flowName: {json.dumps(flow_name)}
-  source: {{configMapRef: {{name: {configmap}, key: {json.dumps(key)}}}}}
-"""
-
-
-def storage_with_secret(namespace: str, name: str, bucket: str, endpoint: str,
-                        secret_data: dict[str, str] | None, secret_name: str | None = None) -> str:
-    """A FlowStorage referencing Secret `secret_name` (default `<name>-creds`); the Secret is
-    created with `secret_data` unless that is None (then it is left missing)."""
-    secret_name = secret_name or f"{name}-creds"
-    secret = ""
-    if secret_data is not None:
-        secret = f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: {secret_name}, namespace: {namespace}}}
-stringData: {json.dumps(secret_data)}
----"""
-    return secret + f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  s3:
-    bucket: {bucket}
-    endpointURL: {endpoint}
-    region: us-east-1
-    credentialsSecretRef: {{name: {secret_name}}}
-"""
-
-
-def message(obj: dict[str, Any]) -> str:
-    return str(condition(obj).get("message", ""))
-
-
-def flow_script(flow_name: str, body: str = "return 42", prelude: str = "") -> str:
-    return (f"{prelude}from flowstore.flow import Flow\n\ndef main():\n    {body}\n\n"
-            f"flow = Flow({flow_name!r}, main)\n")
-
-
-
+# --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def auth_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second, real moto server that enforces authentication from the first request
-    (INITIAL_NO_AUTH_ACTION_COUNT=0), as tests/backends/test_s3.py does: the shared one
-    accepts any keys."""
-    moto_server = shutil.which("moto_server")
-    if moto_server is None:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - local server
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start: {log.read_text()}")
-                time.sleep(0.1)
+    """A second, real moto server that enforces authentication from the first request: the
+    shared one accepts any keys."""
+    with auth_enforcing_moto(tmp_path_factory.mktemp("moto-auth")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
-    """Delete this test's StoredFlows afterwards (no namespace controller runs here), so a later
-    operator start does not rebuild the failing ones (a BuildTimeout costs a build slot 5 s)."""
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 # --------------------------------------------------------------------------- credentials and buckets
@@ -141,8 +41,8 @@ def test_missing_secret_and_missing_key(operator: OperatorProcess, namespace: st
                                         s3_endpoint: str) -> None:
     apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="good"))
     key_id = f"AKIA{uuid.uuid4().hex[:16].upper()}"
-    apply(storage_with_secret(namespace, "nosecret", s3_bucket, s3_endpoint, None))
-    apply(storage_with_secret(namespace, "nokey", s3_bucket, s3_endpoint, {"AWS_ACCESS_KEY_ID": key_id}))
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="nosecret", credentials=None))
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="nokey", credentials={"AWS_ACCESS_KEY_ID": key_id}))
     apply(inline_flow(namespace, "ok", "ok", storage="good"))
     apply(inline_flow(namespace, "a", "a", storage="nosecret"))
     apply(inline_flow(namespace, "b", "b", storage="nokey"))
@@ -165,8 +65,8 @@ def test_missing_secret_and_missing_key(operator: OperatorProcess, namespace: st
 
     # Secrets are not watched, yet creating the missing one is picked up within seconds (a
     # doubling recheck delay, not a fixed minute), for the storage and its flow.
-    apply(storage_with_secret(namespace, "nosecret", s3_bucket, s3_endpoint,
-                              {"AWS_ACCESS_KEY_ID": "AKIALATE000000000000", "AWS_SECRET_ACCESS_KEY": "late-secret"}))
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="nosecret",
+                     credentials={"AWS_ACCESS_KEY_ID": "AKIALATE000000000000", "AWS_SECRET_ACCESS_KEY": "late-secret"}))
     assert wait_ready(namespace, "a", timeout=30)["status"]["location"]
     wait_ready(namespace, "nosecret", kind="flowstorage", timeout=30)
     assert operator.alive()
@@ -175,8 +75,8 @@ def test_missing_secret_and_missing_key(operator: OperatorProcess, namespace: st
 def test_wrong_credentials_are_auth_failed(operator: OperatorProcess, namespace: str, s3_bucket: str,
                                            s3_endpoint: str, auth_endpoint: str) -> None:
     apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="good"))
-    apply(storage_with_secret(namespace, "store", "flows", auth_endpoint,
-                              {"AWS_ACCESS_KEY_ID": "AKIABOGUS0000000000", "AWS_SECRET_ACCESS_KEY": "bogus-bogus"}))
+    apply(s3_storage(namespace, "flows", auth_endpoint, name="store",
+                     credentials={"AWS_ACCESS_KEY_ID": "AKIABOGUS0000000000", "AWS_SECRET_ACCESS_KEY": "bogus-bogus"}))
     apply(inline_flow(namespace, "bad", "bad"))
     apply(inline_flow(namespace, "ok", "ok", storage="good"))
     failed = wait_reason(namespace, "bad", "AuthFailed")
@@ -207,7 +107,7 @@ def test_missing_bucket_is_bucket_not_found(operator: OperatorProcess, namespace
 def test_configmap_missing_then_missing_key_then_fixed(operator: OperatorProcess, namespace: str,
                                                        s3_bucket: str, s3_endpoint: str) -> None:
     apply(s3_storage(namespace, s3_bucket, s3_endpoint))
-    apply(configmap_flow(namespace, "etl", "etl", "flows", "etl.py"))
+    apply(manifests(stored_flow(namespace, "etl", "etl", {"configMapRef": {"name": "flows", "key": "etl.py"}})))
     missing = wait_reason(namespace, "etl", "SourceNotFound")
     assert "ConfigMap 'flows'" in message(missing) and "create it" in message(missing)
     assert condition(missing, "Stalled").get("status") == "True"
@@ -326,8 +226,8 @@ def test_canary_secret_never_leaks(operator: OperatorProcess, namespace: str, s3
     canary_id = f"AKIA{uuid.uuid4().hex[:16].upper()}"
     creds = {"AWS_ACCESS_KEY_ID": canary_id, "AWS_SECRET_ACCESS_KEY": canary}
     missing = f"nope-{uuid.uuid4().hex[:10]}"
-    apply(storage_with_secret(namespace, "nobucket", missing, s3_endpoint, creds, secret_name="canary"))
-    apply(storage_with_secret(namespace, "denied", "flows", auth_endpoint, None, secret_name="canary"))
+    apply(s3_storage(namespace, missing, s3_endpoint, name="nobucket", credentials=creds, secret_name="canary"))
+    apply(s3_storage(namespace, "flows", auth_endpoint, name="denied", credentials=None, secret_name="canary"))
     apply(inline_flow(namespace, "a", "a", storage="nobucket"))
     apply(inline_flow(namespace, "b", "b", storage="denied"))
     wait_reason(namespace, "a", "BucketNotFound")

@@ -19,14 +19,11 @@ import pytest
 import requests
 
 from flowstore import client
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import manifests, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def manifests(*docs: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
 
 def registry_secret(namespace: str, docker_env: dict[str, str], password: str | None = None,
@@ -57,10 +54,7 @@ def docker_storage(namespace: str, docker_env: dict[str, str], *, name: str = "i
 def flow(namespace: str, name: str, body: str = "return 42", *, storage: str = "images", script: bool = False,
          prelude: str = "") -> dict[str, Any]:
     source = f"{prelude}from flowstore.flow import Flow\n\n\ndef main():\n    {body}\n\n\nflow = Flow({name!r}, main)\n"
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": storage}, "flowName": name, "storedAsScript": script,
-                     "source": {"inline": source}}}
+    return stored_flow(namespace, name, name, {"inline": source}, storage, storedAsScript=script)
 
 
 def all_tags(docker_env: dict[str, str], image: str) -> list[str]:
@@ -79,18 +73,16 @@ def base_tags(docker_env: dict[str, str], image: str) -> list[str]:
 
 
 @pytest.fixture
-def agent_docker_config(docker_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+def agent_docker_config(docker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's own registry credentials, the standard way (DOCKER_CONFIG/config.json)."""
     (tmp_path / "config.json").write_text(registry_secret("x", docker_env)["stringData"][".dockerconfigjson"])
-    os.environ["DOCKER_CONFIG"] = str(tmp_path)
-    yield
-    os.environ.pop("DOCKER_CONFIG", None)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
 
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 def test_one_image_per_storage_built_once_loaded_from_the_registry(

@@ -29,9 +29,10 @@ import pytest
 from flowstore import client
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
-from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.manifests import configmap, inline_flow, manifests, s3_storage, stored_flow
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import local_dir as operator_local_dir
 from tests.helpers.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.usefixtures("own_operators_only")]
@@ -338,8 +339,8 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
     say(f"sigkill-backends: seed {seed} (FLOWSTORE_FAULTS_SEED={seed} replays the kill times)")
     per_backend, kills = 4, 6
     policy = {"deletionPolicy": "Delete", "storedAsScript": True}
-    local_dir = tmp_path / "local"
-    local_dir.mkdir()
+    local_dir = operator_local_dir(namespace)
+    local_dir.mkdir(parents=True)
     gcs = gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                          client_options={"api_endpoint": gcs_endpoint})
     gcs_bucket = f"flows-{uuid.uuid4().hex[:12]}"
@@ -550,23 +551,9 @@ def test_deleted_configmap_keeps_last_good_flow(make_operator: Callable[[str], S
     op = make_operator(namespace)
     op.start()
     apply(s3_storage(namespace, s3_bucket, s3_endpoint))
-    configmap = f"""
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: flow-src, namespace: {namespace}}}
-data:
-  etl.py: {json.dumps(script("etl", 5))}
-"""
-    apply(configmap)
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: etl, namespace: {namespace}}}
-spec:
-  storageRef: {{name: store}}
-  flowName: etl
-  source: {{configMapRef: {{name: flow-src, key: etl.py}}}}
-""")
+    source = manifests(configmap(namespace, "flow-src", {"etl.py": script("etl", 5)}))
+    apply(source)
+    apply(manifests(stored_flow(namespace, "etl", "etl", {"configMapRef": {"name": "flow-src", "key": "etl.py"}})))
     good = wait_ready(namespace, "etl")["status"]
     keys = s3_keys(s3_endpoint, s3_bucket)
 
@@ -582,7 +569,7 @@ spec:
     assert client.load_flow("etl", namespace).run() == 5
     say("configmap: last good location and artifact kept; load_flow still loads it (run() == 5)")
 
-    apply(configmap)
+    apply(source)
     t0 = time.monotonic()
     again = wait_ready(namespace, "etl")["status"]
     say(f"configmap: re-created with the same content: Ready again after {time.monotonic() - t0:.1f}s, "

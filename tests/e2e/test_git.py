@@ -17,12 +17,19 @@ import pytest
 from flowstore import client
 from tests.backends.git_conformance import flow_script
 from tests.helpers.gitrepo import LocalGitRepo
-from tests.helpers.kube import apply, condition, get, kubectl, kubectl_json, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import (
+    apply,
+    condition,
+    delete_flows,
+    get,
+    kubectl,
+    kubectl_json,
+    wait_for,
+    wait_ready,
+    wait_reason,
+)
+from tests.helpers.manifests import manifests, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
-
-
-def manifests(*docs: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
 
 
 def git_storage(namespace: str, url: str, *, name: str = "repo", secret: str = "git-creds",  # noqa: S107
@@ -33,15 +40,12 @@ def git_storage(namespace: str, url: str, *, name: str = "repo", secret: str = "
                      "interval": "1s", "labels": ["prod"]}}
 
 
-def stored_flow(namespace: str, name: str, flow_name: str, path: str, storage: str = "repo") -> dict[str, Any]:
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": storage}, "flowName": flow_name, "source": {"path": path}}}
+def git_flow(namespace: str, name: str, flow_name: str, path: str, storage: str = "repo") -> dict[str, Any]:
+    return stored_flow(namespace, name, flow_name, {"path": path}, storage)
 
 
-def creds(namespace: str, username: str, password: str, name: str = "git-creds") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "stringData": {"GIT_USERNAME": username, "GIT_PASSWORD": password}}
+def git_creds(namespace: str, username: str, password: str, name: str = "git-creds") -> dict[str, Any]:
+    return secret(namespace, name, {"GIT_USERNAME": username, "GIT_PASSWORD": password})
 
 
 def events(namespace: str, reason: str) -> list[str]:
@@ -61,28 +65,26 @@ def url(git_server: dict[str, str], repo: LocalGitRepo) -> str:
 
 
 @pytest.fixture
-def agent_env(git_server: dict[str, str]) -> Iterator[None]:
+def agent_env(git_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """An agent's own git credentials (the status never carries them)."""
-    os.environ["GIT_USERNAME"], os.environ["GIT_PASSWORD"] = git_server["username"], git_server["password"]
-    yield
-    os.environ.pop("GIT_USERNAME", None)
-    os.environ.pop("GIT_PASSWORD", None)
+    monkeypatch.setenv("GIT_USERNAME", git_server["username"])
+    monkeypatch.setenv("GIT_PASSWORD", git_server["password"])
 
 
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 def test_pins_follows_the_file_and_agents_load_the_pinned_commit(
         operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo, url: str,
         agent_env: None) -> None:
     first = repo.commit({"flows/etl.py": flow_script("etl daily", 1), "flows/report.py": flow_script("report", 5)})
-    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+    apply(manifests(git_creds(namespace, git_server["username"], git_server["password"]),
                     git_storage(namespace, url, ref="main"),
-                    stored_flow(namespace, "etl", "etl daily", "flows/etl.py"),
-                    stored_flow(namespace, "report", "report", "/flows/report.py")))
+                    git_flow(namespace, "etl", "etl daily", "flows/etl.py"),
+                    git_flow(namespace, "report", "report", "/flows/report.py")))
     etl = wait_ready(namespace, "etl")["status"]
     print(f"pinned: {etl['git']}")
     assert etl["git"] == {"repo": url, "path": "flows/etl.py", "ref": "main", "commit": first,
@@ -131,8 +133,8 @@ def test_agent_refuses_a_file_that_does_not_match_the_pin(
         operator: OperatorProcess, namespace: str, git_server: dict[str, str], repo: LocalGitRepo, url: str,
         agent_env: None) -> None:
     repo.commit({"flows/etl.py": flow_script("etl", 1)})
-    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
-                    git_storage(namespace, url), stored_flow(namespace, "etl", "etl", "flows/etl.py")))
+    apply(manifests(git_creds(namespace, git_server["username"], git_server["password"]),
+                    git_storage(namespace, url), git_flow(namespace, "etl", "etl", "flows/etl.py")))
     wait_ready(namespace, "etl")
     status = client.locate("etl", namespace)
     assert status["git"]["ref"] == "(default branch)"
@@ -155,12 +157,12 @@ def test_bad_input_gets_its_own_reason(operator: OperatorProcess, namespace: str
         case, "flows/etl.py")
     expected = {"no-repo": "RepositoryNotFound", "bad-password": "AuthFailed", "no-ref": "RefNotFound",
                 "no-file": "FileNotFound", "syntax": "ScriptSyntaxError", "no-flow-object": "FlowNotFound"}[case]
-    apply(manifests(creds(namespace, git_server["username"], password),
+    apply(manifests(git_creds(namespace, git_server["username"], password),
                     git_storage(namespace, storage_url, **block),
-                    stored_flow(namespace, "flow", "etl", path),
-                    stored_flow(namespace, "good-elsewhere", "etl", "flows/etl.py", storage="other"),
+                    git_flow(namespace, "flow", "etl", path),
+                    git_flow(namespace, "good-elsewhere", "etl", "flows/etl.py", storage="other"),
                     git_storage(namespace, url, name="other", secret="good-creds"),
-                    creds(namespace, git_server["username"], git_server["password"], name="good-creds")))
+                    git_creds(namespace, git_server["username"], git_server["password"], name="good-creds")))
     failed = wait_reason(namespace, "flow", expected)
     print(f"{case}: {expected}: {condition(failed)['message']}")
     assert git_server["password"] not in condition(failed)["message"]
@@ -205,7 +207,7 @@ def test_no_secret_means_anonymous_never_the_operators_own_credentials(
     try:
         storage = git_storage(namespace, url)
         del storage["spec"]["git"]["credentialsSecretRef"]
-        apply(manifests(storage, stored_flow(namespace, "etl", "etl", "flows/etl.py")))
+        apply(manifests(storage, git_flow(namespace, "etl", "etl", "flows/etl.py")))
         failed = wait_reason(namespace, "etl", "AuthFailed")
         assert "status" in failed and "git" not in failed["status"]
     finally:
@@ -231,9 +233,9 @@ def test_git_server_outage_retries_then_pins_each_flow_once(
     head = repo.commit({f"flows/{n}.py": flow_script(n, i) for i, n in enumerate(names)})
     localcloud("stop")
     try:
-        apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+        apply(manifests(git_creds(namespace, git_server["username"], git_server["password"]),
                         git_storage(namespace, url),
-                        *[stored_flow(namespace, n, n, f"flows/{n}.py") for n in names]))
+                        *[git_flow(namespace, n, n, f"flows/{n}.py") for n in names]))
         down = [wait_reason(namespace, n, "BackendUnavailable", timeout=30) for n in names]
         print(f"outage: {len(down)} flows BackendUnavailable, e.g. {condition(down[0])['message']}")
         assert all(condition(o, "Stalled") == {} for o in down), "an outage is temporary, never Stalled"
@@ -263,9 +265,9 @@ def test_a_directory_is_a_flow_of_several_files_pinned_and_remade_by_agents(
     first = repo.commit({**files, "flows/sales/.flowstoreignore": b"*.ipynb\n",
                          "flows/sales/scratch.ipynb": b"{}", "flows/sales/tests/test_report.py": b"assert 0\n",
                          "flows/etl.py": flow_script("etl daily", 1)})
-    flow = stored_flow(namespace, "sales", "sales report", "flows/sales/")
+    flow = git_flow(namespace, "sales", "sales report", "flows/sales/")
     flow["spec"].update(entrypoint="sales_report.py:flow", source={"path": "flows/sales", "ignore": ["tests/"]})
-    apply(manifests(creds(namespace, git_server["username"], git_server["password"]),
+    apply(manifests(git_creds(namespace, git_server["username"], git_server["password"]),
                     git_storage(namespace, url, ref="main"), flow))
     status = wait_ready(namespace, "sales", timeout=60)["status"]
     artifact = status["artifact"]

@@ -23,7 +23,7 @@ from tests.fakes.codecommit_api import CodeCommitAPI
 from tests.fakes.github_api import GitHubAPI
 from tests.fakes.gitlab_api import GitLabAPI
 from tests.helpers.gitrepo import LocalGitRepo
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, wait_for, wait_ready, wait_reason
 from tests.helpers.operator import OperatorProcess
 
 TOKEN = "canary-provider-token-5e0c-do-not-leak"
@@ -123,7 +123,7 @@ def provider(request: pytest.FixtureRequest, repo: LocalGitRepo) -> Iterator[Pro
 @pytest.fixture(autouse=True)
 def _remove_flows(namespace: str) -> Iterator[None]:
     yield
-    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+    delete_flows(namespace)
 
 
 def test_pinned_through_the_provider_api_and_loaded_back(

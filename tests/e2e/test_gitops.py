@@ -15,7 +15,8 @@ import yaml
 from tests.helpers.health_harness import argocd, evaluate, harness_binary, kstatus
 from tests.helpers.kube import kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.manifests import kustomize_overlay
+from tests.helpers.operator import OperatorProcess, local_dir
 
 EXAMPLE = ROOT / "examples" / "gitops"
 
@@ -32,22 +33,13 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def overlay(tmp_path: Path, namespace: str, directory: Path) -> Path:
     """A kustomization on top of the example, as a user's environment overlay would be: another
     namespace, and the Local storage's directory on this machine."""
-    path = tmp_path / "overlay"
-    path.mkdir()
-    (path / "kustomization.yaml").write_text(f"""\
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: {namespace}
-resources:
-  - {os.path.relpath(EXAMPLE, path)}
-patches:
+    return kustomize_overlay(tmp_path / "overlay", EXAMPLE, namespace, f"""\
   - target: {{group: flowstore.dev, kind: FlowStorage, name: gitops-local}}
     patch: |
       - op: replace
         path: /spec/local/directory
         value: {directory}
 """)
-    return path
 
 
 def test_generated_configmap_name_is_referenced_by_every_storedflow() -> None:
@@ -94,8 +86,8 @@ def test_sync_waves_put_storages_before_flows() -> None:
 
 def test_example_is_stored_and_ready(operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
     harness = harness_binary()
-    directory = tmp_path / "flows"
-    directory.mkdir()
+    directory = local_dir(namespace, "flows")
+    directory.mkdir(parents=True)
     rendered = kubectl("kustomize", str(overlay(tmp_path, namespace, directory))).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {namespace}

@@ -9,7 +9,7 @@ import json
 import time
 
 from tests.helpers.kube import apply, condition, get, kubectl, wait_ready, wait_reason
-from tests.helpers.manifests import s3_storage
+from tests.helpers.manifests import s3_storage, stored_flow
 from tests.helpers.operator import OperatorProcess
 
 LIMIT = 131072  # characters of spec.source.inline (crds/flowstore.dev_storedflows.yaml)
@@ -22,9 +22,7 @@ def script_of_size(size: int, flow_name: str = "big") -> str:
 
 
 def storedflow(namespace: str, name: str, source: str) -> str:
-    return json.dumps({"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-                       "metadata": {"name": name, "namespace": namespace},
-                       "spec": {"storageRef": {"name": "store"}, "flowName": "big", "source": {"inline": source}}})
+    return json.dumps(stored_flow(namespace, name, "big", {"inline": source}))
 
 
 def test_an_inline_source_at_the_limit_stores_and_deletes(operator: OperatorProcess, namespace: str,

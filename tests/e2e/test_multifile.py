@@ -21,7 +21,7 @@ from flowstore import client
 from flowstore.artifacts import bundle
 from tests.helpers.kube import apply, kubectl, wait_for, wait_ready
 from tests.helpers.localcloud import ROOT
-from tests.helpers.manifests import flow_storage, manifests, s3_storage
+from tests.helpers.manifests import flow_storage, kustomize_overlay, manifests, s3_storage
 from tests.helpers.operator import OperatorProcess
 
 EXAMPLE = ROOT / "examples" / "multifile"
@@ -29,15 +29,7 @@ EXPECTED = ["east: 45", "north: 150", "south: 80"]
 
 
 def overlay(tmp_path: Path, namespace: str, example: Path = EXAMPLE) -> list[dict[str, Any]]:
-    path = tmp_path / "overlay"
-    path.mkdir(exist_ok=True)
-    (path / "kustomization.yaml").write_text(f"""\
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: {namespace}
-resources:
-  - {os.path.relpath(example, path)}
-""")
+    path = kustomize_overlay(tmp_path / "overlay", example, namespace)
     rendered = kubectl("kustomize", str(path)).stdout
     kubectl("apply", "-f", "-", input=rendered)
     return [d for d in yaml.safe_load_all(rendered) if d]

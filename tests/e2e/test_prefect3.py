@@ -28,8 +28,8 @@ import boto3
 import pytest
 import yaml
 
-from tests.helpers.kube import apply, wait_for, wait_ready
-from tests.helpers.manifests import inline_flow, manifests, s3_storage, secret
+from tests.helpers.kube import apply, kubectl, wait_for, wait_ready
+from tests.helpers.manifests import inline_flow, manifests, s3_storage, secret, stored_flow
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.prefect3 import Prefect
 from tests.helpers.prefect3 import python as prefect_python
@@ -85,20 +85,15 @@ def storage_and_flows(namespace: str, bucket: str, endpoint: str, etl_version: s
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sales", "namespace": namespace},
          "data": {"sales_report.py": SALES, "helpers.py": "def shout(text):\n    return text.upper() + '!'\n",
                   "daily_sales.sql": "select region, sum(amount) from sales\n"}},
-        storedflow(namespace, "etl-daily", "etl daily", {"configMapRef": {"name": "flows", "key": "etl_daily.py"}}),
-        storedflow(namespace, "sales-report", "sales report",
-                   {"configMapRef": {"name": "sales", "items": [
-                       {"key": "sales_report.py", "path": "sales_report.py"},
-                       {"key": "helpers.py", "path": "helpers.py"},
-                       {"key": "daily_sales.sql", "path": "queries/daily_sales.sql"}]}},
-                   entrypoint="sales_report.py:sales_report"),
+        stored_flow(namespace, "etl-daily", "etl daily", {"configMapRef": {"name": "flows", "key": "etl_daily.py"}},
+                    storage="team-s3"),
+        stored_flow(namespace, "sales-report", "sales report",
+                    {"configMapRef": {"name": "sales", "items": [
+                        {"key": "sales_report.py", "path": "sales_report.py"},
+                        {"key": "helpers.py", "path": "helpers.py"},
+                        {"key": "daily_sales.sql", "path": "queries/daily_sales.sql"}]}},
+                    storage="team-s3", entrypoint="sales_report.py:sales_report"),
     ))
-
-
-def storedflow(namespace: str, name: str, flow_name: str, source: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storageRef": {"name": "team-s3"}, "flowName": flow_name, "source": source, **spec}}
 
 
 def flowstore_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -122,7 +117,8 @@ def test_a_deployment_runs_the_verified_storedflow_and_follows_its_updates(
 
     printed = flowstore_cli("locate", "etl-daily", "-n", namespace, "-o", "prefect-pull-step")
     assert printed.returncode == 0, printed.stderr
-    assert first in printed.stdout and "entrypoint: etl_daily.py:flow" in printed.stdout
+    assert first in printed.stdout and "entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow" \
+        in printed.stdout  # no spec.objectName: the reader names the variable
     pull_steps = yaml.safe_load(printed.stdout)
     assert pull_steps == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": namespace,
                                                            "require_signature": True}}]
@@ -212,32 +208,44 @@ def test_from_source_loads_a_bundle_in_process_and_deploy_records_the_pull_step(
     assert operator.alive()
 
 
-def test_prefect_yaml_with_the_printed_pull_step_deploys_and_runs(
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prefect3"
+
+
+def test_the_prefect3_example_deploys_with_its_prefect_yaml_and_runs(
         operator: OperatorProcess, prefect: Prefect, namespace: str, s3_bucket: str, s3_endpoint: str,
         tmp_path: Path) -> None:
-    """docs/prefect.md's worked example: `prefect deploy` in a project whose prefect.yaml pulls the
-    StoredFlow (the flow file beside it only serves `prefect deploy`'s own import of it)."""
-    storage_and_flows(namespace, s3_bucket, s3_endpoint, "v1")
-    digest = wait_ready(namespace, "etl-daily", timeout=60)["status"]["artifact"]["digest"]
+    """docs/prefect.md's walkthrough with examples/prefect3 as it is (its namespace and work pool
+    the test's): `kubectl apply -k` stores the Prefect 3 flow; the pull step the CLI prints, with
+    the entrypoint it names, is prefect.yaml's; `prefect deploy --all` in that directory records
+    it, and a run completes with the StoredFlow's verified code."""
+    storage_and_flows(namespace, s3_bucket, s3_endpoint, "v1")  # team-s3 (signed), as the Quick start's
+    rendered = kubectl("kustomize", str(EXAMPLE)).stdout.replace("namespace: data\n", f"namespace: {namespace}\n")
+    assert f"namespace: {namespace}" in rendered
+    apply(rendered)
+    digest = wait_ready(namespace, "etl-daily-prefect", timeout=60)["status"]["artifact"]["digest"]
+
+    printed = flowstore_cli("locate", "etl-daily-prefect", "-n", namespace, "-o", "prefect-pull-step")
+    assert printed.returncode == 0, printed.stderr
+    example = yaml.safe_load((EXAMPLE / "prefect.yaml").read_text())
+    (deployment_spec,) = example["deployments"]
+    assert f"# deployment entrypoint: {deployment_spec['entrypoint']}\n" in printed.stdout
+    step = yaml.safe_load(printed.stdout)
+    # the example's step is the printed one (the test's storage signs, so it also asks for a signature)
+    assert step == [{"flowstore.prefect.pull_flow": {**example["pull"][0]["flowstore.prefect.pull_flow"],
+                                                     "namespace": namespace, "require_signature": True}}]
+
     project = tmp_path / "project"
-    project.mkdir()
-    fetched = flowstore_cli("get", "etl-daily", "-n", namespace, "-o", str(project))
-    assert fetched.returncode == 0, fetched.stderr
-    step = flowstore_cli("locate", "etl-daily", "-n", namespace, "-o", "prefect-pull-step").stdout
-    (project / "prefect.yaml").write_text(
-        "name: flows\n"
-        "pull:\n" + textwrap.indent(step, "  ") +
-        "deployments:\n"
-        f"  - name: etl-yaml-{namespace}\n"
-        "    entrypoint: etl_daily.py:etl_daily\n"
-        f"    work_pool: {{name: {prefect.pool}}}\n")
+    shutil.copytree(EXAMPLE, project)
+    example.update(pull=step)
+    deployment_spec.update(name=f"etl-{namespace}", work_pool={"name": prefect.pool})
+    (project / "prefect.yaml").write_text(yaml.safe_dump(example, sort_keys=False))
     deployed = subprocess.run([str(prefect_python()), "-m", "prefect", "--no-prompt", "deploy", "--all"],
                               capture_output=True, text=True, env=prefect.env, cwd=project, timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    deployment = prefect.get(f"/deployments/name/etl-daily/etl-yaml-{namespace}")
-    assert deployment["pull_steps"] == yaml.safe_load(step)
+    deployment = prefect.get(f"/deployments/name/etl-daily/etl-{namespace}")
+    assert deployment["pull_steps"] == step
 
     run = prefect.run(deployment["id"])
     assert state(run) == "COMPLETED", prefect.logs(run["id"])
-    logs = prefect.wait_for_log(run["id"], "etl daily ran version v1")
+    logs = prefect.wait_for_log(run["id"], "etl daily: {'rows': 8, 'total': 31}")
     assert any(digest in m for m in logs), logs

@@ -8,7 +8,7 @@ condition with a non-empty reason, written for its current generation and not me
 "in progress", and the operator process is still alive with no handler errors logged.
 
 Nothing leaves the machine: endpoints are the local S3 server or closed local ports
-(127.0.0.1:9), local directories live under the test's temporary directory.
+(127.0.0.1:9), local directories live under the operators' Local root (tests/helpers/operator.py).
 
 The examples are derandomized (the same specs on every run, for CI), bounded to
 `max_examples` and generated first; the operator then works on all of them at once, so the
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.kube import condition
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 GROUP, VERSION = "flowstore.dev", "v1alpha1"
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens (connection refused)
@@ -213,10 +213,13 @@ metadata_labels = mostly(
 
 # ---------------------------------------------------------------------------- the test
 def _settled(obj: dict[str, Any]) -> bool:
+    """Ready with a final reason, or Suspended (a suspended object that was never Ready has no
+    Ready condition: docs/kstatus.md), for the object's current generation."""
     ready = condition(obj)
     gen = obj["metadata"].get("generation")
-    return bool(ready.get("reason")) and ready.get("reason") != "Progressing" \
-        and (obj.get("status") or {}).get("observedGeneration") == gen
+    final = (bool(ready.get("reason")) and ready.get("reason") != "Progressing") \
+        or condition(obj, "Suspended").get("status") == "True"
+    return final and (obj.get("status") or {}).get("observedGeneration") == gen
 
 
 def _error_lines(log: str, namespace: str) -> list[str]:
@@ -244,13 +247,13 @@ def test_generated_specs_are_rejected_or_handled(operator: OperatorProcess, name
     api = client.ApiClient()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="creds"),
+        metadata=client.V1ObjectMeta(name="creds", labels={"flowstore.dev/allow": "true"}),
         string_data={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "TOKEN": "t0k3n",
                      "service-account.json": "{not json", "AZURE_STORAGE_CONNECTION_STRING": "garbage"}))
     core.create_namespaced_config_map(namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="flows"),
         data={"good.py": SOURCES[0].format(name="etl daily"), "bad.py": SOURCES[2]}))
-    ctx = {"tmp": str(tmp_path / "local"), "bucket": s3_bucket, "s3": s3_endpoint}
+    ctx = {"tmp": str(local_dir(namespace, "local")), "bucket": s3_bucket, "s3": s3_endpoint}
     log_start = len(operator.logs())
 
     accepted: list[tuple[str, str, dict[str, Any]]] = []  # (plural, name, spec)

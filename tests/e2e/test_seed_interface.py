@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 from tests.helpers import prefect1
-from tests.helpers.kube import apply, condition, wait_for, wait_ready
-from tests.helpers.manifests import s3_storage
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.kube import apply, condition, kubectl, wait_for, wait_ready
+from tests.helpers.manifests import local_storage, s3_storage, script_flow
+from tests.helpers.operator import OperatorProcess, local_dir
 
 PREFECT_FLOW = """\
 from prefect import Flow, task
@@ -40,20 +40,7 @@ answer({"storage": type(storage).__name__, "script": storage.stored_as_script,
 
 
 def _stored_flow(namespace: str, script: str, **spec: object) -> str:
-    indented = "\n".join("      " + line for line in script.splitlines())
-    extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in spec.items())
-    return f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: etl, namespace: {namespace}}}
-spec:
-  storageRef: {{name: store}}
-  flowName: etl daily
-  storedAsScript: true
-  source:
-    inline: |
-{indented}
-{extra}"""
+    return script_flow(namespace, "etl", "etl daily", script, storedAsScript=True, **spec)
 
 
 def wait_refused(namespace: str) -> str:
@@ -94,29 +81,20 @@ def test_locate_prefect_is_the_storage_prefect_1_loads_the_flow_from(
 
 def test_a_flowstorage_cannot_reach_outside_its_local_directory(
         operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
-    directory, outside = tmp_path / "flows", tmp_path / "outside"
-    outside.mkdir()
+    directory, outside = local_dir(namespace, "flows"), local_dir(namespace, "outside")
+    outside.mkdir(parents=True)
     (outside / "secret.py").write_text("TOKEN = 'not for flows'\n")
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: store, namespace: {namespace}}}
-spec:
-  local: {{directory: {directory}, path: {outside}/written.flow}}
-""")
+    apply(local_storage(namespace, "store", directory, path=f"{outside}/written.flow"))
     apply(_stored_flow(namespace, "flow = None\n"))
     assert "outside the storage directory" in wait_refused(namespace)
 
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: store, namespace: {namespace}}}
-spec:
-  local: {{directory: {directory}}}
-""")
-    for key in ("../outside/written.flow", f"{outside}/written.flow"):
-        apply(_stored_flow(namespace, "flow = None\n", key=key))
-        assert "outside the storage directory" in wait_refused(namespace), key
+    apply(local_storage(namespace, "store", directory))
+    # a '..' segment never reaches the operator: the API server refuses it (CEL)
+    refused = kubectl("apply", "-f", "-", input=_stored_flow(namespace, "flow = None\n", key="../outside/written.flow"),
+                      check=False)
+    assert refused.returncode != 0 and "must not contain a '..' segment" in refused.stderr
+    apply(_stored_flow(namespace, "flow = None\n", key=f"{outside}/written.flow"))
+    assert "outside the storage directory" in wait_refused(namespace)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.py"]  # nothing written there
 
     apply(_stored_flow(namespace, "flow = None\n", key="inside/etl.py"))

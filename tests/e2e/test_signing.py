@@ -24,7 +24,7 @@ def signed_storage(namespace: str, bucket: str, endpoint: str) -> str:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: signing, namespace: {namespace}}}
+metadata: {{name: signing, namespace: {namespace}, labels: {{flowstore.dev/allow: "true"}}}}
 stringData: {{FLOWSTORE_SIGNING_KEY: {KEY}}}
 """
 

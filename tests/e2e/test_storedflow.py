@@ -12,9 +12,9 @@ import pytest
 from flowstore import client
 from flowstore.storage import IntegrityError
 from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
-from tests.helpers.manifests import inline_flow, s3_storage
+from tests.helpers.manifests import inline_flow, local_storage, manifests, s3_storage, stored_flow
 from tests.helpers.objects import s3_keys
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.operator import OperatorProcess, local_dir
 
 
 def test_pickled_flow_is_stored_reported_and_loaded(operator: OperatorProcess, namespace: str,
@@ -54,15 +54,7 @@ def test_script_from_configmap_follows_its_source(operator: OperatorProcess, nam
                                                  s3_endpoint: str, tmp_path: object) -> None:
     apply(s3_storage(namespace, s3_bucket, s3_endpoint, storedAsScript=True))
     kubectl("create", "configmap", "flows", "-n", namespace, "--from-literal=etl.py=print('v1')\nflow = None\n")
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: etl, namespace: {namespace}}}
-spec:
-  storageRef: {{name: store}}
-  flowName: etl
-  source: {{configMapRef: {{name: flows, key: etl.py}}}}
-""")
+    apply(manifests(stored_flow(namespace, "etl", "etl", {"configMapRef": {"name": "flows", "key": "etl.py"}})))
     first = wait_ready(namespace, "etl")["status"]
     assert first["artifact"]["format"] == "script"
     out = subprocess.run([sys.executable, "-m", "flowstore.cli", "get", "etl", "-n", namespace],
@@ -180,15 +172,9 @@ def test_tampered_or_truncated_artifact_is_refused(operator: OperatorProcess, na
     assert cli.returncode == 1 and "does not match" in cli.stderr
 
 
-def test_local_storage(operator: OperatorProcess, namespace: str, tmp_path: object) -> None:
-    directory = f"{tmp_path}/flows"
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: store, namespace: {namespace}}}
-spec:
-  local: {{directory: {directory}, volumeName: flows-pvc}}
-""")
+def test_local_storage(operator: OperatorProcess, namespace: str) -> None:
+    directory = local_dir(namespace, "flows")
+    apply(local_storage(namespace, "store", directory, volume_name="flows-pvc"))
     apply(inline_flow(namespace, "etl", "etl local"))
     status = wait_ready(namespace, "etl")["status"]
     assert status["artifact"]["url"].startswith(f"file://{directory}/")

@@ -11,10 +11,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowstore import sandbox
+from flowstore.api.constants import Reason
 from flowstore.api.models import StorageSpec
 from flowstore.controller.images import ImageBuilder
+from flowstore.reconcile.failures import ReconcileError
 from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
+from flowstore.storage.identity import WorkloadIdentity, identity_from_settings, settings_for
+
+
+class _FixedToken:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def token(self) -> str:
+        return self.value
 
 
 class FakeCluster:
@@ -29,6 +40,12 @@ class FakeCluster:
         self.uploads = 0
         self.images = ImageBuilder(debounce=0.0)
         self.jobs: Callable[[BuildRequest], sandbox.Built | Pending] | None = None
+        #: ServiceAccount name -> its annotations; their tokens are "token-for-<name>"
+        self.service_accounts: dict[str, dict[str, str]] = {}
+        #: what ambient_identity_refusal answers (None: FlowStorages may act as the operator)
+        self.ambient_refusal: str | None = None
+        #: the identities handed to storages
+        self.identities: list[WorkloadIdentity] = []
 
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.storages.get(name))
@@ -38,6 +55,9 @@ class FakeCluster:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.secrets.get(name)
+
+    def list_flowstorage_names(self, namespace: str) -> list[str]:
+        return sorted(self.storages)
 
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
         return list(self.flows.values())
@@ -56,8 +76,27 @@ class FakeCluster:
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+    def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
+                          where: str, session_name: str) -> WorkloadIdentity:
+        if service_account not in self.service_accounts:
+            raise ReconcileError(Reason.SERVICE_ACCOUNT_NOT_FOUND, f"no ServiceAccount {service_account}",
+                                 stalled=True)
+        subject = f"ServiceAccount {namespace}/{service_account}"
+        resolved = settings_for(cloud, settings, self.service_accounts[service_account], where=where, account=subject)
+        return identity_from_settings(cloud, resolved, _FixedToken(f"token-for-{service_account}"), subject=subject,
+                                      token_subject=f"system:serviceaccount:{namespace}:{service_account}",
+                                      session_name=session_name)
+
+    def ambient_identity_refusal(self, namespace: str) -> str | None:
+        return self.ambient_refusal
+
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        cls = backend_class(spec.backend)
+        if identity is not None:
+            self.identities.append(identity)
+        storage = (cls.with_identity(spec.config, identity) if identity is not None
+                   else cls.from_config(spec.config, credentials=credentials))
         original = storage.put_bytes
 
         def counted(location: str, data: bytes, **kwargs: Any) -> Any:

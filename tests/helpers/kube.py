@@ -26,12 +26,24 @@ def apply(manifest: str) -> None:
     kubectl("apply", "-f", "-", input=manifest)
 
 
+def delete_flows(namespace: str) -> None:
+    """Delete the namespace's StoredFlows and FlowStorages, not waiting: after a test, so that a
+    later operator start does not keep retrying (or rebuilding) the failing ones, since no
+    namespace controller runs here to remove them with their namespace."""
+    kubectl("delete", "storedflows,flowstorages", "--all", "-n", namespace, "--wait=false", check=False)
+
+
 def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
     return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)  # type: ignore[no-any-return]
 
 
 def condition(obj: dict[str, Any], ctype: str = "Ready") -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
+
+
+def message(obj: dict[str, Any]) -> str:
+    """The Ready condition's message ("" when there is none)."""
+    return str(condition(obj).get("message", ""))
 
 
 def wait_for(kind: str, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from tests.helpers.localcloud import ROOT
 from tests.helpers.net import free_port
 
 OPERATOR_ARGS = ["--build-timeout", "5", "--build-memory", "256Mi", "--delete-retries", "2"]
+#: the local cloud's servers listen on 127.0.0.1, which the operator reaches only when allowed
+#: (docs/security.md); tests of the policy itself start operators without it
+TEST_POLICY_ARGS = ["--allow-private-endpoints"]
+#: the Local root (--local-root) of every operator the tests start; tests/conftest.py moves it
+#: into the session's temporary directory. A FlowStorage in namespace NS stores under
+#: LOCAL_ROOT/NS (local_dir).
+LOCAL_ROOT = Path(tempfile.gettempdir()) / "fs-tests-local-root"
+
+
+def local_dir(namespace: str, *parts: str) -> Path:
+    """A directory a Local FlowStorage of `namespace` may use (under the operators' Local root)."""
+    return LOCAL_ROOT.joinpath(namespace, *parts)
 
 
 class OperatorProcess:
@@ -31,12 +44,20 @@ class OperatorProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, local_root: bool = True, test_policy: bool = True) -> None:
+        """`extra` flags after the tests' defaults: OPERATOR_ARGS, TEST_POLICY_ARGS (unless
+        `test_policy` is False: the operator's own defaults) and --local-root LOCAL_ROOT (unless
+        `local_root` is False)."""
         self.starts += 1
         self.metrics_port = free_port()
         log = open(self.log_path, "wb")
+        root: list[str] = []
+        if local_root:
+            LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
+            root = ["--local-root", str(LOCAL_ROOT)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowstore.cli", "operator", *OPERATOR_ARGS,
+             *(TEST_POLICY_ARGS if test_policy else []), *root,
              "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1", *extra],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
@@ -51,6 +72,9 @@ class OperatorProcess:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    # Stop it: a fixture whose start failed never tears down, and a stray
+                    # cluster-wide operator would serve every later test's objects too.
+                    self.stop()
                     raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
                 time.sleep(0.1)
 

@@ -4,18 +4,13 @@ flowstore writes: `StorageSchema().load(storage.serialize())`, `Local.get_flow`,
 flowstore is *not* installed there: the point is that Prefect's own code reads flowstore's output.
 Tests hand it JSON and get JSON back (:func:`run`).
 
-The venv is built once per requirements and Python version into
-``~/.cache/flowstore/venvs/prefect-1.4.1-<hash>``, when missing (a clean CI machine: pip from
-PyPI, a minute or two). The build is atomic and safe for concurrent sessions: each builds in a
-temporary directory beside the target and renames it into place; a session that loses the race
-drops its copy and uses the winner's. (A venv moved after its creation keeps working through
-``bin/python``, which finds its ``pyvenv.cfg`` next to it; only the console scripts' shebangs would
-name the temporary path, and nothing here runs them.)
+The venvs (Prefect alone; an agent's) are built once per requirements and Python version into
+``~/.cache/flowstore/venvs/prefect-1.4.1-<hash>`` and ``prefect-agent-1.4.1-<hash>`` when missing
+(a clean CI machine: pip from PyPI, a minute or two), as :mod:`tests.helpers.venvs` describes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +21,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import venvs
+
 PREFECT_VERSION = "1.4.1"
 #: prefect 1.4.1's schemas break with marshmallow 3.22 (``fields.Dict(keys=fields.Str)`` with a
 #: class, not an instance, is refused there); boto3 is what its S3 storage imports
@@ -34,50 +31,19 @@ REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "marshmallow<3.22", "boto3")
 #: checkout on PYTHONPATH, see :func:`run_agent`), so it loads through flowstore.client.load_flow
 AGENT_REQUIREMENTS = (*REQUIREMENTS, "cloudpickle>=3.0", "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31",
                       "kubernetes>=29.0")
-VENVS = Path.home() / ".cache" / "flowstore" / "venvs"
 OPERATOR_SOURCE = Path(__file__).resolve().parents[2] / "operator"
 
 
 def venv_dir(requirements: tuple[str, ...] = REQUIREMENTS) -> Path:
     """Where the venv for these requirements and this Python lives."""
-    key = json.dumps({"requirements": requirements, "python": list(sys.version_info[:2])}, sort_keys=True)
     kind = "prefect" if requirements == REQUIREMENTS else "prefect-agent"
-    return VENVS / f"{kind}-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return venvs.venv_dir(f"{kind}-{PREFECT_VERSION}", requirements)
 
 
 def python(requirements: tuple[str, ...] = REQUIREMENTS) -> Path:
     """The venv's python, built first when missing."""
-    target = venv_dir(requirements)
-    exe = target / "bin" / "python"
-    if _works(exe):
-        return exe
-    VENVS.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=VENVS))
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True, capture_output=True, timeout=300)
-        done = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", *requirements],
-                              capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(requirements)} failed:\n{done.stdout}{done.stderr}")
-        try:
-            os.rename(staging, target)  # atomic; fails when another session got there first
-        except OSError:
-            if not _works(exe):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not _works(exe):
-        raise RuntimeError(f"{exe} cannot import prefect {PREFECT_VERSION}")
-    return exe
-
-
-def _works(exe: Path) -> bool:
-    if not exe.exists():
-        return False
-    done = subprocess.run([str(exe), "-c", "import prefect; print(prefect.__version__)"],
-                          capture_output=True, text=True, timeout=120)
-    return done.returncode == 0 and done.stdout.strip() == PREFECT_VERSION
+    return venvs.cached_python(venv_dir(requirements), requirements,
+                               "import prefect; print(prefect.__version__)", PREFECT_VERSION)
 
 
 def run_agent(code: str, payload: Any, *, env: dict[str, str] | None = None) -> Any:

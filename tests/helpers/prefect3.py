@@ -3,10 +3,8 @@ and the few REST calls the tests make (deployments, flow runs, their logs).
 
 The venv is built once per requirements and Python version into
 ``~/.cache/flowstore/venvs/prefect3-<version>-<hash>`` when missing (a clean CI machine: pip from
-PyPI, about a minute and a half here). The build is atomic and safe for concurrent sessions: each
-builds in a temporary directory beside the target and renames it into place; a session that loses
-the race drops its copy and uses the winner's. Nothing runs the venv's console scripts (their
-shebangs would name the temporary path): everything is ``bin/python -m prefect …``.
+PyPI, about a minute and a half here), as :mod:`tests.helpers.venvs` describes; everything runs
+as ``bin/python -m prefect …``.
 
 flowstore itself is not installed there: the venv is shared by every checkout on the machine, so
 the processes get this checkout's ``operator/`` on ``PYTHONPATH`` (the worker hands its environment
@@ -18,70 +16,33 @@ botocore releases beside prefect's pins when they are left open.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from tests.helpers import venvs
 from tests.helpers.localcloud import ROOT
 from tests.helpers.net import free_port
 
 PREFECT_VERSION = "3.9.1"
 REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "kubernetes==37.0.1", "boto3==1.44.8", "cloudpickle>=3.0",
                 "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31")
-VENVS = Path.home() / ".cache" / "flowstore" / "venvs"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def venv_dir() -> Path:
-    key = json.dumps({"requirements": REQUIREMENTS, "python": list(sys.version_info[:2])}, sort_keys=True)
-    return VENVS / f"prefect3-{PREFECT_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return venvs.venv_dir(f"prefect3-{PREFECT_VERSION}", REQUIREMENTS)
 
 
 def python() -> Path:
     """The venv's python, built first when missing."""
-    target = venv_dir()
-    exe = target / "bin" / "python"
-    if _works(exe):
-        return exe
-    VENVS.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=VENVS))
-    started = time.monotonic()
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True, capture_output=True, timeout=300)
-        done = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", *REQUIREMENTS],
-                              capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(REQUIREMENTS)} failed:\n{done.stdout}{done.stderr}")
-        try:
-            os.rename(staging, target)  # atomic; fails when another session got there first
-        except OSError:
-            if not _works(exe):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not _works(exe):
-        raise RuntimeError(f"{exe} cannot import prefect {PREFECT_VERSION}")
-    print(f"prefect3 venv built in {time.monotonic() - started:.0f}s: {target}", file=sys.stderr)
-    return exe
-
-
-def _works(exe: Path) -> bool:
-    if not exe.exists():
-        return False
-    done = subprocess.run([str(exe), "-c", "import prefect, kubernetes, boto3; print(prefect.__version__)"],
-                          capture_output=True, text=True, timeout=120)
-    return done.returncode == 0 and done.stdout.strip() == PREFECT_VERSION
+    return venvs.cached_python(venv_dir(), REQUIREMENTS,
+                               "import prefect, kubernetes, boto3; print(prefect.__version__)", PREFECT_VERSION)
 
 
 class Prefect:

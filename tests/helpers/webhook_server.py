@@ -6,7 +6,9 @@
 Endpoints (``/flows`` and ``/objects`` need ``Authorization: Bearer <token>`` when a token is
 set, else 401):
 
-* ``POST|PUT|PATCH /flows``: stores the body under a new id; 201 ``{"id": "<id>"}``. A request
+* ``POST|PUT|PATCH /flows``: stores the body under a new id; 201 ``{"id": "<id>"}`` (with
+  ``?extra=1`` also a ``credentials`` object and a long ``notes`` text, as a service answering
+  more than an id does, or a metadata endpoint posing as one). A request
   with an ``Idempotency-Key`` header seen before gets the id made then (and its body is not
   stored again), as the IETF draft-ietf-httpapi-idempotency-key-header describes.
 * ``GET /flows/{id}``: the body, or 404. ``DELETE /flows/{id}``: 204, or 404.
@@ -14,6 +16,7 @@ set, else 401):
   ``{"name": name}``. ``GET /objects/{name}``: the body or 404. ``DELETE``: 204 or 404.
 * ``/status/{code}`` (any method): answers `code`; the body echoes the request's
   Authorization header (as careless services do); ``?retry_after=N`` adds Retry-After.
+* ``/redirect?to=URL`` (any method): 307 to `URL` (method and body kept).
 * ``/slow`` (any method): sleeps ``?seconds=`` (default 3) before answering 200.
 * ``/flaky/{key}``: the first ``?fail=`` (default 2) requests per key answer ``?code=``
   (default 503); later ones store (POST/PUT/PATCH: 201 ``{"id": key}``) or return (GET) the
@@ -34,6 +37,8 @@ from typing import Any
 from aiohttp import web
 
 MAX_BODY = 64 * 1024 * 1024
+#: what ``POST /flows?extra=1`` answers besides the id: it must never reach a status
+EXTRA_SECRET = "canary-extra-secret-5c1d-never-in-status"
 
 
 class WebhookServer:
@@ -108,6 +113,7 @@ class WebhookServer:
         app.router.add_route("DELETE", "/objects/{name:.+}", self._delete)
         app.router.add_route("*", "/status/{code}", self._status)
         app.router.add_route("*", "/slow", self._slow)
+        app.router.add_route("*", "/redirect", self._redirect)
         app.router.add_route("*", "/flaky/{key}", self._flaky_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -138,7 +144,9 @@ class WebhookServer:
         self.bodies[flow_id] = await request.read()
         if key:
             self.idempotency[key] = flow_id
-        return web.json_response({"id": flow_id}, status=201)
+        extra = {"credentials": {"AccessKeyId": "ASIA-CANARY", "SecretAccessKey": EXTRA_SECRET},
+                 "notes": "x" * 5000} if request.query.get("extra") else {}
+        return web.json_response({"id": flow_id, **extra}, status=201)
 
     async def _put_object(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -166,6 +174,9 @@ class WebhookServer:
             headers["Retry-After"] = request.query["retry_after"]
         text = f"status {code}; you sent Authorization: {request.headers.get('Authorization', '-')}"
         return web.Response(status=code, text=text, headers=headers)
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(request.query["to"])
 
     async def _slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("seconds", "3")))

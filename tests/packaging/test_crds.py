@@ -159,6 +159,11 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             id="relative-directory",
         ),
         pytest.param(
+            "local: {directory: /var/lib/flowstore/flows/team/../other}",
+            ["spec.local.directory", "directory must not contain '..'"],
+            id="dotdot-directory",
+        ),
+        pytest.param(
             "local: {directory: /flows}\ndeletionPolicy: Keep",
             ['spec.deletionPolicy: Unsupported value: "Keep"', '"Retain", "Delete"'],
             id="unknown-deletion-policy",
@@ -307,6 +312,11 @@ def test_storedflow_inline_accepted(namespace: str) -> None:
             ["items[].path must be relative and stay inside the flow's directory"],
             id="configmap-item-outside",
         ),
+        pytest.param(
+            "storageRef: {name: s}\nflowName: etl\nsource: {inline: x}\nkey: flows/../../usr/local/bin/python3",
+            ["key must not contain a '..' segment"],
+            id="key-with-dotdot",
+        ),
     ],
 )
 def test_invalid_storedflow_rejected(namespace: str, spec: str, expected: list[str]) -> None:
@@ -318,7 +328,8 @@ def test_invalid_storedflow_rejected(namespace: str, spec: str, expected: list[s
 # --- status: survives the schema (no pruning) and feeds the printer columns -------------------
 
 
-def test_storedflow_status_round_trip_and_columns(namespace: str) -> None:
+def test_storedflow_status_round_trip_and_columns(namespace: str, own_operators_only: None) -> None:
+    """(No operator may reconcile the object meanwhile: the session's, started by an e2e test, is paused.)"""
     kubectl(
         "apply",
         "-n",
@@ -377,11 +388,33 @@ def test_storedflow_status_round_trip_and_columns(namespace: str) -> None:
     assert stored["status"] == status
 
     table = kubectl("get", "sflow", "etl-daily", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "LOCATION", "FLOW", "COMMIT", "AGE", "MESSAGE"]
+    assert table[0].split() == ["NAME", "READY", "SUSPENDED", "LOCATION", "FLOW", "COMMIT", "AGE", "MESSAGE"]
     assert "True" in table[1] and "prod/etl-daily/x" in table[1] and "etl daily" in table[1]
+    assert _column(table, "SUSPENDED") == ""  # not suspended: nothing to see
+
+    # suspended (here through its FlowStorage): the column says so, the stored flow stays listed
+    status["conditions"] = [*status["conditions"], {
+        "type": "Suspended", "status": "True", "observedGeneration": 1, "reason": "Suspended",
+        "message": "Suspended: FlowStorage 'team-s3' has spec.suspend: true; nothing is stored or checked until it "
+                   "is false", "lastTransitionTime": "2026-11-26T10:05:00Z"}]
+    kubectl("patch", "storedflow", "etl-daily", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+            json.dumps({"status": status}))
+    table = kubectl("get", "sflow", "etl-daily", "-n", namespace).stdout.splitlines()
+    assert (_column(table, "SUSPENDED"), _column(table, "READY"), _column(table, "LOCATION")) == \
+        ("True", "True", "prod/etl-daily/x")
 
 
-def test_flowstorage_columns(namespace: str) -> None:
+def _column(table: list[str], name: str) -> str:
+    """The value of column `name` in the first row of kubectl's table (columns start where their
+    header does)."""
+    header, row = table[0], table[1]
+    start = header.index(name)
+    following = [header.index(h, start + len(name)) for h in header[start + len(name):].split()]
+    end = following[0] if following else len(row)
+    return row[start:end].strip()
+
+
+def test_flowstorage_columns(namespace: str, own_operators_only: None) -> None:
     kubectl(
         "apply",
         "-n",
@@ -400,7 +433,7 @@ def test_flowstorage_columns(namespace: str) -> None:
                 "lastTransitionTime": "2026-11-26T10:00:00Z",
             }
         ],
-        "storage": {"type": "Local", "directory": "/flows"},
+        "backend": "Local",
         "flows": {"etl daily": "/flows/etl-daily/x"},
         "labels": ["local-flow-storage"],
     }
@@ -416,8 +449,11 @@ def test_flowstorage_columns(namespace: str) -> None:
         json.dumps({"status": status}),
     )
     table = kubectl("get", "fstor", "shared", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "TYPE", "AGE", "MESSAGE"]
-    assert "False" in table[1] and "Local" in table[1] and "cannot write to /flows" in table[1]
+    assert table[0].split() == ["NAME", "READY", "SUSPENDED", "TYPE", "AGE", "MESSAGE"]
+    # TYPE comes from status.backend, which the operator writes from the spec: it is there
+    # before the first success (no status.storage yet, here)
+    assert (_column(table, "READY"), _column(table, "TYPE"), _column(table, "SUSPENDED")) == ("False", "Local", "")
+    assert "cannot write to /flows" in table[1]
 
 
 # --- documentation (the schema's own: tests/unit/test_crd_sources.py) ---------------------------------

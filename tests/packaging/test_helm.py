@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,10 +28,10 @@ import pytest
 import yaml
 
 from tests.helpers.helm import DENIAL, run_helm
-from tests.helpers.kube import apply, kubectl, wait_ready
+from tests.helpers.kube import apply, kubectl, wait_ready, wait_reason
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
-from tests.helpers.manifests import inline_flow, s3_storage
-from tests.helpers.operator import OperatorProcess
+from tests.helpers.manifests import configmap, inline_flow, local_storage, manifests, s3_storage, stored_flow
+from tests.helpers.operator import OperatorProcess, local_dir
 
 CHART = ROOT / "helm" / "flowstore-operator"
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
@@ -143,36 +144,15 @@ def can_i(kubeconfig: Path, verb: str, resource: str, *where: str) -> bool:
     return answer == "yes"
 
 
-def local_storage(namespace: str, directory: Path, name: str = "local") -> str:
-    return f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  local: {{directory: {json.dumps(str(directory))}}}
-  deletionPolicy: Delete
-"""
+def deleting_local_storage(namespace: str, directory: Path) -> str:
+    return local_storage(namespace, "local", directory, deletionPolicy="Delete")
 
 
 def configmap_flow(namespace: str, name: str, flow_name: str, storage: str) -> str:
     script = f"from flowstore.flow import Flow\n\nflow = Flow({flow_name!r}, lambda: 7)\n"
-    return f"""
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}-src, namespace: {namespace}}}
-data:
-  flow.py: {json.dumps(script)}
----
-apiVersion: flowstore.dev/v1alpha1
-kind: StoredFlow
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  storageRef: {{name: {storage}}}
-  flowName: {json.dumps(flow_name)}
-  storedAsScript: true
-  source:
-    configMapRef: {{name: {name}-src, key: flow.py}}
-"""
+    source = {"configMapRef": {"name": f"{name}-src", "key": "flow.py"}}
+    return manifests(configmap(namespace, f"{name}-src", {"flow.py": script}),
+                     stored_flow(namespace, name, flow_name, source, storage, storedAsScript=True))
 
 
 def assert_no_denials(op: OperatorProcess) -> None:
@@ -221,6 +201,12 @@ def test_default_values(helm: str) -> None:
     assert "--metrics-port=9090" in args and "--log-format=json" in args and "-v" not in args
     assert not [a for a in args if a.startswith("--namespace")]
     assert "--leader-elect" in args and deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    # the safe policy (docs/security.md): Secrets opted in, no Local root, no private webhook
+    # endpoints, no builder Jobs, no unconfined builds
+    assert "--secret-policy=opt-in" in args
+    assert not [a for a in args if a.startswith(("--local-root", "--allow-", "--enable-build-jobs", "--build-image",
+                                                 "--build-service-account", "--build-toleration-key",
+                                                 "--build-node-selector-key", "--webhook-allowed-env"))]
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                       "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"] == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
@@ -254,6 +240,7 @@ def test_options_render(helm: str) -> None:
     assert args[:2] == ["--namespace=a", "--namespace=b"] and "-v" in args and "--metrics-port=9300" in args
     assert {"name": "local-storage", "mountPath": "/var/lib/flowstore/flows"} in container["volumeMounts"]
     assert {"name": "local-storage", "persistentVolumeClaim": {"claimName": "flows"}} in pod["volumes"]
+    assert "--local-root=/var/lib/flowstore/flows" in args  # the volume is the Local root
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
@@ -261,6 +248,26 @@ def test_options_render(helm: str) -> None:
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
     assert roles == {("a", "flowstore-flowstore-operator"), ("b", "flowstore-flowstore-operator"),
                      ("ops", "flowstore-flowstore-operator-leader-election")}
+
+
+def test_policy_values_render(helm: str) -> None:
+    docs = render(helm, "flowstore", "ops", "--set", "secrets.policy=any",
+                  "--set", "webhook.allowPrivateEndpoints=true",
+                  "--set", "webhook.allowedEnv={REGION}", "--set", "builds.enabled=true",
+                  "--set", "builds.allowedImages={registry.example.com/team/*,python:3.11*}",
+                  "--set", "builds.allowedServiceAccounts={builder}", "--set", "builds.allowedTolerationKeys={pool}",
+                  "--set", "builds.allowedNodeSelectorKeys={pool}", "--set", "sandbox.allowUnconfined=true")
+    (deploy,) = by_kind(docs, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    for flag in ("--secret-policy=any", "--allow-private-endpoints", "--webhook-allowed-env=REGION",
+                 "--enable-build-jobs", "--build-image=registry.example.com/team/*", "--build-image=python:3.11*",
+                 "--build-service-account=builder", "--build-toleration-key=pool", "--build-node-selector-key=pool",
+                 "--allow-unconfined-builds"):
+        assert flag in args, flag
+    # build values without builds.enabled say nothing (and grant nothing)
+    docs = render(helm, "flowstore", "ops", "--set", "builds.allowedImages={python:*}")
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith(("--build-image", "--build-service-account", "--enable-build-jobs"))]
 
 
 def test_local_testing_values_render(helm: str) -> None:
@@ -303,25 +310,36 @@ def _rules(doc: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return verbs
 
 
-def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
-    namespaced = {
-        ("flowstore.dev", "flowstorages"): {"get", "list", "watch", "patch"},
-        ("flowstore.dev", "storedflows"): {"get", "list", "watch", "patch"},
-        ("flowstore.dev", "flowstorages/status"): {"patch"},
-        ("flowstore.dev", "storedflows/status"): {"patch"},
-        ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
-        ("", "secrets"): {"get"},
-        ("", "events"): {"create"},
-        # builder Jobs (spec.build): the Job, its ConfigMap, its Pod's state and log
-        ("batch", "jobs"): {"get", "list", "create", "delete"},
-        ("", "pods"): {"get", "list"},
-        ("", "pods/log"): {"get"},
-    }
+NAMESPACED = {
+    ("flowstore.dev", "flowstorages"): {"get", "list", "watch", "patch"},
+    ("flowstore.dev", "storedflows"): {"get", "list", "watch", "patch"},
+    ("flowstore.dev", "flowstorages/status"): {"patch"},
+    ("flowstore.dev", "storedflows/status"): {"patch"},
+    ("", "configmaps"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create"},
+    # spec.serviceAccountName: the account's annotations, and TokenRequests for it
+    ("", "serviceaccounts"): {"get"},
+    ("", "serviceaccounts/token"): {"create"},
+}
+#: only with builds.enabled: the Job, its ConfigMap, its Pod's state and log
+BUILDS = {
+    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
+    ("batch", "jobs"): {"get", "list", "create", "delete"},
+    ("", "pods"): {"get", "list"},
+    ("", "pods/log"): {"get"},
+}
+
+
+@pytest.mark.parametrize("builds", [False, True], ids=["no-builds", "builds"])
+def test_rbac_is_exactly_what_the_operator_uses(helm: str, builds: bool) -> None:
+    namespaced = NAMESPACED | BUILDS if builds else NAMESPACED
+    options = ["--set", f"builds.enabled={str(builds).lower()}"]
     crds = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-    docs = render(helm, "flowstore", "flowstore-system")
+    docs = render(helm, "flowstore", "flowstore-system", *options)
     (cluster_role,) = by_kind(docs, "ClusterRole")
     assert _rules(cluster_role) == namespaced | crds
-    docs = render(helm, "flowstore", "flowstore-system", "--set", set_namespaces("a", "b"))
+    docs = render(helm, "flowstore", "flowstore-system", "--set", set_namespaces("a", "b"), *options)
     cluster_roles = by_kind(docs, "ClusterRole")
     assert [_rules(r) for r in cluster_roles] == [crds | {("", "namespaces"): {"list", "watch"}}]
     for role in by_kind(docs, "Role"):
@@ -337,12 +355,46 @@ def test_rbac_is_exactly_what_the_operator_uses(helm: str) -> None:
 
 
 # ---------------------------------------------------------------------- real RBAC, real operator
+def can_build(sa_config: Path, namespace: str) -> dict[str, bool]:
+    """What the ServiceAccount may do with builder Jobs in `namespace` (builds.enabled grants all)."""
+    return {"create jobs": can_i(sa_config, "create", "jobs.batch", "-n", namespace),
+            "delete jobs": can_i(sa_config, "delete", "jobs.batch", "-n", namespace),
+            "create configmaps": can_i(sa_config, "create", "configmaps", "-n", namespace),
+            "delete configmaps": can_i(sa_config, "delete", "configmaps", "-n", namespace),
+            "get pods/log": can_i(sa_config, "get", "pods", "--subresource=log", "-n", namespace),
+            "list pods": can_i(sa_config, "list", "pods", "-n", namespace)}
+
+
+def wait_for_job(namespace: str, storedflow: str, timeout: float = 60) -> None:
+    """The operator made the builder Job of `storedflow` (with the chart's RBAC only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = kubectl("get", "jobs", "-n", namespace, "-l", f"flowstore.dev/storedflow={storedflow}", "-o", "name")
+        if jobs.stdout.strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no builder Job for {namespace}/{storedflow} within {timeout}s")
+
+
+def try_as(sa_config: Path, *args: str) -> str:
+    """A real request with the ServiceAccount's token: "Forbidden" when RBAC refused it, else
+    its stderr (empty when it was allowed)."""
+    done = subprocess.run(["kubectl", "--kubeconfig", str(sa_config), *args], capture_output=True, text=True,
+                          check=False)
+    if not done.returncode:
+        return ""
+    return "Forbidden" if "forbidden" in done.stderr.lower() else done.stderr
+
+
+@pytest.mark.parametrize("builds", [False, True], ids=["no-builds", "builds"])
 def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucket: str,
                                            make_namespace: Callable[[], str], release: str,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, builds: bool) -> None:
     home, watched, watched2, unwatched = (make_namespace() for _ in range(4))
-    docs = render(helm, release, home, "--set", set_namespaces(watched, watched2))
+    docs = render(helm, release, home, "--set", set_namespaces(watched, watched2),
+                  "--set", f"builds.enabled={str(builds).lower()}")
     sa_config = install_rbac(docs, home, tmp_path / "operator.kubeconfig")
+    job = ["create", "job", "probe", "--image=registry.example.com/x:1"]
 
     for ns in (watched, watched2):
         assert can_i(sa_config, "get", "secrets", "-n", ns)
@@ -355,12 +407,22 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         for verb in ("delete", "create", "update"):
             assert not can_i(sa_config, verb, "storedflows.flowstore.dev", "-n", ns), verb
         assert not can_i(sa_config, "update", "storedflows.flowstore.dev", "--subresource=status", "-n", ns)
-        assert can_i(sa_config, "create", "jobs.batch", "-n", ns)  # builder Jobs
-        assert can_i(sa_config, "get", "pods", "--subresource=log", "-n", ns)
+        assert set(can_build(sa_config, ns).values()) == {builds}  # builder Jobs: only with builds.enabled
+        assert ("Forbidden" in try_as(sa_config, *job, "-n", ns, "--dry-run=server")) is not builds
         assert not can_i(sa_config, "update", "configmaps", "-n", ns)
         assert not can_i(sa_config, "patch", "jobs.batch", "-n", ns)
         assert not can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", ns)
+        # spec.serviceAccountName: read one account by name, request tokens for it; nothing more
+        assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+        assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        for verb in ("list", "watch", "create", "update", "patch", "delete"):
+            assert not can_i(sa_config, verb, "serviceaccounts", "-n", ns), verb
     for ns in (unwatched, home):
+        assert not any(can_build(sa_config, ns).values())
+        assert "Forbidden" in try_as(sa_config, *job, "-n", ns, "--dry-run=server")
+        assert "Forbidden" in try_as(sa_config, "get", "secret", "anything", "-n", ns)
+        assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+        assert not can_i(sa_config, "get", "serviceaccounts", "-n", ns)
         assert not can_i(sa_config, "get", "secrets", "-n", ns)
         assert not can_i(sa_config, "list", "storedflows.flowstore.dev", "-n", ns)
         assert not can_i(sa_config, "get", "configmaps", "-n", ns)
@@ -373,25 +435,41 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     assert not can_i(sa_config, "delete", "namespaces")
     assert can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", home)
     assert not can_i(sa_config, "delete", "leases.coordination.k8s.io", "-n", home)
+    assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "--all-namespaces")
+    # A real TokenRequest with the operator's own token: granted where it watches, refused elsewhere.
+    for ns in (watched, unwatched):
+        kubectl("create", "serviceaccount", "team-flows", "-n", ns)
+    token = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", watched,
+                    "--audience", "sts.amazonaws.com").stdout.strip()
+    assert token.count(".") == 2
+    refused = kubectl("--kubeconfig", str(sa_config), "create", "token", "team-flows", "-n", unwatched, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
 
     # The operator with nothing but the ServiceAccount's token: the flows become Ready.
-    directory = tmp_path / "flows"
-    directory.mkdir()
+    directory = local_dir(watched, "flows")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["KUBECONFIG"] = str(sa_config)
     op = OperatorProcess(tmp_path / "logs", env)
     op.log_dir.mkdir()
     # As the chart runs it: with leader election, so the Lease rules are exercised too.
-    op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home)
+    policy = ["--enable-build-jobs", "--build-image", "registry.example.com/team/*"] if builds else []
+    op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home, *policy)
     try:
-        apply(local_storage(watched, directory) + "---" + inline_flow(watched, "inline", "inline flow",
-                                                                      storage="local")
-              + "---" + configmap_flow(watched, "from-cm", "cm flow", "local"))
+        apply(deleting_local_storage(watched, directory)
+              + "\n---\n" + inline_flow(watched, "inline", "inline flow", storage="local")
+              + "\n---\n" + configmap_flow(watched, "from-cm", "cm flow", "local"))
         # S3 with a credentials Secret: the Secret is read by name under `get` alone.
-        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "---" + inline_flow(watched2, "s3", "s3 flow"))
+        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "\n---\n" + inline_flow(watched2, "s3", "s3 flow"))
         # The same objects in a namespace the operator does not serve stay untouched.
-        apply(local_storage(unwatched, directory) + "---" + inline_flow(unwatched, "ignored", "ignored",
-                                                                        storage="local"))
+        apply(deleting_local_storage(unwatched, directory)
+              + "\n---\n" + inline_flow(unwatched, "ignored", "ignored", storage="local"))
+        # spec.build: refused by the operator's policy without builds (no request is tried, so
+        # no 403); with them, the chart's RBAC lets it make the Job (its image never pulls here)
+        apply(inline_flow(watched2, "built", "built flow", build={"image": "registry.example.com/team/runtime:1"}))
+        if builds:
+            wait_for_job(watched2, "built")
+        else:
+            wait_reason(watched2, "built", "BuildNotAllowed", timeout=60)
         inline = wait_ready(watched, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         wait_ready(watched, "from-cm", timeout=60)
@@ -401,7 +479,7 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         wait_ready(watched2, "store", kind="flowstorage", timeout=60)
         delete_and_wait(watched, "storedflow/inline", "storedflow/from-cm")  # finalizers released
         assert not (directory / inline["status"]["location"]).exists()  # deletionPolicy: Delete
-        delete_and_wait(watched2, "storedflow/s3")
+        delete_and_wait(watched2, "storedflow/s3", "storedflow/built")
         ignored = json.loads(kubectl("get", "storedflow", "ignored", "-n", unwatched, "-o", "json").stdout)
         assert "status" not in ignored and not ignored["metadata"].get("finalizers")
         # Leave nothing behind for the cluster-wide operator of the next test.
@@ -414,25 +492,32 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     assert_no_denials(op)
 
 
+@pytest.mark.parametrize("builds", [False, True], ids=["no-builds", "builds"])
 def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable[[], str],
-                                             release: str, tmp_path: Path) -> None:
+                                             release: str, tmp_path: Path, builds: bool) -> None:
     home, ns = make_namespace(), make_namespace()
-    docs = render(helm, release, home)
+    docs = render(helm, release, home, "--set", f"builds.enabled={str(builds).lower()}")
     sa_config = install_rbac(docs, home, tmp_path / "operator.kubeconfig")
+    assert set(can_build(sa_config, ns).values()) == {builds}
+    assert ("Forbidden" in try_as(sa_config, "create", "job", "probe", "--image=registry.example.com/x:1", "-n", ns,
+                                  "--dry-run=server")) is not builds
     assert can_i(sa_config, "get", "secrets", "-n", ns)
     assert not can_i(sa_config, "list", "secrets", "--all-namespaces")
     assert not can_i(sa_config, "list", "namespaces")  # cluster-wide kopf never lists them
     assert can_i(sa_config, "list", "storedflows.flowstore.dev", "--all-namespaces")
     assert not can_i(sa_config, "delete", "storedflows.flowstore.dev", "-n", ns)
+    assert can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "-n", ns)
+    assert can_i(sa_config, "get", "serviceaccounts", "-n", ns)
+    assert not can_i(sa_config, "list", "serviceaccounts", "--all-namespaces")
 
-    directory = tmp_path / "flows"
-    directory.mkdir()
+    directory = local_dir(ns, "flows")
     env = {**os.environ, "KUBECONFIG": str(sa_config)}
     op = OperatorProcess(tmp_path / "logs", env)
     op.log_dir.mkdir()
     op.start()
     try:
-        apply(local_storage(ns, directory) + "---" + inline_flow(ns, "inline", "inline flow", storage="local"))
+        apply(deleting_local_storage(ns, directory)
+              + "\n---\n" + inline_flow(ns, "inline", "inline flow", storage="local"))
         inline = wait_ready(ns, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         delete_and_wait(ns, "storedflow/inline", "flowstorage/local")

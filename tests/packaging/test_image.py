@@ -30,7 +30,7 @@ import pytest
 
 from tests.helpers.kube import apply, kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
-from tests.helpers.manifests import inline_flow
+from tests.helpers.manifests import inline_flow, local_storage
 from tests.helpers.net import free_port
 
 # The first test also builds the image: cold, ~5 minutes (Debian bootstrap + pip install).
@@ -145,15 +145,10 @@ def wait_healthy(op: Background, port: int, timeout: float = 90) -> None:
 
 
 def store_a_flow(op: Background, namespace: str, flows: Path) -> None:
-    """A Local FlowStorage at /flows (the host's `flows` dir) and an inline, pickled flow: Ready,
-    and the artifact is on the host, written by uid 10001, with the digest the status reports."""
-    apply(f"""
-apiVersion: flowstore.dev/v1alpha1
-kind: FlowStorage
-metadata: {{name: store, namespace: {namespace}}}
-spec:
-  local: {{directory: /flows, volumeName: flows-pvc}}
-""")
+    """A Local FlowStorage in the namespace's directory under the operator's Local root /flows (the
+    host's `flows` dir) and an inline, pickled flow: Ready, and the artifact is on the host, written
+    by uid 10001, with the digest the status reports."""
+    apply(local_storage(namespace, "store", f"/flows/{namespace}", volume_name="flows-pvc"))
     apply(inline_flow(namespace, "etl", "etl daily", body="return 6 * 7"))
     try:
         status = wait_ready(namespace, "etl", timeout=90)["status"]
@@ -214,7 +209,7 @@ def test_operator_from_image_stores_a_flow(container: str, crds: None, kube_env:
         "-v", f"{kube}:/kube:ro", "-v", f"{flows}:/flows", "-v", f"{tmp}:/tmp",
         "--env", "KUBECONFIG=/kube/config", container, "--",
         "flowstore", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz",
-        "--namespace", namespace, "--log-format", "json",
+        "--namespace", namespace, "--log-format", "json", "--local-root", "/flows",
     ], tmp_path / "operator.log")
     try:
         wait_healthy(op, port)
@@ -259,7 +254,7 @@ def test_operator_runs_with_read_only_root_filesystem(image: str, container: str
 
     port = free_port()
     op = Background(in_image("flowstore", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz",
-                             "--namespace", namespace), tmp_path / "operator.log")
+                             "--namespace", namespace, "--local-root", "/flows"), tmp_path / "operator.log")
     try:
         wait_healthy(op, port)
         store_a_flow(op, namespace, flows)

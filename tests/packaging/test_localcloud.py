@@ -200,3 +200,15 @@ def _cmdline_names(proc: Path, path: Path) -> bool:
         return str(path) in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+def test_env_exports_the_names_agents_read() -> None:
+    """An agent reads its credentials from its own environment under the names the storages use
+    (WEBHOOK_TOKEN in the examples' Webhook template, GIT_USERNAME / GIT_PASSWORD for git): the
+    local cloud exports those, beside its own FLOWSTORE_* names, so `flowstore run` works in a
+    shell set up as the README says."""
+    from tests.helpers.localcloud import localcloud_env
+
+    env = localcloud_env("webhook", "git")
+    assert env["WEBHOOK_TOKEN"] == env["FLOWSTORE_WEBHOOK_TOKEN"] and env["WEBHOOK_TOKEN"]
+    assert (env["GIT_USERNAME"], env["GIT_PASSWORD"]) == (env["FLOWSTORE_GIT_USERNAME"], env["FLOWSTORE_GIT_PASSWORD"])

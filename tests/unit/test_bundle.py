@@ -18,6 +18,7 @@ import pytest
 
 from flowstore.artifacts import bundle, loading
 from flowstore.artifacts.bundle import BundleError, Entrypoint
+from flowstore.artifacts.cache import Settings
 from flowstore.sandbox import BuildError, build_pickle
 
 MAIN = textwrap.dedent("""\
@@ -157,11 +158,11 @@ def test_agents_extract_once_and_import_the_entrypoint(tmp_path: Path) -> None:
     data = packed()
     flow = loading.load(data, "bundle", flow_name="etl daily", cache_dir=tmp_path)
     assert flow.name == "etl daily" and flow.run() == "SELECT 1!"
-    entries = [p for p in tmp_path.iterdir()]
+    entries = [p for p in (tmp_path / "bundles").iterdir()]
     assert [p.name for p in entries] == [__import__("hashlib").sha256(data).hexdigest()]
     assert (entries[0] / "etl" / "sql" / "daily.sql").read_bytes() == SQL
     again = loading.load(data, "bundle", flow_name="etl daily", cache_dir=tmp_path)
-    assert again.run() == "SELECT 1!" and len(list(tmp_path.iterdir())) == 1
+    assert again.run() == "SELECT 1!" and len(list((tmp_path / "bundles").iterdir())) == 1
 
 
 def test_two_bundles_with_the_same_module_names_each_get_their_own(tmp_path: Path) -> None:
@@ -205,13 +206,136 @@ def test_eight_processes_loading_at_once_share_one_extraction(tmp_path: Path) ->
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err for _, err in results]
     assert {out.strip() for out, _ in results} == {"SELECT 1!"}
-    assert [p.name for p in cache.iterdir()] == [__import__("hashlib").sha256(data).hexdigest()]
+    assert [p.name for p in (cache / "bundles").iterdir()] == [__import__("hashlib").sha256(data).hexdigest()]
 
 
 def test_the_cache_is_where_the_environment_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path / "here"))
-    assert loading.cache_root() == tmp_path / "here"
+    assert Settings.from_environment().root == tmp_path / "here"
     monkeypatch.delenv("FLOWSTORE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert loading.cache_root() == tmp_path / "xdg" / "flowstore" / "bundles"
-    assert os.path.isabs(loading.cache_root())
+    assert Settings.from_environment().root == tmp_path / "xdg" / "flowstore" / "agent"
+    assert os.path.isabs(Settings.from_environment().root)
+    flow = loading.load(packed(), "bundle", flow_name="etl daily")
+    assert flow.run() == "SELECT 1!"
+    assert len(list((tmp_path / "xdg" / "flowstore" / "agent" / "bundles").iterdir())) == 1
+
+
+# --------------------------------------------------------------------------- hostile bundles
+def _gzip_of_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, content in members:
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+    return gzip.compress(raw.getvalue())
+
+
+def _file(name: str, content: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(content)
+    return info, content
+
+
+def _manifest(files: dict[str, bytes], entrypoint: str = "main.py") -> tuple[tarfile.TarInfo, bytes]:
+    doc = json.dumps({"format": bundle.FORMAT, "entrypoint": entrypoint,
+                      "files": {p: "sha256:" + __import__("hashlib").sha256(d).hexdigest() for p, d in files.items()}})
+    return _file(bundle.MANIFEST, doc.encode())
+
+
+def test_a_small_gzip_that_expands_to_a_gibibyte_is_refused_without_inflating_it() -> None:
+    """A 1 GiB member of zeros compresses to about 1 MiB: the declared size is refused before any
+    of it is read, and a stream that keeps inflating past the bound stops at the bound."""
+    import tracemalloc
+
+    huge = tarfile.TarInfo("main.py")
+    huge.size = 2**30
+    header = io.BytesIO()
+    with tarfile.open(fileobj=header, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, content = _manifest({"main.py": b""})
+        tar.addfile(info, io.BytesIO(content))
+        tar.addfile(huge)  # header only: the content follows, streamed below
+    compressor = __import__("zlib").compressobj(9, __import__("zlib").DEFLATED, 31)
+    parts = [compressor.compress(header.getvalue()[:-1024])]  # without the end-of-archive blocks
+    zeros = bytes(2**20)
+    for _ in range(1024):
+        parts.append(compressor.compress(zeros))
+    bomb = b"".join(parts) + compressor.flush()
+    assert len(bomb) < 2 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="more than"):
+            bundle.unpack(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"unpack held {peak} bytes at once"
+
+    # a tar whose members each claim little but whose stream never ends: stopped at the bound
+    endless = b"".join([gzip.compress(bytes(2**20))] * 64)  # 64 MiB of zero blocks, no end-of-archive
+    with pytest.raises(BundleError):
+        bundle.unpack(endless)
+
+
+def test_the_file_limit_is_enforced_when_unpacking() -> None:
+    files = {f"f{i}.py": b"" for i in range(bundle.MAX_FILES + 1)}
+    members = [_manifest(files, "f0.py")] + [_file(p, d) for p, d in files.items()]
+    with pytest.raises(BundleError, match=f"more than {bundle.MAX_FILES} files"):
+        bundle.unpack(_gzip_of_tar(members))
+
+
+@pytest.mark.parametrize("manifest", [b"{not json", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b"[]", b"null",
+                                      b'{"format": "flowstore-bundle/1", "entrypoint": 3, "files": {}}',
+                                      b'{"format": "flowstore-bundle/1", "entrypoint": "main.py", "files": []}'])
+def test_a_malformed_manifest_is_a_bundle_error(manifest: bytes) -> None:
+    with pytest.raises(BundleError):
+        bundle.unpack(_gzip_of_tar([_file(bundle.MANIFEST, manifest), _file("main.py", b"")]))
+
+
+@pytest.mark.parametrize("data", [b"\x1f\x8b" + b"\x00" * 20, b"\x1f\x8b\x08\x00" + os.urandom(200),
+                                  gzip.compress(b"not a tar at all" * 100), gzip.compress(b"")[:-4],
+                                  gzip.compress(os.urandom(5000))[:100], b"", b"\x1f"])
+def test_deflate_and_tar_errors_are_bundle_errors_and_is_bundle_never_raises(data: bytes) -> None:
+    with pytest.raises(BundleError):
+        bundle.unpack(data)
+    assert bundle.is_bundle(data) is False
+
+
+def test_is_bundle_is_false_for_anything_that_is_not_a_bytes_bundle() -> None:
+    for junk in (None, 3, "text", b"x" * 10, bytearray(b"\x1f\x8bjunk")):
+        assert bundle.is_bundle(junk) is False  # type: ignore[arg-type]
+    assert bundle.is_bundle(packed()) is True
+
+
+@pytest.mark.parametrize("path", ["/".join(["d"] * 40) + "/main.py", "x" * 300 + ".py",
+                                  "/".join(["abcdefghij"] * 100) + ".py"])
+def test_deep_or_long_paths_are_refused_on_both_sides(path: str) -> None:
+    with pytest.raises(BundleError, match="too long or too deep"):
+        bundle.pack({path: b"", "main.py": b""}, Entrypoint("main.py"))
+    members = [_manifest({path: b"", "main.py": b""}), _file(path, b""), _file("main.py", b"")]
+    with pytest.raises(BundleError):
+        bundle.unpack(_gzip_of_tar(members))
+
+
+def test_an_entrypoint_missing_from_the_files_is_refused() -> None:
+    files = {"helpers.py": b"X = 1\n"}
+    members = [_manifest(files, "main.py:flow"), _file("helpers.py", files["helpers.py"])]
+    with pytest.raises(BundleError, match=r"entrypoint main\.py is not one of its files"):
+        bundle.unpack(_gzip_of_tar(members))
+
+
+@pytest.mark.parametrize("kind", [tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.GNUTYPE_SPARSE, tarfile.CONTTYPE])
+def test_links_fifos_and_sparse_members_are_refused(kind: bytes) -> None:
+    member = tarfile.TarInfo("main.py")
+    member.type = kind
+    member.linkname = "other.py"
+    with pytest.raises(BundleError):
+        bundle.unpack(_gzip_of_tar([_manifest({"main.py": b""}), (member, None)]))
+
+
+def test_a_truncated_bundle_is_refused() -> None:
+    data = packed()
+    raw = gzip.decompress(data)
+    with pytest.raises(BundleError):
+        bundle.unpack(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(BundleError):
+        bundle.unpack(data[: len(data) // 2])

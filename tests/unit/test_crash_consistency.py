@@ -31,8 +31,9 @@ class Cluster(FakeCluster):
         super().__init__()
         self.kill: str | None = None  # "before-put" | "after-put" | "fail-put" | None
 
-    def storage_for(self, spec: Any, credentials: Any, cache_key: str) -> Storage:
-        storage = super().storage_for(spec, credentials, cache_key)
+    def storage_for(self, spec: Any, credentials: Any, cache_key: str, identity: Any = None, *,
+                    namespace: str = "") -> Storage:
+        storage = super().storage_for(spec, credentials, cache_key, identity, namespace=namespace)
         put = storage.put_bytes
 
         def dying_put(location: str, data: bytes, **kwargs: Any) -> Any:

@@ -102,6 +102,7 @@ def test_env_prints_every_running_services_exports_in_the_usual_order(cloud: Clo
         f"export FLOWSTORE_AZURE_BLOB_ENDPOINT=http://127.0.0.1:{port['azure']}/devstoreaccount1\n"
         f"export FLOWSTORE_WEBHOOK_URL=http://127.0.0.1:{port['webhook']}\n"
         "export FLOWSTORE_WEBHOOK_TOKEN=tok\n"
+        "export WEBHOOK_TOKEN=tok\n"  # the name agents fill the examples' Webhook template from
         f"export DOCKER_HOST=tcp://127.0.0.1:{port['docker']}\n"
         f"export FLOWSTORE_DOCKER_HOST=tcp://127.0.0.1:{port['docker']}\n"
         f"export FLOWSTORE_REGISTRY=127.0.0.1:{port['registry']}\n"
@@ -112,6 +113,8 @@ def test_env_prints_every_running_services_exports_in_the_usual_order(cloud: Clo
         f"export FLOWSTORE_GIT_ROOT={d}/git-repos\n"
         "export FLOWSTORE_GIT_USERNAME=flows\n"
         "export FLOWSTORE_GIT_PASSWORD=gitpass\n"
+        "export GIT_USERNAME=flows\n"  # the names a git storage's agent reads
+        "export GIT_PASSWORD=gitpass\n"
     )
 
 

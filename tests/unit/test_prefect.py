@@ -18,8 +18,10 @@ import yaml
 
 from flowstore import client
 from flowstore import prefect as fp
+from flowstore.agent.status import StoredFlowView, parse
 from flowstore.artifacts import bundle
 from flowstore.artifacts.bundle import Entrypoint
+from flowstore.artifacts.cache import Cache, CacheError, Settings
 from flowstore.artifacts.signing import SignatureError, sign
 from flowstore.storage.errors import IntegrityError
 from flowstore.storage.local import Local
@@ -33,24 +35,30 @@ def digest_of(data: bytes) -> str:
 
 
 class FakeApi:
-    """What ``client.locate`` asks of the Kubernetes API: one StoredFlow's object."""
+    """What an agent asks of the Kubernetes API: one StoredFlow (spec.storageRef: store) with
+    this status, and its FlowStorage ``store`` (a Local storage at the status's directory)."""
 
     def __init__(self, status: dict[str, Any]) -> None:
         self.status = status
 
     def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
                                      name: str) -> dict[str, Any]:
-        return {"metadata": {"name": name, "namespace": namespace}, "status": self.status}
+        if plural == "flowstorages":
+            return {"metadata": {"name": name, "namespace": namespace},
+                    "spec": {"local": {"directory": self.status["storage"]["directory"]}}}
+        return {"metadata": {"name": name, "namespace": namespace}, "spec": {"storageRef": {"name": "store"}},
+                "status": self.status}
 
 
 def stored(tmp_path: Path, data: bytes, fmt: str = "script", **artifact: Any) -> dict[str, Any]:
-    """A StoredFlow status whose artifact `data` lives in a Local storage under `tmp_path`."""
+    """A StoredFlow status whose artifact `data` lives in a Local storage under `tmp_path`, as the
+    operator writes it (``Storage.to_status``)."""
     directory = tmp_path / "store"
     directory.mkdir(exist_ok=True)
     location = directory / f"flow-{hashlib.sha256(data).hexdigest()[:8]}"
     location.write_bytes(data)
     return {"location": str(location), "flowName": "etl daily",
-            "storage": Local(directory=str(directory)).serialize(),
+            "storage": Local(directory=str(directory)).to_status(),
             "artifact": {"url": f"file://{location}", "digest": digest_of(data), "size": len(data), "format": fmt,
                          **artifact}}
 
@@ -61,9 +69,9 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = client.download
 
-    def counting(status: dict[str, Any]) -> bytes:
-        made.append(status["location"])
-        return real(status)
+    def counting(located: client.Located, **kwargs: Any) -> bytes:
+        made.append(located.view.location)
+        return real(located, **kwargs)
 
     monkeypatch.setattr(client, "download", counting)
     return made
@@ -128,13 +136,13 @@ def test_a_tampered_artifact_is_refused_and_neither_cached_nor_written(tmp_path:
     with pytest.raises(IntegrityError, match="does not match the recorded"):
         prepare(tmp_path, status)
     assert not (tmp_path / "work" / "data_etl-daily").exists()
-    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == []
+    assert [p.name for p in (tmp_path / "cache" / "artifacts").iterdir() if not p.name.startswith(".")] == []
 
 
 def test_a_cache_entry_altered_on_disk_is_dropped_and_downloaded_again(tmp_path: Path, downloads: list[str]) -> None:
     status = stored(tmp_path, SCRIPT, fileName="etl_daily.py")
     prepare(tmp_path, status)
-    entry = tmp_path / "cache" / hashlib.sha256(SCRIPT).hexdigest()
+    entry = tmp_path / "cache" / "artifacts" / hashlib.sha256(SCRIPT).hexdigest()
     entry.chmod(0o644)
     entry.write_bytes(b"print('not what was verified')\n")
     prepared = prepare(tmp_path, status)
@@ -167,7 +175,7 @@ def _fetch_once_in_a_child(root: str, log: str, data: bytes, barrier: Any) -> No
         return data
 
     barrier.wait()
-    got, _ = fp.cached_artifact(digest_of(data), fetch, root=Path(root))
+    got, _ = Cache(Settings(root=Path(root))).artifact(digest_of(data), fetch)
     assert got == data
 
 
@@ -184,16 +192,17 @@ def test_several_processes_pulling_one_digest_download_it_once(tmp_path: Path) -
         child.join(60)
     assert [c.exitcode for c in children] == [0, 0, 0, 0]
     assert (tmp_path / "log").read_text() == "fetch\n"
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [
+    assert sorted(p.name for p in (tmp_path / "cache" / "artifacts").iterdir() if not p.name.startswith(".")) == [
         hashlib.sha256(data).hexdigest()]
 
 
 def test_the_cache_keeps_only_bytes_that_match_their_digest(tmp_path: Path) -> None:
-    with pytest.raises(IntegrityError):
-        fp.cached_artifact(digest_of(SCRIPT), lambda: b"other bytes", root=tmp_path)
-    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
-    with pytest.raises(ValueError, match="not a sha256 digest"):
-        fp.cached_artifact("md5:abc", lambda: SCRIPT, root=tmp_path)
+    cache = Cache(Settings(root=tmp_path))
+    with pytest.raises(CacheError, match="do not hash to"):
+        cache.artifact(digest_of(SCRIPT), lambda: b"other bytes")
+    assert [p for p in (tmp_path / "artifacts").iterdir() if not p.name.startswith(".")] == []
+    with pytest.raises(CacheError, match="not a sha256 digest"):
+        cache.artifact("md5:abc", lambda: SCRIPT)
 
 
 # --------------------------------------------------------------------------- the RunnerStorage
@@ -266,13 +275,30 @@ def test_pull_flow_prepares_the_working_directory_and_returns_it(tmp_path: Path,
         fp.pull_flow(name="etl-daily", namespace="data", require_signature=True)
 
 
+def view_of(status: dict[str, Any], name: str = "etl-daily", object_name: str | None = None) -> StoredFlowView:
+    spec: dict[str, Any] = {"storageRef": {"name": "store"}}
+    if object_name:
+        spec["objectName"] = object_name
+    return parse({"spec": spec, "status": status}, namespace="data", name=name)
+
+
 def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
-    status = {"artifact": {"format": "script", "fileName": "etl_daily.py", "digest": digest_of(SCRIPT)},
+    storage = {"type": "Git", "url": "https://git.example.com/flows.git"}
+    status = {"location": "etl_daily.py", "storage": storage,
+              "artifact": {"format": "script", "fileName": "etl_daily.py", "digest": digest_of(SCRIPT), "size": 1},
               "git": {"commit": "ab" * 20}}
-    text = fp.pull_step_yaml("etl-daily", "data", status)
+    text = fp.pull_step_yaml(view_of(status))
     assert yaml.safe_load(text) == [{"flowstore.prefect.pull_flow": {"name": "etl-daily", "namespace": "data"}}]
-    assert digest_of(SCRIPT) in text and "ab" * 20 in text and "entrypoint: etl_daily.py:flow" in text
+    assert digest_of(SCRIPT) in text and "ab" * 20 in text
+    # the script's variable is the StoredFlow's spec.objectName; without one the reader names it
+    assert "# deployment entrypoint: etl_daily.py:FLOW  (FLOW: the variable holding your @flow; set the " \
+           "StoredFlow's spec.objectName to have it printed here)" in text
+    named = fp.pull_step_yaml(view_of(status, object_name="etl_daily"))
+    assert "# deployment entrypoint: etl_daily.py:etl_daily\n" in named
+    bundle = {**status, "artifact": {"format": "bundle", "entrypoint": "sales/main.py:report",
+                                     "digest": digest_of(SCRIPT), "size": 1}}
+    assert "# deployment entrypoint: sales/main.py:report\n" in fp.pull_step_yaml(view_of(bundle, "sales", "ignored"))
     signed = {"artifact": {**status["artifact"], "signature": "hmac-sha256:00"}}
-    assert yaml.safe_load(fp.pull_step_yaml("etl-daily", "data", signed))[0][fp.PULL_STEP]["require_signature"]
+    assert yaml.safe_load(fp.pull_step_yaml(view_of({**status, **signed})))[0][fp.PULL_STEP]["require_signature"]
     with pytest.raises(fp.NotForPrefect, match="storedAsScript"):
-        fp.pull_step_yaml("etl-daily", "data", {"artifact": {"format": "pickle"}})
+        fp.pull_step_yaml(view_of({**status, "artifact": {**status["artifact"], "format": "pickle"}}))

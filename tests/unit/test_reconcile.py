@@ -163,6 +163,34 @@ def test_flow_storage_reports_flows(cluster: FakeCluster) -> None:
     assert outcome.status["storage"]["type"] == "Local"
 
 
+def test_a_mistyped_storage_ref_names_the_flowstorages_that_exist(cluster: FakeCluster, tmp_path: Path) -> None:
+    cluster.storages["team-s3"] = storage_obj(tmp_path / "s3")
+    outcome = reconcile_stored_flow(flow_obj(storageRef={"name": "team-s4"}), cluster)
+    assert outcome.failure is not None and outcome.failure.reason == "StorageNotFound"
+    assert not outcome.failure.stalled  # creating it is enough: retried
+    assert ("FlowStorage 'team-s4' does not exist in namespace 'ns' (did you mean 'team-s3'? FlowStorages there: "
+            "store, team-s3); the flow will be stored as soon as it is created, or fix spec.storageRef.name.") \
+        == outcome.failure.message
+    cluster.storages.clear()
+    empty = reconcile_stored_flow(flow_obj(storageRef={"name": "team-s4"}), cluster)
+    assert empty.failure is not None and "(it has no FlowStorage)" in empty.failure.message
+
+
+def test_flow_storage_names_its_backend_from_the_spec_before_any_success(cluster: FakeCluster,
+                                                                        tmp_path: Path) -> None:
+    """status.backend (the TYPE column) is there when the storage cannot be used yet, e.g. its
+    credentials Secret is missing, and while suspended: not only after the first success."""
+    missing = storage_obj(tmp_path, s3={"bucket": "b", "credentialsSecretRef": {"name": "absent"}})
+    del missing["spec"]["local"]
+    outcome = reconcile_flow_storage(missing, cluster)
+    assert outcome.failure is not None and outcome.failure.reason == "SecretNotFound"
+    assert outcome.status["backend"] == "S3" and "storage" not in outcome.status
+    suspended = reconcile_flow_storage(storage_obj(tmp_path, suspend=True), cluster)
+    assert suspended.status["backend"] == "Local"
+    ready = reconcile_flow_storage(cluster.storages["store"], cluster)
+    assert ready.status["backend"] == ready.status["storage"]["type"] == "Local"
+
+
 def test_flow_storage_lists_at_most_1000_flows_and_counts_them_all(cluster: FakeCluster) -> None:
     """status.flows is capped so the object stays small however many flows a storage holds
     (the members come from the operator's index, as in the operator)."""

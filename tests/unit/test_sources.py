@@ -143,9 +143,24 @@ def test_binary_data_is_a_file_too(tmp_path: Path) -> None:
      "has no key 'nope.py'"),
     ({"configMapRef": {"name": "flows", "items": [{"key": "main.py", "path": "../main.py"}]}}, {}, "InvalidSpec",
      "escapes the flow's directory"),
+    # pathspec raises re.error (not its own error) for some patterns: a spec error, not a crash
+    ({"configMapRef": {"name": "flows"}, "ignore": ["[z-a]"]}, {"entrypoint": "main.py"}, "InvalidSpec",
+     "is not valid"),
 ])
 def test_what_is_wrong_with_several_files_is_said(tmp_path: Path, source: dict[str, Any], spec: dict[str, Any],
                                                   reason: str, words: str) -> None:
     outcome = reconcile_stored_flow(flow(source, **spec), cluster_with(tmp_path, FILES))
     assert outcome.failure is not None and outcome.failure.reason == reason
     assert words in outcome.failure.message and outcome.failure.stalled
+
+
+def test_an_invalid_ignore_pattern_for_a_git_directory_is_a_spec_error() -> None:
+    from flowstore.api.models import FlowSpec, SpecError
+    from flowstore.reconcile.sources import ignore_rules
+
+    spec = FlowSpec.parse({"storageRef": {"name": "repo"}, "flowName": "etl",
+                           "source": {"path": "flows/etl", "ignore": ["tests/", "[z-a]"]}})
+    with pytest.raises(SpecError, match=r"spec.source.ignore cannot be used: .*\[z-a\]|not valid"):
+        ignore_rules(spec)
+    assert ignore_rules(FlowSpec.parse({"storageRef": {"name": "repo"}, "flowName": "etl",
+                                        "source": {"path": "flows/etl", "ignore": ["tests/"]}}))("main.py")

@@ -79,19 +79,34 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch]
-# Backend credentials (spec.*.credentialsSecretRef): read by name only. No list/watch, so the
-# operator never holds every Secret of a namespace in memory; missing ones are re-checked.
+# Backend credentials (spec.*.credentialsSecretRef, signing keys, Docker files and TLS): read by
+# name only. No list/watch, so the operator never holds every Secret of a namespace in memory;
+# missing ones are re-checked. With secrets.policy opt-in (the default) the operator uses only
+# those labelled flowstore.dev/allow=true (RBAC cannot select by label; the operator's code does).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+# Cloud identity (spec.serviceAccountName, controller/identity.py): the named ServiceAccount is
+# read by name for its annotations (role ARN, client/tenant IDs) and uid; no list/watch. Tokens
+# for it are requested with TokenRequest (create serviceaccounts/token), short-lived, for the
+# cloud's audience, kept in memory only. Only where the operator watches: a FlowStorage acts as
+# an account of its own namespace, never another's.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
 # Events on FlowStorages/StoredFlows: the operator's own (Stored, CleanupFailed, ...) and
 # kopf's warnings. Both POST core/v1 Events; nothing patches or lists them.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Builder Jobs (spec.build: flows built in their own image, controller/jobs.py): a Job per build
-# in the StoredFlow's namespace, read by name (a restart adopts it), listed by label to delete a
-# stale one, deleted once its result is read. No update/patch: a Job is never changed.
+{{- if .Values.builds.enabled }}
+# Builder Jobs (builds.enabled; spec.build: flows built in their own image, controller/jobs.py):
+# a Job per build in the StoredFlow's namespace, read by name (a restart adopts it), listed by
+# label to delete a stale one, deleted once its result is read. No update/patch: a Job is never
+# changed. Without builds.enabled none of the four rules below is granted.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, create, delete]
@@ -106,6 +121,7 @@ watched namespace in namespaced mode.
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped permissions kopf needs in either mode. */}}

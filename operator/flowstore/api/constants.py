@@ -51,11 +51,15 @@ class Reason:
     UNPICKLABLE: Final = "Unpicklable"
     BUILD_TIMEOUT: Final = "BuildTimeout"
     BUILD_OUT_OF_MEMORY: Final = "BuildOutOfMemory"
+    #: the kernel cannot confine a sandbox build fully, and the operator does not allow less
+    SANDBOX_UNAVAILABLE: Final = "SandboxUnavailable"
     # Builder Jobs (spec.build)
     IMAGE_PULL_FAILED: Final = "ImagePullFailed"
     BUILD_IMAGE_UNUSABLE: Final = "BuildImageUnusable"
     BUILD_FORBIDDEN: Final = "BuildForbidden"
     BUILD_TOO_LARGE: Final = "BuildTooLarge"
+    #: spec.build asks for what the operator's build policy does not allow (or builds are off)
+    BUILD_NOT_ALLOWED: Final = "BuildNotAllowed"
     # Backends
     AUTH_FAILED: Final = "AuthFailed"
     BUCKET_NOT_FOUND: Final = "BucketNotFound"
@@ -65,6 +69,15 @@ class Reason:
     INTEGRITY_ERROR: Final = "IntegrityError"
     TEMPLATE_VALUE_MISSING: Final = "TemplateValueMissing"
     REQUEST_REJECTED: Final = "RequestRejected"
+    # The operator's policy (docs/security.md): what it lends a spec's author
+    #: a Webhook URL reaches an address the operator's endpoint policy refuses
+    ENDPOINT_NOT_ALLOWED: Final = "EndpointNotAllowed"
+    #: a spec names a Secret the operator's Secret policy does not let it use (not opted in)
+    SECRET_NOT_ALLOWED: Final = "SecretNotAllowed"  # noqa: S105 - a reason, not a secret
+    #: a Local FlowStorage, and the operator has no Local root (--local-root)
+    LOCAL_STORAGE_DISABLED: Final = "LocalStorageDisabled"
+    #: spec.local.directory is not under <local root>/<namespace>
+    OUTSIDE_LOCAL_ROOT: Final = "OutsideLocalRoot"
     # Git-hosted storages
     RATE_LIMITED: Final = "RateLimited"
     REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"
@@ -80,6 +93,12 @@ class Reason:
     RUN_FAILED: Final = "RunFailed"
     DAEMON_UNAVAILABLE: Final = "DaemonUnavailable"
     REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
+    # Cloud identity (spec.serviceAccountName, and the ambient-identity policy)
+    AMBIENT_IDENTITY_NOT_ALLOWED: Final = "AmbientIdentityNotAllowed"
+    SERVICE_ACCOUNT_NOT_FOUND: Final = "ServiceAccountNotFound"
+    IDENTITY_NOT_CONFIGURED: Final = "IdentityNotConfigured"
+    TOKEN_REQUEST_FAILED: Final = "TokenRequestFailed"  # noqa: S105 - a reason, not a secret
+    IDENTITY_REJECTED: Final = "IdentityRejected"
 
 
 #: labels of the objects the operator makes (builder Jobs and their ConfigMaps)
@@ -87,6 +106,9 @@ MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "flowstore"
 STOREDFLOW_LABEL: Final = "flowstore.dev/storedflow"
 BUILD_LABEL: Final = "flowstore.dev/build"
+#: a Secret labelled so (value "true") may be used by FlowStorages (the operator's default
+#: --secret-policy opt-in): whoever may label it agrees to lend it (docs/security.md)
+SECRET_OPT_IN_LABEL: Final = "flowstore.dev/allow"  # noqa: S105 - a label key, not a secret
 
 
 class EventReason:

@@ -83,6 +83,8 @@ class StorageSpec:
     signing: tuple[str, str] | None = None
     #: spec.build: flows of this storage are built as Jobs in this image
     build: BuildSpec | None = None
+    #: spec.serviceAccountName: the storage acts as this ServiceAccount of its namespace
+    service_account_name: str | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> StorageSpec:
@@ -92,6 +94,9 @@ class StorageSpec:
         backend = present[0]
         block: dict[str, Any] = dict(spec[backend])
         secret_ref = block.pop("credentialsSecretRef", None) or {}
+        if secret_ref.get("name") and spec.get("serviceAccountName"):
+            raise SpecError(f"spec.{backend}.credentialsSecretRef and spec.serviceAccountName are two ways to give "
+                            "the storage an identity; keep one")
         if secret_ref.get("key"):  # backends that read one key of the Secret (GCS, Azure)
             block["credentialsKey"] = secret_ref["key"]
         config = {
@@ -113,6 +118,7 @@ class StorageSpec:
             suspend=bool(spec.get("suspend", False)),
             stored_as_script=bool(spec.get("storedAsScript", False)),
             build=BuildSpec.parse(spec.get("build")),
+            service_account_name=str(spec["serviceAccountName"]) if spec.get("serviceAccountName") else None,
         )
 
 

@@ -276,8 +276,13 @@ def unframe(log: str, nonce: str) -> tuple[dict[str, Any], bytes] | None:
         last = next(i for i in range(first, len(lines)) if lines[i].strip() == end)
     except (ValueError, StopIteration):
         return None
-    header = json.loads(lines[first + 1])
-    payload = base64.b64decode("".join(line.strip() for line in lines[first + 2:last]))
+    try:
+        header = json.loads(lines[first + 1])
+    except RecursionError:
+        raise ValueError("the build result's header is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"the build result's header is a JSON {type(header).__name__}, not an object")
+    payload = base64.b64decode("".join(line.strip() for line in lines[first + 2:last]), validate=True)
     if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise ValueError(f"the build result is damaged: {len(payload)} bytes, the builder said {header.get('size')}")
     return header, payload

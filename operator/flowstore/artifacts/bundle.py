@@ -6,6 +6,13 @@ restart: members sorted by path, every mtime 0, uid/gid 0 with no names, modes n
 with neither time nor file name. The first member, ``.flowstore-bundle.json``, is the manifest:
 the format, the entrypoint, and each file's sha256; unpacking checks every file against it.
 
+Unpacking reads bytes someone else may have written (a bucket, a cache, a status that points
+elsewhere), so it is bounded before it is trusted: the gzip stream is inflated as it is read
+and never past :data:`MAX_BYTES` plus the tar headers of :data:`MAX_FILES` files; members,
+paths (length, depth, each name) and the manifest are bounded too; and whatever is wrong with
+the bytes — a deflate error, a broken tar, a manifest that is not JSON or nests too deep — is a
+:class:`BundleError` saying so, never an error of the library that noticed.
+
 Standard library only: the builder program (``builder.py``) runs this module in images that
 have nothing but Python and cloudpickle.
 """
@@ -19,6 +26,7 @@ import json
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,6 +35,17 @@ FORMAT = "flowstore-bundle/1"
 #: a bundle holds at most this many files and this many bytes (before compression)
 MAX_FILES = 1000
 MAX_BYTES = 32 * 1024 * 1024
+#: directories a bundle may hold (each file's parents; far more than any real flow has)
+MAX_DIRECTORIES = 2 * MAX_FILES
+#: a path inside a bundle: at most this many bytes (UTF-8) in all, per name, and names deep
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 32
+#: the manifest names every file and its digest: bounded by what MAX_FILES paths need
+MAX_MANIFEST_BYTES = MAX_FILES * (MAX_PATH_BYTES + 128) + 4096
+#: what the tar stream may hold besides the files' bytes: a header (and a PAX header, for long
+#: names) per member, the manifest, padding to 512 bytes, the end-of-archive blocks
+_TAR_OVERHEAD = (1 + MAX_FILES + MAX_DIRECTORIES) * 4 * 512 + MAX_MANIFEST_BYTES + 10 * 512
 _EXECUTABLE = 0o111
 
 
@@ -73,18 +92,35 @@ class Bundle:
     entrypoint: Entrypoint
     executables: frozenset[str] = frozenset()
 
+    @property
+    def manifest(self) -> dict[str, str]:
+        """Each file's sha256 (``sha256:<hex>``), as the manifest records it."""
+        return {path: _sha256(content) for path, content in self.files.items()}
+
 
 def check_path(path: str) -> str:
-    """A relative POSIX path inside the bundle, normalized; refuses absolute paths and ``..``."""
-    if not path or "\x00" in path or "\\" in path:
+    """A relative POSIX path inside the bundle, normalized; refuses absolute paths, ``..``, and
+    paths longer or deeper than a flow's may be (:data:`MAX_PATH_BYTES`, :data:`MAX_NAME_BYTES`,
+    :data:`MAX_DEPTH`)."""
+    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
         raise BundleError(f"{path!r} is not a file path inside the flow's directory")
     if path.startswith("/"):
         raise BundleError(f"{path!r} is an absolute path; paths in a flow are relative to its directory")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeError:  # a lone surrogate: no file system would take it
+        raise BundleError(f"{path!r} is not a valid UTF-8 file name") from None
     normal = posixpath.normpath(path)
     if normal == "." or normal.startswith("../") or normal == ".." or "/../" in f"/{path}/":
         raise BundleError(f"{path!r} escapes the flow's directory")
     if normal == MANIFEST:
         raise BundleError(f"{MANIFEST} is the bundle's own manifest; rename the file")
+    names = normal.split("/")
+    if (len(encoded) > MAX_PATH_BYTES or len(names) > MAX_DEPTH
+            or any(len(name.encode("utf-8")) > MAX_NAME_BYTES for name in names)):
+        raise BundleError(f"{path[:80]!r}{'…' if len(path) > 80 else ''} is too long or too deep for a flow's file "
+                          f"(at most {MAX_PATH_BYTES} bytes, {MAX_DEPTH} directories deep, {MAX_NAME_BYTES} bytes a "
+                          "name)")
     return normal
 
 
@@ -119,6 +155,10 @@ def check_limits(files: Mapping[str, bytes]) -> None:
     if len(files) > MAX_FILES:
         raise BundleError(f"the flow has {len(files)} files, more than {MAX_FILES}; leave out what it does not need "
                           "(spec.source.ignore, a .flowstoreignore file)")
+    directories = {parent for path in files for parent in _parents(path)}
+    if len(directories) > MAX_DIRECTORIES:
+        raise BundleError(f"the flow's files are in {len(directories)} directories, more than {MAX_DIRECTORIES}; "
+                          "leave out what it does not need (spec.source.ignore, a .flowstoreignore file)")
     total = sum(len(d) for d in files.values())
     if total > MAX_BYTES:
         raise BundleError(f"the flow's files hold {total} bytes, more than {MAX_BYTES} ({MAX_BYTES // 2**20} MiB); "
@@ -126,47 +166,89 @@ def check_limits(files: Mapping[str, bytes]) -> None:
 
 
 def is_bundle(data: bytes) -> bool:
-    """Whether `data` looks like a bundle (a gzip stream whose first member is the manifest)."""
-    if data[:2] != b"\x1f\x8b":
+    """Whether `data` is a bundle (a gzip stream whose first member is the manifest, every file
+    matching it). Never raises: anything that is not a whole, valid bundle is False."""
+    if not isinstance(data, bytes | bytearray | memoryview) or bytes(data[:2]) != b"\x1f\x8b":
         return False
     try:
-        unpack(data)
+        unpack(bytes(data))
     except BundleError:
         return False
     return True
 
 
+class _Bounded(io.RawIOBase):
+    """A readable stream of at most `limit` bytes of `inner` (the inflating gzip reader): one
+    byte more is a BundleError, so a small gzip that expands to gigabytes is refused after
+    `limit` bytes were inflated, not after all of them."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
+        self._inner, self._left = inner, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        data = self._inner.read(min(len(view), self._left + 1))
+        if len(data) > self._left:
+            raise BundleError("the bundle expands to more than a flow may hold "
+                              f"({MAX_FILES} files, {MAX_BYTES // 2**20} MiB); refusing it")
+        self._left -= len(data)
+        view[: len(data)] = data
+        return len(data)
+
+
+#: what reading broken bytes raises in gzip, zlib, tarfile and json: each becomes a BundleError
+_READ_ERRORS = (OSError, EOFError, zlib.error, tarfile.TarError, ValueError, UnicodeError, RecursionError,
+                MemoryError, OverflowError)
+
+
 def unpack(data: bytes) -> Bundle:
     """The files of a bundle, each checked against the manifest. Refuses anything but regular
-    files and directories, and paths outside the bundle (a tar made to escape)."""
+    files and directories, paths outside the bundle (a tar made to escape), more than
+    :data:`MAX_FILES` files or :data:`MAX_BYTES` bytes (counted while inflating, so nothing past
+    the bound is ever in memory), a manifest that does not describe exactly these files, and an
+    entrypoint that is not one of them. Every failure is a :class:`BundleError`."""
     try:
-        raw = gzip.decompress(data)
-        tar = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise BundleError(f"not a flow bundle (a tar.gz): {exc}") from None
+        return _unpack(data)
+    except BundleError:
+        raise
+    except _READ_ERRORS as exc:
+        raise BundleError(f"not a flow bundle (a tar.gz): {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _unpack(data: bytes) -> Bundle:
+    stream = io.BufferedReader(_Bounded(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"),
+                                        MAX_BYTES + _TAR_OVERHEAD))
     files: dict[str, bytes] = {}
     executables: set[str] = set()
-    manifest: dict[str, object] | None = None
-    total = 0
-    with tar:
+    manifest: object = None
+    total = directories = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if member.isdir():
                 check_path(member.name)
+                directories += 1
+                if directories > MAX_DIRECTORIES:
+                    raise BundleError(f"the bundle holds more than {MAX_DIRECTORIES} directories; refusing it")
                 continue
-            if not member.isfile():
-                raise BundleError(f"{member.name!r} in the bundle is not a regular file; refusing it")
-            extracted = tar.extractfile(member)
-            content = extracted.read() if extracted is not None else b""
-            total += len(content)
-            if total > MAX_BYTES + 2**20:
-                raise BundleError("the bundle holds more bytes than a flow may have")
+            if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):  # no links, devices, sparse files
+                raise BundleError(f"{member.name[:200]!r} in the bundle is not a regular file; refusing it")
             if member.name == MANIFEST and manifest is None and not files:
-                manifest = json.loads(content.decode("utf-8"))
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise BundleError(f"the bundle's manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+                manifest = json.loads(_read(tar, member).decode("utf-8"))
                 continue
             path = check_path(member.name)
             if path in files:
                 raise BundleError(f"{path!r} appears twice in the bundle")
-            files[path] = content
+            if len(files) >= MAX_FILES:
+                raise BundleError(f"the bundle holds more than {MAX_FILES} files; refusing it")
+            total += member.size
+            if total > MAX_BYTES:
+                raise BundleError(f"the bundle's files hold more than {MAX_BYTES} bytes; refusing it")
+            files[path] = _read(tar, member)
             if member.mode & _EXECUTABLE:
                 executables.add(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -177,8 +259,22 @@ def unpack(data: bytes) -> Bundle:
     for path, content in files.items():
         if recorded[path] != _sha256(content):
             raise BundleError(f"{path} in the bundle does not match its manifest digest; refusing it")
-    return Bundle(files=files, entrypoint=Entrypoint.parse(str(manifest.get("entrypoint", ""))),
-                  executables=frozenset(executables))
+    text = manifest.get("entrypoint")
+    if not isinstance(text, str):
+        raise BundleError("the bundle's manifest names no entrypoint")
+    entrypoint = Entrypoint.parse(text)
+    if entrypoint.path not in files:
+        raise BundleError(f"the bundle's entrypoint {entrypoint.path} is not one of its files; refusing it")
+    return Bundle(files=files, entrypoint=entrypoint, executables=frozenset(executables))
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes, all of them (a short read is a truncated bundle)."""
+    extracted = tar.extractfile(member)
+    content = extracted.read() if extracted is not None else b""
+    if len(content) != member.size:
+        raise BundleError(f"{member.name[:200]!r} in the bundle is truncated")
+    return content
 
 
 def extract(bundle: Bundle, directory: str) -> None:

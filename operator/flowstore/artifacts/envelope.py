@@ -20,7 +20,8 @@ import cloudpickle
 from flowstore import __version__
 from flowstore.artifacts.builder import FlowObjectError, find_flow_object
 
-__all__ = ["FlowObjectError", "dumps", "find_flow_object", "flow_from_script", "loads", "unwrap", "wrap"]
+__all__ = ["FlowObjectError", "dumps", "find_flow_object", "flow_from_compiled", "flow_from_script", "loads", "unwrap",
+           "wrap"]
 
 
 def _versions() -> dict[str, str]:
@@ -53,9 +54,12 @@ def unwrap(data: bytes) -> tuple[bytes, dict[str, str]]:
         if data[:1] == b"\x80":  # a pickle protocol >= 2 header: the pre-envelope format
             return data, {}
         raise ValueError("not a flow envelope (expected JSON with 'flow' and 'versions')") from None
-    if not isinstance(doc, dict) or "flow" not in doc:
+    if not isinstance(doc, dict) or not isinstance(doc.get("flow"), str):
         raise ValueError("not a flow envelope (expected JSON with 'flow' and 'versions')")
-    return base64.b64decode(doc["flow"]), dict(doc.get("versions") or {})
+    versions = doc.get("versions") or {}
+    if not isinstance(versions, dict):
+        raise ValueError("not a flow envelope ('versions' is not an object)")
+    return base64.b64decode(doc["flow"], validate=True), {str(k): str(v) for k, v in versions.items()}
 
 
 def loads(data: bytes) -> Any:
@@ -77,6 +81,11 @@ def loads(data: bytes) -> Any:
 def flow_from_script(source: bytes, *, flow_name: str | None, object_name: str | None) -> Any:
     """Execute a flow script in *this* process and return its flow object (agent side only:
     the operator never calls this; it uses the sandbox)."""
+    return flow_from_compiled(compile(source, "<stored flow>", "exec"), flow_name=flow_name, object_name=object_name)
+
+
+def flow_from_compiled(code: Any, *, flow_name: str | None, object_name: str | None) -> Any:
+    """Run a compiled flow script in *this* process and return its flow object."""
     namespace: dict[str, Any] = {"__name__": "__flowstore_flow__"}
-    exec(compile(source, "<stored flow>", "exec"), namespace)  # noqa: S102 - running the flow is the agent's job
+    exec(code, namespace)  # noqa: S102 - running the flow is the agent's job
     return find_flow_object(namespace, flow_name=flow_name, object_name=object_name)

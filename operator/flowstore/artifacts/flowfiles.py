@@ -8,6 +8,7 @@ bytes — the digest in status — because packing is deterministic.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 import pathspec
@@ -23,10 +24,16 @@ class IgnoreError(ValueError):
 
 
 def _spec(patterns: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """The rules of `patterns`; a pattern pathspec or the regular-expression engine cannot take
+    (``re.error`` is not a ValueError), or one that is not text, is an IgnoreError."""
+    lines = list(patterns)
+    if not all(isinstance(line, str) for line in lines):
+        raise IgnoreError(f"an ignore pattern (spec.source.ignore or {IGNORE_FILE}) is not text")
     try:
-        return pathspec.GitIgnoreSpec.from_lines(list(patterns))
-    except ValueError as exc:
-        raise IgnoreError(f"an ignore pattern (spec.source.ignore or {IGNORE_FILE}) is not valid: {exc}") from None
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except (ValueError, TypeError, re.error, RecursionError) as exc:
+        raise IgnoreError(f"an ignore pattern (spec.source.ignore or {IGNORE_FILE}) is not valid: "
+                          f"{str(exc)[:200]}") from None
 
 
 def keeper(patterns: Iterable[str]) -> Callable[[str], bool]:

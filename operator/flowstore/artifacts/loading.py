@@ -2,13 +2,11 @@
 
 - ``pickle``: unpickle the envelope (the flow's own modules were pickled by value);
 - ``script``: run the script in this process (the agent's job, as in the seed);
-- ``bundle``: extract the files once into a cache directory keyed by the artifact's digest, put
-  it first on ``sys.path`` and import the entrypoint from there.
+- ``bundle``: take the bundle's files from the agent cache (``flowstore.artifacts.cache``:
+  extracted once per digest, checked against the bundle's manifest on every use, pinned while
+  this process runs), put that directory first on ``sys.path`` and import the entrypoint.
 
-Callers verify the digest before calling anything here. The cache (``$FLOWSTORE_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/flowstore/bundles``, else ``~/.cache/flowstore/bundles``) is filled by
-extracting into a private temporary directory and renaming it into place: several processes
-loading the same flow at once each see a whole directory or none, and one of them wins.
+Callers verify the digest before calling anything here.
 """
 
 from __future__ import annotations
@@ -16,67 +14,85 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import shutil
+import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from flowstore.artifacts import bundle as bundles
 from flowstore.artifacts import envelope
 from flowstore.artifacts.builder import find_flow_object
+from flowstore.artifacts.cache import Cache, Settings
 
 FORMATS = ("pickle", "script", "bundle")
+_GZIP, _PICKLE = b"\x1f\x8b", b"\x80"
 
 
-def cache_root() -> Path:
-    configured = os.environ.get("FLOWSTORE_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flowstore" / "bundles"
+class ArtifactFormatError(ValueError):
+    """The bytes are not what their recorded format says (a script that is not Python source, a
+    pickle that is not an envelope), or the format is unknown. Nothing of them was run."""
+
+
+class FlowNeedsModule(ModuleNotFoundError):
+    """The flow imports a module this Python does not have (its workflow engine, its libraries):
+    the flow's own dependency, not flowstore's."""
 
 
 def load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None = None,
-         cache_dir: Path | None = None) -> Any:
-    """The flow object in `data` (already verified) of format `fmt`."""
-    if fmt == "bundle":
-        return flow_from_bundle(data, flow_name=flow_name, cache_dir=cache_dir)
-    if fmt == "script":
-        return envelope.flow_from_script(data, flow_name=flow_name, object_name=object_name)
-    if fmt == "pickle":
-        return envelope.loads(data)
-    raise ValueError(f"unknown artifact format {fmt!r} (known: {', '.join(FORMATS)}); upgrade flowstore")
-
-
-def extract(data: bytes, cache_dir: Path | None = None) -> Path:
-    """The directory holding the bundle's files, extracted on first use (checked against the
-    bundle's manifest); the same directory for the same bytes, in every process."""
-    root = cache_dir or cache_root()
-    target = root / hashlib.sha256(data).hexdigest()
-    if target.is_dir():
-        return target
-    unpacked = bundles.unpack(data)  # raises BundleError on anything unsafe or altered
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+         cache: Cache | None = None, cache_dir: Path | None = None) -> Any:
+    """The flow object in `data` (already verified) of format `fmt`. Bundles use `cache` (or
+    one rooted at `cache_dir`, else the environment's: ``FLOWSTORE_CACHE_DIR``). Bytes that are
+    not of `fmt` are an ArtifactFormatError before anything of them runs; a module the flow needs
+    and this Python lacks is :class:`FlowNeedsModule`; the flow's own code may raise what it
+    raises."""
     try:
-        bundles.extract(unpacked, str(staging))
-        staging.chmod(0o755)
+        return _load(data, fmt, flow_name=flow_name, object_name=object_name, cache=cache, cache_dir=cache_dir)
+    except FlowNeedsModule:
+        raise
+    except ModuleNotFoundError as exc:
+        raise FlowNeedsModule(f"the flow needs the module {exc.name!r}, which is not installed here",
+                              name=exc.name) from exc
+
+
+def _load(data: bytes, fmt: str, *, flow_name: str | None, object_name: str | None, cache: Cache | None,
+          cache_dir: Path | None) -> Any:
+    if fmt == "bundle":
+        if cache is None:
+            cache = Cache(Settings(root=cache_dir)) if cache_dir is not None else Cache()
+        return flow_from_bundle(data, flow_name=flow_name, cache=cache)
+    if fmt == "script":
+        return envelope.flow_from_compiled(_compiled_script(data), flow_name=flow_name, object_name=object_name)
+    if fmt == "pickle":
         try:
-            staging.rename(target)
-        except OSError:  # another process put the same files there first
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+            envelope.unwrap(data)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise ArtifactFormatError(f"the artifact is recorded as a pickle but is not a flow envelope: {exc}") \
+                from None
+        try:
+            return envelope.loads(data)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise ArtifactFormatError(f"the artifact is recorded as a pickle but does not unpickle: {exc}") from None
+    raise ArtifactFormatError(f"unknown artifact format {str(fmt)[:40]!r} (known: {', '.join(FORMATS)}); "
+                              "upgrade flowstore")
 
 
-def flow_from_bundle(data: bytes, *, flow_name: str | None, cache_dir: Path | None = None) -> Any:
-    """Extract (once) and import the bundle's entrypoint; the flow object it names (or the one
-    named `flow_name`)."""
-    directory = extract(data, cache_dir)
-    unpacked = bundles.unpack(data)
+def _compiled_script(data: bytes) -> Any:
+    """The script's code object; ArtifactFormatError when the bytes are no Python source (a
+    bundle or a pickle recorded as a script), before anything runs."""
+    if data[:2] == _GZIP or data[:1] == _PICKLE:
+        raise ArtifactFormatError("the artifact is recorded as a script but is a bundle or a pickle; "
+                                  "the status was edited, or written by an incompatible version")
+    try:
+        return compile(data, "<stored flow>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        raise ArtifactFormatError(f"the artifact is recorded as a script but does not compile here: {exc}") from None
+
+
+def flow_from_bundle(data: bytes, *, flow_name: str | None, cache: Cache) -> Any:
+    """Import the bundle's entrypoint from its files in `cache` (extracted, or checked, now);
+    the flow object it names (or the one named `flow_name`)."""
+    unpacked = bundles.unpack(data)  # bounded; every file checked against the manifest
+    directory = cache.bundle("sha256:" + hashlib.sha256(data).hexdigest(), unpacked)
     entrypoint = unpacked.entrypoint
     _forget_other_bundles(str(directory))
     _forget_shadowed({p.split("/")[0].removesuffix(".py") for p in unpacked.files}, str(directory))

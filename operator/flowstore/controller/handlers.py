@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,10 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
+#: seconds after the operator's start before it probes what the kernel gives the build sandbox
+SANDBOX_PROBE_DELAY = 5.0
+
+
 def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | None = None) -> None:
     """Add flowstore's handlers to `registry`; `labels` selects the objects this operator serves."""
     selector = dict(labels) if labels else None
@@ -73,6 +78,12 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
     @kopf.on.startup(id="start", registry=registry)
     def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         memo.runtime = Runtime(memo.api, memo.settings)
+        # what the kernel gives the build sandbox, said in the log and the metrics: a child process
+        # that takes a moment (seconds on a busy node), so it waits until kopf has started (its
+        # liveness endpoint answers) rather than compete with it for the CPU
+        probe = threading.Timer(SANDBOX_PROBE_DELAY, memo.runtime.ports.probe_sandbox)
+        probe.daemon = True
+        probe.start()
         logger.info("flowstore operator started: %s%s", memo.settings,
                     f"; only objects labelled {selector}" if selector else "")
 

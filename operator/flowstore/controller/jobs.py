@@ -48,9 +48,10 @@ from flowstore.api.constants import (
 )
 from flowstore.api.models import BuildSpec
 from flowstore.artifacts import builder, bundle
+from flowstore.controller.policy import BuildPolicy
 from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError
 from flowstore.reconcile.ports import BuildRequest, Pending
-from flowstore.sandbox import BuildError, Built
+from flowstore.sandbox import BuildError, Built, MalformedReply, reply_failure, reply_header, reply_versions
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ class _Job:
 class JobBuilder:
     """Runs builds as Jobs; at most `max_jobs` of this operator's Jobs run at once."""
 
-    def __init__(self, api: client.ApiClient, *, max_jobs: int = 4) -> None:
+    def __init__(self, api: client.ApiClient, *, max_jobs: int = 4, policy: BuildPolicy | None = None) -> None:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.max_jobs = max_jobs
+        self.policy = policy or BuildPolicy()
         self._lock = threading.Lock()
         #: (namespace, Job name) of the Jobs this operator started or adopted and has not finished
         self._running: set[tuple[str, str]] = set()
@@ -112,6 +114,9 @@ class JobBuilder:
     # ------------------------------------------------------------------ the one entry point
     def build(self, request: BuildRequest) -> Built | Pending:
         assert request.spec is not None
+        refusal = self.policy.refusal(request.spec)
+        if refusal is not None:  # before anything is read or made: the spec asks for what it may not
+            raise ReconcileError(Reason.BUILD_NOT_ALLOWED, refusal, stalled=True)
         name = job_name(request)
         job = self._get_job(request.namespace, name)
         if job is None:
@@ -270,7 +275,7 @@ class JobBuilder:
             result = builder.unframe(text, nonce)
         except (ClusterUnavailable, ValueError):
             return None
-        if result is None or result[0].get("ok") is not True:
+        if result is None or not isinstance(result[0], dict) or result[0].get("ok") is not True:
             return None
         return self._result(request, name, nonce, text)
 
@@ -278,24 +283,10 @@ class JobBuilder:
         return self._result(request, name, nonce, self._log(request.namespace, name))
 
     def _result(self, request: BuildRequest, name: str, nonce: str, text: str) -> Built:
-        try:
-            result = builder.unframe(text, nonce)
-        except ValueError as exc:
-            self._cleanup(request.namespace, name)
-            raise BuildError(Reason.SCRIPT_FAILED, f"builder Job {name}: {exc}") from None
+        """The build's result from its log; the Job and its ConfigMap are deleted whatever the
+        log holds."""
         self._cleanup(request.namespace, name)
-        if result is None:
-            raise BuildError(Reason.SCRIPT_FAILED, f"builder Job {name} ended without a result{_tail(text, nonce)}")
-        header, payload = result
-        if header.get("ok") is not True:
-            reason = str(header.get("reason") or Reason.SCRIPT_FAILED)
-            message = str(header.get("message") or "the build failed")
-            if reason == Reason.SCRIPT_FAILED:
-                message += _tail(text, nonce)
-            elif reason == Reason.BUILD_IMAGE_UNUSABLE and request.spec is not None:
-                message = f"build image {request.spec.image}: {message}"
-            raise BuildError(reason, message)
-        return Built(payload, {str(k): str(v) for k, v in dict(header.get("versions") or {}).items()})
+        return result_from_log(text, nonce, job=name, image=request.spec.image if request.spec else "?")
 
     def _fail(self, request: BuildRequest, name: str, nonce: str, failed: Any) -> None:
         """The Job failed: say why (deadline, memory, the image, the script) and clean up."""
@@ -415,6 +406,30 @@ class JobBuilder:
             except ApiException as exc:
                 if exc.status != 404:
                     log.warning("could not delete builder %s/%s: HTTP %s %s", namespace, name, exc.status, exc.reason)
+
+
+def result_from_log(text: str, nonce: str, *, job: str, image: str) -> Built:
+    """The pickled flow framed in a builder Job's log, or BuildError saying why not. The flow's
+    code writes to the same log (and can read the nonce), so every part of the reply is hostile:
+    a reason builders do not report, a header that is not an object, versions that are not
+    strings all end as a clear failure, never as an exception that would leave the Job behind
+    or a reason the API server refuses."""
+    try:
+        result = builder.unframe(text, nonce)
+        if result is None:
+            raise BuildError(Reason.SCRIPT_FAILED, f"builder Job {job} ended without a result{_tail(text, nonce)}")
+        header, payload = reply_header(result[0]), result[1]
+        if header["ok"] is True:
+            return Built(payload, reply_versions(header))
+    except (ValueError, MalformedReply) as exc:  # MalformedReply is a ValueError; named for the reader
+        raise BuildError(Reason.SCRIPT_FAILED, f"builder Job {job}: the result in its log cannot be used: "
+                         f"{exc}{_tail(text, nonce)}") from None
+    reason, message = reply_failure(header)
+    if reason == Reason.SCRIPT_FAILED:
+        message += _tail(text, nonce)
+    elif reason == Reason.BUILD_IMAGE_UNUSABLE:
+        message = f"build image {image}: {message}"
+    raise BuildError(reason, message)
 
 
 def _meta(obj: Any) -> client.V1ObjectMeta:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -17,14 +18,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from flowstore import sandbox
-from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
 from flowstore.api.models import StorageSpec
 from flowstore.controller import metrics
+from flowstore.controller.identity import AmbientPolicy, ServiceAccountTokens, workload_identity
 from flowstore.controller.images import ImageBuilder
 from flowstore.controller.jobs import JobBuilder
-from flowstore.reconcile.failures import ClusterUnavailable, StatusRefused
+from flowstore.controller.policy import OperatorPolicy
+from flowstore.reconcile.failures import ClusterUnavailable, ReconcileError, StatusRefused
 from flowstore.reconcile.ports import BuildRequest, Pending
 from flowstore.storage import Storage, backend_class
+from flowstore.storage.endpoints import EndpointPolicy
+from flowstore.storage.identity import WorkloadIdentity
+from flowstore.storage.policy import ServePolicy
 
 
 def _not_found_is_none(fn: Any) -> Any:
@@ -45,7 +51,8 @@ class KubePorts:
     """Ports for the operator process. Thread-safe: used from the reconcile worker pool."""
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
-                 max_builds: int = 2, max_build_jobs: int = 4) -> None:
+                 max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None,
+                 ambient: AmbientPolicy | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -55,8 +62,12 @@ class KubePorts:
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
         self.counters = {"builds": 0, "uploads": 0}
+        self.policy = policy or OperatorPolicy()
+        self.sandbox_policy = sandbox.SandboxPolicy(allow_unconfined=self.policy.allow_unconfined_builds)
         self.images = ImageBuilder()
-        self.jobs = JobBuilder(api, max_jobs=max_build_jobs)
+        self.jobs = JobBuilder(api, max_jobs=max_build_jobs, policy=self.policy.builds)
+        self.tokens = ServiceAccountTokens(self.core)
+        self.ambient = ambient or AmbientPolicy()
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none
@@ -74,12 +85,24 @@ class KubePorts:
         return {"metadata": {"name": name, "resourceVersion": meta.resource_version},
                 "data": cm.data or {}, "binaryData": cm.binary_data or {}}
 
-    @_not_found_is_none
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, if the operator's Secret policy lets specs use it (else ReconcileError
+        SecretNotAllowed, saying how to opt it in): every Secret a spec names comes here."""
+        secret: dict[str, Any] | None = self._read_secret(namespace, name)
+        if secret is None:
+            return None
+        refusal = self.policy.secret_refusal(namespace, name, secret)
+        if refusal is not None:
+            raise ReconcileError(Reason.SECRET_NOT_ALLOWED, refusal, stalled=True)
+        return secret
+
+    @_not_found_is_none
+    def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         secret = self.core.read_namespaced_secret(name, namespace)
         data = {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
         meta = secret.metadata or client.V1ObjectMeta()
-        return {"metadata": {"uid": meta.uid, "resourceVersion": meta.resource_version},
+        return {"metadata": {"uid": meta.uid, "resourceVersion": meta.resource_version,
+                             "labels": dict(meta.labels or {})},
                 "data": data}
 
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]:
@@ -89,6 +112,13 @@ class KubePorts:
             raise ClusterUnavailable(f"listing StoredFlows: {exc}") from None
         return list(_as_dict(result).get("items") or [])
 
+    def list_flowstorage_names(self, namespace: str) -> list[str]:
+        try:
+            result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL)
+        except Exception as exc:
+            raise ClusterUnavailable(f"listing FlowStorages: {exc}") from None
+        return sorted(str((item.get("metadata") or {}).get("name")) for item in _as_dict(result).get("items") or [])
+
     # ---------------------------------------------------------------- builds and storages
     def build(self, request: BuildRequest) -> sandbox.Built | Pending:
         """The operator's sandbox (at most `max_builds` at once), or a builder Job (spec.build)."""
@@ -97,23 +127,69 @@ class KubePorts:
         with self._builds, metrics.BUILD_SECONDS.time():
             self.counters["builds"] += 1
             source, bundle = (None, request.source) if request.bundle else (request.source, None)
-            return sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
-                                        object_name=request.object_name, timeout=self.build_timeout,
-                                        memory_limit_bytes=self.build_memory)
+            built = sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
+                                         object_name=request.object_name, timeout=self.build_timeout,
+                                         memory_limit_bytes=self.build_memory, policy=self.sandbox_policy)
+        _record_confinement(built.confinement)
+        return built
+
+    def probe_sandbox(self) -> dict[str, object]:
+        """What this kernel gives the build sandbox, said in the log and the metrics (at start)."""
+        log = logging.getLogger("flowstore.sandbox")
+        try:
+            found = sandbox.probe(self.sandbox_policy)
+        except sandbox.BuildError as exc:
+            log.warning("build sandbox: %s", exc.message)
+            _record_confinement({})
+            return {}
+        missing = sandbox.missing_features(found)
+        _record_confinement(found)
+        if not missing:
+            log.info("build sandbox: confined (Landlock ABI %s): files, network, signals and every process of a "
+                     "build", found.get("landlockABI"))
+        elif self.sandbox_policy.allow_unconfined:
+            log.warning("build sandbox: this kernel cannot confine builds fully (no %s; Landlock ABI %s); sandbox "
+                        "builds run anyway (--allow-unconfined-builds)", ", ".join(missing), found.get("landlockABI"))
+        else:
+            log.warning("build sandbox: this kernel cannot confine builds fully (no %s; Landlock ABI %s); StoredFlows "
+                        "built in the operator's sandbox are refused (SandboxUnavailable): build them with spec.build, "
+                        "or allow it with --allow-unconfined-builds", ", ".join(missing), found.get("landlockABI"))
+        return found
 
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None:
         sandbox.check_script(source, filename)
 
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage:
-        """One Storage (and SDK client) per FlowStorage config + credentials version."""
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        """One Storage (and SDK client) per FlowStorage config + credentials version (or identity),
+        opened under the operator's policy for `namespace`."""
+        key = f"{namespace}|{cache_key}"
         with self._lock:
-            storage = self._storages.get(cache_key)
+            storage = self._storages.get(key)
             if storage is None:
-                storage = backend_class(spec.backend).from_config(spec.config, credentials=credentials)
+                cls = backend_class(spec.backend)
+                storage = (cls.with_identity(spec.config, identity) if identity is not None
+                           else cls.for_operator(spec.config, credentials=credentials,
+                                                 policy=self.serve_policy(namespace)))
                 if len(self._storages) > 256:
                     self._storages.clear()
-                self._storages[cache_key] = storage
+                self._storages[key] = storage
         return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
+
+    def serve_policy(self, namespace: str = "") -> ServePolicy:
+        """What storages opened for FlowStorages of `namespace` may do (the operator's flags)."""
+        return ServePolicy(namespace=namespace, local_root=self.policy.local_root,
+                           endpoints=EndpointPolicy(allow_private=self.policy.allow_private_endpoints),
+                           webhook_env=self.policy.webhook_env)
+
+    # ---------------------------------------------------------------- identity (controller/identity.py)
+    def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
+                          where: str, session_name: str) -> WorkloadIdentity:
+        return workload_identity(self.core, self.tokens, namespace, service_account, cloud, settings, where=where,
+                                 session_name=session_name)
+
+    def ambient_identity_refusal(self, namespace: str) -> str | None:
+        return self.ambient.refusal(namespace)
 
     # ---------------------------------------------------------------- writes
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
@@ -131,6 +207,16 @@ class KubePorts:
             raise ClusterUnavailable(f"writing status: HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:
             raise ClusterUnavailable(f"writing status: {exc}") from None
+
+
+def _record_confinement(found: Mapping[str, object] | None) -> None:
+    if found is None:
+        return
+    for feature in sandbox.CONFINEMENT_FEATURES:
+        metrics.SANDBOX_CONFINED.labels(feature=feature).set(1 if found.get(feature) is True else 0)
+    abi = found.get("landlockABI")
+    if isinstance(abi, int):
+        metrics.SANDBOX_LANDLOCK_ABI.set(abi)
 
 
 def _api_message(exc: ApiException) -> str:

@@ -28,6 +28,13 @@ ARTIFACTS_STORED = Counter("flowstore_artifacts_stored_total", "Artifacts stored
 NOT_READY = Gauge("flowstore_not_ready", "Objects whose Ready condition is not True", ["kind"])
 FAILURES = Counter("flowstore_failures_total", "Failed reconciles by kind and condition reason",
                    ["kind", "reason"])
+SANDBOX_CONFINED = Gauge(
+    "flowstore_sandbox_confined",
+    "1 when this kernel confines operator-side builds in that respect (filesystem, network, signals, processes), "
+    "0 when it cannot (docs/security.md); sandbox builds are refused unless all are 1 or --allow-unconfined-builds",
+    ["feature"])
+SANDBOX_LANDLOCK_ABI = Gauge("flowstore_sandbox_landlock_abi", "The Landlock ABI version the build sandbox applies "
+                             "(0: none)")
 
 
 class ReadinessTracker:

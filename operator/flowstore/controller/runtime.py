@@ -32,7 +32,9 @@ from flowstore.api.constants import (
     ConditionType,
 )
 from flowstore.controller import metrics
+from flowstore.controller.identity import AmbientPolicy
 from flowstore.controller.kube import KubePorts
+from flowstore.controller.policy import OperatorPolicy
 from flowstore.reconcile.failures import classify
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
@@ -53,6 +55,10 @@ class Settings:
     # outage is over for every flow within about this long after it ends.
     backoff_max: float = 30.0
     delete_retries: int = 5
+    #: what the operator lends the authors of specs (flags; docs/security.md)
+    policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
+    #: where FlowStorages may act as the operator's own cloud identity (--ambient-identity)
+    ambient: AmbientPolicy = dataclasses.field(default_factory=AmbientPolicy)
 
 
 class Runtime:
@@ -61,7 +67,8 @@ class Runtime:
     def __init__(self, api: client.ApiClient, settings: Settings) -> None:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
-                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs)
+                               max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs,
+                               policy=settings.policy, ambient=settings.ambient)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowstore.api import conditions as cond
+from flowstore.api.backends import backend as backend_row
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
 from flowstore.reconcile.failures import classify
@@ -52,6 +53,8 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
         spec = StorageSpec.parse(obj.get("spec") or {})
     except SpecError as exc:
         return failed(status, generation, classify(exc), None)
+    row = backend_row(spec.backend)
+    status["backend"] = row.class_name if row else spec.backend  # the TYPE column, from the spec: failures too
     listed = members if members is not None else ports.list_storedflows(namespace)
     flows = stored_flows(meta["name"], listed)
     status["flowCount"] = len(flows)

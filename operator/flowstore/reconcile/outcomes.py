@@ -21,6 +21,8 @@ from flowstore.reconcile.ports import Event, Outcome
 RECHECK_FIRST_SECONDS = 2.0
 RECHECK_SECONDS = 60.0
 RECHECKED = frozenset({Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRET_NOT_FOUND, Reason.INVALID_SPEC,
+                       # labelling a Secret (the operator's opt-in) changes no watched object
+                       Reason.SECRET_NOT_ALLOWED,
                        # git-hosted: a push fixes these, and no watch tells us about pushes
                        Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND})
 

@@ -18,6 +18,7 @@ from flowstore.api.models import BuildSpec, StorageSpec
 from flowstore.reconcile.failures import Failure
 from flowstore.sandbox import Built
 from flowstore.storage import Storage
+from flowstore.storage.identity import WorkloadIdentity
 
 
 class Ports(Protocol):
@@ -27,12 +28,23 @@ class Ports(Protocol):
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]: ...
+    def list_flowstorage_names(self, namespace: str) -> list[str]: ...
     def build(self, request: BuildRequest) -> Built | Pending:
         """Run the flow's code and pickle its flow object: in the operator's sandbox when
         ``request.spec`` is None (always done at once), else as a builder Job in that image
         (Pending until the Job has finished). Raises BuildError for the flow's own failures."""
     def check_script(self, source: bytes, *, filename: str = "<flow script>") -> None: ...
-    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str) -> Storage: ...
+    def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
+                    identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        """The storage of a FlowStorage in `namespace` (the operator applies its policy for it),
+        with a Secret's `credentials` or acting as `identity`."""
+    def workload_identity(self, namespace: str, service_account: str, cloud: str, settings: Mapping[str, Any], *,
+                          where: str, session_name: str) -> WorkloadIdentity:
+        """ServiceAccount ``namespace/service_account`` as `cloud`'s workload identity: the spec's
+        `settings` over the account's annotations, tokens from the cluster. ReconcileError
+        (ServiceAccountNotFound) when it does not exist; IdentityNotConfigured when incomplete."""
+    def ambient_identity_refusal(self, namespace: str) -> str | None:
+        """Why a FlowStorage of `namespace` may not act as the operator itself, or None."""
 
     @property
     def images(self) -> ImageBuilds:

@@ -5,7 +5,8 @@ items (a flow of several files, packed into a bundle)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowstore.api.constants import Reason
@@ -72,8 +73,23 @@ def pack_files(files: Mapping[str, bytes], spec: FlowSpec, *, where: str) -> tup
         kept = flowfiles.select(files, spec.source.ignore)
         entrypoint = choose_entrypoint(kept, spec, where=where)
         return bundle.pack(kept, entrypoint), entrypoint, len(kept)
-    except (bundle.BundleError, flowfiles.IgnoreError) as exc:
-        raise SpecError(f"the flow's files in {where} cannot be stored: {exc}") from None
+    except (bundle.BundleError, flowfiles.IgnoreError, re.error) as exc:  # pathspec lets some re.error out
+        raise SpecError(f"the flow's files in {where} cannot be stored: {_ignore_message(exc)}") from None
+
+
+def ignore_rules(spec: FlowSpec) -> Callable[[str], bool]:
+    """Which files of a directory to read at all (spec.source.ignore); SpecError for a pattern
+    that is not valid gitignore syntax (pathspec raises re.error for some, e.g. ``[z-a]``)."""
+    try:
+        return flowfiles.keeper(spec.source.ignore)
+    except (flowfiles.IgnoreError, re.error) as exc:
+        raise SpecError(f"spec.source.ignore cannot be used: {_ignore_message(exc)}") from None
+
+
+def _ignore_message(exc: Exception) -> str:
+    if isinstance(exc, re.error):
+        return f"an ignore pattern (spec.source.ignore or {flowfiles.IGNORE_FILE}) is not valid: {exc}"
+    return str(exc)
 
 
 def choose_entrypoint(files: Mapping[str, bytes], spec: FlowSpec, *, where: str) -> bundle.Entrypoint:

@@ -14,6 +14,7 @@ from flowstore.api.backends import COMMON_FIELDS, backend
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec
 from flowstore.reconcile.failures import ReconcileError
+from flowstore.reconcile.identity import resolve_identity
 from flowstore.reconcile.ports import Ports
 from flowstore.storage import InvalidConfig, Storage, backend_class
 
@@ -60,8 +61,11 @@ def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: Stor
     """The FlowStorage's storage, opened with its credentials (cached by the ports per
     configuration and Secret version)."""
     credentials, secret_version = read_credentials(ports, namespace, spec)
+    identity = resolve_identity(ports, namespace, fs, spec)
+    if identity is not None:
+        secret_version = "identity:" + identity.cache_key()
     row = backend(spec.backend)
-    if credentials is None and row is not None and row.anonymous_without_secret:
+    if credentials is None and identity is None and row is not None and row.anonymous_without_secret:
         credentials = {}
     spec, refs_version = resolve_refs(ports, namespace, spec)
     if refs_version:
@@ -69,7 +73,7 @@ def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: Stor
     cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True,
                            default=lambda b: hashlib.sha256(b).hexdigest())
     try:
-        return ports.storage_for(spec, credentials, cache_key)
+        return ports.storage_for(spec, credentials, cache_key, identity, namespace=namespace)
     except InvalidConfig as exc:
         where = f" (Secret {spec.secret_name!r} in namespace {namespace!r})" if spec.secret_name else ""
         raise InvalidConfig(f"{exc.message}{where}") from None

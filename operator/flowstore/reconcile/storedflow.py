@@ -17,6 +17,7 @@ an input of the artifact changed digest (content addressing):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -107,12 +108,22 @@ def resolve_storage(ports: Ports, namespace: str, spec: FlowSpec) -> tuple[dict[
     if fs is None:
         raise ReconcileError(
             Reason.STORAGE_NOT_FOUND,
-            f"FlowStorage {spec.storage_name!r} does not exist in namespace {namespace!r}; "
-            "the flow will be stored as soon as it is created.",
+            f"FlowStorage {spec.storage_name!r} does not exist in namespace {namespace!r} "
+            f"({_which_exist(ports.list_flowstorage_names(namespace), spec.storage_name)}); the flow will be "
+            "stored as soon as it is created, or fix spec.storageRef.name.",
             stalled=False,
             retry_after=60.0,
         )
     return fs, StorageSpec.parse(fs.get("spec") or {})
+
+
+def _which_exist(names: list[str], wanted: str, *, shown: int = 10) -> str:
+    """The FlowStorages a mistyped storageRef could have meant: the closest first."""
+    if not names:
+        return "it has no FlowStorage"
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return (f"did you mean {close[0]!r}? " if close else "") + f"FlowStorages there: {listed}"
 
 
 def up_to_date(ctx: FlowContext, ports: Ports, publisher: Publisher, *, check_drift: bool) -> Outcome | None:

@@ -8,11 +8,14 @@ After the child has imported what it needs, it restricts itself for good:
   Everything else is invisible: the ServiceAccount token under ``/var/run/secrets``, kubeconfig
   and cloud credential files, other processes' ``/proc/<pid>/environ``.
 * **network** (Landlock ABI >= 4): no TCP connect or bind — a build cannot reach the API server,
-  a cloud metadata endpoint or the internet.
-* **scope** (ABI >= 6): no signals to, and no abstract UNIX sockets of, processes outside.
+  a cloud metadata endpoint or the internet. (UDP and UNIX sockets are not Landlock's: the
+  seccomp filter in ``_seccomp.py`` takes every socket away.)
+* **scope** (ABI >= 6): no signals to, and no abstract UNIX sockets of, processes outside (the
+  operator, the sandbox's supervisor).
 
-Where Landlock is missing (old kernel, disabled LSM) :func:`confine` returns False and the build
-runs with the other limits only; the operator logs that once.
+:func:`confine` returns the ABI version it applied, 0 where Landlock is missing (old kernel,
+disabled LSM); the sandbox reports what that leaves out and refuses to build unless the operator
+allows unconfined builds.
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ def abi_version() -> int:
     return max(int(version), 0)
 
 
-def confine(read_dirs: Iterable[str], write_dirs: Iterable[str]) -> bool:
-    """Restrict this process (and its future children) as described above. Irreversible."""
-    abi = abi_version()
+def confine(read_dirs: Iterable[str], write_dirs: Iterable[str], *, max_abi: int | None = None) -> int:
+    """Restrict this process (and its future children) as described above. Irreversible.
+    Returns the Landlock ABI version applied (0: none). `max_abi` applies no more than that
+    version gives (to see what an older kernel leaves out: tests, and admins checking)."""
+    abi = abi_version() if max_abi is None else min(abi_version(), max_abi)
     if abi < 1:
-        return False
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     handled_fs = _ALL_FS[min(abi, 5)]
     attr = _RulesetAttr(handled_access_fs=handled_fs,
@@ -70,15 +75,15 @@ def confine(read_dirs: Iterable[str], write_dirs: Iterable[str]) -> bool:
     size = 8 if abi < 4 else 16 if abi < 6 else 24
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
-        return False
+        return 0
     file_rights = _FILE_RIGHTS_V1 | (handled_fs & (_TRUNCATE | _IOCTL_DEV))
     try:
         for path, rights in [*((p, READ_ONLY) for p in read_dirs), *((p, handled_fs) for p in write_dirs),
                              *((d, _READ_FILE | _WRITE_FILE) for d in DEVICES)]:
             _allow(libc, ruleset, path, rights, file_rights)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            return False
-        return bool(libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0)
+            return 0
+        return abi if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0 else 0
     finally:
         os.close(ruleset)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from flowstore.api.backends import BACKENDS, backend
+from flowstore.api.backends import BACKENDS, backend, install_hint
 from flowstore.storage.base import SEED_VERSION_KEY, ObjectInfo, Storage, StoredArtifact
 from flowstore.storage.errors import (
     AuthFailed,
@@ -33,8 +33,8 @@ def backend_class(name: str) -> type[Storage]:
     try:
         module = importlib.import_module(row.module)
     except ImportError as exc:  # the backend SDK is an optional extra
-        hint = f"pip install 'flowstore[{row.extra}]'" if row.extra else "reinstall flowstore"
-        raise MissingDependency(f"{row.class_name} storage needs {exc.name or 'its SDK'}: {hint}") from exc
+        raise MissingDependency(f"{row.class_name} storage needs {exc.name or 'its SDK'}; "
+                                f"hint: {install_hint(row.extra)}") from exc
     cls: type[Storage] = getattr(module, row.class_name)
     return cls
 

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowstore.storage.errors import InvalidConfig, MissingDependency
+from flowstore.api.backends import install_hint
+from flowstore.storage.errors import IdentityRejected, InvalidConfig, MissingDependency, StorageError, Unavailable
+from flowstore.storage.identity import WorkloadIdentity
 
 #: keys of the credentials mapping (the referenced Secret's data)
 ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
@@ -31,8 +33,10 @@ _SESSIONS_LOCK = threading.Lock()
 
 def make_client(service: str, *, credentials: Mapping[str, str] | None, client_options: Mapping[str, Any],
                 endpoint_url: str | None, region: str | None, defaults: Mapping[str, Any], extra: str,
-                label: str, failure: Callable[[BaseException], str]) -> Any:
-    """A boto3 client for `service`. `credentials` None means the SDK's default chain;
+                label: str, failure: Callable[[BaseException], str],
+                identity: WorkloadIdentity | None = None) -> Any:
+    """A boto3 client for `service`. `credentials` None means the SDK's default chain, unless
+    `identity` names a role to assume with a ServiceAccount token (:func:`web_identity_session`);
     ``client_options["config"]`` (a botocore Config or a dict) is merged over `defaults`. A
     missing SDK names the pip extra; a client that cannot be made is InvalidConfig with the
     message `failure(exc)` (the caller redacts and says what to check)."""
@@ -41,7 +45,7 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
     except ImportError as exc:
-        raise MissingDependency(f"{label} storage needs {exc.name or 'boto3'}: pip install 'flowstore[{extra}]'") \
+        raise MissingDependency(f"{label} storage needs {exc.name or 'boto3'}; hint: {install_hint(extra)}") \
             from None
 
     session_kwargs: dict[str, str] = {}
@@ -62,6 +66,8 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
             options.setdefault("endpoint_url", endpoint_url)
         if region:
             options.setdefault("region_name", region)
+        if identity is not None:  # its own session: its credentials are its alone
+            return web_identity_session(identity, region).client(service, config=config, **options)
         with _SESSIONS_LOCK:
             key = tuple(sorted(session_kwargs.items())) or tuple(
                 (name, os.environ.get(name, "")) for name in _CHAIN_ENV)
@@ -73,6 +79,60 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
             return session.client(service, config=config, **options)
     except (BotoCoreError, ValueError, TypeError) as exc:
         raise InvalidConfig(failure(exc)) from None
+
+
+class _NoCache(dict[str, Any]):
+    """The fetcher's cache of credentials: none. The refreshable credentials keep them, and
+    decide (by their own clock) when to ask again; a cache here would answer by the wall clock."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        return None
+
+
+def web_identity_session(identity: WorkloadIdentity, region: str | None) -> Any:
+    """A boto3 Session whose only credentials are `identity`'s role, assumed with STS
+    AssumeRoleWithWebIdentity (botocore's own fetcher; the STS endpoint is the SDK's, or
+    ``AWS_ENDPOINT_URL_STS``). botocore's refreshable credentials renew them before they
+    expire (15 minutes ahead, on `identity`'s clock), asking for a fresh ServiceAccount token
+    each time: no request is made with expired credentials."""
+    import boto3.session
+    import botocore.session
+    from botocore.credentials import (
+        AssumeRoleWithWebIdentityCredentialFetcher,
+        CredentialProvider,
+        CredentialResolver,
+        DeferredRefreshableCredentials,
+    )
+
+    core = botocore.session.Session()
+
+    def sts_client(service: str, **kwargs: Any) -> Any:
+        return core.create_client(service, region_name=region or "us-east-1", **kwargs)
+
+    fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
+        client_creator=sts_client, web_identity_token_loader=identity.tokens.token, role_arn=identity.role_arn,
+        extra_args={"RoleSessionName": identity.session_name}, cache=_NoCache())
+
+    class WebIdentity(CredentialProvider):  # type: ignore[misc]
+        METHOD = "assume-role-with-web-identity"
+
+        def load(self) -> Any:
+            return DeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=self.METHOD,
+                                                  time_fetcher=identity.now)
+
+    core.register_component("credential_provider", CredentialResolver([WebIdentity()]))
+    return boto3.session.Session(botocore_session=core)
+
+
+def identity_rejected(identity: WorkloadIdentity, code: str | None, detail: str, status: int | None) -> StorageError:
+    """STS refused the ServiceAccount token (or could not be reached)."""
+    if status is not None and (status >= 500 or status == 429):
+        return Unavailable(f"AWS STS answered a temporary failure assuming {identity.describe()} ({code or status})")
+    return IdentityRejected(
+        f"AWS STS refused to let {identity.describe()} assume the role ({code or status}: {detail}); check that the "
+        f"role's trust policy allows sts:AssumeRoleWithWebIdentity from the cluster's OIDC provider for "
+        f"sub {identity.token_subject} and aud {identity.audience}"
+    )
 
 
 #: boto3 client keyword arguments that are credentials: never written to any document
@@ -109,3 +169,22 @@ def config_from_seed_client_options(client_options: Mapping[str, Any] | None) ->
     options = dict(client_options or {})
     return {"endpointURL": options.pop("endpoint_url", None), "region": options.pop("region_name", None),
             "clientOptions": options}
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    """The SDK found no credentials, or only part of them (its default chain came up empty)."""
+    try:
+        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Unreachable endpoint, timeouts, dropped or truncated responses: worth a retry."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)

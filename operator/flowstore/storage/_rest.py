@@ -20,6 +20,9 @@ TIMEOUT: tuple[float, float] = (5.0, 60.0)
 MAX_ATTEMPTS = 3
 #: first backoff between tries; doubles per retry
 BACKOFF_SECONDS = 0.2
+#: the largest answer read from a provider's API (a flow's file, a page of a listing): a bigger one
+#: is refused while it streams in, never held whole (a directory's own bound is git/tree.py's)
+MAX_RESPONSE_BYTES = 40 * 1024 * 1024
 
 
 def get_with_retries(session: requests.Session, url: str, *, what: str, api: str, api_base: str,
@@ -31,7 +34,7 @@ def get_with_retries(session: requests.Session, url: str, *, what: str, api: str
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            response = session.get(url, params=params, headers=dict(headers or {}), timeout=TIMEOUT)
+            response = session.get(url, params=params, headers=dict(headers or {}), timeout=TIMEOUT, stream=True)
         except (requests.ConnectionError, requests.Timeout) as exc:
             if attempt == MAX_ATTEMPTS:
                 kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
@@ -41,10 +44,38 @@ def get_with_retries(session: requests.Session, url: str, *, what: str, api: str
             raise StorageError(f"{what}: the request to {api_base} failed ({type(exc).__name__})") from None
         else:
             if response.status_code < 500 or attempt == MAX_ATTEMPTS:
+                try:
+                    read_bounded(response, what=what)
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+                    if attempt == MAX_ATTEMPTS:
+                        raise Unavailable(f"{what}: the answer from {api_base} broke off after {attempt} tries; "
+                                          "will retry") from None
+                    continue
                 return response
             response.close()
         time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_bounded(response: requests.Response, *, what: str, limit: int = MAX_RESPONSE_BYTES) -> None:
+    """Read a streamed `response`'s body (decoded) into it, refusing more than `limit` bytes:
+    InvalidConfig, with the connection closed, before more than that is held."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise InvalidConfig(f"{what}: the answer is {int(declared)} bytes, more than a flow's file may be "
+                            f"({limit // 2**20} MiB); point the flow's path at its source")
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_content(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            response.close()
+            raise InvalidConfig(f"{what}: the answer is more than a flow's file may be ({limit // 2**20} MiB); "
+                                "point the flow's path at its source")
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # what .content, .text and .json() read from now on
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def split_host(host: str, *, provider: str, example: str) -> tuple[str, str]:

@@ -10,6 +10,9 @@ Authentication, in order:
 
 * a connection string: the ``connection_string`` argument, or (operator) the
   ``credentialsKey`` entry of the referenced Secret;
+* an account URL with a Kubernetes ServiceAccount's workload identity (``identity``: the token
+  as a client assertion, azure-identity's ``ClientAssertionCredential``; the operator's
+  ``spec.serviceAccountName``);
 * an account URL (``account_url`` / ``accountURL``) with azure-identity's
   ``DefaultAzureCredential`` (workload identity, managed identity, environment, …);
 * like the seed, the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable, when the class is
@@ -33,11 +36,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IdentityRejected,
     InvalidConfig,
     MissingDependency,
     NotFound,
@@ -45,6 +50,7 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity
 
 #: the environment variable the seed (and Azure tooling) reads the connection string from
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -93,11 +99,14 @@ class Azure(Storage):
             operator passes False so it never uses its own environment).
         credentials_source: where the connection string came from, for error messages
             (e.g. ``key X of the referenced Secret``).
+        identity: with `account_url`, act as a Kubernetes ServiceAccount (Azure workload
+            identity: its token is the client assertion of the identity's client and tenant).
         **kwargs: the base :class:`Storage` options.
     """
 
     type_name = "Azure"
     default_label = "azure-flow-storage"
+    identity_cloud = "azure"
 
     def __init__(
         self,
@@ -110,6 +119,7 @@ class Azure(Storage):
         *,
         use_environment: bool = True,
         credentials_source: str | None = None,
+        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stored_as_script=stored_as_script, **kwargs)
@@ -120,6 +130,10 @@ class Azure(Storage):
                 "Azure storage: give either a connection string or an account URL, not both "
                 "(the connection string already names the account)"
             )
+        if identity is not None and (connection_string is not None or not account_url):
+            raise InvalidConfig("Azure storage with a workload identity (spec.serviceAccountName) needs accountURL "
+                                "(the account's blob endpoint) and no connection string")
+        self.identity = identity
         self.container = container
         self.blob_name = blob_name
         self.key_prefix = key_prefix
@@ -148,6 +162,7 @@ class Azure(Storage):
         *,
         credentials: Mapping[str, str] | None = None,
         connection_string: str | None = None,
+        identity: WorkloadIdentity | None = None,
     ) -> Azure:
         """From a FlowStorage ``spec.azure`` block (the operator: the connection string comes
         from `credentials`, the Secret, never the operator's environment) or from
@@ -180,10 +195,20 @@ class Azure(Storage):
             key_prefix=config.get("keyPrefix"),
             account_url=account_url,
             # only an agent reading status or the seed's schema ("type" is set) may use its own environment
-            use_environment="type" in config,
+            use_environment="type" in config and identity is None,
             credentials_source=source,
+            identity=identity,
             **cls.common_kwargs(config),
         )
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Azure:
+        return cls.from_config(config, identity=identity)
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        # an account URL without a Secret: DefaultAzureCredential, whoever the process is
+        return bool(config.get("accountURL"))
 
     def _status_config(self) -> dict[str, Any]:
         doc = {
@@ -242,7 +267,7 @@ class Azure(Storage):
             from azure.storage.blob import BlobServiceClient, LinearRetry
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage needs {exc.name or 'azure-storage-blob'}: pip install 'flowstore[azure]'"
+                f"Azure storage needs {exc.name or 'azure-storage-blob'}; hint: {install_hint('azure')}"
             ) from None
         options: dict[str, Any] = {
             "connection_timeout": CONNECTION_TIMEOUT,
@@ -273,14 +298,21 @@ class Azure(Storage):
                 "or set accountURL to use the pod's Azure identity"
             )
         try:
-            from azure.identity import DefaultAzureCredential
+            from azure.identity import ClientAssertionCredential, DefaultAzureCredential
         except ImportError as exc:
             raise MissingDependency(
-                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}: "
-                "pip install 'flowstore[azure]'"
+                f"Azure storage with an account URL needs {exc.name or 'azure-identity'}; "
+                f"hint: {install_hint('azure')}"
             ) from None
+        if self.identity is not None:
+            # the authority is the SDK's default (login.microsoftonline.com), or AZURE_AUTHORITY_HOST
+            credential: Any = ClientAssertionCredential(
+                tenant_id=str(self.identity.tenant_id), client_id=str(self.identity.client_id),
+                func=self.identity.tokens.token)
+        else:
+            credential = DefaultAzureCredential()
         try:
-            return BlobServiceClient(self.account_url, credential=DefaultAzureCredential(), **options)
+            return BlobServiceClient(self.account_url, credential=credential, **options)
         except (ValueError, TypeError) as exc:
             raise InvalidConfig(f"cannot create an Azure Blob client for {self.account_url}: {exc}") from None
 
@@ -310,6 +342,18 @@ class Azure(Storage):
             data: bytes = blob.download_blob(max_concurrency=4).readall()
         except Exception as exc:
             raise self._translate(exc, "download", location) from _cause(exc)
+        return data
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
+        if max_bytes <= 0:
+            return super().get_bytes_bounded(location, max_bytes)
+        blob = self._blob(location)
+        try:
+            data: bytes = blob.download_blob(offset=0, length=max_bytes + 1, max_concurrency=1).readall()
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
+        check_bounded(len(data), max_bytes, self.url_for(location))
         return data
 
     def stat(self, location: str) -> ObjectInfo | None:
@@ -360,6 +404,12 @@ class Azure(Storage):
         return ("check the Azure identity DefaultAzureCredential found (workload/managed identity, "
                 "AZURE_CLIENT_ID…) and its role on the container (e.g. Storage Blob Data Contributor)")
 
+    def _from_account(self, exc: BaseException) -> bool:
+        """The error is the storage account's answer (not the token endpoint's)."""
+        request = getattr(getattr(exc, "response", None), "request", None)
+        url = str(getattr(request, "url", "") or "")
+        return bool(self._endpoint) and url.lower().startswith(str(self._endpoint).lower())
+
     def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
         """Map one SDK exception to the project's taxonomy, with a message for a person."""
         if isinstance(exc, StorageError):
@@ -375,6 +425,18 @@ class Azure(Storage):
         kind = type(exc).__name__
         detail = self._redact(_first_line(exc))
 
+        if isinstance(exc, az.ClientAuthenticationError) and self.identity is not None and not self._from_account(exc):
+            # raised by the credential (Microsoft Entra ID refused the assertion), not by the account
+            return IdentityRejected(
+                f"cannot {action} {target}: Microsoft Entra ID refused the token of {self.identity.describe()} "
+                f"({detail[:300]}); check that the application has a federated identity credential for the "
+                f"cluster's issuer, subject {self.identity.token_subject} and audience {self.identity.audience}"
+            )
+        if (code in _AUTH_CODES or status in (401, 403)) and self.identity is not None:
+            return AuthFailed(
+                f"cannot {action} {target}: {where} denied access ({code or status}) to {self.identity.describe()}; "
+                f"give it a role on container {self.container} (e.g. Storage Blob Data Contributor)"
+            )
         if isinstance(exc, az.ClientAuthenticationError) or code in _AUTH_CODES or status in (401, 403):
             if type(exc).__name__ == "CredentialUnavailableError":  # azure-identity found no identity
                 return AuthFailed(
@@ -443,6 +505,12 @@ def _endpoint_of(connection_string: str) -> str:
     protocol = fields.get("defaultendpointsprotocol") or "https"
     suffix = fields.get("endpointsuffix") or "core.windows.net"
     return f"{protocol}://{account}.blob.{suffix}"
+
+
+def endpoint_of(connection_string: str) -> str:
+    """The blob endpoint (non-secret) a connection string names: where an agent holding it sends
+    its requests. InvalidConfig if it names none."""
+    return _endpoint_of(connection_string)
 
 
 def _same_url(a: str, b: str) -> bool:

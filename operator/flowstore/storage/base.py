@@ -30,7 +30,9 @@ from typing import Any, ClassVar
 
 from flowstore.artifacts import envelope, loading
 from flowstore.artifacts.keys import default_key
-from flowstore.storage.errors import IntegrityError, InvalidConfig
+from flowstore.storage.errors import IntegrityError, InvalidConfig, NotFound
+from flowstore.storage.identity import WorkloadIdentity
+from flowstore.storage.policy import ServePolicy
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
 SEED_SCHEMA_VERSION = "1.4.1"
@@ -63,6 +65,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def stat_by_reading(storage: Storage, location: str) -> ObjectInfo | None:
+    """:meth:`Storage.stat` for backends that keep no size or digest beside an object (a file in
+    an image or at a commit): read it whole and measure it. None when absent."""
+    try:
+        data = storage.get_bytes(location)
+    except NotFound:
+        return None
+    return ObjectInfo(size=len(data), sha256=sha256_hex(data))
+
+
 class Storage(abc.ABC):
     """Base interface for storing flows. All keyword arguments are valid on every subclass.
 
@@ -83,6 +95,9 @@ class Storage(abc.ABC):
     #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
     #: storage is read-only). The controller keeps one publisher per family.
     family: ClassVar[str] = "objects"
+    #: the cloud whose workload identity this backend can act as (``aws``, ``gcp``, ``azure``;
+    #: :mod:`flowstore.storage.identity`), or None when it has none
+    identity_cloud: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -119,6 +134,28 @@ class Storage(abc.ABC):
         field): backends use it to tell an agent, which may use its own environment, from the
         operator, which must not."""
 
+    @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> Storage:
+        """:meth:`from_config` for a FlowStorage the operator serves, under the operator's
+        `policy` (what it lends the spec's author). Backends that reach places the spec names
+        (a directory, URLs, the environment) override it; the others have nothing to apply."""
+        return cls.from_config(config, credentials=credentials)
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Storage:
+        """:meth:`from_config` acting as a Kubernetes ServiceAccount (a workload identity)
+        instead of with a Secret's credentials. Backends of :attr:`identity_cloud` override it."""
+        raise InvalidConfig(f"{cls.type_name} storage cannot use a ServiceAccount's identity "
+                            "(spec.serviceAccountName): it is for S3, CodeCommit, GCS and Azure")
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        """Whether this configuration, opened with no credentials and no workload identity, acts
+        as whoever the process is (the SDK's default chain: the operator's own IRSA role, GKE
+        or AKS identity, environment keys). The operator refuses that unless its policy allows."""
+        return False
+
     @staticmethod
     def common_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         """The base-class keyword arguments spelled in `config` (camelCase)."""
@@ -143,6 +180,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_bytes(self, location: str) -> bytes:
         """Return the bytes at `location`. Raises NotFound, or another StorageError."""
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """The bytes at `location`, refusing more than `max_bytes` (IntegrityError): an agent
+        reads an artifact bounded by the size recorded for it. Backends that can stream read at
+        most ``max_bytes + 1`` bytes (so a larger object is never all in memory); this default
+        reads it whole, then checks."""
+        data = self.get_bytes(location)
+        check_bounded(len(data), max_bytes, self.url_for(location))
+        return data
 
     @abc.abstractmethod
     def stat(self, location: str) -> ObjectInfo | None:
@@ -340,6 +386,28 @@ def artifact_format(data: bytes, *, stored_as_script: bool) -> str:
     if data[:2] == b"\x1f\x8b":
         return "bundle"
     return "script" if stored_as_script else "pickle"
+
+
+def check_bounded(size: int, max_bytes: int, what: str) -> None:
+    """IntegrityError when `size` bytes (read so far) are more than `max_bytes`."""
+    if size > max_bytes:
+        raise IntegrityError(
+            f"{what}: holds more than the {max_bytes} bytes recorded for it; the artifact was replaced, or the "
+            "status names another object. Refusing to read further; re-store the flow (e.g. touch its StoredFlow)."
+        )
+
+
+def read_bounded(stream: Any, max_bytes: int, what: str, chunk: int = 1024 * 1024) -> bytes:
+    """At most `max_bytes` bytes of a file-like `stream` (``read(n)``); one more is an IntegrityError."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        part = stream.read(min(chunk, max_bytes + 1 - total))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        total += len(part)
+        check_bounded(total, max_bytes, what)
 
 
 def verify_digest(data: bytes, expected_hex: str | None, *, what: str) -> None:

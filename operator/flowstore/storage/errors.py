@@ -38,6 +38,18 @@ class TemplateValueMissing(InvalidConfig):
     reason = Reason.TEMPLATE_VALUE_MISSING
 
 
+class LocalStorageDisabled(StorageError):
+    """The operator serves no Local storage (it was started without a Local root)."""
+
+    reason = Reason.LOCAL_STORAGE_DISABLED
+
+
+class OutsideLocalRoot(StorageError):
+    """A Local directory outside the operator's Local root for the FlowStorage's namespace."""
+
+    reason = Reason.OUTSIDE_LOCAL_ROOT
+
+
 class Rejected(StorageError):
     """The backend refused the request for a reason retrying cannot fix (an HTTP 4xx other
     than auth, not found or throttling); the message carries the status and a short body."""
@@ -61,6 +73,27 @@ class AuthFailed(StorageError):
     """Credentials were rejected or lack permission."""
 
     reason = Reason.AUTH_FAILED
+
+
+class IdentityNotConfigured(InvalidConfig):
+    """A workload identity's settings are missing or malformed (annotate the ServiceAccount or
+    fill in the spec's identity block)."""
+
+    reason = Reason.IDENTITY_NOT_CONFIGURED
+
+
+class IdentityRejected(AuthFailed):
+    """The cloud's token service refused the ServiceAccount token it was offered (wrong
+    audience, an issuer it does not trust, a trust policy that does not name the account)."""
+
+    reason = Reason.IDENTITY_REJECTED
+
+
+class IdentityUnavailable(StorageError):
+    """No ServiceAccount token could be had to offer the cloud (the TokenRequest was refused,
+    the account is gone, the projected token file is unreadable)."""
+
+    reason = Reason.TOKEN_REQUEST_FAILED
 
 
 class Unavailable(StorageError):

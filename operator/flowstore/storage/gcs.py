@@ -18,11 +18,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from flowstore.api.backends import install_hint
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IdentityRejected,
     IntegrityError,
     InvalidConfig,
     MissingDependency,
@@ -31,6 +33,7 @@ from flowstore.storage.errors import (
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity, gcp_endpoints
 
 #: objects larger than this are uploaded with a resumable upload, in chunks of this size
 #: (a multiple of 256 KiB, as the API requires); smaller ones in one multipart request
@@ -67,11 +70,15 @@ class GCS(Storage):
             `credentials_info` it is talked to anonymously.
         credentials_info: a service-account JSON key, parsed (a dict); None uses Application
             Default Credentials (workload identity, ``GOOGLE_APPLICATION_CREDENTIALS``, ...).
+        identity: act as a Kubernetes ServiceAccount instead: workload identity federation (an
+            external-account credential: STS token exchange, then service-account impersonation
+            when the identity names one; :mod:`flowstore.storage.identity`). Also with an emulator.
         **kwargs: the base :class:`Storage` options.
     """
 
     type_name = "GCS"
     default_label = "gcs-flow-storage"
+    identity_cloud = "gcp"
 
     def __init__(
         self,
@@ -83,11 +90,15 @@ class GCS(Storage):
         key_prefix: str | None = None,
         endpoint_url: str | None = None,
         credentials_info: Mapping[str, Any] | None = None,
+        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stored_as_script=stored_as_script, **kwargs)
         if not bucket or not isinstance(bucket, str):
             raise InvalidConfig("GCS storage needs `bucket` (the bucket flows are stored in)")
+        if identity is not None and credentials_info is not None:
+            raise InvalidConfig("GCS storage takes a service-account key or a workload identity, not both")
+        self.identity = identity
         self.bucket = bucket
         self.key = key
         self.project = project
@@ -106,7 +117,8 @@ class GCS(Storage):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GCS:
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
+                    identity: WorkloadIdentity | None = None) -> GCS:
         bucket = config.get("bucket")
         if not bucket or not isinstance(bucket, str):
             raise InvalidConfig("GCS storage needs `bucket` (spec.gcs.bucket)")
@@ -120,8 +132,18 @@ class GCS(Storage):
             project=config.get("project"),
             endpoint_url=config.get("endpointURL"),
             credentials_info=info,
+            identity=identity,
             **cls.common_kwargs(config),
         )
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> GCS:
+        return cls.from_config(config, identity=identity)
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        # with an endpoint (an emulator) and no key the client is anonymous: nobody's identity
+        return not config.get("endpointURL")
 
     def _status_config(self) -> dict[str, Any]:
         doc = {
@@ -170,15 +192,19 @@ class GCS(Storage):
             from google.cloud import storage
         except ImportError as exc:
             raise MissingDependency(
-                f"GCS storage needs {exc.name or 'google-cloud-storage'}: pip install 'flowstore[gcs]'"
+                f"GCS storage needs {exc.name or 'google-cloud-storage'}; hint: {install_hint('gcs')}"
             ) from None
 
         project = self.project
-        if self._credentials_info is not None:
+        credentials: Any
+        if self.identity is not None:
+            credentials = federated_credentials(self.identity)
+            project = project or ANONYMOUS_PROJECT  # only bucket listing and creation need one
+        elif self._credentials_info is not None:
             from google.oauth2 import service_account
 
             try:
-                credentials: Any = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                     self._credentials_info
                 )
             except Exception as exc:  # ValueError, or the RSA library's own errors
@@ -277,6 +303,21 @@ class GCS(Storage):
             raise self._translate(exc, "download", location) from _cause(exc)
         return data
 
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
+        if max_bytes <= 0:
+            return super().get_bytes_bounded(location, max_bytes)
+        blob = self._client().bucket(self.bucket).blob(location)
+        try:
+            data: bytes = blob.download_as_bytes(start=0, end=max_bytes, checksum=None, timeout=TIMEOUT,
+                                                 retry=self._retry())
+        except Exception as exc:
+            if _is_not_found(exc):
+                self._raise_if_bucket_missing(exc)
+            raise self._translate(exc, "download", location) from _cause(exc)
+        check_bounded(len(data), max_bytes, self.url_for(location))
+        return data
+
     def stat(self, location: str) -> ObjectInfo | None:
         bucket = self._client().bucket(self.bucket)
         blob = bucket.blob(location)
@@ -359,6 +400,14 @@ class GCS(Storage):
                 f"cannot {action} {target}: the data did not match the checksum GCS reported ({detail}); "
                 "it was corrupted in transit"
             )
+        if _is_refresh_error(exc) and self.identity is not None:
+            return IdentityRejected(
+                f"cannot {action} {target}: Google refused to exchange the token of {self.identity.describe()} "
+                f"({self._redact(_short_message(exc))[:300]}); check that the workload identity pool provider "
+                f"trusts the cluster's issuer and audience {self.identity.audience}, and that "
+                f"principal://…/subject/{self.identity.token_subject} may use the service account "
+                "(roles/iam.workloadIdentityUser) or the bucket"
+            )
         if _is_refresh_error(exc):
             return AuthFailed(
                 f"cannot {action} {target}: the Google credentials could not be turned into an access token "
@@ -371,6 +420,12 @@ class GCS(Storage):
             )
         if status == 404 and (key is None or action == "upload"):
             return self._container_not_found()
+        if status in (401, 403) and self.identity is not None:
+            return AuthFailed(
+                f"cannot {action} {target}: GCS at {where} denied access ({status}: {detail}) to "
+                f"{self.identity.describe()}; grant it a role on bucket {self.bucket} (e.g. "
+                "roles/storage.objectUser), or name a ServiceAccount that has one"
+            )
         if status in (401, 403):
             return AuthFailed(
                 f"cannot {action} {target}: GCS at {where} rejected the credentials or denied access "
@@ -390,6 +445,31 @@ class GCS(Storage):
 
 
 # ---------------------------------------------------------------------- credentials
+#: RFC 8693's token type of a JWT, as Google's STS takes a Kubernetes ServiceAccount token
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a token type name
+
+
+def federated_credentials(identity: WorkloadIdentity) -> Any:
+    """google-auth's external-account (identity pool) credentials for `identity`: each refresh
+    asks its token source for a ServiceAccount token, exchanges it at Google's STS for a
+    federated token (audience: the pool provider), and, when the identity names a service
+    account, exchanges that for the service account's access token (IAM Credentials
+    generateAccessToken). google-auth refreshes before expiry (its refresh threshold)."""
+    from google.auth import identity_pool
+
+    class Supplier(identity_pool.SubjectTokenSupplier):  # type: ignore[misc]
+        def get_subject_token(self, context: Any, request: Any) -> str:
+            return identity.tokens.token()
+
+    token_url, iam_url = gcp_endpoints()
+    impersonation = (f"{iam_url}/v1/projects/-/serviceAccounts/{identity.service_account_email}:generateAccessToken"
+                     if identity.service_account_email else None)
+    return identity_pool.Credentials(  # type: ignore[no-untyped-call]
+        audience=identity.provider, subject_token_type=JWT_TOKEN_TYPE, token_url=token_url,
+        subject_token_supplier=Supplier(), service_account_impersonation_url=impersonation,
+        scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+
+
 def _parse_service_account_json(credentials: Mapping[str, str], key: str) -> dict[str, Any]:
     """The service-account key held under `key` of the Secret's data, parsed."""
     if key not in credentials:
@@ -473,10 +553,10 @@ def _is_data_corruption(exc: BaseException) -> bool:
 
 def _is_refresh_error(exc: BaseException) -> bool:
     try:
-        from google.auth.exceptions import RefreshError
+        from google.auth.exceptions import OAuthError, RefreshError
     except ImportError:
         return False
-    return isinstance(exc, RefreshError)
+    return isinstance(exc, RefreshError | OAuthError)  # OAuthError: an STS token exchange refused
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -19,18 +19,23 @@ from flowstore.storage._aws import (
     ACCESS_KEY_ID,
     SECRET_ACCESS_KEY,
     config_from_seed_client_options,
+    identity_rejected,
+    is_connection_error,
+    is_credentials_error,
     make_client,
     seed_client_options,
 )
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IntegrityError,
     InvalidConfig,
     NotFound,
     StorageError,
     Unavailable,
 )
+from flowstore.storage.identity import WorkloadIdentity
 
 #: objects larger than this are uploaded in parts (boto3's managed transfer)
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -81,11 +86,14 @@ class S3(Storage):
         endpoint_url: an S3-compatible endpoint (e.g. a local moto server).
         credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
             ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
+        identity: act as a Kubernetes ServiceAccount instead: its token is exchanged for the
+            role it names (STS AssumeRoleWithWebIdentity; :mod:`flowstore.storage.identity`).
         **kwargs: the base :class:`Storage` options.
     """
 
     type_name = "S3"
     default_label = "s3-flow-storage"
+    identity_cloud = "aws"
 
     def __init__(
         self,
@@ -98,11 +106,15 @@ class S3(Storage):
         region: str | None = None,
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
+        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stored_as_script=stored_as_script, **kwargs)
         if not bucket or not isinstance(bucket, str):
             raise InvalidConfig("S3 storage needs `bucket` (the bucket flows are stored in)")
+        if identity is not None and credentials is not None:
+            raise InvalidConfig("S3 storage takes credentials or a workload identity, not both")
+        self.identity = identity
         self.bucket = bucket
         self.key = key
         self.local_script_path = local_script_path
@@ -126,7 +138,8 @@ class S3(Storage):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> S3:
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
+                    identity: WorkloadIdentity | None = None) -> S3:
         bucket = config.get("bucket")
         if not bucket or not isinstance(bucket, str):
             raise InvalidConfig("S3 storage needs `bucket` (spec.s3.bucket)")
@@ -141,8 +154,17 @@ class S3(Storage):
             endpoint_url=config.get("endpointURL"),
             client_options=client_options,
             credentials=credentials,
+            identity=identity,
             **cls.common_kwargs(config),
         )
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> S3:
+        return cls.from_config(config, identity=identity)
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        return True  # without keys or an identity, boto3's default chain: whoever the process is
 
     def _status_config(self) -> dict[str, Any]:
         doc = {
@@ -188,7 +210,7 @@ class S3(Storage):
     def _make_client(self) -> Any:
         return make_client("s3", credentials=self._credentials, client_options=self.client_options,
                            endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
-                           extra="s3", label="S3",
+                           extra="s3", label="S3", identity=self.identity,
                            failure=lambda exc: f"cannot create an S3 client: {self._redact(str(exc))}")
 
     # ------------------------------------------------------------------ primitives
@@ -221,6 +243,20 @@ class S3(Storage):
         except Exception as exc:
             raise self._translate(exc, "download", location) from _cause(exc)
         return data
+
+    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
+        client = self._client()
+        try:
+            response = client.get_object(Bucket=self.bucket, Key=location)
+            body = response["Body"]
+            try:
+                return read_bounded(body, max_bytes, self.url_for(location))
+            finally:
+                body.close()
+        except IntegrityError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, "download", location) from _cause(exc)
 
     def stat(self, location: str) -> ObjectInfo | None:
         client = self._client()
@@ -274,19 +310,27 @@ class S3(Storage):
         where = self._endpoint()
         kind = type(exc).__name__
 
-        if _is_credentials_error(exc):
+        if self.identity is not None and _operation(exc) == "AssumeRoleWithWebIdentity":
+            return identity_rejected(self.identity, code, detail, status)
+        if is_credentials_error(exc):
             return AuthFailed(
                 f"cannot {action} {target}: no usable AWS credentials were found ({kind}); "
                 f"reference a Secret with {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, "
                 "or give the pod an AWS identity"
             )
-        if _is_connection_error(exc):
+        if is_connection_error(_unwrap(exc)):
             return Unavailable(
                 f"cannot {action} {target}: S3 at {where} is unreachable or timed out ({kind}: {detail})"
             )
         if code == "NoSuchBucket" or (key is None and (code in _MISSING_OBJECT_CODES or status == 404)):
             return ContainerNotFound(
                 f"bucket {self.bucket} does not exist at {where}; create it or fix spec.s3.bucket"
+            )
+        if (code in _AUTH_CODES or status == 403) and self.identity is not None:
+            return AuthFailed(
+                f"cannot {action} {target}: S3 at {where} denied access ({code or status}) to "
+                f"{self.identity.describe()}; grant that role access to bucket {self.bucket} in its IAM policy, "
+                "or name a ServiceAccount whose role has it"
             )
         if code in _AUTH_CODES or status == 403:
             return AuthFailed(
@@ -308,30 +352,11 @@ class S3(Storage):
         return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
 
 
-def _is_credentials_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return False
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Unreachable endpoint, timeouts, dropped or truncated responses: all worth a retry."""
-    try:
-        from botocore.exceptions import (
-            ConnectionError as BotoConnectionError,
-        )
-        from botocore.exceptions import (
-            HTTPClientError,
-            IncompleteReadError,
-            ResponseStreamingError,
-        )
-    except ImportError:
-        return False
-    inner = _unwrap(exc)
-    retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
-    return isinstance(inner, retryable)
+def _operation(exc: BaseException) -> str | None:
+    """The AWS operation a ClientError came from (AssumeRoleWithWebIdentity when the
+    credentials could not be had)."""
+    name = getattr(_unwrap(exc), "operation_name", None)
+    return str(name) if name else None
 
 
 def _cause(exc: BaseException) -> BaseException | None:

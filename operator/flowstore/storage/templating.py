@@ -9,8 +9,9 @@ one, looking the name up in this order:
    path; integers index lists). Objects and lists render as compact JSON.
 2. ``location``: the location being stored or read (the flow name, or the StoredFlow's key).
 3. `secrets`: the referenced Kubernetes Secret's data (the operator passes it).
-4. the process environment, only for names in `allowed_env` (None allows every variable:
-   the seed's behaviour, for agents and library users).
+4. the process environment, only for names in `allowed_env` (None allows every variable: the
+   seed's behaviour, for a flow's author using the class directly; the operator and agents
+   reading a status pass the names they allow, see :mod:`flowstore.storage.webhook`).
 
 A name found nowhere raises :class:`~flowstore.storage.errors.TemplateValueMissing`; the
 message names the template, where it is used and where it was looked up, never a value.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from flowstore.storage.errors import InvalidConfig, TemplateValueMissing
@@ -63,6 +64,7 @@ def render(
     environ: Mapping[str, str] | None = None,
     where: str = "",
     sensitive: set[str] | None = None,
+    env_setting: str = "allowedEnv",
 ) -> Any:
     """`value` with every ``${NAME}`` replaced (see the module docstring for the lookup order).
 
@@ -85,7 +87,7 @@ def render(
         elif (allowed_env is None or name in allowed_env) and name in env:
             found = env[name]
         else:
-            raise TemplateValueMissing(_missing_message(name, path, secrets, allowed_env, env))
+            raise TemplateValueMissing(_missing_message(name, path, secrets, allowed_env, env, env_setting))
         if sensitive is not None and found:
             sensitive.add(found)
         return found
@@ -111,7 +113,59 @@ def render_public(value: Any, response: Mapping[str, Any] | None, location: str 
     return _walk(value, "", lookup)
 
 
+def keep_response(response: Mapping[str, Any] | None, names: Iterable[str]) -> dict[str, Any] | None:
+    """What of a build response the templates `names` use (``response.…`` names; others are
+    ignored), and nothing else: ``{"status": <int>, "json": <the referenced values>}``. The rest
+    of the body (whatever the service or an endpoint posing as one answered) is dropped, so it
+    never reaches status, where anyone who may read the StoredFlow would see it.
+
+    A referenced value is kept as it is (an object or list referenced whole stays whole) when it
+    renders to at most :data:`MAX_KEPT_VALUE_CHARS`; a longer one is not kept, so its template
+    has no value. Lists on a referenced path are kept as objects keyed by the index as written
+    (``items.1.id`` keeps ``{"items": {"1": {"id": …}}}``), which renders the same. `response`
+    is hostile input: any shape, any depth."""
+    if not isinstance(response, Mapping):
+        return None
+    status = response.get("status")
+    kept: dict[str, Any] = {"status": status if isinstance(status, int) and not isinstance(status, bool) else 0,
+                            "json": None}
+    whole: set[tuple[str, ...]] = set()
+    paths = sorted({tuple(n.split(".")[2:]) for n in names
+                    if n == RESPONSE_PREFIX + "json" or n.startswith(RESPONSE_PREFIX + "json.")}, key=len)
+    for parts in paths:
+        if any(parts[:i] in whole for i in range(len(parts))):
+            continue  # under a value already kept whole
+        try:
+            rendered = _response_value(".".join(("response", "json", *parts)), response, "")
+        except (TemplateValueMissing, RecursionError, ValueError, TypeError):
+            continue
+        if len(rendered) > MAX_KEPT_VALUE_CHARS:
+            continue
+        value = _at_path(response.get("json"), parts)
+        whole.add(parts)
+        if not parts:
+            kept["json"] = value
+            continue
+        if not isinstance(kept["json"], dict):
+            kept["json"] = {}
+        node = kept["json"]
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return kept
+
+
 # ---------------------------------------------------------------------- internals
+#: characters of one build-response value kept for templates: ids and URLs, not documents
+MAX_KEPT_VALUE_CHARS = 2048
+
+
+def _at_path(value: Any, parts: tuple[str, ...]) -> Any:
+    for part in parts:
+        value = value[part] if isinstance(value, Mapping) else value[int(part)]
+    return value
+
+
 def _walk(value: Any, path: str, lookup: Lookup) -> Any:
     if isinstance(value, str):
         def replace(match: re.Match[str]) -> str:
@@ -163,7 +217,7 @@ def _response_value(name: str, response: Mapping[str, Any] | None, path: str) ->
 
 
 def _missing_message(name: str, path: str, secrets: Mapping[str, str] | None,
-                     allowed_env: Collection[str] | None, env: Mapping[str, str]) -> str:
+                     allowed_env: Collection[str] | None, env: Mapping[str, str], env_setting: str) -> str:
     looked: list[str] = []
     if secrets is not None:
         keys = ", ".join(sorted(secrets)) or "none"
@@ -171,12 +225,12 @@ def _missing_message(name: str, path: str, secrets: Mapping[str, str] | None,
     if allowed_env is None:
         looked.append("the environment")
     elif allowed_env:
-        looked.append(f"the environment variables allowedEnv lists ({', '.join(sorted(allowed_env))})")
+        looked.append(f"the environment variables {env_setting} lists ({', '.join(sorted(allowed_env))})")
     else:
-        looked.append("no environment variables (allowedEnv is empty)")
+        looked.append(f"no environment variables ({env_setting} is empty)")
     hint = ""
     if allowed_env is not None and name not in allowed_env and name in env:
-        hint = f"; {name} is set in the environment but not listed in allowedEnv"
+        hint = f"; {name} is set in the environment but not listed in {env_setting}"
     elif secrets is None:
         hint = "; set it in the environment, or reference a Secret that has it"
     else:

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import requests
 
 from flowstore.storage import templating
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.endpoints import EndpointNotAllowed, EndpointPolicy, guarded_session
 from flowstore.storage.errors import (
     AuthFailed,
     InvalidConfig,
@@ -36,6 +38,7 @@ from flowstore.storage.errors import (
     TemplateValueMissing,
     Unavailable,
 )
+from flowstore.storage.policy import ServePolicy
 
 #: (connect, read) seconds, when a request sets no ``timeout``
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 60.0)
@@ -45,8 +48,11 @@ MAX_ATTEMPTS = 3
 BACKOFF_SECONDS = 0.2
 #: the longest Retry-After this client sleeps between tries; longer ones end the retries
 MAX_RETRY_AFTER_SLEEP = 5.0
-#: build response bodies larger than this are not kept (``json`` is None)
+#: build response bodies larger than this are not read as JSON (``json`` is None)
 MAX_RESPONSE_JSON_BYTES = 64 * 1024
+#: an agent's environment variables that templates from a status may use (comma-separated);
+#: unset: none (a status is written by others: it must not send the agent's secrets anywhere)
+ALLOWED_ENV_VARIABLE = "FLOWSTORE_ALLOWED_ENV"
 #: shortest secret value stripped from messages (shorter strings would garble them)
 MIN_REDACTED_LENGTH = 4
 #: characters of a rejected response's body quoted in the error message
@@ -92,7 +98,10 @@ class Webhook(Storage):
         secret_values: values for templates (the operator passes the referenced Secret's data).
         allowed_env: environment variables templates may read. None (the default when the
             class is constructed directly) allows every variable, as the seed did.
-        build_response: a kept build response (``{"status", "json"}``), e.g. from status.
+        build_response: a kept build response (``{"status", "json"}``), e.g. from status; only
+            the values the get-flow and delete requests use are kept (templating.keep_response).
+        endpoint_policy: which addresses requests may reach (:mod:`flowstore.storage.endpoints`);
+            default: anything but link-local and cloud metadata addresses.
         delete_request_kwargs / delete_request_http_method: an optional request that removes
             the flow (GET/POST/PUT/PATCH/DELETE); without it :meth:`delete` does nothing, so
             webhook artifacts are never deleted by flowstore unless a deleteRequest is set.
@@ -110,14 +119,18 @@ class Webhook(Storage):
 
     :meth:`from_config` decides where templates may look (the operator and agents differ):
 
-    * ``allowedEnv`` in the config: exactly those environment variables.
-    * otherwise, a document an agent reads (it has ``type``: ``status.storage``, or the seed's
-      schema) rebuilt without credentials: every environment variable (the seed's behaviour), so
-      an agent that exports e.g. ``WEBHOOK_TOKEN`` can fetch the flow.
-    * otherwise (a FlowStorage spec in the operator, with or without a Secret): none. The
-      operator never lets a spec read its own environment unless allowedEnv names it.
+    * a document an agent reads (it has ``type``: ``status.storage``, or the seed's schema): only
+      the variables the agent allows, by the `allowed_env` argument or, without it, the
+      ``FLOWSTORE_ALLOWED_ENV`` variable (comma-separated names); none otherwise. Whoever may
+      write a status could otherwise point a request at their own server with
+      ``${FLOWSTORE_SIGNING_KEY}`` or a cloud key in it. An ``allowedEnv`` in such a document is
+      ignored (the document is not the agent's to trust).
+    * a FlowStorage spec: ``allowedEnv``, and none without it. In the operator
+      (:meth:`for_operator`) only names the operator lends (``--webhook-allowed-env``) count.
 
-    ``allowedEnv`` is operator policy and is not serialized.
+    ``allowedEnv`` is operator policy and is not serialized. Requests reach only addresses the
+    endpoint policy allows (the operator: no loopback or private address unless
+    ``--allow-private-endpoints``; never link-local or metadata addresses).
 
     Locations are flow names (the seed's ``add_flow`` return value) or the given key. The
     build response is kept per location in this process and as ``storage_state`` /
@@ -146,6 +159,7 @@ class Webhook(Storage):
         build_response: Mapping[str, Any] | None = None,
         delete_request_kwargs: Mapping[str, Any] | None = None,
         delete_request_http_method: str | None = None,
+        endpoint_policy: EndpointPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(stored_as_script=stored_as_script, **kwargs)
@@ -169,7 +183,10 @@ class Webhook(Storage):
         ):
             raise InvalidConfig("Webhook `allowedEnv` must be a list of environment variable names")
         self.allowed_env = list(allowed_env) if allowed_env is not None else None
-        self.build_response: dict[str, Any] | None = _check_build_response(build_response)
+        #: where the allowed variables are configured, for messages
+        self.allowed_env_setting = "allowedEnv"
+        self.endpoint_policy = endpoint_policy or EndpointPolicy()
+        self.build_response: dict[str, Any] | None = self._keep(_check_build_response(build_response))
         # location -> build response of the put_bytes that stored it (this process)
         self._responses: dict[str, dict[str, Any]] = {}
         self._session_lock = threading.Lock()
@@ -181,7 +198,10 @@ class Webhook(Storage):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Webhook:
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
+                    allowed_env: Collection[str] | None = None) -> Webhook:
+        """See the class docstring for where templates may look. `allowed_env` (documents an
+        agent reads only): the agent's environment variables its templates may use."""
         requests_kwargs: dict[str, Any] = {}
         for key, (kwargs_name, method_name, methods, required) in _REQUESTS.items():
             block = config.get(key)
@@ -203,19 +223,39 @@ class Webhook(Storage):
             if requests_kwargs[method_name] is None:
                 raise InvalidConfig(f"Webhook `{key}` needs `method` (one of {', '.join(sorted(methods))})")
 
-        if config.get("allowedEnv") is not None:
-            allowed_env: list[str] | None = config["allowedEnv"]
-        elif "type" in config and credentials is None:
-            allowed_env = None  # a document loaded by an agent: the seed's env templating
-        else:
-            allowed_env = []  # a FlowStorage spec: the operator's environment is off limits
-        return cls(
+        agent = "type" in config
+        if agent:  # a status or the seed's document: only what the agent allows
+            names = list(allowed_env) if allowed_env is not None else agent_allowed_env()
+            setting = "allowed_env=" if allowed_env is not None else ALLOWED_ENV_VARIABLE
+        else:  # a FlowStorage spec: its allowedEnv (the operator narrows it in for_operator)
+            names = config["allowedEnv"] if config.get("allowedEnv") is not None else []  # checked by __init__
+            setting = "allowedEnv"
+        storage = cls(
             secret_values=credentials,
-            allowed_env=allowed_env,
+            allowed_env=names,
             build_response=config.get("buildResponse"),
             **requests_kwargs,
             **cls.common_kwargs(config),
         )
+        storage.allowed_env_setting = setting
+        return storage
+
+    @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> Webhook:
+        """A FlowStorage's Webhook in the operator: its allowedEnv narrowed to the variables the
+        operator lends (``--webhook-allowed-env``), its requests to the addresses it allows."""
+        if "type" in config:
+            raise InvalidConfig("a FlowStorage spec has no `type`")
+        storage = cls.from_config(config, credentials=credentials)
+        requested = storage.allowed_env or []
+        storage.allowed_env = [name for name in requested if name in policy.webhook_env]
+        withheld = sorted(set(requested) - policy.webhook_env)
+        storage.allowed_env_setting = ("allowedEnv" if not withheld else
+                                       f"allowedEnv (the operator lends none of {', '.join(withheld)}: it lends only "
+                                       "the variables its --webhook-allowed-env flag names)")
+        storage.endpoint_policy = policy.endpoints
+        return storage
 
     def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -268,7 +308,7 @@ class Webhook(Storage):
         flow's location is its name, so a superseded artifact and its replacement share it;
         only their state tells them apart)."""
         if state and state.get("buildResponse") is not None:
-            self.build_response = _check_build_response(state["buildResponse"])
+            self.build_response = self._keep(_check_build_response(state["buildResponse"]))
             self._responses.clear()
 
     def url_for(self, location: str) -> str:
@@ -300,7 +340,8 @@ class Webhook(Storage):
             raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
                            "fix buildRequest.url")
         self._raise_for_status(response, f"{method} {public}", "buildRequest", sensitive)
-        kept = {"status": response.status_code, "json": _json_body(response)}
+        kept = self._keep({"status": response.status_code, "json": _json_body(response)})
+        assert kept is not None
         self.build_response = kept
         self._responses[location] = kept
         self._require_response_paths(location)
@@ -352,8 +393,15 @@ class Webhook(Storage):
     def _session(self) -> requests.Session:
         with self._session_lock:
             if self._session_instance is None:
-                self._session_instance = requests.Session()
+                self._session_instance = guarded_session(self.endpoint_policy)
             return self._session_instance
+
+    def _keep(self, response: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """Of a build response, only what the get-flow and delete requests' templates use."""
+        names = templating.template_names(self.get_flow_request_kwargs)
+        if self.delete_request_kwargs is not None:
+            names |= templating.template_names(self.delete_request_kwargs)
+        return templating.keep_response(response, names)
 
     def _request_blocks(self) -> list[tuple[str, dict[str, Any]]]:
         blocks = [("buildRequest", self.build_request_kwargs), ("getFlowRequest", self.get_flow_request_kwargs)]
@@ -375,6 +423,7 @@ class Webhook(Storage):
             allowed_env=self.allowed_env,
             where=where,
             sensitive=sensitive,
+            env_setting=self.allowed_env_setting,
         )
 
     def _public_url(self, kwargs: Mapping[str, Any], location: str | None) -> str:
@@ -420,6 +469,11 @@ class Webhook(Storage):
             backoff = BACKOFF_SECONDS * 2 ** (attempt - 1)
             try:
                 response = session.request(method, rendered["url"], data=data, **kwargs)
+            except EndpointNotAllowed as exc:
+                raise EndpointNotAllowed(
+                    f"{where} refused: {public} reaches {_redact(exc.message, sensitive)}; point {where}.url at "
+                    "the webhook service's own address"
+                ) from None
             except requests.exceptions.SSLError as exc:
                 raise StorageError(
                     f"TLS failed for {public}: {_redact(str(exc), sensitive)}; fix the server "
@@ -496,6 +550,14 @@ def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
     url = kwargs.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidConfig(f"Webhook `{where}.url` is required (a string; it may use ${{...}} templates)")
+    moved = sorted(n for n in templating.template_names(_authority(url))
+                   if n == templating.LOCATION or n.startswith(templating.RESPONSE_PREFIX) or n == "response")
+    if moved:
+        raise InvalidConfig(
+            f"Webhook `{where}.url` takes its scheme or host from ${{{moved[0]}}}: the build response and the "
+            "location may fill in the path and query only (whoever may write a StoredFlow or its status would "
+            "otherwise choose where the request, and the Secret values in it, go); write the host out, or take it "
+            "from the credentials Secret")
     for field in ("headers", "params"):
         value = kwargs.get(field)
         if value is None:
@@ -526,6 +588,16 @@ def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
+def _authority(url: str) -> str:
+    """The part of a URL template that says where a request goes: up to the first '/', '?' or
+    '#' after ``scheme://`` (the whole template when it has no ``://``, e.g. ``${response.json.url}``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    return scheme + sep + rest[:cut]
+
+
 def _check_build_response(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -548,6 +620,11 @@ def _request_config(kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- responses
+def agent_allowed_env() -> list[str]:
+    """The names in ``FLOWSTORE_ALLOWED_ENV`` (comma- or space-separated)."""
+    return [name for name in os.environ.get(ALLOWED_ENV_VARIABLE, "").replace(",", " ").split() if name]
+
+
 def _json_body(response: requests.Response) -> Any:
     content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if not (content_type == "application/json" or content_type.endswith("+json")):
@@ -557,7 +634,7 @@ def _json_body(response: requests.Response) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -41,6 +41,9 @@ def _exports(cloud: Cloud, state: State) -> list[tuple[str, str]]:
         ("FLOWSTORE_GIT_ROOT", str(cloud.state_dir / "git-repos")),
         ("FLOWSTORE_GIT_USERNAME", user),
         ("FLOWSTORE_GIT_PASSWORD", password),
+        # the names a git storage's agent reads (the operator reads them from a Secret only)
+        ("GIT_USERNAME", user),
+        ("GIT_PASSWORD", password),
     ]
 
 

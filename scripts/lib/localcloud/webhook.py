@@ -31,9 +31,12 @@ def _ready(cloud: Cloud, srv: dict[str, Any]) -> bool:
 
 
 def _exports(cloud: Cloud, state: State) -> list[tuple[str, str]]:
+    token = (cloud.state_dir / "webhook-token").read_text().strip()
     return [
         ("FLOWSTORE_WEBHOOK_URL", f"http://127.0.0.1:{st.port(state, 'webhook')}"),
-        ("FLOWSTORE_WEBHOOK_TOKEN", (cloud.state_dir / "webhook-token").read_text().strip()),
+        ("FLOWSTORE_WEBHOOK_TOKEN", token),
+        # the name the examples' Webhook templates use, which agents fill from their environment
+        ("WEBHOOK_TOKEN", token),
     ]
 
 

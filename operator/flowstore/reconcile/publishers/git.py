@@ -10,14 +10,13 @@ from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
-from flowstore.artifacts import flowfiles
 from flowstore.reconcile.building import build_request, check_bundle
 from flowstore.reconcile.context import FlowContext, GitSource, ready
 from flowstore.reconcile.outcomes import requested_at
 from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
-from flowstore.reconcile.sources import pack_files
+from flowstore.reconcile.sources import ignore_rules, pack_files
 from flowstore.reconcile.storages import open_storage
 from flowstore.storage import NotFound, Storage
 from flowstore.storage.git.base import GitHosted, normalize_path
@@ -133,7 +132,7 @@ def _git(storage: Storage) -> GitHosted:
 def read_flow(ctx: FlowContext, repo: GitHosted, path: str, commit: str) -> None:
     """The flow at `path` at `commit` into ``ctx``: a file is the script; a directory's files
     (spec.source.ignore left out while reading) are packed into a bundle."""
-    found = repo.read_path(path, commit, keep=flowfiles.keeper(ctx.spec.source.ignore))
+    found = repo.read_path(path, commit, keep=ignore_rules(ctx.spec))
     if isinstance(found, bytes):
         ctx.set_script(found, posixpath.basename(path))
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from flowstore.artifacts.keys import slugify
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, stat_by_reading
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.oci import RegistryClient, split_registry
@@ -175,6 +175,8 @@ class DockerBase(Storage):
         except ValueError as exc:
             raise InvalidConfig(str(exc)) from None
         storage.dockerfile_is_text = True
+        # a FlowStorage spec (no `type`): every flow it writes stays in its flows directory
+        storage.confined = "type" not in config
         tls = config.get("daemonTLS")
         if tls is not None:
             if not isinstance(tls, Mapping) or not all(isinstance(v, str) for v in tls.values()):
@@ -207,9 +209,25 @@ class DockerBase(Storage):
         host = self.registry_host
         return f"{host}/{self.repository}" if host else self.repository
 
+    #: flows of a FlowStorage (not the seed's library use) go under :attr:`flows_root` only
+    confined: bool = False
+
+    @property
+    def flows_root(self) -> str:
+        """Where a FlowStorage's flows live in its image: ``<flow_directory>/flows``."""
+        return f"{self.flow_directory}/flows"
+
     def location_for(self, flow_name: str, key: str | None = None) -> str:
         if key:
-            return key if key.startswith("/") else posixpath.join(self.flow_directory, key)
+            location = key if key.startswith("/") else posixpath.join(self.flow_directory, key)
+            if self.confined and (".." in key.split("/") or not posixpath.normpath(location).startswith(
+                    self.flows_root + "/")):
+                raise InvalidConfig(
+                    f"spec.key {key!r} puts the flow at {location}, outside this storage's flows directory "
+                    f"{self.flows_root}/ in the image: a key may only place a flow there (e.g. flows/etl.prefect, or "
+                    f"{self.flows_root}/etl.prefect), so no StoredFlow overwrites the image's Python, its "
+                    "site-packages or another flow's files")
+            return location
         if self.stored_as_script and self.path:
             return self.path
         ext = "py" if self.stored_as_script else "prefect"
@@ -335,11 +353,7 @@ class DockerBase(Storage):
                        "from the StoredFlow status) and the file is not on this machine")
 
     def stat(self, location: str) -> ObjectInfo | None:
-        try:
-            data = self.get_bytes(location)
-        except NotFound:
-            return None
-        return ObjectInfo(size=len(data), sha256=sha256_hex(data))
+        return stat_by_reading(self, location)
 
     def delete(self, location: str) -> None:
         """Images are immutable: a flow leaves the image when the next one is built without it."""

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flowstore.api.backends import install_hint
 from flowstore.storage.docker import dockerfile as df
 from flowstore.storage.docker.errors import (
     BaseImageNotFound,
@@ -85,8 +86,8 @@ class Daemon:
         try:
             import docker
         except ImportError as exc:
-            raise MissingDependency("building Docker storage images needs the docker SDK: "
-                                    "pip install 'flowstore[docker]'") from exc
+            raise MissingDependency("building Docker storage images needs the docker SDK; "
+                                    f"hint: {install_hint('docker')}") from exc
         base_url = base_url or os.environ.get("DOCKER_HOST") or None
         options: dict[str, Any] = {"base_url": base_url, "version": "auto", "timeout": DAEMON_TIMEOUT}
         hint = ""

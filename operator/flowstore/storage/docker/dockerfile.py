@@ -98,6 +98,9 @@ class ImageSpec:
     flows: Sequence[FlowFile] = ()
     extra_dockerfile_commands: Sequence[str] = ()
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: every flow's location lies under this directory (a FlowStorage's image: its flows directory);
+    #: None: anywhere (the seed's library use)
+    flow_root: str | None = None
     #: other inputs that change the image without being in the Dockerfile (build args, target,
     #: platform); they enter the inputs digest only
     extra_inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -232,19 +235,30 @@ def _base_lines(spec: ImageSpec, members: dict[str, bytes]) -> list[str]:
 
 
 def checked_flows(spec: ImageSpec) -> list[FlowFile]:
-    """`spec.flows` sorted by location, each checked (absolute, unique, outside the runtime)."""
+    """`spec.flows` sorted by location, each checked (absolute, unique, outside the runtime and
+    every other flow's bundle directory, under `spec.flow_root` when it is set). Locations come
+    from specs and from statuses (flows of the previous image): none is trusted."""
     seen: dict[str, str] = {}
+    bundles: dict[str, str] = {}  # a bundle's directory in the image -> its flow
     out = []
     for flow in sorted(spec.flows, key=lambda f: f.location):
         location = _check_image_path(flow.location, f"location of flow {flow.name!r}")
         if location in seen:
             raise DockerfileError(f"flows {seen[location]!r} and {flow.name!r} have the same location {location}")
+        if spec.flow_root is not None and not location.startswith(spec.flow_root.rstrip("/") + "/"):
+            raise DockerfileError(f"flow {flow.name!r}: {location} is outside the flows directory {spec.flow_root}/")
+        owner = next((name for directory, name in bundles.items()
+                      if location == directory or location.startswith(directory + "/")), None)
+        if owner is not None:
+            raise DockerfileError(f"flow {flow.name!r}: {location} is inside the directory of flow {owner!r}'s files")
         if flow.kind not in ("pickle", "script", "bundle"):
             raise DockerfileError(f"flow {flow.name!r}: kind must be 'pickle', 'script' or 'bundle', not {flow.kind!r}")
         if flow.kind == "bundle" and not location.endswith(".tar.gz"):
             raise DockerfileError(f"flow {flow.name!r}: a bundle's location ends with .tar.gz, not {location}")
         if location.startswith(RUNTIME_ROOT + "/"):
             raise DockerfileError(f"flow {flow.name!r}: {location} is inside the runtime directory {RUNTIME_ROOT}")
+        if flow.kind == "bundle":
+            bundles[bundle_directory(location)] = flow.name
         seen[location] = flow.name
         out.append(flow)
     return out

@@ -97,6 +97,7 @@ class ImageAssembly(DockerBase):
             flows=images_flows,
             extra_dockerfile_commands=self.extra_dockerfile_commands,
             extra_inputs=extra_inputs,
+            flow_root=self.flows_root if self.confined else None,
         )
 
     def _file_contents(self) -> dict[str, bytes]:

@@ -30,8 +30,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from flowstore.artifacts import bundle, flowfiles, loading
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, artifact_format, sha256_hex, verify_digest
-from flowstore.storage.errors import FileNotFound, InvalidConfig, NotFound, RateLimited, Rejected, StorageError
+from flowstore.storage.base import (
+    ObjectInfo,
+    Storage,
+    StoredArtifact,
+    artifact_format,
+    stat_by_reading,
+    verify_digest,
+)
+from flowstore.storage.errors import FileNotFound, InvalidConfig, RateLimited, Rejected, StorageError
 
 #: the most files a directory named by ``spec.source.path`` may hold (a symlink counts as a file);
 #: a directory with more is refused as soon as the listing passes it, before any file is read
@@ -189,11 +196,7 @@ class GitHosted(Storage):
         return flowfiles.pack(found, bundle.Entrypoint.parse(entrypoint), ignore)
 
     def stat(self, location: str) -> ObjectInfo | None:
-        try:
-            data = self.get_bytes(location)
-        except NotFound:
-            return None
-        return ObjectInfo(size=len(data), sha256=sha256_hex(data))
+        return stat_by_reading(self, location)
 
     def delete(self, location: str) -> None:
         """The storage never commits, so it never deletes either: a no-op."""

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from flowstore.storage._rest import read_bounded
 from flowstore.storage.errors import (
     FileNotFound,
     InvalidConfig,
@@ -395,7 +396,8 @@ class Bitbucket(GitHosted):
         failure raises."""
         headers = {"Accept": accept} if accept else {}
         try:
-            response = self._session().get(url, params=params, headers=headers, timeout=TIMEOUT)
+            response = self._session().get(url, params=params, headers=headers, timeout=TIMEOUT, stream=True)
+            read_bounded(response, what=what)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "is unreachable"

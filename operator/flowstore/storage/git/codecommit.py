@@ -35,6 +35,9 @@ from flowstore.storage._aws import (
     SECRET_ACCESS_KEY,
     SESSION_TOKEN,
     config_from_seed_client_options,
+    identity_rejected,
+    is_connection_error,
+    is_credentials_error,
     is_plain,
     make_client,
     seed_client_options,
@@ -52,6 +55,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
 from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
+from flowstore.storage.identity import WorkloadIdentity
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
@@ -94,10 +98,13 @@ class CodeCommit(GitHosted):
         endpoint_url: another endpoint (a VPC endpoint, tests).
         credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
             ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
+        identity: act as a Kubernetes ServiceAccount instead (STS AssumeRoleWithWebIdentity for
+            the role it names; :mod:`flowstore.storage.identity`), as S3 does.
         **kwargs: the base :class:`Storage` options.
     """
 
     type_name: ClassVar[str] = "CodeCommit"
+    identity_cloud: ClassVar[str | None] = "aws"
     default_label: ClassVar[str | None] = "codecommit-flow-storage"
     ref_key: ClassVar[str] = "commit"
 
@@ -111,6 +118,7 @@ class CodeCommit(GitHosted):
         region: str | None = None,
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
+        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
         if commit is not None and not isinstance(commit, str):
@@ -130,6 +138,9 @@ class CodeCommit(GitHosted):
         self.region = region or None
         self.endpoint_url = endpoint_url or None
         self._credentials = dict(credentials) if credentials is not None else None
+        if identity is not None and credentials is not None:
+            raise InvalidConfig("CodeCommit storage takes credentials or a workload identity, not both")
+        self.identity = identity
         if self._credentials is not None:
             missing = [k for k in (ACCESS_KEY_ID, SECRET_ACCESS_KEY) if not self._credentials.get(k)]
             if missing:
@@ -143,7 +154,8 @@ class CodeCommit(GitHosted):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> GitHosted:
+    def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
+                    identity: WorkloadIdentity | None = None) -> GitHosted:
         client_options = config.get("clientOptions") or {}
         if not isinstance(client_options, Mapping):
             raise InvalidConfig("CodeCommit `clientOptions` must be a mapping of boto3 client keyword arguments")
@@ -155,9 +167,18 @@ class CodeCommit(GitHosted):
             region=config.get("region"),
             endpoint_url=config.get("endpointURL"),
             credentials=credentials,
+            identity=identity,
             **cls.common_kwargs(config),
         )
         return storage.finish_config(config)
+
+    @classmethod
+    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> GitHosted:
+        return cls.from_config(config, identity=identity)
+
+    @classmethod
+    def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
+        return True  # boto3's default chain, as for S3
 
     def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -307,7 +328,7 @@ class CodeCommit(GitHosted):
         return make_client(
             "codecommit", credentials=self._credentials, client_options=self.client_options,
             endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
-            extra="codecommit", label="CodeCommit",
+            extra="codecommit", label="CodeCommit", identity=self.identity,
             failure=lambda exc: (f"cannot create a CodeCommit client ({type(exc).__name__}: "
                                  f"{self._redact(str(exc))}); check spec.codecommit region, endpointURL and "
                                  "clientOptions"))
@@ -343,10 +364,14 @@ class CodeCommit(GitHosted):
         if isinstance(exc, StorageError):
             return exc
         kind = type(exc).__name__
-        if _is_credentials_error(exc):
+        if self.identity is not None and getattr(exc, "operation_name", None) == "AssumeRoleWithWebIdentity":
+            error = getattr(exc, "response", {}).get("Error") or {}
+            status = (getattr(exc, "response", {}).get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            return identity_rejected(self.identity, error.get("Code"), str(error.get("Message") or ""), status)
+        if is_credentials_error(exc):
             return AuthFailed(f"{what}: no usable AWS credentials were found ({kind}); reference a Secret with "
                               f"{ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}, or give the pod an AWS identity")
-        if _is_connection_error(exc):
+        if is_connection_error(exc):
             return Unavailable(f"{what}: CodeCommit at {self._endpoint()} is unreachable or timed out ({kind}); "
                                "will retry")
         if kind == "ParamValidationError":
@@ -369,6 +394,10 @@ class CodeCommit(GitHosted):
             retry_after = _retry_after(headers)
             return RateLimited(f"{what}: throttled by CodeCommit ({code or status}); retrying in "
                                f"{retry_after:.0f}s", retry_after=retry_after)
+        if (code in _AUTH_CODES or status in (401, 403)) and self.identity is not None:
+            return AuthFailed(f"{what}: CodeCommit at {self._endpoint()} denied access ({code or status}) to "
+                              f"{self.identity.describe()}; allow that role codecommit:GetRepository, GetBranch, "
+                              "GetCommit, GetFolder, GetFile and GetBlob on the repository in its IAM policy")
         if code in _AUTH_CODES or status in (401, 403):
             return AuthFailed(
                 f"{what}: CodeCommit at {self._endpoint()} rejected the credentials or denied access "
@@ -401,21 +430,3 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         return max(1.0, float(headers["retry-after"]))
     except (KeyError, ValueError):
         return THROTTLE_RETRY_AFTER
-
-
-def _is_credentials_error(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return False
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """Unreachable endpoint, timeouts, dropped or truncated responses: worth a retry."""
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
-    except ImportError:
-        return False
-    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)

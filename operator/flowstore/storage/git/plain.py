@@ -4,9 +4,10 @@ over https or ssh and pinned to a commit.
     Git(url="https://git.example.com/data/flows.git", path="flows/etl.py", ref="main")
 
 ``resolve_ref`` is one ``git ls-remote``; ``read_file`` fetches exactly the pinned commit
-(``--depth=1``) into a bare cache repository under the temp directory, once per commit, and
-reads the blob from it; ``read_path`` reads a directory from the same fetch (``git ls-tree``
-gives git's modes: symlinks 120000, submodules 160000). Credentials never reach a command line
+(``--depth=1``) into a bare cache repository in a private directory of the temp directory, once
+per commit, and reads the blob from it (at most :data:`MAX_FILE_BYTES`); ``read_path`` reads a
+directory from the same fetch (``git ls-tree`` gives git's modes: symlinks 120000, submodules
+160000). Credentials never reach a command line
 or ``.git/config``:
 
 * https: ``GIT_USERNAME`` + ``GIT_PASSWORD`` (basic auth) or ``GIT_TOKEN`` (bearer), sent as an
@@ -16,15 +17,24 @@ or ``.git/config``:
 
 The operator passes them from the FlowStorage's Secret; an agent (credentials None) reads the
 same names from its environment.
+
+Every git command runs with configuration flowstore controls (:func:`git_env`): no system or
+global config, no hooks, no fsmonitor, no credential helper, only the https, http and ssh
+protocols; and the cache repository's own ``config`` is checked (and rewritten) before each use,
+in a cache directory that must be this user's and private. A config planted there (issue 20: a
+FlowStorage's Local directory over the temp directory) can neither run a command nor redirect a
+fetch.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -48,6 +58,23 @@ from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree
 CREDENTIAL_KEYS = ("GIT_USERNAME", "GIT_PASSWORD", "GIT_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS")
 #: seconds one git command may take (a fetch of one commit of a flows repository is small)
 GIT_TIMEOUT = 120.0
+#: the largest flow file read (a directory has its own bounds: git/tree.py)
+MAX_FILE_BYTES = 32 * 1024 * 1024
+#: configuration every git command gets on top of nothing (no system or global config), and that
+#: wins over a repository's own: no hooks, no fsmonitor command, no credential helper (the list is
+#: reset), only the protocols flowstore uses (never ext:: or file://)
+FORCED_CONFIG = (
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("credential.helper", ""),
+    ("protocol.allow", "never"),
+    ("protocol.https.allow", "always"),
+    ("protocol.http.allow", "always"),
+    ("protocol.ssh.allow", "always"),
+)
+#: the cache repositories' own config, exactly (``git init --bare`` writes the same)
+REPO_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+log = logging.getLogger(__name__)
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -107,7 +134,7 @@ class Git(GitHosted):
         # is never readable through another's (e.g. one naming a commit id without credentials).
         identity = "\0".join([url, username or "", password or "", token or "", ssh_private_key or ""])
         digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
-        self.cache_dir = Path(tempfile.gettempdir()) / "flowstore-git" / digest
+        self.cache_dir = cache_root() / digest
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None) -> Git:
@@ -167,23 +194,13 @@ class Git(GitHosted):
 
     # ------------------------------------------------------------------ running git
     def _env(self, private_dir: Path) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(private_dir),
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_ASKPASS": "/bin/false",
-            "SSH_ASKPASS": "/bin/false",
-            "LC_ALL": "C",
-        }
         header = None
         if self._token:
             header = f"Authorization: Bearer {self._token}"
         elif self._username or self._password:
             basic = base64.b64encode(f"{self._username or ''}:{self._password or ''}".encode()).decode()
             header = f"Authorization: Basic {basic}"
-        if header:
-            env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader", GIT_CONFIG_VALUE_0=header)
+        env = git_env(str(private_dir), extra=[("http.extraHeader", header)] if header else [])
         if _is_ssh(self.url):
             ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
             if self._known_hosts:
@@ -261,6 +278,14 @@ class Git(GitHosted):
 
     def read_file(self, path: str, commit: str) -> bytes:
         self._fetch(commit, f"reading {path} at {commit[:12]} from {self.url}")
+        size = self._local("cat-file", "-s", f"{commit}:{path}")
+        if size.returncode:
+            raise FileNotFound(f"{path} is not in {self.url} at commit {commit[:12]}; commit the file or fix "
+                               "spec.source.path")
+        if int(size.stdout.strip() or 0) > MAX_FILE_BYTES:
+            raise InvalidConfig(f"{path} in {self.url} at commit {commit[:12]} is {int(size.stdout.strip())} bytes, "
+                                f"more than a flow file may be ({MAX_FILE_BYTES // 2**20} MiB); point spec.source.path "
+                                "at the flow's source")
         done = self._local("cat-file", "blob", f"{commit}:{path}")
         if done.returncode:
             raise FileNotFound(f"{path} is not in {self.url} at commit {commit[:12]}; commit the file or fix "
@@ -286,10 +311,11 @@ class Git(GitHosted):
     def _fetch(self, commit: str, what: str) -> None:
         """Make `commit` readable from the cache: fetched once (``--depth=1``), then reused."""
         with _lock_for(self.cache_dir):
-            if not (self.cache_dir / "HEAD").exists():
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                self.cache_dir.chmod(0o700)
-                self._git("init", "-q", "--bare", str(self.cache_dir), what=what)
+            _private_dir(cache_root())
+            _check_repository(self.cache_dir)  # before git reads anything there
+            if not all((self.cache_dir / name).exists() for name in ("HEAD", "objects", "refs")):
+                self._git("init", "-q", "--bare", "--template=", str(self.cache_dir), what=what)
+                _check_repository(self.cache_dir)
             if not self._has(f"{commit}^{{commit}}"):
                 self._git("fetch", "-q", "--no-tags", "--depth=1", self.url, commit, what=what, cwd=self.cache_dir)
 
@@ -302,7 +328,71 @@ class Git(GitHosted):
 
 
 def _local_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/"}
+    return git_env("/")
+
+
+def git_env(home: str, extra: list[tuple[str, str]] | None = None) -> dict[str, str]:
+    """The whole environment of a git command: nothing inherited but PATH; no system or global
+    config, no prompt, FORCED_CONFIG (and `extra`) as command-line configuration."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "LC_ALL": "C",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_ATTR_NOSYSTEM": "1",
+        "GIT_NO_REPLACE_OBJECTS": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+    }
+    pairs = [*FORCED_CONFIG, *(extra or [])]
+    env["GIT_CONFIG_COUNT"] = str(len(pairs))
+    for i, (key, value) in enumerate(pairs):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+def cache_root() -> Path:
+    """Where the cache repositories live: a directory of the temp directory named for this
+    user (its name starts ``flowstore-``, so no Local root may lie in it: storage/local.py)."""
+    return Path(tempfile.gettempdir()) / f"flowstore-git-cache-{os.geteuid()}"
+
+
+def _private_dir(path: Path) -> None:
+    """`path` exists as a directory of this user that no one else may enter (not a link);
+    StorageError otherwise (someone else made it: its repositories cannot be trusted)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise StorageError(f"the git cache {path} is not a private directory of uid {os.geteuid()} (a link, another "
+                           "user's, or open to others); remove it and the operator makes its own")
+
+
+def _check_repository(repo: Path) -> None:
+    """A cache repository is ours and its config is exactly REPO_CONFIG (anything else, e.g. a
+    credential helper or a proxy someone planted, is replaced before git reads it)."""
+    _private_dir(repo)
+    config = repo / "config"
+    try:
+        fd = os.open(config, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            current = fh.read(64 * 1024)
+    except OSError:
+        current = b""
+    if current != REPO_CONFIG.encode():
+        if current:
+            log.warning("the git cache %s had a config flowstore did not write; replaced it", repo)
+        staged = repo / "config.flowstore"
+        staged.unlink(missing_ok=True)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(REPO_CONFIG)
+        os.replace(staged, config)
 
 
 def _ls_tree_entries(output: bytes) -> Iterator[TreeEntry]:
