@@ -90,14 +90,21 @@ for v in gitVersion=${KUBE_VERSION} gitMajor=1 gitMinor=${minor%%.*} gitTreeStat
   # component-base for the servers, client-go for kubectl's `version`
   ldflags="$ldflags -X k8s.io/component-base/version.$v -X k8s.io/client-go/pkg/version.$v"
 done
-# Two jobs of one core each: the machine has 2 cores and several GB are needed per link.
+# One `go build` for every missing binary: the packages they share (most of them) are compiled
+# once and the links overlap; -p 2 because the machine has 2 cores and a link needs several GB.
+# -trimpath keeps the build cache independent of where the wrapper module sits (a fresh mktemp
+# each time), so a warm GOCACHE (the caller points it under ~/.cache/flowstore) is reused.
+start=$SECONDS
+targets=()
 for b in "${missing[@]}"; do
-  start=$SECONDS
-  if [ "$b" = etcd ]; then
-    go build -p 2 -ldflags "-s -w" -o "$out/etcd.tmp" ./cmd/etcd
-  else
-    go build -p 2 -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b"
-  fi
-  mv "$out/$b.tmp" "$out/$b"
-  echo "build-kube: built $b (${KUBE_VERSION}; etcd ${etcd_version}) into $out in $((SECONDS - start))s" >&2
+  if [ "$b" = etcd ]; then targets+=(./cmd/etcd); else targets+=("k8s.io/kubernetes/cmd/$b"); fi
 done
+mkdir -p "$work/bin"
+# the -X flags name packages etcd does not link; the linker ignores them there
+go build -p 2 -trimpath -ldflags "$ldflags" -o "$work/bin/" "${targets[@]}"
+for b in "${missing[@]}"; do
+  mv "$work/bin/$b" "$out/$b.tmp"
+  mv "$out/$b.tmp" "$out/$b"
+done
+echo "build-kube: built ${missing[*]} (${KUBE_VERSION}; etcd ${etcd_version}) into $out in $((SECONDS - start))s" \
+     "(GOCACHE ${GOCACHE:-$(go env GOCACHE)})" >&2

@@ -53,6 +53,13 @@ class Cloud:
         return self.cache / "kube" / self.kube_version
 
     @property
+    def go_cache(self) -> Path:
+        """GOCACHE for every Go build of the local cloud: under the shared cache, so a CI machine
+        that keeps ~/.cache/flowstore keeps the compiled packages too, and a new pinned version
+        recompiles only what changed."""
+        return self.cache / "go-build"
+
+    @property
     def logs(self) -> Path:
         return self.state_dir / "logs"
 

@@ -45,10 +45,10 @@ def _build_runtime(cloud: Cloud) -> None:
     want = runtime(cloud)
     go_install(tuple(f"{CONTAINERD_MODULE}/cmd/{name}" for name in ("containerd", "ctr", "containerd-shim-runc-v2")),
                CONTAINERD_VERSION, want.containerd.parent, ("containerd", "ctr", "containerd-shim-runc-v2"),
-               cold="about 3 minutes", env={"CGO_ENABLED": "0"},
+               go_cache=cloud.go_cache, cold="about 3 minutes", env={"CGO_ENABLED": "0"},
                ldflags=f"-s -w -X {CONTAINERD_MODULE}/version.Version={CONTAINERD_VERSION.removeprefix('v')}")
     go_install(("github.com/opencontainers/runc",), RUNC_VERSION, want.runc.parent, ("runc",),
-               cold="about a minute", tags="seccomp", env={"CGO_ENABLED": "1"},
+               go_cache=cloud.go_cache, cold="about a minute", tags="seccomp", env={"CGO_ENABLED": "1"},
                ldflags=f"-s -w -X main.version={RUNC_VERSION.removeprefix('v')}")
 
 
