@@ -444,7 +444,7 @@ def test_a_restarted_operator_adopts_the_running_job(ns: str, start_operator: Ca
     apply(script_flow(ns, "slow", "prefect etl", "import time\ntime.sleep(10)\n" + PREFECT_ETL))
     first = wait_job(ns, "slow")
     op.stop(signal.SIGKILL)
-    op.start("-n", ns)
+    op.start("-n", ns, "--enable-build-jobs", "--build-image", "*")  # the same operator, restarted
     status = wait_ready(ns, "slow", timeout=120)["status"]
     assert list(jobs.created) == [first["metadata"]["uid"]], jobs.created
     assert status["artifact"]["versions"]["prefect"] == "1.4.1"
