@@ -14,7 +14,7 @@
 #   then build only what is still missing, so no binary is ever built twice at once.
 set -euo pipefail
 
-KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 out="$1"
 shift
 wanted=("$@")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 #: the repository (scripts/lib/localcloud/cloud.py -> the checkout)
 ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_KUBE_VERSION = "v1.34.4"
+DEFAULT_KUBE_VERSION = "v1.37.2"
 
 
 class LocalCloudError(Exception):
