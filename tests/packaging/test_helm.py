@@ -155,6 +155,13 @@ def configmap_flow(namespace: str, name: str, flow_name: str, storage: str) -> s
                      stored_flow(namespace, name, flow_name, source, storage, storedAsScript=True))
 
 
+def apply_each(*docs: str) -> None:
+    """Apply manifests in order, one at a time: some are JSON Lists (tests/helpers/manifests.py),
+    which a YAML `---` join would make one unparsable JSON stream."""
+    for doc in docs:
+        apply(doc)
+
+
 def assert_no_denials(op: OperatorProcess) -> None:
     logs = op.logs()
     denied = [line for line in logs.splitlines() if DENIAL.search(line)]
@@ -455,14 +462,14 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     policy = ["--enable-build-jobs", "--build-image", "registry.example.com/team/*"] if builds else []
     op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home, *policy)
     try:
-        apply(deleting_local_storage(watched, directory)
-              + "\n---\n" + inline_flow(watched, "inline", "inline flow", storage="local")
-              + "\n---\n" + configmap_flow(watched, "from-cm", "cm flow", "local"))
+        apply_each(deleting_local_storage(watched, directory),
+                   inline_flow(watched, "inline", "inline flow", storage="local"),
+                   configmap_flow(watched, "from-cm", "cm flow", "local"))
         # S3 with a credentials Secret: the Secret is read by name under `get` alone.
-        apply(s3_storage(watched2, s3_bucket, s3_endpoint) + "\n---\n" + inline_flow(watched2, "s3", "s3 flow"))
+        apply_each(s3_storage(watched2, s3_bucket, s3_endpoint), inline_flow(watched2, "s3", "s3 flow"))
         # The same objects in a namespace the operator does not serve stay untouched.
-        apply(deleting_local_storage(unwatched, directory)
-              + "\n---\n" + inline_flow(unwatched, "ignored", "ignored", storage="local"))
+        apply_each(deleting_local_storage(unwatched, directory),
+                   inline_flow(unwatched, "ignored", "ignored", storage="local"))
         # spec.build: refused by the operator's policy without builds (no request is tried, so
         # no 403); with them, the chart's RBAC lets it make the Job (its image never pulls here)
         apply(inline_flow(watched2, "built", "built flow", build={"image": "registry.example.com/team/runtime:1"}))
@@ -516,8 +523,7 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     op.log_dir.mkdir()
     op.start()
     try:
-        apply(deleting_local_storage(ns, directory)
-              + "\n---\n" + inline_flow(ns, "inline", "inline flow", storage="local"))
+        apply_each(deleting_local_storage(ns, directory), inline_flow(ns, "inline", "inline flow", storage="local"))
         inline = wait_ready(ns, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         delete_and_wait(ns, "storedflow/inline", "flowstorage/local")
