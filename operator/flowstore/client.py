@@ -8,11 +8,16 @@ tenant who wrote the spec). In this order, and before anything is unpickled or e
 
 1. the StoredFlow is read and its status parsed into a typed view (``flowstore.agent.status``):
    a missing or wrong-typed field is a StatusError naming it; no digest, no load;
-2. with a signing key (``signing_key=`` or ``FLOWSTORE_SIGNING_KEY``; set but empty is an
-   error), the signature over the flow name and digest must verify;
-3. where the status points must be where the agent trusts it to be (``flowstore.agent.trust``:
-   the FlowStorage's spec, read from the API, or ``FLOWSTORE_TRUSTED_STORAGES``): otherwise
-   UntrustedLocation, and no request carrying the agent's credentials is made;
+2. with keys — ed25519 public keys (``verify_key=`` or ``FLOWSTORE_VERIFY_KEY``), or the weaker
+   shared HMAC key (``signing_key=`` or ``FLOWSTORE_SIGNING_KEY``); set but empty is an error —
+   the signed statement of the revision is rebuilt from what the agent asked for and what the
+   status says it is about to fetch, and must verify; an older designation than one this agent
+   verified is refused unless pinned (``flowstore.artifacts.verified``, docs/security.md). From
+   then on only the signed storage document and location are used;
+3. where the (signed) status points must be where the agent trusts it to be
+   (``flowstore.agent.trust``: the FlowStorage's spec, read from the API, or
+   ``FLOWSTORE_TRUSTED_STORAGES``): otherwise UntrustedLocation, and no request carrying the
+   agent's credentials is made;
 4. the agent cache (``flowstore.artifacts.cache``) serves the digest's bytes if it has them
    (rehashed), else they are downloaded with the agent's own credentials, at most the recorded
    size (and never more than ``FLOWSTORE_MAX_ARTIFACT_BYTES``), and checked against the digest;
@@ -43,19 +48,20 @@ from flowstore.agent.errors import (
 from flowstore.agent.status import StoredFlowView
 from flowstore.api.backends import backend
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
-from flowstore.artifacts import loading, signing
+from flowstore.artifacts import loading, verified
 from flowstore.artifacts.builder import FlowObjectError
 from flowstore.artifacts.bundle import BundleError
 from flowstore.artifacts.cache import Cache, CacheError, parse_size
 from flowstore.artifacts.flowfiles import IgnoreError
 from flowstore.artifacts.loading import ArtifactFormatError
-from flowstore.artifacts.signing import SignatureError
+from flowstore.artifacts.signing import KeySource, SignatureError
 from flowstore.storage import AuthFailed, StorageError, TemplateValueMissing, from_serialized
 from flowstore.storage.base import verify_digest
 from flowstore.workload import agent_identity
 
 __all__ = ["AGENT_ERRORS", "Artifact", "FlowNotAvailable", "Located", "StatusError", "TrustUnavailable",
-           "UntrustedLocation", "agent_advice", "load_artifact", "load_flow", "locate", "resolve", "storedflow"]
+           "UntrustedLocation", "agent_advice", "load_artifact", "load_flow", "locate", "resolve", "storedflow",
+           "verify_statement"]
 
 #: everything an agent call raises for a StoredFlow it will not (or cannot) load
 AGENT_ERRORS: tuple[type[Exception], ...] = (AgentError, StorageError, BundleError, SignatureError, CacheError,
@@ -63,7 +69,8 @@ AGENT_ERRORS: tuple[type[Exception], ...] = (AgentError, StorageError, BundleErr
 #: the largest artifact an agent downloads, whatever a status records
 MAX_ARTIFACT_ENV = "FLOWSTORE_MAX_ARTIFACT_BYTES"
 DEFAULT_MAX_ARTIFACT_BYTES = 256 * 2**20
-SIGNING_KEY_ENV = "FLOWSTORE_SIGNING_KEY"
+#: the agent's keys, as one argument: one public key, several (a rotation), or None (the environment's)
+VerifyKeys = KeySource | list[KeySource] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +81,8 @@ class Located:
     view: StoredFlowView
     trusted: trust.TrustedLocation
     storage_doc: dict[str, Any]
+    #: the statement verified for it (None: this agent holds no keys, only the sha256 is checked)
+    statement: verified.Verified | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,23 +188,31 @@ def default_sources(api: Any) -> list[trust.TrustSource]:
     return [trust.allowlist_source(), flowstorage_source(api)]
 
 
-def resolve(name: str, namespace: str, *, api: Any = None,
-            sources: Sequence[trust.TrustSource] | None = None) -> Located:
-    """The StoredFlow, its status checked against what the agent trusts (UntrustedLocation
-    otherwise). Makes no request to the storage."""
+def resolve(name: str, namespace: str, *, api: Any = None, sources: Sequence[trust.TrustSource] | None = None,
+            verify_key: VerifyKeys = None, signing_key: bytes | str | None = None) -> Located:
+    """The StoredFlow, its signed statement verified when the agent holds keys
+    (:func:`verify_statement`), its status checked against what the agent trusts
+    (UntrustedLocation otherwise). Makes no request to the storage."""
     api = api or _custom_api()
-    return check_location(read(name, namespace, api=api), api=api, sources=sources)
+    view = read(name, namespace, api=api)
+    checked = verify_statement(view, verify_key=verify_key, signing_key=signing_key)
+    return check_location(view, api=api, sources=sources, checked=checked)
 
 
-def check_location(view: StoredFlowView, *, api: Any, sources: Sequence[trust.TrustSource] | None = None) -> Located:
-    """`view`, once its status is checked against what the agent trusts (UntrustedLocation)."""
+def check_location(view: StoredFlowView, *, api: Any, sources: Sequence[trust.TrustSource] | None = None,
+                   checked: verified.Verified | None = None) -> Located:
+    """`view`, once its status is checked against what the agent trusts (UntrustedLocation).
+    With a verified statement (`checked`), the status's storage and location are the signed ones
+    (:func:`signed_view`): what is checked is what is fetched."""
+    if checked is not None:
+        view = signed_view(view, checked)
     location = trust.trusted_location(view, sources if sources is not None else default_sources(api))
-    return Located(view=view, trusted=location, storage_doc=trust.agent_storage(view, location))
+    return Located(view=view, trusted=location, storage_doc=trust.agent_storage(view, location), statement=checked)
 
 
 def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     """The StoredFlow's status (location, artifact, storage, labels, conditions), once it is
-    checked to point where the agent trusts."""
+    checked to point where the agent trusts (and, with keys, its statement verified)."""
     return dict(resolve(name, namespace, api=api).view.status)
 
 
@@ -209,29 +226,31 @@ def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any
 
 
 # ---------------------------------------------------------------------- keys and limits
-def signing_key_from(signing_key: bytes | str | None) -> bytes | None:
-    """The agent's signing key: the argument, else ``$FLOWSTORE_SIGNING_KEY``, else none. A key
-    given but empty (``FLOWSTORE_SIGNING_KEY=``) is an error, never "verification off": unset it
-    to verify digests only."""
-    if signing_key is not None:
-        key, where = signing_key, "the signing key given"
-    elif SIGNING_KEY_ENV in os.environ:
-        key, where = os.environ[SIGNING_KEY_ENV], SIGNING_KEY_ENV
-    else:
+def verify_statement(view: StoredFlowView, *, verify_key: VerifyKeys = None, signing_key: bytes | str | None = None,
+                     pinned: bool = False) -> verified.Verified | None:
+    """With keys — `verify_key` (else ``$FLOWSTORE_VERIFY_KEY``: ed25519 public keys), `signing_key`
+    (else ``$FLOWSTORE_SIGNING_KEY``: the shared HMAC key, the weaker kind) — the statement of the
+    revision `view` names, verified against what this agent asked for and is about to fetch, and
+    admitted by its memory of designations (an older one refused unless `pinned`): SignatureError
+    otherwise. Without keys, None (the sha256 alone is checked). Needs no download, sends nothing."""
+    keys = verified.agent_keys(verify_key, signing_key)
+    if not keys:
         return None
-    key = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    if not key.strip():
-        raise SignatureError(f"{where} is set but empty, so no signature could be checked; set it to the "
-                             "FlowStorage's signing key, or unset it to check digests only")
-    return key
+    return verified.check(view.status, keys, namespace=view.namespace, name=view.name, uid=view.uid, pinned=pinned)
 
 
-def check_signature(view: StoredFlowView, key: bytes | None) -> None:
-    """With a key, refuse an unsigned artifact or one whose signature does not cover its flow
-    name and digest. Needs no download: the bytes must then match the digest."""
-    if key is not None:
-        signing.verify(key, view.flow_name, view.artifact.digest, view.artifact.signature,
-                       what=view.artifact.url or view.location)
+def has_keys(verify_key: VerifyKeys = None, signing_key: bytes | str | None = None) -> bool:
+    """Whether this agent verifies signatures (keys given, or in its environment; set but empty
+    is an error)."""
+    return bool(verified.agent_keys(verify_key, signing_key))
+
+
+def signed_view(view: StoredFlowView, checked: verified.Verified) -> StoredFlowView:
+    """`view` with its storage document and location replaced by the signed ones: nothing the
+    signature does not cover (``labels``, ``flows``, a member added to the status) can steer a
+    request."""
+    signed = checked.signed_status(view.status)
+    return dataclasses.replace(view, storage=signed["storage"], location=signed["location"])
 
 
 def max_artifact_bytes() -> int:
@@ -294,23 +313,23 @@ def fetch(located: Located, *, cache: Cache | None = None, pin: bool = False,
 
 
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-                  identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Artifact:
+                  verify_key: VerifyKeys = None, identity: Mapping[str, Any] | None = None,
+                  cache: Cache | None = None) -> Artifact:
     """The stored bytes (the script, the bundle or the pickle envelope), verified: status parsed,
-    signature checked (with a key), location trusted, sha256 matched."""
-    api = api or _custom_api()
-    key = signing_key_from(signing_key)
-    view = read(name, namespace, api=api)
-    check_signature(view, key)
-    located = check_location(view, api=api)
+    signed statement verified (with keys), location trusted, sha256 matched — the first three
+    before any request to the storage."""
+    located = resolve(name, namespace, api=api, verify_key=verify_key, signing_key=signing_key)
     data, downloaded = fetch(located, cache=cache, identity=identity)
     return Artifact(data=data, located=located, downloaded=downloaded)
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
-              identity: Mapping[str, Any] | None = None, cache: Cache | None = None) -> Any:
+              verify_key: VerifyKeys = None, identity: Mapping[str, Any] | None = None,
+              cache: Cache | None = None) -> Any:
     """The flow object, verified (:func:`load_artifact`): unpickled from the envelope; or, for a
     script, extracted by running the script in this process (the agent's job, as in the seed);
     or, for a flow of several files, imported from the bundle's files in the agent cache."""
-    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, identity=identity, cache=cache)
+    artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, verify_key=verify_key,
+                             identity=identity, cache=cache)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.view.flow_name or None,
                         cache=cache or Cache())

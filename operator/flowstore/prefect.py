@@ -14,13 +14,14 @@ or, in ``prefect.yaml`` (``flowstore locate etl-daily -n data -o prefect-pull-st
 Both turn a StoredFlow into a directory Prefect loads the entrypoint from, in this order and
 before anything of the flow executes: read the StoredFlow and parse its status (in-cluster or
 KUBECONFIG; a malformed status is refused naming the field), refuse pickles (Prefect 3 imports
-code from files), check the signature when the agent has a key, check that the status points
-where the agent trusts (``flowstore.client.check_location``: the FlowStorage's spec, or
-``FLOWSTORE_TRUSTED_STORAGES``; nothing carrying the worker's credentials is sent anywhere
-else), take the artifact from the agent cache or download it (bounded by its recorded size,
-sha256-verified), then write it as files: a script under its own file name
-(``status.artifact.fileName``), a bundle's files checked against its manifest
-(``flowstore.artifacts.bundle.unpack``).
+code from files), verify the signed statement of the revision when the agent has a key
+(``flowstore.client.verify_statement``, docs/security.md: an older designation than one this
+worker verified is refused), check that the (signed) status points where the agent trusts
+(``flowstore.client.check_location``: the FlowStorage's spec, or ``FLOWSTORE_TRUSTED_STORAGES``;
+nothing carrying the worker's credentials is sent anywhere else), take the artifact from the
+agent cache or download it (bounded by its recorded size, sha256-verified), then write it as
+files: a script under its own file name (``status.artifact.fileName``), a bundle's files checked
+against its manifest (``flowstore.artifacts.bundle.unpack``).
 
 The cache is the agent cache of ``flowstore.client`` (``flowstore.artifacts.cache``,
 ``$FLOWSTORE_CACHE_DIR``): verified artifact bytes by digest, rehashed on every use, filled once
@@ -125,7 +126,8 @@ class PreparedFlow:
 
 
 def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes | str | None = None,
-            api: Any = None, cache: Cache | Path | None = None, unchanged: PreparedFlow | None = None,
+            verify_key: str | None = None, api: Any = None, cache: Cache | Path | None = None,
+            unchanged: PreparedFlow | None = None,
             log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
             identity: Mapping[str, Any] | None = None) -> PreparedFlow:
     """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
@@ -136,7 +138,7 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     running flow for identical ones)."""
     log = log or _log
     api = api or client.cluster_api()
-    key = client.signing_key_from(signing_key)
+    has_keys = client.has_keys(verify_key, signing_key)  # set but empty: refused before anything is read
     view = client.read(name, namespace, api=api)
     artifact = view.artifact
     if artifact.format == "pickle":
@@ -147,15 +149,16 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     digest, commit = artifact.digest, view.git_commit
     log.info("flowstore: pulling StoredFlow %s/%s at %s%s", namespace, name, digest,
              f" (git commit {commit})" if commit else "")
-    client.check_signature(view, key)
-    if key is None and artifact.signature:
-        log.warning("flowstore: %s is signed but this worker has no signing key, so only its sha256 is checked; "
-                    "set FLOWSTORE_SIGNING_KEY to check the signature too", view.what)
-    located = client.check_location(view, api=api)
+    checked = client.verify_statement(view, verify_key=verify_key, signing_key=signing_key) if has_keys else None
+    verified = checked is not None
+    if not verified and artifact.signature:
+        log.warning("flowstore: %s is signed but this worker has no key, so only its sha256 is checked; set "
+                    "FLOWSTORE_VERIFY_KEY to the FlowStorage's public key to check the signature too", view.what)
+    located = client.check_location(view, api=api, checked=checked)
     entrypoint = _script_name(view) if artifact.format == "script" else str(artifact.entrypoint or "")
     if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
             and destination.is_dir()):
-        return dataclasses.replace(unchanged, downloaded=False, signature_verified=key is not None)
+        return dataclasses.replace(unchanged, downloaded=False, signature_verified=verified)
     agent_cache = cache if isinstance(cache, Cache) else Cache(Settings(root=cache)) if cache else Cache()
     data, downloaded = client.fetch(located, cache=agent_cache, pin=True,  # pinned while this process runs
                                     identity=identity)
@@ -172,7 +175,7 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
         _replace_directory(destination, write_script)
     return PreparedFlow(namespace=namespace, name=name, digest=digest, format=artifact.format,
                         directory=destination, entrypoint=entrypoint, commit=commit, downloaded=downloaded,
-                        signature_verified=key is not None)
+                        signature_verified=verified)
 
 
 def _script_name(view: StoredFlowView) -> str:
@@ -202,11 +205,14 @@ def _replace_directory(destination: Path, fill: Callable[[Path], None]) -> None:
 
 # ---------------------------------------------------------------------- the pull step
 def pull_step(name: str, namespace: str, *, require_signature: bool = False,
-              signing_key: str | None = None) -> dict[str, Any]:
+              signing_key: str | None = None, verify_key: str | None = None) -> dict[str, Any]:
     """The deployment pull step for a StoredFlow (one entry of ``pull:`` / ``pull_steps``).
-    `signing_key` is a template (``{{ prefect.blocks.secret.NAME }}``), never a key."""
+    `signing_key` is a template (``{{ prefect.blocks.secret.NAME }}``), never a key; `verify_key`
+    an ed25519 public key (PEM text, or a path on the worker): public, so it may be written down."""
     inputs: dict[str, Any] = {"name": name, "namespace": namespace}
-    if signing_key is not None:
+    if verify_key is not None:
+        inputs["verify_key"] = verify_key
+    elif signing_key is not None:
         inputs["signing_key"] = signing_key
     elif require_signature:
         inputs["require_signature"] = True
@@ -241,15 +247,17 @@ def pull_step_yaml(view: StoredFlowView) -> str:
 
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
-              require_signature: bool = False, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+              require_signature: bool = False, identity: dict[str, Any] | None = None,
+              verify_key: str | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
           - flowstore.prefect.pull_flow:
               name: etl-daily
               namespace: data                      # default: the worker's namespace
-              require_signature: true              # key from FLOWSTORE_SIGNING_KEY, or:
-              # signing_key: "{{ prefect.blocks.secret.flowstore-signing-key }}"
+              require_signature: true              # key from FLOWSTORE_VERIFY_KEY, or:
+              # verify_key: /etc/flowstore/flowstore.pub  (the FlowStorage's public key, or its PEM)
+              # signing_key: "{{ prefect.blocks.secret.NAME }}"  (an HMAC key: the weaker kind)
               identity: {}                         # reach the storage as this Pod's ServiceAccount
                                                    # (flowstore.workload; e.g. {roleARN: …})
 
@@ -261,13 +269,13 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
     flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")  # set by Prefect's workers and runners
     log = _flow_run_logger(flow_run_id)
     try:
-        if require_signature and client.signing_key_from(signing_key) is None:
+        if require_signature and not client.has_keys(verify_key, signing_key):
             raise SignatureError(
                 f"the pull step of StoredFlow {namespace}/{name} requires a signed artifact, but this worker has no "
-                "signing key: set FLOWSTORE_SIGNING_KEY in its environment, or give the step "
-                "signing_key: '{{ prefect.blocks.secret.NAME }}'")
+                "key: set FLOWSTORE_VERIFY_KEY (the FlowStorage's public key) in its environment, or give the step "
+                "verify_key: (the key, or its file)")
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           log=log, identity=identity)
+                           verify_key=verify_key, log=log, identity=identity)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise
@@ -313,16 +321,19 @@ class FlowstoreStorage:
     ``.deploy()`` (which records :meth:`to_pull_step`, so workers pull the same StoredFlow).
 
     `namespace`: default the current one (the Pod's, else the kubeconfig context's), resolved
-    now so the deployment names it. `signing_key`: a key, or a saved Prefect ``Secret`` block
-    (the pull step then names the block); without one, ``$FLOWSTORE_SIGNING_KEY``. A key that is
-    not a block never goes into the deployment: its pull step then requires the worker to have
-    ``FLOWSTORE_SIGNING_KEY``. `pull_interval`: seconds between a runner's pulls (None: once)."""
+    now so the deployment names it. `verify_key`: the FlowStorage's ed25519 public key (PEM text,
+    or a file's path), written into the pull step as it is (it is public); without one,
+    ``$FLOWSTORE_VERIFY_KEY``. `signing_key`: an HMAC key (the weaker kind), or a saved Prefect
+    ``Secret`` block (the pull step then names the block); without one, ``$FLOWSTORE_SIGNING_KEY``.
+    A key that is not a block never goes into the deployment: its pull step then requires the
+    worker to have a key. `pull_interval`: seconds between a runner's pulls (None: once)."""
 
     def __init__(self, name: str, namespace: str | None = None, *, signing_key: Any = None,
-                 pull_interval: int | None = 60) -> None:
+                 verify_key: str | None = None, pull_interval: int | None = 60) -> None:
         self._name = name
         self._namespace = namespace or kubeconfig.current_namespace()
         self._signing_key = signing_key
+        self._verify_key = verify_key
         self._pull_interval = pull_interval
         self._base_path = Path.cwd()
         self._prepared: PreparedFlow | None = None
@@ -348,7 +359,7 @@ class FlowstoreStorage:
 
     def _pull(self) -> PreparedFlow:
         prepared = prepare(self._name, self._namespace, self.destination, signing_key=self._key_value(),
-                           unchanged=self._prepared)
+                           verify_key=self._verify_key, unchanged=self._prepared)
         _log.info("%s", prepared.summary())
         return prepared
 
@@ -360,12 +371,13 @@ class FlowstoreStorage:
         return value if isinstance(value, bytes | str) else str(value)
 
     def to_pull_step(self) -> dict[str, Any]:
+        if self._verify_key is not None:  # a public key: written into the deployment as it is
+            return pull_step(self._name, self._namespace, verify_key=self._verify_key)
         key = self._signing_key
         if key is not None and hasattr(key, "get_block_placeholder"):
             # a saved Secret block: the worker resolves it (raises BlockNotSavedError if unsaved)
             return pull_step(self._name, self._namespace, signing_key=f"{{{{ {key.get_block_placeholder()} }}}}")
-        return pull_step(self._name, self._namespace,
-                         require_signature=client.signing_key_from(self._key_value()) is not None)
+        return pull_step(self._name, self._namespace, require_signature=client.has_keys(None, self._key_value()))
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, FlowstoreStorage) and self._name == other._name

@@ -343,7 +343,9 @@ def test_one_healthcheck_container_serves_the_checks_then_goes_away(
         docker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import docker
 
-    monkeypatch.setattr(docker_daemon, "HEALTHCHECK_IDLE", 8)
+    # idle long enough for the second build's check to come first on a loaded machine (with 8 s it
+    # did not: a new container served it), short enough to see the container end below
+    monkeypatch.setattr(docker_daemon, "HEALTHCHECK_IDLE", 45)
     storage = make_storage(docker_env, env_vars={"FLOWSTORE_TEST": uuid.uuid4().hex})  # a base of its own
     flows = [ImageFlow("one", storage.location_for("one"), pickled_flow("one", "1"))]
     storage.build_image(flows)
@@ -363,7 +365,7 @@ def test_one_healthcheck_container_serves_the_checks_then_goes_away(
     base_tag = f"fs-base-{storage.plan(flows).base.inputs_digest[:32]}"
     assert api.inspect_image(f"{neighbour.image_repository}:{base_tag}")["Id"] == \
         api.inspect_image(f"{storage.image_repository}:{base_tag}")["Id"], "one base image (the build cache)"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while _healthcheck_containers(docker_env, storage, flows) and time.monotonic() < deadline:
         time.sleep(1)
     assert _healthcheck_containers(docker_env, storage, flows) == [], "an idle healthcheck container ends"

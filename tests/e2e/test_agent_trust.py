@@ -140,16 +140,20 @@ def test_the_agents_environment_never_goes_into_a_url_an_edited_status_names(
                      "metadata": {"name": "etl", "namespace": namespace},
                      "spec": {"storageRef": {"name": "store"}, "flowName": "etl daily",
                               "source": {"inline": SCRIPT}, "storedAsScript": True}}))
-    from flowstore.artifacts.signing import sign
+    from tests.fakes.agent_api import sign_status
 
     digest = "sha256:" + "0" * 64
+    uid = json.loads(kubectl("get", "storedflow", "etl", "-n", namespace, "-o", "json").stdout)["metadata"]["uid"]
     with Recorder() as recorder:
         stolen = {**hook, "getFlowRequest": {"method": "GET", "url": f"{recorder.url}/k?v=${{FLOWSTORE_SIGNING_KEY}}"}}
-        write_status(namespace, "etl", {
+        # signed as the operator would sign it: an HMAC key signs as well as it verifies, so whoever
+        # holds the agent's key can sign any statement (docs/security.md); the trust check still holds
+        write_status(namespace, "etl", sign_status({
             "location": "etl", "flowName": "etl daily",
             "storage": {"type": "Webhook", **stolen, "storedAsScript": True, "flows": {"etl daily": "etl"}},
             "artifact": {"url": "https://flows.example.com/flows/1", "digest": digest, "size": 10,
-                         "format": "script", "signature": sign(SIGNING_KEY.encode(), "etl daily", digest)}})
+                         "format": "script", "revision": 1, "designation": 1,
+                         "lastUpdateTime": "2026-11-26T10:00:00Z"}}, SIGNING_KEY, namespace=namespace, uid=uid))
         # trusting the webhook the status names (the FlowStorage does not): the key is in its URL
         trusting_the_recorder({"webhook": stolen})
         with pytest.raises(client.AGENT_ERRORS):

@@ -267,8 +267,9 @@ def test_webhook_seed_pattern_store_load_and_restart(operator: OperatorProcess, 
              lambda o: (o.get("status") or {}).get("flows") == {"etl": "etl"}
              and condition(o).get("status") == "True", what="to list the flow")
 
-    # An agent reads the templates' values from its own environment.
+    # An agent reads the templates' values from its own environment, for the names it allows.
     monkeypatch.setenv("TOKEN", token)
+    monkeypatch.setenv("FLOWSTORE_ALLOWED_ENV", "TOKEN")
     flow = client.load_flow("etl", namespace)
     assert flow.name == "etl" and flow.run() == 42
     monkeypatch.delenv("TOKEN")
@@ -357,6 +358,7 @@ def test_webhook_change_replaces_and_deletes(operator: OperatorProcess, namespac
     assert deletes(webhook) == [f"/flows/{first}"]
     assert list(webhook.bodies) == [second]
     monkeypatch.setenv("TOKEN", token)
+    monkeypatch.setenv("FLOWSTORE_ALLOWED_ENV", "TOKEN")
     assert client.load_flow("etl", namespace).run() == "v2"
 
     kubectl("delete", "storedflow", "etl", "-n", namespace, "--timeout=30s")

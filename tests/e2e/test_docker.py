@@ -32,7 +32,7 @@ def registry_secret(namespace: str, docker_env: dict[str, str], password: str | 
     config = {"auths": {registry or docker_env["registry"]: {"username": user, "password": pw,
                                                  "auth": base64.b64encode(f"{user}:{pw}".encode()).decode()}}}
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"flowstore.dev/allow": "true"}},
             "stringData": {".dockerconfigjson": json.dumps(config)}}
 
 
@@ -179,7 +179,8 @@ def test_daemon_over_tls_from_a_secret(
     authority = Authority.create()
     proxy = tls_daemon(docker_env, authority, tmp_path)
     operator_cert = authority.issue("flowstore operator")
-    tls_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "docker-tls", "namespace": namespace},
+    tls_secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": "docker-tls", "namespace": namespace, "labels": {"flowstore.dev/allow": "true"}},
                   "stringData": {"ca.crt": authority.cert_pem, "tls.crt": operator_cert.cert,
                                  "tls.key": operator_cert.key}}
     storage = docker_storage(namespace, docker_env, daemonURL=f"tcp://127.0.0.1:{proxy.port}",

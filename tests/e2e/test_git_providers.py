@@ -24,6 +24,7 @@ from tests.fakes.github_api import GitHubAPI
 from tests.fakes.gitlab_api import GitLabAPI
 from tests.helpers.gitrepo import LocalGitRepo
 from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.manifests import secret
 from tests.helpers.operator import OperatorProcess
 
 TOKEN = "canary-provider-token-5e0c-do-not-leak"
@@ -81,8 +82,7 @@ def endpoint(provider: Provider) -> dict[str, str]:
 
 def manifests(namespace: str, provider: Provider, *, interval: str = "1s") -> str:
     docs = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-creds", "namespace": namespace},
-         "stringData": provider.secret},
+        secret(namespace, "provider-creds", provider.secret),
         {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
          "metadata": {"name": "repo", "namespace": namespace},
          "spec": {provider.backend: {**provider.block, **endpoint(provider),

@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flowstore.artifacts import signing, statement
 from flowstore.storage.local import Local
+
+UID = "0b7c5a4e-uid-of-etl"
 
 
 def digest_of(data: bytes) -> str:
@@ -51,8 +54,18 @@ def local_flow(directory: Path, data: bytes, fmt: str = "script", *, name: str =
     storage["flows"] = {"etl daily": str(location)}
     status = {"location": str(location), "flowName": "etl daily", "storage": storage,
               "artifact": {"url": location.as_uri(), "digest": digest_of(data), "size": len(data), "format": fmt,
-                           **artifact}}
-    storedflow = {"metadata": {"name": name, "namespace": "data"}, "spec": {"storageRef": {"name": "store"}},
-                  "status": status}
+                           "revision": 1, "designation": 1, "lastUpdateTime": "2026-11-26T10:00:00Z", **artifact}}
+    storedflow = {"metadata": {"name": name, "namespace": "data", "uid": UID},
+                  "spec": {"storageRef": {"name": "store"}}, "status": status}
     flowstorage = {"metadata": {"name": "store", "namespace": "data"}, "spec": {"local": {"directory": str(directory)}}}
     return storedflow, flowstorage
+
+
+def sign_status(status: dict[str, Any], key: bytes | str, *, namespace: str = "data", name: str = "etl",
+                uid: str = UID) -> dict[str, Any]:
+    """`status` signed in place as the operator signs it (the statement of its revision, with
+    `key`: an HMAC key, or an ed25519 private key's PEM), and returned."""
+    signer = signing.signer_from_secret(key.encode() if isinstance(key, str) else key, None, where="a test key")
+    made = statement.sign(statement.from_status(status, namespace=namespace, name=name, uid=uid), signer)
+    status["artifact"].update(signature=made.signature, keyId=made.key_id)
+    return status

@@ -18,6 +18,11 @@ Data Center's ``browse`` with ``start`` / ``limit``, ``isLastPage`` and ``nextPa
 (https://developer.atlassian.com/server/bitbucket/rest/v906/intro/#pagination). Tests lower the
 largest page (``max_page``) to make small directories span pages.
 
+Each repository's clone link (``links.clone``: ``https`` on Cloud, ``http`` on Data Center) is
+served by the fake too, git's smart HTTP (fetch only, for verified sources), with the credentials
+each flavour documents for git: Cloud an app password or ``x-token-auth`` + access token, Data
+Center the token as Bearer.
+
 Only GET is served, and only the endpoints listed per class; anything else is answered the
 way the real API answers an unknown resource (404) or method (405). Wrong credentials get
 401; anonymous requests get what each API gives for a private repository. ``rate_limit(n,
@@ -36,6 +41,7 @@ import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
+from tests.fakes.git_http import basic_auth, challenge, serve_git
 from tests.helpers.gitrepo import LocalGitRepo, TreeLine
 
 
@@ -142,6 +148,8 @@ class BitbucketCloudAPI(_RateLimiting):
             return _cloud_error(429, "Rate limit for this resource has been exceeded",
                                 {"Retry-After": str(retry_after)})
         parts = _segments(request)
+        if len(parts) >= 3 and parts[1].endswith(".git") and parts[:2] != ["2.0", "repositories"]:
+            return self._git(request, parts[0], parts[1].removesuffix(".git"), "/" + "/".join(parts[2:]))
         if parts[:2] != ["2.0", "repositories"] or len(parts) < 4:
             return _cloud_error(404, "Resource not found")
         if request.method not in ("GET", "HEAD"):
@@ -161,6 +169,16 @@ class BitbucketCloudAPI(_RateLimiting):
             return self._src(workspace, slug, repo, rest[1], "/".join(rest[2:]), request)
         return _cloud_error(404, "Resource not found")
 
+    def _git(self, request: Request, workspace: str, slug: str, rest: str) -> Response:
+        # git over HTTPS: an app password with its user name, or an access token as the password
+        # of x-token-auth (https://support.atlassian.com/bitbucket-cloud/docs/using-access-tokens/)
+        credentials = basic_auth(request)
+        accepted = {(self.username, self.app_password), ("x-token-auth", self.access_token)}
+        if credentials is None or credentials not in accepted or None in credentials:
+            return challenge("Bitbucket.org HTTP")
+        repo = self.repos.get((workspace, slug))
+        return serve_git(repo, request, rest) if repo is not None else Response(404, b"Repository not found\n")
+
     def _repository(self, workspace: str, slug: str, repo: LocalGitRepo) -> Response:
         # https://developer.atlassian.com/cloud/bitbucket/rest/api-group-repositories/#api-repositories-workspace-repo-slug-get
         # `mainbranch` is absent until the repository has a branch
@@ -171,7 +189,10 @@ class BitbucketCloudAPI(_RateLimiting):
             "slug": slug,
             "scm": "git",
             "is_private": True,
-            "links": {"html": {"href": f"https://bitbucket.org/{workspace}/{slug}"}},
+            # the https clone link is this fake's (git's smart HTTP), as bitbucket.org serves it
+            "links": {"html": {"href": f"https://bitbucket.org/{workspace}/{slug}"},
+                      "clone": [{"name": "https", "href": f"{self.url}/{workspace}/{slug}.git"},
+                                {"name": "ssh", "href": f"git@bitbucket.org:{workspace}/{slug}.git"}]},
         }
         branch = repo.default_branch()
         if branch in repo.branches():
@@ -283,10 +304,18 @@ class BitbucketServerAPI(_RateLimiting):
                 "Retry-After": str(retry_after), "X-RateLimit-Limit": "60", "X-RateLimit-Interval-Seconds": "1",
                 "X-RateLimit-FillRate": "5"})
         header = request.headers.get("authorization", "")
+        parts = _segments(request)
+        if parts[:1] == ["scm"] and len(parts) >= 4 and parts[2].endswith(".git"):
+            # git over HTTPS with an HTTP access token as Bearer
+            # (https://confluence.atlassian.com/bitbucketserver/http-access-tokens-939515499.html)
+            if header != f"Bearer {self.token}":
+                return challenge("Bitbucket")
+            repo = self.repos.get((parts[1], parts[2].removesuffix(".git")))
+            return serve_git(repo, request, "/" + "/".join(parts[3:])) if repo is not None \
+                else Response(404, b"Repository not found\n")
         if header and header != f"Bearer {self.token}":
             return _server_error(401, "Authentication failed. Please check your credentials and try again.",
                                  "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException")
-        parts = _segments(request)
         if parts[:3] != ["rest", "api", "1.0"] or len(parts) < 5 or parts[3] != "projects" or (
                 len(parts) >= 6 and parts[5] != "repos"):
             return _server_error(404, "No resource matches the request", None)
@@ -312,7 +341,11 @@ class BitbucketServerAPI(_RateLimiting):
             return Response.json({"slug": slug, "name": slug, "scmId": "git", "state": "AVAILABLE",
                                   "project": {"key": key}, "public": False,
                                   "links": {"self": [{"href": f"https://bitbucket.example.com/projects/{key}"
-                                                              f"/repos/{slug}/browse"}]}})
+                                                              f"/repos/{slug}/browse"}],
+                                            # the http clone link is this fake's (git's smart HTTP)
+                                            "clone": [{"name": "http", "href": f"{self.url}/scm/{key}/{slug}.git"},
+                                                      {"name": "ssh",
+                                                       "href": f"ssh://git@bitbucket.example.com:7999/{key}/{slug}.git"}]}})
         if rest == ["branches", "default"]:
             return self._default_branch(repo)
         if rest[0] == "commits" and len(rest) == 2:

@@ -13,20 +13,28 @@ Requests must be SigV4-signed (``Authorization: AWS4-HMAC-SHA256 Credential=<key
 refuses an access key id other than the configured one (``UnrecognizedClientException``), a
 scope for another region or service, and a missing or wrong session token when one is
 configured. ``throttle(n)`` answers the next `n` requests with ``ThrottlingException``.
+
+``cloneUrlHttp`` is served by the fake too (git's smart HTTP, fetch only, for verified sources),
+authenticated as git-codecommit.<region>.amazonaws.com authenticates: a SigV4-derived password,
+checked with ``secret_access_key``.
 https://docs.aws.amazon.com/codecommit/latest/APIReference/CommonErrors.html
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import hmac
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.base import FakeServer, Request, Response
+from tests.fakes.git_http import basic_auth, challenge, serve_git
 from tests.helpers.gitrepo import LocalGitRepo
 
 TARGET_PREFIX = "CodeCommit_20150413."
@@ -50,9 +58,12 @@ class CodeCommitAPI(FakeServer):
     """CodeCommit in `region` for the repositories added with :meth:`add_repo`, accepting
     requests signed with `access_key_id` (and `session_token`, when given)."""
 
-    def __init__(self, *, access_key_id: str, region: str = "us-east-1", session_token: str | None = None) -> None:
+    def __init__(self, *, access_key_id: str, region: str = "us-east-1", session_token: str | None = None,
+                 secret_access_key: str | None = None) -> None:
         super().__init__()
         self.access_key_id = access_key_id
+        #: checks the SigV4 passwords of git requests (without it, git over HTTPS is refused)
+        self.secret_access_key = secret_access_key
         self.region = region
         self.session_token = session_token
         self.repos: dict[str, LocalGitRepo] = {}
@@ -81,6 +92,8 @@ class CodeCommitAPI(FakeServer):
 
     # ------------------------------------------------------------------ protocol
     def handle(self, request: Request) -> Response:
+        if request.path.startswith("/v1/repos/"):
+            return self._git(request)
         try:
             return self._json(200, self._dispatch(request))
         except CodeCommitError as exc:
@@ -134,6 +147,42 @@ class CodeCommitAPI(FakeServer):
         if self.session_token is not None and request.headers.get("x-amz-security-token") != self.session_token:
             raise CodeCommitError("UnrecognizedClientException",
                                   "The security token included in the request is invalid.", 403)
+
+    def _git(self, request: Request) -> Response:
+        """git over HTTPS at ``cloneUrlHttp``: the user name is the access key id (``%`` and the
+        session token, if any), the password ``<timestamp>Z<signature>``, a SigV4 signature of a
+        ``GIT`` request for the repository's path and host (what the AWS CLI's credential helper
+        computes: https://docs.aws.amazon.com/codecommit/latest/userguide/setting-up-https-unixes.html),
+        checked here with the secret key, and at most 15 minutes old."""
+        name, _, rest = request.path.removeprefix("/v1/repos/").partition("/")
+        credentials = basic_auth(request)
+        if credentials is None or self.secret_access_key is None:
+            return challenge("CodeCommit")
+        user, password = credentials
+        _, _, token = user.partition("%")
+        timestamp, _, signature = password.partition("Z")
+        expected_user = self.access_key_id + (f"%{self.session_token}" if self.session_token else "")
+        try:
+            age = time.time() - datetime.datetime.strptime(timestamp, "%Y%m%dT%H%M%S").replace(
+                tzinfo=datetime.UTC).timestamp()
+        except ValueError:
+            return Response(403, b"malformed password\n")
+        if user != expected_user or not 0 <= age + 60 <= 900 + 60 or not hmac.compare_digest(
+                signature, self._git_signature(f"/v1/repos/{name}", timestamp, token or None)):
+            return Response(403, b"The request signature we calculated does not match\n")
+        repo = self.repos.get(name)
+        return serve_git(repo, request, "/" + rest) if repo is not None else Response(404, b"Repository not found\n")
+
+    def _git_signature(self, path: str, timestamp: str, token: str | None) -> str:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        request = AWSRequest(method="GIT", url=f"{self.url}{path}")
+        request.context["timestamp"] = timestamp
+        signer = SigV4Auth(Credentials(self.access_key_id, self.secret_access_key, token), "codecommit", self.region)
+        canonical = f"GIT\n{path}\n\nhost:127.0.0.1\n\nhost\n"
+        return str(signer.signature(signer.string_to_sign(request, canonical), request))
 
     # ------------------------------------------------------------------ helpers
     def _repo(self, params: dict[str, Any]) -> LocalGitRepo:
@@ -191,7 +240,8 @@ class CodeCommitAPI(FakeServer):
             "accountId": "111122223333",
             "repositoryId": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
             "repositoryName": name,
-            "cloneUrlHttp": f"https://git-codecommit.{self.region}.amazonaws.com/v1/repos/{name}",
+            # served by this fake (git's smart HTTP), as git-codecommit.<region>.amazonaws.com serves it
+            "cloneUrlHttp": f"{self.url}/v1/repos/{name}",
             "Arn": f"arn:aws:codecommit:{self.region}:111122223333:{name}",
         }
         branch = repo.default_branch()

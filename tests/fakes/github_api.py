@@ -1,6 +1,8 @@
 """A contract fake of the GitHub REST endpoints flowstore calls, serving real git repositories
 (:class:`tests.gitrepo.LocalGitRepo`) by ``owner/name``: a repository, a commit, contents, and for
-directories the git database's commit objects, trees and blobs.
+directories the git database's commit objects, trees and blobs; for verified sources a tag
+reference and tag objects, and each commit and tag object's ``verification`` (the ``signature``
+and the signed ``payload`` taken from the raw object git stores).
 
 What it holds to, from the REST docs (https://docs.github.com/en/rest, API version 2022-11-28):
 
@@ -157,10 +159,14 @@ class GitHubAPI(FakeServer):
             return self._get_commit(repo, urllib.parse.unquote("/".join(rest[1:])), request)
         if rest[0] == "contents":
             return self._get_contents(repo, urllib.parse.unquote("/".join(rest[1:])), request)
+        if rest[:3] == ["git", "ref", "tags"] and len(rest) >= 4 and rest[3]:
+            return self._get_tag_ref(repo, urllib.parse.unquote("/".join(rest[3:])))
         if rest[0] == "git" and len(rest) == 3 and rest[2]:
             name = urllib.parse.unquote(rest[2])
             if rest[1] == "commits":
                 return self._get_commit_object(repo, name)
+            if rest[1] == "tags":
+                return self._get_tag_object(repo, name)
             if rest[1] == "trees":
                 return self._get_tree(repo, name, request)
             if rest[1] == "blobs":
@@ -253,8 +259,38 @@ class GitHubAPI(FakeServer):
                 "tree": {"sha": tree, "url": f"{base}/trees/{tree}"},
                 "parents": [{"sha": p, "url": f"{base}/commits/{p}"} for p in parents],
                 "message": repo.git.run("log", "-1", "--format=%B", commit).decode(),
+                "verification": _verification("commit", repo.git.raw(commit)[1]),
             }
         )
+
+    def _get_tag_ref(self, repo: _Repo, name: str) -> Response:
+        # https://docs.github.com/en/rest/git/refs#get-a-reference ({ref} = tags/<name>): the object
+        # the ref names, a tag object for an annotated tag, the commit for a lightweight one
+        doc = "https://docs.github.com/rest/git/refs#get-a-reference"
+        done = repo.git.run("for-each-ref", "--format=%(objectname) %(objecttype)", f"refs/tags/{name}").decode()
+        if not done.strip():
+            return _error(404, "Not Found", doc)
+        sha, kind = done.split()[:2]
+        base = f"{self.url}/repos/{repo.full_name}/git"
+        return Response.json({"ref": f"refs/tags/{name}", "url": f"{base}/refs/tags/{name}",
+                              "object": {"type": kind, "sha": sha, "url": f"{base}/{kind}s/{sha}"}})
+
+    def _get_tag_object(self, repo: _Repo, sha: str) -> Response:
+        # https://docs.github.com/en/rest/git/tags#get-a-tag (tag_sha: an annotated tag object)
+        doc = "https://docs.github.com/rest/git/tags#get-a-tag"
+        if not _is_sha(sha) or repo.git.object_type(sha) != "tag":
+            return _error(404, "Not Found", doc)
+        raw = repo.git.raw(sha)[1]
+        head, _, _ = raw.partition(b"\n\n")
+        fields = dict(line.split(b" ", 1) for line in head.split(b"\n") if b" " in line)
+        base = f"{self.url}/repos/{repo.full_name}/git"
+        kind, target = fields[b"type"].decode(), fields[b"object"].decode()
+        return Response.json({
+            "sha": sha, "url": f"{base}/tags/{sha}", "tag": fields[b"tag"].decode(),
+            "message": repo.git.run("tag", "-l", "--format=%(contents)", fields[b"tag"].decode()).decode(),
+            "object": {"type": kind, "sha": target, "url": f"{base}/{kind}s/{target}"},
+            "verification": _verification("tag", raw),
+        })
 
     def _get_tree(self, repo: _Repo, tree_sha: str, request: Request) -> Response:
         # https://docs.github.com/en/rest/git/trees#get-a-tree: tree_sha is "the SHA1 value or ref
@@ -340,6 +376,41 @@ class GitHubAPI(FakeServer):
             }
         )
         return response
+
+
+def _verification(kind: str, raw: bytes) -> dict[str, Any]:
+    """The ``verification`` object of a git database answer, from the object as git stores it:
+    ``signature`` (what was extracted) and ``payload`` (the object without it: the value that was
+    signed). GitHub says ``verified: true`` for a good signature by a key *some* GitHub account
+    has uploaded; this fake says so for every signed object, which is why flowstore must never
+    believe it (https://docs.github.com/en/rest/git/commits#signature-verification-object)."""
+    payload, signature = _split_signature(kind, raw)
+    if signature is None:
+        return {"verified": False, "reason": "unsigned", "signature": None, "payload": None, "verified_at": None}
+    return {"verified": True, "reason": "valid", "signature": signature, "payload": payload,
+            "verified_at": "2026-01-01T00:00:00Z"}
+
+
+def _split_signature(kind: str, raw: bytes) -> tuple[str, str | None]:
+    text = raw.decode("utf-8")
+    if kind == "tag":  # the signature follows the message
+        at = min((i for i in (text.find("-----BEGIN PGP SIGNATURE-----"), text.find("-----BEGIN SSH SIGNATURE-----"))
+                  if i >= 0), default=-1)
+        return (text, None) if at < 0 else (text[:at], text[at:])
+    head, sep, message = text.partition("\n\n")
+    lines, signature, inside = [], [], False
+    for line in head.split("\n"):
+        if line.startswith(("gpgsig ", "gpgsig-sha256 ")):
+            inside = True
+            signature.append(line.split(" ", 1)[1])
+        elif inside and line.startswith(" "):
+            signature.append(line[1:])
+        else:
+            inside = False
+            lines.append(line)
+    if not signature:
+        return text, None
+    return "\n".join(lines) + sep + message, "\n".join(signature) + "\n"
 
 
 def _error(status: int, message: str, documentation_url: str) -> Response:

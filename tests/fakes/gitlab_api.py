@@ -1,5 +1,6 @@
 """A contract fake of the GitLab REST v4 endpoints flowstore calls (a project, a commit, a raw
-file, and for directories the repository tree and raw blobs), serving real git repositories
+file, and for directories the repository tree and raw blobs) and git's smart HTTP at each
+project's ``http_url_to_repo`` (fetch only, for verified sources), serving real git repositories
 (:class:`tests.gitrepo.LocalGitRepo`) as projects, by numeric id or by ``namespace/project``
 path. The API base is ``fake.url + "/api/v4"``.
 
@@ -34,6 +35,7 @@ import time
 import urllib.parse
 
 from tests.fakes.base import FakeServer, Request, Response
+from tests.fakes.git_http import basic_auth, challenge, serve_git
 from tests.helpers.gitrepo import LocalGitRepo
 
 #: gitlab.com's authenticated API limit per minute
@@ -111,6 +113,8 @@ class GitLabAPI(FakeServer):
                 throttle.remaining -= 1
         if throttle is not None:
             return self._throttled(throttle)
+        if ".git/" in request.path and not request.path.startswith("/api/"):
+            return self._git(request)
         authenticated, failure = self._authenticate(request)
         if failure is not None:
             return self._finish(failure)
@@ -159,6 +163,19 @@ class GitLabAPI(FakeServer):
             return self._get_raw_blob(project, urllib.parse.unquote(rest[2]))
         return self._get_raw_file(project, urllib.parse.unquote(rest[2]), request)
 
+    def _git(self, request: Request) -> Response:
+        # git over HTTPS at the project's http_url_to_repo: a token is the password, any user name
+        # (oauth2 by convention) (https://docs.gitlab.com/ee/api/oauth2.html#access-git-over-https-with-access-token,
+        # https://docs.gitlab.com/ee/user/profile/personal_access_tokens.html: scope read_repository)
+        path, _, rest = request.path.lstrip("/").partition(".git")
+        project = self._find(path)
+        credentials = basic_auth(request)
+        if credentials is not None and (self.token is None or credentials[1] != self.token):
+            return challenge("GitLab")
+        if project is None or (project.private and credentials is None):
+            return challenge("GitLab") if credentials is None else Response(404, b"Not Found\n")
+        return serve_git(project.git, request, rest)
+
     def _find(self, id_or_path: str) -> _Project | None:
         if id_or_path.isdigit():
             return self._projects.get(int(id_or_path))
@@ -181,6 +198,8 @@ class GitLabAPI(FakeServer):
                 "visibility": "private" if project.private else "public",
                 "empty_repo": empty,
                 "web_url": f"{self.web_url}/{project.path_with_namespace}",
+                # served by this fake too (git's smart HTTP), as GitLab serves it beside the API
+                "http_url_to_repo": f"{self.url}/{project.path_with_namespace}.git",
             }
         )
 

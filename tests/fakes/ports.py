@@ -38,6 +38,8 @@ class FakeCluster:
         self.flows: dict[str, dict[str, Any]] = {}
         self.builds = 0
         self.uploads = 0
+        #: storages opened (``storage_for`` calls): the core opens one per pass
+        self.opened = 0
         self.images = ImageBuilder(debounce=0.0)
         self.jobs: Callable[[BuildRequest], sandbox.Built | Pending] | None = None
         #: ServiceAccount name -> its annotations; their tokens are "token-for-<name>"
@@ -92,6 +94,7 @@ class FakeCluster:
 
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
                     identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
+        self.opened += 1
         cls = backend_class(spec.backend)
         if identity is not None:
             self.identities.append(identity)

@@ -19,11 +19,48 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
+
+
+def http_backend(root: Path, method: str, path_info: str, query: str, headers: Mapping[str, str], body: bytes, *,
+                 user: str = "", remote_addr: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    """One request to ``git http-backend`` (CGI) serving the repositories under `root`: `path_info`
+    is ``/<repo>.git/info/refs`` or ``/<repo>.git/git-upload-pack`` (…), `headers` lower-cased.
+    Returns (status, headers, body) of its answer."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_PROJECT_ROOT": str(root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_USER": user,
+        "REMOTE_ADDR": remote_addr,
+        "GIT_PROTOCOL": headers.get("git-protocol", ""),
+        "HTTP_CONTENT_ENCODING": headers.get("content-encoding", ""),
+    }
+    done = subprocess.run([HTTP_BACKEND], input=body, capture_output=True, env=env, check=False)
+    head, sep, payload = done.stdout.partition(b"\r\n\r\n")
+    if not sep:
+        head, _, payload = done.stdout.partition(b"\n\n")
+    if done.returncode and not done.stdout:
+        return 500, {"Content-Type": "text/plain"}, done.stderr[-2000:]
+    status, answer = 200, {}
+    for line in head.decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.strip().split()[0])
+        elif name:
+            answer[name.strip()] = value.strip()
+    return status, answer, payload
 
 
 def make_handler(root: Path, username: str, password: str,
@@ -74,34 +111,9 @@ def make_handler(root: Path, username: str, password: str,
             if ".." in path_info or not (root / repo).is_dir():
                 self._answer(404, b"Repository not found\n", {"Content-Type": "text/plain"})
                 return
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "GIT_PROJECT_ROOT": str(root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": path_info,
-                "QUERY_STRING": parts.query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_USER": username,
-                "REMOTE_ADDR": self.client_address[0],
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-            }
-            done = subprocess.run([HTTP_BACKEND], input=body, capture_output=True, env=env, check=False)
-            head, _, payload = done.stdout.partition(b"\r\n\r\n")
-            if not _:
-                head, _, payload = done.stdout.partition(b"\n\n")
-            status, headers = 200, {}
-            for line in head.decode("latin-1").splitlines():
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.strip().split()[0])
-                elif name:
-                    headers[name.strip()] = value.strip()
-            if done.returncode and not done.stdout:
-                self._answer(500, done.stderr[-2000:], {"Content-Type": "text/plain"})
-                return
+            status, headers, payload = http_backend(
+                root, self.command, path_info, parts.query, {k.lower(): v for k, v in self.headers.items()}, body,
+                user=username, remote_addr=self.client_address[0])
             self._answer(status, payload, headers)
 
         do_GET = do_POST = _serve

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from tests.helpers.gitsigning import Signer, signing_args
+
 _ENV = {
     "GIT_AUTHOR_NAME": "flowstore tests",
     "GIT_AUTHOR_EMAIL": "tests@flowstore.dev",
@@ -65,6 +67,8 @@ class LocalGitRepo:
         self.bare = root / f"{self.name}.git"
         git("init", "-q", "--bare", "--initial-branch=main", str(self.bare))
         git("config", "http.receivepack", "true", cwd=self.bare)
+        # fetches of single objects without their trees (--filter=tree:0), as the providers allow
+        git("config", "uploadpack.allowFilter", "true", cwd=self.bare)
 
     def run(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
         return git(*args, cwd=self.bare, input=input, env=env)
@@ -75,9 +79,10 @@ class LocalGitRepo:
         return done.stdout.decode().strip() or None
 
     def commit(self, files: Mapping[str, bytes | Symlink | Submodule | None], message: str = "update flows",
-               branch: str = "main", parent: str | None = None) -> str:
+               branch: str = "main", parent: str | None = None, signer: Signer | None = None) -> str:
         """Commit `files` (path -> bytes, a Symlink or a Submodule; None deletes the path) on top
-        of `branch` (or `parent`), move the branch there, and return the new commit id."""
+        of `branch` (or `parent`), move the branch there, and return the new commit id. With
+        `signer` the commit is signed (``commit-tree -S``), as ``git commit -S`` signs."""
         base = parent or self.head(branch)
         index = self.bare / f"index-{uuid.uuid4().hex}"
         env = {"GIT_INDEX_FILE": str(index)}
@@ -98,15 +103,30 @@ class LocalGitRepo:
             tree = self.run("write-tree", env=env).decode().strip()
         finally:
             index.unlink(missing_ok=True)
-        args = ["commit-tree", tree, "-m", message]
+        options, signer_env = signing_args(signer)
+        args = [*options, "commit-tree", tree, "-m", message, *(["-S"] if signer else [])]
         if base:
             args += ["-p", base]
-        commit = self.run(*args).decode().strip()
+        commit = self.run(*args, env=signer_env).decode().strip()
         self.run("update-ref", f"refs/heads/{branch}", commit)
         return commit
 
-    def tag(self, name: str, commit: str) -> None:
-        self.run("update-ref", f"refs/tags/{name}", commit)
+    def tag(self, name: str, commit: str, *, message: str | None = None, signer: Signer | None = None) -> str:
+        """Tag `commit` as `name` (moving the tag if it exists): a lightweight tag, or an
+        annotated one with `message`, signed with `signer` (``git tag -s``). Returns the tag's
+        object id (the commit's for a lightweight tag)."""
+        if message is None and signer is None:
+            self.run("update-ref", f"refs/tags/{name}", commit)
+            return commit
+        options, signer_env = signing_args(signer)
+        self.run(*options, "tag", "-f", *(["-s"] if signer else ["-a"]), "-m", message or name, name, commit,
+                 env=signer_env)
+        return self.run("rev-parse", f"refs/tags/{name}").decode().strip()
+
+    def raw(self, object_id: str) -> tuple[str, bytes]:
+        """(type, bytes) of an object as git stores it (without the ``<type> <size>`` header)."""
+        kind = self.run("cat-file", "-t", object_id).decode().strip()
+        return kind, self.run("cat-file", kind, object_id)
 
     def force(self, branch: str, commit: str) -> None:
         """Force-move `branch` to `commit` (a force-push)."""

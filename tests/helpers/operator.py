@@ -64,7 +64,7 @@ class OperatorProcess:
         # Ready to be observed once its metrics endpoint answers (imports take a moment).
         import urllib.request
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # imports alone take 30 s and more on a loaded 2-core machine
         while True:
             assert self.proc.poll() is None, self.logs()
             try:
@@ -73,8 +73,9 @@ class OperatorProcess:
             except OSError:
                 if time.monotonic() > deadline:
                     # Stop it: a fixture whose start failed never tears down, and a stray
-                    # cluster-wide operator would serve every later test's objects too.
-                    self.stop()
+                    # cluster-wide operator would serve every later test's objects too. SIGKILL:
+                    # one that never answered may not answer SIGTERM either.
+                    self.stop(signal.SIGKILL)
                     raise AssertionError(f"operator metrics never answered:\n{self.logs()}") from None
                 time.sleep(0.1)
 

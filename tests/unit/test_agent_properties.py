@@ -5,8 +5,10 @@ signed, and never holds more than its bounds in memory.
 
 The stored flow is benign and returns 42; next to it in the same Local directory lie a pickle and
 a script that write a marker file when loaded, a link to /dev/zero and a large sparse file. The
-agent has a signing key, and only the benign flow's digest is signed: a status may name any of
-them (hypothesis draws locations, digests and sizes from them as well as from noise).
+agent has a signing key, and the benign flow's statement is signed (as are statements naming the
+other files, which a status writer may paste in: genuine signatures over other artifacts): a
+status may name any of them (hypothesis draws locations, digests, sizes and signatures from them
+as well as from noise).
 Derandomized for CI; ``FLOWSTORE_PROPERTY_EXAMPLES=2000`` explores further."""
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from hypothesis import strategies as st
 from flowstore import client
 from flowstore.artifacts import bundle, loading
 from flowstore.artifacts.cache import Cache, Settings
-from flowstore.artifacts.signing import sign
 from flowstore.storage.local import Local
-from tests.fakes.agent_api import FakeApi, digest_of
+from tests.fakes.agent_api import UID, FakeApi, digest_of, sign_status
 
 EXAMPLES = int(os.environ.get("FLOWSTORE_PROPERTY_EXAMPLES", "300"))
 KEY = b"a-signing-key-of-some-length-0123"
@@ -66,18 +67,32 @@ def _world() -> dict[str, Any]:
         evil_bundle = bundle.pack({"main.py": (store / "evil.py").read_bytes()}, bundle.Entrypoint("main.py"))
         (store / "evil.bundle").write_bytes(evil_bundle)
     names = ["good", "evil.py", "evil.pickle", "zero", "sparse", "evil.bundle"]
-    digests = [digest_of((store / n).read_bytes()) for n in names if n not in ("zero", "sparse")]
+    readable = [n for n in names if n not in ("zero", "sparse")]
+    digests = [digest_of((store / n).read_bytes()) for n in readable]
     return {"store": store, "marker": ROOT / "marker", "locations": [str(store / n) for n in names],
-            "digests": digests}
+            "digests": digests, "files": {n: (store / n).read_bytes() for n in readable}}
 
 
 WORLD = _world()
-GOOD_STATUS = {
+GOOD_STATUS = sign_status({
     "location": str(WORLD["store"] / "good"), "flowName": "etl daily",
     "storage": {**Local(directory=str(WORLD["store"])).to_status(), "flows": {}},
     "artifact": {"url": "file:///x", "digest": digest_of(SCRIPT), "size": len(SCRIPT), "format": "script",
-                 "signature": sign(KEY, "etl daily", digest_of(SCRIPT))},
-}
+                 "revision": 1, "designation": 1, "lastUpdateTime": "2026-11-26T10:00:00Z"},
+}, KEY)
+_FORMATS = {"good": "script", "evil.py": "script", "evil.pickle": "pickle", "evil.bundle": "bundle"}
+
+
+def _signed_elsewhere(name: str, data: bytes) -> str:
+    """A genuine signature over the statement naming another file of the world (as the operator
+    would have signed it had that file been stored): a status writer may paste it in."""
+    status = json.loads(json.dumps(GOOD_STATUS))
+    status["location"] = str(WORLD["store"] / name)
+    status["artifact"].update(digest=digest_of(data), size=len(data), format=_FORMATS[name])
+    return str(sign_status(status, KEY)["artifact"]["signature"])
+
+
+OTHER_SIGNATURES = [_signed_elsewhere(n, data) for n, data in WORLD["files"].items()]
 FLOWSTORAGE = {"spec": {"local": {"directory": str(WORLD["store"])}}}
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63), st.floats(allow_nan=False),
@@ -104,8 +119,7 @@ storages = st.one_of(
 MUTATIONS: list[tuple[str, str, st.SearchStrategy[Any]]] = [
     ("status", "location", locations), ("status", "storage", storages), ("status", "flowName", json_any),
     ("artifact", "digest", digests), ("artifact", "size", sizes), ("artifact", "format", formats),
-    ("artifact", "signature", st.one_of(st.sampled_from([sign(KEY, "etl daily", d) for d in WORLD["digests"]]),
-                                        json_any)),
+    ("artifact", "signature", st.one_of(st.sampled_from(OTHER_SIGNATURES), json_any)),
     ("artifact", "fileName", json_any), ("artifact", "entrypoint", json_any), ("artifact", "url", json_any),
     ("status", "artifact", json_any), ("status", "git", json_any),
     ("storage", "directory", st.one_of(st.just("/"), st.just(str(WORLD["store"].parent)), json_any)),
@@ -133,10 +147,12 @@ specs = st.one_of(st.just({"storageRef": {"name": "store"}}), st.just({"storageR
 @pytest.fixture(autouse=True, scope="module")
 def _agent_env() -> Any:
     saved = {k: os.environ.get(k) for k in ("FLOWSTORE_SIGNING_KEY", "FLOWSTORE_MAX_ARTIFACT_BYTES",
-                                            "FLOWSTORE_CACHE_DIR", "FLOWSTORE_TRUSTED_STORAGES")}
+                                            "FLOWSTORE_CACHE_DIR", "FLOWSTORE_TRUSTED_STORAGES",
+                                            "FLOWSTORE_VERIFY_KEY")}
     os.environ.update(FLOWSTORE_SIGNING_KEY=KEY.decode(), FLOWSTORE_MAX_ARTIFACT_BYTES="1Mi",
                       FLOWSTORE_CACHE_DIR=str(ROOT / "cache"))
     os.environ.pop("FLOWSTORE_TRUSTED_STORAGES", None)
+    os.environ.pop("FLOWSTORE_VERIFY_KEY", None)
     yield
     for directory, dirnames, _ in os.walk(ROOT):
         for name in dirnames:
@@ -154,7 +170,7 @@ def _agent_env() -> Any:
 @given(status=hostile_statuses(), spec=st.integers(0, 9).flatmap(lambda n: specs if n == 0 else
                                                                    st.just({"storageRef": {"name": "store"}})))
 def test_a_hostile_status_only_ever_gives_the_signed_flow_or_an_agent_error(status: dict[str, Any], spec: Any) -> None:
-    api = FakeApi({"metadata": {"name": "etl"}, "spec": spec, "status": status}, FLOWSTORAGE)
+    api = FakeApi({"metadata": {"name": "etl", "uid": UID}, "spec": spec, "status": status}, FLOWSTORAGE)
     tracemalloc.start()
     try:
         flow = client.load_flow("etl", "data", api=api)

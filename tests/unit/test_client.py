@@ -16,10 +16,10 @@ import pytest
 from flowstore import cli, client
 from flowstore.agent.errors import StatusError, TrustUnavailable, UntrustedLocation
 from flowstore.artifacts.cache import Cache, Settings
-from flowstore.artifacts.signing import SignatureError, sign
+from flowstore.artifacts.signing import SignatureError
 from flowstore.storage.errors import IntegrityError
 from flowstore.storage.local import Local
-from tests.fakes.agent_api import FakeApi, digest_of, local_flow
+from tests.fakes.agent_api import FakeApi, digest_of, local_flow, sign_status
 
 SCRIPT = b"from flowstore.flow import Flow\nflow = Flow('etl daily', lambda: 42)\n"
 KEY = "a-signing-key-of-some-length-0123"
@@ -41,7 +41,8 @@ def envelope_of(obj: Any) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _agent_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("FLOWSTORE_SIGNING_KEY", "FLOWSTORE_TRUSTED_STORAGES", "FLOWSTORE_MAX_ARTIFACT_BYTES"):
+    for name in ("FLOWSTORE_SIGNING_KEY", "FLOWSTORE_VERIFY_KEY", "FLOWSTORE_TRUSTED_STORAGES",
+                 "FLOWSTORE_MAX_ARTIFACT_BYTES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -123,8 +124,9 @@ def test_wrong_typed_status_fields_are_status_errors_and_flowstore_run_says_so_i
 
 
 def test_an_empty_signing_key_is_an_error_not_verification_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    signed = {"signature": sign(KEY.encode(), "etl daily", digest_of(SCRIPT))}
-    api = FakeApi(*local_flow(tmp_path / "store", SCRIPT, **signed))
+    storedflow, flowstorage = local_flow(tmp_path / "store", SCRIPT)
+    sign_status(storedflow["status"], KEY)
+    api = FakeApi(storedflow, flowstorage)
     monkeypatch.setenv("FLOWSTORE_SIGNING_KEY", "")
     with pytest.raises(SignatureError, match="FLOWSTORE_SIGNING_KEY is set but empty"):
         client.load_flow("etl", "data", api=api)

@@ -19,10 +19,10 @@ import yaml
 from flowstore import client
 from flowstore import prefect as fp
 from flowstore.agent.status import StoredFlowView, parse
-from flowstore.artifacts import bundle
+from flowstore.artifacts import bundle, signing, statement
 from flowstore.artifacts.bundle import Entrypoint
 from flowstore.artifacts.cache import Cache, CacheError, Settings
-from flowstore.artifacts.signing import SignatureError, sign
+from flowstore.artifacts.signing import SignatureError
 from flowstore.storage.errors import IntegrityError
 from flowstore.storage.local import Local
 
@@ -46,8 +46,8 @@ class FakeApi:
         if plural == "flowstorages":
             return {"metadata": {"name": name, "namespace": namespace},
                     "spec": {"local": {"directory": self.status["storage"]["directory"]}}}
-        return {"metadata": {"name": name, "namespace": namespace}, "spec": {"storageRef": {"name": "store"}},
-                "status": self.status}
+        return {"metadata": {"name": name, "namespace": namespace, "uid": "uid-1"},
+                "spec": {"storageRef": {"name": "store"}}, "status": self.status}
 
 
 def stored(tmp_path: Path, data: bytes, fmt: str = "script", **artifact: Any) -> dict[str, Any]:
@@ -151,21 +151,57 @@ def test_a_cache_entry_altered_on_disk_is_dropped_and_downloaded_again(tmp_path:
     assert entry.read_bytes() == SCRIPT
 
 
+def signed(status: dict[str, Any], key: str | bytes = KEY) -> dict[str, Any]:
+    """`status` as the operator signs it (revision 1, designation 1)."""
+    status["artifact"].update(revision=1, designation=1, lastUpdateTime="2026-11-26T10:00:00Z")
+    signer = signing.signer_from_secret(key.encode() if isinstance(key, str) else key, None, where="test")
+    made = statement.sign(statement.from_status(status, namespace="data", name="etl-daily", uid="uid-1"), signer)
+    status["artifact"].update(signature=made.signature, keyId=made.key_id)
+    return status
+
+
+@pytest.fixture(autouse=True)
+def _own_agent_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's memory of verified designations under this test's own cache."""
+    monkeypatch.setenv("FLOWSTORE_CACHE_DIR", str(tmp_path / "agent"))
+    monkeypatch.delenv("FLOWSTORE_VERIFY_KEY", raising=False)
+
+
 def test_signatures_are_checked_before_the_cache_or_the_storage(tmp_path: Path, downloads: list[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLOWSTORE_SIGNING_KEY", raising=False)
-    status = stored(tmp_path, SCRIPT, fileName="etl_daily.py", signature=sign(KEY.encode(), "etl daily",
-                                                                               digest_of(SCRIPT)))
+    status = signed(stored(tmp_path, SCRIPT, fileName="etl_daily.py"))
     assert prepare(tmp_path, status, signing_key=KEY).signature_verified
-    with pytest.raises(SignatureError, match="does not match"):
+    with pytest.raises(SignatureError, match="which this agent does not hold"):
         prepare(tmp_path, status, signing_key="another-key-0123456789")
     monkeypatch.setenv("FLOWSTORE_SIGNING_KEY", "another-key-0123456789")
-    with pytest.raises(SignatureError, match="does not match"):
+    with pytest.raises(SignatureError, match="FLOWSTORE_SIGNING_KEY"):
         prepare(tmp_path, status)
     unsigned = stored(tmp_path, SCRIPT, fileName="etl_daily.py")
     with pytest.raises(SignatureError, match="not signed"):
         prepare(tmp_path, unsigned, signing_key=KEY)
     assert len(downloads) == 1, "refused records are never downloaded"
+
+
+def test_an_ed25519_public_key_verifies_and_may_be_written_into_the_pull_step(tmp_path: Path,
+                                                                              downloads: list[str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    status = signed(stored(tmp_path, SCRIPT, fileName="etl_daily.py"), private)
+    assert prepare(tmp_path, status, verify_key=public).signature_verified
+    tampered = copy.deepcopy(status)
+    tampered["flowName"] = "another flow"
+    with pytest.raises(SignatureError, match="does not match"):
+        prepare(tmp_path, tampered, verify_key=public)
+    assert len(downloads) == 1
+    step = fp.FlowstoreStorage("etl-daily", "data", verify_key=public).to_pull_step()
+    assert step == {fp.PULL_STEP: {"name": "etl-daily", "namespace": "data", "verify_key": public}}
 
 
 def _fetch_once_in_a_child(root: str, log: str, data: bytes, barrier: Any) -> None:
@@ -271,7 +307,7 @@ def test_pull_flow_prepares_the_working_directory_and_returns_it(tmp_path: Path,
     assert out == {"directory": str(run_dir / "data_etl-daily"), "digest": digest_of(SCRIPT), "commit": None,
                    "storedflow": "data/etl-daily", "entrypoint": "etl_daily.py", "format": "script"}
     assert (Path(out["directory"]) / "etl_daily.py").read_bytes() == SCRIPT
-    with pytest.raises(SignatureError, match="no signing key"):
+    with pytest.raises(SignatureError, match="has no key"):
         fp.pull_flow(name="etl-daily", namespace="data", require_signature=True)
 
 

@@ -23,7 +23,8 @@ def storage_obj(directory: Path, **spec: Any) -> dict[str, Any]:
 
 
 def flow_obj(name: str = "etl", created: str = "2026-01-01T00:00:00Z", **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ns", "generation": 1, "creationTimestamp": created},
+    return {"metadata": {"name": name, "namespace": "ns", "generation": 1, "creationTimestamp": created,
+                         "uid": f"uid-{name}"},
             "spec": {"storageRef": {"name": "store"}, "flowName": "etl", "source": {"inline": SCRIPT}, **spec}}
 
 
@@ -52,6 +53,21 @@ def test_second_pass_with_nothing_changed_builds_and_uploads_nothing(cluster: Fa
     outcome = reconcile_stored_flow(obj, cluster)
     assert (cluster.builds, cluster.uploads) == (1, 1)
     assert not status_changed(before, outcome.status)
+
+
+def test_each_pass_opens_the_storage_once(cluster: FakeCluster, tmp_path: Path) -> None:
+    """Opening a storage reads its credentials Secret: a pass opens it once (step 1) and hands
+    it down, whatever it does (store, settle, check for drift, serialize the storage)."""
+    obj = settle(flow_obj(), cluster)
+    assert cluster.opened == 1 and cluster.uploads == 1
+    settle(obj, cluster, check_drift=True)
+    assert cluster.opened == 2
+    Path(obj["status"]["location"]).unlink()  # drift: the same pass stores it again
+    obj = settle(obj, cluster, check_drift=True)
+    assert cluster.opened == 3 and cluster.uploads == 2 and ready(obj)["status"] == "True"
+    obj["spec"]["source"]["inline"] = SCRIPT + "# changed\n"
+    settle(obj, cluster)
+    assert cluster.opened == 4 and cluster.uploads == 3
 
 
 def test_a_pickle_records_the_versions_that_built_it_and_a_script_none(cluster: FakeCluster) -> None:
@@ -217,20 +233,43 @@ def test_condition_messages_are_bounded() -> None:
 
 
 def test_signing_key_from_a_secret_signs_and_its_absence_stalls(cluster: FakeCluster, tmp_path: Path) -> None:
-    from flowstore.artifacts.signing import sign
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from flowstore.artifacts import signing, statement
 
     cluster.storages["store"] = storage_obj(tmp_path / "flows", signing={"secretRef": {"name": "sig"}})
     outcome = reconcile_stored_flow(flow_obj(), cluster)
     assert outcome.failure is not None and outcome.failure.reason == "SecretNotFound"
     assert "spec.signing.secretRef" in outcome.failure.message and cluster.uploads == 0
 
+    def pem() -> str:
+        return ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+    first = pem()
     cluster.secrets["sig"] = {"metadata": {"uid": "s", "resourceVersion": "1"},
-                              "data": {"FLOWSTORE_SIGNING_KEY": "x" * 32}}
+                              "data": {"FLOWSTORE_SIGNING_KEY": first}}
     obj = settle(flow_obj(), cluster)
     artifact = obj["status"]["artifact"]
-    assert artifact["signature"] == sign(b"x" * 32, "etl", artifact["digest"])
-    # Rotating the key re-signs: the flow is stored again.
-    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = "y" * 32
-    obj = settle(obj, cluster)
-    assert cluster.uploads == 2 and obj["status"]["artifact"]["signature"] == sign(
-        b"y" * 32, "etl", obj["status"]["artifact"]["digest"])
+    signer = signing.signer_from_secret(first.encode(), None, where="test")
+    assert (artifact["keyId"], artifact["revision"], artifact["designation"]) == (signer.key_id, 1, 1)
+    rebuilt = statement.from_status(obj["status"], namespace="ns", name="etl", uid="uid-etl")
+    assert statement.verify(rebuilt, artifact["signature"], artifact["keyId"], [signer.verifier()], what="etl")
+    # Another key re-signs the same revision: a status update, nothing stored again.
+    second = pem()
+    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = second
+    outcome = reconcile_stored_flow(obj, cluster)
+    assert cluster.uploads == 1 and outcome.status["artifact"]["keyId"] != artifact["keyId"]
+    assert outcome.status["artifact"]["revision"] == 1 and outcome.status["artifact"]["designation"] == 1
+    assert [e.reason for e in outcome.events] == ["Signed"]
+    # A key that is not what the provider needs: a spec error saying how to make one.
+    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = "short"
+    failed = reconcile_stored_flow(obj, cluster)
+    assert failed.failure is not None and failed.failure.reason == "InvalidSpec" and "16 characters" in \
+        failed.failure.message
+    # FlowStorage status publishes the public key (never the private one)
+    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = second
+    published = reconcile_flow_storage(cluster.storages["store"], cluster).status["signing"]
+    assert published["provider"] == "ed25519" and published["publicKey"].startswith("-----BEGIN PUBLIC KEY")
+    assert "PRIVATE" not in json.dumps(published)

@@ -43,6 +43,8 @@ class StoredFlowView:
 
     namespace: str
     name: str
+    #: metadata.uid as the API server gave it ("" when absent): a signed statement names it
+    uid: str
     #: spec.storageRef.name (the tenant's word: the status writer cannot change the spec)
     storage_ref: str | None
     #: spec.key: the location the tenant chose, if any
@@ -76,6 +78,7 @@ def parse(obj: Any, *, namespace: str, name: str) -> StoredFlowView:
         raise StatusError(f"{what}: the API returned {type(obj).__name__}, not an object")
     spec = _mapping(obj.get("spec"), what, "spec")
     status = _mapping(obj.get("status"), what, "status")
+    meta = _mapping(obj.get("metadata"), what, "metadata")
     if not status.get("location") or not status.get("artifact") or not status.get("storage"):
         raise FlowNotAvailable(f"{what} has not been stored yet; see "
                                f"`kubectl describe storedflow {name} -n {namespace}`")
@@ -91,6 +94,7 @@ def parse(obj: Any, *, namespace: str, name: str) -> StoredFlowView:
                    "(Storage.to_status), not the seed's serialized form")
     return StoredFlowView(
         namespace=namespace, name=name,
+        uid=_text(meta.get("uid"), what, "metadata.uid", optional=True) or "",
         storage_ref=_text(storage_ref.get("name"), what, "spec.storageRef.name", optional=True),
         key=_text(spec.get("key"), what, "spec.key", optional=True),
         object_name=_text(spec.get("objectName"), what, "spec.objectName", optional=True),

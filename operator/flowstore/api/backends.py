@@ -33,6 +33,9 @@ class Backend:
     agent_credentials: str = ""
 
 
+#: git-hosted blocks: checking the flow, and verifying commits (spec.<backend>.verify, the keys its
+#: Secret holds: ``verifyKeys``) decide whether a commit is pinned, not what is stored
+_GIT_REACH: Final = frozenset({"checkFlow", "verify", "verifyKeys"})
 _AWS_AGENT = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in its environment, or an AWS "
               "profile or identity")
 
@@ -53,18 +56,18 @@ BACKENDS: Final = (
             agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
                               "docker login writes it"),
     Backend("github", "GitHub", "flowstore.storage.git.github", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"}), agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
+            reach_fields=_GIT_REACH, agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
     Backend("gitlab", "GitLab", "flowstore.storage.git.gitlab", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"}), agent_credentials="GITLAB_ACCESS_TOKEN in its environment"),
+            reach_fields=_GIT_REACH, agent_credentials="GITLAB_ACCESS_TOKEN in its environment"),
     Backend("bitbucket", "Bitbucket", "flowstore.storage.git.bitbucket", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"}),
+            reach_fields=_GIT_REACH,
             agent_credentials="BITBUCKET_USERNAME and BITBUCKET_APP_PASSWORD, or BITBUCKET_ACCESS_TOKEN, in its "
                               "environment"),
     Backend("codecommit", "CodeCommit", "flowstore.storage.git.codecommit", "codecommit",
-            reach_fields=frozenset({"clientOptions", "checkFlow", "identity"}),
+            reach_fields=_GIT_REACH | {"clientOptions", "identity"},
             agent_credentials=_AWS_AGENT),
     Backend("git", "Git", "flowstore.storage.git.plain", None, anonymous_without_secret=True,
-            reach_fields=frozenset({"checkFlow"}),
+            reach_fields=_GIT_REACH,
             agent_credentials="GIT_USERNAME and GIT_PASSWORD, GIT_TOKEN, or SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS, in "
                               "its environment"),
 )

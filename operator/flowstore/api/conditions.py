@@ -46,8 +46,16 @@ def stalled_for(conditions: list[Condition] | None, reason: str) -> float:
     return max(0.0, (dt.datetime.now(dt.UTC) - since).total_seconds())
 
 
+def readable(conditions: object) -> list[Condition]:
+    """The conditions of a status as a list of mappings: a status is hostile input (anyone who
+    may patch it can write anything), so what is not a list of mappings is not recorded."""
+    if not isinstance(conditions, list):
+        return []
+    return [c for c in conditions if isinstance(c, dict) and isinstance(c.get("type"), str)]
+
+
 def get_condition(conditions: list[Condition] | None, ctype: str) -> Condition | None:
-    return next((c for c in conditions or [] if c.get("type") == ctype), None)
+    return next((c for c in readable(conditions) if c.get("type") == ctype), None)
 
 
 def set_condition(
@@ -74,7 +82,7 @@ def set_condition(
         "observedGeneration": generation,
         "lastTransitionTime": transition,
     }
-    out = [c for c in conditions or [] if c.get("type") != ctype]
+    out = [c for c in readable(conditions) if c.get("type") != ctype]
     out.append(new)
     order = {ConditionType.READY: 0, ConditionType.RECONCILING: 1, ConditionType.STALLED: 2,
              ConditionType.SUSPENDED: 3}
@@ -82,7 +90,7 @@ def set_condition(
 
 
 def remove_condition(conditions: list[Condition] | None, ctype: str) -> list[Condition]:
-    return [c for c in conditions or [] if c.get("type") != ctype]
+    return [c for c in readable(conditions) if c.get("type") != ctype]
 
 
 def _without(conditions: list[Condition], *types: str) -> list[Condition]:
@@ -101,7 +109,7 @@ def mark_suspended(conditions: list[Condition] | None, message: str, generation:
     suspended object is where it will stay), never InProgress or Failed for ever, and a
     ``kubectl wait --for=condition=Ready`` is not told that a flow never stored is stored."""
     ready = get_condition(conditions, ConditionType.READY)
-    out = _without(list(conditions or []), ConditionType.RECONCILING, ConditionType.STALLED)
+    out = _without(readable(conditions), ConditionType.RECONCILING, ConditionType.STALLED)
     if not ready or ready.get("status") != "True":
         out = _without(out, ConditionType.READY)
     return set_condition(out, ConditionType.SUSPENDED, "True", Reason.SUSPENDED, message, generation)
@@ -128,6 +136,22 @@ def mark_failed(
     return remove_condition(out, ConditionType.STALLED)
 
 
+def mark_source_verified(conditions: list[Condition] | None, verified_by: str | None,
+                         generation: int | None) -> list[Condition]:
+    """SourceVerified=True naming what was verified by which key (a verified git source), or no
+    SourceVerified at all (the source is not verified)."""
+    if verified_by is None:
+        return remove_condition(conditions, ConditionType.SOURCE_VERIFIED)
+    return set_condition(conditions, ConditionType.SOURCE_VERIFIED, "True", Reason.SUCCEEDED,
+                         f"Verified {verified_by}", generation)
+
+
+def mark_unverified(conditions: list[Condition] | None, message: str, generation: int | None) -> list[Condition]:
+    """SourceVerified=False: the source's commit or tag did not verify (Ready says the same)."""
+    return set_condition(conditions, ConditionType.SOURCE_VERIFIED, "False", Reason.VERIFICATION_FAILED, message,
+                         generation)
+
+
 def without_times(conditions: list[Condition] | None) -> list[Condition]:
     """Conditions with transition times dropped: for comparing desired with current status."""
-    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conditions or []]
+    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in readable(conditions)]

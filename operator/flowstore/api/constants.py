@@ -26,6 +26,9 @@ class ConditionType:
     STALLED: Final = "Stalled"
     #: present only while spec.suspend (the object's or its FlowStorage's) is true
     SUSPENDED: Final = "Suspended"
+    #: git-hosted storages with spec.<backend>.verify: whether the pinned commit (and tag) was
+    #: verified, and by which key (Flux's SourceVerified)
+    SOURCE_VERIFIED: Final = "SourceVerified"
 
 
 class Reason:
@@ -83,6 +86,8 @@ class Reason:
     REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"
     REF_NOT_FOUND: Final = "RefNotFound"
     FILE_NOT_FOUND: Final = "FileNotFound"
+    #: spec.<backend>.verify: the commit (or tag) is unsigned, or signed by a key the Secret does not hold
+    VERIFICATION_FAILED: Final = "VerificationFailed"
     # Docker storage
     HEALTHCHECK_FAILED: Final = "HealthcheckFailed"
     BASE_IMAGE_NOT_FOUND: Final = "BaseImageNotFound"
@@ -116,6 +121,8 @@ class EventReason:
 
     STORED: Final = "Stored"
     PINNED: Final = "Pinned"
+    #: the status was signed again (a new key) without storing anything
+    SIGNED: Final = "Signed"
     RETAINED: Final = "Retained"
     DELETED: Final = "Deleted"
     CLEANUP_FAILED: Final = "CleanupFailed"

@@ -63,6 +63,16 @@ class BuildSpec:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class SigningSpec:
+    """FlowStorage spec.signing: the Secret key holding the signing key, and the provider
+    (ed25519 | hmac; None: inferred from the key, a private key being ed25519)."""
+
+    secret_name: str
+    key: str
+    provider: str | None = None
+
+
 def storage_ref(spec: Mapping[str, Any] | None) -> str:
     """The FlowStorage a StoredFlow spec names (``spec.storageRef.name``), "" when it names none."""
     return str(((spec or {}).get("storageRef") or {}).get("name") or "")
@@ -79,8 +89,8 @@ class StorageSpec:
     interval_seconds: float
     suspend: bool
     stored_as_script: bool
-    #: (Secret name, key) holding the artifact-signing HMAC key, when spec.signing is set
-    signing: tuple[str, str] | None = None
+    #: spec.signing: where the signing key is and which provider (docs/signing.md)
+    signing: SigningSpec | None = None
     #: spec.build: flows of this storage are built as Jobs in this image
     build: BuildSpec | None = None
     #: spec.serviceAccountName: the storage acts as this ServiceAccount of its namespace
@@ -108,7 +118,9 @@ class StorageSpec:
         }
         signing_ref = (spec.get("signing") or {}).get("secretRef") or {}
         return cls(
-            signing=(signing_ref["name"], signing_ref.get("key") or "FLOWSTORE_SIGNING_KEY")
+            signing=SigningSpec(secret_name=str(signing_ref["name"]),
+                                key=str(signing_ref.get("key") or "FLOWSTORE_SIGNING_KEY"),
+                                provider=(spec.get("signing") or {}).get("provider") or None)
             if signing_ref.get("name") else None,
             backend=backend,
             config=config,

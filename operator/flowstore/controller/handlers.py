@@ -47,6 +47,18 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return {"spec": {"sha256": digest}}
 
 
+def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str,
+                   selector: dict[str, str] | None) -> None:
+    """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
+
+    async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
+                   storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
+        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage)
+
+    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, labels=selector,
+                registry=registry)(loop)
+
+
 def kopf_settings() -> kopf.OperatorSettings:
     """kopf's settings for flowstore, tuned once."""
     settings = kopf.OperatorSettings()
@@ -109,19 +121,8 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
         }}
 
     # ------------------------------------------------------------------ reconcile loops
-    @kopf.daemon(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_loop", cancellation_timeout=10, labels=selector,
-                 registry=registry)
-    async def storedflow_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                              storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
-        await memo.runtime.run_loop(STOREDFLOW_PLURAL, namespace, name, stopped, logger,
-                                    index=storedflows_by_storage)
-
-    @kopf.daemon(GROUP, VERSION, FLOWSTORAGE_PLURAL, id="flowstorage_loop", cancellation_timeout=10, labels=selector,
-                 registry=registry)
-    async def flowstorage_loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                               storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
-        await memo.runtime.run_loop(FLOWSTORAGE_PLURAL, namespace, name, stopped, logger,
-                                    index=storedflows_by_storage)
+    for plural, kind in ((STOREDFLOW_PLURAL, "storedflow"), (FLOWSTORAGE_PLURAL, "flowstorage")):
+        _register_loop(registry, plural, f"{kind}_loop", selector)
 
     # ------------------------------------------------------------------ pokes
     @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_changed", registry=registry)

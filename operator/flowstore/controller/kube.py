@@ -61,7 +61,6 @@ class KubePorts:
         self._builds = threading.BoundedSemaphore(max_builds)
         self._storages: dict[str, Storage] = {}
         self._lock = threading.Lock()
-        self.counters = {"builds": 0, "uploads": 0}
         self.policy = policy or OperatorPolicy()
         self.sandbox_policy = sandbox.SandboxPolicy(allow_unconfined=self.policy.allow_unconfined_builds)
         self.images = ImageBuilder()
@@ -125,7 +124,6 @@ class KubePorts:
         if request.spec is not None:
             return self.jobs.build(request)
         with self._builds, metrics.BUILD_SECONDS.time():
-            self.counters["builds"] += 1
             source, bundle = (None, request.source) if request.bundle else (request.source, None)
             built = sandbox.build_pickle(source, bundle=bundle, flow_name=request.flow_name,
                                          object_name=request.object_name, timeout=self.build_timeout,
@@ -162,7 +160,8 @@ class KubePorts:
     def storage_for(self, spec: StorageSpec, credentials: Mapping[str, str] | None, cache_key: str,
                     identity: WorkloadIdentity | None = None, *, namespace: str = "") -> Storage:
         """One Storage (and SDK client) per FlowStorage config + credentials version (or identity),
-        opened under the operator's policy for `namespace`."""
+        opened under the operator's policy for `namespace`. Uploads are counted in the metrics
+        (``flowstore_artifacts_stored_total``), not here."""
         key = f"{namespace}|{cache_key}"
         with self._lock:
             storage = self._storages.get(key)
@@ -174,7 +173,7 @@ class KubePorts:
                 if len(self._storages) > 256:
                     self._storages.clear()
                 self._storages[key] = storage
-        return _CountingStorage(storage, self.counters)  # type: ignore[return-value]
+        return storage
 
     def serve_policy(self, namespace: str = "") -> ServePolicy:
         """What storages opened for FlowStorages of `namespace` may do (the operator's flags)."""
@@ -231,18 +230,3 @@ def _as_dict(value: object) -> dict[str, Any]:
     """The custom-objects API returns plain dicts typed as `object`."""
     assert isinstance(value, dict)
     return value
-
-
-class _CountingStorage:
-    """Counts uploads per process (benchmarks and tests read them from the metrics)."""
-
-    def __init__(self, inner: Storage, counters: dict[str, int]) -> None:
-        self._inner = inner
-        self._counters = counters
-
-    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> Any:
-        self._counters["uploads"] += 1
-        return self._inner.put_bytes(location, data, idempotency_key=idempotency_key)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -8,11 +8,12 @@ deletion never hangs forever.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
-from flowstore.api.status import Artifact
+from flowstore.api.status import Artifact, Storing, Superseded, recorded_location
 from flowstore.reconcile.failures import classify
 from flowstore.reconcile.ports import Event, Ports
 from flowstore.reconcile.storages import open_storage
@@ -30,18 +31,20 @@ class Cleanup:
 def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_attempts: int) -> Cleanup:
     """Delete the artifact of `obj` under ``deletionPolicy: Delete``; keep it under Retain (or
     when the FlowStorage is gone). `attempt` counts from 0."""
-    status, spec = dict(obj.get("status") or {}), dict(obj.get("spec") or {})
-    location, storage_name = status.get("location"), storage_ref(spec)
-    artifact = Artifact.from_status(status.get("artifact"))
+    status, spec = obj.get("status"), dict(obj.get("spec") or {})
+    location, storage_name = recorded_location(status), storage_ref(spec)
+    artifact = Artifact.read(status)
     current_state = dict(artifact.storage_state or {}) if artifact else {}
     # an interrupted store (status.storing) and a superseded artifact waiting for deletion
     # (status.superseded): objects no status names once this one is gone, whatever the policy.
     # One at the current location is addressed by its own state (a webhook's build response),
     # or not at all: deleting "the flow name" would delete the current artifact.
-    leftovers = [(str(record["location"]), record.get("storageState")) for record in
-                 (status.get("storing") or {}, status.get("superseded") or {})
-                 if record.get("location") and (record["location"] != location or (
-                     record.get("storageState") and dict(record["storageState"]) != current_state))]
+    storing, superseded = Storing.read(status), Superseded.read(status)
+    records: list[tuple[str, Mapping[str, Any] | None]] = \
+        ([(storing.location, None)] if storing else []) + \
+        ([(superseded.location, superseded.storage_state)] if superseded else [])
+    leftovers = [(where, state) for where, state in records
+                 if where != location or (state and dict(state) != current_state)]
     if not location and not leftovers:
         return Cleanup(None)
     namespace = obj["metadata"]["namespace"]
@@ -54,7 +57,7 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
     if fs is None or storage_spec is None or (not delete and not leftovers):
         why = "deletionPolicy is Retain" if storage_spec else f"FlowStorage {storage_name!r} is gone"
         return Cleanup(Event("Normal", EventReason.RETAINED, f"Kept {location} ({why})") if location else None)
-    doomed = leftovers + ([(str(location), artifact.storage_state if artifact else None)] if delete and location
+    doomed = leftovers + ([(location, artifact.storage_state if artifact else None)] if delete and location
                           else [])
     try:
         storage = open_storage(ports, namespace, fs, storage_spec)

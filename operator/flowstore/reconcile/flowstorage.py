@@ -1,6 +1,7 @@
 """Reconciling one FlowStorage: its spec parses, its credentials resolve, and its bucket,
-directory or registry is reachable (the seed's healthcheck). Status publishes the serialized
-storage, its labels, and ``status.flows`` (flow name -> location: the seed's ``flows``)."""
+directory or registry is reachable (the seed's healthcheck), and its signing key (if any) is
+usable. Status publishes the serialized storage, its labels, ``status.flows`` (flow name ->
+location: the seed's ``flows``) and the public half of the signing key (``status.signing``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from flowstore.api import conditions as cond
 from flowstore.api.backends import backend as backend_row
 from flowstore.api.constants import Reason
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
+from flowstore.api.status import recorded_flow_name, recorded_location
 from flowstore.reconcile.failures import classify
 from flowstore.reconcile.outcomes import failed, mark_handled, recheck_after, suspended
 from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.signatures import read_signer, signing_status
 from flowstore.reconcile.storages import open_storage
 
 #: status.flows lists at most this many flows (the first by name; flowCount has the number): the
@@ -34,14 +37,15 @@ def stored_flows(name: str, storedflows: list[dict[str, Any]]) -> dict[str, str]
     flows: dict[str, str] = {}
     for sf in storedflows:
         sf_spec, sf_status = sf.get("spec") or {}, sf.get("status") or {}
+        location = recorded_location(sf_status)
         if (sf.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        if storage_ref(sf_spec) != name or not sf_status.get("location"):
+        if storage_ref(sf_spec) != name or location is None:
             continue
-        flow_name = sf_status.get("flowName") or sf_spec.get("flowName")
+        flow_name = recorded_flow_name(sf_status) or sf_spec.get("flowName")
         ready = cond.get_condition(sf_status.get("conditions"), "Ready") or {}
-        if flow_name and ready.get("reason") != Reason.NAME_CONFLICT:
-            flows[flow_name] = sf_status["location"]
+        if isinstance(flow_name, str) and flow_name and ready.get("reason") != Reason.NAME_CONFLICT:
+            flows[flow_name] = location
     return flows
 
 
@@ -64,6 +68,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
     try:
         storage = open_storage(ports, namespace, obj, spec)
         storage.check_container()
+        signer = read_signer(ports, namespace, spec)
     except Exception as exc:
         failure = classify(exc)
         requeue = (failure.retry_after if not failure.stalled
@@ -72,6 +77,11 @@ def _reconcile(obj: dict[str, Any], ports: Ports, members: list[dict[str, Any]] 
     serialized = storage.to_status()
     serialized.pop("flows", None)
     status.update(observedGeneration=generation, storage=serialized, labels=storage.labels)
+    published = signing_status(signer)
+    if published is None:
+        status.pop("signing", None)
+    else:
+        status["signing"] = published
     status["conditions"] = cond.mark_ready(
         status.get("conditions"), f"{storage.type_name} storage reachable; {len(flows)} flow(s) stored", generation
     )

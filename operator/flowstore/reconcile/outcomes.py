@@ -24,7 +24,8 @@ RECHECKED = frozenset({Reason.AUTH_FAILED, Reason.BUCKET_NOT_FOUND, Reason.SECRE
                        # labelling a Secret (the operator's opt-in) changes no watched object
                        Reason.SECRET_NOT_ALLOWED,
                        # git-hosted: a push fixes these, and no watch tells us about pushes
-                       Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND})
+                       Reason.REPOSITORY_NOT_FOUND, Reason.REF_NOT_FOUND, Reason.FILE_NOT_FOUND,
+                       Reason.VERIFICATION_FAILED})
 
 
 def recheck_after(conditions: list[dict[str, Any]] | None, reason: str, interval: float) -> float:
@@ -55,6 +56,8 @@ def failed(status: dict[str, Any], generation: int | None, failure: Failure, req
     new["conditions"] = cond.mark_failed(
         status.get("conditions"), failure.reason, failure.message, generation, stalled=failure.stalled
     )
+    if failure.reason == Reason.VERIFICATION_FAILED:
+        new["conditions"] = cond.mark_unverified(new["conditions"], failure.message, generation)
     event = Event("Warning", failure.reason, failure.message)
     return Outcome(status=new, events=[event], requeue_after=requeue, failure=failure)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from flowstore.artifacts import signing
 from flowstore.reconcile.context import FlowContext
 from flowstore.reconcile.ports import sha256_of
 from flowstore.reconcile.storages import storage_identity
@@ -43,8 +42,9 @@ def plan(ctx: FlowContext, family: FamilyRules) -> None:
         "format": ctx.fmt,
         "key": ctx.spec.key,
         "storage": storage_identity(ctx.storage_spec),
-        # a new signing key (or none) re-signs: artifacts are stored again with the new signature
-        "signingKey": signing.key_id(ctx.signing_key) if ctx.signing_key else None,
+        # always null: a new signing key re-signs the status and stores nothing again (the member
+        # stays so that the digests of artifacts stored before signing left the inputs are equal)
+        "signingKey": None,
         **family.extra_inputs(ctx),
         # built in a runtime image: its Python and libraries decide the pickle (and the check)
         **({"buildImage": ctx.build.image} if ctx.build is not None else {}),

@@ -1,5 +1,6 @@
-"""Opening a FlowStorage's storage: its credentials Secret, the ConfigMaps and Secrets a Docker
-block names, the signing key, and the part of its configuration that decides where artifacts go."""
+"""Opening a FlowStorage's storage: its credentials Secret, the ConfigMaps and Secrets its block
+names (as the backend's Storage class declares them), and the part of its configuration that
+decides where artifacts go. (The signing key: reconcile/signatures.py.)"""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 
 from flowstore.api.backends import COMMON_FIELDS, backend
 from flowstore.api.constants import Reason
-from flowstore.api.models import SpecError, StorageSpec
+from flowstore.api.models import StorageSpec
 from flowstore.reconcile.failures import ReconcileError
 from flowstore.reconcile.identity import resolve_identity
 from flowstore.reconcile.ports import Ports
 from flowstore.storage import InvalidConfig, Storage, backend_class
+from flowstore.storage.refs import FileRefs, KeyRef, SecretKeys
 
 
 def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[dict[str, str] | None, str]:
@@ -33,28 +35,6 @@ def read_credentials(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[d
         )
     data = dict(secret.get("data") or {})
     return data, f"{secret['metadata'].get('uid')}/{secret['metadata'].get('resourceVersion')}"
-
-
-def read_signing_key(ports: Ports, namespace: str, spec: StorageSpec) -> bytes | None:
-    """The HMAC key named by spec.signing.secretRef, or None when signing is off."""
-    if spec.signing is None:
-        return None
-    name, key = spec.signing
-    secret = ports.get_secret(namespace, name)
-    if secret is None:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} (spec.signing.secretRef) was not found in namespace {namespace!r}; create it "
-            "or remove spec.signing.", stalled=True)
-    value = (secret.get("data") or {}).get(key)
-    if not value:
-        raise ReconcileError(
-            Reason.SECRET_NOT_FOUND,
-            f"Secret {name!r} has no key {key!r} (spec.signing.secretRef.key); add the signing key there.",
-            stalled=True)
-    if len(value) < 16:
-        raise SpecError(f"the signing key in Secret {name!r} is shorter than 16 characters; use a random key")
-    return str(value).encode("utf-8")
 
 
 def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: StorageSpec) -> Storage:
@@ -79,50 +59,85 @@ def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: Stor
         raise InvalidConfig(f"{exc.message}{where}") from None
 
 
-def resolve_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[StorageSpec, str]:
-    """A block may name ConfigMaps and Secrets whose contents its storage needs (Docker: the
-    Dockerfile, files, daemon TLS); the storage gets the contents. Returns the spec with them
-    filled in and a version key of what was read ("" when the block names none)."""
-    config = dict(spec.config)
-    versions: list[str] = []
+def try_open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any],
+                     spec: StorageSpec) -> tuple[Storage | None, Exception | None]:
+    """:func:`open_storage`, with a failure returned rather than raised (the StoredFlow steps
+    raise it where they first need the storage: ``FlowContext.storage``)."""
+    try:
+        return open_storage(ports, namespace, fs, spec), None
+    except Exception as exc:  # every failure becomes a condition, later
+        return None, exc
 
-    def read(ref: Mapping[str, Any], kind: str, field: str) -> bytes:
-        name, key = ref["name"], ref["key"]
-        obj = ports.get_configmap(namespace, name) if kind == "ConfigMap" else ports.get_secret(namespace, name)
+
+def resolve_refs(ports: Ports, namespace: str, spec: StorageSpec) -> tuple[StorageSpec, str]:
+    """The ConfigMaps and Secrets the backend's block names (as its Storage class declares:
+    ``Storage.config_refs``), read and put in their place. Returns the spec with them filled
+    in and a version key of what was read ("" when the block names none)."""
+    declared = backend_class(spec.backend).config_refs
+    if not declared:
+        return spec, ""
+    reader = _RefReader(ports, namespace, spec.backend)
+    config = dict(spec.config)
+    for ref in declared:
+        value = config.get(ref.field)
+        if isinstance(ref, KeyRef):
+            if isinstance(value, Mapping) and (value.get("configMapRef") or value.get("secretRef")):
+                data = reader.key(value, ref.field)
+                config[ref.field] = data.decode() if ref.text else data
+        elif isinstance(ref, FileRefs):
+            if value is not None:
+                config[ref.field] = {str(item["path"]): reader.key(item, f"{ref.field}[{i}]")
+                                     for i, item in enumerate(value or []) if isinstance(item, Mapping)}
+        else:  # SecretKeys: its field may be a path into the block (git's verify.secretRef)
+            named = _at(config, ref.field)
+            if isinstance(named, Mapping) and named.get("name"):
+                config[ref.into] = reader.secret_keys(str(named["name"]), ref)
+    return dataclasses.replace(spec, config=config), ",".join(reader.versions)
+
+
+def _at(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted `path` of a block (None where any step is missing)."""
+    value: Any = config
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, Mapping) else None
+    return value
+
+
+class _RefReader:
+    """Reads what a block's declared fields name; remembers the versions it read."""
+
+    def __init__(self, ports: Ports, namespace: str, backend: str) -> None:
+        self.ports, self.namespace, self.backend = ports, namespace, backend
+        self.versions: list[str] = []
+
+    def _get(self, kind: str, name: str, field: str, hint: str = "") -> dict[str, Any]:
+        get = self.ports.get_configmap if kind == "ConfigMap" else self.ports.get_secret
+        obj = get(self.namespace, name)
         if obj is None:
-            raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} ({field}) was not found in namespace "
-                                 f"{namespace!r}; create it or fix the reference.", stalled=True)
+            raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} (spec.{self.backend}.{field}) was not "
+                                 f"found in namespace {self.namespace!r}; {hint or 'create it or fix the reference'}.",
+                                 stalled=True)
+        self.versions.append(f"{kind}/{name}@{obj['metadata'].get('resourceVersion')}")
+        return obj
+
+    def key(self, holder: Mapping[str, Any], field: str) -> bytes:
+        """The content of ``holder``'s configMapRef or secretRef {name, key}."""
+        ref, kind = (holder["secretRef"], "Secret") if holder.get("secretRef") else (holder["configMapRef"],
+                                                                                     "ConfigMap")
+        name, key = ref["name"], ref["key"]
+        obj = self._get(kind, name, field)
         data, binary = obj.get("data") or {}, obj.get("binaryData") or {}
-        versions.append(f"{kind}/{name}@{obj['metadata'].get('resourceVersion')}")
         if key in data:
             return str(data[key]).encode("utf-8")
         if key in binary:
             return base64.b64decode(binary[key])
-        raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} has no key {key!r} ({field}).", stalled=True)
+        raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"{kind} {name!r} has no key {key!r} "
+                             f"(spec.{self.backend}.{field}).", stalled=True)
 
-    dockerfile = config.get("dockerfile")
-    if isinstance(dockerfile, Mapping) and dockerfile.get("configMapRef"):
-        config["dockerfile"] = read(dockerfile["configMapRef"], "ConfigMap", "spec.docker.dockerfile").decode()
-    files: dict[str, bytes] = {}
-    for i, item in enumerate(config.get("files") or []):
-        if not isinstance(item, Mapping):
-            continue
-        ref, kind = (item["secretRef"], "Secret") if item.get("secretRef") else (item["configMapRef"], "ConfigMap")
-        files[str(item["path"])] = read(ref, kind, f"spec.docker.files[{i}]")
-    if config.get("files") is not None:
-        config["files"] = files
-    tls_ref = config.get("daemonTLSSecretRef")
-    if isinstance(tls_ref, Mapping) and tls_ref.get("name"):
-        name = str(tls_ref["name"])
-        secret = ports.get_secret(namespace, name)
-        if secret is None:
-            raise ReconcileError(Reason.SOURCE_NOT_FOUND, f"Secret {name!r} (spec.docker.daemonTLSSecretRef) was not "
-                                 f"found in namespace {namespace!r}; create it with ca.crt, tls.crt and tls.key.",
-                                 stalled=True)
-        versions.append(f"Secret/{name}@{secret['metadata'].get('resourceVersion')}")
-        config["daemonTLS"] = {key: str(value) for key, value in (secret.get("data") or {}).items()
-                               if key in ("ca.crt", "tls.crt", "tls.key")}
-    return dataclasses.replace(spec, config=config), ",".join(versions)
+    def secret_keys(self, name: str, ref: SecretKeys) -> dict[str, str]:
+        secret = self._get("Secret", name, ref.field, ref.hint)
+        return {key: str(value) for key, value in (secret.get("data") or {}).items()
+                if key in ref.keys or (ref.suffixes and key.endswith(ref.suffixes))}
 
 
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:

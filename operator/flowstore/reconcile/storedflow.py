@@ -3,7 +3,8 @@ each returning early by raising :class:`ReconcileError`. Nothing is built or upl
 an input of the artifact changed digest (content addressing):
 
 1. ``resolve_storage``  the referenced FlowStorage exists, its spec parses, and its family's
-                        publisher accepts this StoredFlow.
+                        publisher accepts this StoredFlow; its storage is opened, once for the
+                        whole pass (``FlowContext.storage``).
 2. ``resolve_source``   the flow's source (the publisher's: inline or ConfigMap; a file at a
                         commit for git-hosted storages).
 3. ``plan``             the format and the inputs digest (``planning.py``).
@@ -23,6 +24,7 @@ from typing import Any
 
 from flowstore.api.constants import Reason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
+from flowstore.api.status import Storing, recorded_location
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.failures import ReconcileError, classify
 from flowstore.reconcile.outcomes import (
@@ -36,7 +38,8 @@ from flowstore.reconcile.outcomes import (
 from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Outcome, Ports
 from flowstore.reconcile.publishers import Publisher, publisher_for
-from flowstore.reconcile.storages import read_signing_key
+from flowstore.reconcile.signatures import read_signer
+from flowstore.reconcile.storages import try_open_storage
 from flowstore.storage import backend_class
 
 Siblings = Callable[[str], list[dict[str, Any]]]
@@ -80,20 +83,23 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         publisher.check_spec(spec, storage_spec, spec.storage_name)
         if storage_spec.suspend:
             return suspended(status, generation, storage=spec.storage_name)
+        opened, open_failure = try_open_storage(ports, meta["namespace"], fs, storage_spec)
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
-                          storage_spec=storage_spec, on_progress=on_progress)
+                          storage_spec=storage_spec, opened=opened, open_failure=open_failure,
+                          on_progress=on_progress)
         publisher.resolve_source(ctx, ports)
-        ctx.signing_key = read_signing_key(ports, ctx.namespace, storage_spec)
+        ctx.signer = read_signer(ports, ctx.namespace, storage_spec)
         plan(ctx, publisher)
-        done = up_to_date(ctx, ports, publisher, check_drift=check_drift)
+        done = up_to_date(ctx, publisher, check_drift=check_drift)
         if done is not None:
             return done
         check_conflict(ctx, ports, siblings)
         return publisher.publish(ctx, ports)
     except Exception as exc:  # every failure becomes a condition; the operator never crashes
         failure = classify(exc)
-        if ctx is not None and ctx.status.get("storing"):  # a retry of these inputs goes to the same place
-            status["storing"] = ctx.status["storing"]
+        storing = Storing.read(ctx.status) if ctx is not None else None
+        if storing is not None:  # a retry of these inputs goes to the same place
+            storing.write(status)
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and storage_spec is not None and failure.reason in RECHECKED:
             requeue = recheck_after(status.get("conditions"), failure.reason, storage_spec.interval_seconds)
@@ -126,26 +132,25 @@ def _which_exist(names: list[str], wanted: str, *, shown: int = 10) -> str:
     return (f"did you mean {close[0]!r}? " if close else "") + f"FlowStorages there: {listed}"
 
 
-def up_to_date(ctx: FlowContext, ports: Ports, publisher: Publisher, *, check_drift: bool) -> Outcome | None:
+def up_to_date(ctx: FlowContext, publisher: Publisher[Any], *, check_drift: bool) -> Outcome | None:
     """Step 4. When status records an artifact for exactly these inputs, only refresh status
     (labels, observedGeneration). With `check_drift`, first have the publisher confirm the
     backend still holds the artifact with its recorded digest; a missing or changed artifact is
     stored again."""
     artifact = ctx.recorded
-    location = ctx.status.get("location")
+    location = recorded_location(ctx.status)
     if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
         return None
-    events = publisher.settle(ctx, ports)
-    opened = None
+    events = publisher.settle(ctx)
     if check_drift:
-        drift, opened = publisher.verify(ctx, ports, str(location))
+        drift = publisher.verify(ctx, location)
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None
     # what the source says of its files (recorded since this version) comes from the source
     artifact = dataclasses.replace(artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
                                    entrypoint=ctx.entrypoint, file_count=ctx.file_count if ctx.bundle else None)
-    return ready(ctx, ports, str(location), artifact, events, uploaded=False, opened=opened)
+    return ready(ctx, location, artifact, events, uploaded=False)
 
 
 def check_conflict(ctx: FlowContext, ports: Ports, siblings: Siblings | None = None) -> None:

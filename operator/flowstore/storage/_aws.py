@@ -81,6 +81,14 @@ def make_client(service: str, *, credentials: Mapping[str, str] | None, client_o
         raise InvalidConfig(failure(exc)) from None
 
 
+def describe_endpoint(endpoint_url: str | None, client: Any) -> str:
+    """Where a storage's requests go, for messages: its endpoint, else its client's, else the default."""
+    if endpoint_url:
+        return endpoint_url
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    return str(endpoint) if endpoint else "the default AWS endpoint"
+
+
 class _NoCache(dict[str, Any]):
     """The fetcher's cache of credentials: none. The refreshable credentials keep them, and
     decide (by their own clock) when to ask again; a cache here would answer by the wall clock."""

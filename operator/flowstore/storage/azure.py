@@ -31,24 +31,20 @@ connection string when not given explicitly; never the key), so an agent knows w
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from flowstore.api.backends import install_hint
-from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
+from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
-    ContainerNotFound,
     IdentityRejected,
     InvalidConfig,
     MissingDependency,
-    NotFound,
-    Rejected,
     StorageError,
-    Unavailable,
+    redact,
 )
 from flowstore.storage.identity import WorkloadIdentity
 
@@ -81,7 +77,7 @@ _CONFIG_CODES = frozenset({
 _SECRET_FIELDS = frozenset({"accountkey", "sharedaccesssignature"})
 
 
-class Azure(Storage):
+class Azure(ObjectStore):
     """Flows stored as blobs in an Azure Blob Storage container.
 
     Args:
@@ -91,7 +87,6 @@ class Azure(Storage):
             used (the seed's behaviour).
         blob_name: a fixed blob name for the flow; like the seed's, only useful for a single flow.
         stored_as_script: flows are kept as ``.py`` source rather than pickled.
-        key_prefix: prefix for generated blob names (``<prefix>/<slug>/<timestamp>``).
         account_url: the account's blob endpoint (``https://<account>.blob.core.windows.net``),
             authenticated with azure-identity's ``DefaultAzureCredential``. Not together with
             `connection_string`.
@@ -101,12 +96,17 @@ class Azure(Storage):
             (e.g. ``key X of the referenced Secret``).
         identity: with `account_url`, act as a Kubernetes ServiceAccount (Azure workload
             identity: its token is the client assertion of the identity's client and tenant).
-        **kwargs: the base :class:`Storage` options.
+        **kwargs: ``key_prefix`` and the base :class:`Storage` options (:class:`ObjectStore`).
     """
 
     type_name = "Azure"
     default_label = "azure-flow-storage"
     identity_cloud = "azure"
+    container_field = "container"
+    container_noun = "blob container"
+    status_fields = {"container": "container", "blobName": "blob_name", "keyPrefix": "key_prefix",
+                     "accountURL": "_endpoint"}  # where to look; never the key or a SAS
+    container: str
 
     def __init__(
         self,
@@ -114,7 +114,6 @@ class Azure(Storage):
         connection_string: str | None = None,
         blob_name: str | None = None,
         stored_as_script: bool = False,
-        key_prefix: str | None = None,
         account_url: str | None = None,
         *,
         use_environment: bool = True,
@@ -122,9 +121,7 @@ class Azure(Storage):
         identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(stored_as_script=stored_as_script, **kwargs)
-        if not container or not isinstance(container, str):
-            raise InvalidConfig("Azure storage needs `container` (the blob container flows are stored in)")
+        super().__init__(container, stored_as_script=stored_as_script, identity=identity, **kwargs)
         if connection_string is not None and account_url is not None:
             raise InvalidConfig(
                 "Azure storage: give either a connection string or an account URL, not both "
@@ -133,10 +130,7 @@ class Azure(Storage):
         if identity is not None and (connection_string is not None or not account_url):
             raise InvalidConfig("Azure storage with a workload identity (spec.serviceAccountName) needs accountURL "
                                 "(the account's blob endpoint) and no connection string")
-        self.identity = identity
-        self.container = container
         self.blob_name = blob_name
-        self.key_prefix = key_prefix
         self.account_url = account_url.rstrip("/") if account_url else None
         self._credentials_source = credentials_source or "the connection string"
         self._use_environment = use_environment
@@ -147,8 +141,6 @@ class Azure(Storage):
         # seed, the environment is read now if it has the connection string, and again when a
         # client is first needed; only then does their absence fail.
         self._connection_string_from_environment()
-        self._client_lock = threading.Lock()
-        self._client_instance: Any = None
 
     def __repr__(self) -> str:  # never shows the connection string
         return (f"Azure(container={self.container!r}, key_prefix={self.key_prefix!r}, "
@@ -168,9 +160,7 @@ class Azure(Storage):
         from `credentials`, the Secret, never the operator's environment) or from
         :meth:`to_status` output (an agent: `connection_string`, else its own
         ``AZURE_STORAGE_CONNECTION_STRING`` for the recorded account, else DefaultAzureCredential)."""
-        container = config.get("container")
-        if not container or not isinstance(container, str):
-            raise InvalidConfig("Azure storage needs `container` (spec.azure.container)")
+        container = cls._container_from(config)
         key = str(config.get("credentialsKey") or DEFAULT_CREDENTIALS_KEY)
         source: str | None = None
         if connection_string is None and credentials is not None:
@@ -192,32 +182,17 @@ class Azure(Storage):
             container=container,
             connection_string=connection_string,
             blob_name=config.get("blobName"),
-            key_prefix=config.get("keyPrefix"),
             account_url=account_url,
             # only an agent reading status or the seed's schema ("type" is set) may use its own environment
             use_environment="type" in config and identity is None,
             credentials_source=source,
-            identity=identity,
-            **cls.common_kwargs(config),
+            **cls._common_config(config, identity),
         )
-
-    @classmethod
-    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> Azure:
-        return cls.from_config(config, identity=identity)
 
     @classmethod
     def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
         # an account URL without a Secret: DefaultAzureCredential, whoever the process is
         return bool(config.get("accountURL"))
-
-    def _status_config(self) -> dict[str, Any]:
-        doc = {
-            "container": self.container,
-            "blobName": self.blob_name,
-            "keyPrefix": self.key_prefix,
-            "accountURL": self._endpoint,  # where to look; never the key or a SAS
-        }
-        return {k: v for k, v in doc.items() if v is not None}
 
     def _seed_config(self) -> dict[str, Any]:
         """The seed's Azure fields. The account has none (the seed's agent takes it from its
@@ -231,8 +206,8 @@ class Azure(Storage):
         return {"container": doc.get("container"), "blobName": doc.get("blob_name")}
 
     # ------------------------------------------------------------------ locations
-    def location_for(self, flow_name: str, key: str | None = None) -> str:
-        return key or self.blob_name or join_prefix(self.key_prefix, default_key(flow_name))
+    def _fixed_key(self) -> str | None:
+        return self.blob_name
 
     def url_for(self, location: str) -> str:
         """The blob's URL (as the SDK's ``BlobClient.url``, without any SAS)."""
@@ -242,13 +217,6 @@ class Azure(Storage):
         return f"{self._endpoint}/{quote(self.container)}/{name}"
 
     # ------------------------------------------------------------------ client
-    def _client(self) -> Any:
-        """The instance's BlobServiceClient (created once; it is thread-safe)."""
-        with self._client_lock:
-            if self._client_instance is None:
-                self._client_instance = self._make_client()
-            return self._client_instance
-
     def _connection_string_from_environment(self) -> None:
         """Take ``AZURE_STORAGE_CONNECTION_STRING`` (when the environment may be used and no
         connection string was given): the seed's fallback, or the agent's own key for the account
@@ -319,90 +287,56 @@ class Azure(Storage):
     def _blob(self, location: str) -> Any:
         return self._client().get_blob_client(self.container, location)
 
-    # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
-        digest = sha256_hex(data)
-        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
-        blob = self._blob(location)
-        try:
-            from azure.storage.blob import ContentSettings
+    # ------------------------------------------------------------------ SDK calls
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
+        from azure.storage.blob import ContentSettings
 
-            # Block uploads are committed whole by Put Block List, so readers never see part of
-            # one; the operator confirms size and recorded sha256 with stat() before recording
-            # it, so no read-back here (it cost a third of a small upload in the bench).
-            blob.upload_blob(data, overwrite=True, metadata={"sha256": digest},
-                             content_settings=ContentSettings(content_type=content_type), max_concurrency=4)
-        except Exception as exc:
-            raise self._translate(exc, "upload", location) from _cause(exc)
-        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+        # Block uploads are committed whole by Put Block List, so readers never see part of
+        # one; the operator confirms size and recorded sha256 with stat() before recording
+        # it, so no read-back here (it cost a third of a small upload in the bench).
+        self._blob(location).upload_blob(data, overwrite=True, metadata={"sha256": digest},
+                                         content_settings=ContentSettings(content_type=content_type),
+                                         max_concurrency=4)
 
-    def get_bytes(self, location: str) -> bytes:
+    def _download(self, location: str, max_bytes: int | None) -> bytes:
         blob = self._blob(location)
-        try:
+        if max_bytes is None:
             data: bytes = blob.download_blob(max_concurrency=4).readall()
-        except Exception as exc:
-            raise self._translate(exc, "download", location) from _cause(exc)
+        else:  # a ranged download: the caller verifies the sha256
+            data = blob.download_blob(offset=0, length=max_bytes + 1, max_concurrency=1).readall()
         return data
 
-    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
-        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
-        if max_bytes <= 0:
-            return super().get_bytes_bounded(location, max_bytes)
-        blob = self._blob(location)
-        try:
-            data: bytes = blob.download_blob(offset=0, length=max_bytes + 1, max_concurrency=1).readall()
-        except Exception as exc:
-            raise self._translate(exc, "download", location) from _cause(exc)
-        check_bounded(len(data), max_bytes, self.url_for(location))
-        return data
-
-    def stat(self, location: str) -> ObjectInfo | None:
-        blob = self._blob(location)
-        try:
-            props = blob.get_blob_properties()
-        except Exception as exc:
-            error = self._translate(exc, "inspect", location)
-            if isinstance(error, NotFound):
-                return None
-            raise error from _cause(exc)
+    def _head(self, location: str) -> ObjectInfo:
+        props = self._blob(location).get_blob_properties()
         metadata = props.metadata or {}
         return ObjectInfo(size=int(props.size), sha256=metadata.get("sha256"))
 
-    def delete(self, location: str) -> None:
-        blob = self._blob(location)
-        try:
-            blob.delete_blob()
-        except Exception as exc:
-            error = self._translate(exc, "delete", location)
-            if isinstance(error, NotFound):  # already gone
-                return
-            raise error from _cause(exc)
+    def _remove(self, location: str) -> None:
+        self._blob(location).delete_blob()
 
-    def check_container(self) -> None:
-        client = self._client()
-        try:
-            client.get_container_client(self.container).get_container_properties()
-        except Exception as exc:
-            raise self._translate(exc, "access", None) from _cause(exc)
+    def _probe_container(self) -> None:
+        self._client().get_container_client(self.container).get_container_properties()
 
     # ------------------------------------------------------------------ errors
-    def _where(self) -> str:
+    def _place(self) -> str:
         return f"Azure Blob Storage at {self._endpoint}" if self._endpoint else "Azure Blob Storage"
 
-    def _redact(self, text: str) -> str:
-        secrets = [self._connection_string or ""]
-        secrets += [value for name, value in _parse(self._connection_string or "").items() if name in _SECRET_FIELDS]
-        for value in secrets:
-            if value and len(value) >= 4:
-                text = text.replace(value, "***")
-        return text
+    def _service_at(self) -> str:
+        return self._place()
 
-    def _auth_hint(self) -> str:
+    def _redact(self, text: str) -> str:
+        fields = _parse(self._connection_string or "")
+        return redact(text, [self._connection_string, *(fields[name] for name in _SECRET_FIELDS if name in fields)])
+
+    def _credentials_hint(self) -> str:
         if self._connection_string is not None:
             return (f"check {self._credentials_source} (the account name and key, or the SAS and its "
                     "permissions) and that it is allowed to use the container")
         return ("check the Azure identity DefaultAzureCredential found (workload/managed identity, "
                 "AZURE_CLIENT_ID…) and its role on the container (e.g. Storage Blob Data Contributor)")
+
+    def _identity_hint(self) -> str:
+        return f"give it a role on container {self.container} (e.g. Storage Blob Data Contributor)"
 
     def _from_account(self, exc: BaseException) -> bool:
         """The error is the storage account's answer (not the token endpoint's)."""
@@ -410,18 +344,13 @@ class Azure(Storage):
         url = str(getattr(request, "url", "") or "")
         return bool(self._endpoint) and url.lower().startswith(str(self._endpoint).lower())
 
-    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
-        """Map one SDK exception to the project's taxonomy, with a message for a person."""
-        if isinstance(exc, StorageError):
-            return exc
+    def _read(self, exc: BaseException, action: str, target: str, key: str | None) -> Reading | StorageError:
         try:
             from azure.core import exceptions as az
         except ImportError:  # pragma: no cover - the SDK raised it, so it is installed
             return StorageError(f"cannot {action}: {type(exc).__name__}")
         code = _error_code(exc)
         status = getattr(exc, "status_code", None)
-        target = self.url_for(key) if key is not None else f"container {self.container}"
-        where = self._where()
         kind = type(exc).__name__
         detail = self._redact(_first_line(exc))
 
@@ -432,45 +361,33 @@ class Azure(Storage):
                 f"({detail[:300]}); check that the application has a federated identity credential for the "
                 f"cluster's issuer, subject {self.identity.token_subject} and audience {self.identity.audience}"
             )
-        if (code in _AUTH_CODES or status in (401, 403)) and self.identity is not None:
+        if kind == "CredentialUnavailableError" and self.identity is None:  # azure-identity found no identity
             return AuthFailed(
-                f"cannot {action} {target}: {where} denied access ({code or status}) to {self.identity.describe()}; "
-                f"give it a role on container {self.container} (e.g. Storage Blob Data Contributor)"
+                f"cannot {action} {target}: no usable Azure identity for {self.account_url} "
+                f"({kind}); reference a Secret with the connection string or give the pod an Azure identity"
             )
         if isinstance(exc, az.ClientAuthenticationError) or code in _AUTH_CODES or status in (401, 403):
-            if type(exc).__name__ == "CredentialUnavailableError":  # azure-identity found no identity
-                return AuthFailed(
-                    f"cannot {action} {target}: no usable Azure identity for {self.account_url} "
-                    f"({kind}); reference a Secret with the connection string or give the pod an Azure identity"
-                )
-            return AuthFailed(
-                f"cannot {action} {target}: {where} rejected the credentials or denied access "
-                f"({code or status or kind}); {self._auth_hint()}"
-            )
+            return Reading(Failure.DENIED, str(code or status or kind))
         if isinstance(exc, az.ServiceRequestError) and "non-TLS" in str(exc):
             return InvalidConfig(
                 f"cannot {action} {target}: token (DefaultAzureCredential) authentication needs an https "
                 f"account URL, not {self.account_url}; use https or a connection string"
             )
         if isinstance(exc, az.ServiceRequestError | az.ServiceResponseError | az.IncompleteReadError):
-            return Unavailable(f"cannot {action} {target}: {where} is unreachable or timed out ({kind}: {detail})")
+            return Reading(Failure.UNREACHABLE, detail=detail, kind=kind)
         if code == "ContainerNotFound" or (key is None and status == 404):
-            return ContainerNotFound(
-                f"container {self.container} does not exist at {where}; create it or fix spec.azure.container"
-            )
+            return Reading(Failure.CONTAINER_MISSING)
         if code == "BlobNotFound" or isinstance(exc, az.ResourceNotFoundError) or status == 404:
-            return NotFound(f"no flow artifact at {target} ({code or status}); was the flow built (stored)?")
-        if code in _RETRYABLE_CODES or (isinstance(status, int) and (status >= 500 or status in (408, 429))):
-            throttled = code == "ServerBusy" or status in (429, 503)
-            return Unavailable(
-                f"cannot {action} {target}: {where} answered a temporary failure ({code or status}: {detail})",
-                retry_after=5.0 if throttled else None,
-            )
+            return Reading(Failure.MISSING, str(code or status))
+        if code == "ServerBusy" or status in (429, 503):
+            return Reading(Failure.THROTTLED, str(code or status), detail)
+        if code in _RETRYABLE_CODES or (isinstance(status, int) and (status >= 500 or status == 408)):
+            return Reading(Failure.TEMPORARY, str(code or status), detail)
         if code in _CONFIG_CODES:
-            return InvalidConfig(f"cannot {action} {target}: {code}: {detail}")
+            return Reading(Failure.INVALID, str(code), detail)
         if isinstance(exc, az.HttpResponseError) and isinstance(status, int) and 400 <= status < 500:
-            return Rejected(f"cannot {action} {target}: {where} refused the request ({status} {code}: {detail})")
-        return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
+            return Reading(Failure.REJECTED, f"{status} {code}", detail)
+        return Reading(Failure.OTHER, str(code or kind), detail)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -534,14 +451,3 @@ def _first_line(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     line = str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
     return line[:300]
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    """What to chain the translated error to: nothing for auth failures (their SDK text can
-    quote the string to sign and request headers), the SDK exception otherwise."""
-    status = getattr(exc, "status_code", None)
-    if type(exc).__name__ in ("ClientAuthenticationError", "CredentialUnavailableError") or status in (401, 403):
-        return None
-    if _error_code(exc) in _AUTH_CODES:
-        return None
-    return exc

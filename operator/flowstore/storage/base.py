@@ -33,6 +33,7 @@ from flowstore.artifacts.keys import default_key
 from flowstore.storage.errors import IntegrityError, InvalidConfig, NotFound
 from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.policy import ServePolicy
+from flowstore.storage.refs import ConfigRef
 
 #: the Prefect release whose storage schemas :meth:`Storage.serialize` writes (its ``__version__``)
 SEED_SCHEMA_VERSION = "1.4.1"
@@ -95,6 +96,9 @@ class Storage(abc.ABC):
     #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
     #: storage is read-only). The controller keeps one publisher per family.
     family: ClassVar[str] = "objects"
+    #: the fields of this backend's FlowStorage block that name ConfigMaps or Secrets, and what
+    #: the storage gets in their place (:mod:`flowstore.storage.refs`); the operator reads them
+    config_refs: ClassVar[tuple[ConfigRef, ...]] = ()
     #: the cloud whose workload identity this backend can act as (``aws``, ``gcp``, ``azure``;
     #: :mod:`flowstore.storage.identity`), or None when it has none
     identity_cloud: ClassVar[str | None] = None

@@ -7,14 +7,37 @@ Messages are written for a person and never contain secret values.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from flowstore.api.constants import Reason
 
 
+def redact(text: str, secrets: Iterable[object], *, shortest: int = 4) -> str:
+    """`text` with every secret value (a string of at least `shortest` characters) masked, for
+    a message built from an SDK's words, which can quote what it was given."""
+    for value in secrets:
+        if isinstance(value, str) and len(value) >= shortest:
+            text = text.replace(value, "***")
+    return text
+
+
 class StorageError(Exception):
-    """Base class. `retryable` tells whether the same call may succeed later unchanged."""
+    """Base class. `retryable` tells whether the same call may succeed later unchanged.
+
+    A subclass states its condition reason (and whether retrying helps, when that differs from
+    its parent) in its header: ``class NotFound(StorageError, reason=Reason.ARTIFACT_MISSING)``.
+    """
 
     retryable: bool = False
     reason: str = Reason.BACKEND_ERROR
+
+    def __init_subclass__(cls, *, reason: str | None = None, retryable: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if reason is not None:
+            cls.reason = reason
+        if retryable is not None:
+            cls.retryable = retryable
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -22,113 +45,78 @@ class StorageError(Exception):
         self.retry_after = retry_after
 
 
-class InvalidConfig(StorageError):
+class InvalidConfig(StorageError, reason=Reason.INVALID_SPEC):
     """The storage's configuration cannot work (a person must change it)."""
-
-    reason = Reason.INVALID_SPEC
 
 
 class MissingDependency(InvalidConfig):
     """The backend's SDK is not installed; the message names the extra to install."""
 
 
-class TemplateValueMissing(InvalidConfig):
+class TemplateValueMissing(InvalidConfig, reason=Reason.TEMPLATE_VALUE_MISSING):
     """A ``${NAME}`` template names a value that is not available; the message names it."""
 
-    reason = Reason.TEMPLATE_VALUE_MISSING
 
-
-class LocalStorageDisabled(StorageError):
+class LocalStorageDisabled(StorageError, reason=Reason.LOCAL_STORAGE_DISABLED):
     """The operator serves no Local storage (it was started without a Local root)."""
 
-    reason = Reason.LOCAL_STORAGE_DISABLED
 
-
-class OutsideLocalRoot(StorageError):
+class OutsideLocalRoot(StorageError, reason=Reason.OUTSIDE_LOCAL_ROOT):
     """A Local directory outside the operator's Local root for the FlowStorage's namespace."""
 
-    reason = Reason.OUTSIDE_LOCAL_ROOT
 
-
-class Rejected(StorageError):
+class Rejected(StorageError, reason=Reason.REQUEST_REJECTED):
     """The backend refused the request for a reason retrying cannot fix (an HTTP 4xx other
     than auth, not found or throttling); the message carries the status and a short body."""
 
-    reason = Reason.REQUEST_REJECTED
 
-
-class NotFound(StorageError):
+class NotFound(StorageError, reason=Reason.ARTIFACT_MISSING):
     """The object (flow artifact) does not exist at the location."""
 
-    reason = Reason.ARTIFACT_MISSING
 
-
-class ContainerNotFound(StorageError):
+class ContainerNotFound(StorageError, reason=Reason.BUCKET_NOT_FOUND):
     """The bucket / container / directory that should hold flows does not exist."""
 
-    reason = Reason.BUCKET_NOT_FOUND
 
-
-class AuthFailed(StorageError):
+class AuthFailed(StorageError, reason=Reason.AUTH_FAILED):
     """Credentials were rejected or lack permission."""
 
-    reason = Reason.AUTH_FAILED
 
-
-class IdentityNotConfigured(InvalidConfig):
+class IdentityNotConfigured(InvalidConfig, reason=Reason.IDENTITY_NOT_CONFIGURED):
     """A workload identity's settings are missing or malformed (annotate the ServiceAccount or
     fill in the spec's identity block)."""
 
-    reason = Reason.IDENTITY_NOT_CONFIGURED
 
-
-class IdentityRejected(AuthFailed):
+class IdentityRejected(AuthFailed, reason=Reason.IDENTITY_REJECTED):
     """The cloud's token service refused the ServiceAccount token it was offered (wrong
     audience, an issuer it does not trust, a trust policy that does not name the account)."""
 
-    reason = Reason.IDENTITY_REJECTED
 
-
-class IdentityUnavailable(StorageError):
+class IdentityUnavailable(StorageError, reason=Reason.TOKEN_REQUEST_FAILED):
     """No ServiceAccount token could be had to offer the cloud (the TokenRequest was refused,
     the account is gone, the projected token file is unreadable)."""
 
-    reason = Reason.TOKEN_REQUEST_FAILED
 
-
-class Unavailable(StorageError):
+class Unavailable(StorageError, retryable=True, reason=Reason.BACKEND_UNAVAILABLE):
     """The backend could not be reached or answered with a temporary failure."""
 
-    retryable = True
-    reason = Reason.BACKEND_UNAVAILABLE
 
-
-class IntegrityError(StorageError):
+class IntegrityError(StorageError, reason=Reason.INTEGRITY_ERROR):
     """Downloaded bytes do not match the digest they were stored with."""
 
-    reason = Reason.INTEGRITY_ERROR
 
-
-class RateLimited(Unavailable):
+class RateLimited(Unavailable, reason=Reason.RATE_LIMITED):
     """The provider throttled us (HTTP 429, or 403 with rate-limit headers); `retry_after`
     holds the seconds until the reset time the provider gave."""
 
-    reason = Reason.RATE_LIMITED
 
-
-class RepositoryNotFound(ContainerNotFound):
+class RepositoryNotFound(ContainerNotFound, reason=Reason.REPOSITORY_NOT_FOUND):
     """The git repository does not exist, or the credentials cannot see it."""
 
-    reason = Reason.REPOSITORY_NOT_FOUND
 
-
-class RefNotFound(StorageError):
+class RefNotFound(StorageError, reason=Reason.REF_NOT_FOUND):
     """The branch, tag or commit named by ``ref`` does not exist in the repository."""
 
-    reason = Reason.REF_NOT_FOUND
 
-
-class FileNotFound(NotFound):
+class FileNotFound(NotFound, reason=Reason.FILE_NOT_FOUND):
     """The flow file is not in the repository at the resolved commit."""
-
-    reason = Reason.FILE_NOT_FOUND

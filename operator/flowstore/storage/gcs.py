@@ -14,13 +14,12 @@ import base64
 import hashlib
 import json
 import os
-import threading
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from flowstore.api.backends import install_hint
-from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
+from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -28,10 +27,8 @@ from flowstore.storage.errors import (
     IntegrityError,
     InvalidConfig,
     MissingDependency,
-    NotFound,
-    Rejected,
     StorageError,
-    Unavailable,
+    redact,
 )
 from flowstore.storage.identity import WorkloadIdentity, gcp_endpoints
 
@@ -52,10 +49,8 @@ TIMEOUT = (5.0, 60.0)
 #: retries Unavailable itself, with backoff, so a short budget keeps reconciles responsive
 RETRY_DEADLINE = 4.0
 
-_T = TypeVar("_T")
 
-
-class GCS(Storage):
+class GCS(ObjectStore):
     """Flows stored as blobs in a Google Cloud Storage bucket.
 
     Args:
@@ -65,7 +60,6 @@ class GCS(Storage):
         stored_as_script: flows are kept as ``.py`` source rather than pickled.
         local_script_path: with `stored_as_script`, a local script to upload at :meth:`build`
             for flows added without `source`.
-        key_prefix: prefix for generated blob names (``<prefix>/<slug>/<timestamp>``).
         endpoint_url: a GCS-compatible endpoint (e.g. fake-gcs-server); without
             `credentials_info` it is talked to anonymously.
         credentials_info: a service-account JSON key, parsed (a dict); None uses Application
@@ -73,12 +67,16 @@ class GCS(Storage):
         identity: act as a Kubernetes ServiceAccount instead: workload identity federation (an
             external-account credential: STS token exchange, then service-account impersonation
             when the identity names one; :mod:`flowstore.storage.identity`). Also with an emulator.
-        **kwargs: the base :class:`Storage` options.
+        **kwargs: ``key_prefix`` and the base :class:`Storage` options (:class:`ObjectStore`).
     """
 
     type_name = "GCS"
     default_label = "gcs-flow-storage"
     identity_cloud = "gcp"
+    credentials_noun = "a service-account key"
+    status_fields = {"bucket": "bucket", "key": "key", "keyPrefix": "key_prefix", "project": "project",
+                     "endpointURL": "endpoint_url"}
+    bucket: str
 
     def __init__(
         self,
@@ -87,29 +85,18 @@ class GCS(Storage):
         project: str | None = None,
         stored_as_script: bool = False,
         local_script_path: str | None = None,
-        key_prefix: str | None = None,
         endpoint_url: str | None = None,
         credentials_info: Mapping[str, Any] | None = None,
-        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(stored_as_script=stored_as_script, **kwargs)
-        if not bucket or not isinstance(bucket, str):
-            raise InvalidConfig("GCS storage needs `bucket` (the bucket flows are stored in)")
-        if identity is not None and credentials_info is not None:
-            raise InvalidConfig("GCS storage takes a service-account key or a workload identity, not both")
-        self.identity = identity
-        self.bucket = bucket
+        super().__init__(bucket, stored_as_script=stored_as_script, credentials=credentials_info, **kwargs)
         self.key = key
         self.project = project
         self.local_script_path = local_script_path
-        self.key_prefix = key_prefix
         self.endpoint_url = endpoint_url
         self._credentials_info = (
             _check_service_account_info(credentials_info) if credentials_info is not None else None
         )
-        self._client_lock = threading.Lock()
-        self._client_instance: Any = None
 
     def __repr__(self) -> str:  # never shows credentials
         return (f"GCS(bucket={self.bucket!r}, key_prefix={self.key_prefix!r}, project={self.project!r}, "
@@ -119,41 +106,23 @@ class GCS(Storage):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
                     identity: WorkloadIdentity | None = None) -> GCS:
-        bucket = config.get("bucket")
-        if not bucket or not isinstance(bucket, str):
-            raise InvalidConfig("GCS storage needs `bucket` (spec.gcs.bucket)")
+        bucket = cls._container_from(config)
         info: dict[str, Any] | None = None
         if credentials is not None:
             info = _parse_service_account_json(credentials, config.get("credentialsKey") or DEFAULT_CREDENTIALS_KEY)
         return cls(
             bucket=bucket,
             key=config.get("key"),
-            key_prefix=config.get("keyPrefix"),
             project=config.get("project"),
             endpoint_url=config.get("endpointURL"),
             credentials_info=info,
-            identity=identity,
-            **cls.common_kwargs(config),
+            **cls._common_config(config, identity),
         )
-
-    @classmethod
-    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> GCS:
-        return cls.from_config(config, identity=identity)
 
     @classmethod
     def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
         # with an endpoint (an emulator) and no key the client is anonymous: nobody's identity
         return not config.get("endpointURL")
-
-    def _status_config(self) -> dict[str, Any]:
-        doc = {
-            "bucket": self.bucket,
-            "key": self.key,
-            "keyPrefix": self.key_prefix,
-            "project": self.project,
-            "endpointURL": self.endpoint_url,
-        }
-        return {k: v for k, v in doc.items() if v is not None}
 
     def _seed_config(self) -> dict[str, Any]:
         """The seed's GCS fields. The endpoint and key prefix have none: `flows` holds each flow's
@@ -170,20 +139,10 @@ class GCS(Storage):
                 "endpointURL": os.environ.get("STORAGE_EMULATOR_HOST") or None}
 
     # ------------------------------------------------------------------ locations
-    def location_for(self, flow_name: str, key: str | None = None) -> str:
-        return key or self.key or join_prefix(self.key_prefix, default_key(flow_name))
-
     def url_for(self, location: str) -> str:
         return f"gs://{self.bucket}/{location}"
 
     # ------------------------------------------------------------------ client
-    def _client(self) -> Any:
-        """The instance's google-cloud-storage client (created once, under a lock)."""
-        with self._client_lock:
-            if self._client_instance is None:
-                self._client_instance = self._make_client()
-            return self._client_instance
-
     def _make_client(self) -> Any:
         try:
             import google.auth
@@ -238,29 +197,18 @@ class GCS(Storage):
 
         return DEFAULT_RETRY.with_delay(initial=0.25, maximum=2.0, multiplier=2.0).with_timeout(RETRY_DEADLINE)
 
-    def _call(self, fn: Callable[[], _T], action: str, location: str | None) -> _T:
-        try:
-            return fn()
-        except Exception as exc:
-            raise self._translate(exc, action, location) from _cause(exc)
+    # ------------------------------------------------------------------ SDK calls
+    def _blob(self, location: str, chunk_size: int | None = None) -> Any:
+        return self._client().bucket(self.bucket).blob(location, chunk_size=chunk_size)
 
-    # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
-        digest = sha256_hex(data)
-        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
-        bucket = self._client().bucket(self.bucket)
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
         # above the threshold the SDK uploads resumably; a chunk size makes it send the data in
         # several requests (each retried on its own) instead of one huge PUT
-        blob = bucket.blob(location, chunk_size=CHUNK_SIZE if len(data) > RESUMABLE_THRESHOLD else None)
+        blob = self._blob(location, CHUNK_SIZE if len(data) > RESUMABLE_THRESHOLD else None)
         blob.metadata = {"sha256": digest}
-
-        def upload() -> None:
-            # overwriting a location with the same bytes is idempotent: retrying is safe
-            blob.upload_from_string(data, content_type=content_type, timeout=TIMEOUT, retry=self._retry())
-
-        self._call(upload, "upload", location)
+        # overwriting a location with the same bytes is idempotent: retrying is safe
+        blob.upload_from_string(data, content_type=content_type, timeout=TIMEOUT, retry=self._retry())
         self._verify_upload(blob, data, location)
-        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
 
     def _verify_upload(self, blob: Any, data: bytes, location: str) -> None:
         """Compare what the server says it stored (size, crc32c or md5) with `data`.
@@ -291,104 +239,65 @@ class GCS(Storage):
             "the object was removed, store the flow again"
         )
 
-    def get_bytes(self, location: str) -> bytes:
-        bucket = self._client().bucket(self.bucket)
-        blob = bucket.blob(location)
-        try:
+    def _download(self, location: str, max_bytes: int | None) -> bytes:
+        blob = self._blob(location)
+        data: bytes
+        if max_bytes is None:
             # checksum="auto": the SDK verifies the server's x-goog-hash (DataCorruption otherwise)
-            data: bytes = blob.download_as_bytes(timeout=TIMEOUT, retry=self._retry())
-        except Exception as exc:
-            if _is_not_found(exc):
-                self._raise_if_bucket_missing(exc)
-            raise self._translate(exc, "download", location) from _cause(exc)
+            data = blob.download_as_bytes(timeout=TIMEOUT, retry=self._retry())
+        else:  # a ranged download: the caller verifies the sha256
+            data = blob.download_as_bytes(start=0, end=max_bytes, checksum=None, timeout=TIMEOUT,
+                                          retry=self._retry())
         return data
 
-    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
-        """At most ``max_bytes + 1`` bytes (a ranged download; the caller verifies the sha256)."""
-        if max_bytes <= 0:
-            return super().get_bytes_bounded(location, max_bytes)
-        blob = self._client().bucket(self.bucket).blob(location)
-        try:
-            data: bytes = blob.download_as_bytes(start=0, end=max_bytes, checksum=None, timeout=TIMEOUT,
-                                                 retry=self._retry())
-        except Exception as exc:
-            if _is_not_found(exc):
-                self._raise_if_bucket_missing(exc)
-            raise self._translate(exc, "download", location) from _cause(exc)
-        check_bounded(len(data), max_bytes, self.url_for(location))
-        return data
-
-    def stat(self, location: str) -> ObjectInfo | None:
-        bucket = self._client().bucket(self.bucket)
-        blob = bucket.blob(location)
-        try:
-            blob.reload(timeout=TIMEOUT, retry=self._retry())
-        except Exception as exc:
-            if _is_not_found(exc):
-                self._raise_if_bucket_missing(exc)
-                return None
-            raise self._translate(exc, "inspect", location) from _cause(exc)
+    def _head(self, location: str) -> ObjectInfo:
+        blob = self._blob(location)
+        blob.reload(timeout=TIMEOUT, retry=self._retry())
         metadata = blob.metadata or {}
         return ObjectInfo(size=int(blob.size or 0), sha256=metadata.get("sha256"))
 
-    def delete(self, location: str) -> None:
-        bucket = self._client().bucket(self.bucket)
-        blob = bucket.blob(location)
-        try:
-            blob.delete(timeout=TIMEOUT, retry=self._retry())
-        except Exception as exc:
-            if _is_not_found(exc):
-                self._raise_if_bucket_missing(exc)
-                return  # already gone
-            raise self._translate(exc, "delete", location) from _cause(exc)
+    def _remove(self, location: str) -> None:
+        self._blob(location).delete(timeout=TIMEOUT, retry=self._retry())
 
-    def check_container(self) -> None:
+    def _probe_container(self) -> None:
         # listing (at most) one blob needs only storage.objects.list, which the object roles
         # (roles/storage.objectViewer/objectUser/objectAdmin) grant; bucket metadata
         # (storage.buckets.get) would demand more than storing flows needs
-        client = self._client()
-        self._call(
-            lambda: list(client.list_blobs(self.bucket, max_results=1, timeout=TIMEOUT, retry=self._retry())),
-            "access", None,
-        )
+        list(self._client().list_blobs(self.bucket, max_results=1, timeout=TIMEOUT, retry=self._retry()))
 
-    def _raise_if_bucket_missing(self, not_found: BaseException) -> None:
+    def _bucket_missing(self, not_found: BaseException) -> bool:
         """A 404 on a blob means the blob or the whole bucket is missing. GCS says which in its
         message; emulators (fake-gcs-server) answer a bare "Not Found", so ask the bucket."""
         text = str(not_found).lower()
         if "bucket" in text and "not exist" in text:
-            raise self._container_not_found() from None
+            return True
         if "no such object" in text:
-            return
+            return False
         try:
             self.check_container()
         except ContainerNotFound:
-            raise self._container_not_found() from None
+            return True
         except StorageError:  # cannot tell (e.g. no list permission): report the object
-            return
+            return False
+        return False
 
     # ------------------------------------------------------------------ errors
-    def _endpoint(self) -> str:
+    def _place(self) -> str:
         return self.endpoint_url or DEFAULT_ENDPOINT
 
-    def _container_not_found(self) -> ContainerNotFound:
-        return ContainerNotFound(
-            f"bucket {self.bucket} does not exist at {self._endpoint()}; create it or fix spec.gcs.bucket"
-        )
-
     def _redact(self, text: str) -> str:
-        for value in (self._credentials_info or {}).values():
-            if isinstance(value, str) and len(value) >= 8:
-                text = text.replace(value, "***")
-        return text
+        return redact(text, (self._credentials_info or {}).values(), shortest=8)
 
-    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
-        """Map one SDK exception to the project's taxonomy, with a message for a person."""
-        if isinstance(exc, StorageError):
-            return exc
+    def _credentials_hint(self) -> str:
+        return ("check the service account's roles on the bucket and the key in the referenced Secret "
+                "(spec.gcs.credentialsSecretRef)")
+
+    def _identity_hint(self) -> str:
+        return (f"grant it a role on bucket {self.bucket} (e.g. roles/storage.objectUser), "
+                "or name a ServiceAccount that has one")
+
+    def _read(self, exc: BaseException, action: str, target: str, key: str | None) -> Reading | StorageError:
         exc = _unwrap(exc)
-        target = self.url_for(key) if key is not None else f"bucket {self.bucket}"
-        where = self._endpoint()
         kind = type(exc).__name__
         status = _http_status(exc)
         detail = self._redact(_short_message(exc))
@@ -403,7 +312,7 @@ class GCS(Storage):
         if _is_refresh_error(exc) and self.identity is not None:
             return IdentityRejected(
                 f"cannot {action} {target}: Google refused to exchange the token of {self.identity.describe()} "
-                f"({self._redact(_short_message(exc))[:300]}); check that the workload identity pool provider "
+                f"({detail[:300]}); check that the workload identity pool provider "
                 f"trusts the cluster's issuer and audience {self.identity.audience}, and that "
                 f"principal://…/subject/{self.identity.token_subject} may use the service account "
                 "(roles/iam.workloadIdentityUser) or the bucket"
@@ -415,33 +324,20 @@ class GCS(Storage):
                 "or the pod's workload identity"
             )
         if _is_connection_error(exc):
-            return Unavailable(
-                f"cannot {action} {target}: GCS at {where} is unreachable or timed out ({kind}: {detail})"
-            )
-        if status == 404 and (key is None or action == "upload"):
-            return self._container_not_found()
-        if status in (401, 403) and self.identity is not None:
-            return AuthFailed(
-                f"cannot {action} {target}: GCS at {where} denied access ({status}: {detail}) to "
-                f"{self.identity.describe()}; grant it a role on bucket {self.bucket} (e.g. "
-                "roles/storage.objectUser), or name a ServiceAccount that has one"
-            )
+            return Reading(Failure.UNREACHABLE, detail=detail, kind=kind)
+        if status == 404 and (key is None or action == "upload" or self._bucket_missing(exc)):
+            return Reading(Failure.CONTAINER_MISSING)
         if status in (401, 403):
-            return AuthFailed(
-                f"cannot {action} {target}: GCS at {where} rejected the credentials or denied access "
-                f"({status}: {detail}); check the service account's roles on the bucket and the key in the "
-                "referenced Secret (spec.gcs.credentialsSecretRef)"
-            )
+            return Reading(Failure.DENIED, f"{status}: {detail}")
         if status == 404:
-            return NotFound(f"no flow artifact at {target} (404); was the flow built (stored)?")
-        if status is not None and (status >= 500 or status in (408, 429)):
-            return Unavailable(
-                f"cannot {action} {target}: GCS at {where} answered a temporary failure ({status}: {detail})",
-                retry_after=5.0 if status == 429 else None,
-            )
+            return Reading(Failure.MISSING, "404")
+        if status == 429:
+            return Reading(Failure.THROTTLED, str(status), detail)
+        if status is not None and (status >= 500 or status == 408):
+            return Reading(Failure.TEMPORARY, str(status), detail)
         if status is not None and 400 <= status < 500:
-            return Rejected(f"cannot {action} {target}: GCS at {where} refused the request ({status}: {detail})")
-        return StorageError(f"cannot {action} {target} at {where}: {kind}: {detail}")
+            return Reading(Failure.REJECTED, str(status), detail)
+        return Reading(Failure.OTHER, kind, detail)
 
 
 # ---------------------------------------------------------------------- credentials
@@ -508,15 +404,6 @@ def _check_service_account_info(info: Any, key: str | None = None) -> dict[str, 
 
 
 # ---------------------------------------------------------------------- exception helpers
-def _cause(exc: BaseException) -> BaseException | None:
-    """What to chain the translated error to: nothing for credential failures (their SDK text
-    can quote token endpoints' answers), the SDK exception otherwise (useful when debugging)."""
-    inner = _unwrap(exc)
-    if _is_refresh_error(inner) or _http_status(inner) in (401, 403):
-        return None
-    return exc
-
-
 def _unwrap(exc: BaseException) -> BaseException:
     """api_core's RetryError (retry deadline exceeded) carries the last real failure."""
     for _ in range(5):
@@ -534,10 +421,6 @@ def _http_status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)  # resumable media's InvalidResponse
     status = getattr(response, "status_code", None)
     return int(status) if isinstance(status, int) else None
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    return _http_status(_unwrap(exc)) == 404
 
 
 def _short_message(exc: BaseException) -> str:

@@ -518,8 +518,10 @@ def _partial_prefix(file_path: str) -> str:
 
 
 def _remove_partial_writes_at(dir_fd: int, name: str) -> None:
-    """As _remove_partial_writes, in the directory `dir_fd` (a confined storage's)."""
-    prefix = f".{name}."
+    """Remove the temporary files of writes of `name`, in the directory `dir_fd`, that never
+    reached their rename (a process killed mid-write). Best effort: a directory that cannot be
+    listed keeps them."""
+    prefix = _partial_prefix(name)
     try:
         names = os.listdir(dir_fd)
     except OSError:
@@ -531,14 +533,12 @@ def _remove_partial_writes_at(dir_fd: int, name: str) -> None:
 
 
 def _remove_partial_writes(file_path: str) -> None:
-    """Remove the temporary files of writes of `file_path` that never reached their rename (a
-    process killed mid-write). Best effort: a directory that cannot be listed keeps them."""
-    parent, prefix = os.path.dirname(file_path), _partial_prefix(file_path)
+    """As :func:`_remove_partial_writes_at`, for a file named by its path."""
     try:
-        names = os.listdir(parent)
+        dir_fd = os.open(os.path.dirname(file_path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(parent, name))
+    try:
+        _remove_partial_writes_at(dir_fd, os.path.basename(file_path))
+    finally:
+        os.close(dir_fd)

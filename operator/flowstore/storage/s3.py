@@ -10,31 +10,23 @@ contain credential values.
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage._aws import (
     ACCESS_KEY_ID,
     SECRET_ACCESS_KEY,
     config_from_seed_client_options,
+    describe_endpoint,
     identity_rejected,
     is_connection_error,
     is_credentials_error,
     make_client,
     seed_client_options,
 )
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, read_bounded, sha256_hex
-from flowstore.storage.errors import (
-    AuthFailed,
-    ContainerNotFound,
-    IntegrityError,
-    InvalidConfig,
-    NotFound,
-    StorageError,
-    Unavailable,
-)
+from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage.base import ObjectInfo, read_bounded
+from flowstore.storage.errors import AuthFailed, InvalidConfig, StorageError, redact
 from flowstore.storage.identity import WorkloadIdentity
 
 #: objects larger than this are uploaded in parts (boto3's managed transfer)
@@ -65,11 +57,10 @@ _CONFIG_CODES = frozenset({
 _CONFIG_ERROR_KINDS = frozenset({
     "ParamValidationError", "InvalidS3AddressingStyleError", "InvalidRegionError",
 })
+_THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException"})
 
 
-
-
-class S3(Storage):
+class S3(ObjectStore):
     """Flows stored as objects in an S3 bucket.
 
     Args:
@@ -81,19 +72,21 @@ class S3(Storage):
         client_options: extra keyword arguments for ``session.client("s3", ...)``; a
             ``config`` entry (botocore ``Config`` or dict) is merged over the defaults
             (5 s connect / 30 s read timeouts, 3 attempts).
-        key_prefix: prefix for generated keys (``<prefix>/<slug>/<timestamp>``).
         region: the bucket's region (``region_name``); None uses the SDK's default.
         endpoint_url: an S3-compatible endpoint (e.g. a local moto server).
         credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
             ``AWS_SESSION_TOKEN``; None uses the SDK's default credential chain.
         identity: act as a Kubernetes ServiceAccount instead: its token is exchanged for the
             role it names (STS AssumeRoleWithWebIdentity; :mod:`flowstore.storage.identity`).
-        **kwargs: the base :class:`Storage` options.
+        **kwargs: ``key_prefix`` and the base :class:`Storage` options (:class:`ObjectStore`).
     """
 
     type_name = "S3"
     default_label = "s3-flow-storage"
     identity_cloud = "aws"
+    status_fields = {"bucket": "bucket", "key": "key", "keyPrefix": "key_prefix", "region": "region",
+                     "endpointURL": "endpoint_url"}
+    bucket: str
 
     def __init__(
         self,
@@ -102,24 +95,15 @@ class S3(Storage):
         stored_as_script: bool = False,
         local_script_path: str | None = None,
         client_options: Mapping[str, Any] | None = None,
-        key_prefix: str | None = None,
         region: str | None = None,
         endpoint_url: str | None = None,
         credentials: Mapping[str, str] | None = None,
-        identity: WorkloadIdentity | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(stored_as_script=stored_as_script, **kwargs)
-        if not bucket or not isinstance(bucket, str):
-            raise InvalidConfig("S3 storage needs `bucket` (the bucket flows are stored in)")
-        if identity is not None and credentials is not None:
-            raise InvalidConfig("S3 storage takes credentials or a workload identity, not both")
-        self.identity = identity
-        self.bucket = bucket
+        super().__init__(bucket, stored_as_script=stored_as_script, credentials=credentials, **kwargs)
         self.key = key
         self.local_script_path = local_script_path
         self.client_options = dict(client_options or {})
-        self.key_prefix = key_prefix
         self.region = region
         self.endpoint_url = endpoint_url
         self._credentials = dict(credentials) if credentials is not None else None
@@ -129,8 +113,6 @@ class S3(Storage):
                 raise InvalidConfig(
                     f"the S3 credentials lack {', '.join(missing)}; add them to the referenced Secret"
                 )
-        self._client_lock = threading.Lock()
-        self._client_instance: Any = None
 
     def __repr__(self) -> str:  # never shows credentials
         return (f"S3(bucket={self.bucket!r}, key_prefix={self.key_prefix!r}, "
@@ -140,41 +122,23 @@ class S3(Storage):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None = None,
                     identity: WorkloadIdentity | None = None) -> S3:
-        bucket = config.get("bucket")
-        if not bucket or not isinstance(bucket, str):
-            raise InvalidConfig("S3 storage needs `bucket` (spec.s3.bucket)")
+        bucket = cls._container_from(config)
         client_options = config.get("clientOptions") or {}
         if not isinstance(client_options, Mapping):
             raise InvalidConfig("S3 `clientOptions` must be a mapping of boto3 client keyword arguments")
         return cls(
             bucket=bucket,
             key=config.get("key"),
-            key_prefix=config.get("keyPrefix"),
             region=config.get("region"),
             endpoint_url=config.get("endpointURL"),
             client_options=client_options,
             credentials=credentials,
-            identity=identity,
-            **cls.common_kwargs(config),
+            **cls._common_config(config, identity),
         )
-
-    @classmethod
-    def with_identity(cls, config: Mapping[str, Any], identity: WorkloadIdentity) -> S3:
-        return cls.from_config(config, identity=identity)
 
     @classmethod
     def uses_ambient_identity(cls, config: Mapping[str, Any]) -> bool:
         return True  # without keys or an identity, boto3's default chain: whoever the process is
-
-    def _status_config(self) -> dict[str, Any]:
-        doc = {
-            "bucket": self.bucket,
-            "key": self.key,
-            "keyPrefix": self.key_prefix,
-            "region": self.region,
-            "endpointURL": self.endpoint_url,
-        }
-        return {k: v for k, v in doc.items() if v is not None}
 
     def _seed_config(self) -> dict[str, Any]:
         """The seed's S3 fields; the endpoint and region travel in ``client_options`` (boto3's
@@ -193,121 +157,74 @@ class S3(Storage):
                 **config_from_seed_client_options(doc.get("client_options"))}
 
     # ------------------------------------------------------------------ locations
-    def location_for(self, flow_name: str, key: str | None = None) -> str:
-        return key or self.key or join_prefix(self.key_prefix, default_key(flow_name))
-
     def url_for(self, location: str) -> str:
         return f"s3://{self.bucket}/{location}"
 
     # ------------------------------------------------------------------ client
-    def _client(self) -> Any:
-        """The instance's boto3 client (created once; boto3 clients are thread-safe)."""
-        with self._client_lock:
-            if self._client_instance is None:
-                self._client_instance = self._make_client()
-            return self._client_instance
-
     def _make_client(self) -> Any:
         return make_client("s3", credentials=self._credentials, client_options=self.client_options,
                            endpoint_url=self.endpoint_url, region=self.region, defaults=DEFAULT_CLIENT_CONFIG,
                            extra="s3", label="S3", identity=self.identity,
                            failure=lambda exc: f"cannot create an S3 client: {self._redact(str(exc))}")
 
-    # ------------------------------------------------------------------ primitives
-    def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
-        digest = sha256_hex(data)
-        content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
+    # ------------------------------------------------------------------ SDK calls
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
         client = self._client()
-        try:
-            if len(data) > MULTIPART_THRESHOLD:
-                from boto3.s3.transfer import TransferConfig
+        if len(data) > MULTIPART_THRESHOLD:
+            from boto3.s3.transfer import TransferConfig
 
-                client.upload_fileobj(
-                    io.BytesIO(data), self.bucket, location,
-                    ExtraArgs={"Metadata": {"sha256": digest}, "ContentType": content_type},
-                    Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
-                                          multipart_chunksize=MULTIPART_THRESHOLD),
-                )
-            else:
-                client.put_object(Bucket=self.bucket, Key=location, Body=data,
-                                  Metadata={"sha256": digest}, ContentType=content_type)
-        except Exception as exc:
-            raise self._translate(exc, "upload", location) from _cause(exc)
-        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+            client.upload_fileobj(
+                io.BytesIO(data), self.bucket, location,
+                ExtraArgs={"Metadata": {"sha256": digest}, "ContentType": content_type},
+                Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                      multipart_chunksize=MULTIPART_THRESHOLD),
+            )
+        else:
+            client.put_object(Bucket=self.bucket, Key=location, Body=data,
+                              Metadata={"sha256": digest}, ContentType=content_type)
 
-    def get_bytes(self, location: str) -> bytes:
-        client = self._client()
+    def _download(self, location: str, max_bytes: int | None) -> bytes:
+        body = self._client().get_object(Bucket=self.bucket, Key=location)["Body"]
         try:
-            response = client.get_object(Bucket=self.bucket, Key=location)
-            data: bytes = response["Body"].read()
-        except Exception as exc:
-            raise self._translate(exc, "download", location) from _cause(exc)
-        return data
+            if max_bytes is None:
+                data: bytes = body.read()
+                return data
+            return read_bounded(body, max_bytes, self.url_for(location))
+        finally:
+            body.close()
 
-    def get_bytes_bounded(self, location: str, max_bytes: int) -> bytes:
-        client = self._client()
-        try:
-            response = client.get_object(Bucket=self.bucket, Key=location)
-            body = response["Body"]
-            try:
-                return read_bounded(body, max_bytes, self.url_for(location))
-            finally:
-                body.close()
-        except IntegrityError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, "download", location) from _cause(exc)
-
-    def stat(self, location: str) -> ObjectInfo | None:
-        client = self._client()
-        try:
-            response = client.head_object(Bucket=self.bucket, Key=location)
-        except Exception as exc:
-            if _error_code(exc) in _MISSING_OBJECT_CODES:
-                return None
-            raise self._translate(exc, "inspect", location) from _cause(exc)
+    def _head(self, location: str) -> ObjectInfo:
+        response = self._client().head_object(Bucket=self.bucket, Key=location)
         metadata = response.get("Metadata") or {}
         return ObjectInfo(size=int(response.get("ContentLength", 0)), sha256=metadata.get("sha256"))
 
-    def delete(self, location: str) -> None:
-        client = self._client()
-        try:
-            client.delete_object(Bucket=self.bucket, Key=location)
-        except Exception as exc:
-            if _error_code(exc) == "NoSuchKey":  # S3 itself answers 204; some compatibles do not
-                return
-            raise self._translate(exc, "delete", location) from _cause(exc)
+    def _remove(self, location: str) -> None:
+        self._client().delete_object(Bucket=self.bucket, Key=location)  # S3 itself answers 204 when absent
 
-    def check_container(self) -> None:
-        client = self._client()
-        try:
-            client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            raise self._translate(exc, "access", None) from _cause(exc)
+    def _probe_container(self) -> None:
+        self._client().head_bucket(Bucket=self.bucket)
 
     # ------------------------------------------------------------------ errors
-    def _endpoint(self) -> str:
-        if self.endpoint_url:
-            return self.endpoint_url
-        client = self._client_instance
-        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
-        return str(endpoint) if endpoint else "the default AWS endpoint"
+    def _place(self) -> str:
+        return describe_endpoint(self.endpoint_url, self._client_instance)
 
     def _redact(self, text: str) -> str:
-        for value in (self._credentials or {}).values():
-            if value and len(value) >= 4:
-                text = text.replace(value, "***")
-        return text
+        return redact(text, (self._credentials or {}).values())
 
-    def _translate(self, exc: BaseException, action: str, key: str | None) -> StorageError:
-        """Map one SDK exception to the project's taxonomy, with a message for a person."""
-        if isinstance(exc, StorageError):
-            return exc
+    def _credentials_hint(self) -> str:
+        return (f"check the keys in the referenced Secret ({ACCESS_KEY_ID}, {SECRET_ACCESS_KEY}) "
+                "and the bucket policy")
+
+    def _identity_hint(self) -> str:
+        return (f"grant that role access to bucket {self.bucket} in its IAM policy, "
+                "or name a ServiceAccount whose role has it")
+
+    def _read(self, exc: BaseException, action: str, target: str, key: str | None) -> Reading | StorageError:
         code = _error_code(exc)
-        status = _http_status(exc)
-        target = self.url_for(key) if key is not None else f"bucket {self.bucket}"
+        status = _response_field(exc, "ResponseMetadata", "HTTPStatusCode")
+        status = int(status) if status else None
+        shown = str(code or status)
         detail = self._redact(_error_message(exc))
-        where = self._endpoint()
         kind = type(exc).__name__
 
         if self.identity is not None and _operation(exc) == "AssumeRoleWithWebIdentity":
@@ -319,37 +236,20 @@ class S3(Storage):
                 "or give the pod an AWS identity"
             )
         if is_connection_error(_unwrap(exc)):
-            return Unavailable(
-                f"cannot {action} {target}: S3 at {where} is unreachable or timed out ({kind}: {detail})"
-            )
+            return Reading(Failure.UNREACHABLE, detail=detail, kind=kind)
         if code == "NoSuchBucket" or (key is None and (code in _MISSING_OBJECT_CODES or status == 404)):
-            return ContainerNotFound(
-                f"bucket {self.bucket} does not exist at {where}; create it or fix spec.s3.bucket"
-            )
-        if (code in _AUTH_CODES or status == 403) and self.identity is not None:
-            return AuthFailed(
-                f"cannot {action} {target}: S3 at {where} denied access ({code or status}) to "
-                f"{self.identity.describe()}; grant that role access to bucket {self.bucket} in its IAM policy, "
-                "or name a ServiceAccount whose role has it"
-            )
+            return Reading(Failure.CONTAINER_MISSING)
         if code in _AUTH_CODES or status == 403:
-            return AuthFailed(
-                f"cannot {action} {target}: S3 at {where} rejected the credentials or denied access "
-                f"({code or status}); check the keys in the referenced Secret ({ACCESS_KEY_ID}, "
-                f"{SECRET_ACCESS_KEY}) and the bucket policy"
-            )
+            return Reading(Failure.DENIED, shown)
         if code in _MISSING_OBJECT_CODES or status == 404:
-            return NotFound(f"no flow artifact at {target} ({code or status}); was the flow built (stored)?")
-        if code in _RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429)):
-            throttled = code in {"SlowDown", "Throttling", "ThrottlingException"} or status == 429
-            return Unavailable(
-                f"cannot {action} {target}: S3 at {where} answered a temporary failure "
-                f"({code or status}: {detail})",
-                retry_after=5.0 if throttled else None,
-            )
+            return Reading(Failure.MISSING, shown)
+        if code in _THROTTLING_CODES or status == 429:
+            return Reading(Failure.THROTTLED, shown, detail)
+        if code in _RETRYABLE_CODES or (status is not None and status >= 500):
+            return Reading(Failure.TEMPORARY, shown, detail)
         if kind in _CONFIG_ERROR_KINDS or code in _CONFIG_CODES:
-            return InvalidConfig(f"cannot {action} {target}: {code or kind}: {detail}")
-        return StorageError(f"cannot {action} {target} at {where}: {code or kind}: {detail}")
+            return Reading(Failure.INVALID, str(code or kind), detail)
+        return Reading(Failure.OTHER, str(code or kind), detail)
 
 
 def _operation(exc: BaseException) -> str | None:
@@ -357,14 +257,6 @@ def _operation(exc: BaseException) -> str | None:
     credentials could not be had)."""
     name = getattr(_unwrap(exc), "operation_name", None)
     return str(name) if name else None
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    """What to chain the translated error to: nothing for auth failures (their SDK text can
-    echo key ids), the SDK exception otherwise (useful when debugging)."""
-    if _error_code(exc) in _AUTH_CODES or _http_status(exc) == 403:
-        return None
-    return exc
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -376,11 +268,18 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _error_code(exc: BaseException) -> str | None:
+def _response_field(exc: BaseException, section: str, name: str) -> Any:
+    """``response[section][name]`` of a botocore ClientError (None for other exceptions)."""
     response = getattr(_unwrap(exc), "response", None)
     if isinstance(response, Mapping):
-        code = (response.get("Error") or {}).get("Code")
-        return str(code) if code else None
+        return (response.get(section) or {}).get(name)
+    return None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = _response_field(exc, "Error", "Code")
+    if code:
+        return str(code)
     text = str(exc)
     for candidate in ("NoSuchBucket", "NoSuchKey", *sorted(_AUTH_CODES)):
         if f"({candidate})" in text:  # S3UploadFailedError's message when it does not chain
@@ -388,19 +287,6 @@ def _error_code(exc: BaseException) -> str | None:
     return None
 
 
-def _http_status(exc: BaseException) -> int | None:
-    response = getattr(_unwrap(exc), "response", None)
-    if isinstance(response, Mapping):
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        return int(status) if status else None
-    return None
-
-
 def _error_message(exc: BaseException) -> str:
-    inner = _unwrap(exc)
-    response = getattr(inner, "response", None)
-    if isinstance(response, Mapping):
-        message = (response.get("Error") or {}).get("Message")
-        if message:
-            return str(message)
-    return str(inner)
+    message = _response_field(exc, "Error", "Message")
+    return str(message) if message else str(_unwrap(exc))

@@ -39,6 +39,16 @@ from flowstore.storage.errors import (
     Unavailable,
 )
 from flowstore.storage.policy import ServePolicy
+from flowstore.storage.webhook_requests import (
+    BUILD_METHODS,
+    DELETE_METHODS,
+    REQUEST_FIELDS,
+    check_build_response,
+    check_method,
+    check_request,
+    request_config,
+    seed_request,
+)
 
 #: (connect, read) seconds, when a request sets no ``timeout``
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 60.0)
@@ -58,17 +68,6 @@ MIN_REDACTED_LENGTH = 4
 #: characters of a rejected response's body quoted in the error message
 BODY_EXCERPT = 200
 
-BUILD_METHODS = frozenset({"GET", "POST", "PUT", "PATCH"})
-DELETE_METHODS = BUILD_METHODS | {"DELETE"}
-#: ``requests`` keyword arguments a request may set (python names) and their config spelling
-REQUEST_FIELDS: dict[str, str] = {
-    "url": "url",
-    "headers": "headers",
-    "params": "params",
-    "timeout": "timeoutSeconds",
-    "verify": "verify",
-    "allow_redirects": "allowRedirects",
-}
 _CONFIG_FIELDS = {camel: snake for snake, camel in REQUEST_FIELDS.items()}
 #: config key -> (python kwargs attribute, method attribute, methods, required)
 _REQUESTS = {
@@ -163,16 +162,16 @@ class Webhook(Storage):
         **kwargs: Any,
     ) -> None:
         super().__init__(stored_as_script=stored_as_script, **kwargs)
-        self.build_request_kwargs = _check_request("buildRequest", build_request_kwargs)
-        self.build_request_http_method = _check_method("buildRequest", build_request_http_method, BUILD_METHODS)
-        self.get_flow_request_kwargs = _check_request("getFlowRequest", get_flow_request_kwargs)
-        self.get_flow_request_http_method = _check_method(
+        self.build_request_kwargs = check_request("buildRequest", build_request_kwargs)
+        self.build_request_http_method = check_method("buildRequest", build_request_http_method, BUILD_METHODS)
+        self.get_flow_request_kwargs = check_request("getFlowRequest", get_flow_request_kwargs)
+        self.get_flow_request_http_method = check_method(
             "getFlowRequest", get_flow_request_http_method, BUILD_METHODS)
         self.delete_request_kwargs: dict[str, Any] | None = None
         self.delete_request_http_method: str | None = None
         if delete_request_kwargs is not None:
-            self.delete_request_kwargs = _check_request("deleteRequest", delete_request_kwargs)
-            self.delete_request_http_method = _check_method(
+            self.delete_request_kwargs = check_request("deleteRequest", delete_request_kwargs)
+            self.delete_request_http_method = check_method(
                 "deleteRequest", delete_request_http_method or "DELETE", DELETE_METHODS)
         self.local_script_path = flow_script_path  # the seed calls it flow_script_path here
         self.secret_values: dict[str, str] | None = (
@@ -186,7 +185,7 @@ class Webhook(Storage):
         #: where the allowed variables are configured, for messages
         self.allowed_env_setting = "allowedEnv"
         self.endpoint_policy = endpoint_policy or EndpointPolicy()
-        self.build_response: dict[str, Any] | None = self._keep(_check_build_response(build_response))
+        self.build_response: dict[str, Any] | None = self._keep(check_build_response(build_response))
         # location -> build response of the put_bytes that stored it (this process)
         self._responses: dict[str, dict[str, Any]] = {}
         self._session_lock = threading.Lock()
@@ -259,11 +258,11 @@ class Webhook(Storage):
 
     def _status_config(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "buildRequest": _request_config(self.build_request_kwargs, self.build_request_http_method),
-            "getFlowRequest": _request_config(self.get_flow_request_kwargs, self.get_flow_request_http_method),
+            "buildRequest": request_config(self.build_request_kwargs, self.build_request_http_method),
+            "getFlowRequest": request_config(self.get_flow_request_kwargs, self.get_flow_request_http_method),
         }
         if self.delete_request_kwargs is not None and self.delete_request_http_method is not None:
-            doc["deleteRequest"] = _request_config(self.delete_request_kwargs, self.delete_request_http_method)
+            doc["deleteRequest"] = request_config(self.delete_request_kwargs, self.delete_request_http_method)
         if self.build_response is not None:
             doc["buildResponse"] = self.build_response
         return doc
@@ -278,9 +277,9 @@ class Webhook(Storage):
         location = next(iter(self.flows.values()), None)  # a Webhook storage holds one flow
         response = self._response_for(location)
         return {
-            "build_request_kwargs": _seed_request(self.build_request_kwargs, response, location),
+            "build_request_kwargs": seed_request(self.build_request_kwargs, response, location),
             "build_request_http_method": self.build_request_http_method,
-            "get_flow_request_kwargs": _seed_request(self.get_flow_request_kwargs, response, location),
+            "get_flow_request_kwargs": seed_request(self.get_flow_request_kwargs, response, location),
             "get_flow_request_http_method": self.get_flow_request_http_method,
             "stored_as_script": self.stored_as_script,
         }
@@ -308,7 +307,7 @@ class Webhook(Storage):
         flow's location is its name, so a superseded artifact and its replacement share it;
         only their state tells them apart)."""
         if state and state.get("buildResponse") is not None:
-            self.build_response = self._keep(_check_build_response(state["buildResponse"]))
+            self.build_response = self._keep(check_build_response(state["buildResponse"]))
             self._responses.clear()
 
     def url_for(self, location: str) -> str:
@@ -529,94 +528,6 @@ class Webhook(Storage):
             )
         excerpt = _redact(_excerpt(response), sensitive)
         raise Rejected(f"the webhook answered {status} for {request}" + (f": {excerpt}" if excerpt else ""))
-
-
-# ---------------------------------------------------------------------- validation
-def _check_method(where: str, method: Any, allowed: frozenset[str]) -> str:
-    if not isinstance(method, str) or method.upper() not in allowed:
-        raise InvalidConfig(f"Webhook `{where}.method` must be one of {', '.join(sorted(allowed))}, not {method!r}")
-    return method.upper()
-
-
-def _check_request(where: str, kwargs: Any) -> dict[str, Any]:
-    if not isinstance(kwargs, Mapping):
-        raise InvalidConfig(f"Webhook `{where}` must be a mapping of request settings (url, headers, ...)")
-    if "data" in kwargs or "json" in kwargs or "files" in kwargs:
-        raise InvalidConfig(f"Webhook `{where}` must not set data/json/files: the flow is the request body")
-    unknown = sorted(set(kwargs) - set(REQUEST_FIELDS))
-    if unknown:
-        raise InvalidConfig(f"Webhook `{where}` has unsupported setting(s) {', '.join(unknown)}; "
-                            f"supported: {', '.join(REQUEST_FIELDS)}")
-    url = kwargs.get("url")
-    if not isinstance(url, str) or not url:
-        raise InvalidConfig(f"Webhook `{where}.url` is required (a string; it may use ${{...}} templates)")
-    moved = sorted(n for n in templating.template_names(_authority(url))
-                   if n == templating.LOCATION or n.startswith(templating.RESPONSE_PREFIX) or n == "response")
-    if moved:
-        raise InvalidConfig(
-            f"Webhook `{where}.url` takes its scheme or host from ${{{moved[0]}}}: the build response and the "
-            "location may fill in the path and query only (whoever may write a StoredFlow or its status would "
-            "otherwise choose where the request, and the Secret values in it, go); write the host out, or take it "
-            "from the credentials Secret")
-    for field in ("headers", "params"):
-        value = kwargs.get(field)
-        if value is None:
-            continue
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise InvalidConfig(f"Webhook `{where}.{field}` must be a mapping of names to strings")
-        for name, item in value.items():
-            items = item if field == "params" and isinstance(item, list) else [item]
-            if not all(isinstance(i, str | int | float) and not isinstance(i, bool) for i in items):
-                raise InvalidConfig(f"Webhook `{where}.{field}.{name}` must be a string")
-    timeout = kwargs.get("timeout")
-    if timeout is not None:
-        parts = list(timeout) if isinstance(timeout, list | tuple) else [timeout]
-        if len(parts) not in (1, 2) or not all(
-            isinstance(p, int | float) and not isinstance(p, bool) and p > 0 for p in parts
-        ):
-            raise InvalidConfig(f"Webhook `{where}.timeoutSeconds` must be a positive number of seconds")
-    verify = kwargs.get("verify")
-    if verify is not None and not isinstance(verify, bool | str):
-        raise InvalidConfig(f"Webhook `{where}.verify` must be true, false or a CA bundle path")
-    redirects = kwargs.get("allow_redirects")
-    if redirects is not None and not isinstance(redirects, bool):
-        raise InvalidConfig(f"Webhook `{where}.allowRedirects` must be true or false")
-    for name in templating.template_names(dict(kwargs)):
-        if not templating.TEMPLATE_NAME.match(name):
-            raise InvalidConfig(f"Webhook `{where}`: ${{{name}}} is not a valid template name "
-                                "(letters, digits, '_', '-', '.')")
-    return dict(kwargs)
-
-
-def _authority(url: str) -> str:
-    """The part of a URL template that says where a request goes: up to the first '/', '?' or
-    '#' after ``scheme://`` (the whole template when it has no ``://``, e.g. ``${response.json.url}``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    return scheme + sep + rest[:cut]
-
-
-def _check_build_response(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not isinstance(value.get("status"), int):
-        raise InvalidConfig("Webhook `buildResponse` must be {status: <int>, json: <body or null>}")
-    return {"status": value["status"], "json": value.get("json")}
-
-
-def _seed_request(kwargs: Mapping[str, Any], response: Mapping[str, Any] | None,
-                  location: str | None) -> dict[str, Any]:
-    rendered = templating.render_public(dict(kwargs), response, location)
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in rendered.items()}
-
-
-def _request_config(kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
-    doc: dict[str, Any] = {"method": method}
-    for name, value in kwargs.items():
-        doc[REQUEST_FIELDS[name]] = list(value) if isinstance(value, tuple) else value
-    return doc
 
 
 # ---------------------------------------------------------------------- responses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flowstore.api.models import StorageSpec
 from flowstore.reconcile.publishers.base import Publisher
 from flowstore.reconcile.publishers.git import GitPinPublisher
@@ -9,10 +11,11 @@ from flowstore.reconcile.publishers.image import ImagePublisher
 from flowstore.reconcile.publishers.objects import ObjectStorePublisher
 from flowstore.storage import backend_class
 
-PUBLISHERS: dict[str, Publisher] = {p.family: p for p in (ObjectStorePublisher(), ImagePublisher(), GitPinPublisher())}
+PUBLISHERS: dict[str, Publisher[Any]] = {
+    p.family: p for p in (ObjectStorePublisher(), ImagePublisher(), GitPinPublisher())}
 
 
-def publisher_for(spec: StorageSpec) -> Publisher:
+def publisher_for(spec: StorageSpec) -> Publisher[Any]:
     """The publisher of the family the spec's backend class declares."""
     return PUBLISHERS[backend_class(spec.backend).family]
 

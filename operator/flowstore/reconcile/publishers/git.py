@@ -10,6 +10,7 @@ from typing import Any
 
 from flowstore.api.constants import EventReason
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
+from flowstore.api.status import GitPin
 from flowstore.reconcile.building import build_request, check_bundle
 from flowstore.reconcile.context import FlowContext, GitSource, ready
 from flowstore.reconcile.outcomes import requested_at
@@ -17,14 +18,14 @@ from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
 from flowstore.reconcile.sources import ignore_rules, pack_files
-from flowstore.reconcile.storages import open_storage
-from flowstore.storage import NotFound, Storage
+from flowstore.storage import NotFound
 from flowstore.storage.git.base import GitHosted, normalize_path
 
 
-class GitPinPublisher(Publisher):
+class GitPinPublisher(Publisher[GitHosted]):
     family = "git"
     fixed_format = "script"
+    storage_type = GitHosted
 
     def check_spec(self, spec: FlowSpec, storage: StorageSpec, storage_name: str) -> None:
         if spec.source.path is None and (spec.source.inline is not None or spec.source.config_map):
@@ -39,19 +40,24 @@ class GitPinPublisher(Publisher):
         """Resolve the ref to a commit and read the flow's file there (unless the ref still
         resolves to the pinned commit: commits are immutable). A missing repository, ref or file
         stalls the StoredFlow (rechecked: a push fixes it); the last good pin stays recorded."""
-        repo = _git(open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec))
+        repo = self.storage(ctx)
         path = ctx.spec.source.path or repo.path
         if not path:
             raise SpecError(f"no flow file: set spec.source.path, or path in FlowStorage {ctx.spec.storage_name!r}")
         path = normalize_path(path)
-        commit = repo.resolve_ref()
-        pinned = ctx.status.get("git") or {}
+        # with spec.<backend>.verify, only a commit (and tag) signed by its Secret's keys: else
+        # SourceUnverified (VerificationFailed), and the last verified pin stays recorded
+        commit, verification = repo.resolve_verified()
+        pinned = GitPin.read(ctx.status)
         recorded = ctx.recorded
-        source = GitSource(repo=repo, path=path, commit=commit, status={
-            "repo": repo.repo_name(), "path": path, "ref": repo.ref or "(default branch)", "commit": commit,
-            "url": repo.web_url(path, commit)})
+        source = GitSource(path=path, commit=commit, pin=GitPin(
+            repo=repo.repo_name(), path=path, ref=repo.ref or "(default branch)", commit=commit,
+            url=repo.web_url(path, commit),
+            verification=verification.to_status() if verification is not None else None))
+        if verification is not None:
+            ctx.verified_by = verification.describe()
         ctx.git = source
-        if pinned.get("commit") == commit and pinned.get("path") == path and recorded and recorded.source_digest:
+        if pinned and pinned.commit == commit and pinned.path == path and recorded and recorded.source_digest:
             source.recorded_digest = recorded.source_digest
             if recorded.format == "bundle":  # a directory, not read again: what it was recorded as
                 ctx.bundle, ctx.entrypoint, ctx.file_count = True, recorded.entrypoint, recorded.file_count or 0
@@ -68,29 +74,29 @@ class GitPinPublisher(Publisher):
                 **({"entrypoint": ctx.spec.entrypoint} if ctx.spec.entrypoint else {}),
                 **({"ignore": list(ctx.spec.source.ignore)} if ctx.spec.source.ignore else {})}
 
-    def verify(self, ctx: FlowContext, ports: Ports, location: str) -> tuple[str | None, Storage | None]:
+    def verify(self, ctx: FlowContext, location: str) -> str | None:
         """A commit's content never changes, and resolving the ref (step 2) already showed the
         repository is there: the periodic check reads nothing. Only an explicit reconcile-now
         request reads the pinned file again."""
-        pinned = (ctx.status.get("git") or {}).get("commit")
+        pinned = GitPin.read(ctx.status)
         artifact = ctx.recorded
-        if not pinned or artifact is None:
-            return MISSING, None
+        if pinned is None or artifact is None:
+            return MISSING
         if requested_at(ctx.obj) is None:
-            return None, None
-        repo = _git(open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec))
+            return None
         try:
-            data = repo.read_flow(normalize_path(location), pinned, artifact.storage_state)
+            data = self.storage(ctx).read_flow(normalize_path(location), pinned.commit, artifact.storage_state)
         except NotFound:
-            return MISSING, repo
-        return (None if sha256_of(data) == artifact.digest and len(data) == artifact.size else CHANGED), repo
+            return MISSING
+        return None if sha256_of(data) == artifact.digest and len(data) == artifact.size else CHANGED
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         git = ctx.git
         assert git is not None  # resolve_source
+        repo = self.storage(ctx)
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
         if git.recorded_digest is not None:  # something besides the file changed: read it now
-            read_flow(ctx, git.repo, git.path, git.commit)
+            read_flow(ctx, repo, git.path, git.commit)
             git.recorded_digest = None
             plan(ctx, self)
         if ctx.bundle:
@@ -107,26 +113,21 @@ class GitPinPublisher(Publisher):
                 return ctx.pending(checked)
         data = ctx.source
         digest = sha256_of(data)
-        state = git.repo.pinned_state(git.commit)
+        state = repo.pinned_state(git.commit)
         if ctx.bundle and ctx.entrypoint:
-            state.update(git.repo.bundle_state(ctx.entrypoint, ctx.spec.source.ignore))
-        artifact = ctx.artifact(url=git.status["url"], digest=digest, size=len(data), source_digest=digest,
+            state.update(repo.bundle_state(ctx.entrypoint, ctx.spec.source.ignore))
+        artifact = ctx.artifact(url=git.pin.url, digest=digest, size=len(data), source_digest=digest,
                                 storage_state=state)
-        previous = (ctx.status.get("git") or {}).get("commit")
+        previous = GitPin.read(ctx.status)
         ctx.status.pop("driftDetected", None)
-        verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous[:12]} to" \
-            if previous and previous != git.commit else f"Pinned flow {ctx.spec.flow_name!r} to"
-        events = [Event("Normal", EventReason.PINNED, f"{verb} commit {git.commit[:12]} of {git.status['repo']} "
+        verb = f"Moved flow {ctx.spec.flow_name!r} from commit {previous.commit[:12]} to" \
+            if previous and previous.commit != git.commit else f"Pinned flow {ctx.spec.flow_name!r} to"
+        events = [Event("Normal", EventReason.PINNED, f"{verb} commit {git.commit[:12]} of {git.pin.repo} "
                         f"({git.path}, {len(data)} bytes, {digest[:19]}…)")]
-        ctx.status["git"] = dict(git.status)
-        outcome = ready(ctx, ports, git.path, artifact, events, uploaded=False, opened=git.repo)
+        git.pin.write(ctx.status)
+        outcome = ready(ctx, git.path, artifact, events, uploaded=False)
         outcome.built = check_flow
         return outcome
-
-
-def _git(storage: Storage) -> GitHosted:
-    """The git-hosted storage behind `storage` (the operator's ports hand out a counting proxy)."""
-    return storage  # type: ignore[return-value]
 
 
 def read_flow(ctx: FlowContext, repo: GitHosted, path: str, commit: str) -> None:

@@ -7,44 +7,56 @@ image and record it. Until then the StoredFlow is Reconciling ("building the ima
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from flowstore.api import conditions as cond
 from flowstore.api.constants import EventReason
 from flowstore.api.models import storage_ref
+from flowstore.api.status import Artifact, GitPin, ImageRef, recorded_flow_name, recorded_location
 from flowstore.artifacts.keys import slugify
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
-from flowstore.reconcile.storages import open_storage
-from flowstore.storage import NotFound, Storage, StorageError
+from flowstore.storage import NotFound, StorageError
 from flowstore.storage.docker import Docker, ImageFlow
 
 log = logging.getLogger(__name__)
 
 
-class ImagePublisher(Publisher):
+class ImagePublisher(Publisher[Docker]):
     family = "image"
+    storage_type = Docker
 
-    def verify(self, ctx: FlowContext, ports: Ports, location: str) -> tuple[str | None, Storage | None]:
+    def verify(self, ctx: FlowContext, location: str) -> str | None:
         """The flow file is read from the recorded image in the registry (no daemon)."""
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
-        image = ctx.status.get("image") or {}
+        image = ImageRef.read(ctx.status)
         artifact = ctx.recorded
-        if not image.get("digest") or artifact is None:
-            return MISSING, storage
+        if image is None or artifact is None:
+            return MISSING
         try:
-            held = _docker(storage).read_flow(str(image["digest"]), location)
+            held = self.storage(ctx).read_flow(image.digest, location)
         except NotFound:
-            return MISSING, storage
-        return (None if sha256_of(held) == artifact.digest else CHANGED), storage
+            return MISSING
+        return None if sha256_of(held) == artifact.digest else CHANGED
+
+    def settle(self, ctx: FlowContext) -> list[Event]:
+        """The recorded image is signed by the storage's current key (a new key signs it too:
+        nothing is built again)."""
+        image = ImageRef.read(ctx.status)
+        if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
+                or image.signature_key_id == ctx.signer.key_id:
+            return []
+        signed = sign_image(ctx, self.storage(ctx), image)
+        signed.write(ctx.status)
+        return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
+                      f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
-        docker = _docker(storage)
+        docker = self.storage(ctx)
         batch_key = (ctx.namespace, ctx.spec.storage_name, ctx.fs["metadata"].get("uid"))
         job = ports.images.lookup(batch_key, ctx.spec.flow_name, ctx.inputs_digest)
         if job is None:
@@ -61,7 +73,7 @@ class ImagePublisher(Publisher):
             def others(names: set[str]) -> list[Any]:
                 return image_siblings(ports, docker, namespace, storage_name, exclude=names)
 
-            job = ports.images.submit(batch_key, storage, flow, ctx.inputs_digest,
+            job = ports.images.submit(batch_key, docker, flow, ctx.inputs_digest,
                                       waiter=("storedflows", ctx.namespace, ctx.name), others=others)
         if not job.done.is_set():
             status = dict(ctx.status)
@@ -78,21 +90,29 @@ class ImagePublisher(Publisher):
             url=f"{built.name}@{built.digest}", digest=digest, size=len(flow.data),
             source_digest=sha256_of(ctx.source) if ctx.source else digest,
             storage_state={"imageName": built.name, "imageTag": built.tag, "imageDigest": built.digest})
-        previous = (ctx.status.get("image") or {}).get("digest")
+        previous = ImageRef.read(ctx.status)
         ctx.status.pop("driftDetected", None)
-        ctx.status.pop("git", None)
-        ctx.status["image"] = {"name": built.name, "tag": built.tag, "digest": built.digest, "path": flow.location}
-        verb = "Moved" if previous and previous != built.digest else "Stored"
+        GitPin.clear(ctx.status)
+        image = sign_image(ctx, docker, ImageRef(name=built.name, tag=built.tag, digest=built.digest,
+                                                 path=flow.location))
+        image.write(ctx.status)
+        verb = "Moved" if previous and previous.digest != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
-        outcome = ready(ctx, ports, flow.location, artifact, events, uploaded=True, opened=storage)
+        outcome = ready(ctx, flow.location, artifact, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         return outcome
 
 
-def _docker(storage: Storage) -> Docker:
-    """The Docker storage behind `storage` (the operator's ports hand out a counting proxy)."""
-    return storage  # type: ignore[return-value]
+def sign_image(ctx: FlowContext, docker: Docker, image: ImageRef) -> ImageRef:
+    """With an ed25519 signing key, push the image's cosign signature (docs/signing.md): `image`
+    with its signature's tag and key; otherwise `image` with none."""
+    if ctx.signer is None or ctx.signer.provider != "ed25519":
+        return dataclasses.replace(image, signature_tag=None, signature_key_id=None)
+    storage = f"{ctx.namespace}/{ctx.spec.storage_name}"
+    tag = docker.sign_image(image.digest, ctx.signer, image_name=image.name,
+                            annotations={"flowstore.dev/flowstorage": storage})
+    return dataclasses.replace(image, signature_tag=tag, signature_key_id=ctx.signer.key_id)
 
 
 def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: str, *,
@@ -101,22 +121,22 @@ def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: 
     its status records (so nothing is rebuilt) and checked against its recorded digest."""
     flows = []
     for other in ports.list_storedflows(namespace):
-        spec, status = other.get("spec") or {}, other.get("status") or {}
-        name = status.get("flowName") or spec.get("flowName")
-        image = status.get("image") or {}
+        spec, status = other.get("spec") or {}, other.get("status")
+        name = recorded_flow_name(status) or spec.get("flowName")
+        image, location, artifact = ImageRef.read(status), recorded_location(status), Artifact.read(status)
         if storage_ref(spec) != storage_name or other["metadata"].get("deletionTimestamp"):
             continue
-        if name in exclude or not image.get("digest") or not status.get("location"):
+        if not isinstance(name, str) or name in exclude or image is None or location is None or artifact is None:
             continue
-        if image.get("name") != storage.image_repository:
+        if image.name != storage.image_repository:
             continue  # in another repository (the storage changed): it is being rebuilt anyway
         try:
-            data = storage.read_flow(str(image["digest"]), str(status["location"]))
+            data = storage.read_flow(image.digest, location)
         except StorageError as exc:
             log.warning("flow %r left out of the next image: %s", name, exc.message)
             continue
-        if sha256_of(data) != (status.get("artifact") or {}).get("digest"):
+        if sha256_of(data) != artifact.digest:
             log.warning("flow %r left out of the next image: digest mismatch", name)
             continue
-        flows.append(ImageFlow(name=str(name), location=str(status["location"]), data=data))
+        flows.append(ImageFlow(name=name, location=location, data=data))
     return flows

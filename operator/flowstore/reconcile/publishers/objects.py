@@ -20,11 +20,11 @@ import logging
 from typing import Any
 
 from flowstore.api.constants import EventReason
+from flowstore.api.status import GitPin, Storing, Superseded, recorded_location
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
 from flowstore.reconcile.publishers.base import Publisher
-from flowstore.reconcile.storages import open_storage
 from flowstore.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 SUPERSEDED_DELETE_SECONDS = 1.0
 
 
-class ObjectStorePublisher(Publisher):
+class ObjectStorePublisher(Publisher[Storage]):
     family = "objects"
+    storage_type = Storage
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         """Build, claim a location (the seed's timestamped key, or spec.key; the recorded one on a
@@ -42,64 +43,62 @@ class ObjectStorePublisher(Publisher):
         data = build(ctx, ports)
         if isinstance(data, Pending):
             return ctx.pending(data)
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage = self.storage(ctx)
         location = claim_location(ctx, storage)
         stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
         info = storage.stat(location)
         if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
             raise StorageError(f"{stored.url} did not read back as written; will store again")
-        previous = ctx.status.get("location")
+        previous = recorded_location(ctx.status)
         recorded = ctx.recorded
         previous_state = dict(recorded.storage_state or {}) if recorded else {}
         digest = "sha256:" + stored.sha256
         artifact = ctx.artifact(url=stored.url, digest=digest, size=stored.size, storage_state=stored.storage_state)
         drift = ctx.status.pop("driftDetected", None)
-        ctx.status.pop("git", None)  # e.g. the flow moved from a git-hosted storage to this one
+        GitPin.clear(ctx.status)  # e.g. the flow moved from a git-hosted storage to this one
         verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} "
                         f"({stored.size} bytes, {digest[:19]}…)")]
         # one recorded earlier is for an artifact status moved past before this store: it goes now
         events += delete_superseded(ctx, storage, current_state=stored.storage_state)
-        superseded = previous and (previous != location or previous_state != dict(stored.storage_state))
-        if superseded and ctx.storage_spec.deletion_policy == "Delete":
+        superseded = previous is not None and (previous != location or previous_state != dict(stored.storage_state))
+        if previous is not None and superseded and ctx.storage_spec.deletion_policy == "Delete":
             # addressed by its own location and recorded state; deleted once status moved on
-            ctx.status["superseded"] = {"location": previous, "storageState": previous_state}
-        outcome = ready(ctx, ports, location, artifact, events, uploaded=True, opened=storage)
+            Superseded(previous, previous_state).write(ctx.status)
+        outcome = ready(ctx, location, artifact, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
-        if ctx.status.get("superseded"):
+        if Superseded.read(ctx.status):
             outcome.requeue_after = SUPERSEDED_DELETE_SECONDS
         return outcome
 
-    def settle(self, ctx: FlowContext, ports: Ports) -> list[Event]:
+    def settle(self, ctx: FlowContext) -> list[Event]:
         """Status records the artifact of the current inputs: an interrupted store of other
         inputs (the spec changed back meanwhile) leaves nothing behind, and a superseded artifact
         recorded for deletion is deleted now."""
         events: list[Event] = []
-        if interrupted(ctx) is None and not ctx.status.get("superseded"):
+        if interrupted(ctx) is None and not Superseded.read(ctx.status):
             return events
-        storage = open_storage(ports, ctx.namespace, ctx.fs, ctx.storage_spec)
+        storage = self.storage(ctx)
         discard_interrupted(ctx, storage)
         recorded = ctx.recorded
         return delete_superseded(ctx, storage, current_state=recorded.storage_state if recorded else None)
 
 
-def interrupted(ctx: FlowContext) -> dict[str, Any] | None:
+def interrupted(ctx: FlowContext) -> Storing | None:
     """The ``status.storing`` record of a store of other inputs than the current ones, if any."""
-    storing = ctx.status.get("storing") or {}
-    if not storing.get("location") or storing.get("inputsDigest") == ctx.inputs_digest:
-        return None
-    return dict(storing)
+    storing = Storing.read(ctx.status)
+    return storing if storing is not None and storing.inputs_digest != ctx.inputs_digest else None
 
 
 def claim_location(ctx: FlowContext, storage: Storage) -> str:
     """Where this store goes, recorded in status before anything is uploaded."""
-    storing = ctx.status.get("storing") or {}
-    if storing.get("location") and storing.get("inputsDigest") == ctx.inputs_digest:
-        location = str(storing["location"])  # a retry: the same place
+    storing = Storing.read(ctx.status)
+    if storing is not None and storing.inputs_digest == ctx.inputs_digest:
+        location = storing.location  # a retry: the same place
     else:
         discard_interrupted(ctx, storage)
         location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
-        ctx.status["storing"] = {"inputsDigest": ctx.inputs_digest, "location": location}
+        Storing(ctx.inputs_digest, location).write(ctx.status)
     ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(location)}")
     return location
 
@@ -108,13 +107,14 @@ def delete_superseded(ctx: FlowContext, storage: Storage, *, current_state: Any)
     """Delete the artifact ``status.superseded`` records (one status already moved past) and
     drop the record; `current_state` is put back afterwards (the storage is shared). A failure
     is a Warning Event: the record is dropped, as the next store must not carry it along."""
-    superseded = ctx.status.pop("superseded", None) or {}
-    location = superseded.get("location")
-    if not location:  # recorded only when it differs from the current artifact (place or state)
+    superseded = Superseded.read(ctx.status)
+    Superseded.clear(ctx.status)
+    if superseded is None:  # recorded only when it differs from the current artifact (place or state)
         return []
+    location = superseded.location
     try:
-        storage.restore_state(superseded.get("storageState") or {})
-        storage.delete(str(location))
+        storage.restore_state(superseded.storage_state or {})
+        storage.delete(location)
     except StorageError as exc:
         return [Event("Warning", EventReason.CLEANUP_FAILED, f"Could not delete superseded {location}: {exc.message}")]
     finally:
@@ -130,9 +130,9 @@ def discard_interrupted(ctx: FlowContext, storage: Storage) -> None:
     storing = interrupted(ctx)
     if storing is None:
         return
-    ctx.status.pop("storing", None)
-    location = str(storing["location"])
-    if location == ctx.status.get("location"):
+    Storing.clear(ctx.status)
+    location = storing.location
+    if location == recorded_location(ctx.status):
         return
     try:
         storage.delete(location)

@@ -1,6 +1,7 @@
 """What a Docker storage is configured with and where its image is: the constructor and
 ``from_config``, the image's naming, the state StoredFlow status keeps, the registry reads
-(:meth:`DockerBase.read_flow`, no daemon) and the storage primitives.
+(:meth:`DockerBase.read_flow`, no daemon), the image's cosign signature
+(:meth:`DockerBase.sign_image`) and the storage primitives.
 
 :class:`~flowstore.storage.docker.images.ImageAssembly` builds on it, and
 :class:`~flowstore.storage.docker.storage.Docker` (the class users know) on that.
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from flowstore.artifacts.keys import slugify
+from flowstore.artifacts.signing import Signer
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, stat_by_reading
+from flowstore.storage.docker import cosign
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.oci import RegistryClient, split_registry
@@ -261,9 +264,9 @@ class DockerBase(Storage):
         if state.get("imageName"):
             self._state_repository = str(state["imageName"])
 
-    def _read_repository(self) -> tuple[str | None, str]:
-        """(host, repository path) to read the current image from."""
-        full = self._state_repository or self.image_repository
+    def _read_repository(self, image_name: str | None = None) -> tuple[str | None, str]:
+        """(host, repository path) to read the current image (or `image_name`) from."""
+        full = image_name or self._state_repository or self.image_repository
         host = self.registry_host
         if host and full.startswith(host + "/"):
             return host, full[len(host) + 1:]
@@ -339,6 +342,17 @@ class DockerBase(Storage):
         except NotFound as exc:
             raise NotFound(f"flow file {location} is not in image {client.host}/{repo}@{image_digest}: "
                            f"{exc.message}") from None
+
+    def sign_image(self, image_digest: str, signer: Signer, *, image_name: str | None = None,
+                   annotations: Mapping[str, str] | None = None) -> str:
+        """Sign the image `image_digest` (of `image_name`, ``host/repo`` as status records it;
+        default: this storage's repository) as cosign does and push the signature beside it
+        (:mod:`flowstore.storage.docker.cosign`); the signature's tag."""
+        if not _DIGEST.match(image_digest or ""):
+            raise InvalidConfig(f"{image_digest!r} is not an image manifest digest (sha256:…)")
+        host, repo = self._read_repository(image_name)
+        client = self._registry(host)
+        return cosign.sign_image(client, repo, f"{client.host}/{repo}", image_digest, signer, annotations=annotations)
 
     # ------------------------------------------------------------------ primitives
     def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:

@@ -15,73 +15,52 @@ from flowstore.storage.docker.dockerfile import PIP_INSTALL
 from flowstore.storage.errors import StorageError, Unavailable
 
 
-class ImageBuildError(StorageError):
+class ImageBuildError(StorageError, reason=Reason.BUILD_FAILED):
     """Base of the image build failures; `log_tail` holds the last lines of the build output."""
-
-    reason = Reason.BUILD_FAILED
 
     def __init__(self, message: str, *, log_tail: str = "", retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.log_tail = log_tail
 
 
-class HealthcheckFailed(ImageBuildError):
+class HealthcheckFailed(ImageBuildError, reason=Reason.HEALTHCHECK_FAILED):
     """A flow does not load in the image (with the image's own Python). `flows` names them."""
-
-    reason = Reason.HEALTHCHECK_FAILED
 
     def __init__(self, message: str, *, log_tail: str = "", flows: Iterable[str] = ()) -> None:
         super().__init__(message, log_tail=log_tail)
         self.flows = tuple(flows)
 
 
-class BaseImageNotFound(ImageBuildError):
+class BaseImageNotFound(ImageBuildError, reason=Reason.BASE_IMAGE_NOT_FOUND):
     """The base image (``FROM``) cannot be found or pulled."""
 
-    reason = Reason.BASE_IMAGE_NOT_FOUND
 
-
-class DependencyInstallFailed(ImageBuildError):
+class DependencyInstallFailed(ImageBuildError, reason=Reason.DEPENDENCY_INSTALL_FAILED):
     """``pip install`` of the python dependencies failed."""
 
-    reason = Reason.DEPENDENCY_INSTALL_FAILED
 
-
-class DockerfileInvalid(ImageBuildError):
+class DockerfileInvalid(ImageBuildError, reason=Reason.DOCKERFILE_INVALID):
     """The Dockerfile (the user's, or the extra commands) is not valid."""
 
-    reason = Reason.DOCKERFILE_INVALID
 
-
-class BuildFailed(ImageBuildError):
+class BuildFailed(ImageBuildError, reason=Reason.BUILD_FAILED):
     """Any other build failure (a user ``RUN`` step failed, the daemon refused the build)."""
 
-    reason = Reason.BUILD_FAILED
 
-
-class PushFailed(StorageError):
+class PushFailed(StorageError, retryable=True, reason=Reason.PUSH_FAILED):
     """The registry did not take the image for a reason other than auth or reachability."""
 
-    retryable = True
-    reason = Reason.PUSH_FAILED
 
-
-class RunFailed(StorageError):
+class RunFailed(StorageError, reason=Reason.RUN_FAILED):
     """The daemon could not run the flow's container (pull, create or start failed)."""
 
-    reason = Reason.RUN_FAILED
 
-
-class DaemonUnavailable(Unavailable):
+class DaemonUnavailable(Unavailable, reason=Reason.DAEMON_UNAVAILABLE):
     """The Docker daemon (Engine API) cannot be reached."""
 
-    reason = Reason.DAEMON_UNAVAILABLE
 
-
-class RegistryUnavailable(Unavailable):
+class RegistryUnavailable(Unavailable, reason=Reason.REGISTRY_UNAVAILABLE):
     """The registry could not be reached, or answered with a temporary failure (5xx)."""
-
-    reason = Reason.REGISTRY_UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- reading build output

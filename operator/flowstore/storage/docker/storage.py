@@ -35,6 +35,7 @@ from flowstore.storage.docker.daemon import Daemon
 from flowstore.storage.docker.images import ImageAssembly, ImageFlow
 from flowstore.storage.docker.runner import DockerEnvRunner
 from flowstore.storage.errors import InvalidConfig
+from flowstore.storage.refs import FileRefs, KeyRef, SecretKeys
 
 
 class Docker(ImageAssembly):
@@ -69,6 +70,13 @@ class Docker(ImageAssembly):
     #: every flow of a storage is a layer of its one image (built by the controller's image builder)
     family = "image"
     default_label = None
+    #: the FlowStorage's Dockerfile, files and daemon TLS come from ConfigMaps and Secrets
+    config_refs = (
+        KeyRef("dockerfile", text=True),
+        FileRefs("files"),
+        SecretKeys("daemonTLSSecretRef", into="daemonTLS", keys=("ca.crt", "tls.crt", "tls.key"),
+                   hint="create it with ca.crt, tls.crt and tls.key"),
+    )
 
     # ------------------------------------------------------------------ seed interface
     def add_flow(self, flow: Any, source: bytes | None = None) -> str:

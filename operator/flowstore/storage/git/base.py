@@ -29,6 +29,7 @@ import abc
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from flowstore.api.backends import backend
 from flowstore.artifacts import bundle, flowfiles, loading
 from flowstore.storage.base import (
     ObjectInfo,
@@ -39,6 +40,8 @@ from flowstore.storage.base import (
     verify_digest,
 )
 from flowstore.storage.errors import FileNotFound, InvalidConfig, RateLimited, Rejected, StorageError
+from flowstore.storage.git import verify as verifying
+from flowstore.storage.refs import ConfigRef, SecretKeys
 
 #: the most files a directory named by ``spec.source.path`` may hold (a symlink counts as a file);
 #: a directory with more is refused as soon as the listing passes it, before any file is read
@@ -73,6 +76,11 @@ class GitHosted(Storage):
     family: ClassVar[str] = "git"
     #: the configuration key naming the ref (``commit`` for CodeCommit, as in the seed)
     ref_key: ClassVar[str] = "ref"
+    #: ``verify.secretRef``: the trusted keys (SSH allowed signers, OpenPGP ``*.asc``) as ``verifyKeys``
+    config_refs: ClassVar[tuple[ConfigRef, ...]] = (
+        SecretKeys("verify.secretRef", into="verifyKeys", keys=("allowed_signers",), suffixes=(".asc",),
+                   hint="create it with the trusted keys (allowed_signers and/or *.asc)"),
+    )
 
     def __init__(self, path: str | None = None, ref: str | None = None, **kwargs: Any) -> None:
         kwargs["stored_as_script"] = True
@@ -86,6 +94,9 @@ class GitHosted(Storage):
         #: rules its bundle was made with, so an agent makes the same bundle from the pinned commit
         self.bundle_entrypoint: str | None = None
         self.bundle_ignore: tuple[str, ...] = ()
+        #: spec.<backend>.verify with the keys of its Secret: only signed commits (or tags) are
+        #: pinned (:mod:`flowstore.storage.git.verify`); None pins what the ref names
+        self.verify_policy: verifying.VerifyPolicy | None = None
 
     # ------------------------------------------------------------------ provider primitives
     @abc.abstractmethod
@@ -116,6 +127,13 @@ class GitHosted(Storage):
         as soon as the listing (or the reading) passes the bound. Raises FileNotFound when nothing
         is at `path`, or another StorageError."""
 
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> verifying.SignedRef:
+        """The commit `ref` resolves to and its raw object, for verification; with `tag`, the
+        annotated tag object of that name too (None when it is a lightweight tag), the commit
+        then being the one it points at. Raw objects come from the provider as it stores them
+        (never its opinion of their signatures)."""
+        raise InvalidConfig(f"{type(self).__name__} storages cannot verify commits (spec.*.verify)")
+
     @abc.abstractmethod
     def web_url(self, path: str, commit: str) -> str:
         """A URL a person can open for `path` at `commit`."""
@@ -132,6 +150,10 @@ class GitHosted(Storage):
             requested = config.get("requestedRef")
             self.ref = str(requested) if requested else None
         self.restore_state(config)
+        if config.get("verify") is not None:
+            row = backend(self.type_name)
+            self.verify_policy = verifying.VerifyPolicy.from_config(
+                config.get("verify"), config.get("verifyKeys"), backend=row.key if row else self.type_name.lower())
         return self
 
     # ------------------------------------------------------------------ pinning
@@ -143,6 +165,32 @@ class GitHosted(Storage):
         if self.ref and is_commit_id(self.ref):
             return self.ref
         return self.resolve_ref()
+
+    def signed_ref_over_git(self, ref: str | None, *, tag: str | None, clone_url: Any, api_url: str,
+                            other_hosts: Iterable[str] = (), username: str | None = None,
+                            password: str | None = None, token: str | None = None) -> verifying.SignedRef:
+        """:meth:`signed_ref` for providers whose API gives no raw objects: the commit (or tag)
+        fetched over git's smart HTTP from `clone_url` (what the provider's API names), only when
+        it is on the API's host or one of `other_hosts` (the credentials go nowhere else), over
+        https unless the API itself is plain http (a local test server)."""
+        from flowstore.storage.git.plain import fetch_signed_ref
+
+        url = checked_clone_url(clone_url, api_url, other_hosts, what=f"{type(self).__name__} {self.repo_name()}")
+        commit = None if tag else self.resolve_ref(ref)
+        return fetch_signed_ref(url, commit=commit, tag=tag, username=username, password=password, token=token)
+
+    def resolve_verified(self) -> tuple[str, verifying.Verification | None]:
+        """The commit to pin: what ``ref`` resolves to, and, with a verify policy, the proof that
+        it (and its tag, in Tag modes) is signed by a key of the policy (SourceUnverified
+        otherwise: nothing is pinned)."""
+        policy = self.verify_policy
+        if policy is None:
+            return self.resolve_ref(), None
+        row = backend(self.type_name)
+        tag = verifying.tag_name(self.ref, backend=row.key if row else "git") if policy.wants_tag else None
+        found = self.signed_ref(self.ref, tag=tag)
+        what = f"{type(self).__name__} {self.repo_name()} at {tag or self.ref or 'the default branch'}"
+        return found.commit, verifying.verify(policy, found, what=what)
 
     def pin(self, commit: str) -> None:
         self.commit = commit
@@ -268,6 +316,26 @@ class GitHosted(Storage):
             return self.path
         locations = sorted(set(self.flows.values()))
         return locations[0] if len(locations) == 1 else None
+
+
+def checked_clone_url(clone_url: Any, api_url: str, other_hosts: Iterable[str], *, what: str) -> str:
+    """`clone_url` without any user name in it, when it is an http(s) URL on the API's host (or
+    one of `other_hosts`), https unless the API is http; Rejected otherwise (the provider's answer
+    would send our credentials elsewhere)."""
+    import urllib.parse
+
+    if not isinstance(clone_url, str) or not clone_url:
+        raise Rejected(f"{what}: the provider's API names no https clone URL, so its commits cannot be fetched to "
+                       "verify them")
+    parts, api = urllib.parse.urlsplit(clone_url), urllib.parse.urlsplit(api_url)
+    hosts = {api.hostname or "", *other_hosts}
+    if parts.scheme not in ("https", api.scheme) or parts.hostname not in hosts or (
+            parts.hostname == api.hostname and parts.port != api.port):
+        raise Rejected(f"{what}: the provider's API names the clone URL {parts.scheme}://{parts.hostname}"
+                       f"{parts.path[:100]}, not on {' or '.join(sorted(h for h in hosts if h))}; refusing to send "
+                       "credentials there")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # ---------------------------------------------------------------------- shared HTTP handling

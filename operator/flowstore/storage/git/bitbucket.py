@@ -62,6 +62,7 @@ from flowstore.storage.errors import (
 from flowstore.storage.git._bitbucket_tree import cloud_entries, server_entries
 from flowstore.storage.git.base import GitHosted, normalize_path, raise_for_http
 from flowstore.storage.git.tree import TreeEntry, read_tree
+from flowstore.storage.git.verify import SignedRef
 
 CLOUD_API_URL = "https://api.bitbucket.org/2.0"
 CLOUD_WEB_URL = "https://bitbucket.org"
@@ -300,6 +301,29 @@ class Bitbucket(GitHosted):
                 f"{self._what()} does not exist at {self.api_url}, or the credentials cannot see it; "
                 "fix spec.bitbucket (workspace/project, repo, host) or grant the credentials read access")
         return _decode(response, f"read {self._what()}")
+
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> SignedRef:
+        """As :meth:`GitHosted.signed_ref`. Bitbucket's APIs give no raw commits, so the objects
+        are fetched over git's smart HTTP from the repository's clone link (``links.clone``, named
+        ``https`` on Cloud, ``http`` on Server / Data Center) with the same credentials: an app
+        password as basic auth, a Cloud access token as the password of ``x-token-auth``
+        (https://support.atlassian.com/bitbucket-cloud/docs/using-access-tokens/), a Data Center
+        HTTP access token as Bearer
+        (https://confluence.atlassian.com/bitbucketserver/http-access-tokens-939515499.html)."""
+        links = (self._repository().get("links") or {}).get("clone") or []
+        wanted = "https" if self.is_cloud else "http"
+        clone = next((link.get("href") for link in links
+                      if isinstance(link, dict) and link.get("name") == wanted), None)
+        auth = self._auth
+        other_hosts = [urllib.parse.urlsplit(CLOUD_WEB_URL).hostname or ""] if self.is_cloud else []
+        if isinstance(auth, tuple):
+            return self.signed_ref_over_git(ref, tag=tag, clone_url=clone, api_url=self.api_url,
+                                            other_hosts=other_hosts, username=auth[0], password=auth[1])
+        if auth and self.is_cloud:
+            return self.signed_ref_over_git(ref, tag=tag, clone_url=clone, api_url=self.api_url,
+                                            other_hosts=other_hosts, username="x-token-auth", password=auth)
+        return self.signed_ref_over_git(ref, tag=tag, clone_url=clone, api_url=self.api_url, other_hosts=other_hosts,
+                                        token=auth or None)
 
     def read_file(self, path: str, commit: str) -> bytes:
         response = self._source(path, commit)

@@ -23,6 +23,7 @@ Credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
 
 from __future__ import annotations
 
+import datetime
 import threading
 import urllib.parse
 from collections import deque
@@ -41,6 +42,7 @@ from flowstore.storage._aws import (
     is_plain,
     make_client,
     seed_client_options,
+    web_identity_session,
 )
 from flowstore.storage.errors import (
     AuthFailed,
@@ -55,6 +57,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
 from flowstore.storage.git.tree import DIRECTORY, FILE, SUBMODULE, SYMLINK, TreeEntry, read_tree
+from flowstore.storage.git.verify import SignedRef
 from flowstore.storage.identity import WorkloadIdentity
 
 #: client defaults; ``client_options["config"]`` (a botocore Config or a dict) is merged over them
@@ -253,6 +256,52 @@ class CodeCommit(GitHosted):
         doc = self._call("get_folder", what, unknown=unknown, repositoryName=self.repo,
                          commitSpecifier=target, folderPath="/")
         return _commit_id(doc.get("commitId"), what)
+
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> SignedRef:
+        """As :meth:`GitHosted.signed_ref`. CodeCommit's API gives no raw commits (GetCommit has no
+        signature), so the objects are fetched over git's smart HTTP from the repository's
+        ``cloneUrlHttp`` (https://docs.aws.amazon.com/codecommit/latest/APIReference/API_RepositoryMetadata.html)
+        with the same AWS credentials, as the AWS CLI's credential helper presents them: the access
+        key id (``%`` and the session token, if any) as the user name, and a SigV4 signature of the
+        request as the password (https://docs.aws.amazon.com/codecommit/latest/userguide/setting-up-https-unixes.html)."""
+        meta = self._call("get_repository", f"read {self._what()}", repositoryName=self.repo)
+        clone = (meta.get("repositoryMetadata") or {}).get("cloneUrlHttp")
+        region = self._region_name()
+        api = self.endpoint_url or f"https://codecommit.{region}.amazonaws.com"
+        username, password = self._git_credentials(str(clone or ""))
+        return self.signed_ref_over_git(ref, tag=tag, clone_url=clone, api_url=api,
+                                        other_hosts=[f"git-codecommit.{region}.amazonaws.com"],
+                                        username=username, password=password)
+
+    def _git_credentials(self, clone_url: str) -> tuple[str, str]:
+        """(user name, password) for git over HTTPS to `clone_url`, from this storage's AWS
+        credentials: the password is ``<timestamp>Z<SigV4 signature>`` of a ``GIT`` request for the
+        URL's path and host, signed for the codecommit service in the storage's region."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        if self._credentials is not None:
+            credentials: Any = Credentials(self._credentials[ACCESS_KEY_ID], self._credentials[SECRET_ACCESS_KEY],
+                                           self._credentials.get(SESSION_TOKEN) or None)
+        elif self.identity is not None:  # the role the ServiceAccount assumes, as the API client does
+            credentials = web_identity_session(self.identity, self._region_name()).get_credentials()
+        else:  # the SDK's default chain, as the API client uses
+            import boto3.session
+
+            credentials = boto3.session.Session().get_credentials()
+        if credentials is None:
+            raise AuthFailed(f"{self._what()}: no AWS credentials to fetch its commits with (to verify them)")
+        frozen = credentials.get_frozen_credentials()
+        parts = urllib.parse.urlsplit(clone_url)
+        timestamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        request = AWSRequest(method="GIT", url=clone_url)
+        request.context["timestamp"] = timestamp
+        signer = SigV4Auth(frozen, "codecommit", self._region_name())
+        canonical = f"GIT\n{parts.path}\n\nhost:{parts.hostname}\n\nhost\n"
+        signature = signer.signature(signer.string_to_sign(request, canonical), request)
+        username = frozen.access_key + (f"%{frozen.token}" if frozen.token else "")
+        return username, f"{timestamp}Z{signature}"
 
     def read_file(self, path: str, commit: str) -> bytes:
         doc = self._call(

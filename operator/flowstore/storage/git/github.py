@@ -58,6 +58,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path, raise_for_http
 from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree
+from flowstore.storage.git.verify import RawObject, SignedRef, commit_from_payload, tag_from_payload
 
 #: the Secret key and environment variable holding the token (the seed's secret name)
 CREDENTIALS_KEY = "GITHUB_ACCESS_TOKEN"
@@ -118,6 +119,8 @@ class GitHub(GitHosted):
         self._token_source = token_source or "the access token"
         self._session_lock = threading.Lock()
         self._session_instance: requests.Session | None = None
+        #: raw commit objects read for verification, by id (objects never change)
+        self._raw_objects: dict[str, RawObject] = {}
 
     def __repr__(self) -> str:  # never shows the token
         return f"GitHub(repo={self.repo!r}, path={self.path!r}, ref={self.ref!r}, api={self._api_base!r})"
@@ -295,6 +298,49 @@ class GitHub(GitHosted):
                 yield TreeEntry(entry["path"], kind_of_mode(str(entry.get("mode", ""))), str(entry.get("sha", "")),
                                 size if isinstance(size, int) else None)
 
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> SignedRef:
+        """As :meth:`GitHosted.signed_ref`, from the git database API: the raw commit (and tag)
+        put back together from the documented ``verification.payload`` (the object without its
+        signature) and ``verification.signature``; GitHub's own ``verified`` is never read."""
+        what = f"reading {tag or ref or 'the default branch'!r} of GitHub repository {self.repo} to verify it"
+        if tag is None:
+            commit = self.resolve_ref(ref)
+            return SignedRef(commit=commit, commit_object=self._raw_object("commit", commit, what))
+        # https://docs.github.com/en/rest/git/refs#get-a-reference: {object: {type, sha}}
+        response = self._get(f"/git/ref/tags/{quote(tag)}", what, accept="application/vnd.github+json")
+        if response.status_code == 404:
+            raise RefNotFound(f"{what}: no tag {tag!r} in GitHub repository {self.repo}; push it, or fix the ref")
+        self._raise(response, what)
+        target = _object_of(response, what)
+        if target[0] == "commit":  # a lightweight tag: no tag object, no signature
+            return SignedRef(commit=target[1], commit_object=self._raw_object("commit", target[1], what), tag_name=tag)
+        if target[0] != "tag":
+            raise RefNotFound(f"{what}: tag {tag!r} names a {target[0]}, not a commit")
+        # https://docs.github.com/en/rest/git/tags#get-a-tag: {object: {type, sha}, verification}
+        doc = self._json(f"/git/tags/{quote(target[1])}", what)
+        pointed = doc.get("object")
+        pointed = pointed if isinstance(pointed, dict) else {}
+        commit = str(pointed.get("sha") or "").lower()
+        if pointed.get("type") != "commit" or not is_commit_id(commit):
+            raise RefNotFound(f"{what}: tag {tag!r} does not point at a commit")
+        return SignedRef(commit=commit, commit_object=self._raw_object("commit", commit, what), tag_name=tag,
+                         tag_id=target[1], tag_object=_from_verification(doc, "tag", target[1]))
+
+    def _raw_object(self, kind: str, sha: str, what: str) -> RawObject | None:
+        """The raw `kind` object `sha` from its verification payload and signature (None when
+        GitHub says it carries no signature); kept, as objects never change."""
+        cached = self._raw_objects.get(sha)
+        if cached is not None:
+            return cached
+        # https://docs.github.com/en/rest/git/commits#get-a-commit-object
+        raw = _from_verification(self._json(f"/git/commits/{quote(sha)}", what), kind, sha)
+        if raw is not None:
+            with self._session_lock:
+                if len(self._raw_objects) > 256:
+                    self._raw_objects.clear()
+                self._raw_objects[sha] = raw
+        return raw
+
     def _blob(self, entry: TreeEntry) -> bytes:
         # https://docs.github.com/en/rest/git/blobs#get-a-blob (the raw media type answers the
         # bytes, up to 100 MB)
@@ -344,6 +390,29 @@ class GitHub(GitHosted):
 
 
 # ---------------------------------------------------------------------- helpers
+def _object_of(response: requests.Response, what: str) -> tuple[str, str]:
+    try:
+        target = response.json().get("object")
+    except (ValueError, AttributeError):
+        target = None
+    if not isinstance(target, dict) or not is_commit_id(str(target.get("sha") or "")):
+        raise Unavailable(f"{what}: the API answered without the object the ref names; will retry")
+    return str(target.get("type") or ""), str(target["sha"]).lower()
+
+
+def _from_verification(doc: Mapping[str, Any], kind: str, sha: str) -> RawObject | None:
+    """The raw object from a git database answer's ``verification`` (payload + signature), or
+    None when it carries no signature."""
+    verification = doc.get("verification")
+    verification = verification if isinstance(verification, dict) else {}
+    payload, signature = verification.get("payload"), verification.get("signature")
+    if not isinstance(payload, str) or not isinstance(signature, str) or not signature:
+        return None
+    data = commit_from_payload(payload, signature, sha256=len(sha) == 64) if kind == "commit" \
+        else tag_from_payload(payload, signature)
+    return RawObject(kind, sha, data)
+
+
 def _is_directory_listing(response: requests.Response) -> bool:
     """The contents API answers a directory with a JSON array, whatever the media type asked."""
     return response.headers.get("Content-Type", "").startswith("application/json") and response.content[:1] == b"["

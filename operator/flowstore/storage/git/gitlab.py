@@ -54,6 +54,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path, raise_for_http
 from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree, relative_path
+from flowstore.storage.git.verify import SignedRef
 
 #: the Secret key and environment variable holding the token
 CREDENTIALS_KEY = "GITLAB_ACCESS_TOKEN"
@@ -246,6 +247,16 @@ class GitLab(GitHosted):
         if not isinstance(commit, str) or not is_commit_id(commit):
             raise Unavailable(f"{what}: the API answered without a commit id; will retry")
         return commit.lower()
+
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> SignedRef:
+        """As :meth:`GitHosted.signed_ref`. GitLab's API gives no raw commit (its signature
+        endpoint gives its own verdict), so the objects are fetched over git's smart HTTP from the
+        project's ``http_url_to_repo``
+        (https://docs.gitlab.com/ee/api/projects.html#get-a-single-project), the token as the
+        password of the user ``oauth2`` (https://docs.gitlab.com/ee/api/oauth2.html)."""
+        clone = self.project().get("http_url_to_repo")
+        return self.signed_ref_over_git(ref, tag=tag, clone_url=clone, api_url=self._api_base,
+                                        username="oauth2" if self._token else None, password=self._token)
 
     def read_file(self, path: str, commit: str) -> bytes:
         path = normalize_path(path)

@@ -54,6 +54,7 @@ from flowstore.storage.errors import (
 )
 from flowstore.storage.git.base import GitHosted, is_commit_id, normalize_path
 from flowstore.storage.git.tree import TreeEntry, kind_of_mode, read_tree
+from flowstore.storage.git.verify import RawObject, SignedRef
 
 CREDENTIAL_KEYS = ("GIT_USERNAME", "GIT_PASSWORD", "GIT_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS")
 #: seconds one git command may take (a fetch of one commit of a flows repository is small)
@@ -311,13 +312,46 @@ class Git(GitHosted):
     def _fetch(self, commit: str, what: str) -> None:
         """Make `commit` readable from the cache: fetched once (``--depth=1``), then reused."""
         with _lock_for(self.cache_dir):
-            _private_dir(cache_root())
-            _check_repository(self.cache_dir)  # before git reads anything there
-            if not all((self.cache_dir / name).exists() for name in ("HEAD", "objects", "refs")):
-                self._git("init", "-q", "--bare", "--template=", str(self.cache_dir), what=what)
-                _check_repository(self.cache_dir)
+            self._init_cache(what)
             if not self._has(f"{commit}^{{commit}}"):
                 self._git("fetch", "-q", "--no-tags", "--depth=1", self.url, commit, what=what, cwd=self.cache_dir)
+
+    def signed_ref(self, ref: str | None, *, tag: str | None) -> SignedRef:
+        """As :meth:`GitHosted.signed_ref`: the commit (and the tag, fetched by its ref name) into
+        the cache, read back raw. Git checks every fetched object against its id."""
+        what = f"fetching {tag or ref or 'HEAD'!r} from {self.url} to verify it"
+        if tag is None:
+            commit = self.resolve_ref(ref)
+            self._fetch(commit, what)
+            return SignedRef(commit=commit, commit_object=self._raw("commit", commit))
+        local = f"refs/flowstore/tags/{tag}"
+        with _lock_for(self.cache_dir):
+            self._init_cache(what)
+            self._git("fetch", "-q", "--no-tags", "--depth=1", self.url, f"+refs/tags/{tag}:{local}", what=what,
+                      cwd=self.cache_dir)
+            object_id = self._local("rev-parse", "--verify", "-q", local).stdout.decode().strip()
+            kind = self._local("cat-file", "-t", object_id).stdout.decode().strip()
+            commit = self._local("rev-parse", "--verify", "-q", f"{object_id}^{{commit}}").stdout.decode().strip()
+        if not object_id or not commit:
+            raise RefNotFound(f"{what}: no tag {tag!r} pointing at a commit in {self.url}")
+        tag_object = self._raw("tag", object_id) if kind == "tag" else None
+        return SignedRef(commit=commit, commit_object=self._raw("commit", commit), tag_name=tag,
+                         tag_id=object_id if kind == "tag" else None, tag_object=tag_object)
+
+    def _raw(self, kind: str, object_id: str) -> RawObject:
+        done = self._local("cat-file", kind, object_id)
+        if done.returncode:
+            raise StorageError(f"the git cache of {self.url} has no {kind} {object_id[:12]}")
+        return RawObject(kind, object_id, done.stdout)
+
+    def _init_cache(self, what: str) -> None:
+        """The cache repository (under cache_root(), or a scratch directory), private and with
+        exactly REPO_CONFIG before git reads anything there; made when missing."""
+        _private_dir(self.cache_dir.parent)
+        _check_repository(self.cache_dir)  # before git reads anything there
+        if not all((self.cache_dir / name).exists() for name in ("HEAD", "objects", "refs")):
+            self._git("init", "-q", "--bare", "--template=", str(self.cache_dir), what=what)
+            _check_repository(self.cache_dir)
 
     def _local(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         """A git command on the cache (no network, no credentials)."""
@@ -325,6 +359,39 @@ class Git(GitHosted):
 
     def _has(self, obj: str) -> bool:
         return self._local("cat-file", "-e", obj).returncode == 0
+
+
+def fetch_signed_ref(url: str, *, commit: str | None, tag: str | None, username: str | None = None,
+                     password: str | None = None, token: str | None = None) -> SignedRef:
+    """The raw commit `commit` (or, with `tag`, the tag of that name and the commit it points at)
+    fetched over git's smart HTTP from `url` into a scratch repository deleted afterwards: only
+    those objects (a promisor remote with ``--filter=tree:0``: no trees, no blobs), with the
+    given credentials. For the providers whose API gives no raw objects (the files are still read
+    through the API)."""
+    remote = Git(url, username=username, password=password, token=token)
+    what = f"fetching {tag or commit or 'HEAD'!r} from {url} to verify it"
+    with tempfile.TemporaryDirectory(prefix="flowstore-verify-fetch-") as scratch:
+        remote.cache_dir = Path(scratch) / "objects.git"
+        remote._init_cache(what)
+        for key, value in (("remote.origin.url", url), ("remote.origin.promisor", "true"),
+                           ("remote.origin.partialclonefilter", "tree:0")):
+            remote._local("config", key, value)
+        local = f"refs/flowstore/tags/{tag}"
+        refspec = f"+refs/tags/{tag}:{local}" if tag else str(commit)
+        remote._git("fetch", "-q", "--no-tags", "--depth=1", "--filter=tree:0", "origin", refspec, what=what,
+                    cwd=remote.cache_dir)
+        if tag is None:
+            assert commit is not None
+            return SignedRef(commit=commit, commit_object=remote._raw("commit", commit))
+        object_id = remote._local("rev-parse", "--verify", "-q", local).stdout.decode().strip()
+        kind = remote._local("cat-file", "-t", object_id).stdout.decode().strip() if object_id else ""
+        target = remote._local("rev-parse", "--verify", "-q", f"{object_id}^{{commit}}").stdout.decode().strip() \
+            if object_id else ""
+        if not target:
+            raise RefNotFound(f"{what}: no tag {tag!r} pointing at a commit in {url}")
+        return SignedRef(commit=target, commit_object=remote._raw("commit", target), tag_name=tag,
+                         tag_id=object_id if kind == "tag" else None,
+                         tag_object=remote._raw("tag", object_id) if kind == "tag" else None)
 
 
 def _local_env() -> dict[str, str]:

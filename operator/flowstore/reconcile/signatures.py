@@ -1,0 +1,99 @@
+"""Signing what a StoredFlow's status says (docs/signing.md).
+
+The signing key is read once per pass (:func:`read_signer`). Just before a Ready status is written,
+:func:`sign_status` signs the statement of the revision ``status.artifact`` names — built from that
+very status by the function agents use to rebuild it (``artifacts.statement.from_status``), so
+the two can never disagree — and puts the signature and key id in ``status.artifact``; each
+``status.history`` entry gets its own (the statement of that revision, designation 0 unless it
+is the current one). Signing is deterministic, so a pass that changes nothing writes the same
+signatures; a new key changes every signature at once: a status update, nothing stored again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flowstore.api.constants import Reason
+from flowstore.api.models import SpecError, StorageSpec
+from flowstore.artifacts import statement
+from flowstore.artifacts.signing import KeyFormatError, SignatureError, Signer, signer_from_secret
+from flowstore.reconcile.failures import ReconcileError
+from flowstore.reconcile.ports import Ports
+
+SIGNED_FIELDS = ("signature", "keyId")
+
+
+def read_signer(ports: Ports, namespace: str, spec: StorageSpec) -> Signer | None:
+    """The key spec.signing names (its Secret read now), or None when the storage does not sign.
+    A missing Secret or key stalls (rechecked); a key that is not what the provider needs is a
+    spec error saying how to make one."""
+    signing = spec.signing
+    if signing is None:
+        return None
+    secret = ports.get_secret(namespace, signing.secret_name)
+    if secret is None:
+        raise ReconcileError(
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {signing.secret_name!r} (spec.signing.secretRef) was not found in namespace {namespace!r}; "
+            "create it or remove spec.signing.", stalled=True)
+    value = (secret.get("data") or {}).get(signing.key)
+    if not value:
+        raise ReconcileError(
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {signing.secret_name!r} has no key {signing.key!r} (spec.signing.secretRef.key); put the signing "
+            "key there (docs/signing.md).", stalled=True)
+    try:
+        return signer_from_secret(str(value).encode("utf-8"), signing.provider,
+                                  where=f"Secret {signing.secret_name!r} (key {signing.key!r})")
+    except KeyFormatError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer | None) -> bool:
+    """Sign `status` in place (see module docstring); without a signer, remove any signature.
+    Returns whether a signature changed (a new key, or a new revision)."""
+    meta = obj.get("metadata") or {}
+    namespace, name, uid = str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or "")
+    artifact = status.get("artifact")
+    if not isinstance(artifact, dict):
+        return False
+    before = [artifact.get("signature")]
+    if signer is None:
+        for field in SIGNED_FIELDS:
+            artifact.pop(field, None)
+        return before != [None]
+    try:
+        signed = statement.sign(statement.from_status(status, namespace=namespace, name=name, uid=uid), signer)
+    except SignatureError as exc:
+        raise ReconcileError(Reason.BACKEND_ERROR, f"cannot sign the status: {exc}", stalled=False,
+                             retry_after=60.0) from None
+    artifact["signature"], artifact["keyId"] = signed.signature, signed.key_id
+    return before != [signed.signature]
+
+
+def number_revision(previous: Mapping[str, Any] | None, status: dict[str, Any]) -> None:
+    """``status.artifact.revision`` and ``designation``: the recorded ones while the artifact is
+    the recorded one (same digest and location), else one more each."""
+    artifact = status.get("artifact")
+    if not isinstance(artifact, dict):
+        return
+    old = (previous or {}).get("artifact") if isinstance(previous, Mapping) else None
+    old = old if isinstance(old, Mapping) else {}
+    same = (old.get("digest") == artifact.get("digest") and (previous or {}).get("location") == status.get("location"))
+    revision, designation = old.get("revision"), old.get("designation")
+    if same and isinstance(revision, int) and isinstance(designation, int):
+        artifact["revision"], artifact["designation"] = revision, designation
+        return
+    artifact["revision"] = (revision if isinstance(revision, int) else 0) + 1
+    artifact["designation"] = (designation if isinstance(designation, int) else 0) + 1
+
+
+def signing_status(signer: Signer | None) -> dict[str, Any] | None:
+    """FlowStorage ``status.signing``: the key agents need (never the private half)."""
+    if signer is None:
+        return None
+    doc: dict[str, Any] = {"provider": signer.provider, "keyId": signer.key_id}
+    if signer.public_pem:
+        doc["publicKey"] = signer.public_pem
+    return doc
