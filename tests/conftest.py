@@ -112,7 +112,10 @@ def _remove_images_tagged_for(docker_host: str, prefix: str) -> None:
                         client.images.remove(tag)
                     except docker.errors.APIError:
                         pass  # still used by a container: the local cloud's down removes that
-        client.images.prune(filters={"dangling": True})
+        try:
+            client.images.prune(filters={"dangling": True})
+        except docker.errors.APIError:
+            pass  # podman refuses the whole prune while a container uses one of them: down removes those
     finally:
         client.close()
 

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flowstore import cli_revisions
+
 
 def _parse_size(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30}
@@ -155,7 +157,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from flowstore.prefect import NotForPrefect, pull_step_yaml
     from flowstore.storage import from_serialized
 
-    located = resolve(args.name, args.namespace)
+    located = resolve(args.name, args.namespace, revision=args.revision, digest=args.digest)
     if args.output == "prefect-pull-step":
         try:
             sys.stdout.write(pull_step_yaml(located.view))
@@ -173,7 +175,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     table of flowstore.cli_errors."""
     from flowstore.client import load_artifact
 
-    artifact = load_artifact(args.name, args.namespace)
+    artifact = load_artifact(args.name, args.namespace, revision=args.revision, digest=args.digest)
     if args.output in (None, "-"):
         sys.stdout.buffer.write(artifact.data)
         return 0
@@ -217,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Load a stored flow (verified) and run it: what an agent does."""
     from flowstore.client import load_flow
 
-    flow = load_flow(args.name, args.namespace)
+    flow = load_flow(args.name, args.namespace, revision=args.revision, digest=args.digest)
     result: Any = flow.run()
     print(json.dumps({"flow": getattr(flow, "name", None), "result": result}, default=repr))
     return 0
@@ -359,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")
+        cli_revisions.add_revision_args(p)
         p.set_defaults(func=func)
+    cli_revisions.add_parsers(sub)
 
     cache = sub.add_parser("cache", help="the agent cache (FLOWSTORE_CACHE_DIR): list or prune its entries")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)

@@ -2,18 +2,24 @@
 
     from flowstore.client import load_flow
     flow = load_flow("etl-daily", "data")
+    older = load_flow("etl-daily", "data", revision=3)   # any revision still in status.history
 
 A StoredFlow's status is hostile input (whoever may write ``storedflows/status`` is not the
 tenant who wrote the spec). In this order, and before anything is unpickled or executed:
 
 1. the StoredFlow is read and its status parsed into a typed view (``flowstore.agent.status``):
-   a missing or wrong-typed field is a StatusError naming it; no digest, no load;
+   a missing or wrong-typed field is a StatusError naming it; no digest, no load (for an older
+   revision — ``revision=`` or ``digest=`` — the status as it reads with that entry of
+   status.history current: ``flowstore.api.history.status_for``; every later check applies to it
+   the same way);
 2. with keys — ed25519 public keys (``verify_key=`` or ``FLOWSTORE_VERIFY_KEY``), or the weaker
    shared HMAC key (``signing_key=`` or ``FLOWSTORE_SIGNING_KEY``); set but empty is an error —
    the signed statement of the revision is rebuilt from what the agent asked for and what the
    status says it is about to fetch, and must verify; an older designation than one this agent
-   verified is refused unless pinned (``flowstore.artifacts.verified``, docs/security.md). From
-   then on only the signed storage document and location are used;
+   verified is refused unless pinned (an older revision asked for by number or digest is: its
+   statement, designation 0 unless current, is verified all the same; ``flowstore.artifacts.
+   verified``, docs/security.md). From then on only the signed storage document and location
+   are used;
 3. where the (signed) status points must be where the agent trusts it to be
    (``flowstore.agent.trust``: the FlowStorage's spec, read from the API, or
    ``FLOWSTORE_TRUSTED_STORAGES``): otherwise UntrustedLocation, and no request carrying the
@@ -48,6 +54,7 @@ from flowstore.agent.errors import (
 from flowstore.agent.status import StoredFlowView
 from flowstore.api.backends import backend
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION
+from flowstore.api.history import RevisionNotFound, status_for
 from flowstore.artifacts import loading, verified
 from flowstore.artifacts.builder import FlowObjectError
 from flowstore.artifacts.bundle import BundleError
@@ -152,9 +159,19 @@ def storedflow(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
     return dict(obj)
 
 
-def read(name: str, namespace: str, *, api: Any = None) -> StoredFlowView:
-    """The StoredFlow, its status parsed (not yet checked against what the agent trusts)."""
-    return statuses.parse(storedflow(name, namespace, api=api), namespace=namespace, name=name)
+def read(name: str, namespace: str, *, api: Any = None, revision: int | None = None,
+         digest: str | None = None) -> StoredFlowView:
+    """The StoredFlow, its status parsed (not yet checked against what the agent trusts); with
+    `revision` (a number of status.history) or `digest` (a revision's artifact digest), the status
+    as it reads with that revision current (FlowNotAvailable, naming the revisions there are,
+    when it is not in the history)."""
+    obj = storedflow(name, namespace, api=api)
+    if revision is not None or digest is not None:
+        try:
+            obj["status"] = status_for(obj.get("status") or {}, revision=revision, digest=digest)
+        except RevisionNotFound as exc:
+            raise FlowNotAvailable(f"StoredFlow {namespace}/{name}: {exc}") from None
+    return statuses.parse(obj, namespace=namespace, name=name)
 
 
 def flowstorage_source(api: Any) -> trust.TrustSource:
@@ -189,13 +206,16 @@ def default_sources(api: Any) -> list[trust.TrustSource]:
 
 
 def resolve(name: str, namespace: str, *, api: Any = None, sources: Sequence[trust.TrustSource] | None = None,
-            verify_key: VerifyKeys = None, signing_key: bytes | str | None = None) -> Located:
-    """The StoredFlow, its signed statement verified when the agent holds keys
-    (:func:`verify_statement`), its status checked against what the agent trusts
-    (UntrustedLocation otherwise). Makes no request to the storage."""
+            verify_key: VerifyKeys = None, signing_key: bytes | str | None = None, revision: int | None = None,
+            digest: str | None = None) -> Located:
+    """The StoredFlow (or one revision of it, by number or digest: :func:`read`), its signed
+    statement verified when the agent holds keys (:func:`verify_statement`; a revision asked for
+    is pinned: an older designation than this agent verified is allowed), its status checked
+    against what the agent trusts (UntrustedLocation otherwise). Makes no request to the storage."""
     api = api or _custom_api()
-    view = read(name, namespace, api=api)
-    checked = verify_statement(view, verify_key=verify_key, signing_key=signing_key)
+    view = read(name, namespace, api=api, revision=revision, digest=digest)
+    checked = verify_statement(view, verify_key=verify_key, signing_key=signing_key,
+                               pinned=revision is not None or digest is not None)
     return check_location(view, api=api, sources=sources, checked=checked)
 
 
@@ -210,19 +230,22 @@ def check_location(view: StoredFlowView, *, api: Any, sources: Sequence[trust.Tr
     return Located(view=view, trusted=location, storage_doc=trust.agent_storage(view, location), statement=checked)
 
 
-def locate(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+def locate(name: str, namespace: str, *, api: Any = None, revision: int | None = None,
+           digest: str | None = None) -> dict[str, Any]:
     """The StoredFlow's status (location, artifact, storage, labels, conditions), once it is
-    checked to point where the agent trusts (and, with keys, its statement verified)."""
-    return dict(resolve(name, namespace, api=api).view.status)
+    checked to point where the agent trusts (and, with keys, its statement verified); with
+    `revision` or `digest`, as it reads with that revision of status.history current."""
+    return dict(resolve(name, namespace, api=api, revision=revision, digest=digest).view.status)
 
 
-def seed_storage(name: str, namespace: str, *, api: Any = None) -> dict[str, Any]:
+def seed_storage(name: str, namespace: str, *, api: Any = None, revision: int | None = None,
+                 digest: str | None = None) -> dict[str, Any]:
     """The StoredFlow's storage as the seed serializes it (``flows`` = {flow name: location}):
     what Prefect 1.4.1's ``StorageSchema`` loads, so a Prefect 1 flow can be registered with its
     storage pointing at the artifact flowstore stored. Built from the checked ``status.storage``
     (nothing is downloaded; no credentials are needed). What the seed has no field for (the
     sha256, key prefixes, ...) is not in it: the status keeps it."""
-    return from_serialized(resolve(name, namespace, api=api).storage_doc).serialize()
+    return from_serialized(resolve(name, namespace, api=api, revision=revision, digest=digest).storage_doc).serialize()
 
 
 # ---------------------------------------------------------------------- keys and limits
@@ -314,22 +337,26 @@ def fetch(located: Located, *, cache: Cache | None = None, pin: bool = False,
 
 def load_artifact(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
                   verify_key: VerifyKeys = None, identity: Mapping[str, Any] | None = None,
-                  cache: Cache | None = None) -> Artifact:
+                  cache: Cache | None = None, revision: int | None = None, digest: str | None = None) -> Artifact:
     """The stored bytes (the script, the bundle or the pickle envelope), verified: status parsed,
     signed statement verified (with keys), location trusted, sha256 matched — the first three
-    before any request to the storage."""
-    located = resolve(name, namespace, api=api, verify_key=verify_key, signing_key=signing_key)
+    before any request to the storage. `revision` or `digest` picks a revision of status.history
+    instead of the current one, checked the same way (pinned: :func:`resolve`)."""
+    located = resolve(name, namespace, api=api, verify_key=verify_key, signing_key=signing_key, revision=revision,
+                      digest=digest)
     data, downloaded = fetch(located, cache=cache, identity=identity)
     return Artifact(data=data, located=located, downloaded=downloaded)
 
 
 def load_flow(name: str, namespace: str, *, api: Any = None, signing_key: bytes | str | None = None,
               verify_key: VerifyKeys = None, identity: Mapping[str, Any] | None = None,
-              cache: Cache | None = None) -> Any:
+              cache: Cache | None = None, revision: int | None = None, digest: str | None = None) -> Any:
     """The flow object, verified (:func:`load_artifact`): unpickled from the envelope; or, for a
     script, extracted by running the script in this process (the agent's job, as in the seed);
-    or, for a flow of several files, imported from the bundle's files in the agent cache."""
+    or, for a flow of several files, imported from the bundle's files in the agent cache.
+    `revision` (a number of status.history) or `digest` (a revision's artifact digest) loads that
+    revision, verified the same way."""
     artifact = load_artifact(name, namespace, api=api, signing_key=signing_key, verify_key=verify_key,
-                             identity=identity, cache=cache)
+                             identity=identity, cache=cache, revision=revision, digest=digest)
     return loading.load(artifact.data, artifact.format, flow_name=artifact.view.flow_name or None,
                         cache=cache or Cache())

@@ -129,8 +129,10 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
             verify_key: str | None = None, api: Any = None, cache: Cache | Path | None = None,
             unchanged: PreparedFlow | None = None,
             log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-            identity: Mapping[str, Any] | None = None) -> PreparedFlow:
-    """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified.
+            identity: Mapping[str, Any] | None = None, revision: int | None = None,
+            digest: str | None = None) -> PreparedFlow:
+    """Write the StoredFlow `namespace`/`name` into `destination` (replaced whole), verified;
+    with `revision` or `digest`, that revision of its status.history (``client.read``).
 
     `cache`: the agent cache (or its root directory; default the environment's). `unchanged`:
     what an earlier pull into the same destination prepared; when the StoredFlow still has that
@@ -139,30 +141,32 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
     log = log or _log
     api = api or client.cluster_api()
     has_keys = client.has_keys(verify_key, signing_key)  # set but empty: refused before anything is read
-    view = client.read(name, namespace, api=api)
+    view = client.read(name, namespace, api=api, revision=revision, digest=digest)
     artifact = view.artifact
     if artifact.format == "pickle":
         raise NotForPrefect(
             f"{view.what} is stored as a pickle; Prefect 3 imports a flow from its files. Store it as a script or a "
             f"bundle (spec.storedAsScript: true on the StoredFlow or its FlowStorage) and point the deployment's "
             f"entrypoint at the file (e.g. {artifact.file_name or 'flow.py'}:flow)")
-    digest, commit = artifact.digest, view.git_commit
-    log.info("flowstore: pulling StoredFlow %s/%s at %s%s", namespace, name, digest,
+    pulled, commit = artifact.digest, view.git_commit
+    log.info("flowstore: pulling StoredFlow %s/%s at %s%s", namespace, name, pulled,
              f" (git commit {commit})" if commit else "")
-    checked = client.verify_statement(view, verify_key=verify_key, signing_key=signing_key) if has_keys else None
+    # a revision or digest asked for is a deliberate rollback: an older designation is allowed
+    checked = client.verify_statement(view, verify_key=verify_key, signing_key=signing_key,
+                                      pinned=revision is not None or digest is not None) if has_keys else None
     verified = checked is not None
     if not verified and artifact.signature:
         log.warning("flowstore: %s is signed but this worker has no key, so only its sha256 is checked; set "
                     "FLOWSTORE_VERIFY_KEY to the FlowStorage's public key to check the signature too", view.what)
     located = client.check_location(view, api=api, checked=checked)
     entrypoint = _script_name(view) if artifact.format == "script" else str(artifact.entrypoint or "")
-    if (unchanged is not None and unchanged.digest == digest and unchanged.directory == destination
+    if (unchanged is not None and unchanged.digest == pulled and unchanged.directory == destination
             and destination.is_dir()):
         return dataclasses.replace(unchanged, downloaded=False, signature_verified=verified)
     agent_cache = cache if isinstance(cache, Cache) else Cache(Settings(root=cache)) if cache else Cache()
     data, downloaded = client.fetch(located, cache=agent_cache, pin=True,  # pinned while this process runs
                                     identity=identity)
-    if unchanged is not None and unchanged.digest != digest:
+    if unchanged is not None and unchanged.digest != pulled:
         agent_cache.release(unchanged.digest)  # a runner moved on: its previous revision may go
     if artifact.format == "bundle":
         unpacked = bundle.unpack(data)  # bounded; every file checked against the manifest
@@ -173,7 +177,7 @@ def prepare(name: str, namespace: str, destination: Path, *, signing_key: bytes 
             (staging / entrypoint).write_bytes(data)
 
         _replace_directory(destination, write_script)
-    return PreparedFlow(namespace=namespace, name=name, digest=digest, format=artifact.format,
+    return PreparedFlow(namespace=namespace, name=name, digest=pulled, format=artifact.format,
                         directory=destination, entrypoint=entrypoint, commit=commit, downloaded=downloaded,
                         signature_verified=verified)
 
@@ -248,7 +252,7 @@ def pull_step_yaml(view: StoredFlowView) -> str:
 
 def pull_flow(name: str, namespace: str | None = None, signing_key: str | None = None,
               require_signature: bool = False, identity: dict[str, Any] | None = None,
-              verify_key: str | None = None) -> dict[str, Any]:
+              verify_key: str | None = None, digest: str | None = None, revision: int | None = None) -> dict[str, Any]:
     """Deployment pull step: write the StoredFlow `name` into the working directory, verified.
 
         pull:
@@ -260,6 +264,8 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
               # signing_key: "{{ prefect.blocks.secret.NAME }}"  (an HMAC key: the weaker kind)
               identity: {}                         # reach the storage as this Pod's ServiceAccount
                                                    # (flowstore.workload; e.g. {roleARN: …})
+              # digest: "sha256:…"                 # or revision: 3: that revision of status.history
+                                                   # (docs/revisions.md), not the current one
 
     Returns ``directory`` (absolute: Prefect changes into it and resolves the entrypoint there),
     ``digest``, ``commit``, ``storedflow``, ``entrypoint`` and ``format``. The revision is
@@ -275,7 +281,7 @@ def pull_flow(name: str, namespace: str | None = None, signing_key: str | None =
                 "key: set FLOWSTORE_VERIFY_KEY (the FlowStorage's public key) in its environment, or give the step "
                 "verify_key: (the key, or its file)")
         prepared = prepare(name, namespace, Path.cwd() / _directory_name(namespace, name), signing_key=signing_key,
-                           verify_key=verify_key, log=log, identity=identity)
+                           verify_key=verify_key, log=log, identity=identity, revision=revision, digest=digest)
     except Exception as exc:
         log.error("flowstore: not running StoredFlow %s/%s: %s", namespace, name, exc)
         raise

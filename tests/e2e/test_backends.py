@@ -336,7 +336,8 @@ def test_webhook_failures_have_their_reasons(operator: OperatorProcess, namespac
 def test_webhook_change_replaces_and_deletes(operator: OperatorProcess, namespace: str,
                                             webhook: WebhookServer, token: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    apply(webhook_storage(namespace, "hook", webhook.url, token, delete=True, deletionPolicy="Delete"))
+    apply(webhook_storage(namespace, "hook", webhook.url, token, delete=True, deletionPolicy="Delete",
+                          revisionHistoryLimit=1, retention={"minAge": "0s"}))
     apply(inline_flow(namespace, "etl", "etl", body="return 'v1'", storage="hook"))
     first = wait_ready(namespace, "etl")["status"]["storage"]["buildResponse"]["json"]["id"]
     assert list(webhook.bodies) == [first]
@@ -350,11 +351,12 @@ def test_webhook_change_replaces_and_deletes(operator: OperatorProcess, namespac
     second = status["storage"]["buildResponse"]["json"]["id"]
     assert status["artifact"]["url"] == f"{webhook.url}/flows/{second}"
     assert posts(webhook) == ["/flows", "/flows"]
-    # deletionPolicy Delete: the superseded flow (addressed by its own build response) is
-    # deleted, the current one is kept. The delete comes on the pass after the one that moved
-    # status to v2 (status.superseded names it until then), so a crash in between loses nothing.
-    wait_for("storedflow", namespace, "etl", lambda o: "superseded" not in o["status"],
-             what="to delete the superseded flow")
+    # deletionPolicy Delete, one revision kept, minAge 0s: the earlier flow (addressed by its
+    # own build response) is deleted, the current one is kept. The delete comes on a pass after
+    # the one that moved status to v2 (status.retired names it until then), so a crash in
+    # between loses nothing (docs/revisions.md).
+    wait_for("storedflow", namespace, "etl", lambda o: "retired" not in o["status"],
+             what="to delete the earlier flow")
     assert deletes(webhook) == [f"/flows/{first}"]
     assert list(webhook.bodies) == [second]
     monkeypatch.setenv("TOKEN", token)

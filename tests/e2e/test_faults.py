@@ -325,8 +325,9 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
     """The operator is SIGKILLed at random points while flows of Local, S3, GCS, Azure and
     Webhook storages are stored and changed. Afterwards every backend holds exactly one object per
     StoredFlow — the one its status names, with the recorded digest: no version stored twice,
-    nothing left by an interrupted store (deletionPolicy Delete removes superseded versions, so
-    any other object is a duplicate or an orphan)."""
+    nothing left by an interrupted store (deletionPolicy Delete with a history of one revision and
+    retention.minAge 0s deletes every earlier version, so any other object is a duplicate or an
+    orphan)."""
     from azure.storage.blob import BlobServiceClient
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs_sdk
@@ -338,7 +339,8 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
     rng = random.Random(seed)
     say(f"sigkill-backends: seed {seed} (FLOWSTORE_FAULTS_SEED={seed} replays the kill times)")
     per_backend, kills = 4, 6
-    policy = {"deletionPolicy": "Delete", "storedAsScript": True}
+    policy = {"deletionPolicy": "Delete", "storedAsScript": True, "revisionHistoryLimit": 1,
+              "retention": {"minAge": "0s"}}
     local_dir = operator_local_dir(namespace)
     local_dir.mkdir(parents=True)
     gcs = gcs_sdk.Client(project="flowstore", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
@@ -411,14 +413,14 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
         op.start()
         t0 = time.monotonic()
         wait_all_ready(namespace, list(flows), timeout=120)
-        # settled: superseded versions deleted (the pass after the status moved), nothing under way
+        # settled: earlier versions deleted (retired, then deleted a pass later), nothing under way
         deadline = time.monotonic() + 60
         while True:
             items = list_flows(namespace)
-            if all(not (o.get("status") or {}).get("superseded") and not (o.get("status") or {}).get("storing")
+            if all(not (o.get("status") or {}).get("retired") and not (o.get("status") or {}).get("storing")
                    for o in items.values()):
                 break
-            assert time.monotonic() < deadline, {n: o.get("status", {}).get("superseded") for n, o in items.items()}
+            assert time.monotonic() < deadline, {n: o.get("status", {}).get("retired") for n, o in items.items()}
             time.sleep(0.5)
         say(f"sigkill-backends: all {len(flows)} Ready and settled {time.monotonic() - t0:.1f}s after the last start")
 

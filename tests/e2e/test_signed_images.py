@@ -93,6 +93,34 @@ def test_images_carry_a_cosign_signature_cosign_accepts(operator: OperatorProces
     assert registry_tags(docker_env, image) == tags_before  # no new image, the same signature tag
 
 
+def test_a_revert_to_an_older_image_records_its_signature_with_it(operator: OperatorProcess, namespace: str,
+                                                                    docker_env: dict[str, str], cosign_bin: str,
+                                                                    tmp_path: Path) -> None:
+    """A revert makes an older image current again (nothing built): the status that names it
+    names its cosign signature by the current key too, in the same write."""
+    private, public = key_pair()
+    (tmp_path / "flowstore.pub").write_text(public)
+    image = f"flows-{uuid.uuid4().hex[:8]}"
+    signing = secret(namespace, "signing", {"FLOWSTORE_SIGNING_KEY": private})
+    fs = docker_storage(namespace, docker_env, image=image)
+    fs["spec"]["signing"] = {"provider": "ed25519", "secretRef": {"name": "signing"}}
+    apply(manifests(registry_secret(namespace, docker_env), signing, fs, flow(namespace, "etl")))
+    first = wait_ready(namespace, "etl", timeout=600)["status"]["image"]
+    apply(manifests(flow(namespace, "etl", "return 43")))
+    wait_for("storedflow", namespace, "etl", lambda o: ((o.get("status") or {}).get("image") or {}).get(
+        "digest") not in (None, first["digest"]), timeout=600)
+    apply(manifests(flow(namespace, "etl")))  # the revert
+    reverted = wait_for("storedflow", namespace, "etl", lambda o: ((o.get("status") or {}).get("image") or {}).get(
+        "digest") == first["digest"], timeout=300)["status"]
+    assert reverted["artifact"]["revision"] == 1 and reverted["artifact"]["designation"] == 3
+    assert reverted["image"]["signatureTag"] == first["signatureTag"]
+    assert reverted["image"]["signatureKeyId"] == reverted["artifact"]["keyId"]
+    reference = f"{docker_env['registry']}/{image}@{first['digest']}"
+    done = cosign_verify(cosign_bin, reference, tmp_path / "flowstore.pub", username=docker_env["username"],
+                         password=docker_env["password"], home=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
 def registry_tags(docker_env: dict[str, str], image: str) -> list[str]:
     import requests
 

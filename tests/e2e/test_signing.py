@@ -107,6 +107,7 @@ def test_public_key_agents_load_signed_flows_and_nothing_replayed_elsewhere_send
     artifact = etl["status"]["artifact"]
     assert artifact["signature"].startswith("ed25519:") and artifact["keyId"].startswith("ed25519:")
     assert artifact["revision"] == 1 and artifact["designation"] == 1
+    assert etl["status"]["history"][0]["signature"] == artifact["signature"]
     storage = wait_for("flowstorage", namespace, "store", lambda o: "signing" in (o.get("status") or {}))
     assert storage["status"]["signing"] == {"provider": "ed25519", "keyId": artifact["keyId"],
                                             "publicKey": public}
@@ -173,28 +174,40 @@ def test_bytes_swapped_in_the_bucket_are_refused_before_import(
     assert not marker.exists()
 
 
-def test_an_older_signed_revision_offered_as_current_is_refused(
+def test_an_older_signed_revision_is_refused_unless_pinned_and_a_revert_is_not(
         operator: OperatorProcess, namespace: str, s3_bucket: str, s3_endpoint: str, agent_cache: Path) -> None:
-    """No silent downgrade: an agent that verified revision 2 refuses revision 1's statement put
-    back as current. (Pinning an older revision on purpose needs status.history: issue 21.)"""
     private, public = key_pair()
     apply(signed_storage(namespace, s3_bucket, s3_endpoint, private))
     apply(inline_flow(namespace, "etl", "etl", body="return 1"))
     first = wait_ready(namespace, "etl")["status"]
     assert client.load_flow("etl", namespace, verify_key=public).run() == 1
     apply(inline_flow(namespace, "etl", "etl", body="return 2"))
-    wait_for("storedflow", namespace, "etl",
-             lambda o: ((o.get("status") or {}).get("artifact") or {}).get("revision") == 2)
+    second = wait_for("storedflow", namespace, "etl",
+                      lambda o: ((o.get("status") or {}).get("artifact") or {}).get("revision") == 2)["status"]
     assert client.load_flow("etl", namespace, verify_key=public).run() == 2
+    retained = next(e for e in second["history"] if e["revision"] == 1)
+    assert retained["signature"] != first["artifact"]["signature"]  # a retained revision: designation 0
 
     # Whoever may write the status puts revision 1's statement back, exactly as it was current.
     patch_status(namespace, "etl", {"location": first["location"], "artifact": first["artifact"],
                                     "storage": first["storage"]})
     with pytest.raises(RollbackRefused, match=r"revision 1 .*pin it"):
         client.load_flow("etl", namespace, verify_key=public)
+    # a deliberate rollback: pinned, it loads, checked against revision 1's own signature
+    patch_status(namespace, "etl", {"location": second["location"], "artifact": second["artifact"],
+                                    "storage": second["storage"]})
+    assert client.load_flow("etl", namespace, verify_key=public, revision=1).run() == 1
+    assert client.load_flow("etl", namespace, verify_key=public, digest=first["artifact"]["digest"]).run() == 1
+
+    # A GitOps revert makes revision 1 current again: a new designation, accepted.
+    apply(inline_flow(namespace, "etl", "etl", body="return 1"))
+    reverted = wait_for("storedflow", namespace, "etl",
+                        lambda o: ((o.get("status") or {}).get("artifact") or {}).get("revision") == 1)["status"]
+    assert reverted["artifact"]["designation"] == 3
+    assert client.load_flow("etl", namespace, verify_key=public).run() == 1
 
 
-def test_a_new_key_re_signs_the_current_revision_without_storing_again(
+def test_a_new_key_re_signs_every_revision_without_storing_again(
         operator: OperatorProcess, namespace: str, s3_bucket: str, s3_endpoint: str, agent_cache: Path) -> None:
     old_private, old_public = key_pair()
     new_private, new_public = key_pair()
@@ -203,18 +216,20 @@ def test_a_new_key_re_signs_the_current_revision_without_storing_again(
     wait_ready(namespace, "etl")
     apply(inline_flow(namespace, "etl", "etl", body="return 2"))
     before = wait_for("storedflow", namespace, "etl",
-                      lambda o: ((o.get("status") or {}).get("artifact") or {}).get("revision") == 2)["status"]
+                      lambda o: len((o.get("status") or {}).get("history") or []) == 2)["status"]
     objects = uploads(s3_endpoint, s3_bucket)
     # the rotation: a new Secret, and the FlowStorage pointed at it (a FlowStorage change: every
     # StoredFlow is signed again at once)
     apply(signed_storage(namespace, s3_bucket, s3_endpoint, new_private, secret="signing-2"))
     new_id = client_key_id(new_public)
     after = wait_for("storedflow", namespace, "etl",
-                     lambda o: ((o.get("status") or {}).get("artifact") or {}).get("keyId") == new_id)["status"]
+                     lambda o: all(e.get("keyId") == new_id for e in (o.get("status") or {}).get("history") or [])
+                     and ((o.get("status") or {}).get("artifact") or {}).get("keyId") == new_id)["status"]
     assert uploads(s3_endpoint, s3_bucket) == objects  # re-signed, not stored again
     assert after["artifact"]["digest"] == before["artifact"]["digest"]
     assert after["artifact"]["revision"] == before["artifact"]["revision"]
     assert client.load_flow("etl", namespace, verify_key=[old_public, new_public]).run() == 2
+    assert client.load_flow("etl", namespace, verify_key=new_public, revision=1).run() == 1
     with pytest.raises(SignatureError, match="which this agent does not hold"):
         client.load_flow("etl", namespace, verify_key=old_public)
 

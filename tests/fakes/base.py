@@ -14,6 +14,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.helpers.git_server import read_body
+
 
 @dataclasses.dataclass(frozen=True)
 class Request:
@@ -70,18 +72,7 @@ class FakeServer:
             protocol_version = "HTTP/1.1"
 
             def _read_body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # git's larger requests
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            break
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    return b"".join(chunks)
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
+                return read_body(self)
 
             def _serve(self) -> None:
                 body = self._read_body()

@@ -27,6 +27,23 @@ from typing import Any
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 
 
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's body, plain or chunked (git sends its larger requests chunked). The contract
+    fakes (tests/fakes/base.py) read theirs with this too; this file stays runnable on its own."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().strip().split(b";")[0], 16)
+            if size == 0:
+                handler.rfile.readline()
+                break
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        return b"".join(chunks)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
 def http_backend(root: Path, method: str, path_info: str, query: str, headers: Mapping[str, str], body: bytes, *,
                  user: str = "", remote_addr: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     """One request to ``git http-backend`` (CGI) serving the repositories under `root`: `path_info`
@@ -73,18 +90,7 @@ def make_handler(root: Path, username: str, password: str,
         protocol_version = "HTTP/1.1"
 
         def _read_body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                    if size == 0:
-                        self.rfile.readline()
-                        break
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                return b"".join(chunks)
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            return read_body(self)
 
         def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)

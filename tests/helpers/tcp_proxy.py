@@ -11,15 +11,19 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from urllib.parse import urlsplit
 
 
 class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int, port: int = 0, *,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, rate: float | None = None) -> None:
         """With `tls`, clients must speak TLS to the proxy (a server-side context; one that
-        requires client certificates makes this a `dockerd --tlsverify` stand-in)."""
+        requires client certificates makes this a `dockerd --tlsverify` stand-in). With `rate`,
+        what the upstream sends reaches each client at about that many bytes a second (a slow
+        network: a download that takes a while)."""
         self.tls = tls
+        self.rate = rate
         self.tls_refused = 0  # handshakes that failed
         self.upstream = (upstream_host, upstream_port)
         self.port = port
@@ -99,16 +103,19 @@ class TcpProxy:
                 self._conns.update((client, upstream))
             self.accepted += 1
             pair = _Pair(client, upstream)
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst, pair), daemon=True).start()
+            for src, dst, rate in ((client, upstream, None), (upstream, client, self.rate)):
+                threading.Thread(target=self._pump, args=(src, dst, pair, rate), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, pair: _Pair) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, pair: _Pair, rate: float | None = None) -> None:
+        chunk = 65536 if rate is None else max(1, int(rate / 10))  # throttled: ten sends a second
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(chunk)
                 if not data:
                     break
                 dst.sendall(data)
+                if rate is not None:
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         with contextlib.suppress(OSError):

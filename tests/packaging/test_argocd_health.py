@@ -127,6 +127,9 @@ EXPECTED: dict[str, Expect] = {
     "storedflow-storage-suspended-after-stalled": SUSPENDED,
     "storedflow-deleting": DELETING,
     "flowstorage-deleting": DELETING,
+    # spec.pin (docs/revisions.md): a pin in effect is Ready (and says so); one not in the history stalls
+    "storedflow-pinned": READY,
+    "storedflow-pin-missing": STALLED,
 }
 
 
@@ -177,6 +180,13 @@ def test_fixtures_are_the_states_they_claim() -> None:
         assert conditions(name) == {"Ready": ("False", "BackendUnavailable"),
                                     "Reconciling": ("True", "BackendUnavailable")}, name
     assert conditions("storedflow-stalled")["Stalled"] == ("True", "ScriptSyntaxError")
+    assert conditions("storedflow-pinned") == {"Ready": ("True", "Succeeded"), "Pinned": ("True", "RevisionPinned")}
+    pinned = load("storedflow-pinned")["status"]
+    assert pinned["artifact"]["revision"] == 1 and pinned["latest"]["revision"] == 2
+    assert conditions("storedflow-pin-missing") == {"Ready": ("False", "PinNotFound"),
+                                                    "Stalled": ("True", "PinNotFound"),
+                                                    "Pinned": ("False", "PinNotFound")}
+    assert load("storedflow-pin-missing")["status"]["artifact"]["revision"] == 1  # the last good one stays
     assert conditions("flowstorage-secret-missing")["Stalled"] == ("True", "SecretNotFound")
     suspended = {"Suspended": ("True", "Suspended")}
     for kind in ("storedflow", "flowstorage"):
@@ -325,6 +335,9 @@ STATES: list[tuple[str, list[str]]] = [
      ["storedflow-suspended-after-ready", "flowstorage-suspended-after-ready",
       "storedflow-storage-suspended-after-ready"]),
     ("being deleted (`deletionTimestamp` set, finalizer pending)", ["storedflow-deleting", "flowstorage-deleting"]),
+    ("pinned to a revision in its history (`Pinned=True`, `Ready=True`)", ["storedflow-pinned"]),
+    ("pinned to a revision not in its history (`Ready=False`, `Stalled=True`, reason `PinNotFound`)",
+     ["storedflow-pin-missing"]),
 ]
 
 

@@ -221,6 +221,10 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             ['spec.webhook.buildRequest.method: Unsupported value: "DELETE"'],
             id="webhook-bad-method",
         ),
+        pytest.param("local: {directory: /flows}\nrevisionHistoryLimit: 0",
+                     ["spec.revisionHistoryLimit", "greater than or equal to 1"], id="history-limit-0"),
+        pytest.param("local: {directory: /flows}\nretention: {minAge: ten minutes}",
+                     ["spec.retention.minAge", "should match"], id="min-age-not-a-duration"),
     ],
 )
 def test_invalid_flowstorage_rejected(namespace: str, spec: str, expected: list[str]) -> None:
@@ -317,6 +321,18 @@ def test_storedflow_inline_accepted(namespace: str) -> None:
             ["key must not contain a '..' segment"],
             id="key-with-dotdot",
         ),
+        pytest.param(
+            "storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\n"
+            "pin: {revision: 2, digest: 'sha256:" + "ab" * 32 + "'}",
+            ["spec.pin:", "pin needs exactly one of revision or digest"], id="pin-revision-and-digest"),
+        pytest.param("storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\npin: {}",
+                     ["pin needs exactly one of revision or digest"], id="pin-empty"),
+        pytest.param("storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\npin: {digest: abc}",
+                     ["spec.pin.digest", "should match"], id="pin-digest-not-sha256"),
+        pytest.param("storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\npin: {revision: 0}",
+                     ["spec.pin.revision", "greater than or equal to 1"], id="pin-revision-0"),
+        pytest.param("storageRef: {name: s}\nflowName: etl\nsource: {inline: 'flow = 1'}\nrevisionHistoryLimit: 101",
+                     ["spec.revisionHistoryLimit", "less than or equal to 100"], id="history-limit-101"),
     ],
 )
 def test_invalid_storedflow_rejected(namespace: str, spec: str, expected: list[str]) -> None:
@@ -370,8 +386,23 @@ def test_storedflow_status_round_trip_and_columns(namespace: str, own_operators_
             "sourceDigest": digest,
             "inputsDigest": digest,
             "lastUpdateTime": "2026-11-26T10:00:00Z",
+            "revision": 7,
+            "designation": 9,
         },
         "storage": {"type": "S3", "bucket": "flows", "keyPrefix": "prod/", "anyFutureField": {"kept": True}},
+        "history": [{"revision": 7, "digest": digest, "size": 2048, "format": "pickle",
+                     "url": "s3://flows/prod/etl-daily/x", "location": "prod/etl-daily/x", "sourceDigest": digest,
+                     "inputsDigest": digest, "storedAt": "2026-11-26T10:00:00Z", "versions": {"python": "3.11.7"},
+                     "storageState": {"any": ["thing"]}},
+                    {"revision": 6, "digest": digest, "size": 10, "format": "script", "url": "s3://flows/w",
+                     "location": "w", "sourceDigest": digest, "inputsDigest": digest,
+                     "storedAt": "2026-11-25T10:00:00Z", "supersededAt": "2026-11-26T10:00:00Z", "fileName": "etl.py",
+                     "git": {"commit": "3f2c" * 10}, "image": {"name": "r/i", "digest": digest}}],
+        "lastRevision": 7,
+        "historyStorage": "sha256:0123456789abcdef",
+        "latest": {"revision": 7, "digest": digest},
+        "retired": [{"revision": 5, "location": "v", "supersededAt": "2026-11-24T10:00:00Z",
+                     "storageState": {"imageDigest": digest}}],
     }
     kubectl(
         "patch",
@@ -388,9 +419,11 @@ def test_storedflow_status_round_trip_and_columns(namespace: str, own_operators_
     assert stored["status"] == status
 
     table = kubectl("get", "sflow", "etl-daily", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "SUSPENDED", "LOCATION", "FLOW", "COMMIT", "AGE", "MESSAGE"]
+    assert table[0].split() == ["NAME", "READY", "SUSPENDED", "REVISION", "LOCATION", "FLOW", "COMMIT", "AGE",
+                                "MESSAGE"]
     assert "True" in table[1] and "prod/etl-daily/x" in table[1] and "etl daily" in table[1]
     assert _column(table, "SUSPENDED") == ""  # not suspended: nothing to see
+    assert _column(table, "REVISION") == "7"  # status.artifact.revision
 
     # suspended (here through its FlowStorage): the column says so, the stored flow stays listed
     status["conditions"] = [*status["conditions"], {
@@ -457,6 +490,15 @@ def test_flowstorage_columns(namespace: str, own_operators_only: None) -> None:
 
 
 # --- documentation (the schema's own: tests/unit/test_crd_sources.py) ---------------------------------
+
+
+def test_explain_the_revision_fields() -> None:
+    def explain(field: str) -> str:
+        return " ".join(kubectl("explain", field).stdout.split())
+
+    assert "never reused" in explain("storedflow.status.history.revision")
+    assert "Exactly one of revision or digest" in explain("storedflow.spec.pin")
+    assert "minAge" in explain("flowstorage.spec.retention") and "PinNotFound" in explain("storedflow.spec.pin")
 
 
 def test_explain_storedflow_artifact_reads_well() -> None:

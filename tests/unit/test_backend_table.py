@@ -18,7 +18,8 @@ from flowstore.storage.base import Storage
 from tests.helpers.localcloud import ROOT
 
 #: FlowStorage spec fields beside the backend blocks (the shared options)
-SHARED_SPEC_FIELDS = COMMON_FIELDS | {"build", "signing", "deletionPolicy", "interval", "suspend", "serviceAccountName"}
+SHARED_SPEC_FIELDS = COMMON_FIELDS | {"build", "signing", "deletionPolicy", "interval", "suspend", "serviceAccountName",
+                                      "revisionHistoryLimit", "retention"}
 #: extras that are not a backend's SDK
 NON_BACKEND_EXTRAS = {"operator", "client", "prefect", "all", "test"}
 FAMILIES = {"objects", "image", "git"}

@@ -166,14 +166,20 @@ def test_a_write_killed_before_its_rename_leaves_no_temporary_file(cluster: Clus
 
 
 def deleting(cluster: Cluster) -> Cluster:
-    cluster.storages["store"]["spec"]["deletionPolicy"] = "Delete"
+    """deletionPolicy Delete, objects deleted as soon as their revision left the history."""
+    cluster.storages["store"]["spec"].update(deletionPolicy="Delete", retention={"minAge": "0s"})
     return cluster
 
 
-def test_under_delete_the_superseded_artifact_goes_only_after_status_moved(cluster: Cluster,
+def one_revision(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["spec"]["revisionHistoryLimit"] = 1
+    return obj
+
+
+def test_under_delete_a_retired_artifact_goes_only_after_status_recorded_it(cluster: Cluster,
                                                                            tmp_path: Path) -> None:
     cluster = deleting(cluster)
-    obj = flow()
+    obj = one_revision(flow())
     obj, cluster = reconcile(obj, cluster)
     first = obj["status"]["location"]
     obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
@@ -181,13 +187,14 @@ def test_under_delete_the_superseded_artifact_goes_only_after_status_moved(clust
     obj["status"] = outcome.status
     second = obj["status"]["location"]
     # the new status names the new artifact and records the old one for deletion: both exist
-    assert obj["status"]["superseded"]["location"] == first and outcome.requeue_after == 1.0
+    assert [r["location"] for r in obj["status"]["retired"]] == [first]
+    assert outcome.requeue_after is not None and outcome.requeue_after <= 1.0
     assert sorted(files(tmp_path)) == sorted(str(Path(p).relative_to(tmp_path)) for p in (first, second))
     # the operator is killed now; the next one finds the record and deletes the old artifact
     restarted = Cluster()
     restarted.storages = cluster.storages
     obj, _ = reconcile(obj, restarted)
-    assert ready(obj) and "superseded" not in obj["status"] and obj["status"]["location"] == second
+    assert ready(obj) and "retired" not in obj["status"] and obj["status"]["location"] == second
     assert files(tmp_path) == [str(Path(second).relative_to(tmp_path))]
 
 
@@ -210,10 +217,10 @@ def test_versions_stored_back_to_back_under_delete_leave_only_the_last(cluster: 
     """A new version stored before the pass that deletes the previous one's predecessor: nothing
     in between may leak (seen under SIGKILLs: every version but the record's stayed)."""
     cluster = deleting(cluster)
-    obj = flow()
+    obj = one_revision(flow())
     for version in range(4):
         obj["spec"]["source"]["inline"] = SCRIPT + f"# v{version}\n"
         obj["status"] = reconcile_stored_flow(copy.deepcopy(obj), cluster).status  # no settling pass between
     obj, _ = reconcile(obj, cluster)  # the settling pass
-    assert "superseded" not in obj["status"]
+    assert "retired" not in obj["status"]
     assert files(tmp_path) == [str(Path(obj["status"]["location"]).relative_to(tmp_path))]

@@ -64,6 +64,11 @@ def _status_schema(name: str) -> dict[str, Any]:
     return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"])
 
 
+def _spec_schema(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / name).read_text())
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
 def test_every_field_the_operator_writes_in_an_artifact_is_in_the_schema() -> None:
     """The API server refuses (422) or drops what the schema does not know: a field of
     status.artifact missing there is a status no flow can reach."""
@@ -79,9 +84,47 @@ def test_every_field_the_operator_writes_in_an_artifact_is_in_the_schema() -> No
     assert schema["properties"]["format"]["enum"] == list(FORMATS)
 
 
+def test_every_field_of_the_revision_records_is_in_the_schema() -> None:
+    """status.history entries, status.retired, status.latest: what api/history.py writes."""
+    from flowstore.api.history import History, Retired, Revision
+    from flowstore.api.status import Artifact
+
+    digest = "sha256:" + "a" * 64
+    artifact = Artifact(url="u", digest=digest, size=1, format="pickle", source_digest=digest, inputs_digest=digest,
+                        last_update_time="2026-01-01T00:00:00Z", storage_state={"x": 1}, signature="hmac-sha256:00",
+                        file_name="f.py", entrypoint="m.py:flow", file_count=3, versions={"python": "3.11"},
+                        revision=2, designation=5)
+    entry = Revision(revision=2, location="l", artifact=artifact, superseded_at="2026-01-01T00:00:00Z",
+                     commit="c" * 40, image_name="r/i", image_digest=digest)
+    history = History(entries=[entry], last_revision=2, retired=[Retired.of(entry, "2026-01-01T00:00:00Z")],
+                      current=2, designation=5, storage="sha256:0123456789abcdef")
+    status: dict[str, Any] = {}
+    history.write(status, latest=entry)
+    schema = _status_schema("flowstore.dev_storedflows.yaml")["properties"]
+    assert set(status) <= set(schema), set(status) - set(schema)
+    assert set(entry.to_status()) <= set(schema["history"]["items"]["properties"])
+    assert set(status["retired"][0]) <= set(schema["retired"]["items"]["properties"])
+    assert set(status["latest"]) <= set(schema["latest"]["properties"])
+    assert {"revision", "designation"} <= set(schema["artifact"]["properties"])
+
+
+def test_the_revision_records_are_bounded_in_the_schema_as_the_core_bounds_them() -> None:
+    """The API server refuses a longer history than the core ever writes: the largest limit plus
+    the current and the newest revision when a pin holds an older one (revisions.trim keeps
+    both); status.retired as History keeps it."""
+    from flowstore.api.history import MAX_HISTORY, MAX_RETIRED
+
+    schema = _status_schema("flowstore.dev_storedflows.yaml")["properties"]
+    spec = _spec_schema("flowstore.dev_storedflows.yaml")["properties"]
+    assert spec["revisionHistoryLimit"]["maximum"] == MAX_HISTORY
+    assert schema["history"]["maxItems"] == MAX_HISTORY + 2
+    assert schema["retired"]["maxItems"] == MAX_RETIRED
+
+
 def test_every_status_field_the_core_writes_is_in_the_schema() -> None:
     written = {"observedGeneration", "conditions", "location", "artifact", "storage", "labels", "flowName",
-               "lastHandledReconcileAt", "git", "image", "storing", "superseded"}
+               "lastHandledReconcileAt", "git", "image", "storing", "superseded", "history", "lastRevision",
+               "latest", "retired", "historyStorage"}
     assert written <= set(_status_schema("flowstore.dev_storedflows.yaml")["properties"])
     assert {"observedGeneration", "conditions", "labels", "flows", "flowCount", "storage",
             "lastHandledReconcileAt"} <= set(_status_schema("flowstore.dev_flowstorages.yaml")["properties"])

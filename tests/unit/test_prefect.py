@@ -338,3 +338,33 @@ def test_the_printed_pull_step_is_the_yaml_prefect_reads() -> None:
     assert yaml.safe_load(fp.pull_step_yaml(view_of({**status, **signed})))[0][fp.PULL_STEP]["require_signature"]
     with pytest.raises(fp.NotForPrefect, match="storedAsScript"):
         fp.pull_step_yaml(view_of({**status, "artifact": {**status["artifact"], "format": "pickle"}}))
+
+
+# --------------------------------------------------------------------------- revisions
+def test_a_pull_by_revision_or_digest_writes_that_revision_checked_like_the_current(tmp_path: Path) -> None:
+    """pull_flow's revision=/digest= (docs/revisions.md): the entry of status.history, trusted
+    and verified as the current artifact is; a revision not in the history is refused, naming
+    those there are."""
+    old_script = SCRIPT.replace(b"42", b"41")
+    old = stored(tmp_path, old_script, fileName="etl_daily.py")
+    status = stored(tmp_path, SCRIPT, fileName="etl_daily.py", revision=2)
+    status["history"] = [
+        {"revision": 2, "location": status["location"], "storedAt": "2026-11-26T10:00:00Z",
+         **{k: status["artifact"][k] for k in ("url", "digest", "size", "format", "fileName")},
+         "sourceDigest": status["artifact"]["digest"], "inputsDigest": "sha256:" + "2" * 64},
+        {"revision": 1, "location": old["location"], "storedAt": "2026-11-25T10:00:00Z",
+         "supersededAt": "2026-11-26T10:00:00Z",
+         **{k: old["artifact"][k] for k in ("url", "digest", "size", "format", "fileName")},
+         "sourceDigest": old["artifact"]["digest"], "inputsDigest": "sha256:" + "1" * 64}]
+    by_number = prepare(tmp_path, status, revision=1)
+    assert by_number.digest == digest_of(old_script)
+    assert (by_number.directory / "etl_daily.py").read_bytes() == old_script
+    by_digest = prepare(tmp_path, status, digest=digest_of(old_script))
+    assert (by_digest.directory / "etl_daily.py").read_bytes() == old_script
+    assert prepare(tmp_path, status).digest == digest_of(SCRIPT)
+
+    with pytest.raises(client.FlowNotAvailable, match=r"revision 7 is not in the StoredFlow's history"):
+        prepare(tmp_path, status, revision=7)
+    Path(old["location"]).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError):
+        prepare(tmp_path, status, revision=1, cache=tmp_path / "another-cache")

@@ -273,3 +273,65 @@ def test_signing_key_from_a_secret_signs_and_its_absence_stalls(cluster: FakeClu
     published = reconcile_flow_storage(cluster.storages["store"], cluster).status["signing"]
     assert published["provider"] == "ed25519" and published["publicKey"].startswith("-----BEGIN PUBLIC KEY")
     assert "PRIVATE" not in json.dumps(published)
+
+
+def test_every_revision_in_history_is_signed_over_its_own_statement_and_a_new_key_re_signs_them_all(
+        cluster: FakeCluster, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from flowstore.api.history import status_for
+    from flowstore.artifacts import signing, statement
+
+    def pem() -> str:
+        return ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+    def checked(status: dict[str, Any], key: str) -> dict[int, int]:
+        """Each history entry's signature verified over the statement an agent pinning that
+        revision rebuilds; returns {revision: designation signed}."""
+        verifier = signing.signer_from_secret(key.encode(), None, where="test").verifier()
+        signed = {}
+        for entry in status["history"]:
+            stmt = statement.from_status(status_for(status, revision=entry["revision"]), namespace="ns",
+                                         name="etl", uid="uid-etl")
+            assert statement.verify(stmt, entry["signature"], entry["keyId"], [verifier], what="etl")
+            signed[entry["revision"]] = stmt.designation
+        return signed
+
+    first = pem()
+    cluster.storages["store"] = storage_obj(tmp_path / "flows", signing={"secretRef": {"name": "sig"}})
+    cluster.secrets["sig"] = {"metadata": {"uid": "s", "resourceVersion": "1"},
+                              "data": {"FLOWSTORE_SIGNING_KEY": first}}
+    obj = settle(flow_obj(), cluster)
+    one = copy.deepcopy(obj["status"])
+    assert one["history"][0]["signature"] == one["artifact"]["signature"]
+    obj["spec"]["source"] = {"inline": SCRIPT.replace("lambda: 1", "lambda: 2")}
+    obj["metadata"]["generation"] = 2
+    status = settle(obj, cluster)["status"]
+    assert checked(status, first) == {2: 2, 1: 0}  # a retained revision: designation 0
+    retained = next(e for e in status["history"] if e["revision"] == 1)
+    assert retained["signature"] != one["artifact"]["signature"]
+    assert status["history"][0]["signature"] == status["artifact"]["signature"]
+    uploads = cluster.uploads
+
+    # Another key: every revision signed again, a status update only.
+    second = pem()
+    cluster.secrets["sig"]["data"]["FLOWSTORE_SIGNING_KEY"] = second
+    outcome = reconcile_stored_flow(obj, cluster)
+    obj["status"] = outcome.status
+    assert cluster.uploads == uploads and [e.reason for e in outcome.events] == ["Signed"]
+    assert checked(obj["status"], second) == {2: 2, 1: 0}
+    assert {e["keyId"] for e in obj["status"]["history"]} == {obj["status"]["artifact"]["keyId"]}
+
+    # A revert makes revision 1 current again under a new designation, signed as such.
+    obj["spec"]["source"] = {"inline": SCRIPT}
+    obj["metadata"]["generation"] = 3
+    status = settle(obj, cluster)["status"]
+    assert cluster.uploads == uploads and status["artifact"]["revision"] == 1
+    assert checked(status, second) == {1: 3, 2: 0}
+
+    # No signing any more: no signature left anywhere.
+    cluster.storages["store"] = storage_obj(tmp_path / "flows")
+    status = settle(obj, cluster)["status"]
+    assert not any("signature" in e or "keyId" in e for e in [status["artifact"], *status["history"]])

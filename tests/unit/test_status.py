@@ -91,3 +91,31 @@ def test_a_stored_flow_with_a_junk_status_is_stored_again_without_a_crash(tmp_pa
 
     cleanup = delete_stored_flow({**obj, "status": copy.deepcopy(JUNK_STATUS)}, cluster, attempt=0, max_attempts=3)
     assert cleanup.retry_after is None and Path(outcome.status["location"]).is_file()
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 (JSON Merge Patch), section 2's algorithm: how the API server applies the
+    operator's status patches to a custom resource."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = _merge_patch(result.get(name), value)
+    return result
+
+
+def test_the_status_patch_removes_members_dropped_at_any_depth() -> None:
+    from flowstore.controller.runtime import _with_removals
+
+    current = {"location": "a", "superseded": {"location": "old"}, "flows": {"x": "1", "y": "2"},
+               "image": {"name": "r/i", "digest": "sha256:b", "signatureTag": "sha256-b.sig", "signatureKeyId": "k"},
+               "artifact": {"digest": "sha256:1", "signature": "ed25519:s", "keyId": "k",
+                            "storageState": {"imageDigest": "sha256:b", "imageTag": "t"}},
+               "history": [{"revision": 2}, {"revision": 1}]}
+    desired = {"location": "a", "flows": {"x": "1"}, "image": {"name": "r/i", "digest": "sha256:a"},
+               "artifact": {"digest": "sha256:1", "storageState": {"imageDigest": "sha256:a"}},
+               "history": [{"revision": 1}]}
+    assert _merge_patch(current, _with_removals(current, desired)) == desired

@@ -85,7 +85,7 @@ def set_condition(
     out = [c for c in readable(conditions) if c.get("type") != ctype]
     out.append(new)
     order = {ConditionType.READY: 0, ConditionType.RECONCILING: 1, ConditionType.STALLED: 2,
-             ConditionType.SUSPENDED: 3}
+             ConditionType.SUSPENDED: 3, ConditionType.PINNED: 4}
     return sorted(out, key=lambda c: order.get(c.get("type", ""), 9))
 
 

@@ -29,6 +29,9 @@ class ConditionType:
     #: git-hosted storages with spec.<backend>.verify: whether the pinned commit (and tag) was
     #: verified, and by which key (Flux's SourceVerified)
     SOURCE_VERIFIED: Final = "SourceVerified"
+    #: StoredFlow, present only while spec.pin is set: True while the pinned revision is current,
+    #: False (PinNotFound) when it is not in status.history
+    PINNED: Final = "Pinned"
 
 
 class Reason:
@@ -46,6 +49,9 @@ class Reason:
     SECRET_NOT_FOUND: Final = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     INVALID_SPEC: Final = "InvalidSpec"
     NAME_CONFLICT: Final = "NameConflict"
+    # Revisions (spec.pin): the Pinned condition's reasons
+    REVISION_PINNED: Final = "RevisionPinned"
+    PIN_NOT_FOUND: Final = "PinNotFound"
     # Building the flow from its source
     SCRIPT_SYNTAX_ERROR: Final = "ScriptSyntaxError"
     SCRIPT_FAILED: Final = "ScriptFailed"
@@ -123,6 +129,8 @@ class EventReason:
     PINNED: Final = "Pinned"
     #: the status was signed again (a new key) without storing anything
     SIGNED: Final = "Signed"
+    #: a revision still in history made current again (a revert, a pin, an unpin): nothing uploaded
+    REVERTED: Final = "Reverted"
     RETAINED: Final = "Retained"
     DELETED: Final = "Deleted"
     CLEANUP_FAILED: Final = "CleanupFailed"

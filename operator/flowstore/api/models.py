@@ -15,6 +15,9 @@ from flowstore.api.backends import BACKEND_KEYS
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: spec.revisionHistoryLimit's bound (the CRD's maximum)
+MAX_HISTORY_LIMIT = 100
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: floor of spec.interval: the schema accepts "0s" or "1ms", which made every loop of the
 #: storage reconcile (GETs, a LIST, S3 HEADs) back to back, forever
 MIN_INTERVAL_SECONDS = 1.0
@@ -79,6 +82,40 @@ def storage_ref(spec: Mapping[str, Any] | None) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pin:
+    """StoredFlow spec.pin: the revision to keep current, by number or by artifact digest."""
+
+    revision: int | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, block: Mapping[str, Any] | None) -> Pin | None:
+        if not block:
+            return None
+        revision, digest = block.get("revision"), block.get("digest")
+        if (revision is None) == (digest is None):
+            raise SpecError("spec.pin needs exactly one of revision or digest")
+        if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int) or revision < 1):
+            raise SpecError(f"spec.pin.revision must be a revision number (1 or more), not {revision!r}")
+        if digest is not None and not _DIGEST.match(str(digest)):
+            raise SpecError(f"spec.pin.digest must be sha256:<64 hex digits>, not {digest!r}")
+        return cls(revision=revision, digest=str(digest) if digest is not None else None)
+
+    def describe(self) -> str:
+        return f"revision {self.revision}" if self.revision is not None else f"digest {self.digest}"
+
+
+def history_limit(spec: Mapping[str, Any], where: str) -> int | None:
+    """spec.revisionHistoryLimit (1..100, as the CRD bounds it), or None when unset."""
+    value = spec.get("revisionHistoryLimit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise SpecError(f"{where}.revisionHistoryLimit must be a number from 1 to {MAX_HISTORY_LIMIT}, not {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
 class StorageSpec:
     """FlowStorage.spec: one backend block plus the common fields."""
 
@@ -95,6 +132,10 @@ class StorageSpec:
     build: BuildSpec | None = None
     #: spec.serviceAccountName: the storage acts as this ServiceAccount of its namespace
     service_account_name: str | None = None
+    #: spec.revisionHistoryLimit: the default of its StoredFlows (None: flowstore's default)
+    revision_history_limit: int | None = None
+    #: spec.retention.minAge in seconds (None: flowstore's default)
+    min_age_seconds: float | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> StorageSpec:
@@ -131,6 +172,9 @@ class StorageSpec:
             stored_as_script=bool(spec.get("storedAsScript", False)),
             build=BuildSpec.parse(spec.get("build")),
             service_account_name=str(spec["serviceAccountName"]) if spec.get("serviceAccountName") else None,
+            revision_history_limit=history_limit(spec, "spec"),
+            min_age_seconds=parse_duration(str(min_age)) if (min_age := (spec.get("retention") or {}).get("minAge"))
+            is not None else None,
         )
 
 
@@ -176,6 +220,10 @@ class FlowSpec:
     entrypoint: str | None = None
     #: spec.build: replaces the FlowStorage's as a whole
     build: BuildSpec | None = None
+    #: spec.revisionHistoryLimit (None: the FlowStorage's, else flowstore's default)
+    revision_history_limit: int | None = None
+    #: spec.pin: the revision kept current
+    pin: Pin | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> FlowSpec:
@@ -206,4 +254,6 @@ class FlowSpec:
             suspend=bool(spec.get("suspend", False)),
             entrypoint=spec.get("entrypoint") or None,
             build=BuildSpec.parse(spec.get("build")),
+            revision_history_limit=history_limit(spec, "spec"),
+            pin=Pin.parse(spec.get("pin")),
         )

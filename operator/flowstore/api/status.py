@@ -108,8 +108,10 @@ class Artifact(Record):
     last_update_time: str
     #: backend state an agent needs besides the configuration (e.g. a webhook's build response)
     storage_state: Mapping[str, Any] | None = None
-    #: hmac-sha256:… over the flow name and digest, when the FlowStorage signs
+    #: when the FlowStorage signs: the signature over this revision's statement
+    #: (``artifacts/statement.py``) and the id of the key that made it
     signature: str | None = None
+    key_id: str | None = None
     #: script: the name of the script's file (agents that need a file write it under this name)
     file_name: str | None = None
     #: built from several files: the entrypoint (``path/to/file.py[:object]``) and the file count
@@ -117,6 +119,10 @@ class Artifact(Record):
     file_count: int | None = None
     #: pickle: the Python, cloudpickle (and prefect) versions that pickled it (the envelope's)
     versions: Mapping[str, str] | None = None
+    #: the revision of status.history this artifact is (``api/history.py``), and how many times a
+    #: revision was made current (only grows: a revert is a lower revision, a higher designation)
+    revision: int | None = None
+    designation: int | None = None
 
     def to_status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -128,6 +134,8 @@ class Artifact(Record):
             doc["storageState"] = dict(self.storage_state)
         if self.signature:
             doc["signature"] = self.signature
+        if self.key_id:
+            doc["keyId"] = self.key_id
         if self.file_name:
             doc["fileName"] = self.file_name
         if self.entrypoint:
@@ -136,6 +144,10 @@ class Artifact(Record):
             doc["fileCount"] = self.file_count
         if self.versions:
             doc["versions"] = dict(self.versions)
+        if self.revision:
+            doc["revision"] = self.revision
+        if self.designation:
+            doc["designation"] = self.designation
         return doc
 
     @classmethod
@@ -154,10 +166,12 @@ class Artifact(Record):
             last_update_time=text(doc, "lastUpdateTime") or "",
             storage_state=mapping(doc, "storageState"),
             signature=text(doc, "signature"),
+            key_id=text(doc, "keyId"),
             file_name=text(doc, "fileName"),
             entrypoint=text(doc, "entrypoint"),
             file_count=count(doc, "fileCount"),
             versions={k: v for k, v in versions.items() if isinstance(v, str)} if versions else None,
+            revision=count(doc, "revision") or None, designation=count(doc, "designation") or None,
         )
 
 

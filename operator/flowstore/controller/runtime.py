@@ -295,13 +295,12 @@ def _snapshot(index: Any, namespace: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch turning `current` into `desired`: keys that went away become null, maps
-    (status.flows) are diffed key by key, everything else is replaced."""
+    """A merge patch turning `current` into `desired`: keys that went away become null, at every
+    depth — a JSON merge patch merges maps, so a member dropped from a map (status.flows, an
+    image's signatureTag, an artifact's signature once signing is off) would otherwise stay —
+    and everything else (lists, values) is replaced."""
     patch: dict[str, Any] = {k: None for k in current if k not in desired}
     for k, v in desired.items():
-        if k == "flows" and isinstance(current.get(k), dict) and isinstance(v, dict):
-            old = current[k]
-            patch[k] = {**{n: None for n in old if n not in v}, **v}
-        else:
-            patch[k] = v
+        old = current.get(k)
+        patch[k] = _with_removals(old, v) if isinstance(old, dict) and isinstance(v, dict) else v
     return patch

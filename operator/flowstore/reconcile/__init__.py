@@ -8,8 +8,11 @@ same under the operator, offline from the CLI, and in unit tests.
                   publish), each with its contract;
 - ``publishers``  one publisher per backend family: object stores (upload), Docker (a layer
                   of the storage's image), git-hosted (pin a commit);
+- ``revisions``   what a pass stored becomes a revision: the pin or the newest made current,
+                  the history bounded, what leaves it retired (pure; docs/revisions.md);
+- ``retention``   deleting retired objects once ``retention.minAge`` passed, each family its way;
 - ``flowstorage`` the FlowStorage check and ``status.flows``;
-- ``cleanup``     a StoredFlow's deletion (``deletionPolicy``);
+- ``cleanup``     a StoredFlow's deletion (``deletionPolicy``: every object it still holds);
 - ``failures``    the one translation point from errors to a condition reason, a message
                   and a retry (``classify``, ``ReconcileError``);
 - ``context``, ``sources``, ``planning``, ``building``, ``storages``, ``outcomes``, ``ports``:

@@ -1,21 +1,29 @@
 """A StoredFlow being deleted: apply its FlowStorage's ``deletionPolicy``.
 
+Under Delete, every object the StoredFlow still holds goes: the current revision's, those of its
+history, and those waiting in ``status.retired`` (each family its own way:
+``Publisher.delete_revision``). Under Retain all of them stay. Whatever the policy, what an
+interrupted store left (``status.storing``, never named by any revision) goes too.
+
 Backend outages are retried a bounded number of times (the caller schedules the retries); then
-the artifact is left in place, a Warning Event says so, and the finalizer is released — a
+the artifacts are left in place, a Warning Event says so, and the finalizer is released — a
 deletion never hangs forever.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 from flowstore.api.constants import EventReason
+from flowstore.api.history import Retired
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
-from flowstore.api.status import Artifact, Storing, Superseded, recorded_location
+from flowstore.api.status import Artifact, Storing, recorded_location
+from flowstore.reconcile import revisions
 from flowstore.reconcile.failures import classify
 from flowstore.reconcile.ports import Event, Ports
+from flowstore.reconcile.publishers import publisher_for
+from flowstore.reconcile.publishers.base import RetireScope
 from flowstore.reconcile.storages import open_storage
 
 
@@ -28,24 +36,28 @@ class Cleanup:
     retry_after: float | None = None
 
 
+def held(status: Any) -> tuple[list[Retired], list[Retired]]:
+    """(the objects a status names: current, history, retired; what an interrupted store left),
+    each object once."""
+    history = revisions.load(status)
+    named: dict[str, Retired] = {}
+    for entry in history.entries:
+        named.setdefault(entry.object_key(), Retired.of(entry, entry.superseded_at or ""))
+    for record in history.retired:
+        named.setdefault(record.object_key(), record)
+    storing = Storing.read(status)
+    leftovers = [Retired(location=storing.location, superseded_at="")] if storing is not None and all(
+        r.location != storing.location for r in named.values()) else []
+    return list(named.values()), leftovers
+
+
 def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_attempts: int) -> Cleanup:
-    """Delete the artifact of `obj` under ``deletionPolicy: Delete``; keep it under Retain (or
+    """Delete the artifacts of `obj` under ``deletionPolicy: Delete``; keep them under Retain (or
     when the FlowStorage is gone). `attempt` counts from 0."""
     status, spec = obj.get("status"), dict(obj.get("spec") or {})
     location, storage_name = recorded_location(status), storage_ref(spec)
-    artifact = Artifact.read(status)
-    current_state = dict(artifact.storage_state or {}) if artifact else {}
-    # an interrupted store (status.storing) and a superseded artifact waiting for deletion
-    # (status.superseded): objects no status names once this one is gone, whatever the policy.
-    # One at the current location is addressed by its own state (a webhook's build response),
-    # or not at all: deleting "the flow name" would delete the current artifact.
-    storing, superseded = Storing.read(status), Superseded.read(status)
-    records: list[tuple[str, Mapping[str, Any] | None]] = \
-        ([(storing.location, None)] if storing else []) + \
-        ([(superseded.location, superseded.storage_state)] if superseded else [])
-    leftovers = [(where, state) for where, state in records
-                 if where != location or (state and dict(state) != current_state)]
-    if not location and not leftovers:
+    named, leftovers = held(status)
+    if not named and not leftovers:
         return Cleanup(None)
     namespace = obj["metadata"]["namespace"]
     fs = ports.get_flowstorage(namespace, storage_name)
@@ -54,25 +66,37 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
     except SpecError:
         storage_spec = None
     delete = storage_spec is not None and storage_spec.deletion_policy == "Delete"
+    what = location or (named[0].location if named else leftovers[0].location)
+    kept = f"{what}" + (f" and {len(named) - 1} more revision(s)" if len(named) > 1 else "")
     if fs is None or storage_spec is None or (not delete and not leftovers):
         why = "deletionPolicy is Retain" if storage_spec else f"FlowStorage {storage_name!r} is gone"
-        return Cleanup(Event("Normal", EventReason.RETAINED, f"Kept {location} ({why})") if location else None)
-    doomed = leftovers + ([(location, artifact.storage_state if artifact else None)] if delete and location
-                          else [])
+        return Cleanup(Event("Normal", EventReason.RETAINED, f"Kept {kept} ({why})") if named else None)
+    doomed = leftovers + (named if delete else [])
+    artifact = Artifact.read(status)
+    scope = RetireScope(ports=ports, namespace=namespace, name=obj["metadata"]["name"], storage_name=storage_name,
+                        current_state=artifact.storage_state if artifact else None,
+                        flow_name=str(spec.get("flowName") or ""), key=spec.get("key") or None)
+    left: list[str] = []
     try:
         storage = open_storage(ports, namespace, fs, storage_spec)
-        for where, state in doomed:
-            storage.restore_state(state)
-            storage.delete(where)
+        publisher = publisher_for(storage_spec)
+        for record in doomed:
+            stayed = publisher.delete_revision(storage, record, scope)
+            if stayed:
+                left.append(f"{record.location} ({stayed})")
     except Exception as exc:
         failure = classify(exc)
         if failure.stalled or attempt >= max_attempts:
             return Cleanup(Event("Warning", EventReason.CLEANUP_FAILED,
-                                 f"Could not delete {location} ({failure.reason}: {failure.message}); the artifact "
-                                 "was left in place and the finalizer released. Delete it by hand if it must go."))
-        return Cleanup(Event("Warning", EventReason.CLEANUP_FAILED, f"deleting {location}: {failure.message[:1024]}"),
+                                 f"Could not delete {kept} ({failure.reason}: {failure.message}); the artifacts "
+                                 "were left in place and the finalizer released. Delete them by hand if they must "
+                                 "go."))
+        return Cleanup(Event("Warning", EventReason.CLEANUP_FAILED, f"deleting {kept}: {failure.message[:1024]}"),
                        retry_after=min(30.0, 2.0 * 2**attempt))
     if not delete:
-        return Cleanup(Event("Normal", EventReason.RETAINED, f"Kept {location} (deletionPolicy is Retain)")
-                       if location else None)
-    return Cleanup(Event("Normal", EventReason.DELETED, f"Deleted {location} (deletionPolicy: Delete)"))
+        return Cleanup(Event("Normal", EventReason.RETAINED, f"Kept {kept} (deletionPolicy is Retain)")
+                       if named else None)
+    if left:
+        return Cleanup(Event("Warning", EventReason.CLEANUP_FAILED, f"Deleted {kept} (deletionPolicy: Delete) but "
+                             f"{len(left)} object(s) stayed: {'; '.join(left)[:800]}"))
+    return Cleanup(Event("Normal", EventReason.DELETED, f"Deleted {kept} (deletionPolicy: Delete)"))

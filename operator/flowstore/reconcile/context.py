@@ -11,17 +11,26 @@ other way round (an import-linter contract keeps it).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 from flowstore.api import conditions as cond
-from flowstore.api.constants import EventReason
+from flowstore.api.constants import ConditionType, EventReason, Reason
+from flowstore.api.history import History, Revision
 from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
-from flowstore.api.status import Artifact, GitPin, Storing
+from flowstore.api.status import Artifact, GitPin, ImageRef, Storing, Superseded
 from flowstore.artifacts.signing import Signer
+from flowstore.reconcile import revisions
+from flowstore.reconcile.failures import Failure
 from flowstore.reconcile.ports import Event, Outcome, Pending, sha256_of
-from flowstore.reconcile.signatures import number_revision, sign_status
+from flowstore.reconcile.revisions import Stored
+from flowstore.reconcile.signatures import sign_status
+from flowstore.reconcile.storages import storage_marker
 from flowstore.storage import Storage, backend_class
+
+#: how soon after a pass that retired objects due at once the pass that deletes them comes
+RETIRED_RECHECK_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -70,7 +79,14 @@ class FlowContext:
     signer: Signer | None = None
     #: a verified git source: what was verified and by which key (the SourceVerified condition)
     verified_by: str | None = None
+    #: Docker: the cosign signature made this pass for an older image ready() is to make current
+    #: (a revert or a pin; ``publishers/image.py``), kept out of status until it is current
+    image_signature: ImageRef | None = None
     git: GitSource | None = None
+    #: the revisions status records (read once, changed as the pass goes: ``reconcile/revisions.py``)
+    history: History = dataclasses.field(default_factory=History)
+    #: Events of the steps before the end (retention), posted with the end's
+    events: list[Event] = dataclasses.field(default_factory=list)
     #: writes a Reconciling status before anything is built or stored (the operator: a status
     #: patch that must succeed first); None offline
     on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -89,6 +105,26 @@ class FlowContext:
     def set_bundle(self, data: bytes, entrypoint: object, file_count: int) -> None:
         self.source, self.bundle, self.file_name = data, True, None
         self.entrypoint, self.file_count = str(entrypoint), file_count
+
+    def __post_init__(self) -> None:
+        self.history = revisions.load(self.status, storage=storage_marker(self.storage_spec))
+
+    @property
+    def history_limit(self) -> int:
+        """spec.revisionHistoryLimit, else the FlowStorage's, else the default."""
+        return (self.spec.revision_history_limit or self.storage_spec.revision_history_limit
+                or revisions.DEFAULT_HISTORY_LIMIT)
+
+    @property
+    def min_age(self) -> float:
+        """The FlowStorage's spec.retention.minAge in seconds, else the default."""
+        age = self.storage_spec.min_age_seconds
+        return revisions.DEFAULT_MIN_AGE_SECONDS if age is None else age
+
+    @property
+    def deletes_objects(self) -> bool:
+        """Whether flowstore deletes this storage's objects at all (not a git repository's)."""
+        return backend_class(self.storage_spec.backend).deletes_objects
 
     @property
     def storage(self) -> Storage:
@@ -131,33 +167,106 @@ class FlowContext:
         )
 
 
-def ready(ctx: FlowContext, location: str, artifact: Artifact, events: list[Event], *,
-          uploaded: bool) -> Outcome:
-    """Ready=True at `location`: status names the artifact and serializes the storage (enough
-    for an agent to load the flow, never a secret)."""
+def ready(ctx: FlowContext, stored: Stored, events: list[Event], *, uploaded: bool) -> Outcome:
+    """Record `stored` as a revision (a new one, or the entry it already is), make the pinned
+    revision (spec.pin) or else it current, bound the history, and end Ready: status names the
+    current artifact and serializes its storage (enough for an agent to load the flow, never a
+    secret). A pin that is not in the history ends Ready=False (PinNotFound), the new revision
+    recorded all the same."""
+    now = cond.now_iso()
+    events = [*ctx.events, *events]
+    history = ctx.history
+    latest = revisions.record(history, stored)
+    pin = ctx.spec.pin
+    target = revisions.pinned(history, pin) if pin is not None else latest
+    made_current = target is not None and revisions.designate(history, target, now)
+    if made_current and target is not None and target is not latest and not uploaded:
+        events.append(Event("Normal", EventReason.REVERTED, f"Made revision {target.revision} of flow "
+                            f"{ctx.spec.flow_name!r} current again ({target.digest[:19]}…; nothing uploaded)"))
+    keep = {n for n in (history.current, latest.revision) if n is not None}
+    revisions.trim(history, ctx.history_limit, keep=keep, now=now,
+                   retire=ctx.storage_spec.deletion_policy == "Delete" and ctx.deletes_objects)
+    status = dict(ctx.status)
+    status.pop("driftDetected", None)
+    Storing.clear(status)  # nothing is under way any more
+    Superseded.clear(status)  # read into history.retired (revisions.load)
+    current = history.current_entry
+    if current is not None:
+        _describe_current(ctx, status, current, history.designation)
+    history.write(status, latest=latest if pin is not None and target is not None else None)
+    # each revision's statement signed (the current one and every retained one): a new key
+    # re-signs them all here, a status update; nothing is stored again
+    resigned = sign_status(status, ctx.obj, ctx.signer)
+    recorded = ctx.recorded
+    if resigned and ctx.signer is not None and current is not None and recorded is not None \
+            and recorded.revision == current.revision and recorded.designation == history.designation:
+        events.append(Event("Normal", EventReason.SIGNED, f"Signed revision {current.revision} of flow "
+                            f"{ctx.spec.flow_name!r} (and the {len(history.entries) - 1} retained) with key "
+                            f"{ctx.signer.key_id} (nothing stored again)"))
+    requeue = ctx.storage_spec.interval_seconds
+    waiting = revisions.next_due(history, ctx.min_age, dt.datetime.now(dt.UTC))
+    if waiting is not None:  # the pass that deletes what was retired (never this one: status first)
+        requeue = min(requeue, max(RETIRED_RECHECK_SECONDS, waiting))
+    status["observedGeneration"] = ctx.generation
+    conditions = ctx.status.get("conditions")
+    if pin is not None and target is None:
+        message = (f"spec.pin names {pin.describe()}, which is not in status.history (revisions: "
+                   f"{history.describe()}); pin one of those, or remove spec.pin")
+        conditions = cond.set_condition(conditions, ConditionType.PINNED, "False", Reason.PIN_NOT_FOUND, message,
+                                        ctx.generation)
+        failure = Failure(Reason.PIN_NOT_FOUND, message, stalled=True)
+        status["conditions"] = cond.mark_failed(conditions, failure.reason, message, ctx.generation, stalled=True)
+        return Outcome(status=status, events=[*events, Event("Warning", failure.reason, message)],
+                       requeue_after=waiting if waiting is not None else None, failure=failure, uploaded=uploaded)
+    assert current is not None
+    where = f"commit {current.commit[:12]}: " if current.commit else ""
+    if pin is not None:
+        conditions = cond.set_condition(
+            conditions, ConditionType.PINNED, "True", Reason.REVISION_PINNED,
+            f"spec.pin holds revision {current.revision} ({current.digest[:19]}…); the newest is revision "
+            f"{latest.revision}", ctx.generation)
+        message = f"Pinned to revision {current.revision} ({where}{current.artifact.url})"
+    else:
+        conditions = cond.remove_condition(conditions, ConditionType.PINNED)
+        message = f"Pinned to {where}{current.artifact.url}" if current.commit else f"Stored at {current.artifact.url}"
+    status["conditions"] = cond.mark_ready(conditions, message, ctx.generation)
+    status["conditions"] = cond.mark_source_verified(status["conditions"], ctx.verified_by, ctx.generation)
+    return Outcome(status=status, events=events, requeue_after=requeue, uploaded=uploaded)
+
+
+def _describe_current(ctx: FlowContext, status: dict[str, Any], current: Revision, designation: int) -> None:
+    """Status as agents read it for the current revision: location, artifact, the serialized
+    storage with the revision's backend state, and its commit or image."""
     # Opened with its credentials, the storage knows what the spec alone cannot (e.g. Azure's
     # accountURL, from the connection string); to_status() never holds secret values. When it
     # could not be opened (e.g. the Secret is gone): what the spec alone says.
     storage = ctx.opened if ctx.opened is not None else backend_class(ctx.storage_spec.backend).from_config(
         ctx.storage_spec.config)
+    artifact = current.as_artifact(designation)
     serialized = storage.to_status()
-    serialized["flows"] = {ctx.spec.flow_name: location}  # never the (shared, cached) storage's own
-    serialized["storedAsScript"] = ctx.fmt == "script"
+    serialized["flows"] = {ctx.spec.flow_name: current.location}  # never the (shared, cached) storage's own
+    serialized["storedAsScript"] = artifact.format == "script"
     serialized.update(artifact.storage_state or {})
-    status = dict(ctx.status)
-    status.pop("driftDetected", None)
-    Storing.clear(status)  # nothing is under way any more
-    status.update(observedGeneration=ctx.generation, location=location, storage=serialized, labels=storage.labels,
-                  flowName=ctx.spec.flow_name)
+    status.update(location=current.location, storage=serialized, labels=storage.labels, flowName=ctx.spec.flow_name)
     artifact.write(status)
-    number_revision(ctx.obj.get("status"), status)
-    resigned = sign_status(status, ctx.obj, ctx.signer)
-    if resigned and ctx.signer is not None and artifact.inputs_digest == (
-            ((ctx.obj.get("status") or {}).get("artifact") or {}).get("inputsDigest")):
-        events = [*events, Event("Normal", EventReason.SIGNED, f"Signed revision {status['artifact']['revision']} of "
-                                 f"flow {ctx.spec.flow_name!r} with key {ctx.signer.key_id} (nothing stored again)")]
-    pin = GitPin.read(status)
-    message = f"Pinned to commit {pin.commit[:12]}: {artifact.url}" if pin else f"Stored at {artifact.url}"
-    status["conditions"] = cond.mark_ready(ctx.status.get("conditions"), message, ctx.generation)
-    status["conditions"] = cond.mark_source_verified(status["conditions"], ctx.verified_by, ctx.generation)
-    return Outcome(status=status, events=events, requeue_after=ctx.storage_spec.interval_seconds, uploaded=uploaded)
+    if current.commit:
+        pins = [p for p in (ctx.git.pin if ctx.git is not None else None, GitPin.read(ctx.status)) if p is not None]
+        pin = next((p for p in pins if p.commit == current.commit), pins[0] if pins else None)
+        # the verification (spec.<backend>.verify) is of the commit it was made for: kept only there
+        GitPin(repo=pin.repo if pin else "", path=current.location, ref=pin.ref if pin else "",
+               commit=current.commit, url=current.artifact.url,
+               verification=pin.verification if pin is not None and pin.commit == current.commit else None
+               ).write(status)
+    else:
+        GitPin.clear(status)
+    if current.image_digest:
+        state = artifact.storage_state or {}
+        # the image's cosign signature (publishers/image.py) is kept while the image is the same
+        signed = next((ref for ref in (ImageRef.read(ctx.status), ctx.image_signature)
+                       if ref is not None and ref.digest == current.image_digest and ref.signature_tag), None)
+        ImageRef(name=current.image_name or str(state.get("imageName") or ""), tag=str(state.get("imageTag") or ""),
+                 digest=current.image_digest, path=current.location,
+                 signature_tag=signed.signature_tag if signed else None,
+                 signature_key_id=signed.signature_key_id if signed else None).write(status)
+    else:
+        ImageRef.clear(status)

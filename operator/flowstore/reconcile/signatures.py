@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.api.constants import Reason
+from flowstore.api.history import History, view_for
 from flowstore.api.models import SpecError, StorageSpec
 from flowstore.artifacts import statement
 from flowstore.artifacts.signing import KeyFormatError, SignatureError, Signer, signer_from_secret
@@ -51,42 +52,45 @@ def read_signer(ports: Ports, namespace: str, spec: StorageSpec) -> Signer | Non
 
 
 def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer | None) -> bool:
-    """Sign `status` in place (see module docstring); without a signer, remove any signature.
-    Returns whether a signature changed (a new key, or a new revision)."""
+    """Sign `status` in place (see module docstring): ``status.artifact`` and every
+    ``status.history`` entry, each over its own revision's statement (``history.status_for``: the
+    status as it reads with that revision current, so an agent loading it pinned rebuilds exactly
+    that statement); without a signer, remove every signature. Returns whether a signature
+    changed (a new key, or a new revision)."""
     meta = obj.get("metadata") or {}
     namespace, name, uid = str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or "")
+    changed = False
     artifact = status.get("artifact")
-    if not isinstance(artifact, dict):
-        return False
-    before = [artifact.get("signature")]
+    if isinstance(artifact, dict):
+        changed |= _sign(artifact, status, signer, namespace=namespace, name=name, uid=uid)
+    entries = status.get(History.HISTORY)
+    history = History.read(status)  # read once (status_for would read it again per entry)
+    for entry in entries if isinstance(entries, list) else []:
+        found = history.find(revision=entry.get("revision")) if isinstance(entry, dict) else None
+        if found is None:  # an entry History.read leaves out (unreadable): not signed
+            for field in SIGNED_FIELDS:
+                if isinstance(entry, dict):
+                    entry.pop(field, None)
+            continue
+        changed |= _sign(entry, view_for(status, history, found), signer, namespace=namespace, name=name, uid=uid)
+    return changed
+
+
+def _sign(target: dict[str, Any], status: Mapping[str, Any], signer: Signer | None, *, namespace: str, name: str,
+          uid: str) -> bool:
+    """Put the signature of the statement `status` names (and its key id) into `target`."""
+    before = target.get("signature")
     if signer is None:
         for field in SIGNED_FIELDS:
-            artifact.pop(field, None)
-        return before != [None]
+            target.pop(field, None)
+        return before is not None
     try:
         signed = statement.sign(statement.from_status(status, namespace=namespace, name=name, uid=uid), signer)
     except SignatureError as exc:
         raise ReconcileError(Reason.BACKEND_ERROR, f"cannot sign the status: {exc}", stalled=False,
                              retry_after=60.0) from None
-    artifact["signature"], artifact["keyId"] = signed.signature, signed.key_id
-    return before != [signed.signature]
-
-
-def number_revision(previous: Mapping[str, Any] | None, status: dict[str, Any]) -> None:
-    """``status.artifact.revision`` and ``designation``: the recorded ones while the artifact is
-    the recorded one (same digest and location), else one more each."""
-    artifact = status.get("artifact")
-    if not isinstance(artifact, dict):
-        return
-    old = (previous or {}).get("artifact") if isinstance(previous, Mapping) else None
-    old = old if isinstance(old, Mapping) else {}
-    same = (old.get("digest") == artifact.get("digest") and (previous or {}).get("location") == status.get("location"))
-    revision, designation = old.get("revision"), old.get("designation")
-    if same and isinstance(revision, int) and isinstance(designation, int):
-        artifact["revision"], artifact["designation"] = revision, designation
-        return
-    artifact["revision"] = (revision if isinstance(revision, int) else 0) + 1
-    artifact["designation"] = (designation if isinstance(designation, int) else 0) + 1
+    target["signature"], target["keyId"] = signed.signature, signed.key_id
+    return before != signed.signature
 
 
 def signing_status(signer: Signer | None) -> dict[str, Any] | None:

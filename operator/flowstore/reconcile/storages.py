@@ -140,6 +140,13 @@ class _RefReader:
                 if key in ref.keys or (ref.suffixes and key.endswith(ref.suffixes))}
 
 
+def storage_marker(spec: StorageSpec) -> str:
+    """A short name of :func:`storage_identity` (``status.historyStorage``: the place the
+    revisions of a history are in)."""
+    identity = json.dumps(storage_identity(spec), sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+
+
 def storage_identity(spec: StorageSpec) -> dict[str, Any]:
     """The part of a storage's configuration that decides *where* artifacts go (not labels, not
     how the backend is reached)."""

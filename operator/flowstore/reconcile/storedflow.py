@@ -5,14 +5,19 @@ an input of the artifact changed digest (content addressing):
 1. ``resolve_storage``  the referenced FlowStorage exists, its spec parses, and its family's
                         publisher accepts this StoredFlow; its storage is opened, once for the
                         whole pass (``FlowContext.storage``).
+   ``retain``           retired objects whose retention.minAge passed are deleted
+                        (``retention.py``; status recorded them in an earlier pass).
 2. ``resolve_source``   the flow's source (the publisher's: inline or ConfigMap; a file at a
                         commit for git-hosted storages).
 3. ``plan``             the format and the inputs digest (``planning.py``).
-4. ``up_to_date``       nothing changed (and, when due, the artifact is still there, unchanged):
+4. ``up_to_date``       a revision of these inputs is recorded (current, or to be made current
+                        again: a revert), and, when due, its artifact is still there, unchanged:
                         finish with zero uploads and zero script executions.
 5. ``check_conflict``   no older StoredFlow stores the same flowName in the same storage.
 6-7. ``publish``        the publisher builds the flow's bytes and stores them: an upload, a
                         layer of the storage's image, or a pinned commit.
+Every end that stores (or re-points) goes through ``context.ready``: the revision is recorded,
+the pinned one (spec.pin) or the newest made current, the history bounded (``revisions.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from flowstore.api.constants import Reason
+from flowstore.api.history import History
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
-from flowstore.api.status import Storing, recorded_location
+from flowstore.api.status import Storing
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.failures import ReconcileError, classify
 from flowstore.reconcile.outcomes import (
@@ -36,8 +42,10 @@ from flowstore.reconcile.outcomes import (
     suspended,
 )
 from flowstore.reconcile.planning import plan
-from flowstore.reconcile.ports import Outcome, Ports
+from flowstore.reconcile.ports import Event, Outcome, Ports
 from flowstore.reconcile.publishers import Publisher, publisher_for
+from flowstore.reconcile.retention import retain
+from flowstore.reconcile.revisions import Stored
 from flowstore.reconcile.signatures import read_signer
 from flowstore.reconcile.storages import try_open_storage
 from flowstore.storage import backend_class
@@ -87,6 +95,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
                           storage_spec=storage_spec, opened=opened, open_failure=open_failure,
                           on_progress=on_progress)
+        retain(ctx, publisher, ports)
         publisher.resolve_source(ctx, ports)
         ctx.signer = read_signer(ports, ctx.namespace, storage_spec)
         plan(ctx, publisher)
@@ -100,6 +109,8 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         storing = Storing.read(ctx.status) if ctx is not None else None
         if storing is not None:  # a retry of these inputs goes to the same place
             storing.write(status)
+        if ctx is not None and ctx.history.retired != History.read(status).retired:
+            ctx.history.write_retired(status)  # what retention deleted stays deleted
         requeue = failure.retry_after if not failure.stalled else None
         if failure.stalled and storage_spec is not None and failure.reason in RECHECKED:
             requeue = recheck_after(status.get("conditions"), failure.reason, storage_spec.interval_seconds)
@@ -133,24 +144,33 @@ def _which_exist(names: list[str], wanted: str, *, shown: int = 10) -> str:
 
 
 def up_to_date(ctx: FlowContext, publisher: Publisher[Any], *, check_drift: bool) -> Outcome | None:
-    """Step 4. When status records an artifact for exactly these inputs, only refresh status
-    (labels, observedGeneration). With `check_drift`, first have the publisher confirm the
-    backend still holds the artifact with its recorded digest; a missing or changed artifact is
-    stored again."""
-    artifact = ctx.recorded
-    location = recorded_location(ctx.status)
-    if not location or artifact is None or artifact.inputs_digest != ctx.inputs_digest:
+    """Step 4. When status.history records a revision of exactly these inputs, store nothing:
+    refresh status (labels, observedGeneration) — or, when that revision is not current (the
+    spec came back to earlier inputs: a revert, or a pin was released), make it current again,
+    once the publisher confirmed its artifact is still there. With `check_drift`, the current
+    revision is confirmed the same way; a missing or changed artifact is stored again."""
+    entry = ctx.history.with_inputs(ctx.inputs_digest)
+    if entry is None:
         return None
     events = publisher.settle(ctx)
-    if check_drift:
-        drift = publisher.verify(ctx, location)
+    current = entry.revision == ctx.history.current
+    pinned_elsewhere = ctx.spec.pin is not None
+    if (check_drift and current) or (not current and not pinned_elsewhere):
+        drift = publisher.verify(ctx, entry)
         if drift is not None:
             ctx.status["driftDetected"] = drift
             return None
+    if check_drift and pinned_elsewhere and not current and (pinned := ctx.history.current_entry) is not None:
+        drift = publisher.verify(ctx, pinned)
+        if drift is not None:  # the pinned artifact is gone: say so (it cannot be stored again)
+            events.append(Event("Warning", Reason.ARTIFACT_MISSING, f"The pinned revision {pinned.revision}'s "
+                                f"artifact {drift} at {pinned.artifact.url}; agents cannot load it. Pin another "
+                                "revision or remove spec.pin"))
     # what the source says of its files (recorded since this version) comes from the source
-    artifact = dataclasses.replace(artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
+    artifact = dataclasses.replace(entry.artifact, file_name=ctx.file_name if ctx.fmt == "script" else None,
                                    entrypoint=ctx.entrypoint, file_count=ctx.file_count if ctx.bundle else None)
-    return ready(ctx, location, artifact, events, uploaded=False)
+    stored = dataclasses.replace(Stored.of(entry), artifact=artifact)
+    return ready(ctx, stored, events, uploaded=False)
 
 
 def check_conflict(ctx: FlowContext, ports: Ports, siblings: Siblings | None = None) -> None:

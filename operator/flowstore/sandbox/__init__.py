@@ -41,6 +41,7 @@ from typing import IO
 import cloudpickle
 
 import flowstore
+from flowstore.api.conditions import bounded
 from flowstore.api.constants import Reason
 from flowstore.artifacts import builder
 from flowstore.sandbox import _runner
@@ -129,10 +130,7 @@ def reply_failure(header: dict[str, object], allowed: frozenset[str] = BUILDER_R
     """(reason, message) of a failed reply: a reason builders report (anything else becomes
     ScriptFailed, naming what was reported), a message of bounded length."""
     message = header.get("message")
-    text = message if isinstance(message, str) else "the build failed"
-    if len(text) > MAX_REPLY_MESSAGE:
-        half = MAX_REPLY_MESSAGE // 2
-        text = f"{text[:half]}\n…\n{text[-half:]}"
+    text = bounded(message if isinstance(message, str) else "the build failed", MAX_REPLY_MESSAGE)
     reason = header.get("reason")
     if isinstance(reason, str) and reason in allowed:
         return reason, text

@@ -96,6 +96,9 @@ class Storage(abc.ABC):
     #: ``image`` (a layer of the storage's one image) or ``git`` (pin a file at a commit; the
     #: storage is read-only). The controller keeps one publisher per family.
     family: ClassVar[str] = "objects"
+    #: the operator deletes objects it stored here (deletionPolicy Delete, retention); False
+    #: where it only reads (git-hosted storages: a commit is never deleted)
+    deletes_objects: ClassVar[bool] = True
     #: the fields of this backend's FlowStorage block that name ConfigMaps or Secrets, and what
     #: the storage gets in their place (:mod:`flowstore.storage.refs`); the operator reads them
     config_refs: ClassVar[tuple[ConfigRef, ...]] = ()

@@ -2,16 +2,21 @@
 
 The StoredFlow steps (``storedflow.py``) call a publisher at fixed points: ``check_spec`` when
 the storage is resolved (step 1), ``resolve_source`` (step 2), ``fixed_format`` and
-``extra_inputs`` while planning (step 3), ``verify`` for a due drift check (step 4), and
-``publish`` to build and store (steps 6-7). A Storage class names its family
-(``Storage.family``); :func:`~flowstore.reconcile.publishers.publisher_for` maps it here.
+``extra_inputs`` while planning (step 3), ``verify`` for a due drift check or a revert (step 4),
+``publish`` to build and store (steps 6-7), and ``delete_revision`` for retention and deletion
+(``reconcile/retention.py``). A Storage class names its family (``Storage.family``);
+:func:`~flowstore.reconcile.publishers.publisher_for` maps it here.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import posixpath
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
+from flowstore.api.history import Retired, Revision
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.reconcile.context import FlowContext
 from flowstore.reconcile.ports import Event, Outcome, Ports
@@ -22,6 +27,24 @@ S = TypeVar("S", bound=Storage)
 
 #: what ``verify`` says of a recorded artifact the backend no longer holds as recorded
 MISSING, CHANGED = "is missing", "has changed"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetireScope:
+    """Whose object a ``delete_revision`` deletes: the StoredFlow, its FlowStorage, and what the
+    storage must be left holding afterwards (the storage is shared: its current state)."""
+
+    ports: Ports
+    namespace: str
+    name: str
+    storage_name: str
+    current_state: Mapping[str, Any] | None = None
+    #: object keys (``api.history.object_key``) this StoredFlow still names: never deleted
+    keep: frozenset[str] = frozenset()
+    #: the StoredFlow's spec.flowName and spec.key: where its objects can be (a status is hostile
+    #: input: a record naming another place is not deleted)
+    flow_name: str = ""
+    key: str | None = None
 
 
 class Publisher(abc.ABC, Generic[S]):
@@ -58,14 +81,14 @@ class Publisher(abc.ABC, Generic[S]):
         """Step 3: what else decides this family's artifact, beyond the common inputs."""
         return {}
 
-    def verify(self, ctx: FlowContext, location: str) -> str | None:
-        """Step 4, when a drift check is due: None when the backend still holds the recorded
-        artifact at `location`, else MISSING or CHANGED."""
+    def verify(self, ctx: FlowContext, entry: Revision) -> str | None:
+        """Step 4, when a drift check of the current revision is due or a revision is made
+        current again: None when the backend still holds its artifact as recorded, else MISSING
+        or CHANGED. Leaves the storage in the revision's state (it becomes current)."""
         storage = self.storage(ctx)
-        artifact = ctx.recorded
-        assert artifact is not None  # up_to_date only verifies a recorded artifact
+        artifact = entry.artifact
         storage.restore_state(artifact.storage_state)
-        info = storage.stat(location)
+        info = storage.stat(entry.location)
         recorded = artifact.digest.removeprefix("sha256:")
         if info is None:
             return MISSING
@@ -81,3 +104,28 @@ class Publisher(abc.ABC, Generic[S]):
     @abc.abstractmethod
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         """Steps 6-7: build the flow's bytes and put them where agents find them; Ready."""
+
+    def delete_revision(self, storage: S, record: Retired, scope: RetireScope) -> str | None:
+        """Delete the object of `record` (a retired revision, or one a deleted StoredFlow held).
+        None when it is gone (already gone counts), else why it was left in place. Raises
+        StorageError (a retryable one keeps the record for the next pass). Default: the object at
+        its location, addressed with its recorded state — only where this flow's objects go (its
+        spec.key, or the directory of its generated keys)."""
+        if not owned(storage, record.location, scope):
+            return (f"it is not where flow {scope.flow_name!r} stores (status may have been written by someone "
+                    "else); delete it by hand if it must go")
+        try:
+            storage.restore_state(record.storage_state or {})
+            storage.delete(record.location)
+        finally:
+            storage.restore_state(scope.current_state)
+        return None
+
+
+def owned(storage: Storage, location: str, scope: RetireScope) -> bool:
+    """Whether `location` is one this flow's stores produce: its fixed place (spec.key, the
+    storage's own key or path), or under the directory of its generated keys
+    (``<prefix><slug(flow name)>/``)."""
+    fixed = storage.location_for(scope.flow_name, key=scope.key)
+    generated = posixpath.dirname(storage.location_for(scope.flow_name))
+    return location == fixed or (bool(generated) and location.startswith(generated.rstrip("/") + "/"))

@@ -9,6 +9,7 @@ import posixpath
 from typing import Any
 
 from flowstore.api.constants import EventReason
+from flowstore.api.history import Retired, Revision
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
 from flowstore.api.status import GitPin
 from flowstore.reconcile.building import build_request, check_bundle
@@ -16,7 +17,8 @@ from flowstore.reconcile.context import FlowContext, GitSource, ready
 from flowstore.reconcile.outcomes import requested_at
 from flowstore.reconcile.planning import plan
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
+from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope
+from flowstore.reconcile.revisions import Stored
 from flowstore.reconcile.sources import ignore_rules, pack_files
 from flowstore.storage import NotFound
 from flowstore.storage.git.base import GitHosted, normalize_path
@@ -74,21 +76,25 @@ class GitPinPublisher(Publisher[GitHosted]):
                 **({"entrypoint": ctx.spec.entrypoint} if ctx.spec.entrypoint else {}),
                 **({"ignore": list(ctx.spec.source.ignore)} if ctx.spec.source.ignore else {})}
 
-    def verify(self, ctx: FlowContext, location: str) -> str | None:
+    def verify(self, ctx: FlowContext, entry: Revision) -> str | None:
         """A commit's content never changes, and resolving the ref (step 2) already showed the
-        repository is there: the periodic check reads nothing. Only an explicit reconcile-now
-        request reads the pinned file again."""
-        pinned = GitPin.read(ctx.status)
-        artifact = ctx.recorded
-        if pinned is None or artifact is None:
+        repository is there: the periodic check reads nothing. An explicit reconcile-now request
+        reads the pinned file again, and so does a revert to a recorded commit (a force-push may
+        have taken that commit away)."""
+        artifact = entry.artifact
+        if entry.commit is None:
             return MISSING
-        if requested_at(ctx.obj) is None:
+        if requested_at(ctx.obj) is None and entry.revision == ctx.history.current:
             return None
         try:
-            data = self.storage(ctx).read_flow(normalize_path(location), pinned.commit, artifact.storage_state)
+            data = self.storage(ctx).read_flow(normalize_path(entry.location), entry.commit, artifact.storage_state)
         except NotFound:
             return MISSING
         return None if sha256_of(data) == artifact.digest and len(data) == artifact.size else CHANGED
+
+    def delete_revision(self, storage: GitHosted, record: Retired, scope: RetireScope) -> str | None:
+        """A commit is never deleted: history entries of git-hosted storages just leave."""
+        return None
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         git = ctx.git
@@ -124,8 +130,7 @@ class GitPinPublisher(Publisher[GitHosted]):
             if previous and previous.commit != git.commit else f"Pinned flow {ctx.spec.flow_name!r} to"
         events = [Event("Normal", EventReason.PINNED, f"{verb} commit {git.commit[:12]} of {git.pin.repo} "
                         f"({git.path}, {len(data)} bytes, {digest[:19]}…)")]
-        git.pin.write(ctx.status)
-        outcome = ready(ctx, git.path, artifact, events, uploaded=False)
+        outcome = ready(ctx, Stored(git.path, artifact, commit=git.commit), events, uploaded=False)
         outcome.built = check_flow
         return outcome
 

@@ -13,13 +13,16 @@ from typing import Any
 
 from flowstore.api import conditions as cond
 from flowstore.api.constants import EventReason
+from flowstore.api.history import History, Retired, Revision
 from flowstore.api.models import storage_ref
 from flowstore.api.status import Artifact, GitPin, ImageRef, recorded_flow_name, recorded_location
 from flowstore.artifacts.keys import slugify
+from flowstore.reconcile import revisions
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher
+from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope
+from flowstore.reconcile.revisions import Stored
 from flowstore.storage import NotFound, StorageError
 from flowstore.storage.docker import Docker, ImageFlow
 
@@ -30,27 +33,61 @@ class ImagePublisher(Publisher[Docker]):
     family = "image"
     storage_type = Docker
 
-    def verify(self, ctx: FlowContext, location: str) -> str | None:
-        """The flow file is read from the recorded image in the registry (no daemon)."""
-        image = ImageRef.read(ctx.status)
-        artifact = ctx.recorded
-        if image is None or artifact is None:
+    def verify(self, ctx: FlowContext, entry: Revision) -> str | None:
+        """The flow file is read from the revision's image in the registry (no daemon)."""
+        digest = entry.image_digest or str((entry.artifact.storage_state or {}).get("imageDigest") or "")
+        if not digest:
             return MISSING
         try:
-            held = self.storage(ctx).read_flow(image.digest, location)
+            held = self.storage(ctx).read_flow(digest, entry.location)
         except NotFound:
             return MISSING
-        return None if sha256_of(held) == artifact.digest else CHANGED
+        return None if sha256_of(held) == entry.digest else CHANGED
+
+    def delete_revision(self, storage: Docker, record: Retired, scope: RetireScope) -> str | None:
+        """Delete the image manifest of a revision — unless a StoredFlow of the same storage
+        still names that image (every flow of a storage is in its images: an image stays while
+        any of them has it as current, in its history or waiting in status.retired). The
+        registry must allow deletes (distribution: storage.delete.enabled); its blobs go at the
+        registry's garbage collection."""
+        state = record.storage_state or {}
+        digest = str(state.get("imageDigest") or "")
+        if not digest:
+            return None
+        for other in scope.ports.list_storedflows(scope.namespace):
+            meta = other.get("metadata") or {}
+            if meta.get("name") == scope.name or storage_ref(other.get("spec")) != scope.storage_name:
+                continue
+            if digest in images_named(other.get("status")):
+                return None  # still someone's: the last one to let it go deletes it
+        try:
+            storage.restore_state(state)
+            storage.delete_image(digest)
+        finally:
+            storage.restore_state(scope.current_state)
+        return None
 
     def settle(self, ctx: FlowContext) -> list[Event]:
-        """The recorded image is signed by the storage's current key (a new key signs it too:
-        nothing is built again)."""
-        image = ImageRef.read(ctx.status)
+        """The image of the revision this pass makes (or keeps) current is signed by the storage's
+        current key: a new key signs it too, and so does a revert or a pin to an older image (its
+        signature recorded before ``ready``, which keeps it with that image). Nothing is built
+        again."""
+        recorded = ImageRef.read(ctx.status)
+        pin = ctx.spec.pin
+        target = revisions.pinned(ctx.history, pin) if pin is not None else ctx.history.with_inputs(ctx.inputs_digest)
+        image = recorded
+        if target is not None and target.image_digest and (recorded is None or recorded.digest != target.image_digest):
+            state = target.artifact.storage_state or {}
+            image = ImageRef(name=target.image_name or str(state.get("imageName") or ""),
+                             tag=str(state.get("imageTag") or ""), digest=target.image_digest, path=target.location)
         if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
                 or image.signature_key_id == ctx.signer.key_id:
             return []
         signed = sign_image(ctx, self.storage(ctx), image)
-        signed.write(ctx.status)
+        if image is recorded:
+            signed.write(ctx.status)
+        else:  # not current yet: status names it only once ready() makes it current
+            ctx.image_signature = signed
         return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
                       f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
 
@@ -93,13 +130,15 @@ class ImagePublisher(Publisher[Docker]):
         previous = ImageRef.read(ctx.status)
         ctx.status.pop("driftDetected", None)
         GitPin.clear(ctx.status)
+        # the new image's cosign signature, recorded before ready() (which keeps it with the image)
         image = sign_image(ctx, docker, ImageRef(name=built.name, tag=built.tag, digest=built.digest,
                                                  path=flow.location))
         image.write(ctx.status)
         verb = "Moved" if previous and previous.digest != built.digest else "Stored"
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} in image "
                         f"{built.name}:{built.tag} ({built.digest[:19]}…) at {flow.location}")]
-        outcome = ready(ctx, flow.location, artifact, events, uploaded=True)
+        stored = Stored(flow.location, artifact, image_name=built.name, image_digest=built.digest)
+        outcome = ready(ctx, stored, events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         return outcome
 
@@ -140,3 +179,13 @@ def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: 
             continue
         flows.append(ImageFlow(name=name, location=location, data=data))
     return flows
+
+
+def images_named(status: Any) -> set[str]:
+    """The image digests a StoredFlow's status names: current, in its history, or retired."""
+    named = {image.digest} if (image := ImageRef.read(status)) is not None else set()
+    history = History.read(status)
+    named |= {e.image_digest or str((e.artifact.storage_state or {}).get("imageDigest") or "")
+              for e in history.entries}
+    named |= {str((r.storage_state or {}).get("imageDigest") or "") for r in history.retired}
+    return named - {""}

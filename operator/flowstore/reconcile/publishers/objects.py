@@ -8,28 +8,27 @@ version, overwritten, never a second one under a new timestamped key). When the 
 meanwhile, the object an interrupted store may have left at the recorded location is deleted
 (no status ever named it, so no agent can be using it) before the new location is chosen.
 
-Under ``deletionPolicy: Delete`` the superseded artifact is deleted only after status has moved
-to its replacement: the new status records it in ``status.superseded``, and the next pass (a
-second later) deletes it and clears the record. Status never names a deleted object, and a kill
-in between leaves the record for the next operator.
+Each store is a new revision (``reconcile/revisions.py``): the object stays while its revision
+is in ``status.history``; under ``deletionPolicy: Delete`` it is deleted only after its revision
+left the history, was recorded in ``status.retired`` by a status write, and
+``retention.minAge`` passed (``reconcile/retention.py``). Status never names a deleted object,
+and a kill in between leaves the record for the next operator.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flowstore.api.constants import EventReason
-from flowstore.api.status import GitPin, Storing, Superseded, recorded_location
+from flowstore.api.status import GitPin, Storing, recorded_location
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
 from flowstore.reconcile.publishers.base import Publisher
+from flowstore.reconcile.revisions import Stored
 from flowstore.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
-#: when the pass that deletes a superseded artifact (``status.superseded``) comes
-SUPERSEDED_DELETE_SECONDS = 1.0
 
 
 class ObjectStorePublisher(Publisher[Storage]):
@@ -50,8 +49,6 @@ class ObjectStorePublisher(Publisher[Storage]):
         if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
             raise StorageError(f"{stored.url} did not read back as written; will store again")
         previous = recorded_location(ctx.status)
-        recorded = ctx.recorded
-        previous_state = dict(recorded.storage_state or {}) if recorded else {}
         digest = "sha256:" + stored.sha256
         artifact = ctx.artifact(url=stored.url, digest=digest, size=stored.size, storage_state=stored.storage_state)
         drift = ctx.status.pop("driftDetected", None)
@@ -59,29 +56,16 @@ class ObjectStorePublisher(Publisher[Storage]):
         verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
         events = [Event("Normal", EventReason.STORED, f"{verb} flow {ctx.spec.flow_name!r} at {stored.url} "
                         f"({stored.size} bytes, {digest[:19]}…)")]
-        # one recorded earlier is for an artifact status moved past before this store: it goes now
-        events += delete_superseded(ctx, storage, current_state=stored.storage_state)
-        superseded = previous is not None and (previous != location or previous_state != dict(stored.storage_state))
-        if previous is not None and superseded and ctx.storage_spec.deletion_policy == "Delete":
-            # addressed by its own location and recorded state; deleted once status moved on
-            Superseded(previous, previous_state).write(ctx.status)
-        outcome = ready(ctx, location, artifact, events, uploaded=True)
+        outcome = ready(ctx, Stored(location, artifact), events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
-        if Superseded.read(ctx.status):
-            outcome.requeue_after = SUPERSEDED_DELETE_SECONDS
         return outcome
 
     def settle(self, ctx: FlowContext) -> list[Event]:
         """Status records the artifact of the current inputs: an interrupted store of other
-        inputs (the spec changed back meanwhile) leaves nothing behind, and a superseded artifact
-        recorded for deletion is deleted now."""
-        events: list[Event] = []
-        if interrupted(ctx) is None and not Superseded.read(ctx.status):
-            return events
-        storage = self.storage(ctx)
-        discard_interrupted(ctx, storage)
-        recorded = ctx.recorded
-        return delete_superseded(ctx, storage, current_state=recorded.storage_state if recorded else None)
+        inputs (the spec changed back meanwhile) leaves nothing behind."""
+        if interrupted(ctx) is not None:
+            discard_interrupted(ctx, self.storage(ctx))
+        return []
 
 
 def interrupted(ctx: FlowContext) -> Storing | None:
@@ -103,39 +87,22 @@ def claim_location(ctx: FlowContext, storage: Storage) -> str:
     return location
 
 
-def delete_superseded(ctx: FlowContext, storage: Storage, *, current_state: Any) -> list[Event]:
-    """Delete the artifact ``status.superseded`` records (one status already moved past) and
-    drop the record; `current_state` is put back afterwards (the storage is shared). A failure
-    is a Warning Event: the record is dropped, as the next store must not carry it along."""
-    superseded = Superseded.read(ctx.status)
-    Superseded.clear(ctx.status)
-    if superseded is None:  # recorded only when it differs from the current artifact (place or state)
-        return []
-    location = superseded.location
-    try:
-        storage.restore_state(superseded.storage_state or {})
-        storage.delete(location)
-    except StorageError as exc:
-        return [Event("Warning", EventReason.CLEANUP_FAILED, f"Could not delete superseded {location}: {exc.message}")]
-    finally:
-        storage.restore_state(current_state)
-    return []
-
-
 def discard_interrupted(ctx: FlowContext, storage: Storage) -> None:
     """Delete what an interrupted store of other inputs may have left at its recorded location,
     unless status names that location (a fixed spec.key, or a webhook's flow name: the object
-    there is the recorded artifact, or its replacement). A failure is logged and left: the
-    record is dropped either way, since the next store must not reuse another version's place."""
+    there is a recorded revision, or its replacement). A failure is logged and left: the record
+    is dropped either way, since the next store must not reuse another version's place."""
     storing = interrupted(ctx)
     if storing is None:
         return
     Storing.clear(ctx.status)
     location = storing.location
-    if location == recorded_location(ctx.status):
+    named = {e.location for e in ctx.history.entries} | {r.location for r in ctx.history.retired}
+    if location == recorded_location(ctx.status) or location in named:
         return
     try:
         storage.delete(location)
     except StorageError as exc:
         log.warning("could not delete %s, left by an interrupted store of %s/%s: %s",
                     storage.url_for(location), ctx.namespace, ctx.name, exc.message)
+

@@ -370,8 +370,19 @@ class DockerBase(Storage):
         return stat_by_reading(self, location)
 
     def delete(self, location: str) -> None:
-        """Images are immutable: a flow leaves the image when the next one is built without it."""
+        """Images are immutable: a flow leaves the image when the next one is built without it
+        (a whole image goes with :meth:`delete_image`)."""
         return None
+
+    def delete_image(self, image_digest: str) -> None:
+        """Delete the manifest `image_digest` of this storage's repository (the one its state
+        names) from the registry, with every tag pointing at it. Already gone counts as done.
+        Raises Rejected when the registry does not allow deletes; the layers stay until the
+        registry's garbage collection."""
+        if not _DIGEST.match(image_digest or ""):
+            raise InvalidConfig(f"{image_digest!r} is not an image manifest digest (sha256:…)")
+        host, repo = self._read_repository()
+        self._registry(host).delete_manifest(repo, image_digest)
 
     def check_container(self) -> None:
         if self.registry_url:

@@ -163,11 +163,13 @@ class RegistryClient:
 
     def request(self, method: str, path: str, *, repo: str, what: str, headers: Mapping[str, str] | None = None,
                 stream: bool = False, ok: tuple[int, ...] = (200,), data: bytes | None = None,
-                push: bool = False) -> requests.Response:
+                push: bool = False, delete: bool = False) -> requests.Response:
         """One authenticated request; answers 401 challenges once (basic or bearer). `path` may
-        be a full URL (upload locations). `push` asks bearer registries for a push token."""
+        be a full URL (upload locations). `push` asks bearer registries for a push token,
+        `delete` for one that may delete too."""
         url = path if path.startswith(("http://", "https://")) else self.base + path
-        scope = f"repository:{repo}:{'pull,push' if push else 'pull'}" if repo else ""
+        actions = "pull,push,delete" if delete else "pull,push" if push else "pull"
+        scope = f"repository:{repo}:{actions}" if repo else ""
         hdrs = dict(headers or {})
         basic = (self.username, self._password) if self.username and self._password is not None else None
         with self._lock:
@@ -331,6 +333,22 @@ class RegistryClient:
         if header and header != digest:
             raise IntegrityError(f"registry {self.host} stored {what} as {header}, but its bytes hash to {digest}")
         return digest
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete manifest `repo@digest` (and the tags on it); 404 counts as deleted
+        (https://distribution.github.io/distribution/spec/api/#deleting-an-image). A registry
+        that does not allow deletes answers 405: Rejected, saying so."""
+        what = f"manifest {repo}@{digest}"
+        try:
+            self.request("DELETE", f"/v2/{repo}/manifests/{digest}", repo=repo, what=what, ok=(202, 200, 204),
+                         push=True, delete=True).close()
+        except NotFound:
+            return
+        except Rejected as exc:
+            if "HTTP 405" in exc.message:
+                raise Rejected(f"registry {self.host} does not allow deleting {what} (HTTP 405); enable deletes "
+                               "(distribution: storage.delete.enabled: true) or delete it there") from None
+            raise
 
     def read_file(self, repo: str, manifest_digest: str, path: str) -> bytes:
         """The content of the file at absolute `path` in image `repo@manifest_digest`, from the

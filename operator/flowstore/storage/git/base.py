@@ -74,6 +74,7 @@ class GitHosted(Storage):
 
     #: never uploads; the controller pins a file at a commit instead (see module docstring)
     family: ClassVar[str] = "git"
+    deletes_objects: ClassVar[bool] = False
     #: the configuration key naming the ref (``commit`` for CodeCommit, as in the seed)
     ref_key: ClassVar[str] = "ref"
     #: ``verify.secretRef``: the trusted keys (SSH allowed signers, OpenPGP ``*.asc``) as ``verifyKeys``
