@@ -118,7 +118,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
             if runtime is not None:
                 await asyncio.to_thread(runtime.pool.shutdown, wait=True)
 
-    return asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
+    code = asyncio.run(leader.run_elected(election, lead, liveness=args.liveness))
+    leader.exit_now(code)  # the election library's daemon thread must not race interpreter shutdown
 
 
 def operator_policy(args: argparse.Namespace) -> Any:

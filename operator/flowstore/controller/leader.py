@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kubernetes import client
 from kubernetes.leaderelection import electionconfig, leaderelection
@@ -157,6 +157,24 @@ class GuardedLeaseLock(LeaseLock):  # type: ignore[misc]
         return True
 
 
+def exit_now(code: int) -> NoReturn:
+    """Flush the logs and end the process without interpreter finalization.
+
+    The election library runs in a daemon thread that cannot be stopped (it polls the Lease until
+    its renew deadline passes, in the middle of HTTP calls). CPython finalizing while such a
+    thread holds a lock (stderr's buffer, the SSL module's) aborts the process (SIGABRT), which
+    turned a clean stop into exit code -6 now and then. Everything that matters is done by the
+    time this is called: kopf stopped, reconciles finished, the Lease released."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 class _Guard:
     """Ends the process the moment leadership is lost, unless we are stopping on purpose."""
 
@@ -168,10 +186,7 @@ class _Guard:
         if self.stopping:
             return
         logger.critical("leader election: %s; exiting now so that no work is done without the lease", why)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        exit_now(1)
 
     def run_election(self, election: leaderelection.LeaderElection) -> None:
         try:
