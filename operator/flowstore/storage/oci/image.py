@@ -113,7 +113,7 @@ def files_manifest(files: Mapping[str, bytes], *, stored_flow: str, flow_digest:
 
 def _check_names(stored_flow: str, flow_digest: str) -> None:
     namespace, sep, name = stored_flow.partition("/")
-    if not sep or not _NAME.match(namespace) or not _NAME.match(name) or len(namespace) > 63:
+    if stored_flow and (not sep or not _NAME.match(namespace) or not _NAME.match(name) or len(namespace) > 63):
         raise FlowImageError(f"stored flow {stored_flow!r} is not NAMESPACE/NAME")
     if not _DIGEST.match(flow_digest):
         raise FlowImageError(f"flow digest {flow_digest!r} is not sha256:<64 hex digits>")
@@ -121,7 +121,8 @@ def _check_names(stored_flow: str, flow_digest: str) -> None:
 
 def build_flow_image(files: Mapping[str, bytes], *, stored_flow: str, flow_digest: str) -> FlowImage:
     """The image of one revision: `files` (relative path -> content; at least one) in one layer
-    with the file manifest, labelled with `stored_flow` (``NAMESPACE/NAME``) and `flow_digest`.
+    with the file manifest, labelled with `stored_flow` (``NAMESPACE/NAME``; empty for a flow
+    stored outside a cluster, through the seed's interface) and `flow_digest`.
     The same arguments always give the same bytes, hence the same :attr:`FlowImage.digest`."""
     _check_names(stored_flow, flow_digest)
     if not files:

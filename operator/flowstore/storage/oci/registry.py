@@ -67,7 +67,7 @@ def read_flow_image(client: RegistryClient, repo: str, digest: str) -> StoredIma
         raise IntegrityError(f"{repo}@{digest}: the image configuration's labels are not a mapping")
     stored_flow, flow_digest, manifest_digest = (labels.get(k) for k in (LABEL_STORED_FLOW, LABEL_FLOW_DIGEST,
                                                                            LABEL_MANIFEST_DIGEST))
-    if not all(isinstance(v, str) and v for v in (stored_flow, flow_digest, manifest_digest)):
+    if not isinstance(stored_flow, str) or not all(isinstance(v, str) and v for v in (flow_digest, manifest_digest)):
         raise IntegrityError(f"{repo}@{digest} is not a flow image (its flowstore labels are missing)")
     raw = client.read_file(repo, digest, "/" + MANIFEST_PATH)
     if sha256_digest(raw) != manifest_digest:
