@@ -120,3 +120,18 @@ def test_a_location_outside_the_image_is_refused(docker_env: dict[str, str], rep
     for bad in ("../x.py", "/abs.py", MANIFEST_PATH):
         with pytest.raises(InvalidConfig):
             storage.put_bytes(bad, b"x")
+
+
+def test_the_init_fallback_pulls_by_digest_and_checks(docker_env: dict[str, str], repository: str, tmp_path: Path,
+                                                      agent_docker_config: None) -> None:
+    """`python -m flowstore.mounted pull`: the image fetched by digest (the Secret as DOCKER_CONFIG)
+    into an empty directory and checked; another revision's digest is refused."""
+    from flowstore import mounted
+
+    storage = OCI(repository, plain_http=True, credentials=dockerconfigjson(docker_env), stored_flow="data/etl")
+    stored = storage.put_bytes("flow.py", b"print('fallback')\n")
+    reference = storage.reference(str(stored.storage_state["imageDigest"]))
+    got = mounted.pull_into(reference, "sha256:" + stored.sha256, str(tmp_path / "a"), plain_http=True)
+    assert got.stored_flow == "data/etl" and (tmp_path / "a" / "flow.py").read_bytes() == b"print('fallback')\n"
+    with pytest.raises(mounted.MountError, match="not the recorded"):
+        mounted.pull_into(reference, "sha256:" + "0" * 64, str(tmp_path / "b"), plain_http=True)
