@@ -1,0 +1,161 @@
+"""Issue 26 end to end on the local node: a StoredFlow on an `oci` FlowStorage becomes Ready with
+its image digest; a Pod built from `flowstore locate -o pod-volume` mounts the image by digest,
+passes the manifest check (flowstore.mounted, no credentials, API or network) and runs the flow;
+a tampered image (the tag re-pushed, so another digest) is refused; and the init-container
+fallback (`--fallback init`) fills an emptyDir by digest and runs the same check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flowstore.storage.oci.image import build_flow_image
+from flowstore.storage.oci.storage import OCI
+from tests.backends.test_oci import dockerconfigjson
+from tests.cluster.conftest import IMAGE_REPOSITORY, pull_secret
+from tests.helpers.kube import kubectl, wait_for, wait_ready
+from tests.helpers.manifests import manifests, stored_flow
+from tests.helpers.operator import OperatorProcess
+
+pytestmark = pytest.mark.timeout(900)
+
+SCRIPT = """\
+from flowstore.flow import Flow
+
+
+def main():
+    return "hello from a mounted flow"
+
+
+flow = Flow("mounted etl", main)
+"""
+
+#: what the run Pod does: the pull step's check and copy, then the flow, from the copy
+RUN = """
+import json, os, runpy, sys
+from flowstore.prefect import use_mounted_flow
+try:
+    out = use_mounted_flow("{mount}", "{digest}", directory="/tmp/work")
+except Exception as exc:
+    print(json.dumps({{"refused": str(exc)}}))
+    sys.exit(3)
+os.chdir(out["directory"])
+result = runpy.run_path("{script}")["flow"].run()
+print(json.dumps({{"ran": result, "storedflow": out["storedflow"], "files": sorted(os.listdir("."))}}))
+"""
+
+
+@pytest.fixture
+def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None) -> Iterator[str]:
+    """A namespace with the registry's dockerconfigjson Secret, opted in for FlowStorages."""
+    name = new_namespace()
+    pull_secret(name, docker_env)
+    kubectl("label", "secret", "registry", "-n", name, "flowstore.dev/allow=true")
+    yield name
+    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=true", "--timeout=60s",
+            check=False)
+
+
+@pytest.fixture
+def operator(ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(tmp_path / "op", dict(os.environ))
+    op.log_dir.mkdir()
+    op.start("-n", ns)
+    yield op
+    op.stop()
+
+
+def locate(ns: str, name: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "flowstore.cli", "locate", name, "-n", ns, *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, Any] = yaml.safe_load(done.stdout)
+    return doc
+
+
+def run_pod(ns: str, name: str, reader: str, pieces: dict[str, Any], command: list[str], *,
+            host_network: bool = False) -> tuple[str, str]:
+    """A Pod of `pieces` (what locate printed) whose one container runs `command`: (phase, log).
+    `host_network`: the local registry listens on the node's 127.0.0.1, which only a Pod in the
+    node's network reaches (the init fallback's pull; the kubelet's own pulls need nothing)."""
+    container = {"name": "main", "image": reader, "imagePullPolicy": "IfNotPresent", "command": command,
+                 "volumeMounts": pieces["volumeMounts"]}
+    spec = {"restartPolicy": "Never", "automountServiceAccountToken": False,
+            "imagePullSecrets": [{"name": "registry"}],  # for the reader image; the snippet's own is the same
+            "containers": [container], "volumes": pieces["volumes"], "hostNetwork": host_network}
+    if "initContainers" in pieces:
+        spec["initContainers"] = pieces["initContainers"]
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Pod",
+                                                    "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+    done = wait_for("pod", ns, name, lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
+                    timeout=240, what="to finish")
+    logs = kubectl("logs", name, "-n", ns, "--all-containers", check=False).stdout
+    return done["status"]["phase"], logs
+
+
+def last_json(logs: str) -> dict[str, Any]:
+    line = [x for x in logs.splitlines() if x.startswith("{")][-1]
+    doc: dict[str, Any] = json.loads(line)
+    return doc
+
+
+def test_a_stored_flow_runs_from_its_mounted_image_and_a_tampered_one_is_refused(
+        ns: str, operator: OperatorProcess, operator_image: Callable[[str], str], docker_env: dict[str, str]) -> None:
+    reader = f"{docker_env['registry']}/{IMAGE_REPOSITORY}:{operator_image('oci-flows')}"
+    repository = f"{docker_env['registry']}/flows/oci-e2e-{uuid.uuid4().hex[:8]}"
+    storage = {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
+               "metadata": {"name": "images", "namespace": ns},
+               "spec": {"oci": {"repository": repository, "plainHTTP": True,
+                                "credentialsSecretRef": {"name": "registry"}}}}
+    kubectl("apply", "-f", "-", input=manifests(
+        storage, stored_flow(ns, "etl", "mounted etl", {"inline": SCRIPT}, "images", storedAsScript=True)))
+    obj = wait_ready(ns, "etl", timeout=120)
+    status = obj["status"]
+    image, artifact = status["image"], status["artifact"]
+    assert image["name"] == repository and image["digest"].startswith("sha256:")
+    assert artifact["url"] == f"{repository}@{image['digest']}"
+    assert [r["image"] for r in status["history"]] == [{"name": repository, "digest": image["digest"]}]
+    # deterministic: the image is the one built here from the revision, with no registry
+    location = status["location"]
+    assert build_flow_image({location: SCRIPT.encode()}, stored_flow=f"{ns}/etl",
+                            flow_digest=artifact["digest"]).digest == image["digest"]
+
+    # the Pod from `locate -o pod-volume`: mounted by digest, checked, run
+    pieces = locate(ns, "etl", "-o", "pod-volume", "--pull-secret", "registry")
+    assert pieces["volumes"][0]["image"]["reference"] == f"{repository}@{image['digest']}"
+    script = RUN.format(mount=pieces["volumeMounts"][0]["mountPath"], digest=artifact["digest"], script=location)
+    phase, logs = run_pod(ns, "good", reader, pieces, ["python3", "-c", script])
+    assert phase == "Succeeded", logs
+    assert last_json(logs) == {"ran": "hello from a mounted flow", "storedflow": f"{ns}/etl", "files": [location]}
+
+    # tampering: the location's tag re-pushed with other code. What status pins does not move ...
+    tamperer = OCI(repository, plain_http=True, credentials=dockerconfigjson(docker_env), stored_flow=f"{ns}/etl")
+    evil = tamperer.put_bytes(location, SCRIPT.replace("hello from", "owned by").encode())
+    evil_digest = str(evil.storage_state["imageDigest"])
+    assert evil_digest != image["digest"]
+    assert locate(ns, "etl", "-o", "pod-volume")["volumes"][0]["image"]["reference"].endswith(image["digest"])
+    # ... and a Pod made to mount the re-pushed image (another digest) is refused by the check
+    forged = json.loads(json.dumps(pieces))
+    forged["volumes"][0]["image"]["reference"] = f"{repository}@{evil_digest}"
+    phase, logs = run_pod(ns, "tampered", reader, forged, ["python3", "-c", script])
+    assert phase == "Failed", logs
+    assert "not the recorded " + artifact["digest"] in last_json(logs)["refused"]
+    assert "owned by" not in logs
+
+    # the fallback for clusters without image volumes: an init container pulls by digest
+    pieces = locate(ns, "etl", "-o", "pod-volume", "--fallback", "init", "--init-image", reader,
+                    "--pull-secret", "registry")
+    assert pieces["volumes"][0] == {"name": "flow", "emptyDir": {}}
+    phase, logs = run_pod(ns, "fallback", reader, pieces, ["python3", "-c", script], host_network=True)
+    assert phase == "Succeeded", logs
+    assert last_json(logs)["ran"] == "hello from a mounted flow"
+    assert f"flowstore: /flow is {ns}/etl {artifact['digest']} (1 files checked)" in logs  # the init container
