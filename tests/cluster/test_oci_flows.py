@@ -6,6 +6,7 @@ fallback (`--fallback init`) fills an emptyDir by digest and runs the same check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -159,3 +160,55 @@ def test_a_stored_flow_runs_from_its_mounted_image_and_a_tampered_one_is_refused
     assert phase == "Succeeded", logs
     assert last_json(logs)["ran"] == "hello from a mounted flow"
     assert f"flowstore: /flow is {ns}/etl {artifact['digest']} (1 files checked)" in logs  # the init container
+
+
+def registry_has(docker_env: dict[str, str], repository: str, digest: str) -> bool:
+    from flowstore.storage.docker.oci import RegistryClient
+    from flowstore.storage.errors import NotFound
+
+    client = RegistryClient(docker_env["registry"], docker_env["username"], docker_env["password"], scheme="http")
+    try:
+        client.manifest(repository.split("/", 1)[1], digest)
+    except NotFound:
+        return False
+    return True
+
+
+def test_revisions_are_images_a_revert_pushes_nothing_and_retention_deletes_manifests(
+        ns: str, operator: OperatorProcess, docker_env: dict[str, str]) -> None:
+    """Each revision its own digest in status.history; going back to earlier source makes its
+    image current again (the same digest: nothing new); under deletionPolicy Delete a revision
+    that left the history is deleted as its manifest, by digest, once minAge passed."""
+    repository = f"{docker_env['registry']}/flows/oci-ret-{uuid.uuid4().hex[:8]}"
+    storage = {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage",
+               "metadata": {"name": "images", "namespace": ns},
+               "spec": {"oci": {"repository": repository, "plainHTTP": True,
+                                "credentialsSecretRef": {"name": "registry"}},
+                        "deletionPolicy": "Delete", "revisionHistoryLimit": 2, "retention": {"minAge": "1s"}}}
+
+    def source(text: str) -> str:
+        return SCRIPT.replace("hello from a mounted flow", text)
+
+    def store(text: str) -> dict[str, Any]:
+        kubectl("apply", "-f", "-", input=manifests(stored_flow(ns, "etl", "mounted etl", {"inline": source(text)},
+                                                                 "images", storedAsScript=True)))
+        return wait_for("storedflow", ns, "etl", lambda o: (o.get("status") or {}).get("artifact", {}).get("digest")
+                        == "sha256:" + hashlib.sha256(source(text).encode()).hexdigest()
+                        and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"],
+                        timeout=120, what=f"to store {text!r}")["status"]
+
+    kubectl("apply", "-f", "-", input=manifests(storage))
+    one = store("one")
+    two = store("two")
+    assert one["image"]["digest"] != two["image"]["digest"]
+    assert [r["image"]["digest"] for r in two["history"]] == [two["image"]["digest"], one["image"]["digest"]]
+    back = store("one")  # a revert: revision 1's image, current again
+    assert back["image"]["digest"] == one["image"]["digest"]
+    assert back["artifact"]["revision"] == one["artifact"]["revision"]
+    three = store("three")  # the history holds 2: revision 2 leaves it, and is deleted
+    assert [r["image"]["digest"] for r in three["history"]] == [three["image"]["digest"], one["image"]["digest"]]
+    wait_for("storedflow", ns, "etl", lambda o: not (o.get("status") or {}).get("retired"), timeout=120,
+             what="to delete what it retired")
+    assert not registry_has(docker_env, repository, two["image"]["digest"])
+    assert registry_has(docker_env, repository, one["image"]["digest"])
+    assert registry_has(docker_env, repository, three["image"]["digest"])
