@@ -212,3 +212,116 @@ def test_revisions_are_images_a_revert_pushes_nothing_and_retention_deletes_mani
     assert not registry_has(docker_env, repository, two["image"]["digest"])
     assert registry_has(docker_env, repository, one["image"]["digest"])
     assert registry_has(docker_env, repository, three["image"]["digest"])
+
+
+class CountingProxy:
+    """A plain-HTTP proxy in front of the local registry that counts what is fetched: GET
+    requests for each blob digest, and the bytes served. The node pulls through it (a hosts.toml
+    for its port in the node's containerd certs.d), so the counts are the node's fetches."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        import requests
+
+        self.blob_gets: dict[str, int] = {}
+        self.bytes_served = 0
+        self.lock = threading.Lock()
+        proxy = self
+        session = requests.Session()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                resp = session.request(self.command, f"http://{upstream}{self.path}", headers=headers, data=body,
+                                       allow_redirects=True, timeout=60)
+                content = resp.content if self.command != "HEAD" else b""
+                if self.command == "GET" and "/blobs/sha256:" in self.path and resp.status_code == 200:
+                    with proxy.lock:
+                        digest = self.path.rsplit("/", 1)[1]
+                        proxy.blob_gets[digest] = proxy.blob_gets.get(digest, 0) + 1
+                        proxy.bytes_served += len(content)
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", resp.headers.get("Content-Length", str(len(content)))
+                                 if self.command == "HEAD" else str(len(content)))
+                self.end_headers()
+                if content:
+                    self.wfile.write(content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ten_pods_on_the_node_fetch_each_blob_once(
+        ns: str, operator: OperatorProcess, operator_image: Callable[[str], str], docker_env: dict[str, str],
+        tmp_path: Path) -> None:
+    from tests.helpers.localcloud import ROOT
+
+    reader = f"{docker_env['registry']}/{IMAGE_REPOSITORY}:{operator_image('oci-flows')}"
+    repository = f"{docker_env['registry']}/flows/oci-ten-{uuid.uuid4().hex[:8]}"
+    kubectl("apply", "-f", "-", input=manifests(
+        {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage", "metadata": {"name": "images", "namespace": ns},
+         "spec": {"oci": {"repository": repository, "plainHTTP": True, "credentialsSecretRef": {"name": "registry"}}}},
+        stored_flow(ns, "etl", "mounted etl", {"inline": SCRIPT}, "images", storedAsScript=True)))
+    status = wait_ready(ns, "etl", timeout=120)["status"]
+    image_digest, flow_digest = status["image"]["digest"], status["artifact"]["digest"]
+
+    proxy = CountingProxy(docker_env["registry"])
+    certs_d = Path(os.environ.get("FLOWSTORE_LOCALCLOUD_DIR") or ROOT / ".localcloud") / "node" / "certs.d"
+    assert (certs_d / docker_env["registry"]).is_dir(), certs_d
+    host = f"127.0.0.1:{proxy.port}"
+    (certs_d / host).mkdir()
+    try:
+        (certs_d / host / "hosts.toml").write_text(
+            f'server = "http://{host}"\n\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n')
+        pull_secret(ns, {**docker_env, "registry": host}, name="via-proxy")
+        pieces = locate(ns, "etl", "-o", "pod-volume", "--pull-secret", "via-proxy")
+        reference = pieces["volumes"][0]["image"]["reference"]
+        pieces["volumes"][0]["image"]["reference"] = reference.replace(docker_env["registry"], host, 1)
+        pods = [f"run-{i}" for i in range(10)]
+        for name in pods:
+            spec = {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                    "imagePullSecrets": [{"name": "registry"}, {"name": "via-proxy"}],
+                    "containers": [{"name": "main", "image": reader, "imagePullPolicy": "IfNotPresent",
+                                    "command": ["python3", "-m", "flowstore.mounted", "check", "/flow", flow_digest],
+                                    "volumeMounts": pieces["volumeMounts"]}],
+                    "volumes": pieces["volumes"]}
+            kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Pod",
+                                                            "metadata": {"name": name, "namespace": ns},
+                                                            "spec": spec}))
+        for name in pods:
+            done = wait_for("pod", ns, name, lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
+                            timeout=300, what="to finish")
+            logs = kubectl("logs", name, "-n", ns, check=False).stdout
+            assert done["status"]["phase"] == "Succeeded", logs
+            assert f"is {ns}/etl {flow_digest}" in logs
+    finally:
+        proxy.close()
+        (certs_d / host / "hosts.toml").unlink(missing_ok=True)
+        (certs_d / host).rmdir()
+    from flowstore.storage.docker.oci import RegistryClient
+
+    client = RegistryClient(docker_env["registry"], docker_env["username"], docker_env["password"], scheme="http")
+    manifest = client.manifest(repository.split("/", 1)[1], image_digest)
+    blobs = [manifest.config_digest, *(str(layer["digest"]) for layer in manifest.layers)]
+    # ten Pods, one node: each blob (the layer and the configuration) fetched once
+    assert {d: proxy.blob_gets.get(d, 0) for d in blobs} == {d: 1 for d in blobs}, proxy.blob_gets
+    print(f"\n10 Pods: {sum(proxy.blob_gets.values())} blob fetches, {proxy.bytes_served} bytes from the registry "
+          f"(layer {manifest.layers[0]['size']} bytes)")
