@@ -135,3 +135,20 @@ def test_the_init_fallback_pulls_by_digest_and_checks(docker_env: dict[str, str]
     assert got.stored_flow == "data/etl" and (tmp_path / "a" / "flow.py").read_bytes() == b"print('fallback')\n"
     with pytest.raises(mounted.MountError, match="not the recorded"):
         mounted.pull_into(reference, "sha256:" + "0" * 64, str(tmp_path / "b"), plain_http=True)
+
+
+def test_the_operator_reaches_only_registries_its_endpoint_policy_allows(docker_env: dict[str, str]) -> None:
+    """A FlowStorage names any host: the operator's endpoint policy decides (the SSRF guard the
+    Webhook has). The local registry is on 127.0.0.1: allowed only with --allow-private-endpoints."""
+    from flowstore.storage.endpoints import EndpointNotAllowed, EndpointPolicy
+    from flowstore.storage.policy import ServePolicy
+
+    block = {"repository": f"{docker_env['registry']}/flows/x", "plainHTTP": True}
+    strict = ServePolicy(endpoints=EndpointPolicy(allow_private=False))
+    with pytest.raises(EndpointNotAllowed, match="--allow-private-endpoints"):
+        OCI.for_operator(block, credentials=dockerconfigjson(docker_env), policy=strict)
+    with pytest.raises(EndpointNotAllowed, match="metadata"):
+        OCI.for_operator({"repository": "169.254.169.254/flows/x"}, credentials=None,
+                         policy=ServePolicy(endpoints=EndpointPolicy(allow_private=True)))
+    lenient = ServePolicy(endpoints=EndpointPolicy(allow_private=True))
+    OCI.for_operator(block, credentials=dockerconfigjson(docker_env), policy=lenient).check_container()

@@ -25,9 +25,10 @@ from flowstore.artifacts import bundle
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.oci import RegistryClient
-from flowstore.storage.errors import InvalidConfig, NotFound
+from flowstore.storage.errors import InvalidConfig, NotFound, Unavailable
 from flowstore.storage.oci.image import FlowImage, FlowImageError, build_flow_image, check_path
 from flowstore.storage.oci.registry import StoredImage, push_flow_image, read_flow_image
+from flowstore.storage.policy import ServePolicy
 
 #: ``host[:port]/path`` with no tag and no digest (the distribution spec's repository names)
 _REPOSITORY = re.compile(r"^(?P<host>[A-Za-z0-9.-]+(:[0-9]{1,5})?)/(?P<path>[a-z0-9]+([._-][a-z0-9]+)*"
@@ -124,6 +125,23 @@ class OCI(Storage):
                    plain_http=bool(config.get("plainHTTP", False)), credentials=credentials,
                    docker_config=credentials is None and "type" in config,
                    image_digest=config.get("imageDigest"), **cls.common_kwargs(config))
+
+    @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> OCI:
+        """A FlowStorage's OCI storage in the operator: its registry host checked against the
+        operator's endpoint policy (never a metadata or link-local address; loopback and private
+        ones only with --allow-private-endpoints). Checked when the storage is opened, each pass;
+        the registry client does not pin the address it connects to (as the Docker storage's)."""
+        if "type" in config:
+            raise InvalidConfig("a FlowStorage spec has no `type`")
+        storage = cls.from_config(config, credentials=credentials)
+        host, _, port = storage.host.rpartition(":") if ":" in storage.host else (storage.host, "", "")
+        try:
+            policy.endpoints.check_host(host, int(port) if port else None)
+        except OSError as exc:
+            raise Unavailable(f"cannot resolve registry host {host}: {exc.strerror or exc}") from None
+        return storage
 
     @classmethod
     def _config_from_seed(cls, doc: Mapping[str, Any]) -> dict[str, Any]:
