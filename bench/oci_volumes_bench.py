@@ -99,9 +99,9 @@ def measure(args: argparse.Namespace) -> int:
             pod["volumes"] = [{"name": "flow", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}}]
         else:  # the registry is on the node's 127.0.0.1: the init container needs the node's network
             pod["hostNetwork"] = True
+            items = [{"key": ".dockerconfigjson", "path": "config.json"}]
             pod["volumes"] = [{"name": "flow", "emptyDir": {}},
-                              {"name": "reg", "secret": {"secretName": "registry",
-                                                         "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}]
+                              {"name": "reg", "secret": {"secretName": "registry", "items": items}}]
             pod["initContainers"] = [{
                 "name": "pull", "image": reader, "imagePullPolicy": "IfNotPresent",
                 "command": ["python3", "-m", "flowstore.mounted", "pull", reference, digest, "/flow", "--plain-http"],
