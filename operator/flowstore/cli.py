@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowstore import cli_revisions
+from flowstore import cli_revisions, oci_volumes
 
 
 def _parse_size(text: str) -> int:
@@ -170,6 +170,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if args.track_latest and (args.revision is not None or args.digest is not None):
         return _usage_error("--track-latest follows the current revision: drop --revision/--digest")
     located = resolve(args.name, args.namespace, revision=args.revision, digest=args.digest)
+    if args.output in oci_volumes.OUTPUTS:
+        return _locate_image_volume(located, args)
     if args.output == "prefect-pull-step":
         try:
             sys.stdout.write(pull_step_yaml(located.view, track_latest=args.track_latest,
@@ -180,6 +182,17 @@ def cmd_locate(args: argparse.Namespace) -> int:
     doc = from_serialized(located.storage_doc).serialize() if args.output == "prefect" else dict(located.view.status)
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     print()
+    return 0
+
+
+def _locate_image_volume(located: Any, args: argparse.Namespace) -> int:
+    """``-o pod-volume`` / ``-o prefect-job-variables`` (flowstore.oci_volumes)."""
+    view = located.view
+    try:
+        sys.stdout.write(oci_volumes.render(args.output, located.storage_doc, view.artifact.digest, view.location,
+                                            view.what, args))
+    except oci_volumes.NotAnImageVolume as exc:
+        return _print_error(exc)
     return 0
 
 
@@ -366,17 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", "--namespace", default="default",
                        help="the StoredFlow's namespace (default: default)")
         if name == "locate":
-            p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step"], default="json",
+            p.add_argument("-o", "--output", choices=["json", "prefect", "prefect-pull-step", *oci_volumes.OUTPUTS],
+                           default="json",
                            help="json: the StoredFlow's status (default); prefect: its storage as Prefect 1 "
                                 "(1.4.1's StorageSchema) serializes it; prefect-pull-step: the Prefect 3 "
                                 "deployment pull step (YAML) for prefect.yaml's pull: or a PrefectDeployment's "
-                                "pullSteps")
+                                "pullSteps; pod-volume / prefect-job-variables: an oci storage's image "
+                                "volume pinned by digest, as Pod spec pieces or a Prefect work pool's job variables")
             p.add_argument("--track-latest", action="store_true",
                            help="with -o prefect-pull-step: no digest in the step, each new run loads the current "
                                 "revision (default: the step pins the revision printed)")
             p.add_argument("--self-contained", action="store_true",
                            help="with -o prefect-pull-step: the step carries the revision's artifact, storage and "
                                 "signature, so workers need no Kubernetes API (docs/prefect.md)")
+            oci_volumes.add_locate_args(p)
         if name == "get":
             p.add_argument("-o", "--output", help="file to write (default: stdout); a directory for a flow of "
                            "several files (its files are written there)")

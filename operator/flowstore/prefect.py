@@ -495,3 +495,7 @@ class FlowstoreStorage:
 
     def __repr__(self) -> str:
         return f"FlowstoreStorage(name={self._name!r}, namespace={self._namespace!r})"
+
+
+# the pull step for a flow mounted from its OCI image (no credentials, no API, no network)
+from flowstore.mounted import use_mounted_flow as use_mounted_flow  # noqa: E402  (re-exported)

@@ -8,21 +8,21 @@
 # the pinned version moves. etcd is built the same way, at the version kube pins.
 #
 # Usage: build-kube.sh OUT_DIR [BINARY ...]
-#   BINARY: kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager
+#   BINARY: kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager, kubectl
 #   (default: kube-apiserver etcd). Binaries land in OUT_DIR/<name>; ones already there are
 #   kept. A lock in OUT_DIR makes a second caller (another state dir's `localcloud up`) wait,
 #   then build only what is still missing, so no binary is ever built twice at once.
 set -euo pipefail
 
-KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 out="$1"
 shift
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(kube-apiserver etcd)
 for b in "${wanted[@]}"; do
   case "$b" in
-    kube-apiserver|etcd|kubelet|kube-scheduler|kube-controller-manager) ;;
-    *) echo "build-kube: unknown binary '$b' (kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager)" >&2
+    kube-apiserver|etcd|kubelet|kube-scheduler|kube-controller-manager|kubectl) ;;
+    *) echo "build-kube: unknown binary '$b' (kube-apiserver, etcd, kubelet, kube-scheduler, kube-controller-manager, kubectl)" >&2
        exit 2 ;;
   esac
 done
@@ -53,11 +53,12 @@ gomod="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" \
 minor="${KUBE_VERSION#v1.}"            # 34.4
 staging_version="v0.${minor}"          # v0.34.4
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod")"
+go_version="$(awk '$1=="go"{print $2; exit}' "$gomod")"   # the wrapper needs at least kube's own
 
 {
   echo "module flowstore.local/kubebuild"
   echo
-  echo "go 1.24.0"
+  echo "go ${go_version}"
   echo
   echo "require ("
   echo "	k8s.io/kubernetes ${KUBE_VERSION}"
@@ -86,16 +87,24 @@ GO
 go mod download k8s.io/kubernetes
 ldflags="-s -w"
 for v in gitVersion=${KUBE_VERSION} gitMajor=1 gitMinor=${minor%%.*} gitTreeState=clean; do
-  ldflags="$ldflags -X k8s.io/component-base/version.$v"
+  # component-base for the servers, client-go for kubectl's `version`
+  ldflags="$ldflags -X k8s.io/component-base/version.$v -X k8s.io/client-go/pkg/version.$v"
 done
-# Two jobs of one core each: the machine has 2 cores and several GB are needed per link.
+# One `go build` for every missing binary: the packages they share (most of them) are compiled
+# once and the links overlap; -p 2 because the machine has 2 cores and a link needs several GB.
+# -trimpath keeps the build cache independent of where the wrapper module sits (a fresh mktemp
+# each time), so a warm GOCACHE (the caller points it under ~/.cache/flowstore) is reused.
+start=$SECONDS
+targets=()
 for b in "${missing[@]}"; do
-  start=$SECONDS
-  if [ "$b" = etcd ]; then
-    go build -p 2 -ldflags "-s -w" -o "$out/etcd.tmp" ./cmd/etcd
-  else
-    go build -p 2 -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b"
-  fi
-  mv "$out/$b.tmp" "$out/$b"
-  echo "build-kube: built $b (${KUBE_VERSION}; etcd ${etcd_version}) into $out in $((SECONDS - start))s" >&2
+  if [ "$b" = etcd ]; then targets+=(./cmd/etcd); else targets+=("k8s.io/kubernetes/cmd/$b"); fi
 done
+mkdir -p "$work/bin"
+# the -X flags name packages etcd does not link; the linker ignores them there
+go build -p 2 -trimpath -ldflags "$ldflags" -o "$work/bin/" "${targets[@]}"
+for b in "${missing[@]}"; do
+  mv "$work/bin/$b" "$out/$b.tmp"
+  mv "$out/$b.tmp" "$out/$b"
+done
+echo "build-kube: built ${missing[*]} (${KUBE_VERSION}; etcd ${etcd_version}) into $out in $((SECONDS - start))s" \
+     "(GOCACHE ${GOCACHE:-$(go env GOCACHE)})" >&2

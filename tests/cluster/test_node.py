@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from localcloud.cloud import Cloud
+from localcloud.node import CONTAINERD_VERSION
 from localcloud.node_files import Node
 from localcloud.pause import PAUSE_IMAGE
 from tests.cluster.conftest import IMAGE_REPOSITORY, pull_secret
@@ -80,8 +82,9 @@ def test_node_is_ready(node_env: dict[str, str]) -> None:
     node = json.loads(kubectl("get", "node", node_env["FLOWSTORE_NODE_NAME"], "-o", "json").stdout)
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True", ready
-    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.4"
-    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    # the kubelet at the API server's version (no skew), on the containerd the local cloud built
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == Cloud.from_environ().kube_version
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"] == f"containerd://{CONTAINERD_VERSION.lstrip('v')}"
     # Its only address is the loopback: the API server reaches the kubelet there, and nothing
     # (probes, hostNetwork Pods' IPs) ever points at another interface of the machine.
     assert {a["address"] for a in node["status"]["addresses"]} == {"127.0.0.1"}

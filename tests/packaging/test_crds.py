@@ -20,8 +20,8 @@ from tests.helpers.kube import kubectl
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
 ONE_BACKEND = (
-    "exactly one backend block (local, s3, gcs, azure, webhook, docker, github, gitlab, bitbucket, codecommit, "
-    "git) must be set"
+    "exactly one backend block (local, s3, gcs, azure, webhook, docker, oci, github, gitlab, bitbucket, "
+    "codecommit, git) must be set"
 )
 CRD_FILES = ["flowstore.dev_flowstorages.yaml", "flowstore.dev_storedflows.yaml"]
 
@@ -126,6 +126,8 @@ def test_s3_flowstorage_with_credentials_accepted(namespace: str) -> None:
             " getFlowRequest: {method: GET, url: 'https://x/flows/${response.json.id}'},"
             " credentialsSecretRef: {name: hook}}",
             lambda spec: spec["webhook"]["getFlowRequest"]["url"].endswith("${response.json.id}"), id="webhook"),
+        pytest.param("oci: {repository: 'registry.example.com:5000/flows/etl', credentialsSecretRef: {name: push}}",
+                     lambda spec: spec["oci"]["repository"].endswith("/flows/etl"), id="oci"),
     ],
 )
 def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
@@ -221,6 +223,11 @@ def test_more_backends_accepted(namespace: str, block: str, check: Any) -> None:
             ['spec.webhook.buildRequest.method: Unsupported value: "DELETE"'],
             id="webhook-bad-method",
         ),
+        pytest.param("oci: {plainHTTP: true}", ["spec.oci.repository: Required value"], id="oci-without-repository"),
+        pytest.param("oci: {repository: 'registry.example.com/flows/etl:v1'}", ["spec.oci.repository", "should match"],
+                     id="oci-repository-with-tag"),
+        pytest.param("oci: {repository: 'registry.example.com/Flows'}", ["spec.oci.repository", "should match"],
+                     id="oci-repository-upper-case"),
         pytest.param("local: {directory: /flows}\nrevisionHistoryLimit: 0",
                      ["spec.revisionHistoryLimit", "greater than or equal to 1"], id="history-limit-0"),
         pytest.param("local: {directory: /flows}\nretention: {minAge: ten minutes}",

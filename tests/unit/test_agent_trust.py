@@ -49,6 +49,8 @@ def cases(tmp: Path) -> dict[str, tuple[dict[str, Any], Any, dict[str, Any], str
         "docker": ({"registryURL": "127.0.0.1:5000/team", "imageName": "flows"}, None,
                    {"imageName": "127.0.0.1:5000/team/flows", "imageTag": "t1", "imageDigest": DIGEST},
                    "/opt/prefect/flows/etl.py"),
+        "oci": ({"repository": "127.0.0.1:5000/flows/etl", "plainHTTP": True, "credentialsSecretRef": {"name": "push"}},
+                None, {"imageDigest": DIGEST}, "flow.py"),
         "github": ({"repo": "acme/flows", "path": "flows/etl.py", "ref": "main", "host": "github.example.com"},
                    {"GITHUB_ACCESS_TOKEN": "t"}, {"ref": COMMIT, "requestedRef": "main"}, "flows/etl.py"),
         "gitlab": ({"repo": "acme/flows", "host": "gitlab.example.com", "ref": "main"},

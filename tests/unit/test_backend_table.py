@@ -22,7 +22,7 @@ SHARED_SPEC_FIELDS = COMMON_FIELDS | {"build", "signing", "deletionPolicy", "int
                                       "revisionHistoryLimit", "retention"}
 #: extras that are not a backend's SDK
 NON_BACKEND_EXTRAS = {"operator", "client", "prefect", "all", "test"}
-FAMILIES = {"objects", "image", "git"}
+FAMILIES = {"objects", "image", "git", "oci"}
 
 
 def _spec_schema() -> dict[str, Any]:

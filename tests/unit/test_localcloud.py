@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import tomllib
 from io import BytesIO
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from localcloud import cli, commands, kube, pause, table
 from localcloud.cloud import DEFAULT_KUBE_VERSION, Cloud, LocalCloudError
-from localcloud.node_files import Node
+from localcloud.node_files import Node, Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,24 +217,42 @@ def test_servers_restart_when_their_upstream_moved() -> None:
 
 
 def test_the_node_keeps_its_files_to_itself(tmp_path: Path) -> None:
-    """containerd's config carries what REAL-NODE.md says mattered; names derive from the state dir."""
-    node = Node(tmp_path / "a", tmp_path / "cache")
-    other = Node(tmp_path / "b", tmp_path / "cache")
+    """containerd 2's config (version 3) carries what REAL-NODE.md says mattered, runs our own
+    runc and shim, and names only the node's own paths (two local clouds never share one)."""
+    runtime = Runtime(containerd=Path("/c/containerd"), ctr=Path("/c/ctr"), shim=Path("/c/shim"), runc=Path("/r/runc"))
+    node = Node(tmp_path / "a", tmp_path / "cache", runtime)
+    other = Node(tmp_path / "b", tmp_path / "cache", runtime)
     assert node.bridge != other.bridge and node.network != other.network
     node.write_files(5000)
-    config = node.containerd_config(1234).read_text()
-    for line in ("restrict_oom_score_adj = true", 'bin_dir = "/usr/lib/cni"', f'conf_dir = "{node.cni_conf_dir}"',
-                 f'sandbox_image = "{pause.PAUSE_IMAGE}"', f'config_path = "{node.certs_d}"',
-                 f'address = "{node.socket}"', 'address = "127.0.0.1:1234"'):
-        assert line in config, line
-    hosts = (node.certs_d / "127.0.0.1:5000" / "hosts.toml").read_text()
-    assert 'server = "http://127.0.0.1:5000"' in hosts and 'capabilities = ["pull", "resolve"]' in hosts
+    config = tomllib.loads(node.containerd_config(1234).read_text())
+    assert config["version"] == 3
+    assert (config["root"], config["state"]) == (str(node.containerd_root), str(node.containerd_state))
+    assert config["grpc"]["address"] == str(node.socket)
+    assert config["metrics"]["address"] == "127.0.0.1:1234"
+    plugins = config["plugins"]
+    assert plugins["io.containerd.nri.v1.nri"]["disable"] is True  # its socket is machine-wide
+    images, runtime_config = plugins["io.containerd.cri.v1.images"], plugins["io.containerd.cri.v1.runtime"]
+    assert images["pinned_images"]["sandbox"] == pause.PAUSE_IMAGE
+    assert images["registry"]["config_path"] == str(node.certs_d)
+    assert runtime_config["restrict_oom_score_adj"] is True
+    assert runtime_config["netns_mounts_under_state_dir"] is True
+    assert runtime_config["cni"] == {"bin_dirs": ["/usr/lib/cni"], "conf_dir": str(node.cni_conf_dir),
+                                     "max_conf_num": 1}
+    runc = runtime_config["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_path"] == "/c/shim"
+    assert runc["options"] == {"BinaryName": "/r/runc", "Root": str(node.containerd_state / "runc"),
+                               "SystemdCgroup": False}
+    assert plugins["io.containerd.grpc.v1.cri"]["stream_server_address"] == "127.0.0.1"
+    hosts = tomllib.loads((node.certs_d / "127.0.0.1:5000" / "hosts.toml").read_text())
+    assert hosts == {"server": "http://127.0.0.1:5000",
+                     "host": {"http://127.0.0.1:5000": {"capabilities": ["pull", "resolve"]}}}
     cni = json.loads((node.cni_conf_dir / "10-flowstore.conflist").read_text())
     bridge = cni["plugins"][0]
     assert (bridge["bridge"], bridge["isGateway"], bridge["ipMasq"]) == (node.bridge, False, False)
     kubelet = json.loads(node.kubelet_config(10250).read_text())
     assert kubelet["address"] == "127.0.0.1" and kubelet["containerRuntimeEndpoint"] == f"unix://{node.socket}"
     assert kubelet["cgroupDriver"] == "cgroupfs" and kubelet["failSwapOn"] is False
+    assert kubelet["failCgroupV1"] is False  # these machines run cgroup v1 (the kubelet refuses it by default)
 
 
 def test_the_pause_image_layout_is_reproducible() -> None:

@@ -55,6 +55,10 @@ BACKENDS: Final = (
             reach_fields=frozenset({"daemonURL", "daemonTLS", "daemonTLSSecretRef"}),
             agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
                               "docker login writes it"),
+    Backend("oci", "OCI", "flowstore.storage.oci.storage", None, anonymous_without_secret=True,
+            reach_fields=frozenset({"plainHTTP"}),
+            agent_credentials="a registry login in $DOCKER_CONFIG/config.json (or ~/.docker/config.json), as "
+                              "docker login writes it"),
     Backend("github", "GitHub", "flowstore.storage.git.github", None, anonymous_without_secret=True,
             reach_fields=_GIT_REACH, agent_credentials="GITHUB_ACCESS_TOKEN in its environment"),
     Backend("gitlab", "GitLab", "flowstore.storage.git.gitlab", None, anonymous_without_secret=True,
@@ -134,6 +138,7 @@ STATUS_FIELDS: Final = {
     "Webhook": StatusFields(place=("buildRequest", "getFlowRequest", "deleteRequest"), revision=("buildResponse",)),
     "Docker": StatusFields(place=("registryURL", "imageName"),
                            revision=("imageTag", "imageDigest", "flowDirectory", "path")),
+    "OCI": StatusFields(place=("repository", "plainHTTP"), revision=("imageDigest",)),
     "GitHub": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
     "GitLab": StatusFields(place=("repo", "host", "apiURL"), revision=_GIT_REVISION),
     "Bitbucket": StatusFields(place=("workspace", "project", "repo", "host", "apiURL"), revision=_GIT_REVISION),

@@ -73,6 +73,8 @@ BUILD_UID = 65532
 SCRATCH = "/tmp"  # noqa: S108 - a path in the builder Pod, its own emptyDir
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+#: pull failures remembered at most (one per Job whose image is failing to pull)
+MAX_REMEMBERED_PULL_FAILURES = 256
 _START_FAILURES = {"CreateContainerError", "CreateContainerConfigError", "RunContainerError", "StartError",
                    "ContainerCannotRun"}
 
@@ -102,6 +104,11 @@ class JobBuilder:
         self._lock = threading.Lock()
         #: (namespace, Job name) of the Jobs this operator started or adopted and has not finished
         self._running: set[tuple[str, str]] = set()
+        #: (namespace, Job name) -> the last pull failure its Pod showed (reason, message). A Pod
+        #: stopped at its deadline no longer says why its image never arrived (kubelets since
+        #: 1.3x report the never-started container as terminated, ContainerStatusUnknown), so
+        #: the message that ends the build comes from what was seen while it waited.
+        self._pull_failures: dict[tuple[str, str], tuple[str, str]] = {}
         program = Path(builder.__file__).resolve().parent
         self._program = {"builder.py": (program / "builder.py").read_text(),
                          "bundle.py": (Path(bundle.__file__).resolve()).read_text()}
@@ -242,11 +249,18 @@ class JobBuilder:
             if waiting is None:
                 continue
             if waiting.reason in _PULL_FAILURES:
+                with self._lock:
+                    self._pull_failures.pop((request.namespace, name), None)
+                    self._pull_failures[(request.namespace, name)] = (str(waiting.reason), str(waiting.message or ""))
+                    while len(self._pull_failures) > MAX_REMEMBERED_PULL_FAILURES:
+                        del self._pull_failures[next(iter(self._pull_failures))]
                 started = _meta(job).creation_timestamp or dt.datetime.now(dt.UTC)
                 waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
                 message = _pull_failure(image, waiting)
                 bound = min(IMAGE_PULL_BOUND_SECONDS, float(request.spec.timeout_seconds if request.spec else 0))
                 if waited >= bound or waiting.reason in ("InvalidImageName", "ErrImageNeverPull"):
+                    with self._lock:
+                        self._pull_failures.pop((request.namespace, name), None)
                     self._cleanup(request.namespace, name)
                     raise ReconcileError(Reason.IMAGE_PULL_FAILED, message + f"; gave up after {waited:.0f} s",
                                          stalled=True)
@@ -297,6 +311,8 @@ class JobBuilder:
                            if s.state and s.state.terminated), None) if pod and pod.status else None
         waiting = next((s.state.waiting for s in (pod.status.container_statuses or [])
                         if s.state and s.state.waiting), None) if pod and pod.status else None
+        with self._lock:
+            seen = self._pull_failures.pop((request.namespace, name), None)
         text = ""
         if pod is not None and waiting is None:  # its output, for the message, if it can still be read
             try:
@@ -311,6 +327,10 @@ class JobBuilder:
                 raise ReconcileError(Reason.IMAGE_PULL_FAILED, _pull_failure(spec.image, waiting) + (
                     f"; gave up after spec.build.timeoutSeconds ({spec.timeout_seconds} s)"), stalled=True)
             if pod is not None and not any(s.image_id for s in statuses):  # its image never arrived
+                if seen is not None:  # and it was seen failing to pull: say why
+                    raise ReconcileError(Reason.IMAGE_PULL_FAILED, _pull_failure(
+                        spec.image, client.V1ContainerStateWaiting(reason=seen[0], message=seen[1])) + (
+                        f"; gave up after spec.build.timeoutSeconds ({spec.timeout_seconds} s)"), stalled=True)
                 raise ReconcileError(Reason.IMAGE_PULL_FAILED, (
                     f"the build image {spec.image} was not pulled within spec.build.timeoutSeconds "
                     f"({spec.timeout_seconds} s); gave up after that. Check spec.build.image and "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 #: the repository (scripts/lib/localcloud/cloud.py -> the checkout)
 ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_KUBE_VERSION = "v1.34.4"
+DEFAULT_KUBE_VERSION = "v1.37.2"
 
 
 class LocalCloudError(Exception):
@@ -51,6 +51,13 @@ class Cloud:
     @property
     def kube_bin(self) -> Path:
         return self.cache / "kube" / self.kube_version
+
+    @property
+    def go_cache(self) -> Path:
+        """GOCACHE for every Go build of the local cloud: under the shared cache, so a CI machine
+        that keeps ~/.cache/flowstore keeps the compiled packages too, and a new pinned version
+        recompiles only what changed."""
+        return self.cache / "go-build"
 
     @property
     def logs(self) -> Path:

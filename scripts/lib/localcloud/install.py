@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from .cloud import LocalCloudError, log
@@ -31,10 +32,13 @@ def apt_install(*packages: str) -> None:
 
 
 def go_install(packages: tuple[str, ...], version: str, dest: Path, binaries: tuple[str, ...], cold: str,
-               ldflags: str = "") -> dict[str, Path]:
+               go_cache: Path, ldflags: str = "", tags: str = "",
+               env: dict[str, str] | None = None) -> dict[str, Path]:
     """`go install package@version ...` (packages of one module) into dest, a cache directory named
     after the version; returns binary name -> path. Built once per machine: callers from other
-    state directories wait on the lock, then find the binaries there."""
+    state directories wait on the lock, then find the binaries there. go_cache: GOCACHE (the
+    shared one, Cloud.go_cache); -trimpath keeps its entries independent of the build's paths.
+    env: extra build variables (CGO_ENABLED, ...)."""
     paths = {name: dest / name for name in binaries}
     if all(p.is_file() for p in paths.values()):
         return paths
@@ -47,16 +51,19 @@ def go_install(packages: tuple[str, ...], version: str, dest: Path, binaries: tu
         log(f"building {' '.join(targets)} into {dest} (cold build: {cold}; cached afterwards)")
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        argv = ["go", "install", *(["-ldflags", ldflags] if ldflags else []), *targets]
-        env = {**os.environ, "GOBIN": str(tmp)}
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        argv = ["go", "install", "-trimpath", *(["-ldflags", ldflags] if ldflags else []),
+                *(["-tags", tags] if tags else []), *targets]
+        build_env = {**os.environ, **(env or {}), "GOBIN": str(tmp), "GOCACHE": str(go_cache)}
+        started = time.monotonic()
+        done = subprocess.run(argv, env=build_env, capture_output=True, text=True, check=False)
         if done.returncode != 0 and ("requires go" in done.stderr or "toolchain" in done.stderr):
             log(f"go install wants a newer Go; retrying with GOTOOLCHAIN={NEWER_GO}")
-            done = subprocess.run(argv, env={**env, "GOTOOLCHAIN": NEWER_GO}, capture_output=True, text=True,
+            done = subprocess.run(argv, env={**build_env, "GOTOOLCHAIN": NEWER_GO}, capture_output=True, text=True,
                                   check=False)
         if done.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise LocalCloudError(f"go install {' '.join(targets)} failed:\n{done.stderr[-3000:]}")
         shutil.rmtree(dest, ignore_errors=True)
         tmp.replace(dest)
+        log(f"built {' '.join(binaries)} {version} in {time.monotonic() - started:.0f}s")
     return paths

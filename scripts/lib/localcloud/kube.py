@@ -36,7 +36,7 @@ def binaries(cloud: Cloud, *names: str) -> list[Path]:
     log(f"building {' '.join(missing)} {cloud.kube_version} into {cloud.kube_bin} "
         f"(cold build: {cold}, several GB of RAM; cached afterwards)")
     subprocess.run(["bash", str(cloud.lib / "build-kube.sh"), str(cloud.kube_bin), *missing], check=True,
-                   env={**os.environ, "KUBE_VERSION": cloud.kube_version})
+                   env={**os.environ, "KUBE_VERSION": cloud.kube_version, "GOCACHE": str(cloud.go_cache)})
     return paths
 
 

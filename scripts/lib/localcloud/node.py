@@ -1,6 +1,10 @@
 """node: containerd, kubelet, kube-scheduler and kube-controller-manager beside the local
 kube-apiserver (recipe: REAL-NODE.md), so Pods, Jobs and Deployments run. The node's files and
-kernel state are node_files.py's; this module runs its servers."""
+kernel state are node_files.py's; this module builds and runs its servers.
+
+containerd 2 (ctr and its runc shim with it) and runc are built from the Go module proxy into the
+cache, keyed by version, like the kube binaries: a node as current as its API server, with image
+volumes (`volumes[].image`, containerd >= 2.1). The CNI plugins are Debian's."""
 
 from __future__ import annotations
 
@@ -13,29 +17,56 @@ from typing import Any
 from . import kube, lifecycle, procs
 from . import state as st
 from .cloud import Cloud, LocalCloudError, log
-from .install import apt_install
+from .install import apt_install, go_install
 from .model import Argv, Hook, Server, Service
-from .node_files import CNI_BIN_DIR, NODE_NAME, Node, stop_system_containerd
+from .node_files import CNI_BIN_DIR, NODE_NAME, Node, Runtime, stop_system_containerd
 from .state import State
 
 READY_TIMEOUT = 90.0
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_VERSION = "v1.5.3"
+CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
+
+
+def runtime(cloud: Cloud) -> Runtime:
+    """Where the runtime's binaries are (or will be, once built)."""
+    containerd = cloud.cache / "containerd" / CONTAINERD_VERSION
+    return Runtime(containerd=containerd / "containerd", ctr=containerd / "ctr",
+                   shim=containerd / "containerd-shim-runc-v2", runc=cloud.cache / "runc" / RUNC_VERSION / "runc")
 
 
 def files(cloud: Cloud) -> Node:
-    return Node(cloud.state_dir, cloud.cache)
+    return Node(cloud.state_dir, cloud.cache, runtime(cloud))
+
+
+def _build_runtime(cloud: Cloud) -> None:
+    """containerd, ctr and the runc shim (pure Go), and runc (cgo, with seccomp: Pods and builder
+    Jobs ask for the RuntimeDefault profile), each built once per version into the cache."""
+    want = runtime(cloud)
+    go_install(tuple(f"{CONTAINERD_MODULE}/cmd/{name}" for name in ("containerd", "ctr", "containerd-shim-runc-v2")),
+               CONTAINERD_VERSION, want.containerd.parent, ("containerd", "ctr", "containerd-shim-runc-v2"),
+               go_cache=cloud.go_cache, cold="about 3 minutes", env={"CGO_ENABLED": "0"},
+               ldflags=f"-s -w -X {CONTAINERD_MODULE}/version.Version={CONTAINERD_VERSION.removeprefix('v')}")
+    go_install(("github.com/opencontainers/runc",), RUNC_VERSION, want.runc.parent, ("runc",),
+               go_cache=cloud.go_cache, cold="about a minute", tags="seccomp", env={"CGO_ENABLED": "1"},
+               ldflags=f"-s -w -X main.version={RUNC_VERSION.removeprefix('v')}")
 
 
 def _prerequisites(cloud: Cloud) -> None:
-    """Debian's containerd, runc and CNI plugins (the system containerd service they enable is
-    stopped: the node runs its own instance), gcc for the pause binary, and the kube binaries."""
-    missing = [pkg for pkg, exe in (("containerd", "containerd"), ("runc", "runc"),
-                                    ("containernetworking-plugins", f"{CNI_BIN_DIR}/bridge"))
-               if not (shutil.which(exe) if "/" not in exe else Path(exe).exists())]
+    """Debian's CNI plugins, gcc for the pause binary and runc (libseccomp for its seccomp
+    support), the runtime and the kube binaries. A system containerd service (Debian's package
+    enables one) is stopped: the node runs its own instance."""
+    missing = [] if Path(f"{CNI_BIN_DIR}/bridge").exists() else ["containernetworking-plugins"]
     if not shutil.which("gcc") or not list(Path("/usr/lib").glob("*/libc.a")):  # gcc -static needs libc.a
         missing += ["gcc", "libc6-dev"]
+    if not shutil.which("pkg-config"):
+        missing += ["pkg-config"]
+    if not list(Path("/usr/lib").glob("*/pkgconfig/libseccomp.pc")):
+        missing += ["libseccomp-dev"]
     if missing:
         apt_install(*missing)
     stop_system_containerd()
+    _build_runtime(cloud)
     kube.binaries(cloud, "kubelet", "kube-scheduler", "kube-controller-manager")
 
 
@@ -47,7 +78,7 @@ def _containerd_argv(cloud: Cloud, state: State) -> list[str]:
     node.check_paths()
     _prerequisites(cloud)
     node.write_files(st.port(state, "registry"))
-    return ["containerd", "--config", str(node.containerd_config(st.port(state, "containerd") or 0))]
+    return [str(node.runtime.containerd), "--config", str(node.containerd_config(st.port(state, "containerd") or 0))]
 
 
 def _containerd_ready(cloud: Cloud, srv: dict[str, Any]) -> bool:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import pause
@@ -31,15 +32,25 @@ from .cloud import LocalCloudError
 # Pods' IPs, on 127.0.0.1 and never on the machine's other interfaces.
 NODE_NAME = "127.0.0.1"
 CNI_BIN_DIR = "/usr/lib/cni"
-APT_PACKAGES = ("containerd", "runc", "containernetworking-plugins")
 # A UNIX socket path longer than this does not fit sockaddr_un.
 MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The container runtime's programs (node.py builds them into the cache)."""
+
+    containerd: Path = Path("containerd")
+    ctr: Path = Path("ctr")
+    shim: Path = Path("containerd-shim-runc-v2")
+    runc: Path = Path("runc")
 
 
 class Node:
     """Paths, names and files of one state directory's node."""
 
-    def __init__(self, state_dir: Path, cache: Path) -> None:
+    def __init__(self, state_dir: Path, cache: Path, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or Runtime()
         self.state_dir = state_dir
         self.cache = cache / "node"
         self.dir = state_dir / "node"
@@ -94,9 +105,9 @@ class Node:
             }],
         }
         (self.cni_conf_dir / "10-flowstore.conflist").write_text(json.dumps(cni, indent=2) + "\n")
-        cri = 'plugins."io.containerd.grpc.v1.cri"'
-        config = f"""# containerd for the flowstore local cloud's node (scripts/lib/localcloud); its own files only.
-version = 2
+        images, runtime = 'plugins."io.containerd.cri.v1.images"', 'plugins."io.containerd.cri.v1.runtime"'
+        config = f"""# containerd 2 for the flowstore local cloud's node (scripts/lib/localcloud); its own files only.
+version = 3
 root = {json.dumps(str(self.containerd_root))}
 state = {json.dumps(str(self.containerd_state))}
 
@@ -106,36 +117,55 @@ state = {json.dumps(str(self.containerd_state))}
 [metrics]
   address = "127.0.0.1:{{metrics_port}}"
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = {json.dumps(str(self.dir / "opt"))}
+[plugins]
+  # NRI listens on one machine-wide socket (/var/run/nri/nri.sock): two local clouds would fight
+  # over it, and nothing here uses NRI.
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
 
-[{cri}]
-  sandbox_image = {json.dumps(pause.PAUSE_IMAGE)}
-  # The kubelet asks for oom_score_adj -998, which this kind of machine refuses (runc then fails
-  # every Pod sandbox with "can't get final child's PID from pipe: EOF").
-  restrict_oom_score_adj = true
-  # Network namespaces under our own state directory, so `down` finds every one of them.
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = {json.dumps(str(self.dir / "opt"))}
 
-[{cri}.cni]
-  bin_dir = {json.dumps(CNI_BIN_DIR)}
-  conf_dir = {json.dumps(str(self.cni_conf_dir))}
-  max_conf_num = 1
+  [{images}]
+    snapshotter = "overlayfs"
 
-[{cri}.containerd]
-  snapshotter = "overlayfs"
+  [{images}.pinned_images]
+    # The Pod sandbox's image, imported locally (nothing is pulled from outside); pinned, so
+    # image garbage collection never removes it.
+    sandbox = {json.dumps(pause.PAUSE_IMAGE)}
 
-[{cri}.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
+  [{images}.registry]
+    # certs.d/127.0.0.1:PORT/hosts.toml: the local registry over plain http.
+    config_path = {json.dumps(str(self.certs_d))}
 
-[{cri}.containerd.runtimes.runc.options]
-  Root = {json.dumps(str(self.containerd_state / "runc"))}
-  SystemdCgroup = false
+  [{runtime}]
+    # The kubelet asks for oom_score_adj -998, which this kind of machine refuses (runc then
+    # fails every Pod sandbox with "can't get final child's PID from pipe: EOF").
+    restrict_oom_score_adj = true
+    # Network namespaces under our own state directory, so `down` finds every one of them.
+    netns_mounts_under_state_dir = true
 
-[{cri}.registry]
-  config_path = {json.dumps(str(self.certs_d))}
+  [{runtime}.cni]
+    bin_dirs = [{json.dumps(CNI_BIN_DIR)}]
+    conf_dir = {json.dumps(str(self.cni_conf_dir))}
+    max_conf_num = 1
+
+  [{runtime}.containerd]
+    default_runtime_name = "runc"
+
+  [{runtime}.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    # our shim, not one of an older containerd on PATH
+    runtime_path = {json.dumps(str(self.runtime.shim))}
+
+  [{runtime}.containerd.runtimes.runc.options]
+    BinaryName = {json.dumps(str(self.runtime.runc))}
+    Root = {json.dumps(str(self.containerd_state / "runc"))}
+    SystemdCgroup = false
+
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
 """
         (self.dir / "containerd.toml.in").write_text(config)
 
@@ -195,7 +225,7 @@ state = {json.dumps(str(self.containerd_state))}
         return path
 
     def ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
+        return subprocess.run([str(self.runtime.ctr), "--address", str(self.socket), "--namespace", "k8s.io", *args],
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def import_pause_image(self) -> None:

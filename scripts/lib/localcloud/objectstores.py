@@ -77,7 +77,7 @@ def _s3_exports(cloud: Cloud, state: State) -> list[tuple[str, str]]:
 
 def _gcs_argv(cloud: Cloud, state: State) -> list[str]:
     exe = go_install(("github.com/fsouza/fake-gcs-server",), GCS_VERSION, cloud.cache / "gcs" / GCS_VERSION,
-                     ("fake-gcs-server",), cold="about 2-3 minutes")["fake-gcs-server"]
+                     ("fake-gcs-server",), go_cache=cloud.go_cache, cold="about 2-3 minutes")["fake-gcs-server"]
     port = st.port(state, "gcs")
     # fmt: off
     return [

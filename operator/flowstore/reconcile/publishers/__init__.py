@@ -9,10 +9,11 @@ from flowstore.reconcile.publishers.base import Publisher
 from flowstore.reconcile.publishers.git import GitPinPublisher
 from flowstore.reconcile.publishers.image import ImagePublisher
 from flowstore.reconcile.publishers.objects import ObjectStorePublisher
+from flowstore.reconcile.publishers.oci import OCIPublisher
 from flowstore.storage import backend_class
 
 PUBLISHERS: dict[str, Publisher[Any]] = {
-    p.family: p for p in (ObjectStorePublisher(), ImagePublisher(), GitPinPublisher())}
+    p.family: p for p in (ObjectStorePublisher(), ImagePublisher(), GitPinPublisher(), OCIPublisher())}
 
 
 def publisher_for(spec: StorageSpec) -> Publisher[Any]:
