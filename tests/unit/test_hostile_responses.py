@@ -139,3 +139,31 @@ def test_the_host_may_come_from_the_secret_and_the_path_from_the_response() -> N
     storage = Webhook.from_config(config, credentials={"HOST": "svc.example.com"})
     storage.restore_state({"buildResponse": {"status": 201, "json": {"id": "@evil.example/x"}}})
     assert storage.url_for("etl") == "https://${HOST}/flows/@evil.example/x?v=etl"
+
+
+@pytest.mark.parametrize("value", ["../admin/delete", "x/../../admin", ".", "a/./b", "x?purge=all", "x#frag",
+                                   "%2e%2e%2fadmin", "..\\admin", "x\r\nHost: evil", "x\x00"])
+def test_a_status_cannot_move_a_request_elsewhere_on_the_host(value: str) -> None:
+    """The host is fixed by the template, and the path must be too: a build response written
+    into status with dot segments, a query of its own or escapes a server decodes would send the
+    FlowStorage's Secret values to another endpoint of the same service (``/admin/…``)."""
+    from flowstore.storage import InvalidConfig
+    from flowstore.storage.webhook import Webhook
+
+    config = {"buildRequest": {"method": "POST", "url": "https://svc/flows"},
+              "getFlowRequest": {"method": "GET", "url": "https://svc/flows/${response.json.id}",
+                                 "headers": {"Authorization": "Bearer ${TOKEN}"}}}
+    storage = Webhook.from_config(config, credentials={"TOKEN": "t"})
+    storage.restore_state({"buildResponse": {"status": 201, "json": {"id": value}}})
+    with pytest.raises(InvalidConfig, match=r"getFlowRequest\.url: the value of \$\{response\.json\.id\}"):
+        storage.get_bytes("etl")
+    # the same value anywhere but the URL (a header, a param) is not a place to go, and is kept
+    assert render({"headers": {"X-Id": "${response.json.id}"}},
+                  response={"status": 201, "json": {"id": value}})["headers"]["X-Id"] == value
+
+
+@pytest.mark.parametrize("value", ["abc123", "team/etl/flow.py", "@evil.example/x", "v1.2", "..x", "a..b/c"])
+def test_ordinary_ids_and_keys_fill_in_the_path(value: str) -> None:
+    assert render({"url": "https://svc/flows/${response.json.id}"},
+                  response={"status": 201, "json": {"id": value}})["url"] == f"https://svc/flows/{value}"
+    assert render({"url": "https://svc/f?key=${location}"}, location=value)["url"] == f"https://svc/f?key={value}"

@@ -79,9 +79,9 @@ def render(
             raise InvalidConfig(f"{_at(path)}: ${{{name}}} is not a valid template name "
                                 "(letters, digits, '_', '-', '.')")
         if name.startswith(RESPONSE_PREFIX) or name == "response":
-            return _response_value(name, response, path)
+            return _into_url(path, name, _response_value(name, response, path))
         if name == LOCATION and location is not None:
-            return location
+            return _into_url(path, name, location)
         if secrets is not None and name in secrets:
             found = str(secrets[name])
         elif (allowed_env is None or name in allowed_env) and name in env:
@@ -177,6 +177,30 @@ def _walk(value: Any, path: str, lookup: Lookup) -> Any:
         return {k: _walk(v, f"{path}.{k}" if path else str(k), lookup) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_walk(v, f"{path}[{i}]", lookup) for i, v in enumerate(value))
+    return value
+
+
+#: what a build response or location value may not bring into a URL (dot segments are checked
+#: apart): a query or fragment of its own, escapes a server would decode, a backslash some
+#: servers read as '/', control characters
+URL_VALUE_REFUSED = re.compile(r"[?#%\\\x00-\x1f\x7f]")
+
+
+def _into_url(path: str, name: str, value: str) -> str:
+    """`value` unchanged, unless it fills in a ``url`` and could move the request elsewhere on the
+    host: a build response is recorded in status and ${location} comes from a StoredFlow, so
+    whoever may write either would otherwise choose the path the Secret values are sent to
+    (``../admin``) or add a query. Ordinary ids and keys, slashes included, pass."""
+    if path != "url" and not path.endswith(".url"):
+        return value
+    bad = URL_VALUE_REFUSED.search(value)
+    what = f"the character {bad.group(0)!r}" if bad else (
+        "a '.' or '..' path segment" if any(part in (".", "..") for part in value.split("/")) else None)
+    if what is not None:
+        raise InvalidConfig(
+            f"{path}: the value of ${{{name}}} has {what}; a value from the build response or the location "
+            "fills in the path or query as it is and may not move the request elsewhere on the host "
+            "(no '.'/'..' segments, '?', '#', '%', backslashes or control characters)")
     return value
 
 
