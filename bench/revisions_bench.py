@@ -59,10 +59,9 @@ def edit_until_ready(env: Env, name: str, value: int, limit: int, timeout: float
 
     body = flow(env.namespace, name, value, limit)
     t0 = time.monotonic()
-    try:
-        current = env.custom.get_namespaced_custom_object(GROUP, VERSION, env.namespace, SF, name)
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        done = env.custom.replace_namespaced_custom_object(GROUP, VERSION, env.namespace, SF, name, body)
+    try:  # a merge patch of the spec: a get-then-replace raced the operator's own metadata writes (409)
+        done = env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, SF, name,
+                                                         {"spec": body["spec"]})
     except Exception as exc:
         if getattr(exc, "status", None) != 404:
             raise
