@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,14 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+def _parse_selector(text: str) -> Any:
+    """A Kubernetes label selector (flowstore.api.selectors), checked when the command line is read."""
+    from flowstore.api import selectors
 
-
-def _parse_selector(text: str) -> str:
-    """``KEY=VALUE[,KEY2=VALUE2]`` (equality only), checked and normalized."""
-    pairs: dict[str, str] = {}
-    for item in (part.strip() for part in text.split(",")):
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        prefix, slash, name = key.rpartition("/")
-        if (not eq or not name or "=" in value or "!" in key or not _LABEL_NAME.match(name)
-                or not _LABEL_NAME.match(value) or (slash and not _LABEL_PREFIX.match(prefix))):
-            raise argparse.ArgumentTypeError(f"not a KEY=VALUE label selector: {item!r}")
-        pairs[key] = value
-    return ",".join(f"{k}={v}" for k, v in pairs.items())
+    try:
+        return selectors.parse(text)
+    except selectors.SelectorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -65,14 +56,20 @@ def cmd_operator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _print_error(exc)
     ambient = AmbientPolicy(args.ambient_identity, operator_namespace(args.operator_namespace, os.environ))
+    if args.watch_label_selector is not None and args.selector is not None:
+        return _print_error(ValueError("give --watch-label-selector or --selector (its earlier name), not both"))
+    selector = args.watch_label_selector if args.watch_label_selector is not None else args.selector
     settings = Settings(workers=args.workers, max_builds=args.max_builds, max_build_jobs=args.max_build_jobs,
                         build_timeout=args.build_timeout, build_memory=_parse_size(args.build_memory),
-                        delete_retries=args.delete_retries, policy=policy, ambient=ambient)
+                        delete_retries=args.delete_retries, policy=policy, ambient=ambient, shard=selector)
     namespaces = args.namespace or []
     election = None
     if args.leader_elect:
+        # each shard elects its own leader: a shard's default Lease carries its name
+        shard = selector.shard() if selector else None
         election = leader.Election(
-            lease_name=args.lease_name, lease_namespace=args.lease_namespace or leader.pod_namespace(),
+            lease_name=args.lease_name or (f"flowstore-operator-{shard}" if shard else "flowstore-operator"),
+            lease_namespace=args.lease_namespace or leader.pod_namespace(),
             identity=leader.default_identity(), lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         try:
@@ -88,14 +85,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_address)
     registry = kopf.OperatorRegistry()
-    selector = dict(item.split("=", 1) for item in args.selector.split(",")) if args.selector else None
-    handlers.register(registry, labels=selector)
+    handlers.register(registry, selector=selector)
     memo = kopf.Memo(settings=settings, api=client.ApiClient())
 
     async def run_kopf(stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> int:
         await kopf.operator(
             registry=registry,
-            settings=handlers.kopf_settings(),
+            settings=handlers.kopf_settings(selector),
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
@@ -347,11 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve Prometheus metrics on this port (default 0: off; the chart uses 9090)")
     op.add_argument("--metrics-address", default="0.0.0.0",  # noqa: S104 - a pod's metrics must be scrapable
                     help="metrics bind address (default 0.0.0.0)")
-    op.add_argument("--selector", type=_parse_selector, default=None, metavar="KEY=VALUE[,KEY=VALUE]",
-                    help="reconcile only FlowStorages and StoredFlows with these labels (shards several operators)")
+    op.add_argument("--watch-label-selector", type=_parse_selector, default=None, metavar="SELECTOR",
+                    help="serve only the FlowStorages and StoredFlows this Kubernetes label selector matches, "
+                         "filtered by the API server (shards: 'flowstore.dev/shard=shard1' for a shard, "
+                         "'!flowstore.dev/shard' for the default one; docs/shards.md)")
+    op.add_argument("--selector", type=_parse_selector, default=None, metavar="SELECTOR",
+                    help="the same as --watch-label-selector (its earlier name)")
     op.add_argument("--leader-elect", action="store_true",
                     help="run kopf only while holding a coordination.k8s.io Lease (for several replicas)")
-    op.add_argument("--lease-name", default="flowstore-operator", help="the Lease (default flowstore-operator)")
+    op.add_argument("--lease-name", default=None,
+                    help="the Lease (default flowstore-operator; flowstore-operator-NAME with "
+                         "--watch-label-selector flowstore.dev/shard=NAME)")
     op.add_argument("--lease-namespace", default=None,
                     help="the Lease's namespace (default: the pod's namespace, else default)")
     op.add_argument("--lease-duration", type=int, default=10,

@@ -13,6 +13,7 @@ from typing import Any
 from flowstore import sandbox
 from flowstore.api.constants import Reason
 from flowstore.api.models import StorageSpec
+from flowstore.api.selectors import LabelSelector
 from flowstore.controller.images import ImageBuilder
 from flowstore.reconcile.failures import ReconcileError
 from flowstore.reconcile.ports import BuildRequest, Pending
@@ -48,6 +49,11 @@ class FakeCluster:
         self.ambient_refusal: str | None = None
         #: the identities handed to storages
         self.identities: list[WorkloadIdentity] = []
+        #: what shard() answers: the operator's --watch-label-selector (None: every object)
+        self.selector: LabelSelector | None = None
+
+    def shard(self) -> LabelSelector | None:
+        return self.selector
 
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.storages.get(name))

@@ -45,6 +45,8 @@ class Reason:
     SUSPENDED: Final = "Suspended"
     # Spec and references
     STORAGE_NOT_FOUND: Final = "StorageNotFound"
+    #: the FlowStorage exists but another operator's shard (label flowstore.dev/shard) serves it
+    STORAGE_ON_OTHER_SHARD: Final = "StorageOnOtherShard"
     SOURCE_NOT_FOUND: Final = "SourceNotFound"
     SECRET_NOT_FOUND: Final = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     INVALID_SPEC: Final = "InvalidSpec"

@@ -8,9 +8,10 @@ translate for kopf.
   retries, then releases the finalizer ``flowstore.dev/cleanup`` whatever happens.
 
 Nothing is registered at import: :func:`register` adds the handlers to a registry with the
-operator's label selector (``flowstore operator --selector k=v``), which limits the loops and
-the deletion handler to labelled objects so several operators can share namespaces. The index
-and the pokes stay unfiltered: they only read, and a flow-name conflict or a poke may cross shards.
+operator's shard (``flowstore operator --watch-label-selector SELECTOR``): the API server filters
+the FlowStorage and StoredFlow watches by it (:func:`kopf_settings`, controller/shards.py), so the
+index and the pokes see this shard's objects only, and the loops and the deletion handler carry
+the same selector as a filter, which stops a loop when a relabel moves its object out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -27,6 +27,8 @@ import kopf
 from flowstore.api import conditions as cond
 from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_KIND, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import storage_ref
+from flowstore.api.selectors import LabelSelector
+from flowstore.controller import shards
 from flowstore.controller.runtime import Runtime
 from flowstore.reconcile import delete_stored_flow, requested_at
 
@@ -48,20 +50,21 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str,
-                   selector: dict[str, str] | None) -> None:
+                   selector: LabelSelector | None) -> None:
     """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
 
     async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
                    storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
         await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage)
 
-    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, labels=selector,
+    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, when=shards.when(selector),
                 registry=registry)(loop)
 
 
-def kopf_settings() -> kopf.OperatorSettings:
-    """kopf's settings for flowstore, tuned once."""
+def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSettings:
+    """kopf's settings for flowstore, tuned once; `selector`: the shard, filtered server side."""
     settings = kopf.OperatorSettings()
+    shards.filter_watches(settings, selector)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flowstore.dev")
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="flowstore.dev",
@@ -77,9 +80,9 @@ def kopf_settings() -> kopf.OperatorSettings:
 SANDBOX_PROBE_DELAY = 5.0
 
 
-def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | None = None) -> None:
-    """Add flowstore's handlers to `registry`; `labels` selects the objects this operator serves."""
-    selector = dict(labels) if labels else None
+def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None = None) -> None:
+    """Add flowstore's handlers to `registry`; `selector` selects the objects this operator serves
+    (give kopf_settings the same one)."""
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -97,7 +100,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
         probe.daemon = True
         probe.start()
         logger.info("flowstore operator started: %s%s", memo.settings,
-                    f"; only objects labelled {selector}" if selector else "")
+                    f"; shard: only FlowStorages and StoredFlows matching {str(selector)!r}" if selector else "")
 
     @kopf.on.cleanup(id="stop", registry=registry)
     def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -149,10 +152,12 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
 
     @kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL, id="flowstorage_changed", registry=registry)
     def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
+        """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it; so
+        does one that a relabel moved into or out of this shard (ADDED, DELETED): its flows here
+        then store, or say it is on another shard."""
         meta = body.get("metadata", {})
         observed = (body.get("status") or {}).get("observedGeneration")
-        if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
+        if type in ("ADDED", "DELETED") or meta.get("generation") != observed or requested_at(body):
             memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
             memo.runtime.poke_flows(meta.get("namespace"), lambda s: storage_ref(s) == meta.get("name"))
 
@@ -167,7 +172,8 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
         memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
     # ------------------------------------------------------------------ deletion
-    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", labels=selector, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", when=shards.when(selector),
+                    registry=registry)
     def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
                            **_: Any) -> None:
         """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded

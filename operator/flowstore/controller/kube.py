@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from flowstore import sandbox
 from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
 from flowstore.api.models import StorageSpec
+from flowstore.api.selectors import LabelSelector
 from flowstore.controller import metrics
 from flowstore.controller.identity import AmbientPolicy, ServiceAccountTokens, workload_identity
 from flowstore.controller.images import ImageBuilder
@@ -52,7 +53,7 @@ class KubePorts:
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
                  max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None,
-                 ambient: AmbientPolicy | None = None) -> None:
+                 ambient: AmbientPolicy | None = None, shard: LabelSelector | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -67,6 +68,10 @@ class KubePorts:
         self.jobs = JobBuilder(api, max_jobs=max_build_jobs, policy=self.policy.builds)
         self.tokens = ServiceAccountTokens(self.core)
         self.ambient = ambient or AmbientPolicy()
+        self._shard = shard
+
+    def shard(self) -> LabelSelector | None:
+        return self._shard
 
     # ---------------------------------------------------------------- reads
     @_not_found_is_none

@@ -31,6 +31,7 @@ from flowstore.api.constants import (
     STOREDFLOW_PLURAL,
     ConditionType,
 )
+from flowstore.api.selectors import LabelSelector
 from flowstore.controller import metrics
 from flowstore.controller.identity import AmbientPolicy
 from flowstore.controller.kube import KubePorts
@@ -59,6 +60,8 @@ class Settings:
     policy: OperatorPolicy = dataclasses.field(default_factory=OperatorPolicy)
     #: where FlowStorages may act as the operator's own cloud identity (--ambient-identity)
     ambient: AmbientPolicy = dataclasses.field(default_factory=AmbientPolicy)
+    #: the objects this operator serves (--watch-label-selector); None: all
+    shard: LabelSelector | None = None
 
 
 class Runtime:
@@ -68,7 +71,7 @@ class Runtime:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
                                max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs,
-                               policy=settings.policy, ambient=settings.ambient)
+                               policy=settings.policy, ambient=settings.ambient, shard=settings.shard)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it

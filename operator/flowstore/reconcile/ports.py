@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 from flowstore.api.models import BuildSpec, StorageSpec
+from flowstore.api.selectors import LabelSelector
 from flowstore.reconcile.failures import Failure
 from flowstore.sandbox import Built
 from flowstore.storage import Storage
@@ -24,7 +25,11 @@ from flowstore.storage.identity import WorkloadIdentity
 class Ports(Protocol):
     """The cluster, the builder and the storages, as the core sees them."""
 
-    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The FlowStorage, also when it is outside this operator's shard (read by name when no
+        cache holds it), so a StoredFlow can tell "on another shard" from "missing"."""
+    def shard(self) -> LabelSelector | None:
+        """The label selector of the objects this operator serves (--watch-label-selector), or None."""
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]: ...

@@ -30,6 +30,7 @@ from typing import Any
 from flowstore.api.constants import Reason
 from flowstore.api.history import History
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
+from flowstore.api.selectors import SHARD_LABEL, LabelSelector
 from flowstore.api.status import Storing
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.failures import ReconcileError, classify
@@ -120,6 +121,8 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
 def resolve_storage(ports: Ports, namespace: str, spec: FlowSpec) -> tuple[dict[str, Any], StorageSpec]:
     """Step 1. The FlowStorage named by spec.storageRef must exist in the same namespace; until
     it does the StoredFlow waits (not stalled: creating it is enough, and its watch wakes us).
+    It must be in this operator's shard too (stalled until a person labels both alike; a
+    FlowStorage relabelled into the shard arrives as a watch event and wakes us).
     (Its family's publisher then checks the StoredFlow's spec: ``Publisher.check_spec``.)"""
     fs = ports.get_flowstorage(namespace, spec.storage_name)
     if fs is None:
@@ -131,7 +134,21 @@ def resolve_storage(ports: Ports, namespace: str, spec: FlowSpec) -> tuple[dict[
             stalled=False,
             retry_after=60.0,
         )
+    shard = ports.shard()
+    if shard and not shard.matches((fs.get("metadata") or {}).get("labels")):
+        raise ReconcileError(Reason.STORAGE_ON_OTHER_SHARD, _other_shard(fs, spec.storage_name, shard), stalled=True)
     return fs, StorageSpec.parse(fs.get("spec") or {})
+
+
+def _other_shard(fs: dict[str, Any], name: str, shard: LabelSelector) -> str:
+    """Why a StoredFlow of this shard cannot use a FlowStorage of another, and what to do."""
+    labels = (fs.get("metadata") or {}).get("labels") or {}
+    value = labels.get(SHARD_LABEL)
+    where = f"is labelled {SHARD_LABEL}={value}" if value is not None else f"has no {SHARD_LABEL} label"
+    return (f"FlowStorage {name!r} {where}, so another operator's shard serves it; this StoredFlow is served "
+            f"by the operator for {str(shard)!r}. Give the StoredFlow and its FlowStorage the same "
+            f"{SHARD_LABEL} label (kubectl label storedflow/NAME {SHARD_LABEL}=SHARD --overwrite, or "
+            f"{SHARD_LABEL}- for the default shard); the last good location stays meanwhile.")
 
 
 def _which_exist(names: list[str], wanted: str, *, shown: int = 10) -> str:
