@@ -112,14 +112,6 @@ def test_an_old_kopf_without_server_side_selectors_is_refused() -> None:
         shards.filter_watches(settings, selectors.parse("a=b"))
 
 
-def test_the_client_side_filter_stops_a_loop_whose_object_left_the_shard() -> None:
-    when = shards.when(selectors.parse("flowstore.dev/shard=shard1"))
-    assert when is not None
-    assert when(labels={SHARD_LABEL: "shard1"}) is True
-    assert when(labels={SHARD_LABEL: "shard2"}) is False  # the DELETED event of a relabel shows the new labels
-    assert shards.when(None) is None
-
-
 # ---------------------------------------------------------------------- the condition
 @pytest.fixture
 def cluster(tmp_path: Path) -> FakeCluster:

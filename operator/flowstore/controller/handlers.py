@@ -9,9 +9,9 @@ translate for kopf.
 
 Nothing is registered at import: :func:`register` adds the handlers to a registry with the
 operator's shard (``flowstore operator --watch-label-selector SELECTOR``): the API server filters
-the FlowStorage and StoredFlow watches by it (:func:`kopf_settings`, controller/shards.py), so the
-index and the pokes see this shard's objects only, and the loops and the deletion handler carry
-the same selector as a filter, which stops a loop when a relabel moves its object out.
+the FlowStorage and StoredFlow watches by it (:func:`kopf_settings`, controller/shards.py), so
+kopf, the index, the loops and the pokes see this shard's objects only. A loop whose object a
+relabel moved out of the shard ends at its next pass (runtime.py reads the labels).
 """
 
 from __future__ import annotations
@@ -49,16 +49,14 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return {"spec": {"sha256": digest}}
 
 
-def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str,
-                   selector: LabelSelector | None) -> None:
+def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str) -> None:
     """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
 
     async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
                    storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
         await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage)
 
-    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, when=shards.when(selector),
-                registry=registry)(loop)
+    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, registry=registry)(loop)
 
 
 def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSettings:
@@ -125,7 +123,7 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
 
     # ------------------------------------------------------------------ reconcile loops
     for plural, kind in ((STOREDFLOW_PLURAL, "storedflow"), (FLOWSTORAGE_PLURAL, "flowstorage")):
-        _register_loop(registry, plural, f"{kind}_loop", selector)
+        _register_loop(registry, plural, f"{kind}_loop")
 
     # ------------------------------------------------------------------ pokes
     @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_changed", registry=registry)
@@ -172,8 +170,7 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
     # ------------------------------------------------------------------ deletion
-    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", when=shards.when(selector),
-                    registry=registry)
+    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", registry=registry)
     def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
                            **_: Any) -> None:
         """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded

@@ -198,6 +198,11 @@ class Runtime:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
+        if self.settings.shard and not self.settings.shard.matches(obj["metadata"].get("labels")):
+            # relabelled out of this shard: another operator serves it now. (The API server's
+            # DELETED event for it shows the object as it was, so kopf's filters cannot tell.)
+            self.readiness.observe(kind, (namespace, name), None)
+            return LoopOutcome(gone=True)
         self.specs[(plural, namespace, name)] = obj.get("spec") or {}
         self.seen[(plural, namespace, name)] = int(obj["metadata"].get("generation") or 0)
         started = time.monotonic()

@@ -1,24 +1,19 @@
 """Shards: the operator's label selector on kopf's watches (``--watch-label-selector``).
 
-Two halves, both needed:
+kopf (since 1.45) sends ``settings.watching.label_selectors`` as the ``labelSelector`` of every
+LIST and WATCH request of the resources it is set for. flowstore sets it for FlowStorages and
+StoredFlows only, so an operator never receives, indexes or holds another shard's objects
+(ConfigMaps and the CRDs themselves carry no shard label and stay unfiltered).
+:func:`filter_watches` refuses a kopf without the setting rather than silently watching everything.
 
-- **Server side.** kopf (since 1.45) sends ``settings.watching.label_selectors`` as the
-  ``labelSelector`` of every LIST and WATCH request of the resources it is set for. flowstore sets
-  it for FlowStorages and StoredFlows only, so an operator never receives, indexes or holds
-  another shard's objects (ConfigMaps and the CRDs themselves carry no shard label and stay
-  unfiltered). :func:`filter_watches` refuses a kopf without the setting rather than silently
-  watching everything.
-- **Client side.** When a label change moves an object out of the shard, the API server ends its
-  watch with a DELETED event that still shows the object (no deletionTimestamp): kopf forgets it,
-  but stops its daemon (our reconcile loop) only when the daemon's filter no longer matches. So
-  the loops and the deletion handler carry :func:`when` as their filter: the same selector,
-  evaluated on the event's labels.
+When a label change moves an object out of the shard, the API server ends its watch with a
+DELETED event that shows the object as it was before the change (no deletionTimestamp): kopf
+forgets it but cannot tell its daemon to stop (its filters would see the old labels). The
+reconcile loop itself reads the object's labels at each pass and ends (controller/runtime.py);
+the DELETED event pokes it (handlers.py).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import kopf
 
@@ -40,13 +35,3 @@ def filter_watches(settings: kopf.OperatorSettings, selector: LabelSelector | No
     for plural in SHARDED_PLURALS:
         selectors[GROUP, plural] = str(selector)
 
-
-def when(selector: LabelSelector | None) -> Callable[..., bool] | None:
-    """kopf's ``when=`` filter for the handlers that act on an object: in the shard by its labels."""
-    if not selector:
-        return None
-
-    def in_shard(labels: Mapping[str, str], **_: Any) -> bool:
-        return selector.matches(labels)
-
-    return in_shard
