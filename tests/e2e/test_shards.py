@@ -142,4 +142,5 @@ def test_each_shard_holds_and_stores_only_its_own_flows_and_a_flow_moves_without
              what="to be reconciled on request (by shard2)")
     time.sleep(2)
     assert metric(ops["shard1"], "flowstore_reconciles_total", kind="StoredFlow") == reconciles
-    print(f"observed: status of a moved flow: {json.dumps(get('storedflow', namespace, names['shard1'][0])['status']['conditions'])}")
+    conditions = get("storedflow", namespace, names["shard1"][0])["status"]["conditions"]
+    print(f"observed: status of a moved flow: {json.dumps(conditions)}")

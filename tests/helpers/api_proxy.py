@@ -82,7 +82,7 @@ class ApiProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server: Any = site._server  # noqa: SLF001 - the bound port of port 0
+        server: Any = site._server  # the bound port of port 0
         self.port = server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
