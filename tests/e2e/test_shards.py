@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def start(sharded: dict[str, tuple[OperatorProcess, ApiProxy]], tmp_path: Path, 
     return op
 
 
-def objects(namespace: str, kind: str) -> dict[str, dict[str, object]]:
+def objects(namespace: str, kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in kubectl_json("get", kind, "-n", namespace)["items"]}
 
 
