@@ -180,7 +180,8 @@ def test_lint(helm: str) -> None:
     run_helm(helm, "lint", "--strict", str(CHART))
     run_helm(helm, "lint", "--strict", str(CHART), "--set", set_namespaces("a", "b"),
              "--set", "metrics.serviceMonitor.enabled=true", "--set", "pdb.enabled=true",
-             "--set", "localStorage.enabled=true", "--set", "localStorage.existingClaim=flows")
+             "--set", "localStorage.enabled=true", "--set", "localStorage.existingClaim=flows",
+             "--set", "shards={shard1,shard2}")
 
 
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
@@ -188,7 +189,7 @@ def test_template_applies_on_the_server(helm: str, make_namespace: Callable[[], 
                                         release: str, mode: str) -> None:
     home = make_namespace()
     options = ["--set", set_namespaces(make_namespace(), make_namespace())] if mode == "namespaced" else []
-    docs = render(helm, release, home, "--set", "pdb.enabled=true", *options)
+    docs = render(helm, release, home, "--set", "pdb.enabled=true", "--set", "shards={shard1}", *options)
     kinds = sorted({d["kind"] for d in docs})
     assert {"Deployment", "ServiceAccount", "Service", "PodDisruptionBudget", "ClusterRole",
             "ClusterRoleBinding"} <= set(kinds)
@@ -255,6 +256,54 @@ def test_options_render(helm: str) -> None:
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
     assert roles == {("a", "flowstore-flowstore-operator"), ("b", "flowstore-flowstore-operator"),
                      ("ops", "flowstore-flowstore-operator-leader-election")}
+
+
+def test_shards_render_one_operator_each_plus_the_default(helm: str) -> None:
+    docs = render(helm, "flowstore", "ops", "--set", "shards={shard1,shard2}", "--set", "replicas=2",
+                  "--set", "pdb.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    assert sorted(deployments) == ["flowstore-flowstore-operator", "flowstore-flowstore-operator-shard1",
+                                   "flowstore-flowstore-operator-shard2"]
+    selectors, leases = {}, {}
+    for name, deploy in deployments.items():
+        args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        (selectors[name],) = [a.split("=", 1)[1] for a in args if a.startswith("--watch-label-selector=")]
+        (leases[name],) = [a.split("=", 1)[1] for a in args if a.startswith("--lease-name=")]
+        assert "--leader-elect" in args and deploy["spec"]["replicas"] == 2
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
+        assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        for other in deployments.values():  # no Deployment's selector matches another's Pods
+            if other is not deploy:
+                assert not other["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert selectors == {"flowstore-flowstore-operator": "!flowstore.dev/shard",
+                         "flowstore-flowstore-operator-shard1": "flowstore.dev/shard=shard1",
+                         "flowstore-flowstore-operator-shard2": "flowstore.dev/shard=shard2"}
+    assert leases == {name: name for name in deployments}  # each shard elects its own leader
+    # the main Deployment's selector is what it was before shards (immutable on upgrade)
+    assert deployments["flowstore-flowstore-operator"]["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "flowstore-operator", "app.kubernetes.io/instance": "flowstore"}
+    services = by_kind(docs, "Service")
+    assert len(services) == 3 and len(by_kind(docs, "PodDisruptionBudget")) == 3
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"].items()
+    assert all(wanted <= s["metadata"]["labels"].items() for s in services)  # metrics of every shard
+    for service in services:
+        pods = [d for d in deployments.values()
+                if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(pods) == 1
+    # RBAC as without shards: one ServiceAccount, the same roles
+    plain = render(helm, "flowstore", "ops")
+    assert dump([d for d in docs if d["kind"] in RBAC_KINDS]) == dump([d for d in plain if d["kind"] in RBAC_KINDS])
+    assert not [a for a in by_kind(plain, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith("--watch-label-selector")]  # without shards the operator serves every object
+
+
+@pytest.mark.parametrize("bad", ["Shard1", "a_b", "-a", "x" * 64])
+def test_a_bad_shard_name_fails_the_render(helm: str, bad: str) -> None:
+    with pytest.raises(AssertionError, match="not a lowercase DNS label"):
+        render(helm, "flowstore", "ops", "--set", f"shards={{{bad}}}")
+    with pytest.raises(AssertionError, match="each name once"):
+        render(helm, "flowstore", "ops", "--set", "shards={a,a}")
 
 
 def test_policy_values_render(helm: str) -> None:

@@ -132,3 +132,23 @@ watched namespace in namespaced mode.
   resources: [customresourcedefinitions]
   verbs: [list, watch]
 {{- end }}
+
+{{/* A shard's operator (values.yaml `shards`), given (dict "root" $ "shard" NAME): its Deployment,
+Lease, Service and PDB name; NAME "" is the main operator, named as before shards existed. */}}
+{{- define "flowstore-operator.shardName" -}}
+{{- $full := include "flowstore-operator.fullname" .root }}
+{{- if .shard }}{{ printf "%s-%s" $full .shard | trunc 63 | trimSuffix "-" }}{{ else }}{{ $full }}{{ end }}
+{{- end }}
+
+{{/* The labels that select one shard's operator Pods. The main operator keeps the chart's
+selector labels (a Deployment's selector cannot change on upgrade); a shard's Pods carry another
+app.kubernetes.io/name, so no Deployment's selector matches another's Pods. */}}
+{{- define "flowstore-operator.podSelectorLabels" -}}
+{{- if .shard }}
+app.kubernetes.io/name: {{ printf "%s-shard" (include "flowstore-operator.name" .root) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+flowstore.dev/operator-shard: {{ .shard | quote }}
+{{- else }}
+{{- include "flowstore-operator.selectorLabels" .root }}
+{{- end }}
+{{- end }}
