@@ -166,7 +166,7 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
     made: list[Release] = []
 
     def do(*values: str, replicas: int = 1, watch: tuple[str, ...] = (), tag: str = "a",
-           timeout: float = 300) -> Release:
+           timeout: float = 300, pods: int | None = None) -> Release:
         name = f"fs{uuid.uuid4().hex[:6]}"
         namespace = f"{name}-system"
         kubectl("create", "namespace", namespace)
@@ -196,8 +196,8 @@ def install(helm: str, node_env: dict[str, str], docker_env: dict[str, str], crd
         made.append(release)
         t0 = time.monotonic()
         release.helm_run("install", name, str(CHART), "-n", namespace, *options)
-        release.wait_rolled_out(replicas, timeout)
-        print(f"\nhelm install {name} -> {replicas} operator Pod(s) Ready in {time.monotonic() - t0:.1f}s")
+        release.wait_rolled_out(pods or replicas, timeout)  # pods: all Deployments' (shards)
+        print(f"\nhelm install {name} -> {pods or replicas} operator Pod(s) Ready in {time.monotonic() - t0:.1f}s")
         return release
 
     yield do
