@@ -158,7 +158,7 @@ def failover(c: load_bench.Cluster, sfw: load_bench.ClusterWatcher, ops: dict[st
 
 def report(res: dict[str, Any]) -> str:
     b = res["burst"]
-    lines = [f"machine: {machine_line(res['machine'])}",
+    lines = [machine_line(res["machine"]),
              f"{b['flows']} flows in {b['namespaces']} namespaces over {b['shards']} shards + default: created in "
              f"{b['create_all_s']:.1f} s, all Ready {b['first_create_to_all_ready_s']:.1f} s after the first create; "
              f"S3 objects {b['s3_objects']} (== flows: nothing stored twice)",
