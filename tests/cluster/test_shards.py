@@ -10,10 +10,14 @@ import re
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.cluster.conftest import Release
 from tests.cluster.test_lifecycle import assert_each_stored_once
 from tests.helpers.kube import apply, kubectl, kubectl_json, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
+
+pytestmark = pytest.mark.timeout(1200)  # the session may build the operator image first; six Pods start
 
 SHARD = "flowstore.dev/shard"
 STORED = re.compile(r"\bstored ([^/\s]+)/(\S+) at ")
