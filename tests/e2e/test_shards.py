@@ -37,8 +37,9 @@ def sharded(crds: None, kube_env: dict[str, str], s3_endpoint: str,
     """Operators by name, each behind its own recording proxy; all stopped afterwards."""
     started: dict[str, tuple[OperatorProcess, ApiProxy]] = {}
     yield started
-    for op, proxy in started.values():
+    for op, _ in started.values():  # every operator first: a proxy that fails to stop must not leave one running
         op.stop(signal.SIGKILL)
+    for _, proxy in started.values():
         proxy.__exit__(None, None, None)
 
 
