@@ -15,8 +15,6 @@ and the pokes stay unfiltered: they only read, and a flow-name conflict or a pok
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -33,18 +31,22 @@ from flowstore.reconcile import delete_stored_flow, requested_at
 IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
 
 
-class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base, kept as a digest. kopf records what it last handled in an annotation
-    and compares each event with it; it copied the whole spec there, and a StoredFlow with a
-    large inline source exceeded the API server's 256 KiB limit on annotations: every patch of
-    the object was refused, its finalizer with it, so it could never be deleted. flowstore's
-    handlers never read kopf's diffs (the reconcile loops are level-triggered), so the
-    annotation holds the sha256 of what kopf would have copied: some 100 bytes, whatever the spec."""
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """No diff base at all. kopf records what it last handled (an annotation) to tell creations
+    from updates for its change handlers; flowstore's only change handler is the deletion one,
+    which kopf detects from deletionTimestamp, and its loops are level-triggered: they never read
+    kopf's diffs. Keeping the record cost one metadata PATCH per object (after its finalizer's)
+    and, with the whole spec copied in, once broke objects whose inline source passed the API
+    server's 256 KiB limit on annotations. An annotation left by an older version is ignored."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-        return {"spec": {"sha256": digest}}
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
 
 
 def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str,
@@ -52,8 +54,10 @@ def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str
     """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
 
     async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                   storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
-        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage)
+                   body: kopf.Body, storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]],
+                   **_: Any) -> None:
+        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage,
+                                    body=body)
 
     kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, labels=selector,
                 registry=registry)(loop)
@@ -64,8 +68,7 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flowstore.dev")
-    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="flowstore.dev",
-                                                                  key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.posting.level = logging.WARNING  # kopf's own per-handler events; ours are explicit
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -151,6 +154,7 @@ def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | Non
     def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it."""
         meta = body.get("metadata", {})
+        memo.runtime.ports.flowstorage_seen(dict(body), gone=type == "DELETED")
         observed = (body.get("status") or {}).get("observedGeneration")
         if type == "DELETED" or meta.get("generation") != observed or requested_at(body):
             memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
