@@ -26,6 +26,7 @@ from flowstore.api import conditions as cond
 from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_KIND, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import storage_ref
 from flowstore.controller.runtime import Runtime
+from flowstore.controller.watch_events import drop_managed_fields
 from flowstore.reconcile import delete_stored_flow, requested_at
 
 IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
@@ -83,6 +84,7 @@ SANDBOX_PROBE_DELAY = 5.0
 def register(registry: kopf.OperatorRegistry, *, labels: Mapping[str, str] | None = None) -> None:
     """Add flowstore's handlers to `registry`; `labels` selects the objects this operator serves."""
     selector = dict(labels) if labels else None
+    drop_managed_fields()  # kopf keeps each object's last body: without managedFields, half the size
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
