@@ -7,8 +7,9 @@ Reads that every pass makes come from memory, so a burst of flows costs no GET p
   one that woke it); a storage not seen yet is read with a GET;
 - Secrets read by name (the operator may only ``get`` them: no list, no watch, so no Secret it
   was not asked for is ever in its memory) are reused for ``SECRET_TTL`` seconds, then read
-  again; a pass that fails drops its namespace's entries (rotated credentials are read at
-  once on the retry). At most ``SECRET_CACHE_MAX`` are kept.
+  again; a pass that fails, or one asked for with ``flowstore.dev/requested-at``, drops its
+  namespace's entries (rotated credentials are read at once on the retry, or on request).
+  At most ``SECRET_CACHE_MAX`` are kept.
 
 The rest are fresh GETs. Status is written with JSON merge patches to the status subresource,
 which never conflict with users' spec edits. API errors become :class:`ClusterUnavailable`
@@ -45,7 +46,7 @@ from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.policy import ServePolicy
 
 #: seconds a Secret read by name is reused before it is read again
-SECRET_TTL = 10.0
+SECRET_TTL = 30.0
 #: Secrets kept at most (they are small: the keys a FlowStorage names)
 SECRET_CACHE_MAX = 1024
 

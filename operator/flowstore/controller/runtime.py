@@ -11,8 +11,9 @@ copied when a worker is free for it, not from a GET: a GET is made only while th
 not yet shown the pass's own last status write (``_written``: the resourceVersion that write
 returned). The generation a pass reads is recorded before it starts (``seen``), so the
 watch events of kopf's own writes during a queued pass (the finalizer) do not wake it again.
-A FlowStorage's ``status.flows`` follows its flows' watch events at most every
-``SUMMARY_DELAY`` seconds: a burst of flows makes a few passes of their storage, not one each.
+A FlowStorage's ``status.flows`` follows its flows' watch events once they were quiet for
+``SUMMARY_QUIET`` seconds (at most ``SUMMARY_MAX_WAIT`` later): a burst of flows makes a few
+passes of their storage, not one each.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from flowstore.reconcile.failures import classify
 Key = tuple[str, str, str]  # (plural, namespace, name)
 #: a failure's message in the operator's log keeps its start and end within this many characters
 LOG_MESSAGE_CHARS = 2000
-#: seconds a FlowStorage waits after a change of one of its flows before it updates status.flows
-SUMMARY_DELAY = 1.0
+#: a FlowStorage updates status.flows once its flows were quiet this many seconds ...
+SUMMARY_QUIET = 2.0
+#: ... or this long after the first change it has not shown yet
+SUMMARY_MAX_WAIT = 30.0
 
 
 @dataclasses.dataclass
@@ -93,8 +96,8 @@ class Runtime:
         self.seen: dict[Key, int] = {}  # the generation each loop last read
         #: the resourceVersion of a loop's last status write, until its body shows it
         self._written: dict[Key, str] = {}
-        #: FlowStorages whose status.flows update is scheduled (SUMMARY_DELAY)
-        self._summaries_due: set[Key] = set()
+        #: FlowStorages whose status.flows update is scheduled: [first, last] flow change not shown
+        self._summaries_due: dict[Key, list[float]] = {}
         self._slots: asyncio.Semaphore | None = None
         #: StoredFlow -> (its FlowStorage, what status.flows takes from it), from watch events
         self.flow_summaries: dict[Key, tuple[str, tuple[Any, ...]]] = {}
@@ -129,17 +132,31 @@ class Runtime:
         self.poke((FLOWSTORAGE_PLURAL, namespace, name))
 
     def _poke_storage_soon(self, namespace: str, name: str) -> None:
-        """Wake a FlowStorage in SUMMARY_DELAY seconds, once for every flow change until then."""
+        """Wake a FlowStorage once its flows have been quiet for SUMMARY_QUIET seconds, or
+        SUMMARY_MAX_WAIT seconds after the first change it has not shown yet: a burst of flows
+        makes a few status.flows updates, not one each. Safe from any thread."""
         key: Key = (FLOWSTORAGE_PLURAL, namespace, name)
-        if self.loop is None or key in self._summaries_due:
+        if self.loop is None:  # no loop runs yet: its first pass reads the index anyway
             return
-        self._summaries_due.add(key)
+        now = time.monotonic()
+        first = self._summaries_due.setdefault(key, [now, now])
+        first[1] = now
+        if first[0] != now:
+            return  # a wake-up is already scheduled
 
-        def fire() -> None:
-            self._summaries_due.discard(key)
+        def due() -> None:
+            pending = self._summaries_due.get(key)
+            if pending is None:
+                return
+            at = time.monotonic()
+            wait = min(pending[1] + SUMMARY_QUIET, pending[0] + SUMMARY_MAX_WAIT) - at
+            if wait > 0 and self.loop is not None:
+                self.loop.call_later(wait, due)
+                return
+            self._summaries_due.pop(key, None)
             self.poke(key)
 
-        self.loop.call_soon_threadsafe(self.loop.call_later, SUMMARY_DELAY, fire)
+        self.loop.call_soon_threadsafe(self.loop.call_later, SUMMARY_QUIET, due)
 
     def flow_changed(self, key: Key, storage: str, summary: tuple[Any, ...] | None) -> None:
         """A StoredFlow's part of its FlowStorage's ``status.flows`` (its name, location and
@@ -268,6 +285,8 @@ class Runtime:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
+        if reconcile.requested_at(obj):  # reconcile now: with the Secrets as they are now
+            ports.forget_secrets(namespace)
         started = time.monotonic()
 
         written: list[dict[str, Any]] = []  # a progress status written during this pass
