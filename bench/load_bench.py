@@ -558,12 +558,14 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             list(pool.map(create, keys))
         t_created = time.monotonic()
         log(f"burst: created in {t_created - t0:.1f} s; waiting for all Ready")
-        progress_t = t_created
+        progress_t, progress_n = t_created, -1
         while not sfw.wait_ready(keys, 10):
             missing = sfw.not_ready(keys)
             log(f"burst: {len(keys) - len(missing)}/{len(keys)} Ready after {time.monotonic() - t0:.0f} s")
             if not op.alive():
                 raise RuntimeError(f"operator died; see {op.log_path}")
+            if len(missing) != progress_n:  # --timeout counts from the last flow that got Ready
+                progress_t, progress_n = time.monotonic(), len(missing)
             if time.monotonic() - progress_t > args.timeout:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} not Ready after {args.timeout} s: {missing[:5]}")
         t_ready = max(sfw.ready_at[x] for x in keys)
