@@ -7,8 +7,9 @@ Reads that every pass makes come from memory, so a burst of flows costs no GET p
   one that woke it); a storage not seen yet is read with a GET;
 - Secrets read by name (the operator may only ``get`` them: no list, no watch, so no Secret it
   was not asked for is ever in its memory) are reused for ``SECRET_TTL`` seconds, then read
-  again; a pass that fails, or one asked for with ``flowstore.dev/requested-at``, drops its
-  namespace's entries (rotated credentials are read at once on the retry, or on request).
+  again; a pass that fails, one for a changed spec, or one asked for with
+  ``flowstore.dev/requested-at`` drops its namespace's entries (credentials changed before a
+  spec change or a request are read by that pass; a retry after a failure reads them again).
   At most ``SECRET_CACHE_MAX`` are kept.
 
 The rest are fresh GETs. Status is written with JSON merge patches to the status subresource,

@@ -285,7 +285,10 @@ class Runtime:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
-        if reconcile.requested_at(obj):  # reconcile now: with the Secrets as they are now
+        observed = (obj.get("status") or {}).get("observedGeneration")
+        if reconcile.requested_at(obj) or (observed is not None and observed != obj["metadata"].get("generation")):
+            # reconcile now, or a changed spec: with the Secrets as they are now (a first pass of a
+            # new object may use one read in the last SECRET_TTL seconds; a failure reads it again)
             ports.forget_secrets(namespace)
         started = time.monotonic()
 
