@@ -289,14 +289,19 @@ class ClusterWatcher:
 class Operator:
     """`flowstore operator` cluster-wide, with its Prometheus metrics; RSS sampled every 100 ms."""
 
-    def __init__(self, extra: list[str]) -> None:
+    def __init__(self, extra: list[str], *, traced: bool = False) -> None:
         import psutil
 
         self.metrics_port = free_port()
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log_path = RESULTS / "operator-load.log"
+        self.snapshot_path = RESULTS / "operator-load.tracemalloc"
+        self.snapshot_path.unlink(missing_ok=True)
+        self.snapshot_path.with_suffix(".done").unlink(missing_ok=True)
+        python = [sys.executable, "-c", TRACED_OPERATOR, str(self.snapshot_path)] if traced else [
+            sys.executable, "-m", "flowstore.cli"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowstore.cli", "operator", "--metrics-port", str(self.metrics_port),
+            [*python, "operator", "--metrics-port", str(self.metrics_port),
              "--metrics-address", "127.0.0.1", *extra],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=dict(os.environ), cwd=ROOT,
         )
@@ -341,6 +346,31 @@ class Operator:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def memory_breakdown(self, objects: int, timeout: float = 300) -> dict[str, Any]:
+        """Where the operator's Python memory is (tracemalloc, --tracemalloc): it dumps a snapshot on
+        SIGUSR2; grouped by the allocating source file and by line, with bytes per object."""
+        import tracemalloc
+
+        self.proc.send_signal(signal.SIGUSR2)
+        done = self.snapshot_path.with_suffix(".done")
+        deadline = time.monotonic() + timeout
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        snap = tracemalloc.Snapshot.load(str(self.snapshot_path))
+        total = sum(s.size for s in snap.statistics("filename"))
+
+        def rows(key: str, n: int) -> list[dict[str, Any]]:
+            out = []
+            for stat in snap.statistics(key)[:n]:
+                frame = stat.traceback[0]
+                where = _short(frame.filename) + (f":{frame.lineno}" if key == "lineno" else "")
+                out.append({"where": where, "mib": stat.size / 2**20, "bytes_per_object": stat.size / max(objects, 1),
+                            "blocks": stat.count})
+            return out
+
+        return {"objects": objects, "traced_mib": total / 2**20, "bytes_per_object": total / max(objects, 1),
+                "by_file": rows("filename", 15), "by_line": rows("lineno", 20)}
+
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
@@ -357,6 +387,30 @@ class Operator:
             self.proc.kill()
             self.proc.wait()
         return time.monotonic() - t0
+
+
+#: the operator under tracemalloc (--tracemalloc): argv[1] is where SIGUSR2 dumps a snapshot
+TRACED_OPERATOR = """
+import signal, sys, tracemalloc
+from pathlib import Path
+out = Path(sys.argv.pop(1))
+tracemalloc.start(1)
+def dump(*_):
+    tracemalloc.take_snapshot().dump(str(out))
+    out.with_suffix('.done').write_text('')
+signal.signal(signal.SIGUSR2, dump)
+from flowstore.cli import main
+sys.argv[0] = 'flowstore'
+sys.exit(main())
+"""
+
+
+def _short(path: str) -> str:
+    """A source file's path from its package on (site-packages/…, flowstore/…)."""
+    for marker in ("site-packages/", "/operator/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
 
 
 class Profiler:
@@ -462,7 +516,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
     sfw, fsw = ClusterWatcher(c.custom, SF), ClusterWatcher(c.custom, FS)
     sfw.synced.wait(30)
     fsw.synced.wait(30)
-    op = Operator(args.operator_arg or [])
+    op = Operator(args.operator_arg or [], traced=args.tracemalloc)
     res["operator_args"] = args.operator_arg or []
     try:
         op.wait_metrics()
@@ -504,12 +558,14 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             list(pool.map(create, keys))
         t_created = time.monotonic()
         log(f"burst: created in {t_created - t0:.1f} s; waiting for all Ready")
-        progress_t = t_created
+        progress_t, progress_n = t_created, -1
         while not sfw.wait_ready(keys, 10):
             missing = sfw.not_ready(keys)
             log(f"burst: {len(keys) - len(missing)}/{len(keys)} Ready after {time.monotonic() - t0:.0f} s")
             if not op.alive():
                 raise RuntimeError(f"operator died; see {op.log_path}")
+            if len(missing) != progress_n:  # --timeout counts from the last flow that got Ready
+                progress_t, progress_n = time.monotonic(), len(missing)
             if time.monotonic() - progress_t > args.timeout:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} not Ready after {args.timeout} s: {missing[:5]}")
         t_ready = max(sfw.ready_at[x] for x in keys)
@@ -544,6 +600,8 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             - metric_sum(om0, "flowstore_artifacts_stored_total"),
             "s3_objects_when_all_ready": objects,
         }
+        if args.tracemalloc:
+            res["memory"] = op.memory_breakdown(len(keys) + len(fs_keys))
         log(f"burst: all {len(keys)} Ready in {burst_s:.1f} s; operator made {n_req} API requests "
             f"({n_req / burst_s:.1f}/s); waiting until settled")
 
@@ -672,6 +730,14 @@ def report(res: dict[str, Any]) -> str:
     lines.append("after all Ready, until settled: API " + reqs(se["operator_api_requests"])
                  + "; S3 " + reqs(se["s3_requests"]))
     lines.append("steady-state API requests: " + reqs(st["operator_api_requests"]))
+    if "memory" in res:
+        mem = res["memory"]
+        lines.append(f"tracemalloc when all Ready: {mem['traced_mib']:.1f} MiB traced, "
+                     f"{mem['bytes_per_object'] / 1024:.1f} KiB per object ({mem['objects']} objects); by file:")
+        row_ = "  {mib:8.1f} MiB {bytes_per_object:9.0f} B/object  {where}"
+        lines.extend(row_.format(**r) for r in mem["by_file"])
+        lines.append("  by line:")
+        lines.extend(row_.format(**r) for r in mem["by_line"])
     return "\n".join(lines)
 
 
@@ -692,6 +758,9 @@ def main() -> int:
     ap.add_argument("--no-proxy", action="store_true", help="no S3 counting proxy (S3 requests not counted)")
     ap.add_argument("--profile", action="store_true", help="py-spy record the operator during the burst")
     ap.add_argument("--operator-arg", action="append", help="extra operator argument (repeatable)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="run the operator under tracemalloc and show where its memory is once all are Ready "
+                         "(slower: not for the timing figures)")
     args = ap.parse_args()
     need_modules("kubernetes", "boto3", "psutil")
     if args.quick:

@@ -16,8 +16,6 @@ relabel moved out of the shard ends at its next pass (runtime.py reads the label
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from typing import Any
@@ -30,31 +28,38 @@ from flowstore.api.models import storage_ref
 from flowstore.api.selectors import LabelSelector
 from flowstore.controller import shards
 from flowstore.controller.runtime import Runtime
+from flowstore.controller.watch_events import drop_managed_fields
 from flowstore.reconcile import delete_stored_flow, requested_at
 
 IndexKey = tuple[str, str]  # (namespace, FlowStorage name)
 
 
-class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base, kept as a digest. kopf records what it last handled in an annotation
-    and compares each event with it; it copied the whole spec there, and a StoredFlow with a
-    large inline source exceeded the API server's 256 KiB limit on annotations: every patch of
-    the object was refused, its finalizer with it, so it could never be deleted. flowstore's
-    handlers never read kopf's diffs (the reconcile loops are level-triggered), so the
-    annotation holds the sha256 of what kopf would have copied: some 100 bytes, whatever the spec."""
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """No diff base at all. kopf records what it last handled (an annotation) to tell creations
+    from updates for its change handlers; flowstore's only change handler is the deletion one,
+    which kopf detects from deletionTimestamp, and its loops are level-triggered: they never read
+    kopf's diffs. Keeping the record cost one metadata PATCH per object (after its finalizer's)
+    and, with the whole spec copied in, once broke objects whose inline source passed the API
+    server's 256 KiB limit on annotations. An annotation left by an older version is ignored."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-        return {"spec": {"sha256": digest}}
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
 
 
 def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str) -> None:
     """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
 
     async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                   storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
-        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage)
+                   body: kopf.Body, storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]],
+                   **_: Any) -> None:
+        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage,
+                                    body=body)
 
     kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, registry=registry)(loop)
 
@@ -65,8 +70,7 @@ def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSetting
     shards.filter_watches(settings, selector)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flowstore.dev")
-    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="flowstore.dev",
-                                                                  key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.posting.level = logging.WARNING  # kopf's own per-handler events; ours are explicit
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -81,6 +85,7 @@ SANDBOX_PROBE_DELAY = 5.0
 def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None = None) -> None:
     """Add flowstore's handlers to `registry`; `selector` selects the objects this operator serves
     (give kopf_settings the same one)."""
+    drop_managed_fields()  # kopf keeps each object's last body: without managedFields, half the size
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -139,6 +144,8 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         # during its first pass) needs no second pass.
         unseen = meta.get("generation") != observed and (meta.get("generation") or 0) > runtime.seen.get(key, 0)
         if type == "DELETED" or unseen or requested_at(body):
+            if type == "DELETED":
+                runtime.refetch(key)
             runtime.poke(key)
             runtime.poke_flows(namespace, lambda s: storage_ref(s) == storage_ref(spec)
                                and s.get("flowName") == spec.get("flowName"))
@@ -154,8 +161,11 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         does one that a relabel moved into or out of this shard (ADDED, DELETED): its flows here
         then store, or say it is on another shard."""
         meta = body.get("metadata", {})
+        memo.runtime.ports.flowstorage_seen(dict(body), gone=type == "DELETED")
         observed = (body.get("status") or {}).get("observedGeneration")
         if type in ("ADDED", "DELETED") or meta.get("generation") != observed or requested_at(body):
+            if type == "DELETED":
+                memo.runtime.refetch((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
             memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
             memo.runtime.poke_flows(meta.get("namespace"), lambda s: storage_ref(s) == meta.get("name"))
 

@@ -1,16 +1,30 @@
 """The Kubernetes side of :class:`~flowstore.reconcile.Ports`, on the official client.
 
-Reads are fresh GETs (authoritative; the core only reads when it must). Status is written
-with JSON merge patches to the status subresource, which never conflict with users' spec
-edits. API errors become :class:`ClusterUnavailable` (retry) — never a crash.
+Reads that every pass makes come from memory, so a burst of flows costs no GET per flow:
+
+- FlowStorages from the operator's own watch (``flowstorage_seen``, fed by the watch handler
+  before it wakes the flows naming the storage, so a pass never reads an older spec than the
+  one that woke it); a storage not seen yet is read with a GET;
+- Secrets read by name (the operator may only ``get`` them: no list, no watch, so no Secret it
+  was not asked for is ever in its memory) are reused for ``SECRET_TTL`` seconds, then read
+  again; a pass that fails, one for a changed spec, or one asked for with
+  ``flowstore.dev/requested-at`` drops its namespace's entries (credentials changed before a
+  spec change or a request are read by that pass; a retry after a failure reads them again).
+  At most ``SECRET_CACHE_MAX`` are kept.
+
+The rest are fresh GETs. Status is written with JSON merge patches to the status subresource,
+which never conflict with users' spec edits. API errors become :class:`ClusterUnavailable`
+(retry) — never a crash.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +46,11 @@ from flowstore.storage import Storage, backend_class
 from flowstore.storage.endpoints import EndpointPolicy
 from flowstore.storage.identity import WorkloadIdentity
 from flowstore.storage.policy import ServePolicy
+
+#: seconds a Secret read by name is reused before it is read again
+SECRET_TTL = 30.0
+#: Secrets kept at most (they are small: the keys a FlowStorage names)
+SECRET_CACHE_MAX = 1024
 
 
 def _not_found_is_none(fn: Any) -> Any:
@@ -72,10 +91,41 @@ class KubePorts:
 
     def shard(self) -> LabelSelector | None:
         return self._shard
+        #: FlowStorages as the watch last saw them (metadata and spec only): (namespace, name) -> body
+        self._flowstorages: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Secrets read recently: (namespace, name) -> (when read, monotonic; what was read)
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+    # ---------------------------------------------------------------- what the watches saw
+    def flowstorage_seen(self, body: Mapping[str, Any], *, gone: bool = False) -> None:
+        """A watch event of a FlowStorage (from kopf's event loop or its handler threads): keep its
+        identity and spec — all a StoredFlow's pass reads of it — or forget it once it is gone."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if gone:
+            self._flowstorages.pop(key, None)
+            return
+        slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                         "creationTimestamp", "deletionTimestamp", "labels", "annotations")
+                if meta.get(k) is not None}
+        self._flowstorages[key] = copy.deepcopy({"metadata": slim, "spec": body.get("spec") or {}})
+
+    def forget_secrets(self, namespace: str) -> None:
+        """Read the Secrets of `namespace` again next time (a pass there failed)."""
+        for key in [k for k in list(self._secrets) if k[0] == namespace]:
+            self._secrets.pop(key, None)
 
     # ---------------------------------------------------------------- reads
-    @_not_found_is_none
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The FlowStorage as the watch last saw it; a GET when the watch has not (yet)."""
+        seen = self._flowstorages.get((namespace, name))
+        if seen is not None:
+            return copy.deepcopy(seen)
+        read: dict[str, Any] | None = self.read_flowstorage(namespace, name)
+        return read
+
+    @_not_found_is_none
+    def read_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _as_dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, FLOWSTORAGE_PLURAL, name))
 
     @_not_found_is_none
@@ -92,13 +142,29 @@ class KubePorts:
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret, if the operator's Secret policy lets specs use it (else ReconcileError
         SecretNotAllowed, saying how to opt it in): every Secret a spec names comes here."""
-        secret: dict[str, Any] | None = self._read_secret(namespace, name)
+        secret = self._recent_secret(namespace, name)
         if secret is None:
             return None
         refusal = self.policy.secret_refusal(namespace, name, secret)
         if refusal is not None:
             raise ReconcileError(Reason.SECRET_NOT_ALLOWED, refusal, stalled=True)
         return secret
+
+    def _recent_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret read within SECRET_TTL seconds, else read now (a missing one is not kept)."""
+        key, now = (namespace, name), time.monotonic()
+        cached = self._secrets.get(key)
+        if cached is not None and now - cached[0] < SECRET_TTL:
+            return copy.deepcopy(cached[1])
+        secret: dict[str, Any] | None = self._read_secret(namespace, name)
+        if secret is None:
+            self._secrets.pop(key, None)
+            return None
+        if len(self._secrets) >= SECRET_CACHE_MAX:
+            for old in [k for k, (t, _) in list(self._secrets.items()) if now - t >= SECRET_TTL] or list(self._secrets):
+                self._secrets.pop(old, None)
+        self._secrets[key] = (now, secret)
+        return copy.deepcopy(secret)
 
     @_not_found_is_none
     def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -5,12 +5,22 @@ now, then sleeps until the object or something it references changes (a *poke* f
 watch handlers), until its retry backoff or drift-check interval is due, or until kopf
 stops it. Reconciles run in a bounded thread pool; builds in a smaller semaphore. Nothing
 is written unless it changes: a resync or restart with nothing changed writes nothing.
+
+A pass reads its object from the daemon's body (kopf keeps it as the watch last saw it),
+copied when a worker is free for it, not from a GET: a GET is made only while the watch has
+not yet shown the pass's own last status write (``_written``: the resourceVersion that write
+returned). The generation a pass reads is recorded before it starts (``seen``), so the
+watch events of kopf's own writes during a queued pass (the finalizer) do not wake it again.
+A FlowStorage's ``status.flows`` follows its flows' watch events once they were quiet for
+``SUMMARY_QUIET`` seconds (at most ``SUMMARY_MAX_WAIT`` later): a burst of flows makes a few
+passes of their storage, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -31,6 +41,7 @@ from flowstore.api.constants import (
     STOREDFLOW_PLURAL,
     ConditionType,
 )
+from flowstore.api.models import storage_ref
 from flowstore.api.selectors import LabelSelector
 from flowstore.controller import metrics
 from flowstore.controller.identity import AmbientPolicy
@@ -41,6 +52,10 @@ from flowstore.reconcile.failures import classify
 Key = tuple[str, str, str]  # (plural, namespace, name)
 #: a failure's message in the operator's log keeps its start and end within this many characters
 LOG_MESSAGE_CHARS = 2000
+#: a FlowStorage updates status.flows once its flows were quiet this many seconds ...
+SUMMARY_QUIET = 2.0
+#: ... or this long after the first change it has not shown yet
+SUMMARY_MAX_WAIT = 30.0
 
 
 @dataclasses.dataclass
@@ -79,8 +94,16 @@ class Runtime:
         self.pokes: dict[Key, asyncio.Event] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.readiness = metrics.ReadinessTracker()
-        self.specs: dict[Key, dict[str, Any]] = {}  # last seen spec of each looped object
+        #: what the pokes match of each looped StoredFlow's spec (its references, not its source)
+        self.specs: dict[Key, dict[str, Any]] = {}
         self.seen: dict[Key, int] = {}  # the generation each loop last read
+        #: the resourceVersion of a loop's last status write, until its body shows it
+        self._written: dict[Key, str] = {}
+        #: loops whose next pass GETs the object (refetch)
+        self._refetch: set[Key] = set()
+        #: FlowStorages whose status.flows update is scheduled: [first, last] flow change not shown
+        self._summaries_due: dict[Key, list[float]] = {}
+        self._slots: asyncio.Semaphore | None = None
         #: StoredFlow -> (its FlowStorage, what status.flows takes from it), from watch events
         self.flow_summaries: dict[Key, tuple[str, tuple[Any, ...]]] = {}
 
@@ -113,6 +136,33 @@ class Runtime:
     def poke_storage(self, namespace: str, name: str) -> None:
         self.poke((FLOWSTORAGE_PLURAL, namespace, name))
 
+    def _poke_storage_soon(self, namespace: str, name: str) -> None:
+        """Wake a FlowStorage once its flows have been quiet for SUMMARY_QUIET seconds, or
+        SUMMARY_MAX_WAIT seconds after the first change it has not shown yet: a burst of flows
+        makes a few status.flows updates, not one each. Safe from any thread."""
+        key: Key = (FLOWSTORAGE_PLURAL, namespace, name)
+        if self.loop is None:  # no loop runs yet: its first pass reads the index anyway
+            return
+        now = time.monotonic()
+        first = self._summaries_due.setdefault(key, [now, now])
+        first[1] = now
+        if first[0] != now:
+            return  # a wake-up is already scheduled
+
+        def due() -> None:
+            pending = self._summaries_due.get(key)
+            if pending is None:
+                return
+            at = time.monotonic()
+            wait = min(pending[1] + SUMMARY_QUIET, pending[0] + SUMMARY_MAX_WAIT) - at
+            if wait > 0 and self.loop is not None:
+                self.loop.call_later(wait, due)
+                return
+            self._summaries_due.pop(key, None)
+            self.poke(key)
+
+        self.loop.call_soon_threadsafe(self.loop.call_later, SUMMARY_QUIET, due)
+
     def flow_changed(self, key: Key, storage: str, summary: tuple[Any, ...] | None) -> None:
         """A StoredFlow's part of its FlowStorage's ``status.flows`` (its name, location and
         readiness; None once it is gone) was seen in a watch event: wake the FlowStorage when
@@ -123,29 +173,36 @@ class Runtime:
             self.flow_summaries[key] = (storage, summary)
         if before != ((storage, summary) if summary is not None else None):
             for name in {storage, before[0] if before else storage}:
-                self.poke_storage(key[1], name)
+                self._poke_storage_soon(key[1], name)
 
     # ------------------------------------------------------------------ the loop
     async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger,
-                       index: Any = None) -> None:
+                       index: Any = None, body: Any = None) -> None:
         """`index`: kopf's StoredFlow index by (namespace, storage name), complete before any
-        loop starts; read only on the event loop (snapshots go to the worker threads)."""
+        loop starts; read only on the event loop (snapshots go to the worker threads). `body`:
+        kopf's live view of the object (None: each pass GETs it)."""
         key: Key = (plural, namespace, name)
         poke = self.pokes.setdefault(key, asyncio.Event())
         loop = self.loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.workers)
         failures = 0
         next_drift = time.monotonic() + 0  # the first pass after start checks nothing remote
         first = True
         try:
             while not stopped:
-                poke.clear()
                 check_drift = not first and time.monotonic() >= next_drift
                 first = False
-                siblings = _snapshot(index, namespace) if index is not None else None
                 try:
-                    outcome = await loop.run_in_executor(
-                        self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger, siblings
-                    )
+                    async with self._slots:  # copied when a worker is free: the freshest, and few at once
+                        # a poke until now is answered by this pass: it reads what the watch saw since
+                        poke.clear()
+                        obj = self._fresh_copy(key, body)
+                        siblings = _snapshot(index, namespace, _storage_of(plural, name, obj)) if index is not None \
+                            else None
+                        outcome = await loop.run_in_executor(
+                            self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger, siblings,
+                            obj)
                 except Exception as exc:  # the API itself failed; never let the daemon die
                     logger.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
                     outcome = None
@@ -171,8 +228,46 @@ class Runtime:
             self.pokes.pop(key, None)
             self.specs.pop(key, None)
             self.seen.pop(key, None)
+            self._written.pop(key, None)
+            self._refetch.discard(key)
             self.readiness.observe(STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND,
                                    (namespace, name), None)
+
+    def _fresh_copy(self, key: Key, body: Any) -> dict[str, Any] | None:
+        """A copy of the daemon's body for one pass (on the event loop, where kopf replaces it), or
+        None (the pass GETs the object) when there is no body or it does not show yet the last
+        status this loop wrote. The generation it holds counts as read from now on."""
+        if body is None or key in self._refetch:
+            self._refetch.discard(key)
+            return None
+        meta = body.get("metadata") or {}
+        written = self._written.get(key)
+        if written is not None:
+            if not _at_least(meta.get("resourceVersion"), written):
+                return None
+            self._written.pop(key, None)
+        obj = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
+        obj["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
+        self._remember(key, obj)
+        return obj
+
+    def refetch(self, key: Key) -> None:
+        """The next pass of `key` GETs the object instead of reading the daemon's body: the watch
+        said it is gone, which may mean a relabel moved it out of this shard (the event shows the
+        object as it was, labels included), not a deletion. Only for a running loop."""
+        if key in self.pokes:
+            self._refetch.add(key)
+
+    def _remember(self, key: Key, obj: dict[str, Any]) -> None:
+        """What the pokes need of the object: its generation, and a StoredFlow's references."""
+        self.seen[key] = max(self.seen.get(key, 0), int(obj["metadata"].get("generation") or 0))
+        if key[0] == STOREDFLOW_PLURAL:
+            spec = obj.get("spec") or {}
+            source = spec.get("source") or {}
+            slim: dict[str, Any] = {"storageRef": spec.get("storageRef"), "flowName": spec.get("flowName")}
+            if isinstance(source, dict) and source.get("configMapRef"):
+                slim["source"] = {"configMapRef": source.get("configMapRef")}
+            self.specs[key] = slim
 
     def _backoff(self, failures: int) -> float:
         base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
@@ -190,27 +285,43 @@ class Runtime:
     # ------------------------------------------------------------------ one pass (worker thread)
     def reconcile_once(self, plural: str, namespace: str, name: str, check_drift: bool,
                        logger: logging.Logger,
-                       siblings: dict[str, list[dict[str, Any]]] | None = None) -> LoopOutcome:
+                       siblings: dict[str, list[dict[str, Any]]] | None = None,
+                       obj: dict[str, Any] | None = None) -> LoopOutcome:
+        """One pass over `obj` (the daemon's copy), or over a fresh GET of the object."""
         ports = self.ports
-        getter = ports.get_storedflow if plural == STOREDFLOW_PLURAL else ports.get_flowstorage
+        key: Key = (plural, namespace, name)
+        getter = ports.get_storedflow if plural == STOREDFLOW_PLURAL else ports.read_flowstorage
         kind = STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND
-        obj = getter(namespace, name)
+        if obj is None:
+            obj = getter(namespace, name)
+            if obj is not None:
+                self._remember(key, obj)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
         if self.settings.shard and not self.settings.shard.matches(obj["metadata"].get("labels")):
             # relabelled out of this shard: another operator serves it now. (The API server's
-            # DELETED event for it shows the object as it was, so kopf's filters cannot tell.)
+            # DELETED event for it shows the object as it was, so kopf's filters cannot tell;
+            # that event makes this pass GET the object: see refetch.)
             self.readiness.observe(kind, (namespace, name), None)
             return LoopOutcome(gone=True)
-        self.specs[(plural, namespace, name)] = obj.get("spec") or {}
-        self.seen[(plural, namespace, name)] = int(obj["metadata"].get("generation") or 0)
+        observed = (obj.get("status") or {}).get("observedGeneration")
+        if reconcile.requested_at(obj) or (observed is not None and observed != obj["metadata"].get("generation")):
+            # reconcile now, or a changed spec: with the Secrets as they are now (a first pass of a
+            # new object may use one read in the last SECRET_TTL seconds; a failure reads it again)
+            ports.forget_secrets(namespace)
         started = time.monotonic()
 
         written: list[dict[str, Any]] = []  # a progress status written during this pass
 
+        def patch(status: dict[str, Any]) -> None:
+            updated = ports.patch_status(plural, namespace, name, status)
+            version = ((updated or {}).get("metadata") or {}).get("resourceVersion")
+            if version:
+                self._written[key] = str(version)
+
         def write_progress(status: dict[str, Any]) -> None:
-            ports.patch_status(plural, namespace, name, status)
+            patch(status)
             written.append(status)
 
         if plural == STOREDFLOW_PLURAL:
@@ -226,8 +337,10 @@ class Runtime:
         # replaced even when the outcome equals the status read at the start of the pass.
         current = written[-1] if written else before
         if reconcile.status_changed(current, outcome.status):
-            ports.patch_status(plural, namespace, name, _with_removals(current, outcome.status))
+            patch(_with_removals(current, outcome.status))
             self._post_events(obj, kind, before, outcome)
+        if outcome.failure is not None:  # a retry reads the Secrets again (rotated credentials)
+            ports.forget_secrets(namespace)
         if outcome.uploaded:
             logger.info("stored %s/%s at %s", namespace, name, outcome.status.get("location"))
         elif outcome.failure is not None:
@@ -297,9 +410,30 @@ class LoopOutcome:
     gone: bool = False
 
 
-def _snapshot(index: Any, namespace: str) -> dict[str, list[dict[str, Any]]]:
-    """Copy the index entries of one namespace (on the event loop, where kopf mutates it)."""
-    return {storage: list(index[(ns, storage)]) for ns, storage in list(index) if ns == namespace}
+def _snapshot(index: Any, namespace: str, storage: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Copy the index entries of one namespace, or of one storage there (on the event loop,
+    where kopf mutates it)."""
+    if storage is not None:
+        return {storage: list(index[(namespace, storage)]) if (namespace, storage) in index else []}
+    return {name: list(index[(ns, name)]) for ns, name in list(index) if ns == namespace}
+
+
+def _storage_of(plural: str, name: str, obj: dict[str, Any] | None) -> str | None:
+    """The one storage whose flows a pass reads (None: unknown before the GET, all of them)."""
+    if plural == FLOWSTORAGE_PLURAL:
+        return name
+    return storage_ref(obj.get("spec") or {}) if obj is not None else None
+
+
+def _at_least(version: Any, written: str) -> bool:
+    """Whether resourceVersion `version` shows the write that returned `written`. The API server's
+    versions are etcd revisions (integers, growing); anything else counts only when equal."""
+    if version == written:
+        return True
+    try:
+        return int(str(version)) >= int(written)
+    except ValueError:
+        return False
 
 
 def _with_removals(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
