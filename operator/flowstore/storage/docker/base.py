@@ -22,6 +22,7 @@ from flowstore.storage.docker import cosign
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon, DaemonTLS
 from flowstore.storage.docker.oci import RegistryClient, split_registry
+from flowstore.storage.endpoints import EndpointPolicy
 from flowstore.storage.errors import InvalidConfig, NotFound
 
 #: the image name when none is configured
@@ -98,6 +99,9 @@ class DockerBase(Storage):
         #: the repository the last built / restored image is in (``host/repo``)
         self._state_repository: str | None = None
         self._registry_client: RegistryClient | None = None
+        #: the operator's endpoint policy (Docker.for_operator): which addresses its registry
+        #: requests may reach. None: a library user's or an agent's storage, which reaches its own network
+        self.endpoint_policy: EndpointPolicy | None = None
         if image_name is not None and not _REPO.match(image_name):
             raise InvalidConfig(f"image name {image_name!r} is not a valid repository name (lowercase letters, "
                                 "digits and . _ - separators, '/' between components)")
@@ -327,7 +331,8 @@ class DockerBase(Storage):
         if self._registry_client is None or self._registry_client.host != host:
             scheme = (split_registry(self.registry_url)[0] or None) if host == self.registry_host else None
             self._registry_client = RegistryClient(host, self.registry_username, self._registry_password,
-                                                   scheme=scheme, auth_hint=self._auth_hint())
+                                                   scheme=scheme, auth_hint=self._auth_hint(),
+                                                   endpoints=self.endpoint_policy)
         return self._registry_client
 
     def read_flow(self, image_digest: str, location: str) -> bytes:

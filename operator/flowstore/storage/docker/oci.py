@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from flowstore.storage.docker.errors import RegistryUnavailable
+from flowstore.storage.endpoints import EndpointPolicy, guarded_session
 from flowstore.storage.errors import AuthFailed, IntegrityError, NotFound, Rejected, StorageError
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -91,11 +92,14 @@ def default_scheme(host: str) -> str:
 
 class RegistryClient:
     """A client for one registry. `auth_hint` is appended to authentication errors (e.g. which
-    Secret holds the credentials)."""
+    Secret holds the credentials). With `endpoints` (the operator's policy for a FlowStorage's
+    registry), every connection goes only to an address the policy allows, pinned after the check:
+    the registry itself, each redirect hop (blob downloads), the token service its challenge
+    names and the upload locations it answers — all chosen by whoever runs the registry."""
 
     def __init__(self, registry: str, username: str | None = None, password: str | None = None, *,
                  scheme: str | None = None, auth_hint: str = "", timeout: tuple[float, float] = TIMEOUT,
-                 verify: bool | str = True) -> None:
+                 verify: bool | str = True, endpoints: EndpointPolicy | None = None) -> None:
         given_scheme, host, _ = split_registry(registry)
         if not host:
             raise ValueError(f"registry {registry!r} has no host")
@@ -105,8 +109,9 @@ class RegistryClient:
         self._password = password
         self.auth_hint = auth_hint
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = guarded_session(endpoints) if endpoints is not None else requests.Session()
         self._session.verify = verify
+        self.endpoints = endpoints
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}  # scope -> bearer token
         self._basic = False  # the registry asked for basic auth: send it up front from now on
@@ -114,6 +119,13 @@ class RegistryClient:
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base!r}, username={self.username!r})"
+
+    def restrict(self, endpoints: EndpointPolicy) -> None:
+        """From now on, connect only where `endpoints` allows (as if given to the constructor)."""
+        verify = self._session.verify
+        self._session = guarded_session(endpoints)
+        self._session.verify = verify
+        self.endpoints = endpoints
 
     # ------------------------------------------------------------------ HTTP
     def _auth_error(self, status: int, what: str) -> AuthFailed:

@@ -22,9 +22,12 @@ run; ``requests`` (a core dependency) talks to the registry.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from flowstore.artifacts import envelope, loading
 from flowstore.storage.base import artifact_format, verify_digest
@@ -33,8 +36,11 @@ from flowstore.storage.docker.base import TAG_PATTERN
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.daemon import Daemon
 from flowstore.storage.docker.images import ImageAssembly, ImageFlow
+from flowstore.storage.docker.oci import split_registry
 from flowstore.storage.docker.runner import DockerEnvRunner
-from flowstore.storage.errors import InvalidConfig
+from flowstore.storage.endpoints import EndpointNotAllowed, EndpointPolicy
+from flowstore.storage.errors import InvalidConfig, Unavailable
+from flowstore.storage.policy import ServePolicy
 from flowstore.storage.refs import FileRefs, KeyRef, SecretKeys
 
 
@@ -140,6 +146,37 @@ class Docker(ImageAssembly):
             tar.extractall(target, filter="data")
         return str(target / "Dockerfile")
 
+    @classmethod
+    def for_operator(cls, config: Mapping[str, Any], *, credentials: Mapping[str, str] | None,
+                     policy: ServePolicy) -> Self:
+        """A FlowStorage's Docker storage in the operator, which lends its author nothing:
+
+        * registries are reached with the referenced Secret's credentials or anonymously, never
+          with the operator's own Docker config (the base image's registry too);
+        * the registry, the base image's registry and a ``daemonURL`` of ``tcp://`` must pass the
+          operator's endpoint policy (never a metadata or link-local address; loopback and private
+          ones only with --allow-private-endpoints), and the registry client connects only to
+          addresses it checked (redirects, token services and upload locations included);
+        * a ``daemonURL`` of ``unix://`` may only be the operator's own daemon (its ``DOCKER_HOST``):
+          another socket in the operator's file system is not the author's to talk to.
+
+        The daemon connects to the registries itself: it is given names checked here, but resolves
+        them on its own (docs/security.md)."""
+        storage = cls.from_config(config, credentials=credentials)
+        if credentials is None:  # no Secret: anonymous, not whatever the operator's Docker config holds
+            storage.registry_username = storage._registry_password = storage.credentials_source = None
+        storage.endpoint_policy = policy.endpoints
+        hosts = [(storage.registry_host, "registryURL")]
+        if storage.base_image:
+            hosts.append((_registry_host_of(_repository_of(storage.base_image)), "baseImage"))
+        for host, field in hosts:
+            if host:
+                _check_host(policy.endpoints, host, field)
+        daemon = str(config.get("daemonURL") or "")
+        if daemon:
+            _check_daemon(policy.endpoints, daemon)
+        return storage
+
     def push_image(self, image_name: str, image_tag: str) -> None:
         """The seed's: push ``image_name:image_tag`` from the daemon to its registry. `image_name`
         is the whole repository (``registry/…/name``, e.g. :attr:`image_repository`). This
@@ -167,7 +204,9 @@ class Docker(ImageAssembly):
         host = _registry_host_of(repository)
         username, password, source = self.registry_username, self._registry_password, self.credentials_source
         if host is None or host != self.registry_host:
-            username, password, source = registry_credentials(host or "docker.io", None)
+            username = password = source = None
+            if self.endpoint_policy is None:  # a library user's: their Docker config; the operator lends none
+                username, password, source = registry_credentials(host or "docker.io", None)
         auth = {"username": username, "password": password} if username and password is not None else None
         hint = (f"check the credentials for {host or 'docker.io'} in {source}" if source
                 else f"no credentials were found for {host or 'docker.io'} (registry_username / registry_password "
@@ -209,3 +248,28 @@ def _repository_of(reference: str) -> str:
     slash = name.rfind("/")
     colon = name.rfind(":")
     return name[:colon] if colon > slash else name
+
+
+def _check_host(policy: EndpointPolicy, host_port: str, field: str) -> None:
+    """`host_port` (``host[:port]``, IPv6 in brackets) passes `policy`, else EndpointNotAllowed."""
+    parsed = urllib.parse.urlsplit(f"//{host_port}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise InvalidConfig(f"{field}: {host_port!r} has no valid port") from None
+    try:
+        policy.check_host(parsed.hostname or host_port, port)
+    except EndpointNotAllowed as exc:
+        raise EndpointNotAllowed(f"{field}: {exc.message}") from None
+    except OSError as exc:
+        raise Unavailable(f"cannot resolve the host of {field} {host_port}: {exc.strerror or exc}") from None
+
+
+def _check_daemon(policy: EndpointPolicy, url: str) -> None:
+    """A spec's ``daemonURL``: a TCP daemon passes `policy`; a socket is the operator's own only."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("tcp", "http", "https"):
+        _check_host(policy, split_registry(rest)[1] or rest, "daemonURL")
+    elif url != (os.environ.get("DOCKER_HOST") or ""):
+        raise EndpointNotAllowed(f"daemonURL {url!r} is not this operator's Docker daemon: a FlowStorage may name a "
+                                 "daemon by tcp://host:port, or leave daemonURL out to use the operator's own")

@@ -133,8 +133,9 @@ class OCI(Storage):
                      policy: ServePolicy) -> OCI:
         """A FlowStorage's OCI storage in the operator: its registry host checked against the
         operator's endpoint policy (never a metadata or link-local address; loopback and private
-        ones only with --allow-private-endpoints). Checked when the storage is opened, each pass;
-        the registry client does not pin the address it connects to (as the Docker storage's)."""
+        ones only with --allow-private-endpoints). Checked when the storage is opened (a clear
+        error), then on every connection of the registry client, which connects only to the
+        addresses it checked: redirects, token services and upload locations included."""
         if "type" in config:
             raise InvalidConfig("a FlowStorage spec has no `type`")
         storage = cls.from_config(config, credentials=credentials)
@@ -143,6 +144,7 @@ class OCI(Storage):
             policy.endpoints.check_host(host, int(port) if port else None)
         except OSError as exc:
             raise Unavailable(f"cannot resolve registry host {host}: {exc.strerror or exc}") from None
+        storage._client.restrict(policy.endpoints)
         return storage
 
     @classmethod
