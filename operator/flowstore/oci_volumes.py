@@ -10,6 +10,12 @@ read-only, pinned by digest, and the check a run makes of the mount.
 - ``--fallback init`` (clusters without image volumes): an emptyDir and an init container that
   pulls the image by digest into it and runs the same check (``python -m flowstore.mounted pull``).
 
+Prefect's default Kubernetes base job template has none of those job variables, so a work pool
+needs its template changed once: ``python3 -m flowstore.oci_volumes prefect-base-job-template``
+reads the default (``prefect work-pool get-default-base-job-template --type kubernetes``) and
+prints it with the four variables declared and placed in the Job's Pod spec and first container
+(:func:`prefect_base_job_template`).
+
 Everything comes from the status an agent trusts (``flowstore.client.resolve``): the repository
 from the FlowStorage's spec, the image digest and the flow digest from the revision.
 """
@@ -114,8 +120,86 @@ def render(output: str, storage_doc: dict[str, Any], artifact_digest: str, locat
     head.append("# the work pool's base job template must place {{ volumes }}, {{ volume_mounts }}"
                 + (", {{ init_containers }}" if "initContainers" in pieces else "")
                 + (", {{ image_pull_secrets }}" if "imagePullSecrets" in pieces else "")
-                + " in its job_manifest (docs/oci-volumes.md)")
+                + " in its job_manifest: python3 -m flowstore.oci_volumes prefect-base-job-template "
+                  "(docs/oci-volumes.md)")
     return "\n".join(head) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-__all__ = ["OUTPUTS", "NotAnImageVolume", "add_locate_args", "pinned", "pod_pieces", "render"]
+#: the job variables ``-o prefect-job-variables`` may set: (variable, field, where in the job
+#: manifest's Pod template: the Pod spec or its first container, the flow run's)
+JOB_VARIABLES = (("volumes", "volumes", "pod"), ("volume_mounts", "volumeMounts", "container"),
+                 ("image_pull_secrets", "imagePullSecrets", "pod"), ("init_containers", "initContainers", "pod"))
+
+
+class TemplateError(ValueError):
+    """A base job template this module cannot place the variables in (said in the message)."""
+
+
+def prefect_base_job_template(template: dict[str, Any]) -> dict[str, Any]:
+    """A Prefect Kubernetes work pool's base job template (``{job_configuration: {job_manifest},
+    variables: {properties}}``, as ``prefect work-pool get-default-base-job-template --type
+    kubernetes`` prints it) with the job variables ``-o prefect-job-variables`` sets: each declared
+    (an array, default empty: a run without them gets an empty list) and placed as a whole
+    ``"{{ name }}"`` value, which Prefect replaces by the variable's value unchanged. A field the
+    template already fills otherwise is refused rather than overwritten. Returns a new template."""
+    import copy
+
+    out = copy.deepcopy(template)
+    try:
+        properties = out["variables"]["properties"]
+        pod = out["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise TemplateError(f"not a Prefect Kubernetes base job template: no {exc} (expected job_configuration."
+                            "job_manifest.spec.template.spec.containers[0] and variables.properties)") from None
+    if not isinstance(properties, dict) or not isinstance(pod, dict) or not isinstance(container, dict):
+        raise TemplateError("not a Prefect Kubernetes base job template: variables.properties, the Pod spec and "
+                            "its first container must be objects")
+    for variable, field, where in JOB_VARIABLES:
+        target = pod if where == "pod" else container
+        placeholder = "{{ " + variable + " }}"
+        if target.get(field, placeholder) != placeholder:
+            raise TemplateError(f"the job manifest's {'Pod spec' if where == 'pod' else 'first container'} already "
+                                f"sets {field}; merge {placeholder} into it by hand (docs/oci-volumes.md)")
+        target[field] = placeholder
+        properties.setdefault(variable, {
+            "title": variable.replace("_", " ").capitalize(), "type": "array", "items": {"type": "object"},
+            "default": [],
+            "description": f"The flow run Pod's {field} (flowstore locate NAME -o prefect-job-variables)."})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m flowstore.oci_volumes prefect-base-job-template [FILE]``: the template in FILE
+    (default: standard input, JSON) printed as JSON with the job variables placed."""
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python3 -m flowstore.oci_volumes")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    cmd = sub.add_parser("prefect-base-job-template", help="place the image volume's job variables in a Prefect "
+                         "Kubernetes work pool's base job template")
+    cmd.add_argument("file", nargs="?", help="the template (JSON); default: standard input")
+    args = parser.parse_args(argv)
+    try:
+        if args.file:
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = sys.stdin.read()
+        template = json.loads(text)
+        if not isinstance(template, dict):
+            raise TemplateError("the template is not a JSON object")
+        sys.stdout.write(json.dumps(prefect_base_job_template(template), indent=2) + "\n")
+    except (OSError, ValueError) as exc:  # TemplateError and json's errors are ValueErrors
+        print(f"flowstore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["JOB_VARIABLES", "OUTPUTS", "NotAnImageVolume", "TemplateError", "add_locate_args", "main", "pinned",
+           "pod_pieces", "prefect_base_job_template", "render"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from flowstore import client, kubeconfig
+from flowstore import client, kubeconfig, mounted
 from flowstore.agent import snapshot
 from flowstore.agent.status import StoredFlowView
 from flowstore.artifacts import bundle
@@ -497,5 +497,23 @@ class FlowstoreStorage:
         return f"FlowstoreStorage(name={self._name!r}, namespace={self._namespace!r})"
 
 
-# the pull step for a flow mounted from its OCI image (no credentials, no API, no network)
-from flowstore.mounted import use_mounted_flow as use_mounted_flow  # noqa: E402  (re-exported)
+# ---------------------------------------------------------------------- a flow mounted from its image
+def use_mounted_flow(path: str, digest: str, directory: str | None = None) -> dict[str, Any]:
+    """Deployment pull step for a flow mounted from its OCI image (docs/oci-volumes.md):
+    :func:`flowstore.mounted.use_mounted_flow`, which needs no credentials, no Kubernetes API and
+    no network, with its outcome logged to the flow run as :func:`pull_flow` logs its own. A
+    refused mount (empty, another image than the digest, altered) is then in the run's logs in
+    the Prefect API, not only in the Pod's output.
+
+        pull:
+          - flowstore.prefect.use_mounted_flow: {path: /flow, digest: "sha256:…"}
+    """
+    log = _flow_run_logger(os.environ.get("PREFECT__FLOW_RUN_ID"))
+    try:
+        out = mounted.use_mounted_flow(path, digest, directory)
+    except Exception as exc:
+        log.error("flowstore: not running the flow mounted at %s: %s", path, exc)
+        raise
+    log.info("flowstore: running %s %s, mounted at %s and checked, from %s", out["storedflow"] or "the flow",
+             out["digest"], path, out["directory"])
+    return out

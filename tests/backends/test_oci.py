@@ -152,3 +152,32 @@ def test_the_operator_reaches_only_registries_its_endpoint_policy_allows(docker_
                          policy=ServePolicy(endpoints=EndpointPolicy(allow_private=True)))
     lenient = ServePolicy(endpoints=EndpointPolicy(allow_private=True))
     OCI.for_operator(block, credentials=dockerconfigjson(docker_env), policy=lenient).check_container()
+
+
+def test_an_image_is_signed_as_cosign_signs_in_its_own_repository(docker_env: dict[str, str], repository: str) -> None:
+    """OCI.sign_image pushes the Docker storage's cosign signature (flowstore.storage.docker.cosign)
+    beside the revision's image; the real cosign checks it in tests/e2e/test_signed_images.py."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from flowstore.artifacts.signing import signer_from_secret
+    from flowstore.storage.docker import cosign
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    signer = signer_from_secret(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()), "ed25519", where="test")
+    storage = OCI(repository, plain_http=True, credentials=dockerconfigjson(docker_env), stored_flow="team-a/etl")
+    digest = str(storage.put_bytes("flow.py", b"print('one')\n").storage_state["imageDigest"])
+    annotations = {"flowstore.dev/flowstorage": "team-a/images"}
+    tag = storage.sign_image(digest, signer, annotations=annotations)
+    assert tag == cosign.signature_tag(digest)
+    assert storage.sign_image(digest, signer, image_name=repository, annotations=annotations) == tag  # nothing new
+    client = RegistryClient(docker_env["registry"], docker_env["username"], docker_env["password"], scheme="http")
+    path = repository.split("/", 1)[1]
+    assert len(cosign.signatures(client, path, digest)) == 1
+    assert cosign.verify_image(client, path, repository, digest, key.public_key())
+    assert not cosign.verify_image(client, path, repository, digest, ed25519.Ed25519PrivateKey.generate().public_key())
+    # the mount still reads as the revision: a signature is a tag of its own, not a change to the image
+    assert storage.read_image(digest).flow_digest == "sha256:" + sha256_hex(b"print('one')\n")
+    with pytest.raises(InvalidConfig, match="not on this storage's registry"):
+        storage.sign_image(digest, signer, image_name="elsewhere.example.com/flows/etl")

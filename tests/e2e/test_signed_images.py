@@ -1,14 +1,17 @@
 """Docker storage images signed for everyone else (docs/signing.md): with an ed25519 spec.signing
 the real operator pushes a cosign signature beside each image it builds, which the real cosign
 CLI accepts offline with the FlowStorage's public key; a rotation adds the new key's signature;
-agents verify the flow's statement as for any storage."""
+agents verify the flow's statement as for any storage. The same for an oci storage's images, one
+per revision (docs/oci-volumes.md)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -127,3 +130,67 @@ def registry_tags(docker_env: dict[str, str], image: str) -> list[str]:
     answer = requests.get(f"http://{docker_env['registry']}/v2/{image}/tags/list", timeout=10,
                           auth=(docker_env["username"], docker_env["password"]))
     return sorted(answer.json().get("tags") or [])
+
+
+def test_oci_revision_images_are_signed_and_a_revert_keeps_its_signature(
+        operator: OperatorProcess, namespace: str, docker_env: dict[str, str], cosign_bin: str,
+        tmp_path: Path) -> None:
+    """An oci FlowStorage (one image per revision, docs/oci-volumes.md) with an ed25519 key: each
+    revision's image gets a cosign signature the real cosign accepts offline, by digest; another
+    key is refused; a revert makes revision 1's image current with its signature, pushing nothing
+    but (at most) the signature again."""
+    private, public = key_pair()
+    (tmp_path / "flowstore.pub").write_text(public)
+    path = f"flows/oci-signed-{uuid.uuid4().hex[:8]}"
+    repository = f"{docker_env['registry']}/{path}"
+    fs = {"apiVersion": "flowstore.dev/v1alpha1", "kind": "FlowStorage", "metadata": {"name": "images",
+                                                                                      "namespace": namespace},
+          "spec": {"oci": {"repository": repository, "plainHTTP": True,
+                           "credentialsSecretRef": {"name": "registry-creds"}},
+                   "signing": {"provider": "ed25519", "secretRef": {"name": "signing"}}}}
+
+    def stored(text: str) -> dict[str, Any]:
+        return {"apiVersion": "flowstore.dev/v1alpha1", "kind": "StoredFlow",
+                "metadata": {"name": "etl", "namespace": namespace},
+                "spec": {"storageRef": {"name": "images"}, "flowName": "etl", "storedAsScript": True,
+                         "source": {"inline": f"def main():\n    return {text!r}\n"}}}
+
+    def verify(digest: str, key: str) -> subprocess.CompletedProcess[str]:
+        return cosign_verify(cosign_bin, f"{repository}@{digest}", tmp_path / key, username=docker_env["username"],
+                             password=docker_env["password"], home=tmp_path)
+
+    apply(manifests(registry_secret(namespace, docker_env),
+                    secret(namespace, "signing", {"FLOWSTORE_SIGNING_KEY": private}), fs, stored("one")))
+    first = wait_ready(namespace, "etl", timeout=120)["status"]
+    image = first["image"]
+    assert image["name"] == repository
+    assert image["signatureTag"] == f"sha256-{image['digest'].removeprefix('sha256:')}.sig"
+    assert image["signatureKeyId"] == first["artifact"]["keyId"]
+    done = verify(image["digest"], "flowstore.pub")
+    assert done.returncode == 0, done.stderr
+    claim = json.loads(done.stdout.strip().splitlines()[-1])[0]
+    assert claim["critical"]["image"]["docker-manifest-digest"] == image["digest"]
+    assert claim["critical"]["identity"]["docker-reference"] == repository
+    assert claim["optional"] == {"flowstore.dev/flowstorage": f"{namespace}/images"}
+    _, other_public = key_pair()
+    (tmp_path / "other.pub").write_text(other_public)
+    assert verify(image["digest"], "other.pub").returncode != 0
+
+    # revision 2: its own image, its own signature
+    apply(manifests(stored("two")))
+    second = wait_for("storedflow", namespace, "etl", lambda o: ((o.get("status") or {}).get("image") or {}).get(
+        "digest") not in (None, image["digest"]), timeout=120)["status"]["image"]
+    assert second["signatureTag"] == f"sha256-{second['digest'].removeprefix('sha256:')}.sig"
+    assert verify(second["digest"], "flowstore.pub").returncode == 0
+    # the revert: revision 1's image is current again, with its signature in the same status
+    apply(manifests(stored("one")))
+    reverted = wait_for("storedflow", namespace, "etl", lambda o: ((o.get("status") or {}).get("image") or {}).get(
+        "digest") == image["digest"], timeout=120)["status"]
+    assert reverted["artifact"]["revision"] == 1
+    assert (reverted["image"]["signatureTag"], reverted["image"]["signatureKeyId"]) == (
+        image["signatureTag"], image["signatureKeyId"])
+    assert verify(image["digest"], "flowstore.pub").returncode == 0
+    # the tags: one per location (loc-…) and one signature per image; nothing else
+    tags = registry_tags(docker_env, path)
+    assert sorted(t for t in tags if t.endswith(".sig")) == sorted([image["signatureTag"], second["signatureTag"]])
+    assert len([t for t in tags if t.startswith("loc-")]) == 1, tags

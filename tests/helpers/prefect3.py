@@ -9,7 +9,8 @@ as ``bin/python -m prefect …``.
 flowstore itself is not installed there: the venv is shared by every checkout on the machine, so
 the processes get this checkout's ``operator/`` on ``PYTHONPATH`` (the worker hands its environment
 to the flow-run processes it starts, which import ``flowstore.prefect`` for the pull step). The
-requirements are flowstore's client dependencies (pyproject.toml) with the backends the tests use;
+requirements are flowstore's client dependencies (pyproject.toml) with the backends the tests use,
+and prefect-kubernetes for the Kubernetes worker (tests/cluster/test_prefect_kubernetes.py);
 kubernetes and boto3 are pinned because pip's resolver backtracks for many minutes through
 botocore releases beside prefect's pins when they are left open.
 """
@@ -30,8 +31,8 @@ from tests.helpers.localcloud import ROOT
 from tests.helpers.net import free_port
 
 PREFECT_VERSION = "3.9.1"
-REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "kubernetes==37.0.1", "boto3==1.44.8", "cloudpickle>=3.0",
-                "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31")
+REQUIREMENTS = (f"prefect=={PREFECT_VERSION}", "prefect-kubernetes==0.8.0", "kubernetes==37.0.1", "boto3==1.44.8",
+                "cloudpickle>=3.0", "pathspec>=0.12", "pyyaml>=6.0", "requests>=2.31")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -42,7 +43,8 @@ def venv_dir() -> Path:
 def python() -> Path:
     """The venv's python, built first when missing."""
     return venvs.cached_python(venv_dir(), REQUIREMENTS,
-                               "import prefect, kubernetes, boto3; print(prefect.__version__)", PREFECT_VERSION)
+                               "import prefect, prefect_kubernetes, kubernetes, boto3; print(prefect.__version__)",
+                               PREFECT_VERSION)
 
 
 class Prefect:
@@ -81,14 +83,18 @@ class Prefect:
                                             stderr=subprocess.STDOUT, env=env or self.env, cwd=self.home,
                                             start_new_session=True)
 
-    def start_worker(self, name: str, pool: str, env: dict[str, str]) -> None:
-        """Another process worker, polling `pool`, whose flow runs get `env` (stopped by :meth:`stop`)."""
-        self._start(name, "worker", "start", "--pool", pool, "--type", "process", env=env)
+    def start_worker(self, name: str, pool: str, env: dict[str, str], worker_type: str = "process") -> None:
+        """Another worker (`worker_type`: process, or kubernetes from prefect-kubernetes), polling
+        `pool`, whose flow runs get `env` (stopped by :meth:`stop`)."""
+        self._start(name, "worker", "start", "--pool", pool, "--type", worker_type, env=env)
         self._wait(lambda: requests.get(f"{self.api}/work_pools/{pool}", timeout=2).ok, 60, name)
 
-    def start(self) -> None:
+    def start(self, worker: bool = True) -> None:
+        """The server, and unless `worker` is false the process worker polling :attr:`pool`."""
         self._start("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
         self._wait(lambda: requests.get(f"{self.api}/health", timeout=2).ok, 120, "server")
+        if not worker:
+            return
         self._start("worker", "worker", "start", "--pool", self.pool, "--type", "process")
         self._wait(lambda: requests.get(f"{self.api}/work_pools/{self.pool}", timeout=2).ok, 60, "worker")
 
@@ -139,12 +145,13 @@ class Prefect:
         return response.json()
 
     def create_deployment(self, name: str, flow_name: str, entrypoint: str, pull_steps: list[dict[str, Any]],
-                          pool: str | None = None) -> str:
+                          pool: str | None = None, job_variables: dict[str, Any] | None = None) -> str:
         """What prefect-operator's PrefectDeployment does: a deployment whose code comes only from
-        its pull steps (no local files)."""
+        its pull steps (no local files), with these job variables."""
         flow_id = self.post("/flows/", {"name": flow_name})["id"]
         deployment = self.post("/deployments/", {"name": name, "flow_id": flow_id, "entrypoint": entrypoint,
                                                  "pull_steps": pull_steps, "work_pool_name": pool or self.pool,
+                                                 "job_variables": job_variables or {},
                                                  "enforce_parameter_schema": False})
         return str(deployment["id"])
 

@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import os
+import re
 import socket
 import tarfile
 from pathlib import Path
@@ -136,8 +137,27 @@ def test_prefect_job_variables_and_the_pull_step() -> None:
     assert doc["job_variables"]["volume_mounts"] == [{"name": "flow", "mountPath": "/opt/flow", "readOnly": True}]
     assert doc["job_variables"]["volumes"][0]["image"]["reference"].endswith("@" + STORAGE["imageDigest"])
     assert doc["pull"] == [{"flowstore.prefect.use_mounted_flow": {"path": "/opt/flow", "digest": DIGEST}}]
+
+
+def test_the_prefect_step_logs_to_the_flow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """flowstore.prefect.use_mounted_flow (the printed step's dotted path) is the same check, its
+    outcome logged on ``prefect.flow_runs`` with the run's id (what Prefect ships to its API)."""
     from flowstore import prefect
-    assert prefect.use_mounted_flow is mounted.use_mounted_flow  # the step's dotted path resolves
+
+    root = unpack_image(tmp_path / "mnt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "4f7c0d4e-0000-4000-8000-000000000001")
+    with caplog.at_level("INFO", logger="prefect.flow_runs"):
+        out = prefect.use_mounted_flow(str(root), DIGEST)
+        other = "sha256:" + "0" * 64
+        with pytest.raises(mounted.MountError, match=f"not the recorded {other}"):
+            prefect.use_mounted_flow(str(root), other)
+    assert out["directory"] == str(tmp_path / "data_etl") and out["storedflow"] == "data/etl"
+    records = [(r.levelname, r.getMessage(), getattr(r, "flow_run_id", None)) for r in caplog.records]
+    assert records[0][0] == "INFO" and f"running data/etl {DIGEST}, mounted at {root} and checked" in records[0][1]
+    assert records[1][0] == "ERROR" and f"not the recorded {other}" in records[1][1]
+    assert {r[2] for r in records} == {"4f7c0d4e-0000-4000-8000-000000000001"}
 
 
 def test_the_init_fallback_pulls_by_digest_into_an_empty_dir() -> None:
@@ -156,3 +176,52 @@ def test_the_init_fallback_pulls_by_digest_into_an_empty_dir() -> None:
 def test_other_storages_are_refused() -> None:
     with pytest.raises(oci_volumes.NotAnImageVolume, match="only an oci FlowStorage"):
         oci_volumes.render("pod-volume", {"type": "S3", "bucket": "b"}, DIGEST, "k", "StoredFlow data/etl", args())
+
+
+#: the shape of Prefect's default Kubernetes base job template (prefect-kubernetes 0.8.0,
+#: `prefect work-pool get-default-base-job-template --type kubernetes`), cut down;
+#: tests/cluster/test_prefect_kubernetes.py changes the real one and runs a Job with it
+TEMPLATE = {
+    "job_configuration": {
+        "command": "{{ command }}", "env": "{{ env }}", "namespace": "{{ namespace }}",
+        "job_manifest": {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": {
+            "parallelism": 1, "restartPolicy": "Never", "serviceAccountName": "{{ service_account_name }}",
+            "containers": [{"name": "prefect-job", "image": "{{ image }}", "env": "{{ env }}",
+                            "args": "{{ command }}"}],
+        }}}}},
+    "variables": {"type": "object", "properties": {"image": {"type": "string"}, "namespace": {"type": "string"}}},
+}
+
+
+def test_the_base_job_template_gets_the_job_variables_placed() -> None:
+    out = oci_volumes.prefect_base_job_template(TEMPLATE)
+    pod = out["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert (pod["volumes"], pod["imagePullSecrets"], pod["initContainers"]) == (
+        "{{ volumes }}", "{{ image_pull_secrets }}", "{{ init_containers }}")
+    assert pod["containers"][0]["volumeMounts"] == "{{ volume_mounts }}"
+    properties = out["variables"]["properties"]
+    assert {k: (v["type"], v["default"]) for k, v in properties.items() if k not in ("image", "namespace")} == {
+        k: ("array", []) for k in ("volumes", "volume_mounts", "image_pull_secrets", "init_containers")}
+    assert "volumes" not in TEMPLATE["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]  # a copy
+    assert oci_volumes.prefect_base_job_template(out) == out  # again: nothing changes
+    # every job variable -o prefect-job-variables can print has its place
+    doc = yaml.safe_load(oci_volumes.render("prefect-job-variables", STORAGE, DIGEST, "flow.py", "x",
+                                            args(fallback="init", init_image="flowstore:1", pull_secret="pull")))
+    assert set(doc["job_variables"]) <= set(properties)
+
+
+def test_a_template_that_sets_the_fields_itself_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = json.loads(json.dumps(TEMPLATE))
+    mine["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["volumes"] = [{"name": "cache"}]
+    refused = re.escape("already sets volumes; merge {{ volumes }} into it by hand")
+    with pytest.raises(oci_volumes.TemplateError, match=refused):
+        oci_volumes.prefect_base_job_template(mine)
+    with pytest.raises(oci_volumes.TemplateError, match="not a Prefect Kubernetes base job template"):
+        oci_volumes.prefect_base_job_template({"variables": {}})
+    # the command: a file in, JSON out; bad input is a message and exit status 1
+    (tmp_path / "t.json").write_text(json.dumps(TEMPLATE))
+    assert oci_volumes.main(["prefect-base-job-template", str(tmp_path / "t.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == oci_volumes.prefect_base_job_template(TEMPLATE)
+    (tmp_path / "bad.json").write_text("[1]")
+    assert oci_volumes.main(["prefect-base-job-template", str(tmp_path / "bad.json")]) == 1
+    assert "not a JSON object" in capsys.readouterr().err

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from flowstore.api import conditions as cond
 from flowstore.api.constants import EventReason
@@ -17,6 +18,7 @@ from flowstore.api.history import History, Retired, Revision
 from flowstore.api.models import storage_ref
 from flowstore.api.status import Artifact, GitPin, ImageRef, recorded_flow_name, recorded_location
 from flowstore.artifacts.keys import slugify
+from flowstore.artifacts.signing import Signer
 from flowstore.reconcile import revisions
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
@@ -68,28 +70,8 @@ class ImagePublisher(Publisher[Docker]):
         return None
 
     def settle(self, ctx: FlowContext) -> list[Event]:
-        """The image of the revision this pass makes (or keeps) current is signed by the storage's
-        current key: a new key signs it too, and so does a revert or a pin to an older image (its
-        signature recorded before ``ready``, which keeps it with that image). Nothing is built
-        again."""
-        recorded = ImageRef.read(ctx.status)
-        pin = ctx.spec.pin
-        target = revisions.pinned(ctx.history, pin) if pin is not None else ctx.history.with_inputs(ctx.inputs_digest)
-        image = recorded
-        if target is not None and target.image_digest and (recorded is None or recorded.digest != target.image_digest):
-            state = target.artifact.storage_state or {}
-            image = ImageRef(name=target.image_name or str(state.get("imageName") or ""),
-                             tag=str(state.get("imageTag") or ""), digest=target.image_digest, path=target.location)
-        if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
-                or image.signature_key_id == ctx.signer.key_id:
-            return []
-        signed = sign_image(ctx, self.storage(ctx), image)
-        if image is recorded:
-            signed.write(ctx.status)
-        else:  # not current yet: status names it only once ready() makes it current
-            ctx.image_signature = signed
-        return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
-                      f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
+        """The current image signed by the current key (:func:`settle_signature`)."""
+        return settle_signature(ctx, self.storage(ctx))
 
     def publish(self, ctx: FlowContext, ports: Ports) -> Outcome:
         ctx.progress(f"Storing flow {ctx.spec.flow_name!r}")
@@ -143,15 +125,47 @@ class ImagePublisher(Publisher[Docker]):
         return outcome
 
 
-def sign_image(ctx: FlowContext, docker: Docker, image: ImageRef) -> ImageRef:
+class ImageSigner(Protocol):
+    """A storage that signs its images as cosign does: Docker, and OCI (one image per revision)."""
+
+    def sign_image(self, image_digest: str, signer: Signer, *, image_name: str | None = None,
+                   annotations: Mapping[str, str] | None = None) -> str: ...
+
+
+def sign_image(ctx: FlowContext, storage: ImageSigner, image: ImageRef) -> ImageRef:
     """With an ed25519 signing key, push the image's cosign signature (docs/signing.md): `image`
     with its signature's tag and key; otherwise `image` with none."""
     if ctx.signer is None or ctx.signer.provider != "ed25519":
         return dataclasses.replace(image, signature_tag=None, signature_key_id=None)
-    storage = f"{ctx.namespace}/{ctx.spec.storage_name}"
-    tag = docker.sign_image(image.digest, ctx.signer, image_name=image.name,
-                            annotations={"flowstore.dev/flowstorage": storage})
+    flowstorage = f"{ctx.namespace}/{ctx.spec.storage_name}"
+    tag = storage.sign_image(image.digest, ctx.signer, image_name=image.name,
+                             annotations={"flowstore.dev/flowstorage": flowstorage})
     return dataclasses.replace(image, signature_tag=tag, signature_key_id=ctx.signer.key_id)
+
+
+def settle_signature(ctx: FlowContext, storage: ImageSigner) -> list[Event]:
+    """The image of the revision this pass makes (or keeps) current is signed by the storage's
+    current key: a new key signs it too, and so does a revert or a pin to an older image (its
+    signature recorded before ``ready``, which keeps it with that image). Nothing is built or
+    pushed again but the signature."""
+    recorded = ImageRef.read(ctx.status)
+    pin = ctx.spec.pin
+    target = revisions.pinned(ctx.history, pin) if pin is not None else ctx.history.with_inputs(ctx.inputs_digest)
+    image = recorded
+    if target is not None and target.image_digest and (recorded is None or recorded.digest != target.image_digest):
+        state = target.artifact.storage_state or {}
+        image = ImageRef(name=target.image_name or str(state.get("imageName") or ""),
+                         tag=str(state.get("imageTag") or ""), digest=target.image_digest, path=target.location)
+    if ctx.signer is None or ctx.signer.provider != "ed25519" or image is None \
+            or image.signature_key_id == ctx.signer.key_id:
+        return []
+    signed = sign_image(ctx, storage, image)
+    if image is recorded:
+        signed.write(ctx.status)
+    else:  # not current yet: status names it only once ready() makes it current
+        ctx.image_signature = signed
+    return [Event("Normal", EventReason.SIGNED, f"Signed image {image.name}@{image.digest} with key "
+                  f"{ctx.signer.key_id} ({signed.signature_tag}; nothing built again)")]
 
 
 def image_siblings(ports: Ports, storage: Docker, namespace: str, storage_name: str, *,

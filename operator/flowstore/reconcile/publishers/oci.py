@@ -17,6 +17,7 @@ from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
 from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope
+from flowstore.reconcile.publishers.image import settle_signature, sign_image
 from flowstore.reconcile.revisions import Stored
 from flowstore.storage import IntegrityError, NotFound, StorageError
 from flowstore.storage.oci.image import FlowImageError, check_path
@@ -61,6 +62,9 @@ class OCIPublisher(Publisher[OCI]):
             raise StorageError(f"{storage.reference(image_digest)} did not read back as pushed; will push again")
         artifact = ctx.artifact(url=storage.reference(image_digest), digest=digest, size=stored.size,
                                 storage_state={"imageDigest": image_digest})
+        # with an ed25519 key, the image's cosign signature, kept with it by ready()
+        ctx.image_signature = sign_image(ctx, storage, ImageRef(name=storage.repository, tag="", digest=image_digest,
+                                                                path=location))
         previous = ImageRef.read(ctx.status)
         ctx.status.pop("driftDetected", None)
         GitPin.clear(ctx.status)
@@ -71,6 +75,11 @@ class OCIPublisher(Publisher[OCI]):
                         events, uploaded=True)
         outcome.built = ctx.fmt == "pickle"
         return outcome
+
+    def settle(self, ctx: FlowContext) -> list[Event]:
+        """The current image signed by the current key, as for Docker storages (a new key, a
+        revert or a pin: only the signature is pushed)."""
+        return settle_signature(ctx, self.storage(ctx))
 
     def verify(self, ctx: FlowContext, entry: Revision) -> str | None:
         """The revision's image, read by digest, still holds the recorded flow digest at its

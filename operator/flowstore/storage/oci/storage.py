@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.artifacts import bundle
+from flowstore.artifacts.signing import Signer
 from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.docker import cosign
 from flowstore.storage.docker.credentials import registry_credentials
 from flowstore.storage.docker.oci import RegistryClient
 from flowstore.storage.errors import InvalidConfig, NotFound, Unavailable
@@ -190,6 +192,19 @@ class OCI(Storage):
     def read_image(self, digest: str) -> StoredImage:
         """The flow image `digest` of this repository, checked (labels, file manifest)."""
         return read_flow_image(self._client, self.path, digest)
+
+    def sign_image(self, image_digest: str, signer: Signer, *, image_name: str | None = None,
+                   annotations: Mapping[str, str] | None = None) -> str:
+        """Sign the image `image_digest` of this repository as cosign does and push the signature
+        beside it (the Docker storage's :mod:`flowstore.storage.docker.cosign`, so ``cosign verify
+        --key`` accepts it offline); the signature's tag. `image_name` (``host/path`` as status
+        records it; default: this repository) must be on this storage's registry."""
+        if not _DIGEST.match(image_digest or ""):
+            raise InvalidConfig(f"{image_digest!r} is not an image manifest digest (sha256:…)")
+        host, path = parse_repository(image_name or self.repository)
+        if host != self.host:
+            raise InvalidConfig(f"image {image_name} is not on this storage's registry {self.host}: not signed")
+        return cosign.sign_image(self._client, path, f"{host}/{path}", image_digest, signer, annotations=annotations)
 
     def delete_image(self, digest: str) -> None:
         """Delete the manifest `digest` (and the tags on it); gone counts as deleted. Blobs go at
