@@ -43,8 +43,6 @@ else
   if [ -f "$host_ca_dir/ca-certificates.crt" ]; then
     build+=(--volume "$host_ca_dir:$host_ca_dir:ro")
   fi
-  # The build stage is tagged (…:3.9.1-build), so pruning never drops its cached pip layer.
-  "${build[@]}" --target build -f "$dockerfile" -t "$image-build" "$root" >&2
   "${build[@]}" --label "dev.flowstore.runtime-inputs=$inputs" -f "$dockerfile" -t "$image" "$root" >&2
   podman image prune -f --filter until=1h >/dev/null 2>&1 || true
   echo "prefect3-runtime-image: built $image in $((SECONDS - start))s" >&2
