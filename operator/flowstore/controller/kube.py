@@ -88,13 +88,13 @@ class KubePorts:
         self.tokens = ServiceAccountTokens(self.core)
         self.ambient = ambient or AmbientPolicy()
         self._shard = shard
-
-    def shard(self) -> LabelSelector | None:
-        return self._shard
         #: FlowStorages as the watch last saw them (metadata and spec only): (namespace, name) -> body
         self._flowstorages: dict[tuple[str, str], dict[str, Any]] = {}
         #: Secrets read recently: (namespace, name) -> (when read, monotonic; what was read)
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+    def shard(self) -> LabelSelector | None:
+        return self._shard
 
     # ---------------------------------------------------------------- what the watches saw
     def flowstorage_seen(self, body: Mapping[str, Any], *, gone: bool = False) -> None:
