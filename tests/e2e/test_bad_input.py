@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowstore import client
+from flowstore.controller.runtime import SUMMARY_QUIET
 from tests.helpers.kube import apply, condition, delete_flows, get, kubectl, message, wait_for, wait_ready, wait_reason
 from tests.helpers.manifests import flow_script, inline_flow, manifests, s3_storage, script_flow, stored_flow
 from tests.helpers.moto import auth_enforcing_moto
@@ -270,8 +271,11 @@ def test_broken_source_keeps_last_good_artifact(operator: OperatorProcess, names
     assert broken["status"]["artifact"] == good["artifact"]
     assert client.load_flow("etl", namespace).run() == "v1"
     assert s3_keys(s3_endpoint, s3_bucket) == [good["location"]]
-    # The storage still lists the last good location (after it has seen the failure).
-    time.sleep(1)
+    # The storage still lists the last good location after it has seen the failure: status.flows
+    # follows the flows once they were quiet for SUMMARY_QUIET seconds.
+    wait_for("flowstorage", namespace, "store", lambda o: "etl" in ((o.get("status") or {}).get("flows") or {}),
+             what="to list etl")
+    time.sleep(SUMMARY_QUIET + 1)
     storage = get("flowstorage", namespace, "store")
     assert storage["status"]["flows"].get("etl") == good["location"]
     assert operator.alive()
