@@ -29,6 +29,7 @@ from tests.helpers.helm import DENIAL, HELM_HOMES, run_helm
 from tests.helpers.kube import kubectl
 from tests.helpers.localcloud import ROOT, ensure
 from tests.helpers.net import free_port
+from tests.helpers.operator import OperatorProcess
 
 CHART = ROOT / "helm" / "flowstore-operator"
 IMAGE_REPOSITORY = "flowstore/flowstore-operator"
@@ -238,3 +239,26 @@ def plain_python_image(node_env: dict[str, str], docker_env: dict[str, str]) -> 
                            f"docker://{ref}"], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return ref
+
+
+@pytest.fixture
+def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None) -> Iterator[str]:
+    """A namespace with the registry's dockerconfigjson Secret, opted in for FlowStorages (the
+    oci flows' tests; a module may define its own). Its Jobs and Pods are gone afterwards."""
+    name = new_namespace()
+    pull_secret(name, docker_env)
+    kubectl("label", "secret", "registry", "-n", name, "flowstore.dev/allow=true")
+    yield name
+    kubectl("delete", "jobs", "--all", "-n", name, "--cascade=foreground", "--wait=false", check=False)
+    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=true", "--timeout=60s",
+            check=False)
+
+
+@pytest.fixture
+def operator(ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """A local operator serving `ns` only."""
+    op = OperatorProcess(tmp_path / "op", dict(os.environ))
+    op.log_dir.mkdir()
+    op.start("-n", ns)
+    yield op
+    op.stop()

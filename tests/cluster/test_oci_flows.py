@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,26 +53,6 @@ os.chdir(out["directory"])
 result = runpy.run_path("{script}")["flow"].run()
 print(json.dumps({{"ran": result, "storedflow": out["storedflow"], "files": sorted(os.listdir("."))}}))
 """
-
-
-@pytest.fixture
-def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None) -> Iterator[str]:
-    """A namespace with the registry's dockerconfigjson Secret, opted in for FlowStorages."""
-    name = new_namespace()
-    pull_secret(name, docker_env)
-    kubectl("label", "secret", "registry", "-n", name, "flowstore.dev/allow=true")
-    yield name
-    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=true", "--timeout=60s",
-            check=False)
-
-
-@pytest.fixture
-def operator(ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(tmp_path / "op", dict(os.environ))
-    op.log_dir.mkdir()
-    op.start("-n", ns)
-    yield op
-    op.stop()
 
 
 def locate(ns: str, name: str, *args: str) -> dict[str, Any]:

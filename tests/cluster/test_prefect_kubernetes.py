@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ import yaml
 
 from flowstore.storage.oci.storage import OCI
 from tests.backends.test_oci import dockerconfigjson
-from tests.cluster.conftest import pull_secret
 from tests.helpers.kube import kubectl, wait_ready
 from tests.helpers.localcloud import ROOT
 from tests.helpers.manifests import manifests, stored_flow
@@ -61,27 +60,6 @@ def prefect3_runtime_image(node_env: dict[str, str], docker_env: dict[str, str])
     assert done.returncode == 0, f"prefect3-runtime-image.sh failed:\n{done.stderr[-4000:]}"
     print(f"\nPrefect 3 runtime image ready in {time.monotonic() - t0:.0f}s")
     return done.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def ns(new_namespace: Callable[[], str], docker_env: dict[str, str], crds: None) -> Iterator[str]:
-    """A namespace with the registry's dockerconfigjson Secret, opted in for FlowStorages."""
-    name = new_namespace()
-    pull_secret(name, docker_env)
-    kubectl("label", "secret", "registry", "-n", name, "flowstore.dev/allow=true")
-    yield name
-    kubectl("delete", "jobs", "--all", "-n", name, "--cascade=foreground", "--wait=false", check=False)
-    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=true", "--timeout=60s",
-            check=False)
-
-
-@pytest.fixture
-def operator(ns: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(tmp_path / "op", dict(os.environ))
-    op.log_dir.mkdir()
-    op.start("-n", ns)
-    yield op
-    op.stop()
 
 
 @pytest.fixture
