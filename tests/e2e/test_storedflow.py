@@ -81,7 +81,10 @@ def test_nothing_changed_means_nothing_written_after_restart(operator: OperatorP
         apply(inline_flow(namespace, f"f{i}", f"flow {i}"))
     before = {f"f{i}": wait_ready(namespace, f"f{i}")["metadata"]["resourceVersion"] for i in range(3)}
     keys = s3_keys(s3_endpoint, s3_bucket)
-    storage_rv = get("flowstorage", namespace, "store")["metadata"]["resourceVersion"]
+    # nothing left to write: the storage's status.flows lists the flows (it follows them once they
+    # were quiet SUMMARY_QUIET seconds; a restart before that rightly writes it)
+    storage_rv = wait_for("flowstorage", namespace, "store",
+                          lambda o: len((o.get("status") or {}).get("flows") or {}) == 3)["metadata"]["resourceVersion"]
 
     operator.restart()
     # Give the restarted operator time to list, start its loops and reconcile everything.
