@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready
+from tests.helpers.kube import apply, condition, get, kubectl, wait_listed, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.net import free_port
 from tests.helpers.objects import s3_keys
@@ -215,8 +215,7 @@ def test_followers_do_nothing_and_sigterm_releases_the_lease(
     names = [f"flow-{i}" for i in range(5)]
     apply(s3_storage(namespace, s3_bucket, s3_endpoint) + "\n---\n" + flows(namespace, names))
     wait_all_ready(namespace, names)
-    wait_for("flowstorage", namespace, "store",
-             lambda o: len((o.get("status") or {}).get("flows") or {}) == 5, what="to list 5 flows")
+    wait_listed(namespace, "store", 5)
     time.sleep(1)
     before = versions(namespace)
     time.sleep(6)  # three election rounds of the follower

@@ -11,7 +11,7 @@ import pytest
 
 from flowstore import client
 from flowstore.storage import IntegrityError
-from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, condition, get, kubectl, wait_for, wait_listed, wait_ready, wait_reason
 from tests.helpers.manifests import inline_flow, local_storage, manifests, s3_storage, stored_flow
 from tests.helpers.objects import s3_keys
 from tests.helpers.operator import OperatorProcess, local_dir
@@ -83,8 +83,7 @@ def test_nothing_changed_means_nothing_written_after_restart(operator: OperatorP
     keys = s3_keys(s3_endpoint, s3_bucket)
     # nothing left to write: the storage's status.flows lists the flows (it follows them once they
     # were quiet SUMMARY_QUIET seconds; a restart before that rightly writes it)
-    storage_rv = wait_for("flowstorage", namespace, "store",
-                          lambda o: len((o.get("status") or {}).get("flows") or {}) == 3)["metadata"]["resourceVersion"]
+    storage_rv = wait_listed(namespace, "store", 3)["metadata"]["resourceVersion"]
 
     operator.restart()
     # Give the restarted operator time to list, start its loops and reconcile everything.

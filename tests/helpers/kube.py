@@ -67,6 +67,14 @@ def wait_ready(namespace: str, name: str, kind: str = "storedflow", timeout: flo
                     timeout, "to be Ready")
 
 
+def wait_listed(namespace: str, name: str, flows: int, timeout: float = 30.0) -> dict[str, Any]:
+    """Until FlowStorage `name`'s status.flows lists at least `flows` flows (it follows them once they
+    were quiet SUMMARY_QUIET seconds, so a test that reads it right after its flows got Ready waits)."""
+    return wait_for("flowstorage", namespace, name,
+                    lambda o: len((o.get("status") or {}).get("flows") or {}) >= flows, timeout,
+                    f"to list {flows} flows")
+
+
 def wait_reason(namespace: str, name: str, reason: str, kind: str = "storedflow",
                 timeout: float = 30.0) -> dict[str, Any]:
     return wait_for(kind, namespace, name, lambda o: condition(o).get("reason") == reason

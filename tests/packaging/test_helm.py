@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.helpers.helm import DENIAL, run_helm
-from tests.helpers.kube import apply, kubectl, wait_for, wait_ready, wait_reason
+from tests.helpers.kube import apply, kubectl, wait_listed, wait_ready, wait_reason
 from tests.helpers.localcloud import LOCALCLOUD, ROOT
 from tests.helpers.manifests import configmap, inline_flow, local_storage, manifests, s3_storage, stored_flow
 from tests.helpers.operator import OperatorProcess, local_dir
@@ -532,8 +532,7 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         wait_ready(watched2, "s3", timeout=60)
         wait_ready(watched, "local", kind="flowstorage", timeout=60)
         # status.flows follows the flows once they were quiet for a moment (SUMMARY_QUIET)
-        storage = wait_for("flowstorage", watched, "local",
-                           lambda o: len((o.get("status") or {}).get("flows") or {}) >= 2, what="to list 2 flows")
+        storage = wait_listed(watched, "local", 2, timeout=60)
         assert set(storage["status"]["flows"]) == {"inline flow", "cm flow"}
         wait_ready(watched2, "store", kind="flowstorage", timeout=60)
         delete_and_wait(watched, "storedflow/inline", "storedflow/from-cm")  # finalizers released
