@@ -1,21 +1,23 @@
 """kopf handlers: thin. They unpack, hand over to the runtime or the reconcile core, and
 translate for kopf.
 
-- one daemon per FlowStorage and per StoredFlow runs its reconcile loop (runtime.py);
-- watch handlers poke loops when something they reference changes (spec, ConfigMap,
-  FlowStorage) — in memory, without writing anything to the objects;
+- watch handlers hand every FlowStorage and StoredFlow event to the runtime's work queue
+  (runtime.py: a new object is queued, a known one keeps its latest body) and queue the objects
+  that reference what changed (spec, ConfigMap, FlowStorage) — in memory, without writing
+  anything to the objects;
 - the deletion handler applies ``deletionPolicy`` (``reconcile.cleanup``) with bounded
   retries, then releases the finalizer ``flowstore.dev/cleanup`` whatever happens.
 
 Nothing is registered at import: :func:`register` adds the handlers to a registry with the
 operator's shard (``flowstore operator --watch-label-selector SELECTOR``): the API server filters
 the FlowStorage and StoredFlow watches by it (:func:`kopf_settings`, controller/shards.py), so
-kopf, the index, the loops and the pokes see this shard's objects only. A loop whose object a
-relabel moved out of the shard ends at its next pass (runtime.py reads the labels).
+kopf, the index, the queue and the pokes see this shard's objects only. An object a relabel
+moved out of the shard arrives as a DELETED event, and the queue serves it no more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any
@@ -52,18 +54,6 @@ class NoDiffBaseStorage(kopf.DiffBaseStorage):
         return None
 
 
-def _register_loop(registry: kopf.OperatorRegistry, plural: str, handler_id: str) -> None:
-    """The daemon that runs the reconcile loop of each object of `plural` (runtime.py)."""
-
-    async def loop(name: str, namespace: str, stopped: Any, memo: kopf.Memo, logger: logging.Logger,
-                   body: kopf.Body, storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]],
-                   **_: Any) -> None:
-        await memo.runtime.run_loop(plural, namespace, name, stopped, logger, index=storedflows_by_storage,
-                                    body=body)
-
-    kopf.daemon(GROUP, VERSION, plural, id=handler_id, cancellation_timeout=10, registry=registry)(loop)
-
-
 def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSettings:
     """kopf's settings for flowstore, tuned once; `selector`: the shard, filtered server side."""
     settings = kopf.OperatorSettings()
@@ -78,6 +68,8 @@ def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSetting
     return settings
 
 
+#: seconds the deletion handler waits for a pass of the flow still running (kopf gave daemons as long)
+DELETE_WAIT = 10.0
 #: seconds after the operator's start before it probes what the kernel gives the build sandbox
 SANDBOX_PROBE_DELAY = 5.0
 
@@ -94,8 +86,9 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(id="start", registry=registry)
-    def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    async def start(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
         memo.runtime = Runtime(memo.api, memo.settings)
+        memo.runtime.start()  # its workers, on kopf's event loop
         # what the kernel gives the build sandbox, said in the log and the metrics: a child process
         # that takes a moment (seconds on a busy node), so it waits until kopf has started (its
         # liveness endpoint answers) rather than compete with it for the CPU
@@ -106,7 +99,8 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
                     f"; shard: only FlowStorages and StoredFlows matching {str(selector)!r}" if selector else "")
 
     @kopf.on.cleanup(id="stop", registry=registry)
-    def stop(memo: kopf.Memo, **_: Any) -> None:
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        await memo.runtime.stop()
         memo.runtime.pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ index
@@ -116,7 +110,7 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         """StoredFlows by (namespace, FlowStorage name): the flow-name conflict check and the
         FlowStorage's ``status.flows`` read it, so neither costs an API call (a LIST per store
         grew with the square of the flow count). kopf fills indexes completely before any
-        daemon starts, so no older flow is ever missed."""
+        other handler runs, so no older flow is ever missed."""
         ready = cond.get_condition(status.get("conditions"), "Ready")
         return {(namespace, storage_ref(spec)): {
             "metadata": {"name": name, "creationTimestamp": meta.get("creationTimestamp"),
@@ -126,26 +120,23 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
                        "conditions": [dict(ready)] if ready else []},
         }}
 
-    # ------------------------------------------------------------------ reconcile loops
-    for plural, kind in ((STOREDFLOW_PLURAL, "storedflow"), (FLOWSTORAGE_PLURAL, "flowstorage")):
-        _register_loop(registry, plural, f"{kind}_loop")
-
-    # ------------------------------------------------------------------ pokes
+    # ------------------------------------------------------------------ the queue and its pokes
     @kopf.on.event(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_changed", registry=registry)
-    def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """A spec change (generation ahead of what status observed) or a deletion wakes its loop;
-        any change may free or take a flow name, so the storage and same-named flows are woken too."""
+    async def storedflow_changed(type: str, body: kopf.Body, memo: kopf.Memo,
+                                 storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
+        """Every event goes to the queue (a new flow is queued); a spec change (generation ahead of
+        what status observed) queues its pass; any change may free or take a flow name, so the
+        storage and same-named flows are queued too."""
         meta, spec = body.get("metadata", {}), body.get("spec") or {}
         runtime: Runtime = memo.runtime
         namespace, name = meta.get("namespace"), meta.get("name")
         observed = (body.get("status") or {}).get("observedGeneration")
         key = (STOREDFLOW_PLURAL, namespace, name)
-        # A generation the loop already read (e.g. the finalizer patch of a new object arriving
+        # A generation a pass already read (e.g. the finalizer patch of a new object arriving
         # during its first pass) needs no second pass.
         unseen = meta.get("generation") != observed and (meta.get("generation") or 0) > runtime.seen.get(key, 0)
+        runtime.observe(key, body, gone=type == "DELETED", index=storedflows_by_storage)
         if type == "DELETED" or unseen or requested_at(body):
-            if type == "DELETED":
-                runtime.refetch(key)
             runtime.poke(key)
             runtime.poke_flows(namespace, lambda s: storage_ref(s) == storage_ref(spec)
                                and s.get("flowName") == spec.get("flowName"))
@@ -156,21 +147,23 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         runtime.flow_changed(key, storage_ref(spec), summary)
 
     @kopf.on.event(GROUP, VERSION, FLOWSTORAGE_PLURAL, id="flowstorage_changed", registry=registry)
-    def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """A FlowStorage created, changed or deleted wakes itself and every StoredFlow naming it; so
-        does one that a relabel moved into or out of this shard (ADDED, DELETED): its flows here
-        then store, or say it is on another shard."""
+    async def flowstorage_changed(type: str, body: kopf.Body, memo: kopf.Memo,
+                                  storedflows_by_storage: kopf.Index[IndexKey, dict[str, Any]], **_: Any) -> None:
+        """Every event goes to the queue (a new storage is queued). A FlowStorage created, changed
+        or deleted queues itself and every StoredFlow naming it; so does one that a relabel moved
+        into or out of this shard (ADDED, DELETED): its flows here then store, or say it is on
+        another shard."""
         meta = body.get("metadata", {})
         memo.runtime.ports.flowstorage_seen(dict(body), gone=type == "DELETED")
+        key = (FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name"))
+        memo.runtime.observe(key, body, gone=type == "DELETED", index=storedflows_by_storage)
         observed = (body.get("status") or {}).get("observedGeneration")
         if type in ("ADDED", "DELETED") or meta.get("generation") != observed or requested_at(body):
-            if type == "DELETED":
-                memo.runtime.refetch((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
-            memo.runtime.poke((FLOWSTORAGE_PLURAL, meta.get("namespace"), meta.get("name")))
+            memo.runtime.poke(key)
             memo.runtime.poke_flows(meta.get("namespace"), lambda s: storage_ref(s) == meta.get("name"))
 
     @kopf.on.event("", "v1", "configmaps", id="configmap_changed", registry=registry)
-    def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def configmap_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """A ConfigMap changed: wake the StoredFlows whose source it is."""
         meta = body.get("metadata", {})
 
@@ -181,13 +174,17 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
 
     # ------------------------------------------------------------------ deletion
     @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", registry=registry)
-    def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
-                           **_: Any) -> None:
+    async def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
+                                 **_: Any) -> None:
         """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded
-        number of times, then the finalizer is released whatever happens."""
+        number of times, then the finalizer is released whatever happens. A pass of the flow
+        still running (the queue stopped serving it at deletionTimestamp) ends first, for at
+        most DELETE_WAIT seconds, so none of its uploads lands after the cleanup."""
         runtime: Runtime = memo.runtime
-        outcome = delete_stored_flow(dict(body), runtime.ports, attempt=retry,
-                                     max_attempts=runtime.settings.delete_retries)
+        meta = body.get("metadata", {})
+        await runtime.finished((STOREDFLOW_PLURAL, meta.get("namespace"), meta.get("name")), DELETE_WAIT)
+        outcome = await asyncio.to_thread(delete_stored_flow, dict(body), runtime.ports, attempt=retry,
+                                          max_attempts=runtime.settings.delete_retries)
         if outcome.retry_after is not None:
             assert outcome.event is not None
             raise kopf.TemporaryError(outcome.event.message, delay=outcome.retry_after)
@@ -196,5 +193,5 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
                 logger.warning(outcome.event.message)
             else:
                 logger.info(outcome.event.message)
-            runtime.post_event(dict(body), STOREDFLOW_KIND, outcome.event.type, outcome.event.reason,
-                               outcome.event.message)
+            await asyncio.to_thread(runtime.post_event, dict(body), STOREDFLOW_KIND, outcome.event.type,
+                                    outcome.event.reason, outcome.event.message)

@@ -1,19 +1,22 @@
-"""Per-object reconcile loops: level-triggered, like controller-runtime's work queue.
+"""Reconcile passes from one work queue: level-triggered, like controller-runtime's.
 
-kopf runs one daemon per object; each daemon calls :meth:`Runtime.run_loop`, which reconciles
-now, then sleeps until the object or something it references changes (a *poke* from the
-watch handlers), until its retry backoff or drift-check interval is due, or until kopf
-stops it. Reconciles run in a bounded thread pool; builds in a smaller semaphore. Nothing
-is written unless it changes: a resync or restart with nothing changed writes nothing.
+Every FlowStorage and StoredFlow of this shard has an entry (:class:`_Item`: its last watched
+body and its place in the queue), made by its first watch event (:meth:`Runtime.observe`). A
+fixed number of workers (``--workers``) take keys from the queue and run one pass each in a
+bounded thread pool (builds in a smaller semaphore). A key is queued once at a time: at its first
+event; when it or something it references changes (a *poke* from the watch handlers; a poke
+during its pass queues it again after it); when its retry backoff or drift-check interval is due
+(a timer). Nothing is written unless it changes: a resync or restart with nothing changed writes
+nothing. Until issue 25 kopf ran a daemon per object instead (~11 KiB each, a task, a stopper
+and two waiters); an entry here is a few hundred bytes beside the body.
 
-A pass reads its object from the daemon's body (kopf keeps it as the watch last saw it),
-copied when a worker is free for it, not from a GET: a GET is made only while the watch has
-not yet shown the pass's own last status write (``_written``: the resourceVersion that write
-returned). The generation a pass reads is recorded before it starts (``seen``), so the
-watch events of kopf's own writes during a queued pass (the finalizer) do not wake it again.
-A FlowStorage's ``status.flows`` follows its flows' watch events once they were quiet for
-``SUMMARY_QUIET`` seconds (at most ``SUMMARY_MAX_WAIT`` later): a burst of flows makes a few
-passes of their storage, not one each.
+A pass reads its object from the last body the watch delivered, copied when a worker takes it,
+not from a GET: a GET is made only while the watch has not yet shown the pass's own last status
+write (``_written``: the resourceVersion that write returned). The generation a pass reads is
+recorded before it starts (``seen``), so the watch events of kopf's own writes during a queued
+pass (the finalizer) do not queue it again. A FlowStorage's ``status.flows`` follows its flows'
+watch events once they were quiet for ``SUMMARY_QUIET`` seconds (at most ``SUMMARY_MAX_WAIT``
+later): a burst of flows makes a few passes of their storage, not one each.
 """
 
 from __future__ import annotations
@@ -50,6 +53,24 @@ from flowstore.controller.policy import OperatorPolicy
 from flowstore.reconcile.failures import classify
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
+_log = logging.getLogger("flowstore.controller")
+_IDLE, _QUEUED, _RUNNING = 0, 1, 2
+
+
+class _Item:
+    """One object's entry: the body of its last watch event and its place in the work queue."""
+
+    __slots__ = ("body", "dirty", "failures", "first", "next_drift", "state", "timer")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.state = _IDLE
+        self.dirty = False  # poked while its pass ran: queue it again after
+        self.timer: asyncio.TimerHandle | None = None  # its retry or drift check
+        self.failures = 0
+        self.first = True  # the first pass after start checks nothing remote
+        self.next_drift = 0.0
+
 #: a failure's message in the operator's log keeps its start and end within this many characters
 LOG_MESSAGE_CHARS = 2000
 #: a FlowStorage updates status.flows once its flows were quiet this many seconds ...
@@ -91,16 +112,20 @@ class Runtime:
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it
         self.ports.images.on_done = self._wake
-        self.pokes: dict[Key, asyncio.Event] = {}
+        #: every FlowStorage and StoredFlow of this shard: its last body and its place in the queue
+        self.items: dict[Key, _Item] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.index: Any = None  # kopf's StoredFlow index (handlers.storedflows_by_storage)
+        self._queue: asyncio.Queue[Key] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        #: the pass running now for a key (the deletion handler waits for it)
+        self._running: dict[Key, asyncio.Future[Any]] = {}
         self.readiness = metrics.ReadinessTracker()
         #: what the pokes match of each looped StoredFlow's spec (its references, not its source)
         self.specs: dict[Key, dict[str, Any]] = {}
         self.seen: dict[Key, int] = {}  # the generation each loop last read
         #: the resourceVersion of a loop's last status write, until its body shows it
         self._written: dict[Key, str] = {}
-        #: loops whose next pass GETs the object (refetch)
-        self._refetch: set[Key] = set()
         #: FlowStorages whose status.flows update is scheduled: [first, last] flow change not shown
         self._summaries_due: dict[Key, list[float]] = {}
         self._slots: asyncio.Semaphore | None = None
@@ -109,19 +134,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ pokes (watch side)
     def poke(self, key: Key) -> None:
-        """Wake one loop. Safe from any thread (kopf runs sync handlers in threads; reconciles
-        run in the worker pool), since asyncio events belong to the operator's event loop."""
-        event = self.pokes.get(key)
-        if event is None or self.loop is None:
+        """Queue one object's pass. Safe from any thread (reconciles run in the worker pool; the
+        queue belongs to the operator's event loop)."""
+        if self.loop is None or key not in self.items:
             return
         try:
             on_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:
             on_loop = False
         if on_loop:
-            event.set()
+            self._enqueue(key)
         else:
-            self.loop.call_soon_threadsafe(event.set)
+            self.loop.call_soon_threadsafe(self._enqueue, key)
 
     def _wake(self, keys: list[Any]) -> None:
         for key in keys:
@@ -175,70 +199,148 @@ class Runtime:
             for name in {storage, before[0] if before else storage}:
                 self._poke_storage_soon(key[1], name)
 
-    # ------------------------------------------------------------------ the loop
-    async def run_loop(self, plural: str, namespace: str, name: str, stopped: Any, logger: logging.Logger,
-                       index: Any = None, body: Any = None) -> None:
-        """`index`: kopf's StoredFlow index by (namespace, storage name), complete before any
-        loop starts; read only on the event loop (snapshots go to the worker threads). `body`:
-        kopf's live view of the object (None: each pass GETs it)."""
-        key: Key = (plural, namespace, name)
-        poke = self.pokes.setdefault(key, asyncio.Event())
-        loop = self.loop = asyncio.get_running_loop()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.settings.workers)
-        failures = 0
-        next_drift = time.monotonic() + 0  # the first pass after start checks nothing remote
-        first = True
+    # ------------------------------------------------------------------ the work queue
+    def start(self, index: Any = None) -> None:
+        """Start the workers on the running event loop (kopf's startup). `index`: kopf's StoredFlow
+        index by (namespace, storage name); it may also come with the first event (observe)."""
+        self.loop = asyncio.get_running_loop()
+        self.index = index if index is not None else self.index
+        self._queue = asyncio.Queue()
+        self._workers = [self.loop.create_task(self._work(), name=f"flowstore-worker-{i}")
+                         for i in range(self.settings.workers)]
+
+    async def stop(self) -> None:
+        """Stop the workers (kopf's cleanup). A pass running in a worker thread is not interrupted:
+        the pool's shutdown waits for it where the caller needs that (leader election)."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        for item in self.items.values():
+            if item.timer is not None:
+                item.timer.cancel()
+
+    def observe(self, key: Key, body: Any, *, gone: bool = False, index: Any = None) -> None:
+        """A watch event of a FlowStorage or StoredFlow of this shard (on the event loop, after kopf
+        updated its index with it). A new object is queued for its first pass; a known one keeps
+        the body for its next pass (whatever queues it: a poke, a retry, a drift check). An object
+        deleted, marked for deletion or relabelled out of the shard (`gone`: the watch's DELETED)
+        is served no more; a pass running for it finishes, and nothing follows it."""
+        if index is not None:
+            self.index = index
+        meta = body.get("metadata") or {}
+        if gone or meta.get("deletionTimestamp"):
+            self._drop(key)
+            return
+        item = self.items.get(key)
+        if item is None:
+            self.items[key] = _Item({k: v for k, v in body.items()})
+            self._enqueue(key)
+        else:
+            item.body = {k: v for k, v in body.items()}  # shallow: the event's own dicts, not a copy
+
+    def _drop(self, key: Key) -> None:
+        item = self.items.pop(key, None)
+        if item is None:
+            return
+        if item.timer is not None:
+            item.timer.cancel()
+        self.specs.pop(key, None)
+        self.seen.pop(key, None)
+        self._written.pop(key, None)
+        # the object is gone or no longer ours: it stops counting as not Ready
+        self.readiness.observe(STOREDFLOW_KIND if key[0] == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND,
+                               (key[1], key[2]), None)
+
+    def _enqueue(self, key: Key) -> None:
+        """Queue `key` once (on the event loop): a key already queued stays where it is; one whose
+        pass runs is queued again when that pass ends (it may have read the object too early)."""
+        item = self.items.get(key)
+        if item is None or self._queue is None:
+            return
+        if item.state == _RUNNING:
+            item.dirty = True
+        elif item.state == _IDLE:
+            if item.timer is not None:
+                item.timer.cancel()
+                item.timer = None
+            item.state = _QUEUED
+            self._queue.put_nowait(key)
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            key = await self._queue.get()
+            item = self.items.get(key)
+            if item is None or item.state != _QUEUED:
+                continue
+            item.state, item.dirty = _RUNNING, False
+            try:
+                delay, gone = await self._pass(key, item)
+            finally:
+                item.state = _IDLE
+            if self.items.get(key) is not item:
+                continue  # dropped while its pass ran
+            if gone:
+                self._drop(key)
+            elif item.dirty:
+                self._enqueue(key)
+            elif delay is not None:
+                item.timer = self.loop.call_later(delay, self._enqueue, key)  # type: ignore[union-attr]
+
+    async def _pass(self, key: Key, item: _Item) -> tuple[float | None, bool]:
+        """One pass of `key` in the worker pool; returns when to queue it again (None: when poked)
+        and whether the object is gone."""
+        plural, namespace, name = key
+        assert self.loop is not None
+        check_drift = not item.first and time.monotonic() >= item.next_drift
+        item.first = False
         try:
-            while not stopped:
-                check_drift = not first and time.monotonic() >= next_drift
-                first = False
-                try:
-                    async with self._slots:  # copied when a worker is free: the freshest, and few at once
-                        # a poke until now is answered by this pass: it reads what the watch saw since
-                        poke.clear()
-                        obj = self._fresh_copy(key, body)
-                        siblings = _snapshot(index, namespace, _storage_of(plural, name, obj)) if index is not None \
-                            else None
-                        outcome = await loop.run_in_executor(
-                            self.pool, self.reconcile_once, plural, namespace, name, check_drift, logger, siblings,
-                            obj)
-                except Exception as exc:  # the API itself failed; never let the daemon die
-                    logger.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
-                    outcome = None
-                delay: float | None
-                if outcome is None:
-                    failures += 1
-                    delay = self._backoff(failures)
-                elif outcome.failure is not None and not outcome.failure.stalled:
-                    failures += 1
-                    delay = outcome.requeue_after or self._backoff(failures)
-                    delay = min(delay, self._backoff(failures))
-                else:
-                    failures = 0
-                    delay = outcome.requeue_after  # None: wait for a poke
-                    if outcome.requeue_after is not None:
-                        jitter = outcome.requeue_after * random.uniform(0, 0.1)  # noqa: S311 - spreading load
-                        next_drift = time.monotonic() + outcome.requeue_after + jitter
-                        delay = outcome.requeue_after + jitter
-                if outcome is not None and outcome.gone:
-                    return
-                await self._sleep(poke, stopped, delay)
-        finally:  # the object is gone or no longer ours: it stops counting as not Ready
-            self.pokes.pop(key, None)
-            self.specs.pop(key, None)
-            self.seen.pop(key, None)
-            self._written.pop(key, None)
-            self._refetch.discard(key)
-            self.readiness.observe(STOREDFLOW_KIND if plural == STOREDFLOW_PLURAL else FLOWSTORAGE_KIND,
-                                   (namespace, name), None)
+            # copied now that a worker is free for it: what the watch saw last
+            obj = self._fresh_copy(key, item.body)
+            index = self.index
+            siblings = _snapshot(index, namespace, _storage_of(plural, name, obj)) if index is not None else None
+            running = self.loop.run_in_executor(self.pool, self.reconcile_once, plural, namespace, name,
+                                                check_drift, _log, siblings, obj)
+            self._running[key] = running
+            try:
+                outcome: LoopOutcome | None = await asyncio.shield(running)
+            finally:
+                if self._running.get(key) is running:
+                    del self._running[key]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the API itself failed; never let a worker die
+            _log.warning("reconcile of %s/%s failed: %s", namespace, name, classify(exc).message)
+            outcome = None
+        if outcome is None:
+            item.failures += 1
+            return self._backoff(item.failures), False
+        if outcome.gone:
+            return None, True
+        if outcome.failure is not None and not outcome.failure.stalled:
+            item.failures += 1
+            delay = outcome.requeue_after or self._backoff(item.failures)
+            return min(delay, self._backoff(item.failures)), False
+        item.failures = 0
+        if outcome.requeue_after is None:
+            return None, False  # wait for a poke
+        jitter = outcome.requeue_after * random.uniform(0, 0.1)  # noqa: S311 - spreading load
+        item.next_drift = time.monotonic() + outcome.requeue_after + jitter
+        return outcome.requeue_after + jitter, False
+
+    async def finished(self, key: Key, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the pass of `key` running now, if any: the deletion
+        handler cleans up only after it, so no upload of that pass lands after the cleanup."""
+        running = self._running.get(key)
+        if running is not None:
+            await asyncio.wait([running], timeout=timeout)
 
     def _fresh_copy(self, key: Key, body: Any) -> dict[str, Any] | None:
         """A copy of the daemon's body for one pass (on the event loop, where kopf replaces it), or
         None (the pass GETs the object) when there is no body or it does not show yet the last
         status this loop wrote. The generation it holds counts as read from now on."""
-        if body is None or key in self._refetch:
-            self._refetch.discard(key)
+        if body is None:
             return None
         meta = body.get("metadata") or {}
         written = self._written.get(key)
@@ -250,13 +352,6 @@ class Runtime:
         obj["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
         self._remember(key, obj)
         return obj
-
-    def refetch(self, key: Key) -> None:
-        """The next pass of `key` GETs the object instead of reading the daemon's body: the watch
-        said it is gone, which may mean a relabel moved it out of this shard (the event shows the
-        object as it was, labels included), not a deletion. Only for a running loop."""
-        if key in self.pokes:
-            self._refetch.add(key)
 
     def _remember(self, key: Key, obj: dict[str, Any]) -> None:
         """What the pokes need of the object: its generation, and a StoredFlow's references."""
@@ -272,15 +367,6 @@ class Runtime:
     def _backoff(self, failures: int) -> float:
         base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
         return float(min(self.settings.backoff_max, base) * random.uniform(0.8, 1.2))  # noqa: S311
-
-    @staticmethod
-    async def _sleep(poke: asyncio.Event, stopped: Any, delay: float | None) -> None:
-        waiters = [asyncio.ensure_future(poke.wait()), asyncio.ensure_future(stopped.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
     # ------------------------------------------------------------------ one pass (worker thread)
     def reconcile_once(self, plural: str, namespace: str, name: str, check_drift: bool,
