@@ -68,3 +68,17 @@ def test_flowstorages_come_from_the_watch_until_they_are_gone() -> None:
     assert rt.ports.get_flowstorage("ns", "store")["spec"]["s3"]["bucket"] == "b"  # type: ignore[index]
     rt.ports.flowstorage_seen(fs, gone=True)
     assert ("ns", "store") not in rt.ports._flowstorages
+
+
+def test_an_entry_keeps_its_body_packed_and_a_pass_unpacks_a_copy() -> None:
+    from flowstore.controller.runtime import _pack
+
+    rt = runtime()
+    live = body("10", generation=2)
+    packed = _pack(live)
+    assert isinstance(packed, bytes) and len(packed) < len(str(live)) / 2
+    copied = rt._fresh_copy(KEY, packed)
+    assert copied is not None and copied["spec"] == live["spec"] and "managedFields" not in copied["metadata"]
+    assert rt.seen[KEY] == 2
+    rt._written[KEY] = "11"
+    assert rt._fresh_copy(KEY, packed) is None  # older than the loop's own write: the pass GETs it

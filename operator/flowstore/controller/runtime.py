@@ -26,9 +26,11 @@ import concurrent.futures
 import copy
 import dataclasses
 import datetime as dt
+import json
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -58,11 +60,13 @@ _IDLE, _QUEUED, _RUNNING = 0, 1, 2
 
 
 class _Item:
-    """One object's entry: the body of its last watch event and its place in the work queue."""
+    """One object's entry: the body of its last watch event and its place in the work queue. The
+    body is kept packed (compact JSON, zlib): a stored StoredFlow's body is ~9 KiB as Python dicts,
+    ~2 KB as JSON and ~0.8 KB packed, and a pass unpacks it faster than it deep-copied the dicts."""
 
     __slots__ = ("body", "dirty", "failures", "first", "next_drift", "state", "timer")
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: bytes) -> None:
         self.body = body
         self.state = _IDLE
         self.dirty = False  # poked while its pass ran: queue it again after
@@ -234,10 +238,10 @@ class Runtime:
             return
         item = self.items.get(key)
         if item is None:
-            self.items[key] = _Item({k: v for k, v in body.items()})
+            self.items[key] = _Item(_pack(body))
             self._enqueue(key)
         else:
-            item.body = {k: v for k, v in body.items()}  # shallow: the event's own dicts, not a copy
+            item.body = _pack(body)
 
     def _drop(self, key: Key) -> None:
         item = self.items.pop(key, None)
@@ -342,14 +346,19 @@ class Runtime:
         status this loop wrote. The generation it holds counts as read from now on."""
         if body is None:
             return None
-        meta = body.get("metadata") or {}
+        if isinstance(body, bytes):  # an entry's packed body: unpacking makes the copy
+            obj = _unpack(body)
+            meta = obj["metadata"]
+        else:
+            meta = body.get("metadata") or {}
         written = self._written.get(key)
         if written is not None:
             if not _at_least(meta.get("resourceVersion"), written):
                 return None
             self._written.pop(key, None)
-        obj = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
-        obj["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
+        if not isinstance(body, bytes):
+            obj = {k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"}
+            obj["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
         self._remember(key, obj)
         return obj
 
@@ -494,6 +503,21 @@ class LoopOutcome:
     failure: Any = None
     requeue_after: float | None = None
     gone: bool = False
+
+
+def _pack(body: Any) -> bytes:
+    """An event's body as an entry keeps it (without managedFields, which watch_events drops already)."""
+    obj = {k: v for k, v in body.items()}
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+
+
+def _unpack(packed: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(zlib.decompress(packed))
+    obj.setdefault("metadata", {})
+    return obj
 
 
 def _snapshot(index: Any, namespace: str, storage: str | None = None) -> dict[str, list[dict[str, Any]]]:
