@@ -289,12 +289,12 @@ class ClusterWatcher:
 class Operator:
     """`flowstore operator` cluster-wide, with its Prometheus metrics; RSS sampled every 100 ms."""
 
-    def __init__(self, extra: list[str], *, traced: bool = False) -> None:
+    def __init__(self, extra: list[str], *, traced: bool = False, log_name: str = "operator-load.log") -> None:
         import psutil
 
         self.metrics_port = free_port()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        self.log_path = RESULTS / "operator-load.log"
+        self.log_path = RESULTS / log_name
         self.snapshot_path = RESULTS / "operator-load.tracemalloc"
         self.snapshot_path.unlink(missing_ok=True)
         self.snapshot_path.with_suffix(".done").unlink(missing_ok=True)
@@ -374,6 +374,12 @@ class Operator:
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
+
+    def kill(self) -> None:
+        """SIGKILL, as the kernel's OOM killer or a node loss would: no cleanup, no graceful stop."""
+        self.proc.kill()
+        self.proc.wait()
+        self.sampling = False
 
     def stop(self) -> float:
         self.sampling = False
@@ -471,6 +477,23 @@ class Cluster:
         return n
 
 
+def stored_once(c: Cluster, namespaces: list[str], buckets: dict[str, str], n_flows: int) -> dict[str, Any]:
+    """After a SIGKILL mid-burst: every flow's status names exactly one object and the buckets hold
+    exactly those (none stored twice, none lost). Read after the burst's counters."""
+    named: set[tuple[str, str]] = set()
+    keys: set[tuple[str, str]] = set()
+    for ns in namespaces:
+        for sf in c.custom.list_namespaced_custom_object(GROUP, VERSION, ns, SF)["items"]:
+            location = (sf.get("status") or {}).get("location")
+            if location:
+                named.add((ns, location))
+        for page in c.s3.get_paginator("list_objects_v2").paginate(Bucket=buckets[ns]):
+            keys.update((ns, o["Key"]) for o in page.get("Contents", []))
+    return {"flows": len(namespaces) * n_flows, "locations_in_status": len(named), "objects_in_buckets": len(keys),
+            "stored_twice_or_unnamed": len(keys - named), "lost": len(named - keys),
+            "ok": len(named) == len(keys) == len(namespaces) * n_flows and named == keys}
+
+
 def storage_body(namespace: str, bucket: str, endpoint: str, interval: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FlowStorage",
             "metadata": {"name": "store", "namespace": namespace},
@@ -559,8 +582,26 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         t_created = time.monotonic()
         log(f"burst: created in {t_created - t0:.1f} s; waiting for all Ready")
         progress_t, progress_n = t_created, -1
-        while not sfw.wait_ready(keys, 10):
+        killed: Operator | None = None
+        cpu_killed, uploads_killed, logged = 0.0, 0.0, time.monotonic()
+        while not sfw.wait_ready(keys, 1 if args.kill_after and killed is None else 10):
             missing = sfw.not_ready(keys)
+            if args.kill_after and killed is None and len(keys) - len(missing) >= args.kill_after:
+                # crash consistency at scale: SIGKILL mid-burst, then a new operator finishes the job
+                stored = "flowstore_artifacts_stored_total"
+                uploads_killed = metric_sum(operator_metrics(op.metrics_port), stored) - metric_sum(om0, stored)
+                killed, t_kill, cpu_killed = op, time.monotonic(), op.cpu_seconds() - cpu0
+                op.kill()
+                log(f"burst: SIGKILL of the operator with {len(keys) - len(missing)} Ready; starting a new one")
+                op = Operator(args.operator_arg or [], traced=args.tracemalloc, log_name="operator-load-2.log")
+                op.wait_metrics()
+                cpu0, om0 = 0.0, operator_metrics(op.metrics_port)
+                res["kill"] = {"ready_when_killed": len(keys) - len(missing), "at_s": t_kill - t0,
+                               "restart_to_metrics_s": time.monotonic() - t_kill}
+                continue
+            if time.monotonic() - logged < 9:
+                continue
+            logged = time.monotonic()
             log(f"burst: {len(keys) - len(missing)}/{len(keys)} Ready after {time.monotonic() - t0:.0f} s")
             if not op.alive():
                 raise RuntimeError(f"operator died; see {op.log_path}")
@@ -573,7 +614,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         m1 = c.metrics.read()
         s3_1 = proxy.snapshot() if proxy else collections.Counter()
         om1 = operator_metrics(op.metrics_port)
-        cpu1 = op.cpu_seconds()
+        cpu1 = op.cpu_seconds() + cpu_killed
         bench_burst = collections.Counter(c.bench_calls)
         bench_burst.subtract(calls0)
         for w, n0 in ((sfw, lists0[0]), (fsw, lists0[1])):  # a watch re-list is one LIST
@@ -582,6 +623,8 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         burst_s = t_ready - t0
         n_req = sum(op_req.values())
         own_rss, kids_rss = op.peak(t0, t_ready + 1)
+        if killed is not None:
+            own_rss = max(own_rss, killed.peak(t0, t_ready + 1)[0])
         objects = sum(c.s3_count(b) for b in buckets.values())
         per = [sfw.ready_at[x] - created[x] for x in keys]
         res["burst"] = {
@@ -597,9 +640,11 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             "operator_api_writes_total": sum(writes(op_req).values()),
             "s3_requests": diff(s3_1, s3_0), "s3_requests_total": sum((s3_1 - s3_0).values()) if proxy else None,
             "uploads": metric_sum(om1, "flowstore_artifacts_stored_total")
-            - metric_sum(om0, "flowstore_artifacts_stored_total"),
+            - metric_sum(om0, "flowstore_artifacts_stored_total") + uploads_killed,
             "s3_objects_when_all_ready": objects,
         }
+        if killed is not None:  # every version stored once: each flow's one object, named by its status
+            res["kill"].update(stored_once(c, namespaces, buckets, n_flows))
         if args.tracemalloc:
             res["memory"] = op.memory_breakdown(len(keys) + len(fs_keys))
         log(f"burst: all {len(keys)} Ready in {burst_s:.1f} s; operator made {n_req} API requests "
@@ -655,6 +700,8 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             "operator_alive": op.alive(),
         }
         s = res["steady"]
+        if "kill" in res and not res["kill"].get("ok"):
+            return False
         return bool(s["operator_api_writes_total"] == 0 and s["uploads"] == 0 and s["watched_object_changes"] == 0
                     and s["s3_objects_before"] == s["s3_objects_after"] and not s["s3_requests_total"]
                     and s["operator_alive"])
@@ -730,6 +777,12 @@ def report(res: dict[str, Any]) -> str:
     lines.append("after all Ready, until settled: API " + reqs(se["operator_api_requests"])
                  + "; S3 " + reqs(se["s3_requests"]))
     lines.append("steady-state API requests: " + reqs(st["operator_api_requests"]))
+    if "kill" in res:
+        k = res["kill"]
+        lines.append(f"SIGKILL at {k['at_s']:.0f} s with {k['ready_when_killed']} Ready; new operator's metrics after "
+                     f"{k['restart_to_metrics_s']:.1f} s. Then: {k.get('locations_in_status')} locations in status, "
+                     f"{k.get('objects_in_buckets')} objects in the buckets, {k.get('stored_twice_or_unnamed')} stored "
+                     f"twice or unnamed, {k.get('lost')} lost -> {'OK' if k.get('ok') else 'FAILED'}")
     if "memory" in res:
         mem = res["memory"]
         lines.append(f"tracemalloc when all Ready: {mem['traced_mib']:.1f} MiB traced, "
@@ -758,6 +811,9 @@ def main() -> int:
     ap.add_argument("--no-proxy", action="store_true", help="no S3 counting proxy (S3 requests not counted)")
     ap.add_argument("--profile", action="store_true", help="py-spy record the operator during the burst")
     ap.add_argument("--operator-arg", action="append", help="extra operator argument (repeatable)")
+    ap.add_argument("--kill-after", type=int, default=0,
+                    help="SIGKILL the operator once this many flows are Ready, start a new one, and check that "
+                         "every flow was stored exactly once")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="run the operator under tracemalloc and show where its memory is once all are Ready "
                          "(slower: not for the timing figures)")
