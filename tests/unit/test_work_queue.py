@@ -137,3 +137,19 @@ def test_the_deletion_handler_waits_for_a_running_pass() -> None:
         await settle(rt)
         assert KEY not in rt.items and rec.passes == [("1", False)]
     run(test)
+
+
+def test_kopfs_success_lines_of_the_watch_handlers_are_dropped_and_nothing_else() -> None:
+    import logging
+
+    from flowstore.controller.handlers import QuietWatchHandlers
+
+    quiet = QuietWatchHandlers()
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, msg, None, None)
+
+    assert not quiet.filter(record("Handler 'storedflow_changed' succeeded."))
+    assert not quiet.filter(record("Handler 'configmap_changed' succeeded."))
+    assert quiet.filter(record("Handler 'storedflow_deleted' succeeded."))
+    assert quiet.filter(record("Handler 'storedflow_changed' failed with an exception. Will retry."))

@@ -26,11 +26,10 @@ import concurrent.futures
 import copy
 import dataclasses
 import datetime as dt
-import json
 import logging
+import marshal
 import random
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -61,8 +60,10 @@ _IDLE, _QUEUED, _RUNNING = 0, 1, 2
 
 class _Item:
     """One object's entry: the body of its last watch event and its place in the work queue. The
-    body is kept packed (compact JSON, zlib): a stored StoredFlow's body is ~9 KiB as Python dicts,
-    ~2 KB as JSON and ~0.8 KB packed, and a pass unpacks it faster than it deep-copied the dicts."""
+    body is kept packed (marshal: the in-process serialization of plain dicts, lists and strings;
+    never stored or read from outside): a stored StoredFlow's body is ~9 KiB as Python dicts and
+    2.0 KB packed. Packing takes ~9 us (JSON + zlib took 81 us, 4% of the operator's CPU in a
+    burst, for 0.8 KB), and a pass unpacks it faster than it deep-copied the dicts."""
 
     __slots__ = ("body", "dirty", "failures", "first", "next_drift", "state", "timer")
 
@@ -511,11 +512,11 @@ def _pack(body: Any) -> bytes:
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+    return marshal.dumps(obj)
 
 
 def _unpack(packed: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = json.loads(zlib.decompress(packed))
+    obj: dict[str, Any] = marshal.loads(packed)  # noqa: S302 - bytes this process packed itself, never read from outside
     obj.setdefault("metadata", {})
     return obj
 
