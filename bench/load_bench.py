@@ -400,7 +400,8 @@ TRACED_OPERATOR = """
 import signal, sys, tracemalloc
 from pathlib import Path
 out = Path(sys.argv.pop(1))
-tracemalloc.start(1)
+import os
+tracemalloc.start(int(os.environ.get("FLOWSTORE_TRACEMALLOC_FRAMES", "1")))
 def dump(*_):
     tracemalloc.take_snapshot().dump(str(out))
     out.with_suffix('.done').write_text('')
@@ -542,7 +543,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
     op = Operator(args.operator_arg or [], traced=args.tracemalloc)
     res["operator_args"] = args.operator_arg or []
     try:
-        op.wait_metrics()
+        op.wait_metrics(240 if args.tracemalloc else 60)  # imports under tracemalloc are slow
         time.sleep(1)
         res["rss_idle_empty_mib"] = op.peak(time.monotonic() - 0.5)[0]
 
@@ -645,8 +646,6 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         }
         if killed is not None:  # every version stored once: each flow's one object, named by its status
             res["kill"].update(stored_once(c, namespaces, buckets, n_flows))
-        if args.tracemalloc:
-            res["memory"] = op.memory_breakdown(len(keys) + len(fs_keys))
         log(f"burst: all {len(keys)} Ready in {burst_s:.1f} s; operator made {n_req} API requests "
             f"({n_req / burst_s:.1f}/s); waiting until settled")
 
@@ -656,6 +655,8 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         s3_2 = proxy.snapshot() if proxy else collections.Counter()
         res["settle"] = {"all_ready_to_last_change_s": t_last - t_ready, "settled": settled,
                          "operator_api_requests": diff(m2, m1), "s3_requests": diff(s3_2, s3_1)}
+        if args.tracemalloc:  # all objects present, and nothing in flight: what each one costs to keep
+            res["memory"] = op.memory_breakdown(len(keys) + len(fs_keys))
 
         # ---- 2. steady state: nothing changes; the bench makes no request but its open WATCHes
         log(f"steady state: {args.steady:.0f} s window")
@@ -785,7 +786,7 @@ def report(res: dict[str, Any]) -> str:
                      f"twice or unnamed, {k.get('lost')} lost -> {'OK' if k.get('ok') else 'FAILED'}")
     if "memory" in res:
         mem = res["memory"]
-        lines.append(f"tracemalloc when all Ready: {mem['traced_mib']:.1f} MiB traced, "
+        lines.append(f"tracemalloc once settled: {mem['traced_mib']:.1f} MiB traced, "
                      f"{mem['bytes_per_object'] / 1024:.1f} KiB per object ({mem['objects']} objects); by file:")
         row_ = "  {mib:8.1f} MiB {bytes_per_object:9.0f} B/object  {where}"
         lines.extend(row_.format(**r) for r in mem["by_file"])

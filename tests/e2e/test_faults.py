@@ -271,9 +271,9 @@ def test_sigkill_at_random_points_never_points_status_at_a_partial_object(
         for i in range(10):
             op.start()
             # The clock starts when kopf delivers the first StoredFlow event (its watch is up and
-            # the loops start): kills then land among builds, uploads and status writes.
+            # passes start): kills then land among builds, uploads and status writes.
             deadline = time.monotonic() + 15
-            while "Handler 'storedflow_changed'" not in op.log_path.read_text(errors="replace"):
+            while "the storedflows watch delivered its first object" not in op.log_path.read_text(errors="replace"):
                 assert time.monotonic() < deadline and op.alive(), op.logs()[-3000:]
                 time.sleep(0.02)
             delay = rng.uniform(0.2, 2.0)
@@ -399,7 +399,7 @@ def test_sigkill_during_a_burst_stores_each_version_once_in_every_backend(
         for i in range(kills):
             op.start()
             deadline = time.monotonic() + 15
-            while "Handler 'storedflow_changed'" not in op.log_path.read_text(errors="replace"):
+            while "the storedflows watch delivered its first object" not in op.log_path.read_text(errors="replace"):
                 assert time.monotonic() < deadline and op.alive(), op.logs()[-3000:]
                 time.sleep(0.02)
             delay = rng.uniform(0.1, 2.5)

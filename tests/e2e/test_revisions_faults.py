@@ -49,9 +49,9 @@ def settled(namespace: str, name: str, timeout: float) -> dict[str, Any]:
 
 
 def wait_watching(op: ScopedOperator) -> None:
-    """Until kopf delivered its first StoredFlow event (its watch is up and the loops run)."""
+    """Until kopf delivered its first StoredFlow event (its watch is up and passes start)."""
     deadline = time.monotonic() + 60
-    while "Handler 'storedflow_changed'" not in op.log_path.read_text(errors="replace"):
+    while "the storedflows watch delivered its first object" not in op.log_path.read_text(errors="replace"):
         assert time.monotonic() < deadline and op.alive(), op.logs()[-3000:]
         time.sleep(0.02)
 

@@ -120,6 +120,7 @@ class Runtime:
         #: every FlowStorage and StoredFlow of this shard: its last body and its place in the queue
         self.items: dict[Key, _Item] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._watching: set[str] = set()  # the plurals whose watch delivered an object
         self.index: Any = None  # kopf's StoredFlow index (handlers.storedflows_by_storage)
         self._queue: asyncio.Queue[Key] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -239,6 +240,9 @@ class Runtime:
             return
         item = self.items.get(key)
         if item is None:
+            if key[0] not in self._watching:  # said once: kopf's own per-event lines are dropped (handlers.py)
+                self._watching.add(key[0])
+                _log.info("the %s watch delivered its first object: its passes start", key[0])
             self.items[key] = _Item(_pack(body))
             self._enqueue(key)
         else:

@@ -1,11 +1,11 @@
 """What kopf keeps of each watched object, made smaller.
 
-kopf keeps the last body the watch delivered of every object with a daemon (a flowstore loop
-runs for each FlowStorage and StoredFlow), for as long as the object lives. About half of a
-StoredFlow's body in memory is ``metadata.managedFields``: the API server's record of which
-client set which field (server-side apply), some 11 KB of small dicts per flow once the
+The work queue keeps the last body the watch delivered of every FlowStorage and StoredFlow, for
+as long as the object lives (runtime.py, packed), and kopf's per-object worker holds it while the
+object is busy. About half of a StoredFlow's body in memory is ``metadata.managedFields``: the
+API server's record of which client set which field (server-side apply), some 11 KB of small dicts per flow once the
 operator has written its status. Neither kopf nor flowstore reads it, and a patch flowstore
-or kopf sends never names it, so the watch events lose it before kopf stores them.
+or kopf sends never names it, so the watch events lose it before anything keeps them.
 
 kopf has no setting for this; :func:`drop_managed_fields` wraps its watch stream
 (``kopf._cogs.clients.watching.infinite_watch``, looked up by kopf's queueing at each call).
