@@ -64,7 +64,7 @@ def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSetting
     settings.posting.level = logging.WARNING  # kopf's own per-handler events; ours are explicit
     # kopf's worker per object holds that object's last raw event until it has been idle this long
     # (5 s by default): in a burst of thousands, that is thousands of bodies held twice
-    settings.batching.idle_timeout = 1.0
+    settings.queueing.idle_timeout = 1.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
