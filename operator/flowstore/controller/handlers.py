@@ -29,6 +29,7 @@ from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STORED
 from flowstore.api.models import storage_ref
 from flowstore.api.selectors import LabelSelector
 from flowstore.controller import shards
+from flowstore.controller.kopf_toggles import wake_only_on_change
 from flowstore.controller.runtime import Runtime
 from flowstore.controller.watch_events import drop_managed_fields
 from flowstore.reconcile import delete_stored_flow, requested_at
@@ -95,6 +96,7 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
     """Add flowstore's handlers to `registry`; `selector` selects the objects this operator serves
     (give kopf_settings the same one)."""
     drop_managed_fields()  # watch events lose managedFields: half a body, never read
+    wake_only_on_change()  # kopf's start with N objects: N wake-ups, not N² (kopf_toggles.py)
     quiet = logging.getLogger("kopf.objects")
     if not any(isinstance(f, QuietWatchHandlers) for f in quiet.filters):
         quiet.addFilter(QuietWatchHandlers())
