@@ -8,6 +8,8 @@ so a version is one file; an interrupted store of other inputs leaves nothing be
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from flowstore.reconcile import reconcile_stored_flow
 from flowstore.storage import Storage
 from tests.fakes.ports import FakeCluster
+from tests.helpers.webhook_server import WebhookServer
 
 SCRIPT = "from flowstore.flow import Flow\nflow = Flow('etl', lambda: 1)\n"
 
@@ -220,3 +223,65 @@ def test_versions_stored_back_to_back_under_delete_leave_only_the_last(cluster: 
     obj, _ = reconcile(obj, cluster)  # the settling pass
     assert "retired" not in obj["status"]
     assert files(tmp_path) == [str(Path(obj["status"]["location"]).relative_to(tmp_path))]
+
+
+# ---------------------------------------------------------------------- a service that assigns ids
+# The Webhook location is the flow name for every version: only the id in the build response
+# tells an interrupted store's object from the recorded one (tests/helpers/webhook_server.py, a
+# real HTTP service that honours Idempotency-Key as the IETF draft describes).
+
+@pytest.fixture
+def hook() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hooked(hook: WebhookServer) -> Cluster:
+    c = Cluster()
+    url = f"{hook.url}/flows"
+    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+                           "spec": {"interval": "10m", "webhook": {
+                               "buildRequest": {"method": "POST", "url": url},
+                               "getFlowRequest": {"method": "GET", "url": url + "/${response.json.id}"},
+                               "deleteRequest": {"method": "DELETE", "url": url + "/${response.json.id}"}}}}
+    return c
+
+
+def flow_id(obj: dict[str, Any]) -> str:
+    return str(obj["status"]["storage"]["buildResponse"]["json"]["id"])
+
+
+@pytest.mark.parametrize("point", ["before-put", "after-put"])
+def test_a_webhook_store_interrupted_before_a_change_leaves_no_object(hooked: Cluster, hook: WebhookServer,
+                                                                      point: str) -> None:
+    cluster = hooked
+    obj, cluster = reconcile(flow(), cluster)
+    first = flow_id(obj)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = point
+    obj, cluster = reconcile(obj, cluster)
+    assert len(hook.bodies) == (2 if point == "after-put" else 1) and flow_id(obj) == first
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and "storing" not in obj["status"]
+    # Retain: the superseded first version stays; the interrupted one is gone, and so is what
+    # finding it made where the first request never arrived
+    assert sorted(hook.bodies) == sorted([first, flow_id(obj)]) and flow_id(obj) != first
+    assert "sha256:" + hashlib.sha256(hook.bodies[flow_id(obj)]).hexdigest() == obj["status"]["artifact"]["digest"]
+
+
+def test_reverting_a_webhook_flow_deletes_the_interrupted_store(hooked: Cluster, hook: WebhookServer) -> None:
+    cluster = hooked
+    obj, cluster = reconcile(flow(), cluster)
+    first = flow_id(obj)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    assert len(hook.bodies) == 2
+    obj["spec"]["source"]["inline"] = SCRIPT  # back to what status records: nothing to store
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and flow_id(obj) == first and "storing" not in obj["status"]
+    assert list(hook.bodies) == [first]

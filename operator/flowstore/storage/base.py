@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -204,6 +204,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete(self, location: str) -> None:
         """Remove the object. Already gone counts as success."""
+
+    def unrecorded_state(self, location: str, *, idempotency_key: str,
+                         data: Callable[[], bytes]) -> Mapping[str, Any] | None:
+        """The `storage_state` that addresses what an interrupted ``put_bytes(location, …,
+        idempotency_key=…)`` may have left (its answer never reached a status), for
+        :meth:`restore_state` then :meth:`delete`: ``{}``, the default, where the location alone
+        names the object; None when it cannot be found. `data` gives bytes a backend may have to
+        send to find it (see Webhook)."""
+        return {}
 
     @abc.abstractmethod
     def url_for(self, location: str) -> str:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import requests
@@ -331,19 +331,9 @@ class Webhook(Storage):
         itself: a service that honours it answers a retry of the same version (after a timeout,
         or after the operator was killed before it recorded the answer) with the object it
         already made, instead of making a second one."""
-        method = self.build_request_http_method
-        response, sensitive = self._send("buildRequest", method, self.build_request_kwargs, location, data=data,
-                                         idempotency_key=idempotency_key)
-        public = self._public_url(self.build_request_kwargs, location)
-        if response.status_code == 404:
-            raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
-                           "fix buildRequest.url")
-        self._raise_for_status(response, f"{method} {public}", "buildRequest", sensitive)
-        kept = self._keep({"status": response.status_code, "json": _json_body(response)})
-        assert kept is not None
+        kept = self._build(location, data, idempotency_key)
         self.build_response = kept
         self._responses[location] = kept
-        self._require_response_paths(location)
         return StoredArtifact(
             location=location,
             url=self.url_for(location),
@@ -351,6 +341,24 @@ class Webhook(Storage):
             size=len(data),
             storage_state={"buildResponse": kept},
         )
+
+    def unrecorded_state(self, location: str, *, idempotency_key: str,
+                         data: Callable[[], bytes]) -> Mapping[str, Any] | None:
+        """A service that assigns ids (the get-flow or delete request reads ``${response.…}``)
+        names the object an interrupted build request made only in its answer, which never
+        arrived: the location (the flow name) does not tell it from the recorded one. Its
+        ``Idempotency-Key`` finds it: the build request is sent again with that key and `data`
+        (the bytes of a version status wants). A service that honours the key answers with the
+        object it made then; one that never got the first request, or ignores keys, makes a new
+        one. Either way no status names the object answered, and the caller deletes it. None
+        without a deleteRequest: nothing could be deleted, so nothing is sent."""
+        if self.delete_request_kwargs is None:
+            return None
+        names = templating.template_names(self.get_flow_request_kwargs)
+        names |= templating.template_names(self.delete_request_kwargs)
+        if not any(n.startswith(templating.RESPONSE_PREFIX) for n in names):
+            return {}  # addressed by ${location}: the location names the object
+        return {"buildResponse": self._build(location, data(), idempotency_key)}
 
     def get_bytes(self, location: str) -> bytes:
         response = self._get(location)
@@ -381,6 +389,21 @@ class Webhook(Storage):
         self._raise_for_status(response, f"{method} {public}", "deleteRequest", sensitive)
 
     # ------------------------------------------------------------------ requests
+    def _build(self, location: str, data: bytes, idempotency_key: str | None) -> dict[str, Any]:
+        """Send the build request; the build response, of it only what later requests use."""
+        method = self.build_request_http_method
+        response, sensitive = self._send("buildRequest", method, self.build_request_kwargs, location, data=data,
+                                         idempotency_key=idempotency_key)
+        public = self._public_url(self.build_request_kwargs, location)
+        if response.status_code == 404:
+            raise Rejected(f"the webhook answered 404 for {method} {public}: the URL does not exist; "
+                           "fix buildRequest.url")
+        self._raise_for_status(response, f"{method} {public}", "buildRequest", sensitive)
+        kept = self._keep({"status": response.status_code, "json": _json_body(response)})
+        assert kept is not None
+        self._require_response_paths(kept)
+        return kept
+
     def _get(self, location: str) -> requests.Response:
         method = self.get_flow_request_http_method
         response, sensitive = self._send("getFlowRequest", method, self.get_flow_request_kwargs, location)
@@ -428,13 +451,13 @@ class Webhook(Storage):
     def _public_url(self, kwargs: Mapping[str, Any], location: str | None) -> str:
         return str(templating.render_public(kwargs["url"], self._response_for(location), location))
 
-    def _require_response_paths(self, location: str) -> None:
-        """After a build: the get-flow request's ``${response.*}`` names exist in the response
+    def _require_response_paths(self, response: Mapping[str, Any]) -> None:
+        """After a build: the get-flow request's ``${response.*}`` names exist in its response
         (else the stored flow could not be fetched, so storing it did not succeed)."""
         names = templating.template_names(self.get_flow_request_kwargs)
         for name in sorted(n for n in names if n.startswith(templating.RESPONSE_PREFIX)):
             try:
-                templating.render(f"${{{name}}}", response=self._response_for(location), where="getFlowRequest")
+                templating.render(f"${{{name}}}", response=response, where="getFlowRequest")
             except TemplateValueMissing as exc:
                 raise TemplateValueMissing(
                     f"the flow was sent, but it cannot be fetched: {exc.message}; make buildRequest's "

@@ -6,7 +6,9 @@ A retry of the same inputs — after a failed upload, or after the operator was 
 between that write and the final status — stores to the same location again (one object per
 version, overwritten, never a second one under a new timestamped key). When the inputs changed
 meanwhile, the object an interrupted store may have left at the recorded location is deleted
-(no status ever named it, so no agent can be using it) before the new location is chosen.
+(no status ever named it, so no agent can be using it) before the new location is chosen. Where a
+service assigns ids (Webhook), the location does not name that object: the storage finds it by
+the interrupted request's idempotency key (``Storage.unrecorded_state``).
 
 Each store is a new revision (``reconcile/revisions.py``): the object stays while its revision
 is in ``status.history``; under ``deletionPolicy: Delete`` it is deleted only after its revision
@@ -18,9 +20,12 @@ and a kill in between leaves the record for the next operator.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flowstore.api.constants import EventReason
-from flowstore.api.status import GitPin, Storing, recorded_location
+from flowstore.api.history import object_key
+from flowstore.api.status import Artifact, GitPin, Storing, recorded_location
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports
@@ -43,7 +48,7 @@ class ObjectStorePublisher(Publisher[Storage]):
         if isinstance(data, Pending):
             return ctx.pending(data)
         storage = self.storage(ctx)
-        location = claim_location(ctx, storage)
+        location = claim_location(ctx, storage, data)
         stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
         info = storage.stat(location)
         if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
@@ -64,7 +69,8 @@ class ObjectStorePublisher(Publisher[Storage]):
         """Status records the artifact of the current inputs: an interrupted store of other
         inputs (the spec changed back meanwhile) leaves nothing behind."""
         if interrupted(ctx) is not None:
-            discard_interrupted(ctx, self.storage(ctx))
+            storage = self.storage(ctx)
+            discard_interrupted(ctx, storage, lambda: recorded_bytes(ctx, storage))
         return []
 
 
@@ -74,35 +80,63 @@ def interrupted(ctx: FlowContext) -> Storing | None:
     return storing if storing is not None and storing.inputs_digest != ctx.inputs_digest else None
 
 
-def claim_location(ctx: FlowContext, storage: Storage) -> str:
-    """Where this store goes, recorded in status before anything is uploaded."""
+def recorded_bytes(ctx: FlowContext, storage: Storage) -> bytes:
+    """The bytes of the artifact status records (the version status wants)."""
+    location, artifact = recorded_location(ctx.status), Artifact.read(ctx.status)
+    if location is None or artifact is None:
+        raise StorageError("status records no artifact")
+    storage.restore_state(artifact.storage_state)
+    return storage.get_bytes(location)
+
+
+def claim_location(ctx: FlowContext, storage: Storage, data: bytes) -> str:
+    """Where this store of `data` goes, recorded in status before anything is uploaded."""
     storing = Storing.read(ctx.status)
     if storing is not None and storing.inputs_digest == ctx.inputs_digest:
         location = storing.location  # a retry: the same place
     else:
-        discard_interrupted(ctx, storage)
+        discard_interrupted(ctx, storage, lambda: data)
         location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
         Storing(ctx.inputs_digest, location).write(ctx.status)
     ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(location)}")
     return location
 
 
-def discard_interrupted(ctx: FlowContext, storage: Storage) -> None:
+def discard_interrupted(ctx: FlowContext, storage: Storage, data: Callable[[], bytes]) -> None:
     """Delete what an interrupted store of other inputs may have left at its recorded location,
-    unless status names that location (a fixed spec.key, or a webhook's flow name: the object
-    there is a recorded revision, or its replacement). A failure is logged and left: the record
-    is dropped either way, since the next store must not reuse another version's place."""
+    unless status names that object (a fixed spec.key: the object there is a recorded revision,
+    or its replacement). Where a service assigns ids, the storage finds the object by the
+    interrupted request's idempotency key, sending `data` (``Storage.unrecorded_state``). A
+    failure is logged and left: the record is dropped either way, since the next store must not
+    reuse another version's place."""
     storing = interrupted(ctx)
     if storing is None:
         return
     Storing.clear(ctx.status)
     location = storing.location
-    named = {e.location for e in ctx.history.entries} | {r.location for r in ctx.history.retired}
-    if location == recorded_location(ctx.status) or location in named:
-        return
+    current = Artifact.read(ctx.status)
     try:
+        state = storage.unrecorded_state(location, idempotency_key=storing.inputs_digest, data=data)
+        if state is None or named(ctx, location, state):
+            return
+        storage.restore_state(state)
         storage.delete(location)
     except StorageError as exc:
         log.warning("could not delete %s, left by an interrupted store of %s/%s: %s",
                     storage.url_for(location), ctx.namespace, ctx.name, exc.message)
+    finally:
+        storage.restore_state(current.storage_state if current is not None else None)
+
+
+def named(ctx: FlowContext, location: str, state: Mapping[str, Any]) -> bool:
+    """Whether status names the object at `location` with backend `state`: by location alone
+    where the state is empty (objects addressed by location), else by location and state."""
+    current = Artifact.read(ctx.status)
+    recorded = [(e.location, e.artifact.storage_state) for e in ctx.history.entries]
+    recorded += [(r.location, r.storage_state) for r in ctx.history.retired]
+    if (where := recorded_location(ctx.status)) is not None:
+        recorded.append((where, current.storage_state if current is not None else None))
+    if not state:
+        return any(where == location for where, _ in recorded)
+    return object_key(location, state) in {object_key(where, kept) for where, kept in recorded}
 
