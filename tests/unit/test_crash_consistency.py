@@ -285,3 +285,17 @@ def test_reverting_a_webhook_flow_deletes_the_interrupted_store(hooked: Cluster,
     obj, cluster = reconcile(obj, cluster)
     assert ready(obj) and flow_id(obj) == first and "storing" not in obj["status"]
     assert list(hook.bodies) == [first]
+
+
+def test_a_webhook_flow_changed_back_after_its_object_was_deleted_is_stored_again(hooked: Cluster,
+                                                                                  hook: WebhookServer) -> None:
+    """A version stored, replaced, deleted (Delete, one revision), then wanted again: the service
+    made a new object for it; the key of the first store must not answer with the deleted one."""
+    cluster = deleting(hooked)
+    obj = one_revision(flow())
+    for script in (SCRIPT, SCRIPT + "# v2\n", SCRIPT):
+        obj["spec"]["source"]["inline"] = script
+        for _ in range(3):  # the store, then the passes that delete what left the history
+            obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and "retired" not in obj["status"]
+    assert list(hook.bodies) == [flow_id(obj)]

@@ -21,7 +21,8 @@ ARTIFACT = Artifact(url="file:///x", digest=D1, size=12, format="pickle", source
                     last_update_time="2026-01-01T00:00:00Z", storage_state={"buildResponse": {"id": "7"}},
                     signature="hmac-sha256:ab", file_name=None, entrypoint="a.py:flow", file_count=2,
                     versions={"python": "3.11.7"})
-RECORDS = [ARTIFACT, Storing(D1, "etl/v1"), Superseded("etl/v0", {"buildResponse": {"id": "6"}}),
+RECORDS = [ARTIFACT, Storing(D1, "etl/v1"), Storing(D1, "etl/v1", D1 + "+r3"),
+           Superseded("etl/v0", {"buildResponse": {"id": "6"}}),
            GitPin(repo="r", path="flows/a.py", ref="main", commit="3f2c" * 10, url="http://git/r"),
            ImageRef(name="127.0.0.1:5000/flows", tag="t1", digest=D2, path="/opt/prefect/flows/etl.prefect")]
 
@@ -52,6 +53,12 @@ def test_an_artifact_without_a_readable_digest_or_size_is_not_recorded(field: st
     doc = ARTIFACT.to_status()
     doc[field] = junk
     assert Artifact.from_status(doc) is None
+
+
+@pytest.mark.parametrize("key", [7, "", 'a"b', "a\\b", "a\nb", "k" * 129])
+def test_an_idempotency_key_that_could_not_be_a_header_value_falls_back_to_the_digest(key: Any) -> None:
+    storing = Storing.read({"storing": {"inputsDigest": D1, "location": "etl", "idempotencyKey": key}})
+    assert storing is not None and storing.idempotency_key == D1
 
 
 def test_optional_fields_of_the_wrong_type_are_dropped_not_passed_on() -> None:

@@ -180,22 +180,35 @@ class Artifact(Record):
 class Storing(Record):
     """``status.storing``: a store under way, recorded before anything is uploaded (crash
     consistency: ``reconcile/publishers/objects.py``). A retry of the same inputs goes to the
-    same location."""
+    same location, with the same idempotency key."""
 
     KEY: ClassVar[str] = "storing"
 
     inputs_digest: str
     location: str
+    #: what the store's requests carry as their idempotency key (a service that assigns ids
+    #: answers a retry with the object it made); records written before it existed: the digest
+    key: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.key or self.inputs_digest
 
     def to_status(self) -> dict[str, Any]:
-        return {"inputsDigest": self.inputs_digest, "location": self.location}
+        doc = {"inputsDigest": self.inputs_digest, "location": self.location}
+        if self.key:
+            doc["idempotencyKey"] = self.key
+        return doc
 
     @classmethod
     def from_status(cls, doc: Mapping[str, Any] | None) -> Storing | None:
         if not isinstance(doc, Mapping):
             return None
         inputs, location = digest(doc, "inputsDigest"), text(doc, "location")
-        return cls(inputs, location) if inputs is not None and location is not None else None
+        key = text(doc, "idempotencyKey")
+        if key is not None and (len(key) > 128 or not key.isprintable() or '"' in key or "\\" in key):
+            key = None  # not one the operator writes (it goes into a header as an sf-string)
+        return cls(inputs, location, key) if inputs is not None and location is not None else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,8 +48,9 @@ class ObjectStorePublisher(Publisher[Storage]):
         if isinstance(data, Pending):
             return ctx.pending(data)
         storage = self.storage(ctx)
-        location = claim_location(ctx, storage, data)
-        stored = storage.put_bytes(location, data, idempotency_key=ctx.inputs_digest)
+        storing = claim_location(ctx, storage, data)
+        location = storing.location
+        stored = storage.put_bytes(location, data, idempotency_key=storing.idempotency_key)
         info = storage.stat(location)
         if info is None or info.size != len(data) or (info.sha256 and info.sha256 != stored.sha256):
             raise StorageError(f"{stored.url} did not read back as written; will store again")
@@ -89,17 +90,20 @@ def recorded_bytes(ctx: FlowContext, storage: Storage) -> bytes:
     return storage.get_bytes(location)
 
 
-def claim_location(ctx: FlowContext, storage: Storage, data: bytes) -> str:
-    """Where this store of `data` goes, recorded in status before anything is uploaded."""
+def claim_location(ctx: FlowContext, storage: Storage, data: bytes) -> Storing:
+    """Where this store of `data` goes, and its idempotency key, recorded in status before
+    anything is uploaded. The key names this store, not just its inputs: a version stored
+    again after its object was deleted (changed back to, once it left the history) must not be
+    answered with the deleted object by a service that still knows the key."""
     storing = Storing.read(ctx.status)
-    if storing is not None and storing.inputs_digest == ctx.inputs_digest:
-        location = storing.location  # a retry: the same place
-    else:
+    if storing is None or storing.inputs_digest != ctx.inputs_digest:
         discard_interrupted(ctx, storage, lambda: data)
         location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
-        Storing(ctx.inputs_digest, location).write(ctx.status)
-    ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(location)}")
-    return location
+        storing = Storing(ctx.inputs_digest, location, f"{ctx.inputs_digest}+r{ctx.history.last_revision + 1}")
+        storing.write(ctx.status)
+    # else a retry: the same place, the same key
+    ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(storing.location)}")
+    return storing
 
 
 def discard_interrupted(ctx: FlowContext, storage: Storage, data: Callable[[], bytes]) -> None:
@@ -116,7 +120,7 @@ def discard_interrupted(ctx: FlowContext, storage: Storage, data: Callable[[], b
     location = storing.location
     current = Artifact.read(ctx.status)
     try:
-        state = storage.unrecorded_state(location, idempotency_key=storing.inputs_digest, data=data)
+        state = storage.unrecorded_state(location, idempotency_key=storing.idempotency_key, data=data)
         if state is None or named(ctx, location, state):
             return
         storage.restore_state(state)
