@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,4 +299,30 @@ def test_a_webhook_flow_changed_back_after_its_object_was_deleted_is_stored_agai
         for _ in range(3):  # the store, then the passes that delete what left the history
             obj, cluster = reconcile(obj, cluster)
     assert ready(obj) and "retired" not in obj["status"]
+    assert list(hook.bodies) == [flow_id(obj)]
+
+
+def test_a_retired_webhook_object_goes_though_a_store_interrupted_since(hooked: Cluster,
+                                                                        hook: WebhookServer) -> None:
+    """Every webhook version has the flow name as its location: a store under way writes a new
+    object (a new id), never the retired one, so the retired one is still deleted once its
+    retention.minAge has passed."""
+    cluster = deleting(hooked)
+    cluster.storages["store"]["spec"]["retention"] = {"minAge": "1s"}
+    obj = one_revision(flow())
+    obj, cluster = reconcile(obj, cluster)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    obj["status"] = reconcile_stored_flow(copy.deepcopy(obj), cluster).status  # v1 retired, not yet deleted
+    assert len(obj["status"]["retired"]) == 1 and len(hook.bodies) == 2
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    assert len(obj["status"]["retired"]) == 1 and "storing" in obj["status"]
+    time.sleep(1.1)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v4\n"
+    cluster.kill = None
+    obj, cluster = reconcile(obj, cluster)  # v4 stored, v2 retired
+    time.sleep(1.1)
+    obj, cluster = reconcile(obj, cluster)
+    assert ready(obj) and "retired" not in obj["status"] and "storing" not in obj["status"]
     assert list(hook.bodies) == [flow_id(obj)]

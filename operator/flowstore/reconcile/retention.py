@@ -6,7 +6,8 @@ Crash consistency: an object is retired (recorded in status) by one pass's statu
 deleted by a later pass, which reads that record from the object: status first, then the
 delete. A kill after the delete leaves the record, and deleting again counts as done (already
 gone). An object a revision of the history still names (a fixed spec.key, a webhook's flow name
-with the same response), the current one, or one a store under way is writing is never deleted:
+with the same response), the current one, or one a store under way is writing (its location,
+where a location names one object) is never deleted:
 its record is dropped. Each family deletes its own way (``Publisher.delete_revision``): objects
 by location, Docker image manifests no other StoredFlow of the storage names, git nothing.
 """
@@ -51,8 +52,11 @@ def retain(ctx: FlowContext, publisher: Publisher[Any], ports: Ports) -> None:
                         current_state=recorded.storage_state if recorded else None, keep=frozenset(keep),
                         flow_name=ctx.spec.flow_name, key=ctx.spec.key)
     now = dt.datetime.now(dt.UTC)
+    # a store under way writes its location: where that names one object, a record of it is not
+    # deleted (a fixed spec.key); where a service assigns ids, the store makes a new object
+    writing = storing.location if storing is not None and storage.location_names_object else None
     for record in due(history, ctx.min_age, now):
-        if record.object_key() in keep or (storing is not None and record.location == storing.location):
+        if record.object_key() in keep or record.location == writing:
             history.retired.remove(record)  # still named: nothing to delete
             continue
         problem = delete_one(publisher, storage, record, scope)

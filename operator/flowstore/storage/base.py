@@ -205,6 +205,13 @@ class Storage(abc.ABC):
     def delete(self, location: str) -> None:
         """Remove the object. Already gone counts as success."""
 
+    @property
+    def location_names_object(self) -> bool:
+        """Whether a location alone names one object (True: objects addressed by key or path).
+        False where a service assigns ids (Webhook): every version has the same location, and
+        only its recorded state tells them apart."""
+        return True
+
     def unrecorded_state(self, location: str, *, idempotency_key: str,
                          data: Callable[[], bytes]) -> Mapping[str, Any] | None:
         """The `storage_state` that addresses what an interrupted ``put_bytes(location, …,

@@ -354,11 +354,18 @@ class Webhook(Storage):
         without a deleteRequest: nothing could be deleted, so nothing is sent."""
         if self.delete_request_kwargs is None:
             return None
-        names = templating.template_names(self.get_flow_request_kwargs)
-        names |= templating.template_names(self.delete_request_kwargs)
-        if not any(n.startswith(templating.RESPONSE_PREFIX) for n in names):
-            return {}  # addressed by ${location}: the location names the object
+        if self.location_names_object:
+            return {}  # addressed by ${location} alone
         return {"buildResponse": self._build(location, data(), idempotency_key)}
+
+    @property
+    def location_names_object(self) -> bool:
+        """False when the get-flow or delete request reads the build response (``${response.…}``:
+        the service assigned an id); True for a service addressed by ``${location}`` alone."""
+        names = templating.template_names(self.get_flow_request_kwargs)
+        if self.delete_request_kwargs is not None:
+            names |= templating.template_names(self.delete_request_kwargs)
+        return not any(n.startswith(templating.RESPONSE_PREFIX) for n in names)
 
     def get_bytes(self, location: str) -> bytes:
         response = self._get(location)
