@@ -177,7 +177,10 @@ def restart(env: Env, sfw: Watcher, fsw: Watcher, op: Operator, n_expected: int)
             last_change_t, last = now, m
         if t_first_pass is None and m[get_key] - m_stopped[get_key] >= n_sf:
             t_first_pass = now
-        if t_first_pass is not None and now - last_change_t >= 5.0:
+        # idle: 5 s without a request, once every loop did its first GET or, where passes read the
+        # watched body and make no GET, once the operator listed the StoredFlows
+        listed = m[("LIST", SF)] - m_stopped[("LIST", SF)] >= 1
+        if (t_first_pass is not None or listed) and now - last_change_t >= 5.0:
             break
         time.sleep(0.2)
     idle = not (time.monotonic() >= deadline)
