@@ -83,7 +83,7 @@ def interrupted(ctx: FlowContext) -> Storing | None:
 
 def recorded_bytes(ctx: FlowContext, storage: Storage) -> bytes:
     """The bytes of the artifact status records (the version status wants)."""
-    location, artifact = recorded_location(ctx.status), Artifact.read(ctx.status)
+    location, artifact = recorded_location(ctx.status), ctx.recorded
     if location is None or artifact is None:
         raise StorageError("status records no artifact")
     storage.restore_state(artifact.storage_state)
@@ -118,10 +118,10 @@ def discard_interrupted(ctx: FlowContext, storage: Storage, data: Callable[[], b
         return
     Storing.clear(ctx.status)
     location = storing.location
-    current = Artifact.read(ctx.status)
+    current = ctx.recorded
     try:
         state = storage.unrecorded_state(location, idempotency_key=storing.idempotency_key, data=data)
-        if state is None or named(ctx, location, state):
+        if state is None or named(ctx, current, location, state):
             return
         storage.restore_state(state)
         storage.delete(location)
@@ -132,10 +132,10 @@ def discard_interrupted(ctx: FlowContext, storage: Storage, data: Callable[[], b
         storage.restore_state(current.storage_state if current is not None else None)
 
 
-def named(ctx: FlowContext, location: str, state: Mapping[str, Any]) -> bool:
-    """Whether status names the object at `location` with backend `state`: by location alone
-    where the state is empty (objects addressed by location), else by location and state."""
-    current = Artifact.read(ctx.status)
+def named(ctx: FlowContext, current: Artifact | None, location: str, state: Mapping[str, Any]) -> bool:
+    """Whether status (its history, retired records and `current` artifact) names the object at
+    `location` with backend `state`: by location alone where the state is empty (objects
+    addressed by location), else by location and state."""
     recorded = [(e.location, e.artifact.storage_state) for e in ctx.history.entries]
     recorded += [(r.location, r.storage_state) for r in ctx.history.retired]
     if (where := recorded_location(ctx.status)) is not None:
