@@ -51,6 +51,8 @@ class FakeCluster:
         self.identities: list[WorkloadIdentity] = []
         #: what shard() answers: the operator's --watch-label-selector (None: every object)
         self.selector: LabelSelector | None = None
+        #: the operator's record key (controller/record_key.py reads the real one from a Secret)
+        self.record_key = b"record key of the unit tests' operator!"
 
     def shard(self) -> LabelSelector | None:
         return self.selector

@@ -136,3 +136,5 @@ class EventReason:
     RETAINED: Final = "Retained"
     DELETED: Final = "Deleted"
     CLEANUP_FAILED: Final = "CleanupFailed"
+    #: a status record the operator did not write (no valid seal: ``api/seals.py``) was not acted on
+    RECORD_IGNORED: Final = "RecordIgnored"

@@ -80,6 +80,8 @@ class Revision:
             doc["versions"] = dict(a.versions)
         if a.storage_state:
             doc["storageState"] = dict(a.storage_state)
+        if a.state_seal:
+            doc["stateSeal"] = a.state_seal
         if self.commit:
             doc["git"] = {"commit": self.commit}
         if self.image_digest:
@@ -116,6 +118,8 @@ class Retired:
     superseded_at: str
     storage_state: Mapping[str, Any] | None = None
     revision: int | None = None
+    #: the operator's seal over `storage_state` at `location` (``api/seals.py``)
+    state_seal: str | None = None
 
     def object_key(self) -> str:
         return object_key(self.location, self.storage_state)
@@ -126,6 +130,8 @@ class Retired:
             doc["revision"] = self.revision
         if self.storage_state:
             doc["storageState"] = dict(self.storage_state)
+        if self.state_seal:
+            doc["stateSeal"] = self.state_seal
         return doc
 
     @classmethod
@@ -136,12 +142,14 @@ class Retired:
         if location is None:
             return None
         return cls(location=location, superseded_at=text(doc, "supersededAt") or "",
-                   storage_state=mapping(doc, "storageState"), revision=count(doc, "revision"))
+                   storage_state=mapping(doc, "storageState"), revision=count(doc, "revision"),
+                   state_seal=text(doc, "stateSeal"))
 
     @classmethod
     def of(cls, entry: Revision, now: str) -> Retired:
         return cls(location=entry.location, superseded_at=entry.superseded_at or now,
-                   storage_state=entry.artifact.storage_state, revision=entry.revision)
+                   storage_state=entry.artifact.storage_state, revision=entry.revision,
+                   state_seal=entry.artifact.state_seal)
 
 
 def object_key(location: str, storage_state: Mapping[str, Any] | None) -> str:

@@ -108,6 +108,9 @@ class Artifact(Record):
     last_update_time: str
     #: backend state an agent needs besides the configuration (e.g. a webhook's build response)
     storage_state: Mapping[str, Any] | None = None
+    #: the operator's seal over `storage_state` at its location (``api/seals.py``): only a sealed
+    #: state addresses what the operator deletes
+    state_seal: str | None = None
     #: when the FlowStorage signs: the signature over this revision's statement
     #: (``artifacts/statement.py``) and the id of the key that made it
     signature: str | None = None
@@ -132,6 +135,8 @@ class Artifact(Record):
         }
         if self.storage_state:
             doc["storageState"] = dict(self.storage_state)
+        if self.state_seal:
+            doc["stateSeal"] = self.state_seal
         if self.signature:
             doc["signature"] = self.signature
         if self.key_id:
@@ -165,6 +170,7 @@ class Artifact(Record):
             source_digest=digest(doc, "sourceDigest") or "", inputs_digest=inputs,
             last_update_time=text(doc, "lastUpdateTime") or "",
             storage_state=mapping(doc, "storageState"),
+            state_seal=text(doc, "stateSeal"),
             signature=text(doc, "signature"),
             key_id=text(doc, "keyId"),
             file_name=text(doc, "fileName"),
@@ -189,6 +195,8 @@ class Storing(Record):
     #: what the store's requests carry as their idempotency key (a service that assigns ids
     #: answers a retry with the object it made); records written before it existed: the digest
     key: str | None = None
+    #: the operator's seal over the record (``api/seals.py``): an unsealed record is not acted on
+    seal: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -198,6 +206,8 @@ class Storing(Record):
         doc = {"inputsDigest": self.inputs_digest, "location": self.location}
         if self.key:
             doc["idempotencyKey"] = self.key
+        if self.seal:
+            doc["seal"] = self.seal
         return doc
 
     @classmethod
@@ -208,7 +218,9 @@ class Storing(Record):
         key = text(doc, "idempotencyKey")
         if key is not None and (len(key) > 128 or not key.isprintable() or '"' in key or "\\" in key):
             key = None  # not one the operator writes (it goes into a header as an sf-string)
-        return cls(inputs, location, key) if inputs is not None and location is not None else None
+        if inputs is None or location is None:
+            return None
+        return cls(inputs, location, key, text(doc, "seal"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,16 +232,20 @@ class Superseded(Record):
 
     location: str
     storage_state: Mapping[str, Any] | None = None
+    state_seal: str | None = None
 
     def to_status(self) -> dict[str, Any]:
-        return {"location": self.location, "storageState": dict(self.storage_state or {})}
+        doc = {"location": self.location, "storageState": dict(self.storage_state or {})}
+        if self.state_seal:
+            doc["stateSeal"] = self.state_seal
+        return doc
 
     @classmethod
     def from_status(cls, doc: Mapping[str, Any] | None) -> Superseded | None:
         if not isinstance(doc, Mapping):
             return None
         location = text(doc, "location")
-        return cls(location, mapping(doc, "storageState")) if location is not None else None
+        return cls(location, mapping(doc, "storageState"), text(doc, "stateSeal")) if location is not None else None
 
 
 # ---------------------------------------------------------------------- backend pins

@@ -18,6 +18,7 @@ from typing import Any
 from flowstore.api.constants import EventReason
 from flowstore.api.history import Retired
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
+from flowstore.api.seals import seals_for
 from flowstore.api.status import Artifact, Storing, recorded_location
 from flowstore.reconcile import revisions
 from flowstore.reconcile.failures import classify
@@ -75,7 +76,8 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
     artifact = Artifact.read(status)
     scope = RetireScope(ports=ports, namespace=namespace, name=obj["metadata"]["name"], storage_name=storage_name,
                         current_state=artifact.storage_state if artifact else None,
-                        flow_name=str(spec.get("flowName") or ""), key=spec.get("key") or None)
+                        flow_name=str(spec.get("flowName") or ""), key=spec.get("key") or None,
+                        seals=seals_for(ports.record_key, obj) if ports.record_key else None)
     left: list[str] = []
     try:
         storage = open_storage(ports, namespace, fs, storage_spec)

@@ -19,6 +19,7 @@ from flowstore.api import conditions as cond
 from flowstore.api.constants import ConditionType, EventReason, Reason
 from flowstore.api.history import History, Revision
 from flowstore.api.models import BuildSpec, FlowSpec, StorageSpec
+from flowstore.api.seals import Seals
 from flowstore.api.status import Artifact, GitPin, ImageRef, Storing, Superseded
 from flowstore.artifacts.signing import Signer
 from flowstore.reconcile import revisions
@@ -87,6 +88,9 @@ class FlowContext:
     history: History = dataclasses.field(default_factory=History)
     #: Events of the steps before the end (retention), posted with the end's
     events: list[Event] = dataclasses.field(default_factory=list)
+    #: the operator's seals for this StoredFlow's records (``api/seals.py``); None: nothing the
+    #: operator records is sealed, so nothing a recorded state addresses is deleted
+    seals: Seals | None = None
     #: writes a Reconciling status before anything is built or stored (the operator: a status
     #: patch that must succeed first); None offline
     on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -154,13 +158,16 @@ class FlowContext:
         """The artifact status records now."""
         return Artifact.read(self.status)
 
-    def artifact(self, *, url: str, digest: str, size: int, storage_state: Any = None,
+    def artifact(self, *, location: str, url: str, digest: str, size: int, storage_state: Any = None,
                  source_digest: str | None = None) -> Artifact:
-        """The artifact of this reconcile (:func:`ready` signs it when the storage signs)."""
+        """The artifact of this reconcile at `location` (:func:`ready` signs it when the storage
+        signs); the backend state its storage answered with is sealed (``api/seals.py``)."""
+        state = dict(storage_state) if storage_state else None
         return Artifact(
             url=url, digest=digest, size=size, format=self.fmt,
             source_digest=source_digest or sha256_of(self.source), inputs_digest=self.inputs_digest,
-            last_update_time=cond.now_iso(), storage_state=dict(storage_state) if storage_state else None,
+            last_update_time=cond.now_iso(), storage_state=state,
+            state_seal=self.seals.state(location, state) if self.seals is not None else None,
             file_name=self.file_name if self.fmt == "script" else None,
             entrypoint=self.entrypoint, file_count=self.file_count if self.bundle else None,
             versions=self.versions if self.fmt == "pickle" else None,

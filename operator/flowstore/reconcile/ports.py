@@ -30,6 +30,9 @@ class Ports(Protocol):
         cache holds it), so a StoredFlow can tell "on another shard" from "missing"."""
     def shard(self) -> LabelSelector | None:
         """The label selector of the objects this operator serves (--watch-label-selector), or None."""
+    @property
+    def record_key(self) -> bytes:
+        """The operator's record key (``api/seals.py``); empty: nothing is sealed or trusted."""
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_storedflows(self, namespace: str) -> list[dict[str, Any]]: ...

@@ -50,7 +50,7 @@ def retain(ctx: FlowContext, publisher: Publisher[Any], ports: Ports) -> None:
     storage = publisher.storage(ctx)
     scope = RetireScope(ports=ports, namespace=ctx.namespace, name=ctx.name, storage_name=ctx.spec.storage_name,
                         current_state=recorded.storage_state if recorded else None, keep=frozenset(keep),
-                        flow_name=ctx.spec.flow_name, key=ctx.spec.key)
+                        flow_name=ctx.spec.flow_name, key=ctx.spec.key, seals=ctx.seals)
     now = dt.datetime.now(dt.UTC)
     # a store under way writes its location: where that names one object, a record of it is not
     # deleted (a fixed spec.key); where a service assigns ids, the store makes a new object

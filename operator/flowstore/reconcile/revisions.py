@@ -69,7 +69,8 @@ def load(status: Mapping[str, Any] | None, *, storage: str | None = None) -> His
             r.object_key() != object_key(superseded.location, superseded.storage_state) for r in history.retired):
         # the old mechanism deleted it a second after the swap: due at once
         history.retired.append(Retired(location=superseded.location, storage_state=superseded.storage_state,
-                                       superseded_at=artifact.last_update_time if artifact else ""))
+                                       superseded_at=artifact.last_update_time if artifact else "",
+                                       state_seal=superseded.state_seal))
     return history
 
 

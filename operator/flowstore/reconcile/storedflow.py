@@ -30,6 +30,7 @@ from typing import Any
 from flowstore.api.constants import Reason
 from flowstore.api.history import History
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec, storage_ref
+from flowstore.api.seals import seals_for
 from flowstore.api.selectors import SHARD_LABEL, LabelSelector
 from flowstore.api.status import Storing
 from flowstore.reconcile.context import FlowContext, ready
@@ -95,7 +96,7 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         opened, open_failure = try_open_storage(ports, meta["namespace"], fs, storage_spec)
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
                           storage_spec=storage_spec, opened=opened, open_failure=open_failure,
-                          on_progress=on_progress)
+                          on_progress=on_progress, seals=seals_for(ports.record_key, obj) if ports.record_key else None)
         retain(ctx, publisher, ports)
         publisher.resolve_source(ctx, ports)
         ctx.signer = read_signer(ports, ctx.namespace, storage_spec)

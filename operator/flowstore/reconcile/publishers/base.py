@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from flowstore.api.history import Retired, Revision
 from flowstore.api.models import FlowSpec, SpecError, StorageSpec
+from flowstore.api.seals import Seals
 from flowstore.reconcile.context import FlowContext
 from flowstore.reconcile.ports import Event, Outcome, Ports
 from flowstore.reconcile.sources import read_source
@@ -45,6 +46,9 @@ class RetireScope:
     #: input: a record naming another place is not deleted)
     flow_name: str = ""
     key: str | None = None
+    #: the operator's seals for this StoredFlow's records: a recorded backend state addresses an
+    #: object only when sealed (None: no state is trusted)
+    seals: Seals | None = None
 
 
 class Publisher(abc.ABC, Generic[S]):
@@ -114,12 +118,25 @@ class Publisher(abc.ABC, Generic[S]):
         if not owned(storage, record.location, scope):
             return (f"it is not where flow {scope.flow_name!r} stores (status may have been written by someone "
                     "else); delete it by hand if it must go")
+        if (unsealed := forged(record, scope)) is not None:
+            return unsealed
         try:
             storage.restore_state(record.storage_state or {})
             storage.delete(record.location)
         finally:
             storage.restore_state(scope.current_state)
         return None
+
+
+def forged(record: Retired, scope: RetireScope) -> str | None:
+    """Why `record`'s backend state may not address a deletion: the operator did not seal it for
+    this StoredFlow (``api/seals.py``). None when it did, or when there is no state (the location
+    alone addresses the object: :func:`owned` checks it)."""
+    state = record.storage_state
+    if not state or (scope.seals is not None and scope.seals.holds_state(record.location, state, record.state_seal)):
+        return None
+    return ("its recorded storage state carries no seal of this operator (status may have been written by someone "
+            "else, or before flowstore sealed its records); delete it by hand if it must go")
 
 
 def owned(storage: Storage, location: str, scope: RetireScope) -> bool:

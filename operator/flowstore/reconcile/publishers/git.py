@@ -122,7 +122,7 @@ class GitPinPublisher(Publisher[GitHosted]):
         state = repo.pinned_state(git.commit)
         if ctx.bundle and ctx.entrypoint:
             state.update(repo.bundle_state(ctx.entrypoint, ctx.spec.source.ignore))
-        artifact = ctx.artifact(url=git.pin.url, digest=digest, size=len(data), source_digest=digest,
+        artifact = ctx.artifact(location=git.path, url=git.pin.url, digest=digest, size=len(data), source_digest=digest,
                                 storage_state=state)
         previous = GitPin.read(ctx.status)
         ctx.status.pop("driftDetected", None)

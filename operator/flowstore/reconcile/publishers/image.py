@@ -23,7 +23,7 @@ from flowstore.reconcile import revisions
 from flowstore.reconcile.building import build
 from flowstore.reconcile.context import FlowContext, ready
 from flowstore.reconcile.ports import Event, Outcome, Pending, Ports, sha256_of
-from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope
+from flowstore.reconcile.publishers.base import CHANGED, MISSING, Publisher, RetireScope, forged
 from flowstore.reconcile.revisions import Stored
 from flowstore.storage import NotFound, StorageError
 from flowstore.storage.docker import Docker, ImageFlow
@@ -56,6 +56,8 @@ class ImagePublisher(Publisher[Docker]):
         digest = str(state.get("imageDigest") or "")
         if not digest:
             return None
+        if (unsealed := forged(record, scope)) is not None:
+            return unsealed  # a forged imageName could name another repository of the registry
         for other in scope.ports.list_storedflows(scope.namespace):
             meta = other.get("metadata") or {}
             if meta.get("name") == scope.name or storage_ref(other.get("spec")) != scope.storage_name:
@@ -106,7 +108,7 @@ class ImagePublisher(Publisher[Docker]):
         built, flow = job.result, job.payload
         digest = sha256_of(flow.data)
         artifact = ctx.artifact(
-            url=f"{built.name}@{built.digest}", digest=digest, size=len(flow.data),
+            location=flow.location, url=f"{built.name}@{built.digest}", digest=digest, size=len(flow.data),
             source_digest=sha256_of(ctx.source) if ctx.source else digest,
             storage_state={"imageName": built.name, "imageTag": built.tag, "imageDigest": built.digest})
         previous = ImageRef.read(ctx.status)

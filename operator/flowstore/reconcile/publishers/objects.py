@@ -56,7 +56,8 @@ class ObjectStorePublisher(Publisher[Storage]):
             raise StorageError(f"{stored.url} did not read back as written; will store again")
         previous = recorded_location(ctx.status)
         digest = "sha256:" + stored.sha256
-        artifact = ctx.artifact(url=stored.url, digest=digest, size=stored.size, storage_state=stored.storage_state)
+        artifact = ctx.artifact(location=location, url=stored.url, digest=digest, size=stored.size,
+                                storage_state=stored.storage_state)
         drift = ctx.status.pop("driftDetected", None)
         GitPin.clear(ctx.status)  # e.g. the flow moved from a git-hosted storage to this one
         verb = f"Stored again (the artifact {drift})" if drift else ("Updated" if previous else "Stored")
@@ -77,8 +78,24 @@ class ObjectStorePublisher(Publisher[Storage]):
 
 def interrupted(ctx: FlowContext) -> Storing | None:
     """The ``status.storing`` record of a store of other inputs than the current ones, if any."""
-    storing = Storing.read(ctx.status)
+    storing = sealed_storing(ctx)
     return storing if storing is not None and storing.inputs_digest != ctx.inputs_digest else None
+
+
+def sealed_storing(ctx: FlowContext) -> Storing | None:
+    """``status.storing`` when the operator wrote it for this StoredFlow (its seal holds). A record
+    it did not write is dropped, with a Warning: nothing is uploaded to, replayed from or deleted
+    at a place a status writer chose (``api/seals.py``)."""
+    storing = Storing.read(ctx.status)
+    if storing is None or (ctx.seals is not None and ctx.seals.holds_storing(
+            storing.inputs_digest, storing.location, storing.idempotency_key, storing.seal)):
+        return storing
+    Storing.clear(ctx.status)
+    ctx.events.append(Event("Warning", EventReason.RECORD_IGNORED, (
+        f"Ignored status.storing (location {storing.location!r}): it carries no seal of this operator (status may "
+        "have been written by someone else, or before flowstore sealed its records); nothing was uploaded, "
+        "replayed or deleted there")[:1024]))
+    return None
 
 
 def recorded_bytes(ctx: FlowContext, storage: Storage) -> bytes:
@@ -95,11 +112,16 @@ def claim_location(ctx: FlowContext, storage: Storage, data: bytes) -> Storing:
     anything is uploaded. The key names this store, not just its inputs: a version stored
     again after its object was deleted (changed back to, once it left the history) must not be
     answered with the deleted object by a service that still knows the key."""
-    storing = Storing.read(ctx.status)
+    storing = sealed_storing(ctx)
     if storing is None or storing.inputs_digest != ctx.inputs_digest:
         discard_interrupted(ctx, storage, lambda: data)
         location = storage.location_for(ctx.spec.flow_name, key=ctx.spec.key)
-        storing = Storing(ctx.inputs_digest, location, f"{ctx.inputs_digest}+r{ctx.history.last_revision + 1}")
+        # per StoredFlow (its uid), version and store: the same inputs stored by two StoredFlows
+        # are two objects, and a version stored again is not answered with a deleted object
+        key = f"{ctx.uid}/{ctx.inputs_digest}+r{ctx.history.last_revision + 1}" if ctx.uid else \
+            f"{ctx.inputs_digest}+r{ctx.history.last_revision + 1}"
+        seal = ctx.seals.storing(ctx.inputs_digest, location, key) if ctx.seals is not None else None
+        storing = Storing(ctx.inputs_digest, location, key, seal)
         storing.write(ctx.status)
     # else a retry: the same place, the same key
     ctx.progress(f"Storing flow {ctx.spec.flow_name!r} at {storage.url_for(storing.location)}")

@@ -60,7 +60,7 @@ class OCIPublisher(Publisher[OCI]):
         held = storage.read_image(image_digest)  # by digest: the registry holds exactly this revision
         if held.flow_digest != digest or held.files.get(location) != digest:
             raise StorageError(f"{storage.reference(image_digest)} did not read back as pushed; will push again")
-        artifact = ctx.artifact(url=storage.reference(image_digest), digest=digest, size=stored.size,
+        artifact = ctx.artifact(location=location, url=storage.reference(image_digest), digest=digest, size=stored.size,
                                 storage_state={"imageDigest": image_digest})
         # with an ed25519 key, the image's cosign signature, kept with it by ready()
         ctx.image_signature = sign_image(ctx, storage, ImageRef(name=storage.repository, tag="", digest=image_digest,

@@ -1,0 +1,249 @@
+"""Whoever may patch ``storedflows/status`` does not get the operator's authority (docs/security.md):
+a status record aims a deletion, an upload or a replay only when the operator sealed it for this
+StoredFlow with its record key (``api/seals.py``). Each test is an attack a status writer can make
+today with ``kubectl patch --subresource=status``; the operator runs against real storages (a Local
+directory, a real HTTP service for Webhooks)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from flowstore.api.history import Retired
+from flowstore.api.seals import Seals, seals_for
+from flowstore.reconcile import delete_stored_flow, reconcile_stored_flow
+from flowstore.reconcile.publishers.base import RetireScope
+from flowstore.reconcile.publishers.image import ImagePublisher
+from tests.helpers.webhook_server import WebhookServer
+from tests.unit.test_crash_consistency import SCRIPT, Cluster, files, flow, flow_id, one_revision, ready
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Cluster:
+    c = Cluster()
+    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+                           "spec": {"local": {"directory": str(tmp_path)}, "interval": "10m"}}
+    return c
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hooked(hook: WebhookServer) -> Cluster:
+    c = Cluster()
+    url = f"{hook.url}/flows"
+    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+                           "spec": {"interval": "10m", "deletionPolicy": "Delete", "retention": {"minAge": "0s"},
+                                    "webhook": {
+                                        "buildRequest": {"method": "POST", "url": url},
+                                        "getFlowRequest": {"method": "GET", "url": url + "/${response.json.id}"},
+                                        "deleteRequest": {"method": "DELETE", "url": url + "/${response.json.id}"}}}}
+    return c
+
+
+def run(obj: dict[str, Any], cluster: Cluster) -> list[Any]:
+    """One pass; the object gets its status; returns the pass's Events."""
+    outcome = reconcile_stored_flow(copy.deepcopy(obj), cluster)
+    obj["status"] = outcome.status
+    return outcome.events
+
+
+def another_teams_object(hook: WebhookServer) -> str:
+    return str(requests.post(f"{hook.url}/flows", data=b"another team's flow", timeout=5).json()["id"])
+
+
+# ---------------------------------------------------------------------- the seal itself
+def test_a_seal_binds_the_state_its_place_and_its_storedflow() -> None:
+    key = b"k" * 32
+    seals = Seals(key, "ns", "etl", "uid-1")
+    state = {"buildResponse": {"status": 201, "json": {"id": "abc"}}}
+    seal = seals.state("etl", state)
+    assert seal is not None and seals.holds_state("etl", state, seal)
+    assert not seals.holds_state("etl", {"buildResponse": {"status": 201, "json": {"id": "abd"}}}, seal)
+    assert not seals.holds_state("other", state, seal)
+    assert not seals.holds_state("etl", state, None)
+    for other in (Seals(key, "ns", "etl", "uid-2"), Seals(key, "ns2", "etl", "uid-1"),
+                  Seals(key, "ns", "etl2", "uid-1"), Seals(b"j" * 32, "ns", "etl", "uid-1")):
+        assert not other.holds_state("etl", state, seal)
+    # what the API server hands back: a whole float as an integer
+    assert seals.holds_state("etl", {"n": 2}, seals.state("etl", {"n": 2.0}))
+    assert seals.state("etl", None) is None and seals.holds_state("etl", None, None)
+
+
+def test_a_storing_seal_binds_its_location_and_key() -> None:
+    seals = seals_for(b"k" * 32, {"metadata": {"namespace": "ns", "name": "etl", "uid": "u"}})
+    seal = seals.storing("sha256:" + "a" * 64, "etl", "key-1")
+    assert seals.holds_storing("sha256:" + "a" * 64, "etl", "key-1", seal)
+    assert not seals.holds_storing("sha256:" + "a" * 64, "etl", "key-2", seal)
+    assert not seals.holds_storing("sha256:" + "a" * 64, "victim", "key-1", seal)
+    assert not seals.holds_storing("sha256:" + "a" * 64, "etl", "key-1", None)
+
+
+def test_the_records_the_operator_writes_are_sealed(hooked: Cluster, hook: WebhookServer) -> None:
+    obj = one_revision(flow())
+    run(obj, hooked)
+    seals = seals_for(hooked.record_key, obj)
+    artifact, entry = obj["status"]["artifact"], obj["status"]["history"][0]
+    assert seals.holds_state("etl", artifact["storageState"], artifact["stateSeal"])
+    assert entry["stateSeal"] == artifact["stateSeal"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    run(obj, hooked)
+    (retired,) = obj["status"]["retired"]
+    assert seals.holds_state(retired["location"], retired["storageState"], retired["stateSeal"])
+    run(obj, hooked)  # the sealed record is honoured: the old object is deleted
+    assert "retired" not in obj["status"] and list(hook.bodies) == [flow_id(obj)]
+
+
+# ---------------------------------------------------------------------- Webhook deletions
+def test_a_status_writer_cannot_aim_a_webhook_deletion_at_another_object(hooked: Cluster,
+                                                                          hook: WebhookServer) -> None:
+    """A retired record naming another object of the same service (its id in buildResponse) must
+    not make the operator delete that object with the FlowStorage's credentials."""
+    victim = another_teams_object(hook)
+    obj = one_revision(flow())
+    run(obj, hooked)
+    forged = {"location": "etl", "revision": 1, "supersededAt": "2026-01-01T00:00:00Z",
+              "storageState": {"buildResponse": {"status": 201, "json": {"id": victim}}}}
+    obj["status"]["retired"] = [forged]  # a status patch by someone else
+    events = run(obj, hooked)
+    assert victim in hook.bodies, "the operator deleted an object no revision of this flow ever made"
+    assert ready(obj) and "retired" not in obj["status"]
+    (warning,) = [e for e in events if e.type == "Warning"]
+    assert warning.reason == "CleanupFailed" and "no seal of this operator" in warning.message
+
+
+def test_a_seal_copied_from_another_storedflow_does_not_aim_a_deletion(hooked: Cluster, hook: WebhookServer) -> None:
+    """The other flow's own record, sealed for it, copied into this one's status."""
+    other = flow()
+    other["metadata"].update(name="other", uid="f2")
+    run(other, hooked)
+    victim = flow_id(other)
+    obj = one_revision(flow())
+    run(obj, hooked)
+    copied = dict(other["status"]["history"][0], supersededAt="2026-01-01T00:00:00Z")
+    obj["status"]["retired"] = [{k: copied[k] for k in ("location", "supersededAt", "storageState", "stateSeal")}]
+    run(obj, hooked)
+    assert victim in hook.bodies and "retired" not in obj["status"]
+
+
+def test_two_storedflows_with_the_same_inputs_get_objects_of_their_own(hooked: Cluster,
+                                                                      hook: WebhookServer) -> None:
+    """The idempotency key names the StoredFlow too: the same flow stored by two StoredFlows (two
+    namespaces, say) is two objects, and one's retention never deletes the other's."""
+    first, second = flow(), flow()
+    second["metadata"].update(name="other", uid="f2")
+    run(first, hooked)
+    run(second, hooked)
+    assert flow_id(first) != flow_id(second) and len(hook.bodies) == 2
+
+
+def test_deleting_a_storedflow_with_a_forged_history_deletes_only_its_own_objects(hooked: Cluster,
+                                                                                  hook: WebhookServer) -> None:
+    victim = another_teams_object(hook)
+    obj = flow()
+    run(obj, hooked)
+    own = flow_id(obj)
+    forged = dict(obj["status"]["history"][0], revision=7,
+                  storageState={"buildResponse": {"status": 201, "json": {"id": victim}}})
+    obj["status"]["history"].append(forged)
+    outcome = delete_stored_flow(obj, hooked, attempt=0, max_attempts=2)
+    assert own not in hook.bodies and victim in hook.bodies
+    assert outcome.event is not None and outcome.event.reason == "CleanupFailed"
+    assert "no seal of this operator" in outcome.event.message
+
+
+def test_a_forged_idempotency_key_replays_nothing(hooked: Cluster, hook: WebhookServer) -> None:
+    """status.storing names the key of another team's store: replaying it would be answered with
+    their object, which the operator would then delete as its own leftover."""
+    victim_key = "their-store-key"
+    victim = requests.post(f"{hook.url}/flows", data=b"another team's flow", timeout=5,
+                           headers={"Idempotency-Key": f'"{victim_key}"'}).json()["id"]
+    obj = flow()
+    run(obj, hooked)
+    posts = len(hook.bodies)
+    obj["status"]["storing"] = {"inputsDigest": "sha256:" + "b" * 64, "location": "etl",
+                                "idempotencyKey": victim_key}
+    events = run(obj, hooked)
+    assert victim in hook.bodies and len(hook.bodies) == posts
+    assert ready(obj) and "storing" not in obj["status"]
+    assert [e.reason for e in events if e.type == "Warning"] == ["RecordIgnored"]
+
+
+# ---------------------------------------------------------------------- object stores
+def test_a_forged_storing_location_is_neither_deleted_nor_written(local: Cluster, tmp_path: Path) -> None:
+    """status.storing is where the next upload goes (a retry of the same inputs) and what an
+    interrupted store of other inputs left (deleted). Forged, it names another team's file."""
+    victim = tmp_path / "their-team" / "flow.py"
+    victim.parent.mkdir()
+    victim.write_bytes(b"their flow")
+    obj = flow()
+    run(obj, local)
+    own = obj["status"]["location"]
+    obj["status"]["storing"] = {"inputsDigest": "sha256:" + "c" * 64, "location": str(victim)}
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    events = run(obj, local)
+    assert victim.read_bytes() == b"their flow", "the operator deleted a file status chose"
+    assert ready(obj) and obj["status"]["location"] not in (own, str(victim))
+    assert "RecordIgnored" in [e.reason for e in events]
+    # the same with the inputs digest of the next version: a "retry" must not upload over it
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
+    probe = reconcile_stored_flow(copy.deepcopy(obj), local, on_progress=lambda s: None)
+    wanted = probe.status["artifact"]["inputsDigest"]
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v4\n"
+    run(obj, local)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v3\n"
+    obj["status"]["storing"] = {"inputsDigest": wanted, "location": str(victim)}
+    run(obj, local)
+    assert victim.read_bytes() == b"their flow", "the operator uploaded over a file status chose"
+    assert ready(obj) and obj["status"]["location"] != str(victim)
+    assert str(victim.relative_to(tmp_path)) in files(tmp_path)
+
+
+def test_a_store_interrupted_by_a_kill_is_still_retried_in_place(local: Cluster) -> None:
+    """The seal does not cost the crash-consistency guarantee: the operator's own record is honoured."""
+    from tests.unit.test_crash_consistency import reconcile
+
+    obj = flow()
+    local.kill = "after-put"
+    obj, local = reconcile(obj, local)
+    storing = obj["status"]["storing"]
+    assert storing["seal"].startswith("hmac-sha256:")
+    local.kill = None
+    obj, local = reconcile(obj, local)
+    assert ready(obj) and obj["status"]["location"] == storing["location"]
+
+
+# ---------------------------------------------------------------------- Docker images
+class _Registry:
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.deleted: list[tuple[Any, str]] = []
+
+    def restore_state(self, state: Any) -> None:
+        self.state = state
+
+    def delete_image(self, digest: str) -> None:
+        self.deleted.append((self.state, digest))
+
+
+def test_a_forged_docker_record_deletes_no_image() -> None:
+    """A Docker record's imageName picks the repository: forged, it names another team's."""
+    cluster = Cluster()
+    seals = Seals(cluster.record_key, "ns", "etl", "f1")
+    scope = RetireScope(ports=cluster, namespace="ns", name="etl", storage_name="store", flow_name="etl", seals=seals)
+    state = {"imageName": "registry.example/their-team/flows", "imageDigest": "sha256:" + "d" * 64}
+    registry = _Registry()
+    left = ImagePublisher().delete_revision(registry, Retired("etl.py", "", state), scope)  # type: ignore[arg-type]
+    assert left is not None and "no seal of this operator" in left and registry.deleted == []
+    sealed = Retired("etl.py", "", state, state_seal=seals.state("etl.py", state))
+    assert ImagePublisher().delete_revision(registry, sealed, scope) is None  # type: ignore[arg-type]
+    assert registry.deleted == [(state, state["imageDigest"])]
