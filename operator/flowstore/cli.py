@@ -80,6 +80,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
         kubeconfig.load()
     except config.ConfigException as exc:
         return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
+    from flowstore.controller.record_key import RecordKeyError, load_record_key
+
+    key_namespace = operator_namespace(args.operator_namespace, os.environ) or leader.pod_namespace()
+    try:  # the key that seals the status records the operator acts on later (docs/security.md)
+        settings.record_key = load_record_key(client.CoreV1Api(), key_namespace, args.record_key_secret)
+    except RecordKeyError as exc:
+        return _print_error(exc)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -367,8 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "as the operator's own cloud identity (the SDKs' default chain): only in the operator's own "
                          "namespace (default), in any namespace, or nowhere (docs/identity.md)")
     op.add_argument("--operator-namespace", default=None,
-                    help="the operator's own namespace, for --ambient-identity own-namespace (default: "
-                         "$POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
+                    help="the operator's own namespace, for --ambient-identity own-namespace and the record key "
+                         "(default: $POD_NAMESPACE, else the mounted ServiceAccount's namespace)")
+    op.add_argument("--record-key-secret", default="flowstore-record-key",
+                    help="the Secret of the operator's own namespace that holds the key sealing the status records "
+                         "it acts on later; made when missing (default flowstore-record-key; docs/security.md)")
     _policy_flags(op)
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)

@@ -284,3 +284,44 @@ def test_a_flow_cannot_leave_the_operators_sandbox(start_operator: Callable[...,
         listener.close()
     assert seen["udp"] == "PermissionError"
     assert not Path(f"/proc/{seen['grandchild']}").exists(), "a setsid() grandchild outlived the build"
+
+
+# ---------------------------------------------------------------------- whoever may write the status
+def test_a_status_writer_cannot_aim_the_operators_deletions(start_operator: Callable[..., OperatorProcess],
+                                                           namespace: str, webhook: WebhookServer) -> None:
+    """Someone who may patch storedflows/status (not the spec) forges a retired record naming
+    another team's object at the same service, and a store "under way" with their idempotency key:
+    the operator deletes and replays nothing of it, and says so in Events."""
+    start_operator("--allow-private-endpoints")
+    url = f"{webhook.url}/flows"
+    auth = {"Authorization": "Bearer ${TOKEN}"}
+    apply_all(docs(manifests(
+        secret(namespace, "token", {"TOKEN": TOKEN}),
+        flow_storage(namespace, "hook", "webhook", {
+            "buildRequest": {"method": "POST", "url": url, "headers": auth},
+            "getFlowRequest": {"method": "GET", "url": url + "/${response.json.id}", "headers": auth},
+            "deleteRequest": {"method": "DELETE", "url": url + "/${response.json.id}", "headers": auth},
+            "credentialsSecretRef": {"name": "token"}}, deletionPolicy="Delete", retention={"minAge": "0s"}),
+    ), inline_flow(namespace, "etl", "etl", storage="hook")))
+    wait_ready(namespace, "etl", timeout=60)
+    import requests
+
+    victim = requests.post(url, data=b"another team's flow", timeout=5,
+                           headers={"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": '"their-key"'}).json()["id"]
+    forged = {"status": {
+        "retired": [{"location": "etl", "supersededAt": "2026-01-01T00:00:00Z",
+                     "storageState": {"buildResponse": {"status": 201, "json": {"id": victim}}}}],
+        "storing": {"inputsDigest": "sha256:" + "e" * 64, "location": "etl", "idempotencyKey": "their-key"}}}
+    posts = [m for m, _, _ in webhook.log].count("POST")
+    kubectl("patch", "storedflow", "etl", "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps(forged))
+    kubectl("annotate", "storedflow", "etl", "-n", namespace, "flowstore.dev/requested-at=forged")
+    wait_for("storedflow", namespace, "etl", lambda o: not {"retired", "storing"} & set(o.get("status") or {}),
+             60, "to drop the forged records")
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=etl",
+                     "-o", "json").stdout
+    reasons = {(e["reason"], e["type"]) for e in json.loads(events)["items"]}
+    assert {("CleanupFailed", "Warning"), ("RecordIgnored", "Warning")} <= reasons, reasons
+    assert victim in webhook.bodies, "the operator deleted another team's object"
+    assert [m for m, _, _ in webhook.log].count("POST") == posts, "the operator replayed a key status chose"
+    assert "no seal of this operator" in describe("storedflow", namespace, "etl")

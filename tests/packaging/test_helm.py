@@ -13,6 +13,7 @@ session's cluster-wide e2e operator (tests/e2e) must not serve, and so hide, the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -230,8 +231,9 @@ def test_default_values(helm: str) -> None:
     (service,) = by_kind(docs, "Service")
     assert service["spec"]["ports"][0]["port"] == 9090
     assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "PodDisruptionBudget")
-    assert not by_kind(docs, "RoleBinding") or all(
-        rb["metadata"]["name"].endswith("-leader-election") for rb in by_kind(docs, "RoleBinding"))
+    assert sorted(rb["metadata"]["name"] for rb in by_kind(docs, "RoleBinding")) == [
+        "flowstore-flowstore-operator-leader-election", "flowstore-flowstore-operator-record-key"]
+    assert "--record-key-secret=flowstore-flowstore-operator-record-key" in args
 
 
 def test_options_render(helm: str) -> None:
@@ -255,7 +257,8 @@ def test_options_render(helm: str) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
     assert roles == {("a", "flowstore-flowstore-operator"), ("b", "flowstore-flowstore-operator"),
-                     ("ops", "flowstore-flowstore-operator-leader-election")}
+                     ("ops", "flowstore-flowstore-operator-leader-election"),
+                     ("ops", "flowstore-flowstore-operator-record-key")}
 
 
 def test_shards_render_one_operator_each_plus_the_default(helm: str) -> None:
@@ -402,12 +405,19 @@ def test_rbac_is_exactly_what_the_operator_uses(helm: str, builds: bool) -> None
         if role["metadata"]["name"].endswith("-leader-election"):
             assert _rules(role) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
             assert role["metadata"]["namespace"] == "flowstore-system"
+        elif role["metadata"]["name"].endswith("-record-key"):
+            assert role["metadata"]["namespace"] == "flowstore-system"
+            assert role["rules"] == [
+                {"apiGroups": [""], "resources": ["secrets"],
+                 "resourceNames": ["flowstore-flowstore-operator-record-key"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
         else:
             assert _rules(role) == namespaced
     docs = render(helm, "flowstore", "flowstore-system", "--set", set_namespaces("a"),
                   "--set", "rbac.observeNamespaces=false", "--set", "rbac.leaderElection=false")
     assert [_rules(r) for r in by_kind(docs, "ClusterRole")] == [crds]
-    assert [r["metadata"]["namespace"] for r in by_kind(docs, "Role")] == ["a"]
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "a"] == [
+        "flowstore-flowstore-operator"]
 
 
 # ---------------------------------------------------------------------- real RBAC, real operator
@@ -490,6 +500,13 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     assert can_i(sa_config, "list", "namespaces")
     assert not can_i(sa_config, "delete", "namespaces")
     assert can_i(sa_config, "create", "leases.coordination.k8s.io", "-n", home)
+    # the record key: its own Secret by name in the release namespace (made at the first start)
+    (key_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-record-key")]
+    record_key = key_role["metadata"]["name"]
+    assert can_i(sa_config, "get", f"secrets/{record_key}", "-n", home)
+    assert can_i(sa_config, "create", "secrets", "-n", home)
+    for ns in (watched, unwatched):
+        assert not can_i(sa_config, "create", "secrets", "-n", ns)
     assert not can_i(sa_config, "delete", "leases.coordination.k8s.io", "-n", home)
     assert not can_i(sa_config, "create", "serviceaccounts", "--subresource=token", "--all-namespaces")
     # A real TokenRequest with the operator's own token: granted where it watches, refused elsewhere.
@@ -509,7 +526,8 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
     op.log_dir.mkdir()
     # As the chart runs it: with leader election, so the Lease rules are exercised too.
     policy = ["--enable-build-jobs", "--build-image", "registry.example.com/team/*"] if builds else []
-    op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home, *policy)
+    op.start("--namespace", watched, "--namespace", watched2, "--leader-elect", "--lease-namespace", home,
+             "--operator-namespace", home, "--record-key-secret", record_key, *policy)
     try:
         apply_each(deleting_local_storage(watched, directory),
                    inline_flow(watched, "inline", "inline flow", storage="local"),
@@ -529,6 +547,8 @@ def test_namespaced_rbac_runs_the_operator(helm: str, s3_endpoint: str, s3_bucke
         inline = wait_ready(watched, "inline", timeout=60)
         assert (directory / inline["status"]["location"]).is_file()
         wait_ready(watched, "from-cm", timeout=60)
+        made = json.loads(kubectl("get", "secret", record_key, "-n", home, "-o", "json").stdout)
+        assert made["immutable"] is True and len(base64.b64decode(made["data"]["key"])) == 32
         wait_ready(watched2, "s3", timeout=60)
         wait_ready(watched, "local", kind="flowstorage", timeout=60)
         # status.flows follows the flows once they were quiet for a moment (SUMMARY_QUIET)
@@ -572,7 +592,8 @@ def test_cluster_wide_rbac_runs_the_operator(helm: str, make_namespace: Callable
     env = {**os.environ, "KUBECONFIG": str(sa_config)}
     op = OperatorProcess(tmp_path / "logs", env)
     op.log_dir.mkdir()
-    op.start()
+    (key_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-record-key")]
+    op.start("--operator-namespace", home, "--record-key-secret", key_role["metadata"]["name"])
     try:
         apply_each(deleting_local_storage(ns, directory), inline_flow(ns, "inline", "inline flow", storage="local"))
         inline = wait_ready(ns, "inline", timeout=60)

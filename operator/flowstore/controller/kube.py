@@ -72,7 +72,8 @@ class KubePorts:
 
     def __init__(self, api: client.ApiClient, *, build_timeout: float, build_memory: int,
                  max_builds: int = 2, max_build_jobs: int = 4, policy: OperatorPolicy | None = None,
-                 ambient: AmbientPolicy | None = None, shard: LabelSelector | None = None) -> None:
+                 ambient: AmbientPolicy | None = None, shard: LabelSelector | None = None,
+                 record_key: bytes = b"") -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -88,6 +89,7 @@ class KubePorts:
         self.tokens = ServiceAccountTokens(self.core)
         self.ambient = ambient or AmbientPolicy()
         self._shard = shard
+        self._record_key = record_key
         #: FlowStorages as the watch last saw them (metadata and spec only): (namespace, name) -> body
         self._flowstorages: dict[tuple[str, str], dict[str, Any]] = {}
         #: Secrets read recently: (namespace, name) -> (when read, monotonic; what was read)
@@ -95,6 +97,10 @@ class KubePorts:
 
     def shard(self) -> LabelSelector | None:
         return self._shard
+
+    @property
+    def record_key(self) -> bytes:
+        return self._record_key
 
     # ---------------------------------------------------------------- what the watches saw
     def flowstorage_seen(self, body: Mapping[str, Any], *, gone: bool = False) -> None:

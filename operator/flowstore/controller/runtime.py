@@ -103,6 +103,8 @@ class Settings:
     ambient: AmbientPolicy = dataclasses.field(default_factory=AmbientPolicy)
     #: the objects this operator serves (--watch-label-selector); None: all
     shard: LabelSelector | None = None
+    #: seals the status records the operator acts on later (``controller/record_key.py``)
+    record_key: bytes = dataclasses.field(default=b"", repr=False)
 
 
 class Runtime:
@@ -112,7 +114,8 @@ class Runtime:
         self.settings = settings
         self.ports = KubePorts(api, build_timeout=settings.build_timeout, build_memory=settings.build_memory,
                                max_builds=settings.max_builds, max_build_jobs=settings.max_build_jobs,
-                               policy=settings.policy, ambient=settings.ambient, shard=settings.shard)
+                               policy=settings.policy, ambient=settings.ambient, shard=settings.shard,
+                               record_key=settings.record_key)
         self.core = client.CoreV1Api(api)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="reconcile")
         # a Docker storage's image build wakes the StoredFlows that wait for it
