@@ -327,3 +327,26 @@ def test_a_retired_webhook_object_goes_though_a_store_interrupted_since(hooked: 
     assert ready(obj) and "retired" not in obj["status"] and "storing" not in obj["status"]
     assert list(hook.bodies) == [flow_id(obj)]
 
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_deleting_a_webhook_storedflow_deletes_what_an_interrupted_store_made(hooked: Cluster, hook: WebhookServer,
+                                                                            policy: str) -> None:
+    """The interrupted store's object is named only in the answer that never arrived: the deletion
+    finds it by the request's idempotency key, whatever the policy (no revision ever named it)."""
+    from flowstore.reconcile import delete_stored_flow
+
+    cluster = hooked
+    cluster.storages["store"]["spec"]["deletionPolicy"] = policy
+    obj, cluster = reconcile(flow(), cluster)
+    first = flow_id(obj)
+    obj["spec"]["source"]["inline"] = SCRIPT + "# v2\n"
+    cluster.kill = "after-put"
+    obj, cluster = reconcile(obj, cluster)
+    assert len(hook.bodies) == 2 and "storing" in obj["status"]
+    outcome = delete_stored_flow(obj, cluster, attempt=0, max_attempts=2)
+    assert outcome.retry_after is None and outcome.event is not None
+    if policy == "Retain":
+        assert outcome.event.reason == "Retained" and list(hook.bodies) == [first]
+    else:
+        assert outcome.event.reason == "Deleted" and list(hook.bodies) == []
