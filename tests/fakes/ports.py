@@ -115,4 +115,7 @@ class FakeCluster:
             return original(location, data, **kwargs)
 
         storage.put_bytes = counted  # type: ignore[method-assign]
+        # a new storage per pass already (the operator's ports share one per FlowStorage and hand
+        # each pass a fork); a copy would keep the wrappers bound to this one
+        storage.fork = lambda: storage  # type: ignore[method-assign]
         return storage

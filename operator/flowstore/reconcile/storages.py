@@ -52,8 +52,8 @@ def open_storage(ports: Ports, namespace: str, fs: Mapping[str, Any], spec: Stor
         secret_version += "|" + refs_version
     cache_key = json.dumps([fs["metadata"].get("uid"), spec.backend, spec.config, secret_version], sort_keys=True,
                            default=lambda b: hashlib.sha256(b).hexdigest())
-    try:
-        return ports.storage_for(spec, credentials, cache_key, identity, namespace=namespace)
+    try:  # shared by the FlowStorage's passes; the state a pass restores is its own
+        return ports.storage_for(spec, credentials, cache_key, identity, namespace=namespace).fork()
     except InvalidConfig as exc:
         where = f" (Secret {spec.secret_name!r} in namespace {namespace!r})" if spec.secret_name else ""
         raise InvalidConfig(f"{exc.message}{where}") from None

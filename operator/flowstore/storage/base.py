@@ -22,6 +22,7 @@ A storage is written down in two ways:
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
@@ -255,6 +256,13 @@ class Storage(abc.ABC):
         """Verify the bucket/container/directory exists and is accessible. Raises StorageError.
         Backends without a container to check keep this default."""
         return None
+
+    def fork(self) -> Storage:
+        """This storage for one reconcile pass: its clients shared (they are thread-safe), the
+        state ``restore_state`` sets its own. The operator keeps one storage per FlowStorage for
+        all its StoredFlows, whose passes run at once: a state restored by one pass must never
+        address another pass's request (a delete of another flow's object)."""
+        return copy.copy(self)
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """Re-apply the `storage_state` recorded with an artifact (e.g. from StoredFlow status

@@ -15,6 +15,7 @@ translated into :mod:`flowstore.storage.errors`.
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
 import os
@@ -299,6 +300,12 @@ class Webhook(Storage):
     def location_for(self, flow_name: str, key: str | None = None) -> str:
         """The seed's Webhook location is the flow name; a StoredFlow's key replaces it."""
         return key or flow_name
+
+    def fork(self) -> Webhook:
+        """Its own build responses (the HTTP session stays shared, behind its lock)."""
+        forked = copy.copy(self)
+        forked._responses = dict(self._responses)
+        return forked
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """Take back the build response recorded in status, so the get, stat and delete
