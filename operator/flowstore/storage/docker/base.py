@@ -266,11 +266,22 @@ class DockerBase(Storage):
         if state.get("imageTag"):
             self.image_tag = str(state["imageTag"])
         if state.get("imageName"):
-            self._state_repository = str(state["imageName"])
+            name = str(state["imageName"])
+            # a FlowStorage's images are in its own repository: a status naming another (written by
+            # someone else) would send its registry credentials there
+            self._state_repository = name if self._is_own(name) else None
+
+    def _is_own(self, name: str) -> bool:
+        """Whether image `name` is in this storage's repository (always, for the seed's library
+        use: an agent's storage is built from the status it reads)."""
+        return not self.confined or name == self.image_repository
 
     def _read_repository(self, image_name: str | None = None) -> tuple[str | None, str]:
         """(host, repository path) to read the current image (or `image_name`) from."""
         full = image_name or self._state_repository or self.image_repository
+        if not self._is_own(full):
+            raise InvalidConfig(f"image {full!r} is not in this FlowStorage's repository {self.image_repository!r} "
+                                "(status may have been written by someone else); nothing was sent to its registry")
         host = self.registry_host
         if host and full.startswith(host + "/"):
             return host, full[len(host) + 1:]
