@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +57,14 @@ class Cluster(FakeCluster):
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Cluster:
+    return local_cluster(tmp_path)
+
+
+def local_cluster(directory: Path) -> Cluster:
+    """A Local FlowStorage "store" in `directory` (Retain)."""
     c = Cluster()
     c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
-                           "spec": {"local": {"directory": str(tmp_path)}, "interval": "10m"}}
+                           "spec": {"local": {"directory": str(directory)}, "interval": "10m"}}
     return c
 
 
@@ -232,13 +236,12 @@ def test_versions_stored_back_to_back_under_delete_leave_only_the_last(cluster: 
 # real HTTP service that honours Idempotency-Key as the IETF draft describes).
 
 @pytest.fixture
-def hook() -> Iterator[WebhookServer]:
-    with WebhookServer() as server:
-        yield server
-
-
-@pytest.fixture
 def hooked(hook: WebhookServer) -> Cluster:
+    return webhook_cluster(hook)
+
+
+def webhook_cluster(hook: WebhookServer) -> Cluster:
+    """A Webhook FlowStorage "store" on `hook` (Retain), whose get and delete requests name the id."""
     c = Cluster()
     url = f"{hook.url}/flows"
     c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},

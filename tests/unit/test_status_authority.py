@@ -7,52 +7,53 @@ directory, a real HTTP service for Webhooks)."""
 from __future__ import annotations
 
 import copy
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from flowstore.api.history import Retired
+from flowstore.api.history import History, Retired
 from flowstore.api.seals import Seals, seals_for
+from flowstore.artifacts import signing, statement
 from flowstore.reconcile import delete_stored_flow, reconcile_stored_flow
 from flowstore.reconcile.publishers.base import RetireScope
 from flowstore.reconcile.publishers.image import ImagePublisher
 from tests.helpers.webhook_server import WebhookServer
-from tests.unit.test_crash_consistency import SCRIPT, Cluster, files, flow, flow_id, one_revision, ready
+from tests.unit.test_crash_consistency import (
+    SCRIPT,
+    Cluster,
+    deleting,
+    files,
+    flow,
+    flow_id,
+    local_cluster,
+    one_revision,
+    ready,
+    webhook_cluster,
+)
 
 
 @pytest.fixture
 def local(tmp_path: Path) -> Cluster:
-    c = Cluster()
-    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
-                           "spec": {"local": {"directory": str(tmp_path)}, "interval": "10m"}}
-    return c
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookServer]:
-    with WebhookServer() as server:
-        yield server
+    return local_cluster(tmp_path)
 
 
 @pytest.fixture
 def hooked(hook: WebhookServer) -> Cluster:
-    c = Cluster()
-    url = f"{hook.url}/flows"
-    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
-                           "spec": {"interval": "10m", "deletionPolicy": "Delete", "retention": {"minAge": "0s"},
-                                    "webhook": {
-                                        "buildRequest": {"method": "POST", "url": url},
-                                        "getFlowRequest": {"method": "GET", "url": url + "/${response.json.id}"},
-                                        "deleteRequest": {"method": "DELETE", "url": url + "/${response.json.id}"}}}}
-    return c
+    """deletionPolicy Delete, objects deleted as soon as their revision left the history."""
+    return deleting(webhook_cluster(hook))
 
 
-def run(obj: dict[str, Any], cluster: Cluster) -> list[Any]:
+def run(obj: dict[str, Any], cluster: Cluster, *, check_drift: bool = False) -> list[Any]:
     """One pass; the object gets its status; returns the pass's Events."""
-    outcome = reconcile_stored_flow(copy.deepcopy(obj), cluster)
+    outcome = reconcile_stored_flow(copy.deepcopy(obj), cluster, check_drift=check_drift)
     obj["status"] = outcome.status
     return outcome.events
 
@@ -222,6 +223,26 @@ def test_a_store_interrupted_by_a_kill_is_still_retried_in_place(local: Cluster)
     assert ready(obj) and obj["status"]["location"] == storing["location"]
 
 
+# ---------------------------------------------------------------------- one storage, many passes
+def test_a_pass_restores_state_into_its_own_fork_of_the_storage(hook: WebhookServer) -> None:
+    """The operator keeps one storage per FlowStorage for all its flows' passes, which run at
+    once: the build response one pass restores (its own, or a forged one) must not address
+    another pass's delete."""
+    from flowstore.storage.webhook import Webhook
+
+    url = f"{hook.url}/flows"
+    shared = Webhook.from_config({"buildRequest": {"method": "POST", "url": url},
+                                  "getFlowRequest": {"method": "GET", "url": url + "/${response.json.id}"},
+                                  "deleteRequest": {"method": "DELETE", "url": url + "/${response.json.id}"}})
+    mine, theirs = shared.fork(), shared.fork()
+    kept = mine.put_bytes("etl", b"my flow").storage_state
+    theirs.restore_state({"buildResponse": {"status": 201, "json": {"id": "someone-elses"}}})
+    assert mine.get_bytes("etl") == b"my flow"
+    mine.restore_state(kept)
+    theirs.delete("etl")  # addressed by its own state: not mine
+    assert mine.get_bytes("etl") == b"my flow" and shared.build_response is None
+
+
 # ---------------------------------------------------------------------- Docker images
 class _Registry:
     def __init__(self) -> None:
@@ -247,3 +268,135 @@ def test_a_forged_docker_record_deletes_no_image() -> None:
     sealed = Retired("etl.py", "", state, state_seal=seals.state("etl.py", state))
     assert ImagePublisher().delete_revision(registry, sealed, scope) is None  # type: ignore[arg-type]
     assert registry.deleted == [(state, state["imageDigest"])]
+
+
+# ---------------------------------------------------------------------- signing what status says
+# (found by the adversarial review of the seals: the operator signed whatever status.history held)
+
+def pem() -> str:
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> tuple[Cluster, str]:
+    key = pem()
+    c = Cluster()
+    c.storages["store"] = {"metadata": {"name": "store", "namespace": "ns", "uid": "u1", "generation": 1},
+                           "spec": {"local": {"directory": str(tmp_path)}, "interval": "10m",
+                                    "signing": {"secretRef": {"name": "sig"}}}}
+    c.secrets["sig"] = {"metadata": {"uid": "s", "resourceVersion": "1"}, "data": {"FLOWSTORE_SIGNING_KEY": key}}
+    return c, key
+
+
+@pytest.mark.parametrize("check_drift", [False, True])
+def test_a_status_writer_cannot_get_another_flows_object_signed_as_this_flows(
+        signed: tuple[Cluster, str], check_drift: bool) -> None:
+    """docs/signing.md: with ed25519 signing a status writer gets "nothing an agent accepts".
+    But ready() (sign_status) signs every status.history entry as status holds it: a status
+    writer rewrites the current entry to name another flow's object of the same storage (its
+    location, digest, size) and the operator signs it as this StoredFlow's revision. A drift
+    check does not notice: the bytes at the forged location do hash to the forged digest."""
+    cluster, key = signed
+    victim = flow(SCRIPT.replace("'etl'", "'payroll'").replace("lambda: 1", "lambda: 'payroll'"))
+    victim["metadata"].update(name="payroll", uid="f2")
+    victim["spec"]["flowName"] = "payroll"
+    run(victim, cluster)
+    obj = flow()
+    run(obj, cluster)
+    assert ready(obj) and ready(victim)
+    theirs = victim["status"]["artifact"]
+    entry = obj["status"]["history"][0]  # a status patch by someone else
+    entry.update(location=victim["status"]["location"], digest=theirs["digest"], size=theirs["size"],
+                 url=theirs["url"])
+    events = run(obj, cluster, check_drift=check_drift)
+    status = obj["status"]
+    verifier = signing.signer_from_secret(key.encode(), None, where="test").verifier()
+    stmt = statement.from_status(status, namespace="ns", name="etl", uid="f1")
+    signed_by_us = "signature" in status["artifact"] and statement.verify(
+        stmt, status["artifact"]["signature"], status["artifact"]["keyId"], [verifier], what="etl")
+    assert not (signed_by_us and status["location"] == victim["status"]["location"]), \
+        "the operator signed another flow's object as revision of this StoredFlow (status chose it)"
+    assert "signature" not in status["history"][0]
+    (warning,) = [e for e in events if e.reason == "RecordIgnored"]
+    assert "Did not sign revision(s) 1 of status.history" in warning.message
+
+
+class Recorder:
+    """A registry of the attacker's: answers every request with a Basic challenge (as many
+    registries do) and records the Authorization headers it is sent."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                if self.headers.get("Authorization"):
+                    owner.authorizations.append(self.headers["Authorization"])
+                    status, headers = 404, {}
+                else:
+                    status, headers = 401, {"WWW-Authenticate": 'Basic realm="evil"'}
+                body = b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _any
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def evil() -> Iterator[Recorder]:
+    server = Recorder()
+    yield server
+    server.close()
+
+
+def test_a_status_writer_cannot_send_the_registry_credentials_to_a_host_of_their_choice(evil: Recorder) -> None:
+    """publishers/image.settle_signature takes the image to sign from a status.history entry
+    (`image.name`, unsealed) and Docker.sign_image opens a RegistryClient for whatever host that
+    name starts with, with the FlowStorage's registry username and password: a status writer
+    gets them (and a cosign signature by the storage's key over a digest of their choice)."""
+    from flowstore.reconcile.publishers.image import settle_signature
+    from flowstore.storage.docker import Docker
+
+    docker = Docker(registry_url="http://127.0.0.1:5999", image_name="team/flows",
+                    registry_username="robot", registry_password="s3cr3t-registry-password")
+    docker.confined = True  # a FlowStorage's storage, as the operator opens it (Docker.for_operator)
+    inputs = "sha256:" + "1" * 64
+    entry = {"revision": 1, "digest": "sha256:" + "2" * 64, "size": 10, "format": "script", "url": "x",
+             "location": "/opt/flows/etl.py", "sourceDigest": "sha256:" + "3" * 64, "inputsDigest": inputs,
+             "storedAt": "2026-01-01T00:00:00Z", "fileName": "etl.py",
+             # the status writer's edit:
+             "image": {"name": f"{evil.host}/anything", "digest": "sha256:" + "4" * 64}}
+    status: dict[str, Any] = {"history": [entry], "lastRevision": 1,
+                              "image": {"name": "127.0.0.1:5999/team/flows", "tag": "t",
+                                        "digest": "sha256:" + "5" * 64, "path": "/opt/flows/etl.py"}}
+    signer = signing.signer_from_secret(pem().encode(), None, where="test")
+    ctx = SimpleNamespace(status=status, spec=SimpleNamespace(pin=None, storage_name="store"), namespace="ns",
+                          history=History.read(status), inputs_digest=inputs, signer=signer, image_signature=None)
+    try:
+        settle_signature(ctx, docker)  # type: ignore[arg-type]
+    except Exception:
+        pass
+    assert evil.authorizations == [], f"the FlowStorage's registry credentials went to {evil.host}"

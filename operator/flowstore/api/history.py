@@ -45,6 +45,8 @@ class Revision:
     #: Docker storages: the image (``host/repo``) and its manifest digest
     image_name: str | None = None
     image_digest: str | None = None
+    #: the operator's seal over this entry (``api/seals.py``): only a sealed entry is signed
+    seal: str | None = None
 
     @property
     def digest(self) -> str:
@@ -86,6 +88,8 @@ class Revision:
             doc["git"] = {"commit": self.commit}
         if self.image_digest:
             doc["image"] = {"name": self.image_name or "", "digest": self.image_digest}
+        if self.seal:
+            doc["seal"] = self.seal
         return doc
 
     @classmethod
@@ -100,7 +104,7 @@ class Revision:
         git, image = section(doc, "git") or {}, section(doc, "image") or {}
         return cls(revision=number, location=location, artifact=dataclasses.replace(artifact, revision=number),
                    superseded_at=text(doc, "supersededAt"), commit=text(git, "commit"),
-                   image_name=text(image, "name"), image_digest=digest(image, "digest"))
+                   image_name=text(image, "name"), image_digest=digest(image, "digest"), seal=text(doc, "seal"))
 
     def as_artifact(self, designation: int | None = None) -> Artifact:
         """``status.artifact`` while this revision is current."""

@@ -27,6 +27,8 @@ from typing import Any, Final
 PREFIX: Final = "hmac-sha256:"
 #: a record key shorter than this is refused (the operator makes 32 random bytes)
 MIN_KEY_BYTES: Final = 32
+#: what a history entry's seal leaves out: what changes while the revision stays the same
+REVISION_UNSEALED: Final = frozenset({"supersededAt", "signature", "keyId", "seal"})
 
 
 def canonical(value: Any) -> Any:
@@ -64,6 +66,15 @@ class Seals:
         """Whether the operator recorded `state` at `location` for this StoredFlow (no state: yes)."""
         expected = self.state(location, state)
         return expected is None or (seal is not None and hmac.compare_digest(expected, seal))
+
+    def revision(self, doc: Mapping[str, Any]) -> str:
+        """The seal of a ``status.history`` entry (as ``Revision.to_status`` writes it): all it says
+        of the revision but when it stopped being current and its signature. Only a sealed entry
+        is signed (``reconcile/signatures.py``): the operator vouches for what it recorded."""
+        return self._mac("revision", {k: v for k, v in doc.items() if k not in REVISION_UNSEALED})
+
+    def holds_revision(self, doc: Mapping[str, Any], seal: str | None) -> bool:
+        return seal is not None and hmac.compare_digest(self.revision(doc), seal)
 
     def storing(self, inputs_digest: str, location: str, idempotency_key: str) -> str:
         """The seal of a ``status.storing`` record."""

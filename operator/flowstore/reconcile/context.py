@@ -88,6 +88,8 @@ class FlowContext:
     history: History = dataclasses.field(default_factory=History)
     #: Events of the steps before the end (retention), posted with the end's
     events: list[Event] = dataclasses.field(default_factory=list)
+    #: the artifact :meth:`artifact` made this pass (fresh from its storage: ready() seals its revision)
+    made: Artifact | None = None
     #: the operator's seals for this StoredFlow's records (``api/seals.py``); None: nothing the
     #: operator records is sealed, so nothing a recorded state addresses is deleted
     seals: Seals | None = None
@@ -163,7 +165,7 @@ class FlowContext:
         """The artifact of this reconcile at `location` (:func:`ready` signs it when the storage
         signs); the backend state its storage answered with is sealed (``api/seals.py``)."""
         state = dict(storage_state) if storage_state else None
-        return Artifact(
+        self.made = Artifact(
             url=url, digest=digest, size=size, format=self.fmt,
             source_digest=source_digest or sha256_of(self.source), inputs_digest=self.inputs_digest,
             last_update_time=cond.now_iso(), storage_state=state,
@@ -172,6 +174,7 @@ class FlowContext:
             entrypoint=self.entrypoint, file_count=self.file_count if self.bundle else None,
             versions=self.versions if self.fmt == "pickle" else None,
         )
+        return self.made
 
 
 def ready(ctx: FlowContext, stored: Stored, events: list[Event], *, uploaded: bool) -> Outcome:
@@ -183,7 +186,15 @@ def ready(ctx: FlowContext, stored: Stored, events: list[Event], *, uploaded: bo
     now = cond.now_iso()
     events = [*ctx.events, *events]
     history = ctx.history
+    prior = {e.revision: e for e in history.entries}
     latest = revisions.record(history, stored)
+    if ctx.seals is not None:
+        # the operator vouches for a revision it made this pass, or one it had recorded (its seal
+        # held) that this pass only refreshed from the source; never for what status alone says
+        before = prior.get(latest.revision)
+        if stored.artifact is ctx.made or (before is not None and ctx.seals.holds_revision(before.to_status(),
+                                                                                           before.seal)):
+            latest = revisions.seal(history, latest, ctx.seals)
     pin = ctx.spec.pin
     target = revisions.pinned(history, pin) if pin is not None else latest
     made_current = target is not None and revisions.designate(history, target, now)
@@ -203,7 +214,13 @@ def ready(ctx: FlowContext, stored: Stored, events: list[Event], *, uploaded: bo
     history.write(status, latest=latest if pin is not None and target is not None else None)
     # each revision's statement signed (the current one and every retained one): a new key
     # re-signs them all here, a status update; nothing is stored again
-    resigned = sign_status(status, ctx.obj, ctx.signer)
+    refused: list[int] = []
+    resigned = sign_status(status, ctx.obj, ctx.signer, seals=ctx.seals, refused=refused)
+    if refused:
+        events.append(Event("Warning", EventReason.RECORD_IGNORED, (
+            f"Did not sign revision(s) {', '.join(map(str, sorted(refused)))} of status.history: not recorded by this "
+            "operator (no valid seal; status may have been written by someone else). Agents that verify signatures "
+            "refuse them; store the flow again to replace them")))
     recorded = ctx.recorded
     if resigned and ctx.signer is not None and current is not None and recorded is not None \
             and recorded.revision == current.revision and recorded.designation == history.designation:

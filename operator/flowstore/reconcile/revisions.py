@@ -17,6 +17,7 @@ from typing import Any
 
 from flowstore.api.history import History, Retired, Revision, object_key
 from flowstore.api.models import Pin
+from flowstore.api.seals import Seals
 from flowstore.api.status import Artifact, GitPin, ImageRef, Superseded, recorded_location
 
 #: spec.revisionHistoryLimit when neither the StoredFlow nor its FlowStorage sets one
@@ -95,6 +96,13 @@ def record(history: History, stored: Stored) -> Revision:
                      commit=stored.commit, image_name=stored.image_name, image_digest=stored.image_digest)
     history.entries = [entry] + [e for e in history.entries if e.object_key() != key]
     return entry
+
+
+def seal(history: History, entry: Revision, seals: Seals) -> Revision:
+    """`entry` with the operator's seal over what it now says (``api/seals.py``), in its place."""
+    sealed = dataclasses.replace(entry, seal=seals.revision(entry.to_status()))
+    history.entries = [sealed if e.revision == entry.revision else e for e in history.entries]
+    return sealed
 
 
 def pinned(history: History, pin: Pin) -> Revision | None:

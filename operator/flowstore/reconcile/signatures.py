@@ -17,6 +17,7 @@ from typing import Any
 from flowstore.api.constants import Reason
 from flowstore.api.history import History, view_for
 from flowstore.api.models import SpecError, StorageSpec
+from flowstore.api.seals import Seals
 from flowstore.artifacts import statement
 from flowstore.artifacts.signing import KeyFormatError, SignatureError, Signer, signer_from_secret
 from flowstore.reconcile.failures import ReconcileError
@@ -51,20 +52,24 @@ def read_signer(ports: Ports, namespace: str, spec: StorageSpec) -> Signer | Non
         raise SpecError(str(exc)) from None
 
 
-def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer | None) -> bool:
+def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer | None, *,
+                seals: Seals | None = None, refused: list[int] | None = None) -> bool:
     """Sign `status` in place (see module docstring): ``status.artifact`` and every
     ``status.history`` entry, each over its own revision's statement (``history.status_for``: the
     status as it reads with that revision current, so an agent loading it pinned rebuilds exactly
     that statement); without a signer, remove every signature. Returns whether a signature
-    changed (a new key, or a new revision)."""
+    changed (a new key, or a new revision).
+
+    Only what the operator recorded is signed: an entry whose seal holds (``api/seals.py``), or
+    one that already carries the very signature this key makes of it (signed before; it is
+    sealed now). Any other entry (a status writer's) loses its signature and its revision
+    number goes to `refused`: agents that verify signatures refuse it."""
     meta = obj.get("metadata") or {}
     namespace, name, uid = str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or "")
     changed = False
-    artifact = status.get("artifact")
-    if isinstance(artifact, dict):
-        changed |= _sign(artifact, status, signer, namespace=namespace, name=name, uid=uid)
     entries = status.get(History.HISTORY)
     history = History.read(status)  # read once (status_for would read it again per entry)
+    vouched: set[int] = set()
     for entry in entries if isinstance(entries, list) else []:
         found = history.find(revision=entry.get("revision")) if isinstance(entry, dict) else None
         if found is None:  # an entry History.read leaves out (unreadable): not signed
@@ -72,13 +77,30 @@ def sign_status(status: dict[str, Any], obj: Mapping[str, Any], signer: Signer |
                 if isinstance(entry, dict):
                     entry.pop(field, None)
             continue
-        changed |= _sign(entry, view_for(status, history, found), signer, namespace=namespace, name=name, uid=uid)
+        sealed = seals is not None and seals.holds_revision(found.to_status(), found.seal)
+        signed = _sign(entry, view_for(status, history, found), signer, sealed, namespace=namespace, name=name,
+                       uid=uid)
+        if signed is None:
+            if refused is not None:
+                refused.append(found.revision)
+            continue
+        changed |= signed
+        vouched.add(found.revision)
+        if not sealed and seals is not None and signer is not None:  # signed before sealing existed
+            entry["seal"] = seals.revision(found.to_status())
+    artifact = status.get("artifact")
+    if isinstance(artifact, dict):
+        current = history.current in vouched or (signer is None and history.current is not None)
+        signed = _sign(artifact, status, signer, current, namespace=namespace, name=name, uid=uid)
+        changed |= bool(signed)
     return changed
 
 
-def _sign(target: dict[str, Any], status: Mapping[str, Any], signer: Signer | None, *, namespace: str, name: str,
-          uid: str) -> bool:
-    """Put the signature of the statement `status` names (and its key id) into `target`."""
+def _sign(target: dict[str, Any], status: Mapping[str, Any], signer: Signer | None, vouched: bool, *,
+          namespace: str, name: str, uid: str) -> bool | None:
+    """Put the signature of the statement `status` names (and its key id) into `target`, when the
+    operator `vouched` for it or `target` already carries that very signature; else remove it and
+    return None. Returns whether the signature changed."""
     before = target.get("signature")
     if signer is None:
         for field in SIGNED_FIELDS:
@@ -89,6 +111,10 @@ def _sign(target: dict[str, Any], status: Mapping[str, Any], signer: Signer | No
     except SignatureError as exc:
         raise ReconcileError(Reason.BACKEND_ERROR, f"cannot sign the status: {exc}", stalled=False,
                              retry_after=60.0) from None
+    if not vouched and before != signed.signature:
+        for field in SIGNED_FIELDS:
+            target.pop(field, None)
+        return None
     target["signature"], target["keyId"] = signed.signature, signed.key_id
     return before != signed.signature
 
