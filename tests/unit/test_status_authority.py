@@ -20,11 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from flowstore.api.history import History, Retired
+from flowstore.api.models import StorageSpec
 from flowstore.api.seals import Seals, seals_for
 from flowstore.artifacts import signing, statement
 from flowstore.reconcile import delete_stored_flow, reconcile_stored_flow
 from flowstore.reconcile.publishers.base import RetireScope
 from flowstore.reconcile.publishers.image import ImagePublisher
+from flowstore.reconcile.storages import storage_marker
 from tests.helpers.webhook_server import WebhookServer
 from tests.unit.test_crash_consistency import (
     SCRIPT,
@@ -73,7 +75,8 @@ def test_a_seal_binds_the_state_its_place_and_its_storedflow() -> None:
     assert not seals.holds_state("other", state, seal)
     assert not seals.holds_state("etl", state, None)
     for other in (Seals(key, "ns", "etl", "uid-2"), Seals(key, "ns2", "etl", "uid-1"),
-                  Seals(key, "ns", "etl2", "uid-1"), Seals(b"j" * 32, "ns", "etl", "uid-1")):
+                  Seals(key, "ns", "etl2", "uid-1"), Seals(b"j" * 32, "ns", "etl", "uid-1"),
+                  Seals(key, "ns", "etl", "uid-1", place="sha256:another-storage")):  # the flow moved
         assert not other.holds_state("etl", state, seal)
     # what the API server hands back: a whole float as an integer
     assert seals.holds_state("etl", {"n": 2}, seals.state("etl", {"n": 2.0}))
@@ -92,7 +95,7 @@ def test_a_storing_seal_binds_its_location_and_key() -> None:
 def test_the_records_the_operator_writes_are_sealed(hooked: Cluster, hook: WebhookServer) -> None:
     obj = one_revision(flow())
     run(obj, hooked)
-    seals = seals_for(hooked.record_key, obj)
+    seals = seals_for(hooked.record_key, obj, storage_marker(StorageSpec.parse(hooked.storages["store"]["spec"])))
     artifact, entry = obj["status"]["artifact"], obj["status"]["history"][0]
     assert seals.holds_state("etl", artifact["storageState"], artifact["stateSeal"])
     assert entry["stateSeal"] == artifact["stateSeal"]

@@ -51,9 +51,12 @@ class Seals:
     namespace: str
     name: str
     uid: str
+    #: where the StoredFlow's FlowStorage puts artifacts (``status.historyStorage``): a record
+    #: sealed for another storage (the flow moved) does not address this one's objects
+    place: str = ""
 
     def _mac(self, kind: str, *fields: Any) -> str:
-        message = json.dumps([kind, self.namespace, self.name, self.uid, *canonical(list(fields))],
+        message = json.dumps([kind, self.namespace, self.name, self.uid, self.place, *canonical(list(fields))],
                              sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
         return PREFIX + hmac.new(self.key, message.encode(), hashlib.sha256).hexdigest()
 
@@ -84,7 +87,8 @@ class Seals:
         return seal is not None and hmac.compare_digest(self.storing(inputs_digest, location, idempotency_key), seal)
 
 
-def seals_for(key: bytes, obj: Mapping[str, Any]) -> Seals:
-    """The seals of StoredFlow `obj`'s records."""
+def seals_for(key: bytes, obj: Mapping[str, Any], place: str = "") -> Seals:
+    """The seals of StoredFlow `obj`'s records in the storage `place` (``storage_marker``)."""
     meta = obj.get("metadata") or {}
-    return Seals(key, str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or ""))
+    return Seals(key, str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or ""),
+                 place)

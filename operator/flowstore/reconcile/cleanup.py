@@ -26,7 +26,7 @@ from flowstore.reconcile.failures import classify
 from flowstore.reconcile.ports import Event, Ports
 from flowstore.reconcile.publishers import publisher_for
 from flowstore.reconcile.publishers.base import RetireScope
-from flowstore.reconcile.storages import open_storage
+from flowstore.reconcile.storages import open_storage, storage_marker
 from flowstore.storage import Storage, StorageError
 
 
@@ -86,16 +86,20 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
     when the FlowStorage is gone). `attempt` counts from 0."""
     status, spec = obj.get("status"), dict(obj.get("spec") or {})
     location, storage_name = recorded_location(status), storage_ref(spec)
-    seals = seals_for(ports.record_key, obj) if ports.record_key else None
-    named, storing = held(status, seals)
-    if not named and storing is None:
-        return Cleanup(None)
+    recorded = revisions.load(status)
+    if not recorded.entries and not recorded.retired and Storing.read(status) is None:
+        return Cleanup(None)  # nothing to delete: no read of the FlowStorage
     namespace = obj["metadata"]["namespace"]
     fs = ports.get_flowstorage(namespace, storage_name)
     try:
         storage_spec = StorageSpec.parse(fs.get("spec") or {}) if fs else None
     except SpecError:
         storage_spec = None
+    seals = seals_for(ports.record_key, obj, storage_marker(storage_spec)) \
+        if ports.record_key and storage_spec is not None else None
+    named, storing = held(status, seals)
+    if not named and storing is None:
+        return Cleanup(None)
     delete = storage_spec is not None and storage_spec.deletion_policy == "Delete"
     what = location or (named[0].location if named else storing.location if storing else "")
     kept = f"{what}" + (f" and {len(named) - 1} more revision(s)" if len(named) > 1 else "")

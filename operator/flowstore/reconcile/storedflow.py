@@ -49,7 +49,7 @@ from flowstore.reconcile.publishers import Publisher, publisher_for
 from flowstore.reconcile.retention import retain
 from flowstore.reconcile.revisions import Stored
 from flowstore.reconcile.signatures import read_signer
-from flowstore.reconcile.storages import try_open_storage
+from flowstore.reconcile.storages import storage_marker, try_open_storage
 from flowstore.storage import backend_class
 
 Siblings = Callable[[str], list[dict[str, Any]]]
@@ -94,9 +94,10 @@ def _reconcile(obj: dict[str, Any], ports: Ports, *, check_drift: bool,
         if storage_spec.suspend:
             return suspended(status, generation, storage=spec.storage_name)
         opened, open_failure = try_open_storage(ports, meta["namespace"], fs, storage_spec)
+        seals = seals_for(ports.record_key, obj, storage_marker(storage_spec)) if ports.record_key else None
         ctx = FlowContext(obj, spec, meta["namespace"], meta["name"], generation, status, fs=fs,
                           storage_spec=storage_spec, opened=opened, open_failure=open_failure,
-                          on_progress=on_progress, seals=seals_for(ports.record_key, obj) if ports.record_key else None)
+                          on_progress=on_progress, seals=seals)
         retain(ctx, publisher, ports)
         publisher.resolve_source(ctx, ports)
         ctx.signer = read_signer(ports, ctx.namespace, storage_spec)
