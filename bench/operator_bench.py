@@ -83,7 +83,8 @@ def delta(after: collections.Counter[Any], before: collections.Counter[Any]) -> 
 # ------------------------------------------------------------------------------ manifests
 # ------------------------------------------------------------------------------ phases
 def timeline_breakdown(w: Watcher, names: list[str], created: dict[str, float]) -> dict[str, Any]:
-    """Median create->first operator write (kopf finalizer), ->Reconciling written, ->Ready."""
+    """Median create->first operator write (the Reconciling status; kopf's finalizer under Delete),
+    ->Reconciling written, ->Ready."""
     first_mod, recon = [], []
     for n in names:
         tl = w.timeline.get(n, [])
@@ -238,7 +239,7 @@ def report(res: dict[str, Any]) -> str:
         row("   p95", fmt_s(s["p95"]))
         row("   min / max", f"{fmt_s(s['min'])} / {fmt_s(s['max'])}")
         row("   first flow after operator start (not counted)", fmt_s(s["warmup_s"]))
-        row("   median create -> first operator write (finalizer)", fmt_s(s["create_to_first_write_median_s"]))
+        row("   median create -> first operator write", fmt_s(s["create_to_first_write_median_s"]))
         row("   median create -> Reconciling written", fmt_s(s["create_to_reconciling_median_s"]))
     row("   S3 objects after phase 1 (1 upload per flow expected)",
         f"{res['sequential']['s3_objects']} for {res['sequential']['flows']} flows")

@@ -139,6 +139,29 @@ def test_deletion_policy(operator: OperatorProcess, namespace: str, s3_bucket: s
     wait_for("flowstorage", namespace, "drop", lambda o: "dropped" not in (o.get("status") or {}).get("flows", {}))
 
 
+def test_only_flows_whose_storage_deletes_carry_the_finalizer(operator: OperatorProcess, namespace: str,
+                                                              s3_bucket: str, s3_endpoint: str) -> None:
+    """Under Retain a deletion has nothing to do: no finalizer, so `kubectl delete` needs no
+    operator. Switching the FlowStorage to Delete gives its flows the finalizer (no change of
+    theirs); switched back, a deletion keeps the object and releases the finalizer."""
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="store"))
+    apply(inline_flow(namespace, "etl", "etl", storage="store"))
+    location = wait_ready(namespace, "etl")["status"]["location"]
+    assert not get("storedflow", namespace, "etl")["metadata"].get("finalizers")
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="store", deletionPolicy="Delete"))
+    wait_for("storedflow", namespace, "etl", lambda o: o["metadata"].get("finalizers") == ["flowstore.dev/cleanup"],
+             30, "to carry the finalizer once its storage deletes")
+    apply(inline_flow(namespace, "new", "new", storage="store"))  # a new flow under Delete: from its start
+    wait_ready(namespace, "new")
+    wait_for("storedflow", namespace, "new", lambda o: o["metadata"].get("finalizers") == ["flowstore.dev/cleanup"],
+             30, "to carry the finalizer")
+    apply(s3_storage(namespace, s3_bucket, s3_endpoint, name="store"))  # Retain again
+    wait_for("flowstorage", namespace, "store", lambda o: (o.get("status") or {}).get("observedGeneration")
+             == o["metadata"]["generation"], 30, "to observe Retain")
+    kubectl("delete", "storedflow", "etl", "-n", namespace, "--timeout=30s")
+    assert location in s3_keys(s3_endpoint, s3_bucket)
+
+
 def test_deletion_with_backend_down_is_bounded(operator: OperatorProcess, namespace: str, s3_bucket: str,
                                                s3_endpoint: str) -> None:
     apply(s3_storage(namespace, s3_bucket, s3_endpoint, deletionPolicy="Delete"))

@@ -28,7 +28,7 @@ from flowstore.api import conditions as cond
 from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_KIND, STOREDFLOW_PLURAL, VERSION
 from flowstore.api.models import storage_ref
 from flowstore.api.selectors import LabelSelector
-from flowstore.controller import shards
+from flowstore.controller import finalizers, shards
 from flowstore.controller.kopf_toggles import wake_only_on_change
 from flowstore.controller.runtime import Runtime
 from flowstore.controller.watch_events import drop_managed_fields
@@ -199,7 +199,15 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         memo.runtime.poke_flows(meta.get("namespace"), uses_it)
 
     # ------------------------------------------------------------------ deletion
-    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", registry=registry)
+    def cleans_up(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+        """Only StoredFlows whose FlowStorage deletes objects carry the finalizer (finalizers.py)."""
+        runtime: Runtime | None = memo.get("runtime")
+        meta = body.get("metadata") or {}
+        seen = runtime.ports.seen_flowstorage(str(meta.get("namespace")), finalizers.storage_of(body)) \
+            if runtime is not None else None
+        return finalizers.needs_finalizer(body, seen)
+
+    @kopf.on.delete(GROUP, VERSION, STOREDFLOW_PLURAL, id="storedflow_deleted", registry=registry, when=cleans_up)
     async def storedflow_deleted(body: kopf.Body, retry: int, memo: kopf.Memo, logger: logging.Logger,
                                  **_: Any) -> None:
         """Apply the FlowStorage's deletionPolicy; kopf retries a backend outage a bounded

@@ -32,7 +32,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from flowstore import sandbox
-from flowstore.api.constants import FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
+from flowstore.api.constants import FINALIZER, FLOWSTORAGE_PLURAL, GROUP, STOREDFLOW_PLURAL, VERSION, Reason
 from flowstore.api.models import StorageSpec
 from flowstore.api.selectors import LabelSelector
 from flowstore.controller import metrics
@@ -122,6 +122,34 @@ class KubePorts:
             self._secrets.pop(key, None)
 
     # ---------------------------------------------------------------- reads
+    def seen_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The FlowStorage as the watch last saw it (never a GET: None when it has not; not a copy)."""
+        return self._flowstorages.get((namespace, name))
+
+    def add_finalizer(self, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        """Add flowstore's finalizer to StoredFlow `name` after those `body` shows (a merge patch
+        with its resourceVersion: refused when the object changed since, then read again once).
+        Whether it was added (False: gone, or it holds it already)."""
+        for _ in range(2):
+            meta = body.get("metadata") or {}
+            held = list(meta.get("finalizers") or [])
+            if FINALIZER in held or meta.get("deletionTimestamp"):
+                return False
+            patch = {"metadata": {"finalizers": [*held, FINALIZER], "resourceVersion": meta.get("resourceVersion")}}
+            try:
+                self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, STOREDFLOW_PLURAL, name, patch)
+                return True
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status != 409:
+                    raise ClusterUnavailable(f"adding the finalizer: HTTP {exc.status} {exc.reason}") from None
+            read = self.get_storedflow(namespace, name)
+            if read is None:
+                return False
+            body = read
+        return False
+
     def get_flowstorage(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The FlowStorage as the watch last saw it; a GET when the watch has not (yet)."""
         seen = self._flowstorages.get((namespace, name))

@@ -39,6 +39,7 @@ from flowstore import reconcile
 from flowstore.api import conditions as cond
 from flowstore.api.constants import (
     API_VERSION,
+    FINALIZER,
     FLOWSTORAGE_KIND,
     FLOWSTORAGE_PLURAL,
     STOREDFLOW_KIND,
@@ -47,7 +48,7 @@ from flowstore.api.constants import (
 )
 from flowstore.api.models import storage_ref
 from flowstore.api.selectors import LabelSelector
-from flowstore.controller import metrics
+from flowstore.controller import finalizers, metrics
 from flowstore.controller.identity import AmbientPolicy
 from flowstore.controller.kube import KubePorts
 from flowstore.controller.policy import OperatorPolicy
@@ -428,6 +429,10 @@ class Runtime:
             written.append(status)
 
         if plural == STOREDFLOW_PLURAL:
+            seen = ports.seen_flowstorage(namespace, finalizers.storage_of(obj))
+            if finalizers.missing(obj, seen):  # its FlowStorage deletes objects: before anything is stored
+                if ports.add_finalizer(namespace, name, obj):
+                    logger.info("%s/%s: added finalizer %s (deletionPolicy: Delete)", namespace, name, FINALIZER)
             lookup = (lambda storage: siblings.get(storage, [])) if siblings is not None else None
             outcome = reconcile.reconcile_stored_flow(obj, ports, check_drift=check_drift,
                                                       on_progress=write_progress, siblings=lookup)
