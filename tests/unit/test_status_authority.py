@@ -7,8 +7,6 @@ directory, a real HTTP service for Webhooks)."""
 from __future__ import annotations
 
 import copy
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +25,7 @@ from flowstore.reconcile import delete_stored_flow, reconcile_stored_flow
 from flowstore.reconcile.publishers.base import RetireScope
 from flowstore.reconcile.publishers.image import ImagePublisher
 from flowstore.reconcile.storages import storage_marker
+from tests.helpers.hostile_registry import HostileRegistry
 from tests.helpers.webhook_server import WebhookServer
 from tests.unit.test_crash_consistency import (
     SCRIPT,
@@ -325,57 +324,14 @@ def test_a_status_writer_cannot_get_another_flows_object_signed_as_this_flows(
     assert "Did not sign revision(s) 1 of status.history" in warning.message
 
 
-class Recorder:
-    """A registry of the attacker's: answers every request with a Basic challenge (as many
-    registries do) and records the Authorization headers it is sent."""
-
-    def __init__(self) -> None:
-        self.authorizations: list[str] = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                if self.headers.get("Authorization"):
-                    owner.authorizations.append(self.headers["Authorization"])
-                    status, headers = 404, {}
-                else:
-                    status, headers = 401, {"WWW-Authenticate": 'Basic realm="evil"'}
-                body = b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_HEAD = do_PUT = do_POST = _any
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def evil() -> Iterator[Recorder]:
-    server = Recorder()
-    yield server
-    server.close()
+def evil() -> Iterator[HostileRegistry]:
+    """A registry of the attacker's: a Basic challenge to every request; it keeps what it is sent."""
+    with HostileRegistry(basic=True) as server:
+        yield server
 
 
-def test_a_status_writer_cannot_send_the_registry_credentials_to_a_host_of_their_choice(evil: Recorder) -> None:
+def test_a_status_writer_cannot_send_the_registry_credentials_to_a_host_of_their_choice(evil: HostileRegistry) -> None:
     """publishers/image.settle_signature takes the image to sign from a status.history entry
     (`image.name`, unsealed) and Docker.sign_image opens a RegistryClient for whatever host that
     name starts with, with the FlowStorage's registry username and password: a status writer
