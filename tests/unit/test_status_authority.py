@@ -245,6 +245,21 @@ def test_a_pass_restores_state_into_its_own_fork_of_the_storage(hook: WebhookSer
     assert mine.get_bytes("etl") == b"my flow" and shared.build_response is None
 
 
+def test_forks_share_the_clients_and_sessions() -> None:
+    """A pass's fork reuses the storage's SDK client and HTTP session (a client per pass cost a
+    boto3 client, its connection pool and a TLS handshake on every pass)."""
+    from flowstore.storage.s3 import S3
+    from flowstore.storage.webhook import Webhook
+
+    s3 = S3.from_config({"bucket": "b", "endpointURL": "http://127.0.0.1:9"},
+                        credentials={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    first, second = s3.fork(), s3.fork()
+    assert first._client() is second._client() is s3._client()
+    hook = Webhook.from_config({"buildRequest": {"method": "POST", "url": "http://127.0.0.1:9/flows"},
+                                "getFlowRequest": {"method": "GET", "url": "http://127.0.0.1:9/flows/${location}"}})
+    assert hook.fork()._session() is hook.fork()._session()
+
+
 # ---------------------------------------------------------------------- Docker images
 class _Registry:
     def __init__(self) -> None:

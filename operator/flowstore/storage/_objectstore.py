@@ -14,12 +14,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from flowstore.artifacts.keys import default_key, join_prefix
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, check_bounded, sha256_hex
+from flowstore.storage.base import ObjectInfo, Shared, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
@@ -98,8 +97,7 @@ class ObjectStore(Storage):
         setattr(self, self.container_field, container)
         self.key_prefix = key_prefix
         self.identity = identity
-        self._client_lock = threading.Lock()
-        self._client_instance: Any = None
+        self._clients = Shared()  # one SDK client for the storage and its per-pass forks
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -146,10 +144,12 @@ class ObjectStore(Storage):
     # ------------------------------------------------------------------ client
     def _client(self) -> Any:
         """The instance's SDK client (created once, under a lock; the clients are thread-safe)."""
-        with self._client_lock:
-            if self._client_instance is None:
-                self._client_instance = self._make_client()
-            return self._client_instance
+        return self._clients.get(self._make_client)
+
+    @property
+    def _client_instance(self) -> Any:
+        """The client if one was made yet (None: none)."""
+        return self._clients.value
 
     @abc.abstractmethod
     def _make_client(self) -> Any:

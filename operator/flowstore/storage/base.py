@@ -25,6 +25,7 @@ import abc
 import copy
 import dataclasses
 import hashlib
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,21 @@ from flowstore.storage.refs import ConfigRef
 SEED_SCHEMA_VERSION = "1.4.1"
 #: the key that marks a document as the seed's (Prefect's schemas add it to everything they dump)
 SEED_VERSION_KEY = "__version__"
+
+
+class Shared:
+    """A resource made once, on first use, and shared by a storage and its forks
+    (:meth:`Storage.fork`): an SDK client, an HTTP session (thread-safe ones)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value: Any = None
+
+    def get(self, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self.value is None:
+                self.value = make()
+            return self.value
 
 
 @dataclasses.dataclass(frozen=True)

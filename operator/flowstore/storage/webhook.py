@@ -19,7 +19,6 @@ import copy
 import email.utils
 import json
 import os
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
@@ -28,7 +27,7 @@ from typing import Any
 import requests
 
 from flowstore.storage import templating
-from flowstore.storage.base import ObjectInfo, Storage, StoredArtifact, sha256_hex
+from flowstore.storage.base import ObjectInfo, Shared, Storage, StoredArtifact, sha256_hex
 from flowstore.storage.endpoints import EndpointNotAllowed, EndpointPolicy, guarded_session
 from flowstore.storage.errors import (
     AuthFailed,
@@ -189,8 +188,7 @@ class Webhook(Storage):
         self.build_response: dict[str, Any] | None = self._keep(check_build_response(build_response))
         # location -> build response of the put_bytes that stored it (this process)
         self._responses: dict[str, dict[str, Any]] = {}
-        self._session_lock = threading.Lock()
-        self._session_instance: requests.Session | None = None
+        self._sessions = Shared()  # one HTTP session for the storage and its per-pass forks
 
     def __repr__(self) -> str:  # templates only, never their values
         return (f"Webhook(build={self.build_request_http_method} {self.build_request_kwargs['url']!r}, "
@@ -427,10 +425,8 @@ class Webhook(Storage):
         return response
 
     def _session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session_instance is None:
-                self._session_instance = guarded_session(self.endpoint_policy)
-            return self._session_instance
+        session: requests.Session = self._sessions.get(lambda: guarded_session(self.endpoint_policy))
+        return session
 
     def _keep(self, response: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Of a build response, only what the get-flow and delete requests' templates use."""

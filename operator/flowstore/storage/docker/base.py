@@ -98,7 +98,8 @@ class DockerBase(Storage):
         self.image_digest = image_digest
         #: the repository the last built / restored image is in (``host/repo``)
         self._state_repository: str | None = None
-        self._registry_client: RegistryClient | None = None
+        #: registry clients by host, shared with the storage's per-pass forks (tokens kept)
+        self._registries: dict[str, RegistryClient] = {}
         #: the operator's endpoint policy (Docker.for_operator): which addresses its registry
         #: requests may reach. None: a library user's or an agent's storage, which reaches its own network
         self.endpoint_policy: EndpointPolicy | None = None
@@ -339,12 +340,13 @@ class DockerBase(Storage):
         host = host or self.registry_host
         if not host or not self.registry_url:
             raise InvalidConfig("Docker storage needs `registryURL` to push images or read flows without a daemon")
-        if self._registry_client is None or self._registry_client.host != host:
+        client = self._registries.get(host)
+        if client is None:
             scheme = (split_registry(self.registry_url)[0] or None) if host == self.registry_host else None
-            self._registry_client = RegistryClient(host, self.registry_username, self._registry_password,
-                                                   scheme=scheme, auth_hint=self._auth_hint(),
-                                                   endpoints=self.endpoint_policy)
-        return self._registry_client
+            client = self._registries[host] = RegistryClient(host, self.registry_username, self._registry_password,
+                                                             scheme=scheme, auth_hint=self._auth_hint(),
+                                                             endpoints=self.endpoint_policy)
+        return client
 
     def read_flow(self, image_digest: str, location: str) -> bytes:
         """The bytes at `location` in image `image_digest` of this storage's repository, read

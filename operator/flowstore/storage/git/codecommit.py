@@ -24,7 +24,6 @@ Credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally
 from __future__ import annotations
 
 import datetime
-import threading
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +43,7 @@ from flowstore.storage._aws import (
     seed_client_options,
     web_identity_session,
 )
+from flowstore.storage.base import Shared
 from flowstore.storage.errors import (
     AuthFailed,
     FileNotFound,
@@ -149,8 +149,7 @@ class CodeCommit(GitHosted):
             if missing:
                 raise InvalidConfig(
                     f"the CodeCommit credentials lack {', '.join(missing)}; add them to the referenced Secret")
-        self._client_lock = threading.Lock()
-        self._client_instance: Any = None
+        self._clients = Shared()  # one boto3 client for the storage and its per-pass forks
 
     def __repr__(self) -> str:  # never shows credentials
         return f"CodeCommit(repo={self.repo!r}, commit={self.ref!r}, region={self.region!r})"
@@ -368,10 +367,11 @@ class CodeCommit(GitHosted):
     # ------------------------------------------------------------------ client
     def _client(self) -> Any:
         """The instance's boto3 client (created once; boto3 clients are thread-safe)."""
-        with self._client_lock:
-            if self._client_instance is None:
-                self._client_instance = self._make_client()
-            return self._client_instance
+        return self._clients.get(self._make_client)
+
+    @property
+    def _client_instance(self) -> Any:
+        return self._clients.value
 
     def _make_client(self) -> Any:
         return make_client(
