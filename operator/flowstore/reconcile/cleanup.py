@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowstore.api.constants import EventReason
-from flowstore.api.history import Retired, object_key
+from flowstore.api.history import History, Retired, object_key
 from flowstore.api.models import SpecError, StorageSpec, storage_ref
 from flowstore.api.seals import Seals, seals_for
 from flowstore.api.status import Artifact, Storing, recorded_location
@@ -39,16 +39,14 @@ class Cleanup:
     retry_after: float | None = None
 
 
-def held(status: Any, seals: Seals | None) -> tuple[list[Retired], Storing | None]:
-    """(the objects a status names: current, history, retired, each object once; the store under
-    way, when the operator recorded it: its seal holds)."""
-    history = revisions.load(status)
+def held(history: History, storing: Storing | None, seals: Seals | None) -> tuple[list[Retired], Storing | None]:
+    """(the objects a status's `history` names: current, history, retired, each object once; the
+    store under way `storing`, when the operator recorded it: its seal holds)."""
     named: dict[str, Retired] = {}
     for entry in history.entries:
         named.setdefault(entry.object_key(), Retired.of(entry, entry.superseded_at or ""))
     for record in history.retired:
         named.setdefault(record.object_key(), record)
-    storing = Storing.read(status)
     if storing is not None and (seals is None or not seals.holds_storing(
             storing.inputs_digest, storing.location, storing.idempotency_key, storing.seal)):
         storing = None  # not the operator's record: nothing is deleted or replayed for it
@@ -86,8 +84,8 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
     when the FlowStorage is gone). `attempt` counts from 0."""
     status, spec = obj.get("status"), dict(obj.get("spec") or {})
     location, storage_name = recorded_location(status), storage_ref(spec)
-    recorded = revisions.load(status)
-    if not recorded.entries and not recorded.retired and Storing.read(status) is None:
+    recorded, storing = revisions.load(status), Storing.read(status)
+    if not recorded.entries and not recorded.retired and storing is None:
         return Cleanup(None)  # nothing to delete: no read of the FlowStorage
     namespace = obj["metadata"]["namespace"]
     fs = ports.get_flowstorage(namespace, storage_name)
@@ -97,7 +95,7 @@ def delete_stored_flow(obj: dict[str, Any], ports: Ports, *, attempt: int, max_a
         storage_spec = None
     seals = seals_for(ports.record_key, obj, storage_marker(storage_spec)) \
         if ports.record_key and storage_spec is not None else None
-    named, storing = held(status, seals)
+    named, storing = held(recorded, storing, seals)
     if not named and storing is None:
         return Cleanup(None)
     delete = storage_spec is not None and storage_spec.deletion_policy == "Delete"
