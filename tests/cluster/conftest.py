@@ -154,6 +154,31 @@ class Release:
         assert not denied, "the operator met RBAC denials:\n" + "\n".join(denied[:20])
 
 
+def kill_pod(namespace: str, pod: str, timeout: float = 60) -> None:
+    """The Pod's processes die at once, as on a node crash: SIGKILL to its containers' tasks on the
+    node (no SIGTERM, so no graceful release of a Lease), then a forced delete, so its Deployment
+    replaces it rather than the kubelet restarting it. A forced delete alone is not a kill: the
+    kubelet stops the containers some time later, and a leader goes on working meanwhile."""
+    ctr = [os.environ["FLOWSTORE_NODE_CTR"], "--address", os.environ["FLOWSTORE_NODE_CONTAINERD"],
+           "--namespace", "k8s.io"]
+    statuses = json.loads(kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)["status"]
+    ids = [c["containerID"].partition("://")[2] for c in statuses.get("containerStatuses", []) if c.get("containerID")]
+    assert ids, f"{pod} has no container to kill: {statuses}"
+    for task in ids:
+        subprocess.run([*ctr, "tasks", "kill", "--all", "--signal", "SIGKILL", task], check=True,
+                       capture_output=True, text=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while any(_task_running(ctr, task) for task in ids):
+        assert time.monotonic() < deadline, f"{pod}'s containers {ids} still run {timeout:.0f}s after SIGKILL"
+        time.sleep(0.1)
+    kubectl("delete", "pod", pod, "-n", namespace, "--force", "--grace-period=0")
+
+
+def _task_running(ctr: list[str], task: str) -> bool:
+    rows = subprocess.run([*ctr, "tasks", "ls"], check=True, capture_output=True, text=True, timeout=30).stdout
+    return any(row.split()[:1] == [task] and "RUNNING" in row.split() for row in rows.splitlines())
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", []))
 

@@ -1,6 +1,7 @@
 """The operator's Pods through their life on the node: two replicas electing a leader (the
-leader force-deleted, the other finishing the work), `helm upgrade` to a new image while flows
-are being stored, and `helm uninstall`, which keeps the CRDs, the resources and every artifact.
+leader killed with SIGKILL and its Pod deleted, the other finishing the work), `helm upgrade` to a
+new image while flows are being stored, and `helm uninstall`, which keeps the CRDs, the
+resources and every artifact.
 
 Uploads are counted as S3 objects: every upload writes a new timestamped key, so a flow stored
 twice shows up as an extra object.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tests.cluster.conftest import Release
+from tests.cluster.conftest import Release, kill_pod
 from tests.helpers.kube import apply, get, kubectl, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
 from tests.helpers.objects import s3_keys
@@ -35,7 +36,7 @@ def assert_each_stored_once(namespace: str, names: list[str], s3_endpoint: str, 
     assert s3_keys(s3_endpoint, bucket) == locations, "a flow was stored twice, or not at all"
 
 
-def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Release],
+def test_leader_pod_killed_the_other_takes_over(install: Callable[..., Release],
                                                         new_namespace: Callable[[], str], s3_endpoint: str,
                                                         s3_bucket: str) -> None:
     namespace = new_namespace()
@@ -49,7 +50,7 @@ def test_leader_pod_force_deleted_the_other_takes_over(install: Callable[..., Re
         apply(inline_flow(namespace, name, name))
     wait_ready(namespace, names[0], timeout=120)
     # The leader goes at once (no graceful release of the Lease); more work arrives meanwhile.
-    kubectl("delete", "pod", first, "-n", release.namespace, "--force", "--grace-period=0")
+    kill_pod(release.namespace, first)
     for name in names[4:]:
         apply(inline_flow(namespace, name, name))
     for name in names:

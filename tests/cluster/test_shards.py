@@ -1,6 +1,6 @@
 """Shards from the chart on the node: `shards: [shard1, shard2]` with two replicas each (six
 operator Pods: shard1, shard2 and the default shard, each a leader and a standby on a Lease of its
-own). Each shard's leader stores only its flows; force-deleting shard1's leader hands only
+own). Each shard's leader stores only its flows; killing shard1's leader hands only
 shard1's work to its standby, and nothing is stored twice (S3 objects == locations).
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cluster.conftest import Release
+from tests.cluster.conftest import Release, kill_pod
 from tests.cluster.test_lifecycle import assert_each_stored_once
 from tests.helpers.kube import apply, kubectl, kubectl_json, wait_ready
 from tests.helpers.manifests import inline_flow, s3_storage
@@ -89,9 +89,10 @@ def test_chart_shards_store_their_own_flows_and_one_shards_leader_fails_over_alo
     for shard in shards:  # each shard's Pods stored its flows, once
         assert stored_by(release, shard_pods(release, shard)) == names[shard], shard
 
-    # shard1's leader goes at once (no graceful release); new work arrives on shard1 and the default shard
+    # shard1's leader dies at once (SIGKILL: no graceful release); then new work arrives on shard1 and the
+    # default shard
     killed_at = time.monotonic()
-    kubectl("delete", "pod", leaders["shard1"], "-n", release.namespace, "--force", "--grace-period=0")
+    kill_pod(release.namespace, leaders["shard1"])
     later = {"shard1": ["shard1-later-0", "shard1-later-1"], None: ["default-later-0", "default-later-1"]}
     for shard, new in later.items():
         for name in new:
@@ -103,7 +104,7 @@ def test_chart_shards_store_their_own_flows_and_one_shards_leader_fails_over_alo
     for name in later["shard1"]:
         wait_ready(namespace, name, timeout=300)
     failover = time.monotonic() - killed_at
-    print(f"observed: after SIGKILL-like deletion of shard1's leader, the default shard's new flows were Ready "
+    print(f"observed: after a SIGKILL of shard1's leader, the default shard's new flows were Ready "
           f"after {default_ready:.1f}s and shard1's after {failover:.1f}s")
     new_leader = leader_of(release, "shard1", timeout=60)
     assert new_leader != leaders["shard1"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud import cli, commands, kube, pause, table
+from localcloud import cli, commands, kube, node, pause, table
 from localcloud.cloud import DEFAULT_KUBE_VERSION, Cloud, LocalCloudError
 from localcloud.node_files import Node, Runtime
 
@@ -90,6 +90,8 @@ def test_env_prints_every_running_services_exports_in_the_usual_order(cloud: Clo
         f"export KUBECONFIG={d}/kubeconfig\n"
         f"export FLOWSTORE_KUBE_SERVER=https://127.0.0.1:{port['kube-apiserver']}\n"
         "export FLOWSTORE_NODE_NAME=127.0.0.1\n"
+        f"export FLOWSTORE_NODE_CTR={cloud.cache}/containerd/{node.CONTAINERD_VERSION}/ctr\n"
+        f"export FLOWSTORE_NODE_CONTAINERD={d}/node/run/containerd.sock\n"
         f"export FLOWSTORE_S3_ENDPOINT=http://127.0.0.1:{port['s3']}\n"
         "export AWS_ACCESS_KEY_ID=testing\n"
         "export AWS_SECRET_ACCESS_KEY=testing\n"

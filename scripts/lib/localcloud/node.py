@@ -199,7 +199,11 @@ def _down(cloud: Cloud, state: State) -> None:
 
 
 def _exports(cloud: Cloud, state: State) -> list[tuple[str, str]]:
-    return [("FLOWSTORE_NODE_NAME", NODE_NAME)]
+    """The node's name, and its containerd's `ctr` and socket: a test that must kill a Pod's process
+    at once (no graceful stop) kills its container task there."""
+    node = files(cloud)
+    return [("FLOWSTORE_NODE_NAME", NODE_NAME), ("FLOWSTORE_NODE_CTR", str(node.runtime.ctr)),
+            ("FLOWSTORE_NODE_CONTAINERD", str(node.socket))]
 
 
 def _check_paths(cloud: Cloud) -> None:
