@@ -182,6 +182,7 @@ def test_large_artifact_uses_resumable_chunked_upload_and_is_verified(
     data = os.urandom(30 * 1024 * 1024)
     artifact = storage.put_bytes("big/object.bin", data)
     assert (artifact.size, artifact.sha256) == (len(data), sha256_hex(data))
+    assert artifact.verified  # the server's size and checksum matched: the publisher reads nothing back
 
     uploads = proxy.uploads()
     # one resumable session started, then the data in 8 MiB chunks (30 MiB -> 4 PUTs)

@@ -3,6 +3,7 @@ plus S3's own rules: key prefix, object metadata, multipart, and error translati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from flowstore.storage.base import sha256_hex
 from flowstore.storage.s3 import S3
 from tests.helpers.moto import auth_enforcing_moto
 from tests.helpers.net import free_port
+from tests.helpers.recording_proxy import RecordingProxy
 
 from .conformance import (
     SCRIPT_SOURCE,
@@ -93,6 +95,28 @@ def test_large_objects_use_multipart_and_keep_metadata(
     assert "-" in head["ETag"]  # a multipart ETag: <md5 of part md5s>-<parts>
     assert head["Metadata"]["sha256"] == sha256_hex(data)
     assert head["ContentLength"] == len(data)
+
+
+def test_a_put_is_verified_by_its_etag_only_when_s3_stored_exactly_the_bytes_sent(
+        s3_endpoint: str, s3_bucket: str, raw_client: Any) -> None:
+    """The ETag of a single-part PUT is the MD5 of what S3 stored: equal to ours, the upload needs
+    no read-back. A body changed on the way (same length) leaves another ETag: not verified, so the
+    publisher reads the object back; a multipart upload is never verified by its answer."""
+    data = b"def flow():\n    return 42\n" * 8
+    stored = S3(bucket=s3_bucket, endpoint_url=s3_endpoint).put_bytes("verified/flow.py", data)
+    assert stored.verified
+    assert raw_client.get_object(Bucket=s3_bucket, Key="verified/flow.py")["Body"].read() == data
+
+    def flip_a_byte(method: str, path: str, body: bytes | None) -> bytes | None:
+        return body[:-1] + b"!" if method == "PUT" and body else None
+
+    with RecordingProxy(s3_endpoint, rewrite=flip_a_byte) as proxy:
+        changed = S3(bucket=s3_bucket, endpoint_url=proxy.url).put_bytes("verified/changed.py", data)
+    assert not changed.verified
+    stored_md5 = raw_client.head_object(Bucket=s3_bucket, Key="verified/changed.py")["ETag"].strip('"')
+    assert stored_md5 == hashlib.md5(data[:-1] + b"!", usedforsecurity=False).hexdigest()  # S3 holds other bytes
+    big = S3(bucket=s3_bucket, endpoint_url=s3_endpoint).put_bytes("verified/big.bin", os.urandom(9 * 1024 * 1024))
+    assert not big.verified
 
 
 def test_script_mode_reads_local_script_path(s3_endpoint: str, s3_bucket: str, tmp_path: Path,

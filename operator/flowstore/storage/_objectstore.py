@@ -157,8 +157,9 @@ class ObjectStore(Storage):
 
     # ------------------------------------------------------------------ SDK calls (subclasses)
     @abc.abstractmethod
-    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
-        """Store `data` at `location`, recording `digest` as the ``sha256`` metadata."""
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> bool:
+        """Store `data` at `location`, recording `digest` as the ``sha256`` metadata. True when the
+        service's answer proves it stored exactly `data` (``StoredArtifact.verified``)."""
 
     @abc.abstractmethod
     def _download(self, location: str, max_bytes: int | None) -> bytes:
@@ -180,8 +181,9 @@ class ObjectStore(Storage):
     def put_bytes(self, location: str, data: bytes, *, idempotency_key: str | None = None) -> StoredArtifact:
         digest = sha256_hex(data)
         content_type = "text/x-python" if self.stored_as_script else "application/octet-stream"
-        self._call(lambda: self._upload(location, data, digest, content_type), "upload", location)
-        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data))
+        verified = self._call(lambda: self._upload(location, data, digest, content_type), "upload", location)
+        return StoredArtifact(location=location, url=self.url_for(location), sha256=digest, size=len(data),
+                              verified=verified)
 
     def get_bytes(self, location: str) -> bytes:
         return self._call(lambda: self._download(location, None), "download", location)

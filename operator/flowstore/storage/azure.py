@@ -288,7 +288,7 @@ class Azure(ObjectStore):
         return self._client().get_blob_client(self.container, location)
 
     # ------------------------------------------------------------------ SDK calls
-    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> bool:
         from azure.storage.blob import ContentSettings
 
         # Block uploads are committed whole by Put Block List, so readers never see part of
@@ -297,6 +297,7 @@ class Azure(ObjectStore):
         self._blob(location).upload_blob(data, overwrite=True, metadata={"sha256": digest},
                                          content_settings=ContentSettings(content_type=content_type),
                                          max_concurrency=4)
+        return False
 
     def _download(self, location: str, max_bytes: int | None) -> bytes:
         blob = self._blob(location)

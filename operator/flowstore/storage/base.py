@@ -77,6 +77,9 @@ class StoredArtifact:
     #: backend state an agent needs to load this artifact besides the configuration (e.g. the
     #: Webhook's build response); merged into the serialized storage. Never secret values.
     storage_state: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: the service's answer to the upload proves it holds exactly these bytes (a checksum it computed
+    #: over what it stored, compared with ours), so the publisher need not read the object back
+    verified: bool = False
 
 
 def sha256_hex(data: bytes) -> str:

@@ -201,17 +201,18 @@ class GCS(ObjectStore):
     def _blob(self, location: str, chunk_size: int | None = None) -> Any:
         return self._client().bucket(self.bucket).blob(location, chunk_size=chunk_size)
 
-    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> bool:
         # above the threshold the SDK uploads resumably; a chunk size makes it send the data in
         # several requests (each retried on its own) instead of one huge PUT
         blob = self._blob(location, CHUNK_SIZE if len(data) > RESUMABLE_THRESHOLD else None)
         blob.metadata = {"sha256": digest}
         # overwriting a location with the same bytes is idempotent: retrying is safe
         blob.upload_from_string(data, content_type=content_type, timeout=TIMEOUT, retry=self._retry())
-        self._verify_upload(blob, data, location)
+        return self._verify_upload(blob, data, location)
 
-    def _verify_upload(self, blob: Any, data: bytes, location: str) -> None:
-        """Compare what the server says it stored (size, crc32c or md5) with `data`.
+    def _verify_upload(self, blob: Any, data: bytes, location: str) -> bool:
+        """Compare what the server says it stored (size, crc32c or md5) with `data`: True when its
+        size and a checksum matched, False when it named no checksum, an IntegrityError otherwise.
 
         crc32c first: it catches corruption in transit as well as md5 and costs ~15x less CPU
         (the bench measured md5 as most of flowstore's overhead on small uploads)."""
@@ -229,7 +230,7 @@ class GCS(ObjectStore):
             if blob.md5_hash != local:
                 problem = f"md5 {blob.md5_hash}, expected {local}"
         if problem is None:
-            return
+            return blob.size is not None and bool(blob.crc32c or blob.md5_hash)
         try:  # remove what was just written (only that generation), so no reader loads it
             blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
         except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters

@@ -9,6 +9,8 @@ contain credential values.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +38,9 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 30,
     "retries": {"max_attempts": 3, "mode": "standard"},
+    # one client serves every pass on the FlowStorage's flows (the forks share it), up to the operator's
+    # workers at once; a connection the pool (default 10) cannot keep is a new one on the next call
+    "max_pool_connections": 32,
 }
 
 _AUTH_CODES = frozenset({
@@ -168,7 +173,11 @@ class S3(ObjectStore):
                            failure=lambda exc: f"cannot create an S3 client: {self._redact(str(exc))}")
 
     # ------------------------------------------------------------------ SDK calls
-    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> None:
+    def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> bool:
+        """A single PUT carries Content-MD5 (S3 refuses a body that does not match it) and is
+        verified by its answer: the ETag of a single-part object stored without SSE-KMS or SSE-C
+        is the MD5 of the bytes S3 stored. Any other ETag (KMS, multipart) is not proof, and the
+        publisher reads the object's size and sha256 metadata back instead."""
         client = self._client()
         if len(data) > MULTIPART_THRESHOLD:
             from boto3.s3.transfer import TransferConfig
@@ -179,9 +188,11 @@ class S3(ObjectStore):
                 Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                                       multipart_chunksize=MULTIPART_THRESHOLD),
             )
-        else:
-            client.put_object(Bucket=self.bucket, Key=location, Body=data,
-                              Metadata={"sha256": digest}, ContentType=content_type)
+            return False
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        response = client.put_object(Bucket=self.bucket, Key=location, Body=data, Metadata={"sha256": digest},
+                                     ContentType=content_type, ContentMD5=base64.b64encode(md5).decode())
+        return str(response.get("ETag", "")).strip('"') == md5.hex()
 
     def _download(self, location: str, max_bytes: int | None) -> bytes:
         body = self._client().get_object(Bucket=self.bucket, Key=location)["Body"]
