@@ -582,6 +582,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(create, keys))
         t_created = time.monotonic()
+        m_created = c.metrics.read()  # every client's writes while the bench was creating
         log(f"burst: created in {t_created - t0:.1f} s; waiting for all Ready")
         progress_t, progress_n = t_created, -1
         killed: Operator | None = None
@@ -644,6 +645,13 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
             "uploads": metric_sum(om1, "flowstore_artifacts_stored_total")
             - metric_sum(om0, "flowstore_artifacts_stored_total") + uploads_killed,
             "s3_objects_when_all_ready": objects,
+            # the API server's write rate (every client) while the bench created, and over the whole
+            # burst: equal rates mean the server wrote as fast as it could throughout, and then no
+            # operator gets all Ready sooner than all the burst's writes take at that rate
+            "apiserver_writes_per_s_creating": sum(writes(diff(m_created, m0)).values()) / (t_created - t0),
+            "apiserver_writes_per_s_burst": sum(writes(diff(m1, m0)).values()) / burst_s,
+            "ready_floor_s": sum(writes(diff(m1, m0)).values())
+            / (sum(writes(diff(m_created, m0)).values()) / (t_created - t0)),
         }
         log(f"burst: all {len(keys)} Ready in {burst_s:.1f} s; operator made {n_req} API requests "
             f"({n_req / burst_s:.1f}/s); waiting until settled")
@@ -760,6 +768,11 @@ def report(res: dict[str, Any]) -> str:
     row("   ... of which writes", str(b["operator_api_writes_total"]))
     row("   operator S3 requests (counting proxy)", str(b["s3_requests_total"]))
     row("   uploads recorded / S3 objects when all Ready", f"{b['uploads']:.0f} / {b['s3_objects_when_all_ready']}")
+    if "ready_floor_s" in b:
+        row("   API server writes/s, all clients: creating / whole burst",
+            f"{b['apiserver_writes_per_s_creating']:.0f} / {b['apiserver_writes_per_s_burst']:.0f}")
+        row("   all Ready at the creating write rate (floor) / ratio",
+            f"{fmt_s(b['ready_floor_s'])} / {b['first_create_to_all_ready_s'] / b['ready_floor_s']:.2f}x")
     row("   all Ready -> last change (FlowStorage status.flows etc.)", fmt_s(se["all_ready_to_last_change_s"])
         + ("" if se["settled"] else " (!)"))
     row(f"2. steady state, {st['window_s']:.0f} s window", "")

@@ -77,7 +77,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _print_error(exc)
     try:  # fail fast and clearly, rather than kopf retrying a startup handler every minute
-        kubeconfig.load()
+        kubeconfig.load(connections=settings.workers + 4)  # + the loops' own reads and writes
     except config.ConfigException as exc:
         return _print_error(Exception(f"no Kubernetes cluster configured (in-cluster or KUBECONFIG): {exc}"))
     from flowstore.controller.record_key import RecordKeyError, load_record_key
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     op.add_argument("-n", "--namespace", action="append",
                     help="watch only this namespace (repeatable; default: all namespaces)")
-    op.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
+    op.add_argument("--workers", type=int, default=16, help="concurrent reconciles (default 16)")
     op.add_argument("--max-builds", type=int, default=2, help="concurrent sandboxed builds (default 2)")
     op.add_argument("--max-build-jobs", type=int, default=4,
                     help="builder Jobs (spec.build) running at once; the others wait (default 4)")

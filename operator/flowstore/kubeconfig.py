@@ -4,17 +4,25 @@ its ServiceAccount (in-cluster config); elsewhere ``$KUBECONFIG`` or ``~/.kube/c
 from __future__ import annotations
 
 
-def load() -> str:
+def load(connections: int = 0) -> str:
     """Configure the Kubernetes client; returns ``in-cluster`` or ``kubeconfig``. Raises
-    ``kubernetes.config.ConfigException`` when neither is available."""
-    from kubernetes import config
+    ``kubernetes.config.ConfigException`` when neither is available. `connections`: keep at least
+    that many connections to the API server open (one per thread that calls it at once); the
+    client's default pool (5 per CPU) is smaller than the operator's workers on a small node, and
+    each connection it cannot keep is a new TLS handshake on the next request."""
+    from kubernetes import client, config
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return "in-cluster"
+        where = "in-cluster"
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-        return "kubeconfig"
+        where = "kubeconfig"
+    if connections:
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, connections)
+        client.Configuration.set_default(configuration)
+    return where
 
 
 #: where Kubernetes mounts a Pod's own namespace
