@@ -18,13 +18,15 @@ from azure.storage.blob import BlobServiceClient
 
 from flowstore.storage import (
     AuthFailed,
+    IntegrityError,
     InvalidConfig,
     NotFound,
     Unavailable,
     from_serialized,
 )
-from flowstore.storage.azure import Azure
+from flowstore.storage.azure import MAX_SINGLE_PUT_SIZE, Azure
 from flowstore.storage.base import sha256_hex
+from tests.helpers.recording_proxy import RecordingProxy
 
 from .conformance import ObjectStoreConformance, StorageFactory, assert_container_not_found, factory_for, make_flow
 
@@ -93,6 +95,31 @@ def test_script_blobs_are_python_text(azure_connection_string: str, azure_contai
     scripted.put_bytes("meta/flow.py", b"x = 1\n")
     props = service.get_blob_client(azure_container, "meta/flow.py").get_blob_properties()
     assert props.content_settings.content_type == "text/x-python"
+
+
+def test_a_put_blob_is_verified_by_its_md5_only_when_the_service_stored_exactly_the_bytes_sent(
+        azure_connection_string: str, azure_container: str, service: Any) -> None:
+    """Put Blob's answer carries the MD5 the service computed over what it stored: equal to ours,
+    no read-back is needed; another (a body changed on the way, same length, so the signature
+    still holds) is an IntegrityError and the blob is removed. A block upload is not verified by
+    its answer (the block list's MD5): the publisher reads it back."""
+    data = b"def flow():\n    return 42\n" * 8
+    assert Azure(azure_container, connection_string=azure_connection_string).put_bytes("v/flow.py", data).verified
+
+    def flip_a_byte(method: str, path: str, body: bytes | None) -> bytes | None:
+        return body[:-1] + b"!" if method == "PUT" and body else None
+
+    endpoint = next(p.split("=", 1)[1] for p in azure_connection_string.split(";") if p.startswith("BlobEndpoint="))
+    with RecordingProxy(endpoint.split("/devstoreaccount1")[0], rewrite=flip_a_byte) as proxy:
+        proxied = azure_connection_string.replace(endpoint, endpoint.replace(
+            endpoint.split("/devstoreaccount1")[0], proxy.url))
+        with pytest.raises(IntegrityError) as info:
+            Azure(azure_container, connection_string=proxied).put_bytes("v/changed.py", data)
+    assert "corrupted in transit" in str(info.value) and "v/changed.py" in str(info.value)
+    assert not service.get_blob_client(azure_container, "v/changed.py").exists()  # nothing corrupt left
+    big = Azure(azure_container, connection_string=azure_connection_string).put_bytes(
+        "v/big.bin", os.urandom(MAX_SINGLE_PUT_SIZE + 1))
+    assert not big.verified
 
 
 def test_20_mib_round_trip(azure_connection_string: str, azure_container: str, service: Any) -> None:

@@ -30,6 +30,7 @@ connection string when not given explicitly; never the key), so an agent knows w
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
     IdentityRejected,
+    IntegrityError,
     InvalidConfig,
     MissingDependency,
     StorageError,
@@ -292,12 +294,28 @@ class Azure(ObjectStore):
         from azure.storage.blob import ContentSettings
 
         # Block uploads are committed whole by Put Block List, so readers never see part of
-        # one; the operator confirms size and recorded sha256 with stat() before recording
-        # it, so no read-back here (it cost a third of a small upload in the bench).
-        self._blob(location).upload_blob(data, overwrite=True, metadata={"sha256": digest},
-                                         content_settings=ContentSettings(content_type=content_type),
-                                         max_concurrency=4)
-        return False
+        # one. Up to MAX_SINGLE_PUT_SIZE the SDK sends one Put Blob, whose answer carries the MD5
+        # Blob Storage computed over what it stored: equal to ours, it proves the bytes; another
+        # means they changed on the way. Put Block List's answer is the MD5 of the block list, not
+        # of the content: the publisher then reads size and sha256 back.
+        blob = self._blob(location)
+        answer = blob.upload_blob(data, overwrite=True, metadata={"sha256": digest},
+                                  content_settings=ContentSettings(content_type=content_type), max_concurrency=4)
+        stored_md5 = (answer or {}).get("content_md5")
+        if len(data) > MAX_SINGLE_PUT_SIZE or not stored_md5:
+            return False
+        local = hashlib.md5(data, usedforsecurity=False).digest()
+        if bytes(stored_md5) == local:
+            return True
+        try:  # remove what was just written (only if nothing replaced it since), so no reader loads it
+            from azure.core import MatchConditions
+
+            blob.delete_blob(etag=answer.get("etag"), match_condition=MatchConditions.IfNotModified)
+        except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters
+            pass
+        raise IntegrityError(
+            f"upload of {self.url_for(location)} was corrupted in transit: the service stored md5 "
+            f"{bytes(stored_md5).hex()}, expected {local.hex()}; the blob was removed, store the flow again")
 
     def _download(self, location: str, max_bytes: int | None) -> bytes:
         blob = self._blob(location)
