@@ -121,7 +121,10 @@ def test_one_image_per_storage_built_once_loaded_from_the_registry(
 
     storage = from_serialized(changed["storage"])
     held = storage.read_flow(changed["image"]["digest"], etl["location"])  # type: ignore[attr-defined]
-    assert held and "etl" in json.dumps(get("flowstorage", namespace, "images")["status"]["flows"]), new_image
+    assert held, new_image
+    # status.flows follows the flows once they were quiet 2 s (at most 30 s later: controller/runtime.py)
+    wait_for("flowstorage", namespace, "images",
+             lambda o: "etl" in json.dumps((o.get("status") or {}).get("flows") or {}), timeout=60)
 
     # Operator restart with nothing changed: no build, no push, no status change.
     before = {n: get("storedflow", namespace, n)["metadata"]["resourceVersion"] for n in names}
