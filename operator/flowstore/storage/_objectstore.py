@@ -15,13 +15,14 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from flowstore.artifacts.keys import default_key, join_prefix
 from flowstore.storage.base import ObjectInfo, Shared, Storage, StoredArtifact, check_bounded, sha256_hex
 from flowstore.storage.errors import (
     AuthFailed,
     ContainerNotFound,
+    IntegrityError,
     InvalidConfig,
     NotFound,
     Rejected,
@@ -160,6 +161,16 @@ class ObjectStore(Storage):
     def _upload(self, location: str, data: bytes, digest: str, content_type: str) -> bool:
         """Store `data` at `location`, recording `digest` as the ``sha256`` metadata. True when the
         service's answer proves it stored exactly `data` (``StoredArtifact.verified``)."""
+
+    def _corrupted(self, location: str, problem: str, remove: Callable[[], None]) -> NoReturn:
+        """The upload's answer shows the service stored other bytes (`problem`): `remove()` what was
+        just written (best effort: no reader may load it), then an IntegrityError."""
+        try:
+            remove()
+        except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters
+            pass
+        raise IntegrityError(f"upload of {self.url_for(location)} was corrupted in transit: the service stored "
+                             f"{problem}; the object was removed, store the flow again")
 
     @abc.abstractmethod
     def _download(self, location: str, max_bytes: int | None) -> bytes:

@@ -42,7 +42,6 @@ from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
     IdentityRejected,
-    IntegrityError,
     InvalidConfig,
     MissingDependency,
     StorageError,
@@ -307,15 +306,11 @@ class Azure(ObjectStore):
         local = hashlib.md5(data, usedforsecurity=False).digest()
         if bytes(stored_md5) == local:
             return True
-        try:  # remove what was just written (only if nothing replaced it since), so no reader loads it
-            from azure.core import MatchConditions
+        from azure.core import MatchConditions
 
-            blob.delete_blob(etag=answer.get("etag"), match_condition=MatchConditions.IfNotModified)
-        except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters
-            pass
-        raise IntegrityError(
-            f"upload of {self.url_for(location)} was corrupted in transit: the service stored md5 "
-            f"{bytes(stored_md5).hex()}, expected {local.hex()}; the blob was removed, store the flow again")
+        unchanged = MatchConditions.IfNotModified  # the blob just written, unless replaced since
+        self._corrupted(location, f"md5 {bytes(stored_md5).hex()}, expected {local.hex()}",
+                        lambda: blob.delete_blob(etag=answer.get("etag"), match_condition=unchanged))
 
     def _download(self, location: str, max_bytes: int | None) -> bytes:
         blob = self._blob(location)

@@ -231,14 +231,8 @@ class GCS(ObjectStore):
                 problem = f"md5 {blob.md5_hash}, expected {local}"
         if problem is None:
             return blob.size is not None and bool(blob.crc32c or blob.md5_hash)
-        try:  # remove what was just written (only that generation), so no reader loads it
-            blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
-        except Exception:  # noqa: S110 - best effort: the IntegrityError below is what matters
-            pass
-        raise IntegrityError(
-            f"upload of {self.url_for(location)} was corrupted in transit: the server stored {problem}; "
-            "the object was removed, store the flow again"
-        )
+        self._corrupted(location, problem,  # only the generation just written
+                        lambda: blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None))
 
     def _download(self, location: str, max_bytes: int | None) -> bytes:
         blob = self._blob(location)
