@@ -111,7 +111,7 @@ def test_an_object_gone_or_being_deleted_is_served_no_more() -> None:
         await settle(rt)
         assert KEY in rt.items
         rt.observe(KEY, body("2", deleting=True))
-        assert KEY not in rt.items and KEY not in rt.specs and KEY not in rt.seen
+        assert KEY not in rt.items and KEY not in rt.specs.get(KEY[1], {}) and KEY not in rt.seen
         rt.poke(KEY)
         await settle(rt)
         assert rec.passes == [("1", False)]
@@ -153,3 +153,33 @@ def test_kopfs_success_lines_of_the_watch_handlers_are_dropped_and_nothing_else(
     assert not quiet.filter(record("Handler 'configmap_changed' succeeded."))
     assert quiet.filter(record("Handler 'storedflow_deleted' succeeded."))
     assert quiet.filter(record("Handler 'storedflow_changed' failed with an exception. Will retry."))
+
+
+def test_a_poke_of_flows_scans_their_namespace_only() -> None:
+    """poke_flows (a flow name taken or freed, a FlowStorage or ConfigMap changed) wakes the
+    matching StoredFlows of one namespace: the same name in another namespace is not woken, and a
+    flow that is gone is not remembered."""
+    passed: list[tuple[str, str]] = []
+
+    async def test(rt: Runtime, rec: Recorder) -> None:
+        def recording(plural: str, namespace: str, name: str, *args: Any, **kwargs: Any) -> LoopOutcome:
+            passed.append((namespace, name))
+            return rec(plural, namespace, name, *args, **kwargs)
+        rt.reconcile_once = recording  # type: ignore[method-assign]
+        for namespace, name, flow_name in (("a", "etl", "etl"), ("a", "other", "other"), ("b", "etl", "etl")):
+            meta = {"name": name, "namespace": namespace, "resourceVersion": "1", "generation": 1}
+            rt.observe((STOREDFLOW_PLURAL, namespace, name),
+                       {"metadata": meta, "spec": {"storageRef": {"name": "store"}, "flowName": flow_name}})
+        await settle(rt)
+        assert sorted(passed) == [("a", "etl"), ("a", "other"), ("b", "etl")]
+        assert set(rt.specs) == {"a", "b"} and len(rt.specs["a"]) == 2
+        passed.clear()
+        rt.poke_flows("a", lambda spec: spec.get("flowName") == "etl")
+        await settle(rt)
+        assert passed == [("a", "etl")]
+        rt.observe((STOREDFLOW_PLURAL, "a", "etl"), {"metadata": {"name": "etl", "namespace": "a"}}, gone=True)
+        passed.clear()
+        rt.poke_flows("a", lambda spec: True)
+        await settle(rt)
+        assert passed == [("a", "other")]
+    run(test)

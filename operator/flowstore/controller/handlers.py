@@ -164,8 +164,8 @@ def register(registry: kopf.OperatorRegistry, *, selector: LabelSelector | None 
         runtime.observe(key, body, gone=type == "DELETED", index=storedflows_by_storage)
         if type == "DELETED" or unseen or requested_at(body):
             runtime.poke(key)
-            runtime.poke_flows(namespace, lambda s: storage_ref(s) == storage_ref(spec)
-                               and s.get("flowName") == spec.get("flowName"))
+            ref, flow_name = storage_ref(spec), spec.get("flowName")
+            runtime.poke_flows(namespace, lambda s: s.get("flowName") == flow_name and storage_ref(s) == ref)
         status = body.get("status") or {}
         ready = cond.get_condition(status.get("conditions"), "Ready") or {}
         summary = None if type == "DELETED" or meta.get("deletionTimestamp") else (

@@ -131,8 +131,10 @@ class Runtime:
         #: the pass running now for a key (the deletion handler waits for it)
         self._running: dict[Key, asyncio.Future[Any]] = {}
         self.readiness = metrics.ReadinessTracker()
-        #: what the pokes match of each looped StoredFlow's spec (its references, not its source)
-        self.specs: dict[Key, dict[str, Any]] = {}
+        #: what the pokes match of each looped StoredFlow's spec (its references, not its source), by
+        #: namespace: a poke scans one namespace's flows, not every flow (a scan of all on each new
+        #: flow's event was quadratic in a burst)
+        self.specs: dict[str, dict[Key, dict[str, Any]]] = {}
         self.seen: dict[Key, int] = {}  # the generation each loop last read
         #: the resourceVersion of a loop's last status write, until its body shows it
         self._written: dict[Key, str] = {}
@@ -163,8 +165,8 @@ class Runtime:
 
     def poke_flows(self, namespace: str, match: Callable[[dict[str, Any]], bool]) -> None:
         """Wake every StoredFlow loop in `namespace` whose spec matches."""
-        for key, spec in list(self.specs.items()):
-            if key[0] == STOREDFLOW_PLURAL and key[1] == namespace and match(spec):
+        for key, spec in list(self.specs.get(namespace, {}).items()):
+            if match(spec):
                 self.poke(key)
 
     def poke_storage(self, namespace: str, name: str) -> None:
@@ -258,7 +260,7 @@ class Runtime:
             return
         if item.timer is not None:
             item.timer.cancel()
-        self.specs.pop(key, None)
+        self.specs.get(key[1], {}).pop(key, None)
         self.seen.pop(key, None)
         self._written.pop(key, None)
         # the object is gone or no longer ours: it stops counting as not Ready
@@ -380,7 +382,7 @@ class Runtime:
             slim: dict[str, Any] = {"storageRef": spec.get("storageRef"), "flowName": spec.get("flowName")}
             if isinstance(source, dict) and source.get("configMapRef"):
                 slim["source"] = {"configMapRef": source.get("configMapRef")}
-            self.specs[key] = slim
+            self.specs.setdefault(key[1], {})[key] = slim
 
     def _backoff(self, failures: int) -> float:
         base = self.settings.backoff_base * 2 ** min(failures - 1, 10)
