@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
     op.add_argument("-n", "--namespace", action="append",
                     help="watch only this namespace (repeatable; default: all namespaces)")
-    op.add_argument("--workers", type=int, default=16, help="concurrent reconciles (default 16)")
+    op.add_argument("--workers", type=int, default=64, help="concurrent reconciles (default 64)")
     op.add_argument("--max-builds", type=int, default=2, help="concurrent sandboxed builds (default 2)")
     op.add_argument("--max-build-jobs", type=int, default=4,
                     help="builder Jobs (spec.build) running at once; the others wait (default 4)")

@@ -87,7 +87,7 @@ SUMMARY_MAX_WAIT = 30.0
 
 @dataclasses.dataclass
 class Settings:
-    workers: int = 16
+    workers: int = 64
     max_builds: int = 2
     #: builder Jobs (spec.build) of this operator running at once
     max_build_jobs: int = 4

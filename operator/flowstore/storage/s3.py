@@ -40,7 +40,7 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "retries": {"max_attempts": 3, "mode": "standard"},
     # one client serves every pass on the FlowStorage's flows (the forks share it), up to the operator's
     # workers at once; a connection the pool (default 10) cannot keep is a new one on the next call
-    "max_pool_connections": 32,
+    "max_pool_connections": 64,
 }
 
 _AUTH_CODES = frozenset({
