@@ -421,12 +421,13 @@ def _short(path: str) -> str:
 
 
 class Profiler:
-    def __init__(self, pid: int, name: str, enabled: bool) -> None:
+    def __init__(self, pid: int, name: str, enabled: bool, gil: bool = False) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.path = RESULTS / f"profile-load-{name}.txt"
-        if enabled:
+        if enabled or gil:
+            # --gil: only the thread holding the GIL, i.e. the Python work (not threads waiting on sockets)
             self.proc = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", str(self.path), "--format",
-                                          "raw", "-r", "50", "--nonblocking", "--threads"],
+                                          "raw", "-r", "50", "--nonblocking", "--threads", *(["--gil"] if gil else [])],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -572,7 +573,7 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         om0 = operator_metrics(op.metrics_port)
         m0 = c.metrics.read()
         cpu0 = op.cpu_seconds()
-        prof = Profiler(op.proc.pid, "burst", args.profile)
+        prof = Profiler(op.proc.pid, "burst", args.profile, args.profile_gil)
 
         def create(key: tuple[str, str]) -> None:
             c.create(key[0], SF, flow_body(*key))
@@ -825,6 +826,8 @@ def main() -> int:
     ap.add_argument("--shared", action="store_true", help="use the local cloud of the environment instead")
     ap.add_argument("--no-proxy", action="store_true", help="no S3 counting proxy (S3 requests not counted)")
     ap.add_argument("--profile", action="store_true", help="py-spy record the operator during the burst")
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="py-spy record only the thread holding the GIL: where the operator's Python CPU goes")
     ap.add_argument("--operator-arg", action="append", help="extra operator argument (repeatable)")
     ap.add_argument("--kill-after", type=int, default=0,
                     help="SIGKILL the operator once this many flows are Ready, start a new one, and check that "
