@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from flowstore.controller.handlers import LIST_CHUNK
 from tests.e2e.test_ha import flows, metric, pid, stored, wait_all_ready, with_labels
 from tests.helpers.api_proxy import ApiProxy
 from tests.helpers.kube import get, kubectl, kubectl_json, message, wait_for, wait_reason
@@ -103,6 +104,9 @@ def test_each_shard_holds_and_stores_only_its_own_flows_and_a_flow_moves_without
         assert reads, f"operator {shard} made no LIST/WATCH of flowstore resources"
         assert all(query.get("labelSelector") == selector for _, query in reads), (shard, reads)
         print(f"observed: operator {shard}: {len(reads)} LIST/WATCH requests, all with labelSelector={selector}")
+        # the initial listings come in pages, not as one response of every object
+        lists = [query for _, query in reads if query.get("watch") != "true"]
+        assert lists and all(query.get("limit") == str(LIST_CHUNK) for query in lists), (shard, lists)
     # ... and nothing it holds is another shard's: its readiness gauge counts its own objects only
     for shard in ("shard2", "default"):
         assert metric(ops[shard], "flowstore_not_ready", kind="StoredFlow") == 0

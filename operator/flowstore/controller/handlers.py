@@ -66,11 +66,17 @@ def kopf_settings(selector: LabelSelector | None = None) -> kopf.OperatorSetting
     # kopf's worker per object holds that object's last raw event until it has been idle this long
     # (5 s by default): in a burst of thousands, that is thousands of bodies held twice
     settings.queueing.idle_timeout = 1.0
+    # the initial listing in pages (as client-go's reflectors do): a restart with 10,000 flows
+    # otherwise decodes one response of every object with its managedFields at once
+    settings.watching.chunk_size = LIST_CHUNK
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     return settings
 
+
+#: objects per page of kopf's initial listing of each resource
+LIST_CHUNK = 500
 
 #: the watch handlers, whose success kopf would log at INFO on every event of every object
 WATCH_HANDLERS = ("storedflow_changed", "flowstorage_changed", "configmap_changed")
