@@ -8,9 +8,12 @@ Everything here goes through the public interface only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import flowstore.storage
 from flowstore.artifacts import envelope
 from flowstore.flow import Flow
 from flowstore.storage import ContainerNotFound, IntegrityError, NotFound, Storage, from_serialized
+from flowstore.storage._objectstore import POOL_CONNECTIONS
 from flowstore.storage.base import SEED_VERSION_KEY, sha256_hex
 
 #: the seed's default key: ``<slug(flow name)>/<slug(UTC timestamp, microseconds)>``
@@ -342,6 +346,12 @@ class ObjectStoreConformance(StorageConformance):
         """A storage of the fresh container whose keys start with `prefix`."""
         raise NotImplementedError
 
+    def make_slow_storage(self) -> Storage:
+        """A storage of the fresh container whose server answers slowly enough for the workers'
+        calls to overlap (a server that answers each call before the next starts never fills a
+        pool of 10: GCS's emulator does)."""
+        return self.make_storage()
+
     def raw_names(self) -> list[str]:
         """The names in the container, as the backend's own client lists them."""
         raise NotImplementedError
@@ -353,6 +363,25 @@ class ObjectStoreConformance(StorageConformance):
     def raw_url(self, key: str) -> str:
         """The object's URL as the backend's own tools name it."""
         raise NotImplementedError
+
+    def test_the_workers_uploading_at_once_keep_their_connections(self, caplog: pytest.LogCaptureFixture) -> None:
+        """The operator's workers (64 by default) upload through one FlowStorage's client at once:
+        its pool keeps a connection for each, so none is dropped after its call (urllib3 warns
+        "Connection pool is full") for the next call to open again."""
+        storage = self.make_slow_storage()
+        locations = [self.raw_location(storage, f"conformance/pool/{i}.bin") for i in range(POOL_CONNECTIONS)]
+        start = threading.Barrier(len(locations))
+
+        def upload(location: str) -> None:
+            start.wait(30)
+            storage.put_bytes(location, location.encode())
+
+        with caplog.at_level(logging.WARNING, logger="urllib3"), \
+                concurrent.futures.ThreadPoolExecutor(len(locations)) as pool:
+            list(pool.map(upload, locations))
+        dropped = [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
+        assert not dropped, f"{len(dropped)} connections dropped, e.g. {dropped[0]}"
+        assert all(storage.get_bytes(location) == location.encode() for location in locations)
 
     def test_key_prefix_is_applied(self) -> None:
         storage = self.make_prefixed_storage("team/a/")

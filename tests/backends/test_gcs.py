@@ -40,6 +40,7 @@ from flowstore.storage import (
 from flowstore.storage.base import sha256_hex
 from flowstore.storage.gcs import GCS
 from tests.helpers.net import free_port
+from tests.helpers.tcp_proxy import TcpProxy
 
 from .conformance import (
     SCRIPT_SOURCE,
@@ -74,6 +75,20 @@ class TestGCS(ObjectStoreConformance):
 
     def make_prefixed_storage(self, prefix: str) -> GCS:
         return GCS.from_config({"bucket": self.bucket, "keyPrefix": prefix, "endpointURL": self.endpoint})
+
+    @pytest.fixture(autouse=True)
+    def _slow_links(self) -> Iterator[None]:
+        self.slow_links: list[TcpProxy] = []
+        yield
+        for proxy in self.slow_links:
+            proxy.stop()
+
+    def make_slow_storage(self) -> GCS:
+        """The emulator through a link of 20 KB/s: each answer takes some 30 ms."""
+        proxy = TcpProxy.for_url(self.endpoint)
+        proxy.rate = 20_000
+        self.slow_links.append(proxy.start())
+        return GCS(bucket=self.bucket, endpoint_url=proxy.url)
 
     def raw_names(self) -> list[str]:
         return [blob.name for blob in self.client.list_blobs(self.bucket)]

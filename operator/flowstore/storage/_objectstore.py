@@ -35,6 +35,22 @@ _T = TypeVar("_T")
 
 #: seconds to wait before retrying a throttled call
 THROTTLED_RETRY_AFTER = 5.0
+#: HTTP connections one SDK client keeps per host. One client serves every pass on a FlowStorage's
+#: flows, up to the operator's workers (64 by default) at once; a connection its pool cannot keep
+#: is dropped after the call (urllib3 warns "Connection pool is full") and the next call pays a new
+#: TLS handshake. The SDKs' own pools hold 10.
+POOL_CONNECTIONS = 64
+
+
+def widen_pools(session: Any) -> None:
+    """Let a requests `session` (the GCS and Azure SDKs' transport) keep POOL_CONNECTIONS
+    connections per host, through the adapters the SDK mounted. An adapter that builds its pools
+    its own way (mutual TLS, say) is left as it is."""
+    from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
+
+    for adapter in {id(a): a for a in session.adapters.values()}.values():
+        if isinstance(adapter, HTTPAdapter) and type(adapter).init_poolmanager is HTTPAdapter.init_poolmanager:
+            adapter.init_poolmanager(DEFAULT_POOLSIZE, POOL_CONNECTIONS, block=DEFAULT_POOLBLOCK)
 
 
 class Failure(enum.Enum):

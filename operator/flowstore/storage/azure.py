@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flowstore.api.backends import install_hint
-from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage._objectstore import Failure, ObjectStore, Reading, widen_pools
 from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
@@ -238,7 +238,15 @@ class Azure(ObjectStore):
             raise MissingDependency(
                 f"Azure storage needs {exc.name or 'azure-storage-blob'}; hint: {install_hint('azure')}"
             ) from None
+        from azure.core.pipeline.transport import RequestsTransport
+
+        # the SDK's transport, opened here so that its session's pools hold as many connections
+        # as the operator's workers may use at once (_objectstore.POOL_CONNECTIONS)
+        transport = RequestsTransport(connection_timeout=CONNECTION_TIMEOUT, read_timeout=READ_TIMEOUT)
+        transport.open()
+        widen_pools(transport.session)
         options: dict[str, Any] = {
+            "transport": transport,
             "connection_timeout": CONNECTION_TIMEOUT,
             "read_timeout": READ_TIMEOUT,
             "retry_policy": LinearRetry(backoff=RETRY_BACKOFF, retry_total=RETRY_TOTAL,

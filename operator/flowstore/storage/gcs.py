@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowstore.api.backends import install_hint
-from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage._objectstore import Failure, ObjectStore, Reading, widen_pools
 from flowstore.storage.base import ObjectInfo
 from flowstore.storage.errors import (
     AuthFailed,
@@ -188,9 +188,11 @@ class GCS(ObjectStore):
 
         client_options = {"api_endpoint": self.endpoint_url} if self.endpoint_url is not None else None
         try:
-            return storage.Client(project=project, credentials=credentials, client_options=client_options)
+            client = storage.Client(project=project, credentials=credentials, client_options=client_options)
         except (ValueError, TypeError) as exc:
             raise InvalidConfig(f"cannot create a GCS client: {self._redact(str(exc))}") from None
+        widen_pools(client._http)  # the SDK's own session (AuthorizedSession), made as it makes it
+        return client
 
     def _retry(self) -> Any:
         from google.cloud.storage.retry import DEFAULT_RETRY

@@ -26,7 +26,7 @@ from flowstore.storage._aws import (
     make_client,
     seed_client_options,
 )
-from flowstore.storage._objectstore import Failure, ObjectStore, Reading
+from flowstore.storage._objectstore import POOL_CONNECTIONS, Failure, ObjectStore, Reading
 from flowstore.storage.base import ObjectInfo, read_bounded
 from flowstore.storage.errors import AuthFailed, InvalidConfig, StorageError, redact
 from flowstore.storage.identity import WorkloadIdentity
@@ -38,9 +38,8 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 30,
     "retries": {"max_attempts": 3, "mode": "standard"},
-    # one client serves every pass on the FlowStorage's flows (the forks share it), up to the operator's
-    # workers at once; a connection the pool (default 10) cannot keep is a new one on the next call
-    "max_pool_connections": 64,
+    # one client serves every pass on the FlowStorage's flows (the forks share it): _objectstore.py
+    "max_pool_connections": POOL_CONNECTIONS,
 }
 
 _AUTH_CODES = frozenset({
