@@ -628,7 +628,9 @@ def run(args: argparse.Namespace, res: dict[str, Any], cleanup: bool) -> bool:
         n_req = sum(op_req.values())
         own_rss, kids_rss = op.peak(t0, t_ready + 1)
         if killed is not None:
-            own_rss = max(own_rss, killed.peak(t0, t_ready + 1)[0])
+            res["kill"]["new_operator_peak_rss_mib"] = own_rss  # op is the new one
+            res["kill"]["killed_operator_peak_rss_mib"] = killed.peak(t0, t_ready + 1)[0]
+            own_rss = max(own_rss, res["kill"]["killed_operator_peak_rss_mib"])
         objects = sum(c.s3_count(b) for b in buckets.values())
         per = [sfw.ready_at[x] - created[x] for x in keys]
         res["burst"] = {
@@ -796,7 +798,10 @@ def report(res: dict[str, Any]) -> str:
     if "kill" in res:
         k = res["kill"]
         lines.append(f"SIGKILL at {k['at_s']:.0f} s with {k['ready_when_killed']} Ready; new operator's metrics after "
-                     f"{k['restart_to_metrics_s']:.1f} s. Then: {k.get('locations_in_status')} locations in status, "
+                     f"{k['restart_to_metrics_s']:.1f} s; peak RSS killed / new operator "
+                     f"{k.get('killed_operator_peak_rss_mib', 0):.1f} / "
+                     f"{k.get('new_operator_peak_rss_mib', 0):.1f} MiB. "
+                     f"Then: {k.get('locations_in_status')} locations in status, "
                      f"{k.get('objects_in_buckets')} objects in the buckets, {k.get('stored_twice_or_unnamed')} stored "
                      f"twice or unnamed, {k.get('lost')} lost -> {'OK' if k.get('ok') else 'FAILED'}")
     if "memory" in res:
