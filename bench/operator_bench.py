@@ -159,7 +159,7 @@ def restart(env: Env, sfw: Watcher, fsw: Watcher, op: Operator, n_expected: int)
 
     shutdown_s = op.stop(signal.SIGTERM)
     m_stopped = env.metrics.read()
-    t0 = op.start()
+    t0 = op.start(*EXTRA)
     prof = Profiler(op.proc.pid, "restart") if op.proc else None
     t_live = op.wait_live()
     series: list[tuple[float, int, int, int]] = []  # (t, GET storedflows, GET flowstorages, LIST storedflows)
@@ -275,6 +275,10 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: extra arguments of every operator the bench starts (--operator-arg)
+EXTRA: list[str] = []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 script / 5 pickle / 20 burst")
@@ -284,7 +288,10 @@ def main() -> int:
                          "bench's objects")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the operator during phases 2 and 3 (bench/results/profile-*.txt)")
+    ap.add_argument("--operator-arg", action="append", default=[],
+                    help="extra operator argument (repeatable), e.g. --operator-arg=--workers=16")
     args = ap.parse_args()
+    EXTRA[:] = args.operator_arg
     Profiler.enabled = args.profile
     need_modules("kubernetes", "boto3", "psutil")
     n_seq, n_pickle, n_burst = (10, 5, 20) if args.quick else (50, 20, 200)
@@ -324,7 +331,7 @@ def main() -> int:
             w1.synced.wait(30)
             op1 = Operator(e1.namespace, "seq")
             ops.append(op1)
-            op1.start()
+            op1.start(*EXTRA)
             op1.wait_live()
             log(f"phase 1: {n_seq} script-mode flows, one at a time")
             res["sequential"] = {"script": sequential(e1, w1, "script", "s", n_seq)}
@@ -348,7 +355,7 @@ def main() -> int:
             w2f.synced.wait(30)
             op2 = Operator(e2.namespace, "burst")
             ops.append(op2)
-            op2.start()
+            op2.start(*EXTRA)
             op2.wait_live()
             w2f.wait_ready(["script"], 60)
             time.sleep(2)
